@@ -1,0 +1,44 @@
+#pragma once
+/// @file baselines.hpp
+/// The plain base optimizers run through the same machinery (reports, non-finite handling,
+/// checkpoints) with `perturb::none`: one gradient per step, `ascend()` optional.
+///
+///     auto opt = flatmin::sgd(params, {.lr = 0.1, .momentum = 0.9});
+///     model.forward_backward(batch);  opt.descend();
+
+#include "../backend/default.hpp"
+#include "../base/adam.hpp"
+#include "../base/adamw.hpp"
+#include "../base/sgd.hpp"
+#include "../mask/dense.hpp"
+#include "../optimizer/sharpness_aware.hpp"
+#include "../perturb/none.hpp"
+
+namespace flatmin {
+
+/// The base optimizer `Base` alone.
+template <class T, class Base, class Backend = default_backend>
+using plain_t = sharpness_aware<T, Backend, perturb::none, mask::dense, Base>;
+
+template <class Backend = default_backend, class T, class Base>
+plain_t<T, Base, Backend> plain(const param_set<T>& params, Base base, optimizer_options options = {}) {
+  return plain_t<T, Base, Backend>(params, std::move(base), {}, {}, options);
+}
+
+/// PyTorch-style SGD (momentum, dampening, Nesterov, coupled weight decay).
+template <class Backend = default_backend, class T>
+plain_t<T, base::sgd, Backend> sgd(const param_set<T>& params, base::sgd o = {}, optimizer_options options = {}) {
+  return plain<Backend>(params, o, options);
+}
+/// PyTorch-style Adam (coupled L2 weight decay).
+template <class Backend = default_backend, class T>
+plain_t<T, base::adam, Backend> adam(const param_set<T>& params, base::adam o = {}, optimizer_options options = {}) {
+  return plain<Backend>(params, o, options);
+}
+/// PyTorch-style AdamW (decoupled weight decay).
+template <class Backend = default_backend, class T>
+plain_t<T, base::adamw, Backend> adamw(const param_set<T>& params, base::adamw o = {}, optimizer_options options = {}) {
+  return plain<Backend>(params, o, options);
+}
+
+}  // namespace flatmin

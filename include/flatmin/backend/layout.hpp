@@ -1,0 +1,131 @@
+#pragma once
+/// @file layout.hpp
+/// The backend-neutral tensor table every pass runs over.
+///
+/// All tensors are laid end to end in one *global index space* [0, N): tensor t occupies
+/// [offset_t, offset_t + size_t). The optimizer's own state (saved weights, moments, Fisher sums,
+/// mask bits) is indexed by that global index and lives in contiguous backend allocations; the
+/// user's values and gradients stay where they are. Each tensor is cut into *segments* of at most
+/// `S` elements (S a power of two chosen by the backend); a pass is one launch over a segment list,
+/// which is how one launch covers 1 or 1000 tensors, and how a block-sparse mask runs a pass over
+/// its active blocks only (a shorter segment list).
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "../config.hpp"
+#include "../params/param_set.hpp"
+
+namespace flatmin::backend {
+
+/// One tensor as the kernels see it.
+template <class T>
+struct tensor_rec {
+  T* w;                  ///< user values
+  T* g;                  ///< user gradients
+  std::uint64_t offset;  ///< global index of element 0
+  std::uint64_t size;
+  std::uint32_t flags;  ///< `tensor_flags` bits
+  std::uint32_t pad;
+};
+
+/// A run of `len` elements of tensor `tensor`, starting at element `local` of that tensor
+/// (global index `index`). `slot` is where the run's first element lives in compact per-run
+/// storage (equal to `index` for dense storage).
+struct segment {
+  std::uint64_t index;
+  std::uint64_t local;
+  std::uint64_t slot;
+  std::uint32_t tensor;
+  std::uint32_t len;
+};
+
+/// What a kernel is handed for each element: references to the user's value and gradient, the
+/// global index `i`, the compact slot `k`, the tensor's index and flags.
+template <class T>
+struct elem {
+  T& w;
+  T& g;
+  std::size_t i;
+  std::size_t k;
+  std::uint32_t tensor;
+  std::uint32_t flags;
+};
+
+/// A pass: a tensor table and a segment list, both in the backend's memory.
+template <class T>
+struct pass_range {
+  const tensor_rec<T>* tensors = nullptr;
+  const segment* segments = nullptr;
+  std::size_t count = 0;     ///< number of segments
+  std::size_t elements = 0;  ///< total elements over the segments
+};
+
+/// Host-side tensor table of a `param_set`.
+template <class T>
+std::vector<tensor_rec<T>> make_tensor_table(const param_set<T>& ps) {
+  std::vector<tensor_rec<T>> t;
+  t.reserve(ps.size());
+  std::uint64_t off = 0;
+  for (const auto& v : ps.tensors()) {
+    t.push_back({v.value, v.grad, off, v.size, v.flags(), 0u});
+    off += v.size;
+  }
+  return t;
+}
+
+/// Cuts every tensor into segments of at most `seg` elements (dense storage: slot == index).
+template <class T>
+std::vector<segment> make_segments(const std::vector<tensor_rec<T>>& tensors, std::size_t seg) {
+  std::vector<segment> s;
+  for (std::uint32_t t = 0; t < tensors.size(); ++t)
+    for (std::uint64_t b = 0; b < tensors[t].size; b += seg) {
+      const auto len = static_cast<std::uint32_t>(std::min<std::uint64_t>(seg, tensors[t].size - b));
+      s.push_back({tensors[t].offset + b, b, tensors[t].offset + b, t, len});
+    }
+  return s;
+}
+
+}  // namespace flatmin::backend
+
+namespace flatmin::backend {
+
+/// A `param_set` bound to a backend: the tensor table and the full segment list in the backend's
+/// memory, plus their host copies. Built once when an optimizer is constructed.
+template <class T, class Backend>
+class layout {
+ public:
+  explicit layout(const param_set<T>& ps)
+      : host_tensors_(make_tensor_table(ps)),
+        host_segments_(make_segments(host_tensors_, Backend::segment_size)),
+        tensors_(Backend::from_host(host_tensors_)),
+        segments_(Backend::from_host(host_segments_)) {
+    for (const auto& t : host_tensors_) n_ += t.size;
+  }
+
+  /// Total number of scalars (the size of the global index space).
+  std::size_t numel() const { return n_; }
+  std::size_t tensor_count() const { return host_tensors_.size(); }
+  const std::vector<tensor_rec<T>>& host_tensors() const { return host_tensors_; }
+  const std::vector<segment>& host_segments() const { return host_segments_; }
+  const tensor_rec<T>* tensors() const { return Backend::data(tensors_); }
+
+  /// Every element of every tensor, dense slots.
+  pass_range<T> full() const { return {Backend::data(tensors_), Backend::data(segments_), host_segments_.size(), n_}; }
+
+  /// A range over another segment list (in the backend's memory) of this layout.
+  pass_range<T> over(const typename Backend::template vector<segment>& segs, std::size_t count,
+                     std::size_t elements) const {
+    return {Backend::data(tensors_), Backend::data(segs), count, elements};
+  }
+
+ private:
+  std::vector<tensor_rec<T>> host_tensors_;
+  std::vector<segment> host_segments_;
+  typename Backend::template vector<tensor_rec<T>> tensors_;
+  typename Backend::template vector<segment> segments_;
+  std::size_t n_ = 0;
+};
+
+}  // namespace flatmin::backend

@@ -1,0 +1,68 @@
+#pragma once
+/// @file sgd.hpp
+/// `base::sgd` — stochastic gradient descent with momentum, dampening, Nesterov and coupled
+/// weight decay, with the semantics of PyTorch's `torch.optim.SGD`:
+///
+///     d = g + λ w                                  (tensors with weight decay on)
+///     b ← d (first step),  b ← μ b + (1 − τ) d    (momentum μ > 0)
+///     d ← d + μ b (Nesterov)  or  d ← b
+///     w ← w − lr · d
+///
+/// Options: lr (1e-3), momentum μ (0), dampening τ (0), weight_decay λ (0), nesterov (false).
+/// State: the momentum buffer (N values) when μ > 0.
+
+#include "../config.hpp"
+#include "../kernels/sgd_update.hpp"
+
+namespace flatmin::base {
+
+struct sgd {
+  double lr = 1e-3;
+  double momentum = 0;
+  double dampening = 0;
+  double weight_decay = 0;
+  bool nesterov = false;
+
+  static constexpr bool has_second_moment = false;
+
+  void validate() const {
+    detail::check_option(detail::finite(lr) && lr > 0, "base::sgd", "lr", lr, "finite and > 0");
+    detail::check_option(momentum >= 0 && momentum < 1, "base::sgd", "momentum", momentum, "in [0, 1)");
+    detail::check_option(dampening >= 0 && dampening <= 1, "base::sgd", "dampening", dampening, "in [0, 1]");
+    detail::check_option(detail::finite(weight_decay) && weight_decay >= 0, "base::sgd", "weight_decay", weight_decay,
+                         "finite and >= 0");
+    if (nesterov)
+      detail::check_option(momentum > 0 && dampening == 0, "base::sgd", "momentum (with nesterov)", momentum,
+                           "> 0 with dampening == 0");
+  }
+
+  template <class T, class Backend>
+  class state {
+   public:
+    state(const sgd& o, std::size_t n) : n_(n), buf_(Backend::template make_vector<T>(o.momentum > 0 ? n : 0)) {}
+
+    /// The update for step `t` (1-based count of applied steps, this one included).
+    kernels::sgd_update<T> prepare(const sgd& o, std::size_t t) {
+      if (o.momentum > 0 && buf_.size() != n_)
+        throw usage_error("flatmin::base::sgd: momentum was turned on after construction");
+      return {static_cast<T>(o.lr),
+              static_cast<T>(o.momentum),
+              static_cast<T>(o.dampening),
+              static_cast<T>(o.weight_decay),
+              o.nesterov,
+              t == 1,
+              buf_.size() ? Backend::data(buf_) : nullptr};
+    }
+    std::size_t bytes() const { return buf_.size() * sizeof(T); }
+    template <class F>
+    void visit(F&& f) {
+      f("momentum_buffer", buf_);
+    }
+
+   private:
+    std::size_t n_;
+    typename Backend::template vector<T> buf_;
+  };
+};
+
+}  // namespace flatmin::base

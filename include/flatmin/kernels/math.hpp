@@ -1,0 +1,38 @@
+#pragma once
+/// @file math.hpp
+/// Scalar helpers usable on host and device.
+
+#include <cmath>
+#include <limits>
+
+#include "../config.hpp"
+
+namespace flatmin::kernels {
+
+/// True for finite x. Written as a comparison so that it vectorises (and is false for NaN).
+template <class T>
+FLATMIN_HD inline bool is_finite(T x) {
+  const T a = x < T(0) ? -x : x;
+  return a <= std::numeric_limits<T>::max();
+}
+
+FLATMIN_HD inline float fm_sqrt(float x) { return ::sqrtf(x); }
+FLATMIN_HD inline double fm_sqrt(double x) { return ::sqrt(x); }
+template <class T>
+FLATMIN_HD inline T fm_abs(T x) {
+  return x < T(0) ? -x : x;
+}
+
+/// Sums of a reduction pass: Σ over elements, accumulated in double.
+struct grad_stats {
+  double g2 = 0;    ///< Σ g² over every element
+  double n2 = 0;    ///< Σ (norm term)² over the elements that enter the perturbation's norm
+  double d2 = 0;    ///< Σ (direction)² over the perturbed elements
+  double bad = 0;   ///< number of non-finite gradient entries
+  double kept = 0;  ///< number of perturbed elements
+  FLATMIN_HD friend grad_stats operator+(const grad_stats& a, const grad_stats& b) {
+    return {a.g2 + b.g2, a.n2 + b.n2, a.d2 + b.d2, a.bad + b.bad, a.kept + b.kept};
+  }
+};
+
+}  // namespace flatmin::kernels

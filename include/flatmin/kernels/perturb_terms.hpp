@@ -1,0 +1,32 @@
+#pragma once
+/// @file perturb_terms.hpp
+/// Per-element pieces of a perturbation ε = ρ · dir / (‖norm‖ + ξ): the term whose L2 norm
+/// normalises ε, and the direction.
+
+#include <cstdint>
+
+#include "../params/tensor_view.hpp"
+#include "math.hpp"
+
+namespace flatmin::kernels {
+
+/// SAM: norm term g, direction g.
+template <class T>
+struct l2_term {
+  FLATMIN_HD T norm(T /*w*/, T g, std::size_t /*i*/, std::uint32_t /*flags*/) const { return g; }
+  FLATMIN_HD T dir(T /*w*/, T g, std::size_t /*i*/, std::uint32_t /*flags*/) const { return g; }
+};
+
+/// ASAM: T_w = |w| + η on adaptive tensors (1 elsewhere); norm term T_w g, direction T_w² g.
+template <class T>
+struct adaptive_term {
+  T eta;
+  FLATMIN_HD T scale(T w, std::uint32_t flags) const { return (flags & tensor_flags::adaptive) ? fm_abs(w) + eta : T(1); }
+  FLATMIN_HD T norm(T w, T g, std::size_t, std::uint32_t flags) const { return scale(w, flags) * g; }
+  FLATMIN_HD T dir(T w, T g, std::size_t, std::uint32_t flags) const {
+    const T s = scale(w, flags);
+    return s * s * g;
+  }
+};
+
+}  // namespace flatmin::kernels

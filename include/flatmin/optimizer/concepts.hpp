@@ -1,0 +1,58 @@
+#pragma once
+/// @file concepts.hpp
+/// Concepts naming every role, so that a wrong composition fails with the missing capability.
+
+#include <concepts>
+#include <cstddef>
+#include <functional>
+#include <type_traits>
+
+#include "../backend/layout.hpp"
+
+namespace flatmin {
+
+/// The minimal objective: called with no argument, it writes the gradient at the current weights
+/// into the gradient views and returns the loss.
+template <class O>
+concept objective = std::invocable<O&> && std::convertible_to<std::invoke_result_t<O&>, double>;
+
+/// A backend: vectors in its memory space, one-launch passes and deterministic reductions.
+template <class B>
+concept backend_policy = requires {
+  { B::segment_size } -> std::convertible_to<std::size_t>;
+  { B::accepts(memory_space::host) } -> std::convertible_to<bool>;
+  typename B::template vector<float>;
+};
+
+/// A base optimizer: options with validate(), and a per-run state created for (T, Backend).
+template <class P, class T, class Backend>
+concept base_optimizer = requires(const P& p, typename P::template state<T, Backend>& s) {
+  p.validate();
+  { P::has_second_moment } -> std::convertible_to<bool>;
+  s.prepare(p, std::size_t{1});
+  { s.bytes() } -> std::convertible_to<std::size_t>;
+};
+
+/// A perturbation: radius options, validate(), and a per-element term built from the base state.
+template <class P>
+concept perturbation = requires(const P& p) {
+  p.validate();
+  { P::perturbs } -> std::convertible_to<bool>;
+  { p.rho } -> std::convertible_to<double>;
+  { p.xi } -> std::convertible_to<double>;
+};
+
+/// A mask: validate() and a per-run state created for (T, Backend).
+template <class M, class T, class Backend>
+concept mask_policy = requires(const M& m, typename M::template state<T, Backend>& s,
+                               const backend::layout<T, Backend>& l) {
+  m.validate();
+  s.get_view();
+  { s.range(l) } -> std::same_as<backend::pass_range<T>>;
+  { s.saved_size(l) } -> std::convertible_to<std::size_t>;
+  { s.radius_scale() } -> std::convertible_to<double>;
+  { M::template state<T, Backend>::norm_over_mask } -> std::convertible_to<bool>;
+  { M::template state<T, Backend>::compact } -> std::convertible_to<bool>;
+};
+
+}  // namespace flatmin

@@ -1,0 +1,374 @@
+#pragma once
+/// @file sharpness_aware.hpp
+/// `sharpness_aware<T, Backend, Perturb, Mask, Base, Descent, Regularizer>`: the composition of
+/// the policies and the step protocol.
+///
+/// A step:
+///
+///     g      = ∇L(w)                                   (the caller, or the objective)
+///     ε      = ρ · s · m ⊙ dir(g) / (‖norm(g)‖ + ξ)    (Perturb: dir, norm; Mask: m, s)
+///     w      ← w + ε        (the perturbed entries of w are saved first)
+///     g_adv  = ∇L(w + ε)                               (Descent: standard, functional, ...)
+///     w      ← saved w (bit-exact), then Base(w, Regularizer(g_adv))
+///
+/// Two protocols: `ascend()` / `descend()` around the caller's own backward pass, or
+/// `step(objective)`. Misuse throws `usage_error` and leaves the weights as they were.
+/// A non-finite g or g_adv never reaches the weights: the step is skipped (weights restored
+/// bit-exactly, optimizer state untouched, `report.skipped`), or `non_finite_error` is thrown
+/// after the same restore when the options say `nonfinite::raise`.
+
+#include <cmath>
+#include <cstring>
+#include <functional>
+#include <istream>
+#include <ostream>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "../backend/layout.hpp"
+#include "../descent/standard.hpp"
+#include "../kernels/sam_passes.hpp"
+#include "../params/param_set.hpp"
+#include "../regularize/none.hpp"
+#include "concepts.hpp"
+#include "report.hpp"
+
+namespace flatmin {
+
+/// Options of the optimizer itself (not of a policy).
+struct optimizer_options {
+  nonfinite on_nonfinite = nonfinite::skip;  ///< skip the step (default) or throw
+};
+
+template <class T, class Backend, class Perturb, class Mask, class Base, class Descent = descent::standard,
+          class Regularizer = regularize::none>
+class sharpness_aware {
+  static_assert(std::is_floating_point_v<T>, "flatmin::sharpness_aware: T must be float or double");
+  static_assert(backend_policy<Backend>,
+                "flatmin::sharpness_aware: Backend is not a backend (needs segment_size, accepts(), vector<T>)");
+  static_assert(perturbation<Perturb>,
+                "flatmin::sharpness_aware: Perturb is not a perturbation (needs rho, xi, perturbs, validate())");
+  static_assert(base_optimizer<Base, T, Backend>,
+                "flatmin::sharpness_aware: Base is not a base optimizer (needs validate(), has_second_moment, "
+                "state<T, Backend> with prepare() and bytes())");
+  static_assert(mask_policy<Mask, T, Backend>,
+                "flatmin::sharpness_aware: Mask is not a mask (needs validate() and state<T, Backend> with "
+                "get_view(), range(), saved_size(), radius_scale(), norm_over_mask, compact)");
+
+ public:
+  using value_type = T;
+  using backend_type = Backend;
+  using perturb_type = Perturb;
+  using mask_type = Mask;
+  using base_type = Base;
+  using descent_type = Descent;
+  using regularizer_type = Regularizer;
+
+  /// Whether a step takes a second gradient (false for plain base optimizers and BAR).
+  static constexpr bool perturbs = Perturb::perturbs;
+
+  /// Binds the optimizer to `params` (the views are copied; the memory they point to must outlive
+  /// the optimizer). Throws std::invalid_argument for bad options or an empty / overlapping set,
+  /// usage_error for a view in a memory space the backend cannot reach.
+  sharpness_aware(const param_set<T>& params, Base base, Perturb perturb = {}, Mask mask = {},
+                  optimizer_options options = {}, Descent descent = {}, Regularizer reg = {})
+      : base_(std::move(base)),
+        perturb_(std::move(perturb)),
+        mask_(std::move(mask)),
+        descent_(std::move(descent)),
+        reg_(std::move(reg)),
+        options_(options),
+        layout_(checked(params)),
+        base_state_(base_, layout_.numel()),
+        mask_state_(mask_, layout_),
+        reg_state_(reg_, layout_),
+        saved_(Backend::template make_vector<T>(perturbs ? mask_state_.saved_size(layout_) : 0)) {
+    validate();
+    for (const auto& t : layout_.host_tensors())
+      if (t.flags & tensor_flags::perturb) perturbable_ += t.size;
+  }
+
+  sharpness_aware(const sharpness_aware&) = delete;
+  sharpness_aware& operator=(const sharpness_aware&) = delete;
+  sharpness_aware(sharpness_aware&&) = default;
+
+  /// First half of a step: with g = ∇L(w) in the gradient views, w ← w + ε (w saved).
+  /// For compositions that do not perturb (`perturbs == false`) it does nothing and may be left out.
+  step_report ascend(const step_args& args = {}) {
+    if (phase_ != phase::idle)
+      throw usage_error("flatmin: ascend() called twice without descend(); call descend() or cancel() first");
+    validate();
+    report_ = step_report{};
+    report_.step = steps_ + 1;
+    if constexpr (!perturbs) {
+      phase_ = phase::ascended;
+      return report_;
+    } else {
+      const T inv = inverse_scale(args);
+      mask_state_.begin_step(mask_, steps_ + 1);
+      kernels::grad_stats s = stats(inv);
+      if (s.bad > 0 || !std::isfinite(s.n2) || !std::isfinite(s.g2) || (args.found_inf && *args.found_inf)) {
+        report_.grad_norm = std::sqrt(s.g2);
+        report_.skipped = true;
+        report_.reason = (args.found_inf && *args.found_inf) ? skip_reason::found_inf : skip_reason::nonfinite_gradient;
+        if (options_.on_nonfinite == nonfinite::raise) {
+          phase_ = phase::idle;
+          throw non_finite_error(std::string("flatmin: ascend(): ") + to_string(report_.reason));
+        }
+        phase_ = phase::skipped;
+        return report_;
+      }
+      if (mask_state_.refresh(mask_, layout_, steps_ + 1, inv)) {
+        const std::size_t need = mask_state_.saved_size(layout_);
+        if (saved_.size() < need) saved_ = Backend::template make_vector<T>(need);
+        s = stats(inv);
+      }
+      const double denom = std::sqrt(s.n2) + perturb_.xi;
+      const double scale = denom > 0 ? perturb_.rho * mask_state_.radius_scale() / denom : 0.0;
+      Backend::for_each(mask_state_.range(layout_),
+                        kernels::ascend_pass<T, term_type, mask_view>{term(), mask_state_.get_view(),
+                                                                      static_cast<T>(scale), inv,
+                                                                      Backend::data(saved_)});
+      report_.grad_norm = std::sqrt(s.g2);
+      report_.perturbation_norm = scale * std::sqrt(s.d2);
+      report_.mask_density = perturbable_ ? s.kept / static_cast<double>(perturbable_) : 0.0;
+      phase_ = phase::ascended;
+      return report_;
+    }
+  }
+
+  /// Second half: with g_adv in the gradient views, restores w exactly and applies the base step.
+  /// Returns the step's report (`skipped` if g or g_adv was non-finite).
+  step_report descend(const step_args& args = {}) {
+    if constexpr (perturbs) {
+      if (phase_ == phase::idle) throw usage_error("flatmin: descend() called without a matching ascend()");
+    } else {
+      if (phase_ == phase::idle) {
+        report_ = step_report{};
+        report_.step = steps_ + 1;
+      }
+    }
+    validate();
+    if (phase_ == phase::skipped) {  // g at w was non-finite: nothing was perturbed, nothing to apply
+      phase_ = phase::idle;
+      return report_;
+    }
+    const T inv = inverse_scale(args);
+    bool bad = false;
+    if (args.found_inf) {
+      bad = *args.found_inf;
+    } else {
+      const auto c = Backend::template reduce<kernels::grad_stats>(layout_.full(), kernels::check_pass<T>{inv});
+      bad = c.bad > 0 || !std::isfinite(c.g2);
+      (perturbs ? report_.perturbed_grad_norm : report_.grad_norm) = std::sqrt(c.g2);
+    }
+    if (bad) {
+      if constexpr (perturbs) restore();
+      phase_ = phase::idle;
+      report_.skipped = true;
+      report_.reason = args.found_inf ? skip_reason::found_inf
+                                      : (perturbs ? skip_reason::nonfinite_perturbed_gradient : skip_reason::nonfinite_gradient);
+      if (options_.on_nonfinite == nonfinite::raise)
+        throw non_finite_error(std::string("flatmin: descend(): ") + to_string(report_.reason));
+      return report_;
+    }
+    const std::size_t t = steps_ + 1;
+    auto adjust = reg_state_.prepare(reg_, layout_, t, inv);
+    auto update = base_state_.prepare(base_, t);
+    constexpr bool fused_restore = perturbs && !mask_state_type::compact;
+    if constexpr (perturbs && mask_state_type::compact) restore();
+    Backend::for_each(layout_.full(),
+                      kernels::descend_pass<T, mask_view, decltype(adjust), decltype(update)>{
+                          mask_state_.get_view(), adjust, update, inv, Backend::data(saved_), fused_restore});
+    steps_ = t;
+    phase_ = phase::idle;
+    return report_;
+  }
+
+  /// One whole step with the closure protocol: `obj()` writes ∇L at the current weights and
+  /// returns the loss; it is called at w, then (if the composition perturbs) at w + ε. If the
+  /// objective throws at w + ε, the weights are restored before the exception propagates.
+  template <class O>
+  step_report step(O&& obj, const step_args& args = {}) {
+    static_assert(objective<std::remove_reference_t<O>>,
+                  "flatmin::step: the objective must be callable with no argument and return the loss "
+                  "(convertible to double) after writing the gradients");
+    const double loss = static_cast<double>(obj());
+    step_report r;
+    if constexpr (perturbs) {
+      r = ascend(args);
+      if (!r.skipped) {
+        try {
+          descent_.second_gradient(obj);
+        } catch (...) {
+          cancel();
+          throw;
+        }
+      }
+    }
+    r = descend(args);
+    r.loss = loss;
+    report_.loss = loss;
+    return r;
+  }
+
+  /// Abandons an ascended step: restores w bit-exactly and returns to the idle state.
+  void cancel() {
+    if (phase_ == phase::ascended && perturbs) restore();
+    phase_ = phase::idle;
+  }
+
+  /// True between ascend() and descend().
+  bool ascended() const { return phase_ != phase::idle; }
+  /// Number of applied (not skipped) steps.
+  std::size_t steps() const { return steps_; }
+  /// The report of the current / last step.
+  const step_report& last_report() const { return report_; }
+
+  /// Options, mutable between steps (learning-rate and ρ schedules); re-validated every call.
+  Base& base() { return base_; }
+  const Base& base() const { return base_; }
+  Perturb& perturbation() { return perturb_; }
+  const Perturb& perturbation() const { return perturb_; }
+  Mask& mask() { return mask_; }
+  const Mask& mask() const { return mask_; }
+  Regularizer& regularizer() { return reg_; }
+  Descent& descent() { return descent_; }
+  const backend::layout<T, Backend>& layout() const { return layout_; }
+  const typename Base::template state<T, Backend>& base_state() const { return base_state_; }
+  const typename Mask::template state<T, Backend>& mask_state() const { return mask_state_; }
+
+  /// Bytes of optimizer state beyond the base optimizer's (saved weights, mask state).
+  std::size_t extra_state_bytes() const { return saved_.size() * sizeof(T) + mask_state_.bytes(); }
+  /// Bytes of the base optimizer's state.
+  std::size_t base_state_bytes() const { return base_state_.bytes(); }
+
+  /// Writes the optimizer's state (step count, base and mask state) so that a run resumes exactly.
+  /// Must be called between steps.
+  void save(std::ostream& os) {
+    if (phase_ != phase::idle) throw usage_error("flatmin: save() called between ascend() and descend()");
+    write_pod(os, magic);
+    write_pod(os, static_cast<std::uint32_t>(sizeof(T)));
+    write_pod(os, static_cast<std::uint64_t>(layout_.numel()));
+    write_pod(os, static_cast<std::uint64_t>(steps_));
+    auto put = [&](const char* name, auto& v) {
+      const auto h = Backend::to_host(v);
+      const std::string n(name);
+      write_pod(os, static_cast<std::uint32_t>(n.size()));
+      os.write(n.data(), static_cast<std::streamsize>(n.size()));
+      write_pod(os, static_cast<std::uint64_t>(h.size()));
+      os.write(reinterpret_cast<const char*>(h.data()), static_cast<std::streamsize>(h.size() * sizeof(h[0])));
+    };
+    base_state_.visit(put);
+    mask_state_.visit(put);
+    if (!os) throw std::runtime_error("flatmin: save(): write failed");
+  }
+
+  /// Restores what save() wrote. Throws std::invalid_argument if it was written for another
+  /// element type, parameter count or composition; the optimizer is unchanged then.
+  void load(std::istream& is) {
+    if (phase_ != phase::idle) throw usage_error("flatmin: load() called between ascend() and descend()");
+    auto bad = [](const std::string& what) { return std::invalid_argument("flatmin: load(): " + what); };
+    if (read_pod<std::uint64_t>(is) != magic) throw bad("not a flatmin checkpoint");
+    if (read_pod<std::uint32_t>(is) != sizeof(T)) throw bad("element type differs");
+    if (read_pod<std::uint64_t>(is) != layout_.numel()) throw bad("parameter count differs");
+    const auto steps = read_pod<std::uint64_t>(is);
+    std::vector<std::function<void()>> commit;
+    auto get = [&](const char* name, auto& v) {
+      using vec = std::remove_reference_t<decltype(v)>;
+      using E = std::remove_cv_t<std::remove_reference_t<decltype(Backend::to_host(v)[0])>>;
+      const auto len = read_pod<std::uint32_t>(is);
+      std::string n(len, '\0');
+      is.read(n.data(), len);
+      if (n != name) throw bad("expected buffer " + detail::quote(name) + ", found " + detail::quote(n));
+      std::vector<E> h(read_pod<std::uint64_t>(is));
+      is.read(reinterpret_cast<char*>(h.data()), static_cast<std::streamsize>(h.size() * sizeof(E)));
+      if (!is) throw bad("truncated buffer " + detail::quote(name));
+      commit.push_back([&v, h = std::move(h)] { v = Backend::from_host(h); });
+      static_cast<void>(sizeof(vec));
+    };
+    base_state_.visit(get);
+    mask_state_.visit(get);
+    for (auto& c : commit) c();
+    steps_ = static_cast<std::size_t>(steps);
+  }
+
+ private:
+  enum class phase { idle, ascended, skipped };
+  using mask_state_type = typename Mask::template state<T, Backend>;
+  using mask_view = decltype(std::declval<const mask_state_type&>().get_view());
+  using term_type = decltype(std::declval<const Perturb&>().template term<T>(
+      std::declval<const typename Base::template state<T, Backend>&>(), std::size_t{}));
+  static constexpr std::uint64_t magic = 0x314e494d54414c46ull;  // "FLATMIN1"
+
+  const param_set<T>& checked(const param_set<T>& ps) {
+    ps.validate();
+    for (const auto& v : ps.tensors()) {
+      if (!Backend::accepts(v.space))
+        throw usage_error("flatmin: tensor " + detail::quote(v.name) + " is in " +
+                          (v.space == memory_space::host ? "host" : "device") + " memory, which backend " +
+                          Backend::name + " cannot use");
+      if constexpr (requires { Backend::check_view(v); }) Backend::check_view(v);
+    }
+    return ps;
+  }
+
+  void validate() const {
+    base_.validate();
+    perturb_.validate();
+    mask_.validate();
+    descent_.validate();
+    reg_.validate();
+  }
+
+  static T inverse_scale(const step_args& a) {
+    detail::check_option(std::isfinite(a.grad_scale) && a.grad_scale > 0, "step_args", "grad_scale", a.grad_scale,
+                         "finite and > 0");
+    return static_cast<T>(1.0 / a.grad_scale);
+  }
+
+  term_type term() const { return perturb_.template term<T>(base_state_, steps_); }
+
+  kernels::grad_stats stats(T inv) {
+    return Backend::template reduce<kernels::grad_stats>(
+        layout_.full(), kernels::stats_pass<T, term_type, mask_view>{term(), mask_state_.get_view(), inv,
+                                                                      mask_state_type::norm_over_mask});
+  }
+
+  void restore() {
+    Backend::for_each(mask_state_.range(layout_),
+                      kernels::restore_pass<T, mask_view>{mask_state_.get_view(), Backend::data(saved_)});
+  }
+
+  template <class P>
+  static void write_pod(std::ostream& os, const P& p) {
+    os.write(reinterpret_cast<const char*>(&p), sizeof(P));
+  }
+  template <class P>
+  static P read_pod(std::istream& is) {
+    P p{};
+    is.read(reinterpret_cast<char*>(&p), sizeof(P));
+    if (!is) throw std::invalid_argument("flatmin: load(): truncated checkpoint");
+    return p;
+  }
+
+  Base base_;
+  Perturb perturb_;
+  Mask mask_;
+  Descent descent_;
+  Regularizer reg_;
+  optimizer_options options_;
+  backend::layout<T, Backend> layout_;
+  typename Base::template state<T, Backend> base_state_;
+  mask_state_type mask_state_;
+  typename Regularizer::template state<T, Backend> reg_state_;
+  typename Backend::template vector<T> saved_;
+  std::size_t perturbable_ = 0;
+  std::size_t steps_ = 0;
+  phase phase_ = phase::idle;
+  step_report report_;
+};
+
+}  // namespace flatmin

@@ -1,0 +1,36 @@
+#pragma once
+/// @file adaptive.hpp
+/// `perturb::adaptive` — ASAM's perturbation (Kwon et al., ICML 2021).
+///
+///     T_w = |w| + η  (elementwise; T_w = 1 on tensors with `.adaptive = false`)
+///     ε   = ρ · T_w² ⊙ g / (‖T_w ⊙ g‖ + ξ)
+///
+/// The official code scales only tensors whose name contains "weight"; here that is the per-tensor
+/// option `tensor_options::adaptive` (set it to false for biases to match).
+/// Options: ρ = `rho` (0.5), η = `eta` (0.01), ξ = `xi` (1e-12).
+
+#include "../config.hpp"
+#include "../kernels/perturb_terms.hpp"
+
+namespace flatmin::perturb {
+
+struct adaptive {
+  double rho = 0.5;   ///< radius ρ ≥ 0
+  double eta = 0.01;  ///< η ≥ 0
+  double xi = 1e-12;  ///< ξ ≥ 0
+
+  static constexpr bool perturbs = true;
+
+  void validate() const {
+    detail::check_option(detail::finite(rho) && rho >= 0, "perturb::adaptive", "rho", rho, "finite and >= 0");
+    detail::check_option(detail::finite(eta) && eta >= 0, "perturb::adaptive", "eta", eta, "finite and >= 0");
+    detail::check_option(detail::finite(xi) && xi >= 0, "perturb::adaptive", "xi", xi, "finite and >= 0");
+  }
+
+  template <class T, class BaseState>
+  kernels::adaptive_term<T> term(const BaseState& /*base*/, std::size_t /*steps_done*/) const {
+    return {static_cast<T>(eta)};
+  }
+};
+
+}  // namespace flatmin::perturb
