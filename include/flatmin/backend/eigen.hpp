@@ -146,6 +146,31 @@ struct eigen {
     return total;
   }
 
+  /// Counts of `key(i)` over i in [0, n): key returns a bin in [0, bins), or `bins` (or more) to
+  /// leave i out. Integer counts, so the result is exact and thread-count invariant.
+  template <class F>
+  static std::vector<std::uint64_t> histogram(std::size_t n, std::size_t bins, const F& key) {
+    const std::size_t nb = (n + segment_size * 16 - 1) / (segment_size * 16);
+    std::vector<std::uint64_t> counts(bins, 0);
+    if (nb == 0) return counts;
+    std::vector<std::uint64_t> local(nb * bins, 0);
+    const auto nbb = static_cast<std::ptrdiff_t>(nb);
+#if defined(_OPENMP)
+#pragma omp parallel for schedule(static) if (n >= parallel_threshold)
+#endif
+    for (std::ptrdiff_t b = 0; b < nbb; ++b) {
+      std::uint64_t* h = local.data() + static_cast<std::size_t>(b) * bins;
+      const std::size_t lo = static_cast<std::size_t>(b) * segment_size * 16, hi = std::min(n, lo + segment_size * 16);
+      for (std::size_t i = lo; i < hi; ++i) {
+        const std::size_t k = static_cast<std::size_t>(key(i));
+        if (k < bins) ++h[k];
+      }
+    }
+    for (std::size_t b = 0; b < nb; ++b)
+      for (std::size_t k = 0; k < bins; ++k) counts[k] += local[b * bins + k];
+    return counts;
+  }
+
   /// Number of threads a large pass uses.
   static int threads() {
 #if defined(_OPENMP)

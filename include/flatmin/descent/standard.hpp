@@ -11,9 +11,14 @@ namespace flatmin::descent {
 
 struct standard {
   void validate() const {}
-  /// Computes g_adv at the current (perturbed) weights.
+  /// Computes g at the clean weights and returns the loss (closure protocol, first call).
   template <objective O>
-  void second_gradient(O& obj) const {
+  double first_gradient(O& obj) {
+    return static_cast<double>(obj());
+  }
+  /// Computes g_adv at the current (perturbed) weights (closure protocol, second call).
+  template <objective O>
+  void second_gradient(O& obj) {
     static_cast<void>(obj());
   }
 };

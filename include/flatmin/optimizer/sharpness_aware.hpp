@@ -192,10 +192,10 @@ class sharpness_aware {
   /// objective throws at w + ε, the weights are restored before the exception propagates.
   template <class O>
   step_report step(O&& obj, const step_args& args = {}) {
-    static_assert(objective<std::remove_reference_t<O>>,
-                  "flatmin::step: the objective must be callable with no argument and return the loss "
-                  "(convertible to double) after writing the gradients");
-    const double loss = static_cast<double>(obj());
+    static_assert(requires(Descent& d, std::remove_reference_t<O>& o) { d.first_gradient(o); d.second_gradient(o); },
+                  "flatmin::step: the objective lacks what this composition's descent policy needs: for "
+                  "descent::standard, a callable with no argument returning the loss (flatmin::objective)");
+    const double loss = descent_.first_gradient(obj);
     step_report r;
     if constexpr (perturbs) {
       r = ascend(args);
