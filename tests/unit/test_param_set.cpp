@@ -153,4 +153,12 @@ TEST_CASE("param_set: LoRA pairs are two tagged tensors") {
   CHECK((ps[p.b].flags() & flatmin::tensor_flags::lora_b) != 0);
   CHECK_THROWS_AS(ps.add_lora_pair("attn.q", A.data(), gA.data(), {8, 16}, B.data(), gB.data(), {16, 8}),
                   std::invalid_argument);
+  // a bad second factor leaves no half-registered pair behind
+  std::vector<float> C(4), gC(4), D(4), gD(4);
+  CHECK_THROWS_AS(ps.add_lora_pair("attn.k", C.data(), gC.data(), {2, 2}, nullptr, gB.data(), {16, 8}),
+                  std::invalid_argument);
+  CHECK(ps.size() == 2);
+  CHECK(ps.lora_pairs().size() == 1);
+  CHECK_NOTHROW(ps.add_lora_pair("attn.k", C.data(), gC.data(), {2, 2}, D.data(), gD.data(), {2, 2}));
+  CHECK_NOTHROW(ps.validate());
 }
