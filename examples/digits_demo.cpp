@@ -38,6 +38,7 @@ namespace {
 struct config {
   std::string data = FLATMIN_DIGITS_CSV;
   int seeds = 5;
+  int first_seed = 0;
   int epochs = 60;
   double noise = 0.3;
   int hidden = 256;
@@ -57,6 +58,7 @@ struct config {
   std::printf(
       "usage: digits_demo [options]\n"
       "  --seeds N        number of seeds (default 5)\n"
+      "  --first-seed N   seeds are N, N+1, ... (default 0)\n"
       "  --epochs N       epochs per run (default 60)\n"
       "  --noise p        fraction of training labels made wrong (default 0.3)\n"
       "  --quick          tiny run for a smoke test (1 seed, 8 epochs, 64 hidden units);\n"
@@ -83,6 +85,7 @@ config parse(int argc, char** argv) {
     const std::string a = argv[i];
     if (a == "--help" || a == "-h") usage(0);
     else if (a == "--seeds") c.seeds = std::atoi(need(i));
+    else if (a == "--first-seed") c.first_seed = std::atoi(need(i));
     else if (a == "--epochs") c.epochs = std::atoi(need(i));
     else if (a == "--noise") c.noise = std::atof(need(i));
     else if (a == "--data") c.data = need(i);
@@ -113,7 +116,7 @@ config parse(int argc, char** argv) {
     c.epochs = 8;
     c.hidden = 64;
   }
-  if (c.seeds < 1 || c.epochs < 1 || c.hidden < 1 || c.batch < 1 || !(c.noise >= 0 && c.noise < 0.9)) {
+  if (c.seeds < 1 || c.first_seed < 0 || c.epochs < 1 || c.hidden < 1 || c.batch < 1 || !(c.noise >= 0 && c.noise < 0.9)) {
     std::fprintf(stderr, "digits_demo: need seeds, epochs, hidden, batch >= 1 and noise in [0, 0.9)\n");
     usage(2);
   }
@@ -236,7 +239,7 @@ int main(int argc, char** argv) try {
                                 {"sam", "ascend/descend", {}, 0},
                                 {"asam", "step(closure)", {}, 0}};
   for (int s = 0; s < c.seeds; ++s) {
-    const auto seed = static_cast<std::uint64_t>(s);
+    const auto seed = static_cast<std::uint64_t>(c.first_seed + s);
     const problem p = make_problem(all, c, seed);
     for (auto& row : table) {
       if (!wanted(row.name)) continue;
@@ -270,8 +273,8 @@ int main(int argc, char** argv) try {
   }
 
   const char* what = c.tune ? "val acc (noisy)" : "test acc";
-  std::printf("\nfinal %s after %d epochs, %d seed%s (0..%d), %.0f %% label noise\n", what, c.epochs, c.seeds,
-              c.seeds > 1 ? "s" : "", c.seeds - 1, 100 * c.noise);
+  std::printf("\nfinal %s after %d epochs, %d seed%s (%d..%d), %.0f %% label noise\n", what, c.epochs, c.seeds,
+              c.seeds > 1 ? "s" : "", c.first_seed, c.first_seed + c.seeds - 1, 100 * c.noise);
   std::printf("%-6s %-15s %-20s %-22s %s\n", "opt", "protocol", "mean ± std", "vs sgd (paired)", "time");
   const summary* ref = nullptr;
   for (const auto& row : table)

@@ -39,23 +39,35 @@ namespace examples {
 enum class activation { relu, tanh };
 
 /// One fully connected layer, out = weight · in + bias, with its gradients.
+template <class Scalar>
 struct dense_layer {
-  Eigen::MatrixXf weight, weight_grad;  ///< outputs × inputs
-  Eigen::VectorXf bias, bias_grad;      ///< outputs
+  using matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
+  using vector = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
+  matrix weight, weight_grad;  ///< outputs × inputs
+  vector bias, bias_grad;      ///< outputs
 };
 
-class mlp {
+/// The network for any scalar type: `mlp` (float) trains, `basic_mlp<double>` serves as a
+/// float64 reference in tests.
+template <class Scalar>
+class basic_mlp {
  public:
+  using scalar = Scalar;
+  using matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
+  using vector = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
+  using array = Eigen::Array<Scalar, Eigen::Dynamic, 1>;
+  using input = Eigen::Ref<const matrix>;
+
   /// Activations of one forward pass, kept for the backward pass: `a[0]` is the input, `a[l]` the
   /// output of layer l after its non-linearity, and the last entry the logits (no non-linearity).
   struct tape {
-    std::vector<Eigen::MatrixXf> a;
-    const Eigen::MatrixXf& logits() const { return a.back(); }
+    std::vector<matrix> a;
+    const matrix& logits() const { return a.back(); }
   };
 
   /// `sizes` = {inputs, hidden..., outputs}. Weights are drawn uniformly with the variance of He
   /// (ReLU) or Glorot (tanh) initialisation from `seed`; biases start at zero.
-  mlp(std::vector<int> sizes, activation act, std::uint64_t seed) : sizes_(std::move(sizes)), act_(act) {
+  basic_mlp(std::vector<int> sizes, activation act, std::uint64_t seed) : sizes_(std::move(sizes)), act_(act) {
     if (sizes_.size() < 2) throw std::invalid_argument("mlp: needs at least an input and an output size");
     rng r = rng::stream(seed, 3);
     for (std::size_t l = 0; l + 1 < sizes_.size(); ++l) {
@@ -63,18 +75,18 @@ class mlp {
       const bool hidden = l + 2 < sizes_.size();
       const double var = (act_ == activation::relu && hidden) ? 2.0 / in : 2.0 / (in + out);
       const double bound = std::sqrt(3.0 * var);  // U(-b, b) has variance b²/3
-      dense_layer d;
+      dense_layer<Scalar> d;
       d.weight.resize(out, in);
       for (Eigen::Index k = 0; k < d.weight.size(); ++k)
-        d.weight.data()[k] = static_cast<float>((2.0 * r.uniform() - 1.0) * bound);
-      d.weight_grad = Eigen::MatrixXf::Zero(out, in);
-      d.bias = Eigen::VectorXf::Zero(out);
-      d.bias_grad = Eigen::VectorXf::Zero(out);
+        d.weight.data()[k] = static_cast<Scalar>((2.0 * r.uniform() - 1.0) * bound);
+      d.weight_grad = matrix::Zero(out, in);
+      d.bias = vector::Zero(out);
+      d.bias_grad = vector::Zero(out);
       layers.push_back(std::move(d));
     }
   }
 
-  std::vector<dense_layer> layers;
+  std::vector<dense_layer<Scalar>> layers;
 
   int inputs() const { return sizes_.front(); }
   int outputs() const { return sizes_.back(); }
@@ -87,7 +99,7 @@ class mlp {
 
   /// Adds every layer as `prefix + "fc<l>.weight"` / `".bias"`. Biases get no weight decay and no
   /// adaptive (ASAM) scaling, following common practice and the official ASAM code.
-  void register_params(flatmin::param_set<float>& ps, const std::string& prefix = "") {
+  void register_params(flatmin::param_set<Scalar>& ps, const std::string& prefix = "") {
     for (std::size_t l = 0; l < layers.size(); ++l) {
       const std::string name = prefix + "fc" + std::to_string(l + 1);
       ps.add(name + ".weight", layers[l].weight, layers[l].weight_grad);
@@ -97,7 +109,7 @@ class mlp {
   }
 
   /// Forward pass at the current weights, keeping what backward() needs.
-  void forward(const Eigen::Ref<const Eigen::MatrixXf>& x, tape& t) const {
+  void forward(const input& x, tape& t) const {
     if (x.rows() != inputs()) throw std::invalid_argument("mlp: input has the wrong number of features");
     t.a.resize(layers.size() + 1);
     t.a[0] = x;
@@ -110,54 +122,54 @@ class mlp {
 
   /// Back-propagates `d_logits` (∂L/∂logits, outputs × batch) through the pass recorded in `t`
   /// and writes every parameter gradient (overwriting).
-  void backward(const tape& t, const Eigen::MatrixXf& d_logits) {
-    Eigen::MatrixXf delta = d_logits;
+  void backward(const tape& t, const matrix& d_logits) {
+    matrix delta = d_logits;
     for (std::size_t l = layers.size(); l-- > 0;) {
       auto& d = layers[l];
       d.weight_grad.noalias() = delta * t.a[l].transpose();
       d.bias_grad = delta.rowwise().sum();
       if (l == 0) break;
-      Eigen::MatrixXf up = d.weight.transpose() * delta;
+      matrix up = d.weight.transpose() * delta;
       // The derivative of the non-linearity, from its output: ReLU' = [a > 0], tanh' = 1 − a².
       if (act_ == activation::relu)
-        delta = (t.a[l].array() > 0.0f).select(up, 0.0f);
+        delta = (t.a[l].array() > Scalar(0)).select(up, Scalar(0));
       else
-        delta = up.array() * (1.0f - t.a[l].array().square());
+        delta = up.array() * (Scalar(1) - t.a[l].array().square());
     }
   }
 
-  Eigen::MatrixXf logits(const Eigen::Ref<const Eigen::MatrixXf>& x) const {
+  matrix logits(const input& x) const {
     tape t;
     forward(x, t);
     return std::move(t.a.back());
   }
 
   /// Mean softmax cross-entropy over the batch; writes the gradient. The closure-protocol objective.
-  float loss_and_gradient(const Eigen::Ref<const Eigen::MatrixXf>& x, const std::vector<int>& y) {
+  Scalar loss_and_gradient(const input& x, const std::vector<int>& y) {
     forward(x, scratch_);
-    Eigen::MatrixXf c;
-    const float loss = cross_entropy(scratch_.logits(), y, &c);
+    matrix c;
+    const Scalar loss = cross_entropy(scratch_.logits(), y, &c);
     backward(scratch_, c);
     return loss;
   }
 
   /// ℓ_i = −log softmax(f(x_i))[y_i] at the current weights, forward only.
-  Eigen::VectorXf per_sample_losses(const Eigen::Ref<const Eigen::MatrixXf>& x, const std::vector<int>& y) const {
-    const Eigen::MatrixXf z = logits(x);
-    Eigen::VectorXf l(z.cols());
+  vector per_sample_losses(const input& x, const std::vector<int>& y) const {
+    const matrix z = logits(x);
+    vector l(z.cols());
     for (Eigen::Index j = 0; j < z.cols(); ++j) l[j] = log_sum_exp(z.col(j)) - z(label(y, j, z.rows()), j);
     return l;
   }
 
   /// c = ∂L/∂logits of the mean cross-entropy at the current weights (outputs × batch).
-  Eigen::MatrixXf output_cotangent(const Eigen::Ref<const Eigen::MatrixXf>& x, const std::vector<int>& y) const {
-    Eigen::MatrixXf c;
+  matrix output_cotangent(const input& x, const std::vector<int>& y) const {
+    matrix c;
     cross_entropy(logits(x), y, &c);
     return c;
   }
 
   /// Writes Jᵀc, the gradient of ⟨c, f(x)⟩, at the current weights, for a GIVEN cotangent c.
-  void backprop_cotangent(const Eigen::Ref<const Eigen::MatrixXf>& x, const Eigen::MatrixXf& c) {
+  void backprop_cotangent(const input& x, const matrix& c) {
     forward(x, scratch_);
     if (c.rows() != scratch_.logits().rows() || c.cols() != scratch_.logits().cols())
       throw std::invalid_argument("mlp: cotangent shape does not match the outputs");
@@ -165,8 +177,8 @@ class mlp {
   }
 
   /// Fraction of samples whose arg-max logit is the label.
-  double accuracy(const Eigen::Ref<const Eigen::MatrixXf>& x, const std::vector<int>& y) const {
-    const Eigen::MatrixXf z = logits(x);
+  double accuracy(const input& x, const std::vector<int>& y) const {
+    const matrix z = logits(x);
     std::size_t hits = 0;
     for (Eigen::Index j = 0; j < z.cols(); ++j) {
       Eigen::Index k;
@@ -177,15 +189,15 @@ class mlp {
   }
 
   /// Mean cross-entropy of `z` (outputs × batch) against `y`; if `grad`, also ∂/∂z = (softmax − onehot)/batch.
-  static float cross_entropy(const Eigen::MatrixXf& z, const std::vector<int>& y, Eigen::MatrixXf* grad = nullptr) {
+  static Scalar cross_entropy(const matrix& z, const std::vector<int>& y, matrix* grad = nullptr) {
     if (static_cast<std::size_t>(z.cols()) != y.size()) throw std::invalid_argument("mlp: labels and batch differ in size");
-    const float inv_b = 1.0f / static_cast<float>(z.cols());
+    const Scalar inv_b = Scalar(1) / static_cast<Scalar>(z.cols());
     if (grad) grad->resize(z.rows(), z.cols());
     double total = 0;
     for (Eigen::Index j = 0; j < z.cols(); ++j) {
-      const float m = z.col(j).maxCoeff();
-      const Eigen::ArrayXf e = (z.col(j).array() - m).exp();
-      const float s = e.sum();
+      const Scalar m = z.col(j).maxCoeff();
+      const array e = (z.col(j).array() - m).exp();
+      const Scalar s = e.sum();
       const Eigen::Index k = label(y, j, z.rows());
       total += std::log(s) + m - z(k, j);
       if (grad) {
@@ -193,19 +205,19 @@ class mlp {
         (*grad)(k, j) -= inv_b;
       }
     }
-    return static_cast<float>(total / static_cast<double>(z.cols()));
+    return static_cast<Scalar>(total / static_cast<double>(z.cols()));
   }
 
  private:
-  void apply_activation(Eigen::MatrixXf& z) const {
+  void apply_activation(matrix& z) const {
     if (act_ == activation::relu)
-      z = z.cwiseMax(0.0f);
+      z = z.cwiseMax(Scalar(0));
     else
       z = z.array().tanh().matrix();
   }
 
-  static float log_sum_exp(const Eigen::Ref<const Eigen::VectorXf>& v) {
-    const float m = v.maxCoeff();
+  static Scalar log_sum_exp(const Eigen::Ref<const vector>& v) {
+    const Scalar m = v.maxCoeff();
     return m + std::log((v.array() - m).exp().sum());
   }
 
@@ -219,5 +231,7 @@ class mlp {
   activation act_;
   tape scratch_;
 };
+
+using mlp = basic_mlp<float>;
 
 }  // namespace examples
