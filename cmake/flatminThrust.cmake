@@ -27,7 +27,11 @@ if(FLATMIN_ENABLE_CUDA)
   target_compile_definitions(flatmin_thrust INTERFACE THRUST_DEVICE_SYSTEM=THRUST_DEVICE_SYSTEM_CUDA)
   # Device lambdas for backend::for_each_index users; C++20 for the policies' concepts.
   target_compile_options(flatmin_thrust INTERFACE $<$<COMPILE_LANGUAGE:CUDA>:--extended-lambda>)
-  target_compile_features(flatmin_thrust INTERFACE cuda_std_20)
+  if("cuda_std_20" IN_LIST CMAKE_CUDA_COMPILE_FEATURES)
+    target_compile_features(flatmin_thrust INTERFACE cuda_std_20)
+  else()  # CMake older than the toolkit (3.25 does not know CUDA 13's C++20 support)
+    target_compile_options(flatmin_thrust INTERFACE $<$<COMPILE_LANGUAGE:CUDA>:-std=c++20>)
+  endif()
   target_link_libraries(flatmin_thrust INTERFACE CUDA::cudart)
   set(FLATMIN_THRUST_DEPS_CONTENT [=[
 include(CMakeFindDependencyMacro)
