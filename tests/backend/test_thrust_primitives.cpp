@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <cstring>
 #include <random>
+#include <type_traits>
 #include <vector>
 
 #include "support/backends.hpp"
@@ -179,6 +180,13 @@ TEST_CASE_TEMPLATE("backend: state vectors round-trip and fill/copy", Backend, F
   CHECK((Backend::segment_size & (Backend::segment_size - 1)) == 0);
   CHECK(Backend::segment_size >= 1024);
 }
+
+// default_backend follows the compiler: thrust under nvcc, eigen under a host compiler.
+#if defined(__CUDACC__)
+static_assert(std::is_same_v<flatmin::default_backend, flatmin::backend::thrust>);
+#elif !defined(FLATMIN_DEFAULT_BACKEND)
+static_assert(std::is_same_v<flatmin::default_backend, flatmin::backend::eigen>);
+#endif
 
 #if defined(FLATMIN_TEST_WITH_THRUST)
 TEST_CASE("thrust: device_vector views are tagged device; memory spaces are checked") {

@@ -1,8 +1,10 @@
 // Three SAM(SGD) steps on L(w) = ½‖w‖² from w = (3, 4), ρ = 0.5, lr = 0.1. There g = w, so each
 // step is w ← w − lr (w + ρ w/‖w‖) = w (1 − lr − lr ρ / ‖w‖): the first gives (2.67, 3.56).
+// The Thrust consumer also selects the default backend with FLATMIN_DEFAULT_BACKEND=thrust.
 #include <flatmin/flatmin.hpp>
 
 #include <cmath>
+#include <type_traits>
 #include <cstdio>
 #include <vector>
 
@@ -23,7 +25,8 @@ int main() {
   w[1] = 4.f;
   flatmin::param_set<float> params;
   params.add("w", w, g);
-  auto opt = flatmin::sam<backend>(params, flatmin::base::sgd{.lr = 0.1}, {.rho = 0.5});
+  static_assert(std::is_same_v<flatmin::default_backend, backend>);
+  auto opt = flatmin::sam(params, flatmin::base::sgd{.lr = 0.1}, {.rho = 0.5});
   auto loss = [&] {
     const float a = w[0], b = w[1];
     g[0] = a;
