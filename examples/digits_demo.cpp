@@ -296,8 +296,10 @@ int main(int argc, char** argv) try {
       }
       std::snprintf(vs, sizeof vs, "%+.4f ± %.4f (%d/%zu)", mean(d), stddev(d), wins, d.size());
     }
-    std::printf("%-6s %-15s %.4f ± %.4f      %-22s %.1f s\n", row.name.c_str(), row.how.c_str(), mean(row.acc),
+    std::printf("%-6s %-15s %.4f ± %.4f      %-22s %.1f s   per seed:", row.name.c_str(), row.how.c_str(), mean(row.acc),
                 stddev(row.acc), vs, row.seconds);
+    for (double a : row.acc) std::printf(" %.4f", a);
+    std::printf("\n");
     for (double a : row.acc) ok = ok && std::isfinite(a);
     if (c.quick && mean(row.acc) < 0.5) {
       std::printf("FAIL: %s reached %.4f, chance is 0.1 and the smoke test requires 0.5\n", row.name.c_str(), mean(row.acc));
