@@ -59,7 +59,7 @@ struct config {
 };
 
 [[noreturn]] void usage(int rc) {
-  std::printf(
+  std::fprintf(rc ? stderr : stdout,
       "usage: digits_demo [options]\n"
       "  --seeds N        number of seeds (default 5)\n"
       "  --first-seed N   seeds are N, N+1, ... (default 0)\n"
@@ -115,6 +115,11 @@ config parse(int argc, char** argv) {
       usage(2);
     }
   }
+  for (const auto& n : c.only)
+    if (n != "sgd" && n != "sam" && n != "asam") {
+      std::fprintf(stderr, "digits_demo: --only takes sgd, sam, asam; got %s\n", n.c_str());
+      usage(2);
+    }
   if (c.quick) {
     c.seeds = 1;
     c.epochs = 8;
