@@ -330,6 +330,7 @@ class sharpness_aware {
     mask_.validate();
     descent_.validate();
     reg_.validate();
+    if constexpr (requires { base_state_.check(base_); }) base_state_.check(base_);
   }
 
   static T inverse_scale(const step_args& a) {
