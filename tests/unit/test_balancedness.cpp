@@ -247,3 +247,21 @@ TEST_CASE_TEMPLATE("bar: a non-finite alpha schedule is rejected before the weig
   CHECK(x == std::vector<double>{1.0, 2.0});
   CHECK(y == std::vector<double>{0.1, 0.2});
 }
+
+TEST_CASE_TEMPLATE("bar: a loss-scaled gradient with grad_scale gives the same step", B, FLATMIN_TEST_BACKENDS) {
+  std::vector<double> x1{1.0, 2.0, -1.0}, gx1(3), y1{0.1, 0.2}, gy1(2), x2 = x1, gx2(3), y2 = y1, gy2(2);
+  flatmin::param_set<double> p1, p2;
+  p1.add_lora_pair("p", x1.data(), gx1.data(), {3, 1}, y1.data(), gy1.data(), {2, 1});
+  p2.add_lora_pair("p", x2.data(), gx2.data(), {3, 1}, y2.data(), gy2.data(), {2, 1});
+  auto o1 = flatmin::bar<B>(p1, flatmin::base::sgd{.lr = 0.1}, {.rho = 0.5});
+  auto o2 = flatmin::bar<B>(p2, flatmin::base::sgd{.lr = 0.1}, {.rho = 0.5});
+  for (int s = 0; s < 3; ++s) {
+    for (int i = 0; i < 3; ++i) gx1[i] = 0.3 * x1[i] + 0.1 * i, gx2[i] = 4.0 * (0.3 * x2[i] + 0.1 * i);
+    for (int i = 0; i < 2; ++i) gy1[i] = -0.2 * y1[i] + 0.05, gy2[i] = 4.0 * (-0.2 * y2[i] + 0.05);
+    o1.descend();
+    o2.descend({.grad_scale = 4.0});
+  }
+  CHECK(x1 == x2);
+  CHECK(y1 == y2);
+  CHECK(x1 != std::vector<double>{1.0, 2.0, -1.0});
+}
