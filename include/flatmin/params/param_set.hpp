@@ -49,7 +49,7 @@ class param_set {
   }
 
   /// Adds a tensor from two contiguous buffers of equal size (shape taken from rows()/cols() when
-  /// the buffer has them, else {size}).
+  /// the buffer has them, else {size}). For another shape, pass `.data()` to the pointer overload.
   template <class V, class G>
     requires contiguous_buffer_of<std::remove_reference_t<V>, T> && contiguous_buffer_of<std::remove_reference_t<G>, T>
   tensor_view<T>& add(std::string name, V&& value, G&& grad, tensor_options options = {}) {
@@ -60,24 +60,6 @@ class param_set {
       throw std::invalid_argument("flatmin::param_set: tensor " + detail::quote(name) + " has " + std::to_string(nv) +
                                   " values but " + std::to_string(ng) + " gradient entries");
     return push(std::move(name), value.data(), grad.data(), nv, shape_of(value), options, memory_space::host);
-  }
-
-  /// Adds a tensor from two contiguous buffers with an explicit shape.
-  template <class V, class G>
-    requires contiguous_buffer_of<std::remove_reference_t<V>, T> && contiguous_buffer_of<std::remove_reference_t<G>, T>
-  tensor_view<T>& add(std::string name, V&& value, G&& grad, std::vector<std::size_t> shape, tensor_options options = {}) {
-    check_contiguous(name, value, "value");
-    check_contiguous(name, grad, "gradient");
-    if (static_cast<std::size_t>(value.size()) != static_cast<std::size_t>(grad.size()))
-      throw std::invalid_argument("flatmin::param_set: tensor " + detail::quote(name) + ": value and gradient sizes differ");
-    auto& v = add(std::move(name), value.data(), grad.data(), std::move(shape), options);
-    if (v.size != static_cast<std::size_t>(value.size())) {
-      const std::string n = v.name;
-      views_.pop_back();
-      names_.erase(n);
-      throw std::invalid_argument("flatmin::param_set: tensor " + detail::quote(n) + ": shape does not match buffer size");
-    }
-    return v;
   }
 
   /// Registers a LoRA pair (factors x = A and y = B; the update is B·A) as two tensors named
