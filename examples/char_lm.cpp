@@ -6,8 +6,8 @@
 // tanh layer (H) → softmax over the vocabulary. Held-out split: the last 10 % of every document.
 //
 //   build:  cmake --build build --target example_char_lm
-//   run:    ./build/examples/example_char_lm [--steps 3000] [--seeds 1,2] [--rho 0.05] [--methods all | comma list of adamw,sam,functional_sam,
-//           preconditioned_sam,preconditioned_functional_sam] [--lr 2e-3]
+//   run:    ./build/examples/example_char_lm [--steps 2000] [--seeds 1,2] [--rho 0.05] [--methods all | comma list of adamw,sam,functional_sam,
+//           preconditioned_sam,preconditioned_functional_sam] [--lr 1e-2]
 //           (data directory: --data DIR, default the source tree's examples/data/fsf-licenses)
 //
 // Functional-SAM needs the objective to save the output cotangent on the clean pass and
@@ -218,8 +218,8 @@ std::vector<unsigned> parse_list(const std::string& s) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  int steps = 3000;
-  double rho = 0.05, lr = 2e-3;
+  int steps = 2000;
+  double rho = 0.05, lr = 1e-2;
   std::vector<unsigned> seeds{1, 2};
   std::string methods = "all", data = std::string(FLATMIN_EXAMPLE_DATA_DIR) + "/fsf-licenses";
   for (int i = 1; i + 1 < argc; i += 2) {

@@ -255,11 +255,13 @@ TEST_CASE_TEMPLATE("bar: a loss-scaled gradient with grad_scale gives the same s
   p2.add_lora_pair("p", x2.data(), gx2.data(), {3, 1}, y2.data(), gy2.data(), {2, 1});
   auto o1 = flatmin::bar<B>(p1, flatmin::base::sgd{.lr = 0.1}, {.rho = 0.5});
   auto o2 = flatmin::bar<B>(p2, flatmin::base::sgd{.lr = 0.1}, {.rho = 0.5});
+  flatmin::step_args scaled;
+  scaled.grad_scale = 4.0;
   for (int s = 0; s < 3; ++s) {
     for (int i = 0; i < 3; ++i) gx1[i] = 0.3 * x1[i] + 0.1 * i, gx2[i] = 4.0 * (0.3 * x2[i] + 0.1 * i);
     for (int i = 0; i < 2; ++i) gy1[i] = -0.2 * y1[i] + 0.05, gy2[i] = 4.0 * (-0.2 * y2[i] + 0.05);
     o1.descend();
-    o2.descend({.grad_scale = 4.0});
+    o2.descend(scaled);
   }
   CHECK(x1 == x2);
   CHECK(y1 == y2);
