@@ -307,10 +307,23 @@ int main(int argc, char** argv) {
     for (double x : v) s += (x - m) * (x - m);
     return std::sqrt(s / double(v.size() - 1));
   };
-  std::printf("\n| method | held-out loss (nats/char), mean ± sd over %zu seeds | train loss (last 200 steps) | "
-              "seconds per run |\n|---|---|---|---|\n",
+  // Paired by seed: every method starts from the same initialisation and sees the same batches.
+  const std::vector<double>* ref = rows.empty() || std::string(rows[0].name) != "adamw" ? nullptr : &rows[0].valid;
+  std::printf("\n| method | held-out loss (nats/char), mean ± sd over %zu seeds | minus AdamW's, same seed: mean "
+              "(min, max) | train loss (last 200 steps) | seconds per run |\n|---|---|---|---|---|\n",
               seeds.size());
-  for (const auto& r : rows)
-    std::printf("| %s | %.4f ± %.4f | %.4f | %.1f |\n", r.name, mean(r.valid), sd(r.valid), mean(r.train), mean(r.secs));
+  for (const auto& r : rows) {
+    std::string paired = "—";
+    if (ref && &r.valid != ref) {
+      std::vector<double> d;
+      for (std::size_t i = 0; i < r.valid.size(); ++i) d.push_back(r.valid[i] - (*ref)[i]);
+      char buf[96];
+      std::snprintf(buf, sizeof buf, "%+.4f (%+.4f, %+.4f)", mean(d), *std::min_element(d.begin(), d.end()),
+                    *std::max_element(d.begin(), d.end()));
+      paired = buf;
+    }
+    std::printf("| %s | %.4f ± %.4f | %s | %.4f | %.1f |\n", r.name, mean(r.valid), sd(r.valid), paired.c_str(),
+                mean(r.train), mean(r.secs));
+  }
   return 0;
 }
