@@ -13,8 +13,6 @@
 // The adapters are registered with param_set::add_lora_pair, which is all BAR needs to find them.
 #include <flatmin/flatmin.hpp>
 
-#include <zlib.h>
-
 #include <Eigen/Dense>
 #include <algorithm>
 #include <chrono>
@@ -27,8 +25,10 @@
 #include <string>
 #include <vector>
 
-#ifndef FLATMIN_EXAMPLE_DATA_DIR
-#define FLATMIN_EXAMPLE_DATA_DIR "examples/data"
+#include "common/digits.hpp"
+
+#ifndef FLATMIN_DIGITS_CSV
+#define FLATMIN_DIGITS_CSV "examples/data/digits.csv.gz"
 #endif
 
 namespace {
@@ -41,29 +41,10 @@ struct dataset {
   std::vector<int> y;
 };
 
+// The shared loader (examples/common/digits.hpp), columns as samples, pixels in [0, 1].
 dataset load_digits(const std::string& path) {
-  gzFile f = gzopen(path.c_str(), "rb");
-  if (!f) {
-    std::fprintf(stderr, "cannot read %s (pass --data PATH)\n", path.c_str());
-    std::exit(2);
-  }
-  std::vector<std::vector<float>> rows;
-  char line[4096];
-  while (gzgets(f, line, sizeof line)) {
-    std::vector<float> r;
-    std::stringstream ss(line);
-    std::string cell;
-    while (std::getline(ss, cell, ',')) r.push_back(std::stof(cell));
-    if (r.size() == 65) rows.push_back(std::move(r));
-  }
-  gzclose(f);
-  dataset d;
-  d.X.resize(64, static_cast<Eigen::Index>(rows.size()));
-  for (std::size_t j = 0; j < rows.size(); ++j) {
-    for (int i = 0; i < 64; ++i) d.X(i, static_cast<Eigen::Index>(j)) = rows[j][i] / 16.0f;
-    d.y.push_back(static_cast<int>(rows[j][64]));
-  }
-  return d;
+  const examples::dataset d = examples::load_digits(path);
+  return {d.x, d.y};
 }
 
 dataset subset(const dataset& d, const std::vector<int>& idx) {
@@ -250,7 +231,7 @@ int main(int argc, char** argv) {
   int rank = 4, epochs = 40;
   double rho = 0.05, lr = 1e-2, noise = 0.2;
   std::vector<unsigned> seeds{1, 2, 3, 4, 5};
-  std::string path = std::string(FLATMIN_EXAMPLE_DATA_DIR) + "/digits.csv.gz", base_name = "adamw";
+  std::string path = std::string(FLATMIN_DIGITS_CSV), base_name = "adamw";
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i], v = argv[i + 1];
     if (a == "--rank") rank = std::stoi(v);
