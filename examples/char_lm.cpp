@@ -249,7 +249,15 @@ int main(int argc, char** argv) {
     std::vector<double> valid, train, secs;
   };
   std::vector<row> rows;
-  auto want = [&](const char* n) { return methods == "all" || ("," + methods + ",").find("," + std::string(n) + ",") != std::string::npos; };
+  std::string list(",");  // ",a,b," so that a name matches only whole
+  list += methods;
+  list += ',';
+  auto want = [&](const char* n) {
+    std::string key(",");
+    key += n;
+    key += ',';
+    return methods == "all" || list.find(key) != std::string::npos;
+  };
   auto record = [&](const char* name, const run_result& r, unsigned seed) {
     auto it = std::find_if(rows.begin(), rows.end(), [&](const row& x) { return std::string(x.name) == name; });
     if (it == rows.end()) {
