@@ -132,12 +132,13 @@ TEST_CASE_TEMPLATE("backend: reductions are exact where the arithmetic is, and f
     }
     CHECK(mine == doctest::Approx(plain).epsilon(1e-9));
 #if defined(_OPENMP)
+    const int before = omp_get_max_threads();
     for (int threads : {1, 2, 8}) {
       omp_set_num_threads(threads);
       const double again = Backend::template reduce<double>(l.full(), wg_dot{});
       CHECK(std::memcmp(&mine, &again, sizeof(double)) == 0);
     }
-    omp_set_num_threads(omp_get_num_procs());
+    omp_set_num_threads(before);
 #endif
   }
   // reduce_index / for_each_index
