@@ -30,7 +30,7 @@
 /// named functors to lambdas: a lambda passed to `for_each_index` / `reduce_index` /
 /// `histogram` must be marked `FLATMIN_HD` (nvcc: an extended lambda, enabled by flatmin::thrust
 /// with --extended-lambda), and nvcc rejects extended lambdas defined in private or protected
-/// member functions, in functions with deduced return types, and in generic lambdas.
+/// member functions, in functions with a deduced return type, and inside non-extended lambdas.
 ///
 /// Memory: under CUDA only device memory (views tagged `memory_space::device`; `check_view`
 /// asks the CUDA runtime and rejects host pointers). On the OMP and CPP systems device memory
@@ -208,7 +208,7 @@ struct thrust {
       cudaPointerAttributes a{};
       const cudaError_t e = cudaPointerGetAttributes(&a, p);
       if (e != cudaSuccess) {
-        static_cast<void>(cudaGetLastError());  // clear the sticky-free error state
+        static_cast<void>(cudaGetLastError());  // a non-sticky error: clear it so that later CUDA calls do not report it
         throw usage_error("flatmin: the " + std::string(what) + " of tensor " + detail::quote(v.name) +
                           " is not memory the CUDA runtime knows (" + cudaGetErrorString(e) + ")");
       }
