@@ -184,6 +184,10 @@ struct thrust {
   /// Elements per segment (a power of two): the same as backend::eigen, so that both backends
   /// cut tensors identically and reduce in the same order.
   static constexpr std::size_t segment_size = thrust_detail::segment_size;
+  /// On the host device systems (OMP, CPP), passes over fewer elements than this run as plain
+  /// loops on the calling thread (as in backend::eigen), with the same functors and the same
+  /// summation tree, so that small problems do not pay for OpenMP regions and temporary vectors.
+  static constexpr std::size_t parallel_threshold = 1u << 16;
 
   template <class T>
   using vector = ::thrust::device_vector<T>;
@@ -258,17 +262,36 @@ struct thrust {
   template <class T, class F>
   static void for_each(const pass_range<T>& r, const F& f) {
     if (r.count == 0) return;
+    const thrust_detail::segment_lanes<T, F> lanes{r.tensors, r.segments, f};
+#if !defined(FLATMIN_THRUST_IS_CUDA)
+    if (r.elements < parallel_threshold) {
+      for (std::size_t s = 0; s < r.count; ++s)
+        for (std::size_t j = 0; j < r.segments[s].len; ++j) lanes(s * segment_size + j);
+      return;
+    }
+#endif
     ::thrust::counting_iterator<std::size_t> first(0);
-    ::thrust::for_each(::thrust::device, first, first + r.count * segment_size,
-                       thrust_detail::segment_lanes<T, F>{r.tensors, r.segments, f});
+    ::thrust::for_each(::thrust::device, first, first + r.count * segment_size, lanes);
   }
 
   /// Sum over the range of `f(elem<T>) -> R`, in backend::eigen's summation order.
   template <class R, class T, class F>
   static R reduce(const pass_range<T>& r, const F& f) {
     if (r.count == 0) return R{};
-    ::thrust::counting_iterator<std::size_t> first(0);
     constexpr std::size_t k = thrust_detail::strands;
+#if !defined(FLATMIN_THRUST_IS_CUDA)
+    if (r.elements < parallel_threshold) {
+      const thrust_detail::segment_strand<R, T, F> strand{r.tensors, r.segments, f};
+      R a[k];
+      R total{};
+      for (std::size_t s = 0; s < r.count; ++s) {
+        for (std::size_t j = 0; j < k; ++j) a[j] = strand(s * k + j);
+        total = total + thrust_detail::combine_strands<R>{a}(0);
+      }
+      return total;
+    }
+#endif
+    ::thrust::counting_iterator<std::size_t> first(0);
     ::thrust::device_vector<R> strands(k * r.count);
     ::thrust::transform(::thrust::device, first, first + k * r.count, strands.begin(),
                         thrust_detail::segment_strand<R, T, F>{r.tensors, r.segments, f});
@@ -282,6 +305,12 @@ struct thrust {
   template <class F>
   static void for_each_index(std::size_t n, const F& f) {
     if (n == 0) return;
+#if !defined(FLATMIN_THRUST_IS_CUDA)
+    if (n < parallel_threshold) {
+      for (std::size_t i = 0; i < n; ++i) f(i);
+      return;
+    }
+#endif
     ::thrust::counting_iterator<std::size_t> first(0);
     ::thrust::for_each(::thrust::device, first, first + n, f);
   }
@@ -291,6 +320,14 @@ struct thrust {
   static R reduce_index(std::size_t n, const F& f) {
     const std::size_t nb = (n + segment_size - 1) / segment_size;
     if (nb == 0) return R{};
+#if !defined(FLATMIN_THRUST_IS_CUDA)
+    if (n < parallel_threshold) {
+      const thrust_detail::index_block<R, F> block{n, f};
+      R total{};
+      for (std::size_t b = 0; b < nb; ++b) total = total + block(b);
+      return total;
+    }
+#endif
     ::thrust::counting_iterator<std::size_t> first(0);
     ::thrust::device_vector<R> partial(nb);
     ::thrust::transform(::thrust::device, first, first + nb, partial.begin(), thrust_detail::index_block<R, F>{n, f});
@@ -304,6 +341,15 @@ struct thrust {
   static std::vector<std::uint64_t> histogram(std::size_t n, std::size_t bins, const F& key) {
     std::vector<std::uint64_t> counts(bins, 0);
     if (n == 0 || bins == 0) return counts;
+#if !defined(FLATMIN_THRUST_IS_CUDA)
+    if (n < parallel_threshold) {
+      for (std::size_t i = 0; i < n; ++i) {
+        const auto k = static_cast<std::size_t>(key(i));
+        if (k < bins) ++counts[k];
+      }
+      return counts;
+    }
+#endif
     std::size_t block = segment_size;
     while (((n + block - 1) / block) * bins > (std::size_t{1} << 24)) block *= 2;
     const std::size_t nb = (n + block - 1) / block;
