@@ -53,6 +53,10 @@ struct config<perturb::adaptive> {
 /// How a composition is driven on a problem. A composition whose descent or mask needs more than
 /// a plain objective provides its own hooks type with the same members.
 struct plain_hooks {
+  /// ascend() + cancel() + ascend() with the same g gives the same ε as one ascend() (no state,
+  /// e.g. a mask's gradient accumulator, advanced by the abandoned ascend). A composition whose
+  /// policy documents otherwise sets this to false.
+  static constexpr bool cancel_leaves_no_trace = true;
   /// The objective of the closure protocol, step(objective).
   template <class T, class Problem>
   static auto objective(Problem& p, model<T>& m) {

@@ -120,7 +120,13 @@ class param_set {
                                  T* grad_b, std::vector<std::size_t> shape_b, tensor_options options = {},
                                  memory_space space = memory_space::host) {
     add(name + ".A", a, grad_a, std::move(shape_a), options, space).extra_flags |= tensor_flags::lora_a;
-    add(name + ".B", b, grad_b, std::move(shape_b), options, space).extra_flags |= tensor_flags::lora_b;
+    try {
+      add(name + ".B", b, grad_b, std::move(shape_b), options, space).extra_flags |= tensor_flags::lora_b;
+    } catch (...) {  // leave the set as it was: no half-registered pair
+      names_.erase(views_.back().name);
+      views_.pop_back();
+      throw;
+    }
     pairs_.push_back({name, views_.size() - 2, views_.size() - 1});
     return pairs_.back();
   }
