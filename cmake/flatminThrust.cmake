@@ -24,6 +24,7 @@ if(FLATMIN_ENABLE_CUDA)
   enable_language(CUDA)
   find_package(CUDAToolkit REQUIRED)
   set(FLATMIN_THRUST_SYSTEM CUDA)
+  set(FLATMIN_THRUST_DEVICE_SYSTEM CUDA)  # what the installed package config reports
   target_compile_definitions(flatmin_thrust INTERFACE THRUST_DEVICE_SYSTEM=THRUST_DEVICE_SYSTEM_CUDA)
   # Device lambdas for backend::for_each_index users; C++20 for the policies' concepts.
   target_compile_options(flatmin_thrust INTERFACE $<$<COMPILE_LANGUAGE:CUDA>:--extended-lambda>)

@@ -21,8 +21,9 @@ namespace {
 
 namespace fm = flatmin;
 
-// Tensor sizes straddle the segment size (4096) and include 1-element tensors; options vary.
-const std::vector<std::size_t> sizes{1, 7, 4096, 4097, 10000, 3, 300};
+// Tensor sizes straddle the segment size (4096) and include 1-element tensors; options vary. The
+// total (> 2^16) puts every pass of backend::thrust on its parallel path.
+const std::vector<std::size_t> sizes{1, 7, 4096, 4097, 10000, 3, 300, 50000};
 fm::tensor_options options_of(std::size_t t) {
   return {.weight_decay = t % 2 == 0, .perturb = t != 5, .adaptive = t % 3 != 1, .mask_eligible = t != 1};
 }

@@ -20,8 +20,17 @@
 /// run to run, for any `OMP_NUM_THREADS`, and equal to `backend::eigen`'s (given the same
 /// floating-point contraction: CUDA builds of the tests use `-fmad=false`). `reduce_index` and
 /// `histogram` likewise (blocks of S; histogram counts are integers, hence exact).
-/// The price on a GPU is that a reduction runs one thread per strand (N / 1024 threads) instead
-/// of a tree over all elements: it is slower than `thrust::reduce` for small N.
+/// The price on a GPU is that a reduction runs one thread per strand (N / 1024 threads, each
+/// reading with a stride of 4 elements) instead of a tree over all elements: expect it to be
+/// slower than `thrust::reduce` for small N. `-DFLATMIN_THRUST_STRANDS=32` gives a GPU 8× more,
+/// coalesced strands (still deterministic, no longer bitwise equal to backend::eigen).
+///
+/// Writing code for this backend (policies, masks): everything a pass calls must be `FLATMIN_HD`
+/// and trivially copyable (raw pointers, no std::vector, no virtuals, no exceptions). Prefer
+/// named functors to lambdas: a lambda passed to `for_each_index` / `reduce_index` /
+/// `histogram` must be marked `FLATMIN_HD` (nvcc: an extended lambda, enabled by flatmin::thrust
+/// with --extended-lambda), and nvcc rejects extended lambdas defined in private or protected
+/// member functions, in functions with a deduced return type, and inside non-extended lambdas.
 ///
 /// Memory: under CUDA only device memory (views tagged `memory_space::device`; `check_view`
 /// asks the CUDA runtime and rejects host pointers). On the OMP and CPP systems device memory
@@ -38,6 +47,7 @@
 #include <thrust/iterator/counting_iterator.h>
 #include <thrust/transform.h>
 
+#include "../params/thrust_views.hpp"
 #include "layout.hpp"
 
 #if THRUST_DEVICE_SYSTEM == THRUST_DEVICE_SYSTEM_CUDA
@@ -56,6 +66,15 @@ inline constexpr std::size_t log2_segment = 12;
 inline constexpr std::size_t segment_size = std::size_t{1} << log2_segment;
 static_assert(segment_size >= 1024, "mask blocks of up to 1024 elements must fit in a segment");
 
+// Strands per segment in reductions. 4 reproduces backend::eigen's summation tree bit for bit (the
+// default, everywhere). A GPU may prefer 32 (a warp reads consecutive elements) at the price of
+// results that are still deterministic but no longer bitwise equal to backend::eigen's.
+#if !defined(FLATMIN_THRUST_STRANDS)
+#define FLATMIN_THRUST_STRANDS 4
+#endif
+inline constexpr std::uint32_t strands = FLATMIN_THRUST_STRANDS;
+static_assert(strands >= 1 && (strands & (strands - 1)) == 0 && strands <= 64, "FLATMIN_THRUST_STRANDS: a power of two <= 64");
+
 /// f(elem) for lane v % S of segment v / S.
 template <class T, class F>
 struct segment_lanes {
@@ -71,34 +90,39 @@ struct segment_lanes {
   }
 };
 
-/// Strand r = u % 4 of segment u / 4, summed in order (the accumulators of backend::eigen).
+/// Strand r = u % K of segment u / K (K = `strands`): the elements j ≡ r (mod K) of the segment's
+/// first ⌊len/K⌋·K elements, in order; strand 0 then adds the tail. With K = 4 these are exactly
+/// the four accumulators of backend::eigen.
 template <class R, class T, class F>
 struct segment_strand {
   const tensor_rec<T>* tensors;
   const segment* segs;
   F f;
   FLATMIN_HD R operator()(std::size_t u) const {
-    const segment& s = segs[u >> 2];
-    const auto r = static_cast<std::uint32_t>(u & 3);
+    const segment& s = segs[u / strands];
+    const auto r = static_cast<std::uint32_t>(u % strands);
     const tensor_rec<T>& t = tensors[s.tensor];
     T* w = t.w + s.local;
     T* g = t.g + s.local;
-    const std::uint32_t len = s.len, quads = len & ~std::uint32_t{3};
+    const std::uint32_t len = s.len, body = len - len % strands;
     R a{};
-    for (std::uint32_t j = r; j < quads; j += 4) a = a + f(elem<T>{w[j], g[j], s.index + j, s.slot + j, s.tensor, t.flags});
+    for (std::uint32_t j = r; j < body; j += strands) a = a + f(elem<T>{w[j], g[j], s.index + j, s.slot + j, s.tensor, t.flags});
     if (r == 0)
-      for (std::uint32_t j = quads; j < len; ++j) a = a + f(elem<T>{w[j], g[j], s.index + j, s.slot + j, s.tensor, t.flags});
+      for (std::uint32_t j = body; j < len; ++j) a = a + f(elem<T>{w[j], g[j], s.index + j, s.slot + j, s.tensor, t.flags});
     return a;
   }
 };
 
-/// (a0 + a1) + (a2 + a3) of segment s.
+/// The K strands of segment s combined pairwise: K = 4 gives (a0 + a1) + (a2 + a3).
 template <class R>
 struct combine_strands {
-  const R* strands;
+  const R* strands_of;
   FLATMIN_HD R operator()(std::size_t s) const {
-    const R* a = strands + 4 * s;
-    return (a[0] + a[1]) + (a[2] + a[3]);
+    R a[strands];
+    for (std::uint32_t r = 0; r < strands; ++r) a[r] = strands_of[strands * s + r];
+    for (std::uint32_t width = strands; width > 1; width /= 2)
+      for (std::uint32_t r = 0; r < width / 2; ++r) a[r] = a[2 * r] + a[2 * r + 1];
+    return a[0];
   }
 };
 
@@ -160,6 +184,10 @@ struct thrust {
   /// Elements per segment (a power of two): the same as backend::eigen, so that both backends
   /// cut tensors identically and reduce in the same order.
   static constexpr std::size_t segment_size = thrust_detail::segment_size;
+  /// On the host device systems (OMP, CPP), passes over fewer elements than this run as plain
+  /// loops on the calling thread (as in backend::eigen), with the same functors and the same
+  /// summation tree, so that small problems do not pay for OpenMP regions and temporary vectors.
+  static constexpr std::size_t parallel_threshold = 1u << 16;
 
   template <class T>
   using vector = ::thrust::device_vector<T>;
@@ -184,7 +212,7 @@ struct thrust {
       cudaPointerAttributes a{};
       const cudaError_t e = cudaPointerGetAttributes(&a, p);
       if (e != cudaSuccess) {
-        static_cast<void>(cudaGetLastError());  // clear the sticky-free error state
+        static_cast<void>(cudaGetLastError());  // a non-sticky error: clear it so that later CUDA calls do not report it
         throw usage_error("flatmin: the " + std::string(what) + " of tensor " + detail::quote(v.name) +
                           " is not memory the CUDA runtime knows (" + cudaGetErrorString(e) + ")");
       }
@@ -234,18 +262,38 @@ struct thrust {
   template <class T, class F>
   static void for_each(const pass_range<T>& r, const F& f) {
     if (r.count == 0) return;
+    const thrust_detail::segment_lanes<T, F> lanes{r.tensors, r.segments, f};
+#if !defined(FLATMIN_THRUST_IS_CUDA)
+    if (r.elements < parallel_threshold) {
+      for (std::size_t s = 0; s < r.count; ++s)
+        for (std::size_t j = 0; j < r.segments[s].len; ++j) lanes(s * segment_size + j);
+      return;
+    }
+#endif
     ::thrust::counting_iterator<std::size_t> first(0);
-    ::thrust::for_each(::thrust::device, first, first + r.count * segment_size,
-                       thrust_detail::segment_lanes<T, F>{r.tensors, r.segments, f});
+    ::thrust::for_each(::thrust::device, first, first + r.count * segment_size, lanes);
   }
 
   /// Sum over the range of `f(elem<T>) -> R`, in backend::eigen's summation order.
   template <class R, class T, class F>
   static R reduce(const pass_range<T>& r, const F& f) {
     if (r.count == 0) return R{};
+    constexpr std::size_t k = thrust_detail::strands;
+#if !defined(FLATMIN_THRUST_IS_CUDA)
+    if (r.elements < parallel_threshold) {
+      const thrust_detail::segment_strand<R, T, F> strand{r.tensors, r.segments, f};
+      R a[k];
+      R total{};
+      for (std::size_t s = 0; s < r.count; ++s) {
+        for (std::size_t j = 0; j < k; ++j) a[j] = strand(s * k + j);
+        total = total + thrust_detail::combine_strands<R>{a}(0);
+      }
+      return total;
+    }
+#endif
     ::thrust::counting_iterator<std::size_t> first(0);
-    ::thrust::device_vector<R> strands(4 * r.count);
-    ::thrust::transform(::thrust::device, first, first + 4 * r.count, strands.begin(),
+    ::thrust::device_vector<R> strands(k * r.count);
+    ::thrust::transform(::thrust::device, first, first + k * r.count, strands.begin(),
                         thrust_detail::segment_strand<R, T, F>{r.tensors, r.segments, f});
     ::thrust::device_vector<R> partial(r.count);
     ::thrust::transform(::thrust::device, first, first + r.count, partial.begin(),
@@ -257,6 +305,12 @@ struct thrust {
   template <class F>
   static void for_each_index(std::size_t n, const F& f) {
     if (n == 0) return;
+#if !defined(FLATMIN_THRUST_IS_CUDA)
+    if (n < parallel_threshold) {
+      for (std::size_t i = 0; i < n; ++i) f(i);
+      return;
+    }
+#endif
     ::thrust::counting_iterator<std::size_t> first(0);
     ::thrust::for_each(::thrust::device, first, first + n, f);
   }
@@ -266,6 +320,14 @@ struct thrust {
   static R reduce_index(std::size_t n, const F& f) {
     const std::size_t nb = (n + segment_size - 1) / segment_size;
     if (nb == 0) return R{};
+#if !defined(FLATMIN_THRUST_IS_CUDA)
+    if (n < parallel_threshold) {
+      const thrust_detail::index_block<R, F> block{n, f};
+      R total{};
+      for (std::size_t b = 0; b < nb; ++b) total = total + block(b);
+      return total;
+    }
+#endif
     ::thrust::counting_iterator<std::size_t> first(0);
     ::thrust::device_vector<R> partial(nb);
     ::thrust::transform(::thrust::device, first, first + nb, partial.begin(), thrust_detail::index_block<R, F>{n, f});
@@ -279,6 +341,15 @@ struct thrust {
   static std::vector<std::uint64_t> histogram(std::size_t n, std::size_t bins, const F& key) {
     std::vector<std::uint64_t> counts(bins, 0);
     if (n == 0 || bins == 0) return counts;
+#if !defined(FLATMIN_THRUST_IS_CUDA)
+    if (n < parallel_threshold) {
+      for (std::size_t i = 0; i < n; ++i) {
+        const auto k = static_cast<std::size_t>(key(i));
+        if (k < bins) ++counts[k];
+      }
+      return counts;
+    }
+#endif
     std::size_t block = segment_size;
     while (((n + block - 1) / block) * bins > (std::size_t{1} << 24)) block *= 2;
     const std::size_t nb = (n + block - 1) / block;

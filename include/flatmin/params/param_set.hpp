@@ -78,23 +78,20 @@ class param_set {
   }
 
   /// Adds a tensor from two buffers of another memory space (see `buffer_traits`), tagged with
-  /// that space; `shape` defaults to {size}.
+  /// that space, shape {size}.
   template <class V, class G>
     requires foreign_buffer_of<std::remove_reference_t<V>, T> && foreign_buffer_of<std::remove_reference_t<G>, T>
-  tensor_view<T>& add(std::string name, V&& value, G&& grad, tensor_options options = {},
-                      std::vector<std::size_t> shape = {}) {
-    using VT = buffer_traits<std::remove_cv_t<std::remove_reference_t<V>>>;
-    using GT = buffer_traits<std::remove_cv_t<std::remove_reference_t<G>>>;
-    static_assert(VT::space == GT::space, "flatmin::param_set: value and gradient buffers live in different memory spaces");
-    const std::size_t nv = VT::size(value), ng = GT::size(grad);
-    if (nv != ng)
-      throw std::invalid_argument("flatmin::param_set: tensor " + detail::quote(name) + " has " + std::to_string(nv) +
-                                  " values but " + std::to_string(ng) + " gradient entries");
-    if (shape.empty()) shape = {nv};
-    const std::size_t n = std::accumulate(shape.begin(), shape.end(), std::size_t{1}, std::multiplies<>{});
-    if (n != nv)
-      throw std::invalid_argument("flatmin::param_set: tensor " + detail::quote(name) + ": shape does not match buffer size");
-    return push(std::move(name), VT::data(value), GT::data(grad), nv, std::move(shape), options, VT::space);
+  tensor_view<T>& add(std::string name, V&& value, G&& grad, tensor_options options = {}) {
+    return add_foreign(std::move(name), value, grad, {}, options);
+  }
+
+  /// The same with an explicit `std::vector<std::size_t>` shape (deduced, as for host buffers).
+  template <class V, class G, class S>
+    requires foreign_buffer_of<std::remove_reference_t<V>, T> && foreign_buffer_of<std::remove_reference_t<G>, T> &&
+             std::same_as<std::remove_cvref_t<S>, std::vector<std::size_t>>
+  tensor_view<T>& add(std::string name, V&& value, G&& grad, S&& shape, tensor_options options = {}) {
+    if (shape.empty()) throw std::invalid_argument("flatmin::param_set: tensor " + detail::quote(name) + " has an empty shape");
+    return add_foreign(std::move(name), value, grad, std::vector<std::size_t>(shape), options);
   }
 
   /// Adds a tensor from two contiguous buffers with an explicit `std::vector<std::size_t>` shape.
@@ -169,6 +166,23 @@ class param_set {
   }
 
  private:
+  template <class V, class G>
+  tensor_view<T>& add_foreign(std::string name, V& value, G& grad, std::vector<std::size_t> shape, tensor_options options) {
+    using VT = buffer_traits<std::remove_cv_t<V>>;
+    using GT = buffer_traits<std::remove_cv_t<G>>;
+    static_assert(VT::space == GT::space, "flatmin::param_set: value and gradient buffers live in different memory spaces");
+    const std::size_t nv = VT::size(value), ng = GT::size(grad);
+    if (nv != ng)
+      throw std::invalid_argument("flatmin::param_set: tensor " + detail::quote(name) + " has " + std::to_string(nv) +
+                                  " values but " + std::to_string(ng) + " gradient entries");
+    if (shape.empty()) shape = {nv};
+    const std::size_t n = std::accumulate(shape.begin(), shape.end(), std::size_t{1}, std::multiplies<>{});
+    if (n != nv)
+      throw std::invalid_argument("flatmin::param_set: tensor " + detail::quote(name) + ": shape does not match buffer size " +
+                                  std::to_string(nv));
+    return push(std::move(name), VT::data(value), GT::data(grad), nv, std::move(shape), options, VT::space);
+  }
+
   tensor_view<T>& push(std::string name, T* value, T* grad, std::size_t n, std::vector<std::size_t> shape,
                        tensor_options options, memory_space space) {
     const std::string q = detail::quote(name);
