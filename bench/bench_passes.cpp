@@ -66,8 +66,8 @@ void ascend(benchmark::State& st) {
   set_traffic(st, 16.0 * a.n, a.n, a.threads);
 }
 
-template <class Base>
-void descend(benchmark::State& st, bool restore, double bytes) {
+template <class Base, bool restore>
+void descend(benchmark::State& st, double bytes) {
   const args a(st);
   problem p(a.n, a.k);
   layout_t l(p.params);
@@ -77,7 +77,7 @@ void descend(benchmark::State& st, bool restore, double bytes) {
   typename Base::template state<float, be> bs(opts, a.n);
   const auto update = bs.prepare(opts, 2);
   flatmin::regularize::none::state<float, be>::view adjust{};
-  const flatmin::kernels::descend_pass<float, dense_view, decltype(adjust), decltype(update)> pass{
+  const flatmin::kernels::descend_pass<float, dense_view, decltype(adjust), decltype(update), restore ? 1 : 0> pass{
       {}, adjust, update, 1.0f, saved.data(), restore};
   for (auto _ : st) {
     be::for_each(l.full(), pass);
@@ -86,10 +86,10 @@ void descend(benchmark::State& st, bool restore, double bytes) {
   set_traffic(st, bytes * a.n, a.n, a.threads);
 }
 
-void descend_sgd(benchmark::State& st) { descend<flatmin::base::sgd>(st, true, 20.0); }
-void descend_adamw(benchmark::State& st) { descend<flatmin::base::adamw>(st, true, 28.0); }
-void sgd(benchmark::State& st) { descend<flatmin::base::sgd>(st, false, 20.0); }
-void adamw(benchmark::State& st) { descend<flatmin::base::adamw>(st, false, 28.0); }
+void descend_sgd(benchmark::State& st) { descend<flatmin::base::sgd, true>(st, 20.0); }
+void descend_adamw(benchmark::State& st) { descend<flatmin::base::adamw, true>(st, 28.0); }
+void sgd(benchmark::State& st) { descend<flatmin::base::sgd, false>(st, 20.0); }
+void adamw(benchmark::State& st) { descend<flatmin::base::adamw, false>(st, 28.0); }
 
 template <class Make>
 void opt_step(benchmark::State& st, Make make, double bytes) {

@@ -8,6 +8,7 @@
 /// interleaved accumulators, fixed order) into its own partial and then add the partials in
 /// segment order, so results are bitwise identical for any thread count, with or without OpenMP.
 
+#include <concepts>
 #include <cstdlib>
 #include <memory>
 #include <new>
@@ -182,7 +183,8 @@ struct eigen {
 
  private:
   template <class T, class F>
-  static void run_segment(const tensor_rec<T>* tensors, const segment& s, const F& f) {
+  static void run_segment(const tensor_rec<T>* tensors, const segment& s, const F& fn) {
+    const F f = fn;  // a local copy: the stores through w / g cannot alias its fields, so they stay in registers
     const tensor_rec<T>& t = tensors[s.tensor];
     T* FLATMIN_RESTRICT w = t.w + s.local;
     T* FLATMIN_RESTRICT g = t.g + s.local;
@@ -198,6 +200,9 @@ struct eigen {
     T* g = t.g + s.local;
     const std::uint32_t flags = t.flags;
     const std::uint32_t len = s.len;
+    // a kernel may offer a whole-segment form written for SIMD (kernels::stats_pass::segment)
+    if constexpr (requires { { f.segment(w, g, len, std::size_t{}, flags) } -> std::convertible_to<R>; })
+      return f.segment(w, g, len, static_cast<std::size_t>(s.index), flags);
     R a0{}, a1{}, a2{}, a3{};
     std::uint32_t j = 0;
     for (; j + 4 <= len; j += 4) {

@@ -11,6 +11,72 @@ namespace flatmin::kernels {
 
 using backend::elem;
 
+/// Host reductions (`segment` members below): partial sums in T over blocks of `reduce_block`
+/// elements, `reduce_lanes` independent lanes (a multiple of the widest vector), then double.
+/// T partials (8 terms a lane, then a pairwise sum of the lanes) lose at most ~11 ulp of T
+/// against a double sum; the result is the
+/// same for any thread count.
+inline constexpr std::uint32_t reduce_lanes = 8;
+inline constexpr std::uint32_t reduce_block = 64;
+
+/// Pairwise sum of the lanes (fixed order).
+template <class T>
+FLATMIN_HD inline T lane_sum(T (&a)[reduce_lanes]) {
+  for (std::uint32_t h = reduce_lanes / 2; h > 0; h /= 2)
+    for (std::uint32_t l = 0; l < h; ++l) a[l] += a[l + h];
+  return a[0];
+}
+
+/// Reduction over g alone: Σg² and the count of non-finite entries.
+template <class T>
+struct check_pass {
+  T inv_scale;
+  FLATMIN_HD grad_stats operator()(const elem<T>& e) const {
+    const T g = e.g * inv_scale;
+    grad_stats s;
+    s.bad = is_finite(g) ? 0.0 : 1.0;
+    s.g2 = double(g) * double(g);
+    return s;
+  }
+
+  /// Host fast path over one segment, as `stats_pass::segment`.
+  grad_stats segment(T* /*w*/, T* g, std::uint32_t len, std::size_t /*index*/, std::uint32_t /*flags*/) const {
+    grad_stats total;
+    std::uint32_t j = 0;
+    for (; j + reduce_block <= len; j += reduce_block) {
+      T g2 = 0, bad = 0;
+#if defined(_OPENMP) || defined(FLATMIN_OPENMP_SIMD)
+#pragma omp simd reduction(+ : g2, bad)
+#endif
+      for (std::uint32_t q = j; q < j + reduce_block; ++q) {
+        const T x = g[q] * inv_scale;
+        g2 += x * x;
+        bad += is_finite(x) ? T(0) : T(1);
+      }
+      grad_stats b;
+      b.g2 = double(g2);
+      b.bad = double(bad);
+      if (b.bad == 0 && !is_finite(b.g2)) {
+        b = grad_stats{};
+        for (std::uint32_t q = j; q < j + reduce_block; ++q) b = b + block_element(g[q]);
+      }
+      total = total + b;
+    }
+    for (; j < len; ++j) total = total + block_element(g[j]);
+    return total;
+  }
+
+ private:
+  grad_stats block_element(T gq) const {
+    const T x = gq * inv_scale;
+    grad_stats s;
+    s.bad = is_finite(x) ? 0.0 : 1.0;
+    s.g2 = double(x) * double(x);
+    return s;
+  }
+};
+
+
 /// Reduction over g (scaled by 1/grad_scale): Σg², Σ(norm term)² over the norm's support,
 /// Σ(direction)² and count over the perturbed support, and the count of non-finite entries.
 template <class T, class Term, class Mask>
@@ -19,6 +85,8 @@ struct stats_pass {
   Mask mask;
   T inv_scale;
   bool norm_over_mask;  ///< the norm runs over the masked entries only (else over all perturbable)
+
+  static constexpr bool gradient_only = requires { requires Term::is_gradient && Mask::all; };
 
   FLATMIN_HD grad_stats operator()(const elem<T>& e) const {
     const T g = e.g * inv_scale;
@@ -39,18 +107,55 @@ struct stats_pass {
     }
     return s;
   }
-};
 
-/// Reduction over g alone: Σg² and the count of non-finite entries.
-template <class T>
-struct check_pass {
-  T inv_scale;
-  FLATMIN_HD grad_stats operator()(const elem<T>& e) const {
-    const T g = e.g * inv_scale;
-    grad_stats s;
-    s.bad = is_finite(g) ? 0.0 : 1.0;
-    s.g2 = double(g) * double(g);
-    return s;
+  /// The same sums over `len` consecutive elements of one tensor (global index `index`), for host
+  /// backends: lanes of partial sums in T over blocks of `reduce_block` elements, added into double
+  /// in a fixed order (so thread-count invariant), no branch per element. A block whose partials
+  /// are not finite while its gradients are is summed again element by element in double, so that
+  /// overflow of T and the non-finite corner cases give exactly what operator() gives.
+  grad_stats segment(T* w, T* g, std::uint32_t len, std::size_t index, std::uint32_t flags) const {
+    if constexpr (gradient_only) {
+      // SAM with every entry masked in: Σn² = Σd² = Σg² and kept = len on perturbed tensors,
+      // the same sums in the same order, so one reduction gives all three
+      grad_stats s = check_pass<T>{inv_scale}.segment(w, g, len, index, flags);
+      if (flags & tensor_flags::perturb) {
+        s.n2 = s.g2;
+        s.d2 = s.g2;
+        s.kept = double(len);
+      }
+      return s;
+    }
+    grad_stats total;
+    const T pert = (flags & tensor_flags::perturb) ? T(1) : T(0);
+    std::uint32_t j = 0;
+    for (; j + reduce_block <= len; j += reduce_block) {
+      T g2 = 0, n2 = 0, d2 = 0, kept = 0, bad = 0;
+      // simd reduction: the compiler may reassociate these T partial sums into vector lanes
+#if defined(_OPENMP) || defined(FLATMIN_OPENMP_SIMD)
+#pragma omp simd reduction(+ : g2, n2, d2, kept, bad)
+#endif
+      for (std::uint32_t q = j; q < j + reduce_block; ++q) {
+        const std::size_t i = index + q;
+        const T x = g[q] * inv_scale;
+        const T in = pert * T(mask(i, flags) ? 1 : 0);
+        const T norm_in = norm_over_mask ? in : pert;
+        const T n = term.norm(w[q], x, i, flags), d = term.dir(w[q], x, i, flags);
+        g2 += x * x;
+        n2 += norm_in * (n * n);
+        d2 += in * (d * d);
+        kept += in;
+        bad += is_finite(x) ? T(0) : T(1);
+      }
+      grad_stats b{double(g2), double(n2), double(d2), double(bad), double(kept)};
+      if (b.bad == 0 && !(is_finite(b.g2) && is_finite(b.n2) && is_finite(b.d2))) {
+        b = grad_stats{};
+        for (std::uint32_t q = j; q < j + reduce_block; ++q)
+          b = b + (*this)(elem<T>{w[q], g[q], index + q, index + q, 0, flags});
+      }
+      total = total + b;
+    }
+    for (; j < len; ++j) total = total + (*this)(elem<T>{w[j], g[j], index + j, index + j, 0, flags});
+    return total;
   }
 };
 
@@ -83,18 +188,25 @@ struct restore_pass {
 
 /// w ← saved (if `restore` and the entry was perturbed);  g ← adjust(w, g / grad_scale);
 /// base(w, g)   — one pass, reading saved w, g_adv and the base state, writing w and the state.
-template <class T, class Mask, class Adjust, class Base>
+/// `Restore`: −1 reads the `restore` member at run time; 0 / 1 fix it at compile time, which the
+/// optimizer does (a run-time flag guarding the read of `saved` is control flow that keeps the
+/// host loop from vectorising once the body is too large for the compiler to unswitch).
+template <class T, class Mask, class Adjust, class Base, int Restore = -1>
 struct descend_pass {
   Mask mask;
   Adjust adjust;
   Base base;
   T inv_scale;
   const T* saved;
-  bool restore;
+  bool restore;  ///< needs `saved` to hold a slot for every element of the range (dense storage)
 
   FLATMIN_HD void operator()(const elem<T>& e) const {
     T w = e.w;
-    if (restore && (e.flags & tensor_flags::perturb) && mask(e.i, e.flags)) w = saved[e.k];
+    if (Restore < 0 ? restore : Restore == 1) {
+      // read unconditionally and select, so that the host loop vectorises (see `restore`)
+      const T s = saved[e.k];
+      w = ((e.flags & tensor_flags::perturb) && mask(e.i, e.flags)) ? s : w;
+    }
     const T g = adjust(w, e.g * inv_scale, e);
     base(w, g, e.i, e.flags);
     e.w = w;
