@@ -9,8 +9,8 @@
 //   B_per_param       that minimal traffic per parameter
 //   copy_ratio        bytes_per_second ÷ the copy bandwidth of the same number of bytes, same
 //                     thread count, measured once in this binary (copy_bandwidth below)
-// Environment: FLATMIN_BENCH_LARGE=1 adds N = 10^8 to the grid; FLATMIN_BENCH_MAX_N=n caps it
-// (CI runs the smallest size only through --benchmark_filter instead).
+// Environment: FLATMIN_BENCH_LARGE=1 adds N = 10^8 to the grid; FLATMIN_BENCH_MAX_N=n caps it;
+// FLATMIN_BENCH_COPY_SECONDS sets how long each copy baseline is measured (default 0.2 s).
 #include <benchmark/benchmark.h>
 #include <flatmin/flatmin.hpp>
 
@@ -95,7 +95,8 @@ inline void parallel_copy(const float* src, float* dst, std::size_t n, int threa
 
 /// Copy bandwidth in bytes/s (read + write counted: 8 B per float) for a copy of `floats`
 /// floats with `threads` threads. Measured once per (floats, threads) in this process: after one
-/// warm-up copy, timed repetitions until 0.2 s have passed (at least 5), median of their rates.
+/// warm-up copy, timed repetitions until 0.2 s (FLATMIN_BENCH_COPY_SECONDS) have passed (at least
+/// 5), median of their rates.
 inline double copy_bandwidth(std::size_t floats, int threads) {
   static std::map<std::pair<std::size_t, int>, double> memo;
   const auto key = std::make_pair(floats, threads);
@@ -106,7 +107,11 @@ inline double copy_bandwidth(std::size_t floats, int threads) {
   std::vector<double> rates;
   using clock = std::chrono::steady_clock;
   const auto start = clock::now();
-  while (rates.size() < 5 || std::chrono::duration<double>(clock::now() - start).count() < 0.2) {
+  static const double seconds = [] {
+    const char* e = std::getenv("FLATMIN_BENCH_COPY_SECONDS");
+    return e ? std::atof(e) : 0.2;
+  }();
+  while (rates.size() < 5 || std::chrono::duration<double>(clock::now() - start).count() < seconds) {
     // inner repetitions keep each timed interval well above the clock's resolution
     const std::size_t inner = std::max<std::size_t>(1, (1u << 20) / floats);
     const auto t0 = clock::now();
@@ -134,7 +139,7 @@ inline void set_traffic(benchmark::State& st, double bytes_per_iter, std::size_t
 inline void set_traffic(benchmark::State& st, double bytes_per_iter, std::size_t n, int threads) {
   set_traffic(st, bytes_per_iter, n);
   const double bw = copy_bandwidth(static_cast<std::size_t>(bytes_per_iter / 8.0), threads);
-  st.counters["threads"] = threads;
+  st.counters["omp_threads"] = threads;
   st.counters["copy_GBps"] = bw / 1e9;
   // a rate counter is divided by the (real) time: bytes / (time · bandwidth) = ratio
   st.counters["copy_ratio"] =
