@@ -279,14 +279,16 @@ def main():
             tc = json.load(f)
         md += ["## Side by side with PyTorch (per-step optimizer-side time, median)", "",
                f"`{tc.get('command', 'python3 bench/torch_compare.py')}` — torch {tc.get('torch_version', '?')}, "
-               f"{tc.get('threads', '?')} threads. PyTorch: copy-restore SAM (e_w = ρ g/‖g‖ added, weights restored "
-               "by subtracting e_w, base step) around torch.optim; flatmin: `ascend()` + `descend()` of the same "
-               "composition (bench/torch_step.cpp). Gradients are fixed tensors; no forward/backward is timed.", ""]
+               f"threads {tc.get('threads', '?')}. PyTorch: copy-restore SAM (old w cloned, e_w = ρ g/(‖g‖ + 1e-12) "
+               "added; then w restored from the copy and the torch.optim step) around torch.optim.SGD(momentum=0.9) "
+               "and torch.optim.AdamW(); flatmin: `ascend()` + `descend()` of flatmin::sam with the same base "
+               "optimizer (bench_passes' opt_sam_sgd / opt_sam_adamw). Gradients are fixed tensors; no "
+               "forward/backward is timed.", ""]
         body = []
         for r in tc.get("results", []):
-            body.append([r["base"], fmt_n(r["N"]), r["K"], fmt_time(r["torch_s"]), fmt_time(r["flatmin_s"]),
+            body.append([r["base"], fmt_n(r["N"]), r["K"], r["threads"], fmt_time(r["torch_s"]), fmt_time(r.get("flatmin_s")),
                          f"{r['torch_s'] / r['flatmin_s']:.1f}×" if r.get("flatmin_s") else "–"])
-        md += [table(["base", "N", "K", "PyTorch", "flatmin", "speed-up"], body), ""]
+        md += [table(["base", "N", "K", "threads", "PyTorch", "flatmin", "speed-up"], body), ""]
 
     md += ["## All results", ""]
     for program in sorted({r["program"] for r in rows}):
