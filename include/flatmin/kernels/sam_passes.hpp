@@ -11,20 +11,57 @@ namespace flatmin::kernels {
 
 using backend::elem;
 
-/// Host reductions (`segment` members below): partial sums in T over blocks of `reduce_block`
-/// elements, `reduce_lanes` independent lanes (a multiple of the widest vector), then double.
-/// T partials (8 terms a lane, then a pairwise sum of the lanes) lose at most ~11 ulp of T
-/// against a double sum; the result is the
-/// same for any thread count.
-inline constexpr std::uint32_t reduce_lanes = 8;
+/// Host reductions (`segment` members below) add partial sums in T over blocks of
+/// `reduce_block` elements into double. A block's T partial sum of 64 terms, spread over vector
+/// lanes, is within a few tens of ulp of T of the exact sum (in practice a few ulp); the blocks
+/// and segments are then added in double in a fixed order, so the result is the same for any
+/// thread count.
 inline constexpr std::uint32_t reduce_block = 64;
 
-/// Pairwise sum of the lanes (fixed order).
+/// Σ (s·g)² over one block of `reduce_block` elements, in T. Non-finite entries need no count
+/// of their own: they make the sum non-finite (squares are ≥ 0, so inf − inf cannot happen), and
+/// the callers then redo the block element by element. With GCC / Clang on the host: four
+/// independent 16-byte vector accumulators (one would make the loop wait on the latency of each
+/// add), added in a fixed order, so the result does not depend on -march either; elsewhere an
+/// `omp simd` reduction.
 template <class T>
-FLATMIN_HD inline T lane_sum(T (&a)[reduce_lanes]) {
-  for (std::uint32_t h = reduce_lanes / 2; h > 0; h /= 2)
-    for (std::uint32_t l = 0; l < h; ++l) a[l] += a[l + h];
-  return a[0];
+inline T sum_squares_block(const T* g, T s) {
+#if (defined(__GNUC__) || defined(__clang__)) && !defined(__CUDA_ARCH__)
+  typedef T V __attribute__((vector_size(16)));
+  constexpr std::uint32_t w = 16 / sizeof(T);
+  static_assert(reduce_block % (4 * w) == 0);
+  const V sv = V{} + s;
+  V a0{}, a1{}, a2{}, a3{};
+  for (std::uint32_t r = 0; r < reduce_block; r += 4 * w) {
+    V x0, x1, x2, x3;
+    __builtin_memcpy(&x0, g + r, sizeof(V));
+    __builtin_memcpy(&x1, g + r + w, sizeof(V));
+    __builtin_memcpy(&x2, g + r + 2 * w, sizeof(V));
+    __builtin_memcpy(&x3, g + r + 3 * w, sizeof(V));
+    x0 *= sv;
+    x1 *= sv;
+    x2 *= sv;
+    x3 *= sv;
+    a0 += x0 * x0;
+    a1 += x1 * x1;
+    a2 += x2 * x2;
+    a3 += x3 * x3;
+  }
+  const V at = (a0 + a1) + (a2 + a3);
+  T sum = T(0);
+  for (std::uint32_t l = 0; l < w; ++l) sum += at[l];
+  return sum;
+#else
+  T g2 = 0;
+#if defined(_OPENMP) || defined(FLATMIN_OPENMP_SIMD)
+#pragma omp simd reduction(+ : g2)
+#endif
+  for (std::uint32_t q = 0; q < reduce_block; ++q) {
+    const T x = g[q] * s;
+    g2 += x * x;
+  }
+  return g2;
+#endif
 }
 
 /// Reduction over g alone: Σg² and the count of non-finite entries.
@@ -44,19 +81,9 @@ struct check_pass {
     grad_stats total;
     std::uint32_t j = 0;
     for (; j + reduce_block <= len; j += reduce_block) {
-      T g2 = 0, bad = 0;
-#if defined(_OPENMP) || defined(FLATMIN_OPENMP_SIMD)
-#pragma omp simd reduction(+ : g2, bad)
-#endif
-      for (std::uint32_t q = j; q < j + reduce_block; ++q) {
-        const T x = g[q] * inv_scale;
-        g2 += x * x;
-        bad += is_finite(x) ? T(0) : T(1);
-      }
       grad_stats b;
-      b.g2 = double(g2);
-      b.bad = double(bad);
-      if (b.bad == 0 && !is_finite(b.g2)) {
+      b.g2 = double(sum_squares_block(g + j, inv_scale));
+      if (!is_finite(b.g2)) {  // a non-finite entry, or squares that overflow T
         b = grad_stats{};
         for (std::uint32_t q = j; q < j + reduce_block; ++q) b = b + block_element(g[q]);
       }
@@ -109,10 +136,11 @@ struct stats_pass {
   }
 
   /// The same sums over `len` consecutive elements of one tensor (global index `index`), for host
-  /// backends: lanes of partial sums in T over blocks of `reduce_block` elements, added into double
-  /// in a fixed order (so thread-count invariant), no branch per element. A block whose partials
-  /// are not finite while its gradients are is summed again element by element in double, so that
-  /// overflow of T and the non-finite corner cases give exactly what operator() gives.
+  /// backends: partial sums in T over blocks of `reduce_block` elements, added into double in a
+  /// fixed order (so thread-count invariant), no branch per element. A block whose partials are not
+  /// finite (a non-finite gradient, or squares that overflow T) is summed again element by element
+  /// in double, so that the count of non-finite entries and the corner cases are exactly what
+  /// operator() gives.
   grad_stats segment(T* w, T* g, std::uint32_t len, std::size_t index, std::uint32_t flags) const {
     if constexpr (gradient_only) {
       // SAM with every entry masked in: Σn² = Σd² = Σg² and kept = len on perturbed tensors,
@@ -129,10 +157,10 @@ struct stats_pass {
     const T pert = (flags & tensor_flags::perturb) ? T(1) : T(0);
     std::uint32_t j = 0;
     for (; j + reduce_block <= len; j += reduce_block) {
-      T g2 = 0, n2 = 0, d2 = 0, kept = 0, bad = 0;
+      T g2 = 0, n2 = 0, d2 = 0, kept = 0;
       // simd reduction: the compiler may reassociate these T partial sums into vector lanes
 #if defined(_OPENMP) || defined(FLATMIN_OPENMP_SIMD)
-#pragma omp simd reduction(+ : g2, n2, d2, kept, bad)
+#pragma omp simd reduction(+ : g2, n2, d2, kept)
 #endif
       for (std::uint32_t q = j; q < j + reduce_block; ++q) {
         const std::size_t i = index + q;
@@ -144,10 +172,10 @@ struct stats_pass {
         n2 += norm_in * (n * n);
         d2 += in * (d * d);
         kept += in;
-        bad += is_finite(x) ? T(0) : T(1);
       }
-      grad_stats b{double(g2), double(n2), double(d2), double(bad), double(kept)};
-      if (b.bad == 0 && !(is_finite(b.g2) && is_finite(b.n2) && is_finite(b.d2))) {
+      grad_stats b{double(g2), double(n2), double(d2), 0.0, double(kept)};
+      // a non-finite entry makes g2 non-finite; redo such blocks (and overflowing ones) exactly
+      if (!(is_finite(b.g2) && is_finite(b.n2) && is_finite(b.d2))) {
         b = grad_stats{};
         for (std::uint32_t q = j; q < j + reduce_block; ++q)
           b = b + (*this)(elem<T>{w[q], g[q], index + q, index + q, 0, flags});
