@@ -4,9 +4,14 @@
 ///
 /// Elementwise passes are plain `restrict` loops over each segment (they measured at least as fast
 /// as the equivalent Eigen array expressions and accept any functor), parallelised over segments
-/// with OpenMP when the pass is large enough. Reductions sum each segment sequentially (four
-/// interleaved accumulators, fixed order) into its own partial and then add the partials in
-/// segment order, so results are bitwise identical for any thread count, with or without OpenMP.
+/// with OpenMP when the pass is large enough. The functor is copied into each segment's loop so
+/// that the compiler keeps its fields in registers and can vectorise; kernels keep their bodies
+/// free of branches on run-time options for the same reason (kernels/sgd_update.hpp).
+/// Reductions sum each segment on its own, in a fixed order, into its own partial and then add
+/// the partials in segment order, so results are bitwise identical for any thread count, with or
+/// without OpenMP. A segment is summed by the functor's `segment(w, g, len, index, flags)` when it
+/// has one (a SIMD form, kernels/sam_passes.hpp), else element by element with four interleaved
+/// accumulators.
 
 #include <concepts>
 #include <cstdlib>

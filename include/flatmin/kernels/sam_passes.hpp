@@ -26,7 +26,7 @@ inline constexpr std::uint32_t reduce_block = 64;
 /// `omp simd` reduction.
 template <class T>
 inline T sum_squares_block(const T* g, T s) {
-#if (defined(__GNUC__) || defined(__clang__)) && !defined(__CUDA_ARCH__)
+#if (defined(__GNUC__) || defined(__clang__)) && !defined(__CUDACC__)
   typedef T V __attribute__((vector_size(16)));
   constexpr std::uint32_t w = 16 / sizeof(T);
   static_assert(reduce_block % (4 * w) == 0);
