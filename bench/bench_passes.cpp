@@ -41,7 +41,7 @@ void copy(benchmark::State& st) {
 
 void global_norm(benchmark::State& st) {
   const args a(st);
-  problem p(a.n, a.k);
+  problem& p = shared_problem(a.n, a.k);
   layout_t l(p.params);
   const flatmin::kernels::stats_pass<float, flatmin::kernels::l2_term<float>, dense_view> pass{{}, {}, 1.0f, true};
   for (auto _ : st) {
@@ -53,7 +53,7 @@ void global_norm(benchmark::State& st) {
 
 void ascend(benchmark::State& st) {
   const args a(st);
-  problem p(a.n, a.k);
+  problem& p = shared_problem(a.n, a.k);
   layout_t l(p.params);
   be::vector<float> saved(a.n);
   // a tiny radius: repeated ascents drift w by 1e-7·g per iteration
@@ -69,7 +69,7 @@ void ascend(benchmark::State& st) {
 template <class Base, bool restore>
 void descend(benchmark::State& st, double bytes) {
   const args a(st);
-  problem p(a.n, a.k);
+  problem& p = shared_problem(a.n, a.k);
   layout_t l(p.params);
   be::vector<float> saved(a.n, 0.5f);
   Base opts{};
@@ -94,7 +94,7 @@ void adamw(benchmark::State& st) { descend<flatmin::base::adamw, false>(st, 28.0
 template <class Make>
 void opt_step(benchmark::State& st, Make make, double bytes) {
   const args a(st);
-  problem p(a.n, a.k);
+  problem& p = shared_problem(a.n, a.k);
   auto opt = make(p.params);
   for (auto _ : st) {
     auto r = opt.ascend();

@@ -8,7 +8,7 @@
 #   scripts/bench.sh --benchmark_filter=ascend  # extra arguments go to every program
 #
 # Knobs (environment): FLATMIN_BENCH_REPS (repetitions, default 5), FLATMIN_BENCH_MIN_TIME
-# (seconds per repetition, default 0.1), FLATMIN_BENCH_LARGE, FLATMIN_BENCH_MAX_N,
+# (seconds per repetition, default 0.05), FLATMIN_BENCH_LARGE, FLATMIN_BENCH_MAX_N,
 # FLATMIN_BENCH_COPY_SECONDS (see bench/common.hpp), OMP_* as usual. Run it on a quiet machine:
 # the figures are only as good as the machine is idle.
 set -euo pipefail
@@ -23,7 +23,7 @@ mkdir -p "$out"
 rm -f "$out"/*.json
 {
   echo "date: $(date -u '+%Y-%m-%d %H:%M UTC')"
-  echo "command: FLATMIN_BENCH_REPS=${FLATMIN_BENCH_REPS:-5} FLATMIN_BENCH_MIN_TIME=${FLATMIN_BENCH_MIN_TIME:-0.1}${FLATMIN_BENCH_LARGE:+ FLATMIN_BENCH_LARGE=$FLATMIN_BENCH_LARGE} scripts/bench.sh $*"
+  echo "command: FLATMIN_BENCH_REPS=${FLATMIN_BENCH_REPS:-5} FLATMIN_BENCH_MIN_TIME=${FLATMIN_BENCH_MIN_TIME:-0.05}${FLATMIN_BENCH_LARGE:+ FLATMIN_BENCH_LARGE=$FLATMIN_BENCH_LARGE} scripts/bench.sh $*"
   echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')"
   echo "cores: $(nproc)"
   echo "memory: $(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo)"
@@ -35,7 +35,7 @@ for exe in "$build"/bench/bench_*; do
   [ -x "$exe" ] || continue
   name=$(basename "$exe")
   echo "flatmin: running $name" >&2
-  "$exe" --benchmark_repetitions="${FLATMIN_BENCH_REPS:-5}" --benchmark_min_time="${FLATMIN_BENCH_MIN_TIME:-0.1}" \
+  "$exe" --benchmark_repetitions="${FLATMIN_BENCH_REPS:-5}" --benchmark_min_time="${FLATMIN_BENCH_MIN_TIME:-0.05}" \
          --benchmark_display_aggregates_only=true --benchmark_out="$out/$name.json" --benchmark_out_format=json \
          "$@" >/dev/null
 done
