@@ -99,7 +99,8 @@ inline int use_threads(std::int64_t arg) {
 /// chunk with memcpy (what a user would call "a copy").
 inline void parallel_copy(const float* src, float* dst, std::size_t n, int threads) {
 #if defined(_OPENMP)
-  if (threads > 1) {
+  // the same rule as backend::eigen: small copies stay on the calling thread
+  if (threads > 1 && n >= flatmin::backend::eigen::parallel_threshold) {
 #pragma omp parallel num_threads(threads)
     {
       const std::size_t nt = static_cast<std::size_t>(omp_get_num_threads());
@@ -119,7 +120,8 @@ inline void parallel_copy(const float* src, float* dst, std::size_t n, int threa
 /// Copy bandwidth in bytes/s (read + write counted: 8 B per float) for a copy of `floats`
 /// floats with `threads` threads. Measured once per (floats, threads) in this process: after one
 /// warm-up copy, timed repetitions until 0.2 s (FLATMIN_BENCH_COPY_SECONDS) have passed (at least
-/// 5), median of their rates.
+/// 5); the best of their rates (what the machine can do: on a busy machine the median would
+/// measure the other processes), so the ratio errs on the low side.
 inline double copy_bandwidth(std::size_t floats, int threads) {
   static std::map<std::pair<std::size_t, int>, double> memo;
   const auto key = std::make_pair(floats, threads);
@@ -146,8 +148,7 @@ inline double copy_bandwidth(std::size_t floats, int threads) {
     rates.push_back(8.0 * static_cast<double>(floats) * static_cast<double>(inner) / s);
     if (rates.size() >= 200) break;
   }
-  std::nth_element(rates.begin(), rates.begin() + static_cast<std::ptrdiff_t>(rates.size() / 2), rates.end());
-  return memo[key] = rates[rates.size() / 2];
+  return memo[key] = *std::max_element(rates.begin(), rates.end());
 }
 
 /// Sets bytes/s from the minimal traffic per iteration (DESIGN.md §5), and the parameter count.

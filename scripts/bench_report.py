@@ -225,8 +225,8 @@ def main():
            "must be read or written at least once, fp32) times N, divided by the median wall-clock time of one "
            "pass. Caches make small N look faster than memory.",
            "- **× copy** is that rate divided by the bandwidth of a plain copy (`memcpy`, one chunk per thread) "
-           "of the same number of bytes with the same number of threads, measured once in the same binary just "
-           "before (bench/common.hpp `copy_bandwidth`). 1.0 means the pass moves its minimal bytes as fast as a "
+           "of the same number of bytes with the same number of threads (the best of ≥ 5 timed copies), measured "
+           "once in the same binary just before (bench/common.hpp `copy_bandwidth`). 1.0 means the pass moves its minimal bytes as fast as a "
            "copy moves its own. A pass that writes a buffer it does not read (ascend's saved weights, "
            "descend's w) pays a read-for-ownership the minimal count leaves out, while glibc's large "
            "`memcpy` uses streaming stores that avoid it, so about 0.8 is the practical ceiling for such passes.",
