@@ -81,12 +81,12 @@ def torch_sam_step_time(torch, n, k, base, threads, steps, rho=0.05):
 def flatmin_times(sizes, tensors, threads, reps):
     build = os.path.join(ROOT, "build", "bench-release")
     exe = os.path.join(build, "bench", "bench_passes")
-    if not os.path.exists(exe):
+    if not os.path.exists(os.path.join(build, "CMakeCache.txt")):
         subprocess.run(["cmake", "-S", ROOT, "-B", build, "-DCMAKE_BUILD_TYPE=Release", "-DFLATMIN_BUILD_BENCHMARKS=ON",
                         "-DFLATMIN_BUILD_TESTS=OFF", "-DFLATMIN_BUILD_EXAMPLES=OFF", "-DFLATMIN_ENABLE_THRUST=OFF"],
                        check=True, stdout=subprocess.DEVNULL)
-        subprocess.run(["cmake", "--build", build, "-j", str(os.cpu_count()), "--target", "bench_passes"], check=True,
-                       stdout=subprocess.DEVNULL)
+    subprocess.run(["cmake", "--build", build, "-j", str(os.cpu_count()), "--target", "bench_passes"], check=True,
+                   stdout=subprocess.DEVNULL)
     out = os.path.join(ROOT, "build", "bench", "torch_compare_flatmin.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     alt = lambda xs: "|".join(str(x) for x in xs)
