@@ -40,7 +40,7 @@ struct problem {
       // every third tensor is not perturbed, every other one has no weight decay
       opts.push_back({.weight_decay = t % 2 == 0, .perturb = t % 3 != 1, .adaptive = t % 4 != 3});
     }
-    for (std::size_t t = 0; t < sizes.size(); ++t) ps.add("t" + std::to_string(t), w[t], g[t], opts[t]);
+    for (std::size_t t = 0; t < sizes.size(); ++t) ps.add(std::to_string(t), w[t], g[t], opts[t]);
   }
 };
 
