@@ -20,7 +20,7 @@ cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DFLATMIN_BUILD_BENCHMARKS=ON 
       -DFLATMIN_BUILD_EXAMPLES=OFF -DFLATMIN_ENABLE_THRUST=OFF >/dev/null
 cmake --build "$build" -j "$jobs" >/dev/null
 mkdir -p "$out"
-rm -f "$out"/*.json
+rm -f "$out"/bench_*.json  # keeps torch_compare.json (bench/torch_compare.py), which the report includes
 {
   echo "date: $(date -u '+%Y-%m-%d %H:%M UTC')"
   echo "command: FLATMIN_BENCH_REPS=${FLATMIN_BENCH_REPS:-5} FLATMIN_BENCH_MIN_TIME=${FLATMIN_BENCH_MIN_TIME:-0.05}${FLATMIN_BENCH_LARGE:+ FLATMIN_BENCH_LARGE=$FLATMIN_BENCH_LARGE} scripts/bench.sh $*"
