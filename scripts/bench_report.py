@@ -220,9 +220,9 @@ def main():
     md += [f"- Google Benchmark context: {cores} CPUs at {ctx.get('mhz_per_cpu', '?')} MHz; {caches}; "
            f"load average at start {', '.join(f'{x:.2f}' for x in ctx.get('load_avg', []))}",
            f"- programs: {', '.join(sorted(contexts))}", ""]
-    load = ctx.get("load_avg", [0])[0]
-    if isinstance(cores, int) and load > 0.5 * cores:
-        md += [f"**Warning: the load average was {load:.1f} on {cores} cores when this ran: other processes "
+    load_now = ctx.get("load_avg", [0])[0]
+    if isinstance(cores, int) and load_now > 0.5 * cores:
+        md += [f"**Warning: the load average was {load_now:.1f} on {cores} cores when this ran: other processes "
                "competed for the cores and the memory bus, so the figures below are not this machine's capability "
                "(all-threads runs suffer most, waiting for descheduled threads at every barrier). Re-run "
                "`scripts/bench.sh` on an idle machine.**", ""]
