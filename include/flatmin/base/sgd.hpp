@@ -51,7 +51,8 @@ struct sgd {
               static_cast<T>(o.weight_decay),
               o.nesterov,
               t == 1,
-              buf_.size() ? Backend::data(buf_) : nullptr};
+              // momentum set to 0 between steps: plain SGD (no dampening), the buffer kept as is
+              o.momentum > 0 && buf_.size() ? Backend::data(buf_) : nullptr};
     }
     std::size_t bytes() const { return buf_.size() * sizeof(T); }
     template <class F>
