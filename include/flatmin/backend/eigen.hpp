@@ -4,10 +4,16 @@
 ///
 /// Elementwise passes are plain `restrict` loops over each segment (they measured at least as fast
 /// as the equivalent Eigen array expressions and accept any functor), parallelised over segments
-/// with OpenMP when the pass is large enough. Reductions sum each segment sequentially (four
-/// interleaved accumulators, fixed order) into its own partial and then add the partials in
-/// segment order, so results are bitwise identical for any thread count, with or without OpenMP.
+/// with OpenMP when the pass is large enough. The functor is copied into each segment's loop so
+/// that the compiler keeps its fields in registers and can vectorise; kernels keep their bodies
+/// free of branches on run-time options for the same reason (kernels/sgd_update.hpp).
+/// Reductions sum each segment on its own, in a fixed order, into its own partial and then add
+/// the partials in segment order, so results are bitwise identical for any thread count, with or
+/// without OpenMP. A segment is summed by the functor's `segment(w, g, len, index, flags)` when it
+/// has one (a SIMD form, kernels/sam_passes.hpp), else element by element with four interleaved
+/// accumulators.
 
+#include <concepts>
 #include <cstdlib>
 #include <memory>
 #include <new>
@@ -182,7 +188,8 @@ struct eigen {
 
  private:
   template <class T, class F>
-  static void run_segment(const tensor_rec<T>* tensors, const segment& s, const F& f) {
+  static void run_segment(const tensor_rec<T>* tensors, const segment& s, const F& fn) {
+    const F f = fn;  // a local copy: the stores through w / g cannot alias its fields, so they stay in registers
     const tensor_rec<T>& t = tensors[s.tensor];
     T* FLATMIN_RESTRICT w = t.w + s.local;
     T* FLATMIN_RESTRICT g = t.g + s.local;
@@ -198,6 +205,9 @@ struct eigen {
     T* g = t.g + s.local;
     const std::uint32_t flags = t.flags;
     const std::uint32_t len = s.len;
+    // a kernel may offer a whole-segment form written for SIMD (kernels::stats_pass::segment)
+    if constexpr (requires { { f.segment(w, g, len, std::size_t{}, flags) } -> std::convertible_to<R>; })
+      return f.segment(w, g, len, static_cast<std::size_t>(s.index), flags);
     R a0{}, a1{}, a2{}, a3{};
     std::uint32_t j = 0;
     for (; j + 4 <= len; j += 4) {

@@ -22,13 +22,14 @@ struct adam_update {
   T* m;
   T* v;
 
+  // Weight decay by coefficients (0 and 1 leave a finite value unchanged) rather than branches,
+  // so that the host loop runs the same arithmetic for every element and vectorises.
   FLATMIN_HD void operator()(T& w, T g, std::size_t i, std::uint32_t flags) const {
-    if (flags & tensor_flags::weight_decay) {
-      if (decoupled)
-        w = w * (T(1) - lr * weight_decay);
-      else
-        g = g + weight_decay * w;
-    }
+    const bool wd = (flags & tensor_flags::weight_decay) != 0;
+    const T coupled = (wd && !decoupled) ? weight_decay : T(0);
+    const T shrink = (wd && decoupled) ? T(1) - lr * weight_decay : T(1);
+    g = g + coupled * w;
+    w = w * shrink;
     const T mi = beta1 * m[i] + (T(1) - beta1) * g;
     const T vi = beta2 * v[i] + (T(1) - beta2) * g * g;
     m[i] = mi;

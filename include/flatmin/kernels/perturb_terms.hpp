@@ -13,6 +13,8 @@ namespace flatmin::kernels {
 /// SAM: norm term g, direction g.
 template <class T>
 struct l2_term {
+  /// norm and dir are g itself: a reduction may sum g² once for all three sums.
+  static constexpr bool is_gradient = true;
   FLATMIN_HD T norm(T /*w*/, T g, std::size_t /*i*/, std::uint32_t /*flags*/) const { return g; }
   FLATMIN_HD T dir(T /*w*/, T g, std::size_t /*i*/, std::uint32_t /*flags*/) const { return g; }
 };

@@ -16,12 +16,20 @@ struct sgd_update {
   bool nesterov, first;
   T* buf;  ///< momentum buffer (global index), null when momentum == 0
 
+  // No branch on a run-time option inside the element loop: the options pick coefficients (a
+  // zero factor leaves a finite value unchanged) and the loop runs the same arithmetic for every
+  // element, which the host compiler vectorises (with -ftrapping-math it does not speculate a
+  // floating-point operation guarded by a branch). buf[i] is read on the first step too: it is
+  // zero-initialised and its cache line is fetched for the write anyway.
   FLATMIN_HD void operator()(T& w, T g, std::size_t i, std::uint32_t flags) const {
-    if (flags & tensor_flags::weight_decay) g = g + weight_decay * w;
+    const T wd = (flags & tensor_flags::weight_decay) ? weight_decay : T(0);
+    g = g + wd * w;
     if (buf != nullptr) {
-      const T b = first ? g : momentum * buf[i] + (T(1) - dampening) * g;
+      const T mu = first ? T(0) : momentum;            // b ← g on the first step
+      const T damp = first ? T(1) : T(1) - dampening;  // else μ b + (1 − τ) g
+      const T b = mu * buf[i] + damp * g;
       buf[i] = b;
-      g = nesterov ? g + momentum * b : b;
+      g = (nesterov ? g : T(0)) + (nesterov ? momentum : T(1)) * b;
     }
     w = w - lr * g;
   }

@@ -188,7 +188,7 @@ class sharpness_aware {
     constexpr bool fused_restore = perturbs && !mask_state_type::compact;
     if constexpr (perturbs && mask_state_type::compact) restore();
     Backend::for_each(layout_.full(),
-                      kernels::descend_pass<T, mask_view, decltype(adjust), decltype(update)>{
+                      kernels::descend_pass<T, mask_view, decltype(adjust), decltype(update), fused_restore ? 1 : 0>{
                           mask_state_.get_view(), adjust, update, inv, Backend::data(saved_), fused_restore});
     steps_ = t;
     phase_ = phase::idle;

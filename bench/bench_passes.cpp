@@ -1,0 +1,138 @@
+// The dense optimizer-side passes of a SAM step on backend::eigen, one benchmark each, against
+// the copy bandwidth measured in this binary (bench/common.hpp).
+//
+// Pass-level benchmarks run one kernel of kernels/sam_passes.hpp over a layout exactly as the
+// optimizer launches it; step-level benchmarks (opt_*) call the optimizer's public protocol and so
+// include every pass it runs (the statistics pass, the finiteness check of g_adv, ...).
+// Minimal traffic per parameter (DESIGN.md §5, fp32):
+//   copy 8 B · global_norm 4 B · ascend 16 B · descend_sgd 20 B · descend_adamw 28 B
+//   sgd 20 B · adamw 28 B (base step pass alone)
+//   opt_sam_sgd   = norm 4 + ascend 16 + check 4 + descend 20 = 44 B
+//   opt_sam_adamw = norm 4 + ascend 16 + check 4 + descend 28 = 52 B
+//   opt_sgd / opt_adamw (plain compositions: check 4 + base) = 24 B / 32 B
+#include "common.hpp"
+
+namespace {
+
+using namespace flatmin_bench;
+using be = flatmin::backend::eigen;
+using layout_t = flatmin::backend::layout<float, be>;
+using dense_view = flatmin::mask::dense::state<float, be>::view;
+using flatmin::kernels::grad_stats;
+
+struct args {
+  std::size_t n, k;
+  int threads;
+  explicit args(const benchmark::State& st)
+      : n(static_cast<std::size_t>(st.range(0))),
+        k(static_cast<std::size_t>(st.range(1))),
+        threads(use_threads(st.range(2))) {}
+};
+
+void copy(benchmark::State& st) {
+  const args a(st);
+  be::vector<float> src(a.n, 1.0f), dst(a.n, 0.0f);
+  for (auto _ : st) {
+    parallel_copy(src.data(), dst.data(), a.n, a.threads);
+    benchmark::ClobberMemory();
+  }
+  set_traffic(st, 8.0 * a.n, a.n, a.threads);
+}
+
+void global_norm(benchmark::State& st) {
+  const args a(st);
+  problem& p = shared_problem(a.n, a.k);
+  layout_t l(p.params);
+  const flatmin::kernels::stats_pass<float, flatmin::kernels::l2_term<float>, dense_view> pass{{}, {}, 1.0f, true};
+  for (auto _ : st) {
+    grad_stats s = be::reduce<grad_stats>(l.full(), pass);
+    benchmark::DoNotOptimize(s);
+  }
+  set_traffic(st, 4.0 * a.n, a.n, a.threads);
+}
+
+void ascend(benchmark::State& st) {
+  const args a(st);
+  problem& p = shared_problem(a.n, a.k);
+  layout_t l(p.params);
+  be::vector<float> saved(a.n);
+  // a tiny radius: repeated ascents drift w by 1e-7·g per iteration
+  const flatmin::kernels::ascend_pass<float, flatmin::kernels::l2_term<float>, dense_view> pass{
+      {}, {}, 1e-7f, 1.0f, saved.data()};
+  for (auto _ : st) {
+    be::for_each(l.full(), pass);
+    benchmark::ClobberMemory();
+  }
+  set_traffic(st, 16.0 * a.n, a.n, a.threads);
+}
+
+template <class Base, bool restore>
+void descend(benchmark::State& st, double bytes) {
+  const args a(st);
+  problem& p = shared_problem(a.n, a.k);
+  layout_t l(p.params);
+  be::vector<float> saved(a.n, 0.5f);
+  Base opts{};
+  if constexpr (std::is_same_v<Base, flatmin::base::sgd>) opts.momentum = 0.9;
+  typename Base::template state<float, be> bs(opts, a.n);
+  const auto update = bs.prepare(opts, 2);
+  flatmin::regularize::none::state<float, be>::view adjust{};
+  const flatmin::kernels::descend_pass<float, dense_view, decltype(adjust), decltype(update), restore ? 1 : 0> pass{
+      {}, adjust, update, 1.0f, saved.data(), restore};
+  for (auto _ : st) {
+    be::for_each(l.full(), pass);
+    benchmark::ClobberMemory();
+  }
+  set_traffic(st, bytes * a.n, a.n, a.threads);
+}
+
+void descend_sgd(benchmark::State& st) { descend<flatmin::base::sgd, true>(st, 20.0); }
+void descend_adamw(benchmark::State& st) { descend<flatmin::base::adamw, true>(st, 28.0); }
+void sgd(benchmark::State& st) { descend<flatmin::base::sgd, false>(st, 20.0); }
+void adamw(benchmark::State& st) { descend<flatmin::base::adamw, false>(st, 28.0); }
+
+template <class Make>
+void opt_step(benchmark::State& st, Make make, double bytes) {
+  const args a(st);
+  problem& p = shared_problem(a.n, a.k);
+  auto opt = make(p.params);
+  for (auto _ : st) {
+    auto r = opt.ascend();
+    r = opt.descend();
+    if (r.skipped) st.SkipWithError("step skipped");
+    benchmark::DoNotOptimize(r);
+  }
+  set_traffic(st, bytes * a.n, a.n, a.threads);
+}
+
+void opt_sam_sgd(benchmark::State& st) {
+  opt_step(st, [](auto& ps) { return flatmin::sam<be>(ps, flatmin::base::sgd{.lr = 1e-6, .momentum = 0.9}); }, 44.0);
+}
+void opt_sam_adamw(benchmark::State& st) {
+  opt_step(st, [](auto& ps) { return flatmin::sam<be>(ps, flatmin::base::adamw{.lr = 1e-6}); }, 52.0);
+}
+void opt_sgd(benchmark::State& st) {
+  opt_step(st, [](auto& ps) { return flatmin::sgd<be>(ps, {.lr = 1e-6, .momentum = 0.9}); }, 24.0);
+}
+void opt_adamw(benchmark::State& st) {
+  opt_step(st, [](auto& ps) { return flatmin::adamw<be>(ps, {.lr = 1e-6}); }, 32.0);
+}
+
+const bool registered = [] {
+  grid(benchmark::RegisterBenchmark("copy", copy), {1});
+  grid(benchmark::RegisterBenchmark("global_norm", global_norm));
+  grid(benchmark::RegisterBenchmark("ascend", ascend));
+  grid(benchmark::RegisterBenchmark("descend_sgd", descend_sgd));
+  grid(benchmark::RegisterBenchmark("descend_adamw", descend_adamw));
+  grid(benchmark::RegisterBenchmark("sgd", sgd));
+  grid(benchmark::RegisterBenchmark("adamw", adamw));
+  grid(benchmark::RegisterBenchmark("opt_sam_sgd", opt_sam_sgd));
+  grid(benchmark::RegisterBenchmark("opt_sam_adamw", opt_sam_adamw));
+  grid(benchmark::RegisterBenchmark("opt_sgd", opt_sgd));
+  grid(benchmark::RegisterBenchmark("opt_adamw", opt_adamw));
+  return true;
+}();
+
+}  // namespace
+
+BENCHMARK_MAIN();

@@ -1,0 +1,153 @@
+#!/usr/bin/env python3
+"""flatmin against what a PyTorch user would otherwise run: per-step optimizer-side time of SAM.
+
+    python3 bench/torch_compare.py                      # N = 10^5, 10^6, 10^7; K = 1, 100, 1000
+    python3 bench/torch_compare.py --sizes 10000000 --tensors 1 --threads 0
+
+PyTorch side: the widely used copy-restore SAM (the algorithm of github.com/davda54/sam, written
+here from its description): first step ‖g‖ over all parameters, e_w = ρ g / (‖g‖ + 1e-12),
+old_p = p.clone(), p += e_w; second step p = old_p, then torch.optim.SGD(momentum=0.9) or
+torch.optim.AdamW() (defaults: lr 1e-3, weight decay 1e-2) `.step()`. CPU, float32, N parameters
+split into K tensors, gradients fixed random tensors (no forward / backward is timed: only the
+optimizer side, as for flatmin). Each configuration: warm-up steps, then the median of --steps
+timed steps.
+
+flatmin side: the `opt_sam_sgd` / `opt_sam_adamw` benchmarks of bench/bench_passes.cpp, which
+time `ascend()` + `descend()` of flatmin::sam with the same base optimizer and options on the same
+N and K (with the finiteness checks flatmin always makes), built in Release by this script if
+needed (build/bench-release), medians over repetitions.
+
+Writes build/bench/torch_compare.json (read by scripts/bench_report.py) and prints a table.
+Not part of CI. Needs torch (bench/README.md says how it was installed).
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def torch_sam_step_time(torch, n, k, base, threads, steps, rho=0.05):
+    torch.set_num_threads(threads)
+    gen = torch.Generator().manual_seed(1)
+    sizes = [n // k + (1 if t < n % k else 0) for t in range(k)]
+    params = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in sizes]
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=gen)
+    if base == "sgd":
+        opt = torch.optim.SGD(params, lr=1e-3, momentum=0.9)
+    else:
+        opt = torch.optim.AdamW(params, lr=1e-3)
+    state = {}
+
+    @torch.no_grad()
+    def first_step():
+        grad_norm = torch.norm(torch.stack([p.grad.norm(p=2) for p in params if p.grad is not None]), p=2)
+        scale = rho / (grad_norm + 1e-12)
+        for p in params:
+            if p.grad is None:
+                continue
+            state[p] = p.data.clone()
+            p.add_(p.grad * scale.to(p))
+
+    @torch.no_grad()
+    def second_step():
+        for p in params:
+            if p.grad is None:
+                continue
+            p.data = state[p]
+        opt.step()
+
+    def step():
+        first_step()
+        # (the user's second forward/backward would write g_adv here)
+        second_step()
+
+    for _ in range(3):
+        step()
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def flatmin_times(sizes, tensors, threads, reps):
+    build = os.path.join(ROOT, "build", "bench-release")
+    exe = os.path.join(build, "bench", "bench_passes")
+    if not os.path.exists(os.path.join(build, "CMakeCache.txt")):
+        subprocess.run(["cmake", "-S", ROOT, "-B", build, "-DCMAKE_BUILD_TYPE=Release", "-DFLATMIN_BUILD_BENCHMARKS=ON",
+                        "-DFLATMIN_BUILD_TESTS=OFF", "-DFLATMIN_BUILD_EXAMPLES=OFF", "-DFLATMIN_ENABLE_THRUST=OFF"],
+                       check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(["cmake", "--build", build, "-j", str(os.cpu_count()), "--target", "bench_passes"], check=True,
+                   stdout=subprocess.DEVNULL)
+    out = os.path.join(ROOT, "build", "bench", "torch_compare_flatmin.json")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    alt = lambda xs: "|".join(str(x) for x in xs)
+    filt = f"^opt_sam_(sgd|adamw)/N:({alt(sizes)})/K:({alt(tensors)})/threads:({alt(threads)})/"
+    env = dict(os.environ, FLATMIN_BENCH_LARGE="1" if max(sizes) > 10**7 else "0", FLATMIN_BENCH_COPY_SECONDS="0.02")
+    subprocess.run([exe, f"--benchmark_filter={filt}", f"--benchmark_repetitions={reps}", "--benchmark_min_time=0.2",
+                    "--benchmark_display_aggregates_only=true", f"--benchmark_out={out}", "--benchmark_out_format=json"],
+                   check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with open(out) as f:
+        data = json.load(f)
+    res = {}
+    for b in data["benchmarks"]:
+        if b.get("run_type") != "iteration":
+            continue
+        parts = b["run_name"].split("/")
+        base = parts[0].replace("opt_sam_", "")
+        args = dict(p.split(":") for p in parts[1:] if ":" in p)
+        key = (base, int(args["N"]), int(args["K"]), int(args["threads"]))
+        scale = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0}[b["time_unit"]]
+        res.setdefault(key, []).append(b["real_time"] * scale)
+    return {k: statistics.median(v) for k, v in res.items()}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[10**5, 10**6, 10**7])
+    ap.add_argument("--tensors", type=int, nargs="+", default=[1, 100, 1000])
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 0], help="1, or 0 for all cores")
+    ap.add_argument("--bases", nargs="+", default=["sgd", "adamw"], choices=["sgd", "adamw"])
+    ap.add_argument("--steps", type=int, default=10, help="timed PyTorch steps per configuration")
+    ap.add_argument("--reps", type=int, default=5, help="flatmin benchmark repetitions")
+    ap.add_argument("--out", default=os.path.join(ROOT, "build", "bench", "torch_compare.json"))
+    a = ap.parse_args()
+    try:
+        import torch
+    except ImportError:
+        sys.exit("torch_compare: PyTorch is not installed (see bench/README.md)")
+    cores = os.cpu_count() or 1
+    fm = flatmin_times(a.sizes, a.tensors, a.threads, a.reps)
+    results = []
+    print(f"{'base':6} {'N':>9} {'K':>5} {'thr':>4} {'PyTorch':>12} {'flatmin':>12} {'speed-up':>9}")
+    for base in a.bases:
+        for n in a.sizes:
+            for k in a.tensors:
+                if k > n:
+                    continue
+                for t in a.threads:
+                    nthr = cores if t == 0 else t
+                    ts = torch_sam_step_time(torch, n, k, base, nthr, a.steps)
+                    fs = fm.get((base, n, k, t))
+                    results.append({"base": base, "N": n, "K": k, "threads": nthr, "torch_s": ts, "flatmin_s": fs})
+                    sp = f"{ts / fs:8.1f}x" if fs else "        –"
+                    fs_ms = f"{fs * 1e3:10.3f}ms" if fs else "           –"
+                    print(f"{base:6} {n:9d} {k:5d} {nthr:4d} {ts * 1e3:10.3f}ms {fs_ms} {sp}", flush=True)
+    os.makedirs(os.path.dirname(a.out), exist_ok=True)
+    with open(a.out, "w") as f:
+        json.dump({"command": "python3 bench/torch_compare.py " + " ".join(sys.argv[1:]),
+                   "torch_version": torch.__version__, "threads": "1 and all (" + str(cores) + ")",
+                   "results": results}, f, indent=1)
+    print(f"wrote {a.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,323 @@
+#!/usr/bin/env python3
+"""Turns the Google Benchmark JSON files of scripts/bench.sh into bench/RESULTS.md and an SVG plot.
+
+    python3 scripts/bench_report.py build/bench bench/RESULTS.md bench/bytes_per_second.svg
+
+Reads every <dir>/bench_*.json (run with --benchmark_repetitions and every repetition kept),
+<dir>/machine.txt (written by scripts/bench.sh) and, if present, <dir>/torch_compare.json
+(written by bench/torch_compare.py). Python 3 standard library only.
+
+Benchmark names are `pass/N:n/K:k/threads:t/real_time` (threads 0 = all cores). For each, over
+the repetitions: the median time, the median bytes/s of DESIGN.md's minimal traffic, the spread
+(max − min over median, in %) and the median `copy_ratio` counter: bytes/s over the copy
+bandwidth of the same number of bytes with the same threads, measured in the same binary.
+"""
+
+import glob
+import json
+import math
+import os
+import statistics
+import sys
+
+# passes whose bytes/s go on the plot, in this order (the rest are in the tables only)
+PLOT_PASSES = ["copy", "global_norm", "ascend", "descend_sgd", "descend_adamw", "sgd", "adamw", "opt_sam_sgd",
+               "opt_sam_adamw"]
+COLORS = ["#000000", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf",
+          "#bcbd22", "#7f7f7f"]
+
+
+def parse_name(run_name):
+    parts = run_name.split("/")
+    args = {}
+    for p in parts[1:]:
+        if ":" in p:
+            k, v = p.split(":", 1)
+            try:
+                args[k] = int(v)
+            except ValueError:
+                args[k] = v
+    return parts[0], args
+
+
+def load(directory):
+    runs = {}  # (program, run_name) -> list of iteration entries
+    contexts = {}
+    for path in sorted(glob.glob(os.path.join(directory, "bench_*.json"))):
+        program = os.path.splitext(os.path.basename(path))[0]
+        with open(path) as f:
+            data = json.load(f)
+        contexts[program] = data.get("context", {})
+        for b in data.get("benchmarks", []):
+            if b.get("run_type") != "iteration":
+                continue
+            if b.get("error_occurred"):
+                runs.setdefault((program, b["run_name"]), []).append({"error": b.get("error_message", "error")})
+                continue
+            runs.setdefault((program, b["run_name"]), []).append(b)
+    return runs, contexts
+
+
+def summarize(runs):
+    rows = []
+    for (program, run_name), reps in runs.items():
+        name, args = parse_name(run_name)
+        row = {"program": program, "pass": name, "N": args.get("N"), "K": args.get("K"),
+               "threads": args.get("threads"), "args": args, "run_name": run_name}
+        good = [r for r in reps if "error" not in r]
+        if not good:
+            row["error"] = reps[0]["error"]
+            rows.append(row)
+            continue
+        unit = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0}[good[0].get("time_unit", "ns")]
+        times = [r["real_time"] * unit for r in good]
+        row["reps"] = len(good)
+        row["time"] = statistics.median(times)
+        if all("bytes_per_second" in r for r in good):
+            bps = [r["bytes_per_second"] for r in good]
+            row["bps"] = statistics.median(bps)
+            row["spread"] = (max(bps) - min(bps)) / row["bps"] if row["bps"] else 0.0
+        else:
+            row["spread"] = (max(times) - min(times)) / row["time"] if row["time"] else 0.0
+        for c in ("copy_ratio", "copy_GBps", "B_per_param", "omp_threads"):
+            if all(c in r for r in good):
+                row[c] = statistics.median([r[c] for r in good])
+        rows.append(row)
+    rows.sort(key=lambda r: (r["program"], r["pass"], r["N"] or 0, r["K"] or 0, r["threads"] if r["threads"] else 99))
+    return rows
+
+
+def order(names):
+    """Unique names, the plotted passes first in their plot order."""
+    u = list(dict.fromkeys(names))
+    return [n for n in PLOT_PASSES if n in u] + sorted(n for n in u if n not in PLOT_PASSES)
+
+
+def fmt_time(s):
+    if s is None:
+        return "–"
+    for unit, scale in (("s", 1), ("ms", 1e-3), ("µs", 1e-6), ("ns", 1e-9)):
+        if s >= scale:
+            return f"{s / scale:.3g} {unit}"
+    return f"{s / 1e-9:.3g} ns"
+
+
+def fmt_n(n):
+    if n is None:
+        return "–"
+    e = math.log10(n) if n > 0 else 0
+    return f"10^{int(round(e))}" if abs(e - round(e)) < 1e-9 else str(n)
+
+
+def thr_label(t, cores):
+    return "1" if t == 1 else f"all ({cores})" if t == 0 else str(t)
+
+
+def table(header, rows):
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def svg_plot(rows, path, cores):
+    """bytes/s against N (log-log), one panel per thread setting, K = 1, copy line dashed."""
+    data = {}
+    for r in rows:
+        if r.get("K") != 1 or "bps" not in r or r["pass"] not in PLOT_PASSES or r["program"] != "bench_passes":
+            continue
+        data.setdefault(r["threads"], {}).setdefault(r["pass"], []).append((r["N"], r["bps"]))
+    if not data:
+        return False
+    panels = sorted(data, key=lambda t: (t == 0, t))
+    W, H, pad_l, pad_b, pad_t, pad_r = 460, 340, 62, 44, 30, 12
+    legend_w = 150
+    total_w = W * len(panels) + legend_w
+    ns = [n for p in data.values() for s in p.values() for n, _ in s]
+    ys = [b for p in data.values() for s in p.values() for _, b in s]
+    x0, x1 = math.log10(min(ns)), math.log10(max(ns))
+    if x1 == x0:
+        x1 = x0 + 1
+    y0, y1 = math.floor(math.log10(min(ys) / 1e9)), math.ceil(math.log10(max(ys) / 1e9))
+    if y1 == y0:
+        y1 = y0 + 1
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{total_w}" height="{H}" font-family="sans-serif" '
+           f'font-size="11">', f'<rect width="{total_w}" height="{H}" fill="white"/>']
+    for pi, t in enumerate(panels):
+        ox = pi * W
+        pw, ph = W - pad_l - pad_r, H - pad_t - pad_b
+
+        def X(n):
+            return ox + pad_l + (math.log10(n) - x0) / (x1 - x0) * pw
+
+        def Y(b):
+            return pad_t + ph - (math.log10(b / 1e9) - y0) / (y1 - y0) * ph
+
+        out.append(f'<text x="{ox + pad_l + pw / 2}" y="18" text-anchor="middle" font-size="13">'
+                   f'threads: {thr_label(t, cores)} (1 tensor)</text>')
+        out.append(f'<rect x="{ox + pad_l}" y="{pad_t}" width="{pw}" height="{ph}" fill="none" stroke="#888"/>')
+        for e in range(int(x0), int(x1) + 1):
+            x = X(10 ** e)
+            out.append(f'<line x1="{x}" y1="{pad_t}" x2="{x}" y2="{pad_t + ph}" stroke="#eee"/>')
+            out.append(f'<text x="{x}" y="{pad_t + ph + 16}" text-anchor="middle">10^{e}</text>')
+        for e in range(y0, y1 + 1):
+            for m in (1, 2, 5):
+                v = m * 10 ** e
+                if v > 10 ** y1:
+                    break
+                y = Y(v * 1e9)
+                out.append(f'<line x1="{ox + pad_l}" y1="{y}" x2="{ox + pad_l + pw}" y2="{y}" stroke="#eee"/>')
+                out.append(f'<text x="{ox + pad_l - 4}" y="{y + 4}" text-anchor="end">{v:g}</text>')
+        out.append(f'<text x="{ox + pad_l + pw / 2}" y="{H - 8}" text-anchor="middle">parameters N</text>')
+        out.append(f'<text x="{ox + 14}" y="{pad_t + ph / 2}" text-anchor="middle" '
+                   f'transform="rotate(-90 {ox + 14} {pad_t + ph / 2})">GB/s (minimal traffic)</text>')
+        for i, name in enumerate(PLOT_PASSES):
+            pts = sorted(data[t].get(name, []))
+            if not pts:
+                continue
+            color = COLORS[i % len(COLORS)]
+            dash = ' stroke-dasharray="6,4"' if name == "copy" else ""
+            width = 2.5 if name == "copy" else 1.5
+            d = " ".join(f"{X(n):.1f},{Y(b):.1f}" for n, b in pts)
+            out.append(f'<polyline points="{d}" fill="none" stroke="{color}" stroke-width="{width}"{dash}/>')
+            for n, b in pts:
+                out.append(f'<circle cx="{X(n):.1f}" cy="{Y(b):.1f}" r="2.5" fill="{color}"/>')
+    lx = W * len(panels) + 8
+    for i, name in enumerate(PLOT_PASSES):
+        y = pad_t + 10 + i * 18
+        color = COLORS[i % len(COLORS)]
+        dash = ' stroke-dasharray="6,4"' if name == "copy" else ""
+        out.append(f'<line x1="{lx}" y1="{y}" x2="{lx + 24}" y2="{y}" stroke="{color}" stroke-width="2"{dash}/>')
+        out.append(f'<text x="{lx + 30}" y="{y + 4}">{name}</text>')
+    out.append("</svg>")
+    with open(path, "w") as f:
+        f.write("\n".join(out) + "\n")
+    return True
+
+
+def main():
+    if len(sys.argv) != 4:
+        sys.exit(__doc__)
+    directory, md_path, svg_path = sys.argv[1:]
+    runs, contexts = load(directory)
+    if not runs:
+        sys.exit(f"bench_report: no bench_*.json with results in {directory}")
+    rows = summarize(runs)
+    ctx = next(iter(contexts.values()))
+    cores = ctx.get("num_cpus", "?")
+    machine = []
+    mpath = os.path.join(directory, "machine.txt")
+    if os.path.exists(mpath):
+        with open(mpath) as f:
+            machine = [line.rstrip("\n") for line in f if line.strip()]
+    caches = ", ".join(f"L{c['level']} {c['type'].lower()} {c['size'] // 1024} KiB"
+                       + (f" ×{cores // c['num_sharing']}" if isinstance(cores, int) and c.get("num_sharing") else "")
+                       for c in ctx.get("caches", []))
+
+    md = ["# flatmin benchmark results", "",
+          "Generated by `scripts/bench.sh` (which runs `scripts/bench_report.py`); do not edit by hand.", "",
+          "## Machine and command", ""]
+    md += [f"- {line}" for line in machine]
+    md += [f"- Google Benchmark context: {cores} CPUs at {ctx.get('mhz_per_cpu', '?')} MHz; {caches}; "
+           f"load average at start {', '.join(f'{x:.2f}' for x in ctx.get('load_avg', []))}",
+           f"- programs: {', '.join(sorted(contexts))}", ""]
+    load_now = ctx.get("load_avg", [0])[0]
+    if isinstance(cores, int) and load_now > 0.5 * cores:
+        md += [f"**Warning: the load average was {load_now:.1f} on {cores} cores when this ran: other processes "
+               "competed for the cores and the memory bus, so the figures below are not this machine's capability "
+               "(all-threads runs suffer most, waiting for descheduled threads at every barrier). Re-run "
+               "`scripts/bench.sh` on an idle machine.**", ""]
+    md += ["## What the figures mean", "",
+           "- **GB/s** is DESIGN.md §5's *minimal* traffic per parameter (the `B/param` column: bytes that "
+           "must be read or written at least once, fp32) times N, divided by the median wall-clock time of one "
+           "pass. Caches make small N look faster than memory.",
+           "- **× copy** is that rate divided by the bandwidth of a plain copy (`memcpy`, one chunk per thread) "
+           "of the same number of bytes with the same number of threads (the best of ≥ 5 timed copies), measured "
+           "once in the same binary just before (bench/common.hpp `copy_bandwidth`). 1.0 means the pass moves its minimal bytes as fast as a "
+           "copy moves its own. A pass that writes a buffer it does not read (ascend's saved weights, "
+           "descend's w) pays a read-for-ownership the minimal count leaves out, while glibc's large "
+           "`memcpy` uses streaming stores that avoid it, so about 0.8 is the practical ceiling for such passes.",
+           "- **spread** is (max − min) / median of the GB/s over the repetitions.",
+           "- `threads`: 1, or all cores (OpenMP). `K`: number of tensors the N parameters are split into.",
+           "- Pass-level rows run one kernel over a layout as the optimizer launches it; `opt_*` rows call the "
+           "optimizer's `ascend()` + `descend()` and so count every pass of a step (norm 4 + ascend 16 + "
+           "finiteness check of g_adv 4 + descend 20 or 28 B/param; the plain `opt_sgd` / `opt_adamw` run the "
+           "check and the base step).", ""]
+
+    # summary: copy ratio of the dense passes, K = 1
+    sumrows = [r for r in rows if r["program"] == "bench_passes" and r.get("K") == 1 and "copy_ratio" in r]
+    if sumrows:
+        ns = sorted({r["N"] for r in sumrows})
+        thr = sorted({r["threads"] for r in sumrows}, key=lambda t: (t == 0, t))
+        header = ["pass", "B/param"] + [f"N={fmt_n(n)}, {thr_label(t, cores)} thr" for t in thr for n in ns]
+        body = []
+        for name in order([r["pass"] for r in sumrows]):
+            cells = []
+            bpp = next((r.get("B_per_param") for r in sumrows if r["pass"] == name), None)
+            for t in thr:
+                for n in ns:
+                    m = [r for r in sumrows if r["pass"] == name and r["N"] == n and r["threads"] == t]
+                    cells.append(f"{m[0]['copy_ratio']:.2f}" if m else "–")
+            body.append([name, f"{bpp:g}" if bpp else "–"] + cells)
+        md += ["## Summary: ratio to copy bandwidth (1 tensor, median)", "", table(header, body), ""]
+
+        # many tensors: time(K=1000)/time(K=1)
+        krows = [r for r in rows if r["program"] == "bench_passes" and "time" in r]
+        header = ["pass"] + [f"N={fmt_n(n)}, {thr_label(t, cores)} thr" for t in thr for n in ns]
+        body = []
+        for name in order([r["pass"] for r in krows if r["pass"] != "copy"]):
+            cells = []
+            for t in thr:
+                for n in ns:
+                    a = [r for r in krows if r["pass"] == name and r["N"] == n and r["threads"] == t and r["K"] == 1]
+                    b = [r for r in krows if r["pass"] == name and r["N"] == n and r["threads"] == t and r["K"] == 1000]
+                    cells.append(f"{b[0]['time'] / a[0]['time']:.2f}" if a and b else "–")
+            body.append([name] + cells)
+        md += ["## 1000 tensors against 1 tensor of the same total size (time ratio, median)", "",
+               table(header, body), ""]
+
+    if svg_plot(rows, svg_path, cores):
+        rel = os.path.relpath(os.path.abspath(svg_path), os.path.dirname(os.path.abspath(md_path)))
+        md += ["## Bytes per second against N", "", f"![bytes/s against N]({rel})", ""]
+
+    tpath = os.path.join(directory, "torch_compare.json")
+    if os.path.exists(tpath):
+        with open(tpath) as f:
+            tc = json.load(f)
+        md += ["## Side by side with PyTorch (per-step optimizer-side time, median)", "",
+               f"`{tc.get('command', 'python3 bench/torch_compare.py')}` — torch {tc.get('torch_version', '?')}, "
+               f"threads {tc.get('threads', '?')}. PyTorch: copy-restore SAM (old w cloned, e_w = ρ g/(‖g‖ + 1e-12) "
+               "added; then w restored from the copy and the torch.optim step) around torch.optim.SGD(momentum=0.9) "
+               "and torch.optim.AdamW(); flatmin: `ascend()` + `descend()` of flatmin::sam with the same base "
+               "optimizer (bench_passes' opt_sam_sgd / opt_sam_adamw). Gradients are fixed tensors; no "
+               "forward/backward is timed.", ""]
+        body = []
+        for r in tc.get("results", []):
+            body.append([r["base"], fmt_n(r["N"]), r["K"], r["threads"], fmt_time(r["torch_s"]), fmt_time(r.get("flatmin_s")),
+                         f"{r['torch_s'] / r['flatmin_s']:.1f}×" if r.get("flatmin_s") else "–"])
+        md += [table(["base", "N", "K", "threads", "PyTorch", "flatmin", "speed-up"], body), ""]
+
+    md += ["## All results", ""]
+    for program in sorted({r["program"] for r in rows}):
+        prow = [r for r in rows if r["program"] == program]
+        body = []
+        for r in prow:
+            extra = {k: v for k, v in r["args"].items() if k not in ("N", "K", "threads")}
+            label = r["pass"] + (" " + " ".join(f"{k}={v}" for k, v in extra.items()) if extra else "")
+            if "error" in r:
+                body.append([label, fmt_n(r["N"]), r["K"], thr_label(r["threads"], cores), "error: " + r["error"],
+                             "", "", "", "", ""])
+                continue
+            body.append([label, fmt_n(r["N"]), r["K"] if r["K"] is not None else "–", thr_label(r["threads"], cores),
+                         f"{r['B_per_param']:g}" if "B_per_param" in r else "–", fmt_time(r["time"]),
+                         f"{r['bps'] / 1e9:.2f}" if "bps" in r else "–", f"{100 * r['spread']:.0f} %",
+                         f"{r['copy_GBps']:.1f}" if "copy_GBps" in r else "–",
+                         f"{r['copy_ratio']:.2f}" if "copy_ratio" in r else "–"])
+        md += [f"### {program}", "",
+               table(["pass", "N", "K", "threads", "B/param", "median time", "GB/s", "spread", "copy GB/s", "× copy"], body), ""]
+
+    with open(md_path, "w") as f:
+        f.write("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,277 @@
+// backend::eigen's vectorised forms of the passes: the whole-segment reductions
+// (stats_pass::segment, check_pass::segment: bitwise equal to the element path, which is also
+// backend::thrust's order) and the branch-free SGD / Adam updates with a
+// compile-time or run-time fused restore. Each is checked against a float64 reference written
+// here, on tensor sizes that hit the block tails, with tensors that are not perturbed and
+// without weight decay, non-finite and overflowing gradients, and for thread-count invariance.
+#include <doctest/doctest.h>
+#include <flatmin/flatmin.hpp>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <vector>
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+namespace {
+
+using be = flatmin::backend::eigen;
+using dense_view = flatmin::mask::dense::state<float, be>::view;
+using flatmin::kernels::grad_stats;
+
+// sizes around the reduction block (64) and the segment (4096) boundaries
+const std::vector<std::size_t> sizes = {1, 63, 64, 65, 130, 4095, 4096, 4097, 70000};
+
+struct problem {
+  std::vector<std::vector<float>> w, g;
+  std::vector<flatmin::tensor_options> opts;
+  flatmin::param_set<float> ps;
+  explicit problem(unsigned seed) {
+    std::mt19937 rng(seed);
+    std::normal_distribution<float> nd(0.f, 1.f);
+    for (std::size_t t = 0; t < sizes.size(); ++t) {
+      w.emplace_back(sizes[t]);
+      g.emplace_back(sizes[t]);
+      for (auto& x : w.back()) x = nd(rng);
+      for (auto& x : g.back()) x = nd(rng);
+      // every third tensor is not perturbed, every other one has no weight decay
+      opts.push_back({.weight_decay = t % 2 == 0, .perturb = t % 3 != 1, .adaptive = t % 4 != 3});
+    }
+    for (std::size_t t = 0; t < sizes.size(); ++t) ps.add(std::to_string(t), w[t], g[t], opts[t]);
+  }
+};
+
+struct ref_stats {
+  double g2 = 0, n2 = 0, d2 = 0, bad = 0, kept = 0;
+};
+
+// SAM (l2) or ASAM (adaptive, η) sums in float64, over finite entries for the squares
+ref_stats reference(const problem& p, float inv, bool adaptive, double eta) {
+  ref_stats r;
+  for (std::size_t t = 0; t < p.w.size(); ++t)
+    for (std::size_t j = 0; j < p.w[t].size(); ++j) {
+      const double x = double(p.g[t][j] * inv);
+      if (!std::isfinite(x)) {
+        r.bad += 1;
+        continue;
+      }
+      r.g2 += x * x;
+      if (!p.opts[t].perturb) continue;
+      const double s = (adaptive && p.opts[t].adaptive) ? std::fabs(double(p.w[t][j])) + eta : 1.0;
+      r.n2 += (s * x) * (s * x);
+      r.d2 += (s * s * x) * (s * s * x);
+      r.kept += 1;
+    }
+  return r;
+}
+
+template <class Pass>
+grad_stats reduce(const flatmin::backend::layout<float, be>& l, const Pass& pass, int threads) {
+#if defined(_OPENMP)
+  const int before = omp_get_max_threads();
+  omp_set_num_threads(threads);
+  const grad_stats s = be::reduce<grad_stats>(l.full(), pass);
+  omp_set_num_threads(before);
+  return s;
+#else
+  static_cast<void>(threads);
+  return be::reduce<grad_stats>(l.full(), pass);
+#endif
+}
+
+bool same_bits(const grad_stats& a, const grad_stats& b) { return std::memcmp(&a, &b, sizeof a) == 0; }
+
+// The same pass without its segment form: backend::eigen sums it element by element.
+template <class P>
+struct element_only {
+  P p;
+  grad_stats operator()(const flatmin::backend::elem<float>& e) const { return p(e); }
+};
+template <class P>
+element_only<P> elementwise(const P& p) {
+  return {p};
+}
+
+void check_close(double got, double want, double rel) {
+  CHECK(got == doctest::Approx(want).epsilon(rel));
+}
+
+}  // namespace
+
+TEST_CASE("eigen: SIMD statistics and check reductions match a float64 reference") {
+  problem p(7);
+  const flatmin::backend::layout<float, be> l(p.ps);
+  const float inv = 0.5f;
+  const double tol = 1e-9;  // double sums
+
+  SUBCASE("SAM statistics (every entry masked in: one sum for all three)") {
+    const flatmin::kernels::stats_pass<float, flatmin::kernels::l2_term<float>, dense_view> pass{{}, {}, inv, true};
+    static_assert(decltype(pass)::gradient_only);
+    const auto want = reference(p, inv, false, 0);
+    const auto got = reduce(l, pass, 1);
+    check_close(got.g2, want.g2, tol);
+    check_close(got.n2, want.n2, tol);
+    check_close(got.d2, want.d2, tol);
+    CHECK(got.kept == want.kept);
+    CHECK(got.bad == 0);
+    CHECK(same_bits(got, reduce(l, pass, 2)));
+    CHECK(same_bits(got, reduce(l, elementwise(pass), 1)));  // the order of the element path (and thrust's)
+  }
+  SUBCASE("ASAM statistics (element by element)") {
+    const flatmin::kernels::stats_pass<float, flatmin::kernels::adaptive_term<float>, dense_view> pass{
+        {0.01f}, {}, inv, true};
+    static_assert(!decltype(pass)::gradient_only);
+    const auto want = reference(p, inv, true, double(0.01f));
+    const auto got = reduce(l, pass, 1);
+    check_close(got.g2, want.g2, tol);
+    check_close(got.n2, want.n2, 1e-6);  // the terms are products in float
+    check_close(got.d2, want.d2, 1e-6);
+    CHECK(got.kept == want.kept);
+    CHECK(same_bits(got, reduce(l, pass, 2)));
+  }
+  SUBCASE("check pass") {
+    const auto want = reference(p, inv, false, 0);
+    const auto got = reduce(l, flatmin::kernels::check_pass<float>{inv}, 1);
+    check_close(got.g2, want.g2, tol);
+    CHECK(got.bad == 0);
+    CHECK(same_bits(got, reduce(l, flatmin::kernels::check_pass<float>{inv}, 2)));
+    CHECK(same_bits(got, reduce(l, elementwise(flatmin::kernels::check_pass<float>{inv}), 1)));
+  }
+  SUBCASE("non-finite entries are counted exactly") {
+    p.g[4][3] = std::numeric_limits<float>::quiet_NaN();
+    p.g[7][4096] = std::numeric_limits<float>::infinity();
+    p.g[8][100] = -std::numeric_limits<float>::infinity();
+    const auto c = reduce(l, flatmin::kernels::check_pass<float>{inv}, 2);
+    CHECK(c.bad == 3);
+    CHECK(same_bits(reduce(l, flatmin::kernels::stats_pass<float, flatmin::kernels::l2_term<float>, dense_view>{
+                                  {}, {}, inv, true}, 2),
+                    reduce(l, elementwise(flatmin::kernels::stats_pass<float, flatmin::kernels::l2_term<float>,
+                                                                       dense_view>{{}, {}, inv, true}), 1)));
+    const flatmin::kernels::stats_pass<float, flatmin::kernels::adaptive_term<float>, dense_view> pass{
+        {0.01f}, {}, inv, true};
+    CHECK(reduce(l, pass, 2).bad == 3);
+  }
+  SUBCASE("finite gradients whose squares overflow float are summed in double") {
+    p.g[8][5] = 3e19f;  // (3e19 · 0.5)² ≈ 2.25e38 ... two of them overflow a float sum
+    p.g[8][6] = 3e19f;
+    p.g[8][7] = -3e19f;
+    const auto want = reference(p, inv, false, 0);
+    const auto c = reduce(l, flatmin::kernels::check_pass<float>{inv}, 1);
+    CHECK(std::isfinite(c.g2));
+    CHECK(c.bad == 0);
+    check_close(c.g2, want.g2, 1e-12);
+    const flatmin::kernels::stats_pass<float, flatmin::kernels::l2_term<float>, dense_view> sam{{}, {}, inv, true};
+    const auto s = reduce(l, sam, 2);
+    CHECK(std::isfinite(s.n2));
+    check_close(s.n2, want.n2, 1e-12);
+    const flatmin::kernels::stats_pass<float, flatmin::kernels::adaptive_term<float>, dense_view> asam{
+        {0.01f}, {}, inv, true};
+    const auto a = reduce(l, asam, 2);
+    CHECK(std::isfinite(a.g2));
+    check_close(a.g2, want.g2, 1e-12);
+  }
+}
+
+namespace {
+
+// w ← saved on perturbed tensors (restore), then SGD with momentum μ, dampening τ, Nesterov and
+// coupled weight decay λ on tensors with weight decay, in float64
+void sgd_reference(std::vector<double>& w, const std::vector<double>& g, std::vector<double>& buf, double lr,
+                   double mu, double tau, double lambda, bool nesterov, bool first, bool wd) {
+  for (std::size_t j = 0; j < w.size(); ++j) {
+    double d = g[j] + (wd ? lambda * w[j] : 0.0);
+    buf[j] = first ? d : mu * buf[j] + (1 - tau) * d;
+    d = nesterov ? d + mu * buf[j] : buf[j];
+    w[j] -= lr * d;
+  }
+}
+
+}  // namespace
+
+TEST_CASE("eigen: fused restore + SGD-momentum and AdamW match a float64 reference") {
+  for (int variant = 0; variant < 3; ++variant) {
+    CAPTURE(variant);
+    problem p(11 + variant);
+    const flatmin::backend::layout<float, be> l(p.ps);
+    const std::size_t n = l.numel();
+    // saved weights: what ascend would have stored (different from w, to see the restore)
+    be::vector<float> saved(n);
+    {
+      std::size_t off = 0;
+      for (std::size_t t = 0; t < p.w.size(); ++t)
+        for (std::size_t j = 0; j < p.w[t].size(); ++j) saved[off++] = p.w[t][j] * 0.75f + 0.1f;
+    }
+    const flatmin::base::sgd so{.lr = 0.1, .momentum = 0.9, .dampening = variant == 2 ? 0.25 : 0.0,
+                                .weight_decay = 0.01, .nesterov = variant == 1};
+    flatmin::base::sgd::state<float, be> ss(so, n);
+    flatmin::base::adamw::state<float, be> as(flatmin::base::adamw{}, n);
+    using adjust = flatmin::regularize::none::state<float, be>::view;
+
+    for (std::size_t step = 1; step <= 3; ++step) {
+      CAPTURE(step);
+      // the same inputs through the run-time and the compile-time restore
+      std::vector<std::vector<double>> w_ref(p.w.size());
+      std::size_t off = 0;
+      for (std::size_t t = 0; t < p.w.size(); ++t) {
+        w_ref[t].resize(p.w[t].size());
+        for (std::size_t j = 0; j < p.w[t].size(); ++j, ++off)
+          w_ref[t][j] = p.opts[t].perturb ? double(saved[off]) : double(p.w[t][j]);
+      }
+      // momentum buffer before the step
+      std::vector<float> buf0(n);
+      std::memcpy(buf0.data(), ss.prepare(so, step).buf, n * sizeof(float));
+
+      // run-time restore flag on a copy of the weights
+      std::vector<std::vector<float>> keep = p.w;
+      const auto upd = ss.prepare(so, step);
+      be::for_each(l.full(),
+                   flatmin::kernels::descend_pass<float, dense_view, adjust, decltype(upd)>{{}, {}, upd, 1.0f, saved.data(), true});
+      const auto w_rt = p.w;
+      std::vector<float> buf_rt(upd.buf, upd.buf + n);
+      // compile-time restore from the same state
+      p.w = keep;
+      std::memcpy(upd.buf, buf0.data(), n * sizeof(float));
+      be::for_each(l.full(), flatmin::kernels::descend_pass<float, dense_view, adjust, decltype(upd), 1>{
+                                 {}, {}, upd, 1.0f, saved.data(), false});
+      CHECK(p.w == w_rt);
+      CHECK(std::memcmp(buf_rt.data(), upd.buf, n * sizeof(float)) == 0);
+
+      // float64 reference
+      off = 0;
+      bool ok = true;
+      for (std::size_t t = 0; t < p.w.size(); ++t) {
+        std::vector<double> g(p.g[t].begin(), p.g[t].end()), buf(buf0.begin() + off, buf0.begin() + off + p.w[t].size());
+        sgd_reference(w_ref[t], g, buf, 0.1, 0.9, so.dampening, 0.01, so.nesterov, step == 1, p.opts[t].weight_decay);
+        for (std::size_t j = 0; j < p.w[t].size(); ++j) {
+          ok = ok && std::fabs(p.w[t][j] - w_ref[t][j]) <= 1e-5 * (1 + std::fabs(w_ref[t][j]));
+          ok = ok && std::fabs(upd.buf[off + j] - buf[j]) <= 1e-5 * (1 + std::fabs(buf[j]));
+        }
+        off += p.w[t].size();
+      }
+      CHECK(ok);
+    }
+
+    // AdamW without restore (the plain composition's pass), one step from zero moments
+    auto w0 = p.w;
+    const flatmin::base::adamw ao{.lr = 0.01, .weight_decay = 0.1};
+    const auto au = as.prepare(ao, 1);
+    be::for_each(l.full(), flatmin::kernels::descend_pass<float, dense_view, adjust, decltype(au), 0>{
+                               {}, {}, au, 1.0f, nullptr, false});
+    bool ok = true;
+    for (std::size_t t = 0; t < p.w.size(); ++t)
+      for (std::size_t j = 0; j < p.w[t].size(); ++j) {
+        const double g = p.g[t][j];
+        double w = w0[t][j];
+        if (p.opts[t].weight_decay) w *= 1 - 0.01 * 0.1;
+        const double m = 0.1 * g, v = 0.001 * g * g;
+        const double mhat = m / (1 - 0.9), vhat = v / (1 - 0.999);
+        w -= 0.01 * mhat / (std::sqrt(vhat) + 1e-8);
+        ok = ok && std::fabs(p.w[t][j] - w) <= 1e-5 * (1 + std::fabs(w));
+      }
+    CHECK(ok);
+  }
+}
