@@ -103,9 +103,9 @@ struct dynamic {
       Backend::copy(bits_, old);
       auto score = Backend::template make_vector<T>(units_.count(), T(0));
       detail::add_scores(l, units_, Backend::data(score), inv_scale, detail::score_of::magnitude, false);
-      const detail::score_key<T> drop_key{uview_, Backend::data(score), Backend::data(old), true};
+      const detail::score_key<T> drop_key{Backend::data(score), Backend::data(old), true};
       const detail::random_key<T> grow_key{uview_, m.seed, step, Backend::data(old), false};
-      const auto kept = detail::top_k<Backend>(units_.count(), keep_n, drop_key, 8 * sizeof(T));
+      const auto kept = detail::top_k<Backend>(units_.count(), keep_n, drop_key, detail::float_key_bits<T>);
       const auto grown = detail::top_k<Backend>(units_.count(), grow_n, grow_key, 32);
       Backend::for_each_index(units_.words(), detail::fill_bits<either<decltype(kept), decltype(grown)>>{
                                                   {kept, grown}, Backend::data(bits_), units_.count()});

@@ -155,8 +155,11 @@ struct fill_bits {
   FLATMIN_HD void operator()(std::size_t w) const {
     std::uint32_t b = 0;
     const std::size_t lo = w * 32;
-    for (std::uint32_t j = 0; j < 32; ++j)
-      if (lo + j < n && pred(lo + j)) b |= 1u << j;
+    if (lo + 32 <= n) {
+      for (std::uint32_t j = 0; j < 32; ++j) b |= static_cast<std::uint32_t>(pred(lo + j)) << j;
+    } else {
+      for (std::uint32_t j = 0; lo + j < n; ++j) b |= static_cast<std::uint32_t>(pred(lo + j)) << j;
+    }
     bits[w] = b;
   }
 };
@@ -218,11 +221,13 @@ class compact_range {
 namespace flatmin::mask::detail {
 
 /// What a unit's score sums over its entries.
-enum class score_of : std::uint8_t { square, magnitude };
+enum class score_of : std::uint8_t { square, magnitude, zero };
 
-FLATMIN_HD inline double score_term(double g, score_of s) { return s == score_of::square ? g * g : (g < 0 ? -g : g); }
+/// Scores hold −1 for units that are not candidates (so that a selection reads one value per
+/// unit and no tensor table), and the candidates' non-negative sums.
 
-/// Element units: acc[i] (+)= h(g_i / scale) on candidate entries (one element per call: no conflicts).
+/// Element units: acc[i] (+)= h(g_i / scale) on candidate entries (one element per call: no
+/// conflicts); when overwriting, −1 on the others.
 template <class T>
 struct element_scores {
   T* acc;
@@ -230,14 +235,22 @@ struct element_scores {
   score_of what;
   bool accumulate;
   FLATMIN_HD void operator()(const backend::elem<T>& e) const {
-    if (!candidate_flags(e.flags)) return;
+    if (!candidate_flags(e.flags)) {
+      if (!accumulate) acc[e.i] = T(-1);
+      return;
+    }
+    if (what == score_of::zero) {
+      acc[e.i] = T(0);
+      return;
+    }
     const T g = e.g * inv_scale;
     const T h = what == score_of::square ? g * g : (g < T(0) ? -g : g);
     acc[e.i] = accumulate ? acc[e.i] + h : h;
   }
 };
 
-/// Block units: acc[u] (+)= Σ_block h(g / scale) (one block per call).
+/// Block units: acc[u] (+)= Σ_block h(g / scale) (one block per call); when overwriting, −1 on
+/// the blocks that are not candidates.
 template <class T>
 struct block_scores {
   unit_view<T> units;
@@ -248,16 +261,33 @@ struct block_scores {
   FLATMIN_HD void operator()(std::size_t u) const {
     const std::uint32_t t = units.tensor_of_unit(u);
     const backend::tensor_rec<T>& r = units.tensors[t];
-    if (!candidate_flags(r.flags)) return;
+    if (!candidate_flags(r.flags)) {
+      if (!accumulate) acc[u] = T(-1);
+      return;
+    }
     const std::uint64_t start = units.unit_start(u, t), len = units.unit_len(start, t);
     const T* g = r.g + start;
     T s = 0;
-    for (std::uint64_t j = 0; j < len; ++j) {
-      const T x = g[j] * inv_scale;
-      s += what == score_of::square ? x * x : (x < T(0) ? -x : x);
+    if (what == score_of::square) {
+      for (std::uint64_t j = 0; j < len; ++j) {
+        const T x = g[j] * inv_scale;
+        s += x * x;
+      }
+    } else if (what == score_of::magnitude) {
+      for (std::uint64_t j = 0; j < len; ++j) {
+        const T x = g[j] * inv_scale;
+        s += x < T(0) ? -x : x;
+      }
     }
     acc[u] = accumulate ? acc[u] + s : s;
   }
+};
+
+/// Starts a sum over steps: 0 for candidate units, −1 for the others.
+template <class T>
+struct clear_scores {
+  T* acc;
+  FLATMIN_HD void operator()(std::size_t u) const { acc[u] = acc[u] < T(0) ? T(-1) : T(0); }
 };
 
 /// Adds the scores of the current gradient into `acc` (one per unit), or overwrites them.
@@ -270,18 +300,18 @@ void add_scores(const backend::layout<T, Backend>& l, const units<T, Backend>& u
     Backend::for_each_index(u.count(), block_scores<T>{u.view(l), acc, inv_scale, what, accumulate});
 }
 
-/// Top-k key: the unit's score, for candidate units (optionally only those whose bit in `among`
-/// equals `among_value`).
+/// Top-k key: the unit's score, for candidate units (score ≥ 0), optionally only those whose bit
+/// in `among` equals `among_value`.
 template <class T>
 struct score_key {
-  unit_view<T> units;
   const T* score;
   const std::uint32_t* among = nullptr;
   bool among_value = true;
   FLATMIN_HD bool operator()(std::size_t u, std::uint64_t& k) const {
-    if (!candidate_flags(units.tensors[units.tensor_of_unit(u)].flags)) return false;
+    const T s = score[u];
+    if (!(s >= T(0))) return false;
     if (among && test_bit(among, u) != among_value) return false;
-    k = float_key(score[u]);
+    k = float_key(s);
     return true;
   }
 };
