@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs flatmin's Debian build dependencies when any is missing (needs root or sudo).
 set -euo pipefail
-pkgs=(cmake g++ make libeigen3-dev doctest-dev libbenchmark-dev libthrust-dev libomp-dev)
+pkgs=(cmake g++ make libeigen3-dev doctest-dev libbenchmark-dev libthrust-dev libomp-dev zlib1g-dev)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

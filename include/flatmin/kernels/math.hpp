@@ -2,18 +2,28 @@
 /// @file math.hpp
 /// Scalar helpers usable on host and device.
 
+#include <cfloat>
 #include <cmath>
-#include <limits>
 
 #include "../config.hpp"
 
 namespace flatmin::kernels {
 
+/// The largest finite value (std::numeric_limits is not callable from CUDA device code without
+/// --expt-relaxed-constexpr).
+template <class T>
+FLATMIN_HD constexpr T finite_max() {
+  if constexpr (sizeof(T) == sizeof(float))
+    return FLT_MAX;
+  else
+    return DBL_MAX;
+}
+
 /// True for finite x. Written as a comparison so that it vectorises (and is false for NaN).
 template <class T>
 FLATMIN_HD inline bool is_finite(T x) {
   const T a = x < T(0) ? -x : x;
-  return a <= std::numeric_limits<T>::max();
+  return a <= finite_max<T>();
 }
 
 FLATMIN_HD inline float fm_sqrt(float x) { return ::sqrtf(x); }

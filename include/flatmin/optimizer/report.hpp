@@ -33,7 +33,7 @@ struct step_args {
   double grad_scale = 1.0;
   /// If set, the caller has already checked the gradient for non-finite values (a loss scaler's
   /// found_inf): the optimizer trusts it and skips its own check pass in descend().
-  std::optional<bool> found_inf;
+  std::optional<bool> found_inf{};
 };
 
 /// The report of a step (filled in as the protocol advances).

@@ -281,6 +281,7 @@ class sharpness_aware {
     if (read_pod<std::uint64_t>(is) != layout_.numel()) throw bad("parameter count differs");
     const auto steps = read_pod<std::uint64_t>(is);
     std::vector<std::function<void()>> commit;
+    bool fixed_size = true;  // the base state's buffers have sizes fixed by the options and N
     auto get = [&](const char* name, auto& v) {
       using vec = std::remove_reference_t<decltype(v)>;
       using E = std::remove_cv_t<std::remove_reference_t<decltype(Backend::to_host(v)[0])>>;
@@ -289,12 +290,16 @@ class sharpness_aware {
       is.read(n.data(), len);
       if (n != name) throw bad("expected buffer " + detail::quote(name) + ", found " + detail::quote(n));
       std::vector<E> h(read_pod<std::uint64_t>(is));
+      if (fixed_size && h.size() != v.size())
+        throw bad("buffer " + detail::quote(name) + " has " + std::to_string(h.size()) + " entries, expected " +
+                  std::to_string(v.size()) + " (other options?)");
       is.read(reinterpret_cast<char*>(h.data()), static_cast<std::streamsize>(h.size() * sizeof(E)));
       if (!is) throw bad("truncated buffer " + detail::quote(name));
       commit.push_back([&v, h = std::move(h)] { v = Backend::from_host(h); });
       static_cast<void>(sizeof(vec));
     };
     base_state_.visit(get);
+    fixed_size = false;
     mask_state_.visit(get);
     for (auto& c : commit) c();
     steps_ = static_cast<std::size_t>(steps);

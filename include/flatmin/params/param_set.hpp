@@ -9,6 +9,7 @@
 #include <span>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <unordered_set>
 #include <utility>
 #include <vector>
@@ -23,6 +24,20 @@ template <class C, class T>
 concept contiguous_buffer_of = requires(C& c) {
   { c.data() } -> std::convertible_to<T*>;
   { c.size() } -> std::convertible_to<std::size_t>;
+};
+
+/// Customisation point for buffers in another memory space (whose `data()` is not a `T*`):
+/// specialise with `static T* data(C&)`, `static std::size_t size(const C&)` and
+/// `static constexpr memory_space space`. params/thrust_views.hpp does it for
+/// `thrust::device_vector`.
+template <class C>
+struct buffer_traits;
+
+template <class C, class T>
+concept foreign_buffer_of = requires(C& c) {
+  { buffer_traits<std::remove_cv_t<C>>::data(c) } -> std::convertible_to<T*>;
+  { buffer_traits<std::remove_cv_t<C>>::size(c) } -> std::convertible_to<std::size_t>;
+  { buffer_traits<std::remove_cv_t<C>>::space } -> std::convertible_to<memory_space>;
 };
 
 /// Indices of the two factors of a LoRA pair (update = B·A or x·yᵀ) in a `param_set`.
@@ -49,7 +64,7 @@ class param_set {
   }
 
   /// Adds a tensor from two contiguous buffers of equal size (shape taken from rows()/cols() when
-  /// the buffer has them, else {size}).
+  /// the buffer has them, else {size}). For another shape, pass `.data()` to the pointer overload.
   template <class V, class G>
     requires contiguous_buffer_of<std::remove_reference_t<V>, T> && contiguous_buffer_of<std::remove_reference_t<G>, T>
   tensor_view<T>& add(std::string name, V&& value, G&& grad, tensor_options options = {}) {
@@ -62,22 +77,24 @@ class param_set {
     return push(std::move(name), value.data(), grad.data(), nv, shape_of(value), options, memory_space::host);
   }
 
-  /// Adds a tensor from two contiguous buffers with an explicit shape.
+  /// Adds a tensor from two buffers of another memory space (see `buffer_traits`), tagged with
+  /// that space; `shape` defaults to {size}.
   template <class V, class G>
-    requires contiguous_buffer_of<std::remove_reference_t<V>, T> && contiguous_buffer_of<std::remove_reference_t<G>, T>
-  tensor_view<T>& add(std::string name, V&& value, G&& grad, std::vector<std::size_t> shape, tensor_options options = {}) {
-    check_contiguous(name, value, "value");
-    check_contiguous(name, grad, "gradient");
-    if (static_cast<std::size_t>(value.size()) != static_cast<std::size_t>(grad.size()))
-      throw std::invalid_argument("flatmin::param_set: tensor " + detail::quote(name) + ": value and gradient sizes differ");
-    auto& v = add(std::move(name), value.data(), grad.data(), std::move(shape), options);
-    if (v.size != static_cast<std::size_t>(value.size())) {
-      const std::string n = v.name;
-      views_.pop_back();
-      names_.erase(n);
-      throw std::invalid_argument("flatmin::param_set: tensor " + detail::quote(n) + ": shape does not match buffer size");
-    }
-    return v;
+    requires foreign_buffer_of<std::remove_reference_t<V>, T> && foreign_buffer_of<std::remove_reference_t<G>, T>
+  tensor_view<T>& add(std::string name, V&& value, G&& grad, tensor_options options = {},
+                      std::vector<std::size_t> shape = {}) {
+    using VT = buffer_traits<std::remove_cv_t<std::remove_reference_t<V>>>;
+    using GT = buffer_traits<std::remove_cv_t<std::remove_reference_t<G>>>;
+    static_assert(VT::space == GT::space, "flatmin::param_set: value and gradient buffers live in different memory spaces");
+    const std::size_t nv = VT::size(value), ng = GT::size(grad);
+    if (nv != ng)
+      throw std::invalid_argument("flatmin::param_set: tensor " + detail::quote(name) + " has " + std::to_string(nv) +
+                                  " values but " + std::to_string(ng) + " gradient entries");
+    if (shape.empty()) shape = {nv};
+    const std::size_t n = std::accumulate(shape.begin(), shape.end(), std::size_t{1}, std::multiplies<>{});
+    if (n != nv)
+      throw std::invalid_argument("flatmin::param_set: tensor " + detail::quote(name) + ": shape does not match buffer size");
+    return push(std::move(name), VT::data(value), GT::data(grad), nv, std::move(shape), options, VT::space);
   }
 
   /// Registers a LoRA pair (factors x = A and y = B; the update is B·A) as two tensors named

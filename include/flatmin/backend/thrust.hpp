@@ -1,0 +1,306 @@
+#pragma once
+/// @file thrust.hpp
+/// `backend::thrust`: the optimizer's state in `thrust::device_vector`, passes on
+/// THRUST_DEVICE_SYSTEM (CUDA under nvcc; OMP or CPP when compiled by a host compiler).
+///
+/// **One launch per pass.** A pass over a segment list of `count` segments is one
+/// `thrust::for_each` over the virtual index v ∈ [0, count · S) (S = `segment_size`, a power of
+/// two): segment v / S, lane v % S; lanes at or past the segment's `len` return at once. The
+/// segment list and the tensor table live in device memory, so 1 or 1000 tensors (or the active
+/// blocks of a sparse mask) cost one launch; the idle lanes are at most one partial segment per
+/// tensor. We chose this over a prefix-sum lookup (binary search per element) because it needs
+/// no per-pass set-up and no search, and over one launch per tensor because that costs a launch
+/// per tensor.
+///
+/// **Deterministic reductions.** `reduce` uses exactly the summation tree of `backend::eigen`:
+/// in each segment four strands (elements j ≡ r mod 4 of the full quads, the tail added to strand
+/// 0) are summed in order, combined as (a0 + a1) + (a2 + a3), and the segment partials are added
+/// in segment order on the host. The tree depends only on the segment list, not on the device,
+/// the number of OpenMP threads or the launch configuration, so results are bitwise identical
+/// run to run, for any `OMP_NUM_THREADS`, and equal to `backend::eigen`'s (given the same
+/// floating-point contraction: CUDA builds of the tests use `-fmad=false`). `reduce_index` and
+/// `histogram` likewise (blocks of S; histogram counts are integers, hence exact).
+/// The price on a GPU is that a reduction runs one thread per strand (N / 1024 threads) instead
+/// of a tree over all elements: it is slower than `thrust::reduce` for small N.
+///
+/// Memory: under CUDA only device memory (views tagged `memory_space::device`; `check_view`
+/// asks the CUDA runtime and rejects host pointers). On the OMP and CPP systems device memory
+/// *is* host memory, so both spaces are accepted.
+
+#include <cstdint>
+#include <vector>
+
+#include <thrust/copy.h>
+#include <thrust/device_vector.h>
+#include <thrust/execution_policy.h>
+#include <thrust/fill.h>
+#include <thrust/for_each.h>
+#include <thrust/iterator/counting_iterator.h>
+#include <thrust/transform.h>
+
+#include "layout.hpp"
+
+#if THRUST_DEVICE_SYSTEM == THRUST_DEVICE_SYSTEM_CUDA
+#include <cuda_runtime_api.h>
+#define FLATMIN_THRUST_IS_CUDA 1
+#endif
+#if THRUST_DEVICE_SYSTEM == THRUST_DEVICE_SYSTEM_OMP && defined(_OPENMP)
+#include <omp.h>
+#endif
+
+namespace flatmin::backend {
+
+namespace thrust_detail {
+
+inline constexpr std::size_t log2_segment = 12;
+inline constexpr std::size_t segment_size = std::size_t{1} << log2_segment;
+static_assert(segment_size >= 1024, "mask blocks of up to 1024 elements must fit in a segment");
+
+/// f(elem) for lane v % S of segment v / S.
+template <class T, class F>
+struct segment_lanes {
+  const tensor_rec<T>* tensors;
+  const segment* segs;
+  F f;
+  FLATMIN_HD void operator()(std::size_t v) const {
+    const segment& s = segs[v >> log2_segment];
+    const auto lane = static_cast<std::uint32_t>(v & (segment_size - 1));
+    if (lane >= s.len) return;
+    const tensor_rec<T>& t = tensors[s.tensor];
+    f(elem<T>{t.w[s.local + lane], t.g[s.local + lane], s.index + lane, s.slot + lane, s.tensor, t.flags});
+  }
+};
+
+/// Strand r = u % 4 of segment u / 4, summed in order (the accumulators of backend::eigen).
+template <class R, class T, class F>
+struct segment_strand {
+  const tensor_rec<T>* tensors;
+  const segment* segs;
+  F f;
+  FLATMIN_HD R operator()(std::size_t u) const {
+    const segment& s = segs[u >> 2];
+    const auto r = static_cast<std::uint32_t>(u & 3);
+    const tensor_rec<T>& t = tensors[s.tensor];
+    T* w = t.w + s.local;
+    T* g = t.g + s.local;
+    const std::uint32_t len = s.len, quads = len & ~std::uint32_t{3};
+    R a{};
+    for (std::uint32_t j = r; j < quads; j += 4) a = a + f(elem<T>{w[j], g[j], s.index + j, s.slot + j, s.tensor, t.flags});
+    if (r == 0)
+      for (std::uint32_t j = quads; j < len; ++j) a = a + f(elem<T>{w[j], g[j], s.index + j, s.slot + j, s.tensor, t.flags});
+    return a;
+  }
+};
+
+/// (a0 + a1) + (a2 + a3) of segment s.
+template <class R>
+struct combine_strands {
+  const R* strands;
+  FLATMIN_HD R operator()(std::size_t s) const {
+    const R* a = strands + 4 * s;
+    return (a[0] + a[1]) + (a[2] + a[3]);
+  }
+};
+
+/// Sum of f(i) over block b = [b·S, min(n, (b+1)·S)), one accumulator, in order.
+template <class R, class F>
+struct index_block {
+  std::size_t n;
+  F f;
+  FLATMIN_HD R operator()(std::size_t b) const {
+    R acc{};
+    const std::size_t lo = b * segment_size, hi = lo + segment_size < n ? lo + segment_size : n;
+    for (std::size_t i = lo; i < hi; ++i) acc = acc + f(i);
+    return acc;
+  }
+};
+
+/// Counts of key(i) over one block into that block's own row (no two threads share a counter).
+template <class F>
+struct histogram_block {
+  std::size_t n, block, bins;
+  std::uint32_t* rows;
+  F key;
+  FLATMIN_HD void operator()(std::size_t b) const {
+    std::uint32_t* h = rows + b * bins;
+    const std::size_t lo = b * block, hi = lo + block < n ? lo + block : n;
+    for (std::size_t i = lo; i < hi; ++i) {
+      const auto k = static_cast<std::size_t>(key(i));
+      if (k < bins) ++h[k];
+    }
+  }
+};
+
+/// Column k of the per-block rows, summed.
+struct histogram_column {
+  const std::uint32_t* rows;
+  std::size_t nblocks, bins;
+  FLATMIN_HD std::uint64_t operator()(std::size_t k) const {
+    std::uint64_t c = 0;
+    for (std::size_t b = 0; b < nblocks; ++b) c += rows[b * bins + k];
+    return c;
+  }
+};
+
+/// Adds device partials in order on the host (the last level of the fixed tree).
+template <class R>
+R sum_in_order(const ::thrust::device_vector<R>& partial) {
+  std::vector<R> h(partial.size());
+  ::thrust::copy(partial.begin(), partial.end(), h.begin());
+  R total{};
+  for (const R& p : h) total = total + p;
+  return total;
+}
+
+}  // namespace thrust_detail
+
+/// The Thrust backend. All functions are static; state lives in `vector<T>`.
+struct thrust {
+  static constexpr const char* name = "thrust";
+  /// Elements per segment (a power of two): the same as backend::eigen, so that both backends
+  /// cut tensors identically and reduce in the same order.
+  static constexpr std::size_t segment_size = thrust_detail::segment_size;
+
+  template <class T>
+  using vector = ::thrust::device_vector<T>;
+  template <class T>
+  using table = vector<T>;
+
+  /// Under CUDA: device memory only. On OMP/CPP device memory is host memory: both.
+  static bool accepts(memory_space s) {
+#if defined(FLATMIN_THRUST_IS_CUDA)
+    return s == memory_space::device;
+#else
+    return s == memory_space::device || s == memory_space::host;
+#endif
+  }
+
+  /// Under CUDA, rejects a view whose value or gradient pointer is not device (or managed)
+  /// memory, as far as the CUDA runtime can tell. Elsewhere every pointer is reachable.
+  template <class View>
+  static void check_view(const View& v) {
+#if defined(FLATMIN_THRUST_IS_CUDA)
+    auto check = [&](const void* p, const char* what) {
+      cudaPointerAttributes a{};
+      const cudaError_t e = cudaPointerGetAttributes(&a, p);
+      if (e != cudaSuccess) {
+        static_cast<void>(cudaGetLastError());  // clear the sticky-free error state
+        throw usage_error("flatmin: the " + std::string(what) + " of tensor " + detail::quote(v.name) +
+                          " is not memory the CUDA runtime knows (" + cudaGetErrorString(e) + ")");
+      }
+      if (a.type != cudaMemoryTypeDevice && a.type != cudaMemoryTypeManaged)
+        throw usage_error("flatmin: the " + std::string(what) + " of tensor " + detail::quote(v.name) +
+                          " is host memory; backend thrust (CUDA) needs device or managed memory");
+    };
+    check(v.value, "value");
+    check(v.grad, "gradient");
+#else
+    static_cast<void>(v);
+#endif
+  }
+
+  template <class T>
+  static vector<T> make_vector(std::size_t n, T value = T{}) {
+    return vector<T>(n, value);
+  }
+  template <class T>
+  static vector<T> from_host(const std::vector<T>& h) {
+    return vector<T>(h.begin(), h.end());
+  }
+  template <class T>
+  static std::vector<T> to_host(const vector<T>& v) {
+    std::vector<T> h(v.size());
+    ::thrust::copy(v.begin(), v.end(), h.begin());
+    return h;
+  }
+  template <class T>
+  static T* data(vector<T>& v) {
+    return ::thrust::raw_pointer_cast(v.data());
+  }
+  template <class T>
+  static const T* data(const vector<T>& v) {
+    return ::thrust::raw_pointer_cast(v.data());
+  }
+  template <class T>
+  static void fill(vector<T>& v, T value) {
+    ::thrust::fill(v.begin(), v.end(), value);
+  }
+  template <class T>
+  static void copy(const vector<T>& from, vector<T>& to) {
+    to = from;
+  }
+
+  /// Runs `f(elem<T>)` for every element of the range: one launch.
+  template <class T, class F>
+  static void for_each(const pass_range<T>& r, const F& f) {
+    if (r.count == 0) return;
+    ::thrust::counting_iterator<std::size_t> first(0);
+    ::thrust::for_each(::thrust::device, first, first + r.count * segment_size,
+                       thrust_detail::segment_lanes<T, F>{r.tensors, r.segments, f});
+  }
+
+  /// Sum over the range of `f(elem<T>) -> R`, in backend::eigen's summation order.
+  template <class R, class T, class F>
+  static R reduce(const pass_range<T>& r, const F& f) {
+    if (r.count == 0) return R{};
+    ::thrust::counting_iterator<std::size_t> first(0);
+    ::thrust::device_vector<R> strands(4 * r.count);
+    ::thrust::transform(::thrust::device, first, first + 4 * r.count, strands.begin(),
+                        thrust_detail::segment_strand<R, T, F>{r.tensors, r.segments, f});
+    ::thrust::device_vector<R> partial(r.count);
+    ::thrust::transform(::thrust::device, first, first + r.count, partial.begin(),
+                        thrust_detail::combine_strands<R>{::thrust::raw_pointer_cast(strands.data())});
+    return thrust_detail::sum_in_order(partial);
+  }
+
+  /// Runs `f(i)` for i in [0, n): one launch.
+  template <class F>
+  static void for_each_index(std::size_t n, const F& f) {
+    if (n == 0) return;
+    ::thrust::counting_iterator<std::size_t> first(0);
+    ::thrust::for_each(::thrust::device, first, first + n, f);
+  }
+
+  /// Sum of `f(i) -> R` for i in [0, n), in blocks of `segment_size` (backend::eigen's order).
+  template <class R, class F>
+  static R reduce_index(std::size_t n, const F& f) {
+    const std::size_t nb = (n + segment_size - 1) / segment_size;
+    if (nb == 0) return R{};
+    ::thrust::counting_iterator<std::size_t> first(0);
+    ::thrust::device_vector<R> partial(nb);
+    ::thrust::transform(::thrust::device, first, first + nb, partial.begin(), thrust_detail::index_block<R, F>{n, f});
+    return thrust_detail::sum_in_order(partial);
+  }
+
+  /// Counts of `key(i)` over i in [0, n): key returns a bin in [0, bins), or `bins` (or more) to
+  /// leave i out. Each block of the index space counts into its own row of 32-bit counters
+  /// (blocks grow so that the rows stay under 64 MiB); the rows are then summed per bin.
+  template <class F>
+  static std::vector<std::uint64_t> histogram(std::size_t n, std::size_t bins, const F& key) {
+    std::vector<std::uint64_t> counts(bins, 0);
+    if (n == 0 || bins == 0) return counts;
+    std::size_t block = segment_size;
+    while (((n + block - 1) / block) * bins > (std::size_t{1} << 24)) block *= 2;
+    const std::size_t nb = (n + block - 1) / block;
+    ::thrust::device_vector<std::uint32_t> rows(nb * bins, 0u);
+    ::thrust::counting_iterator<std::size_t> first(0);
+    ::thrust::for_each(::thrust::device, first, first + nb,
+                       thrust_detail::histogram_block<F>{n, block, bins, ::thrust::raw_pointer_cast(rows.data()), key});
+    ::thrust::device_vector<std::uint64_t> col(bins);
+    ::thrust::transform(::thrust::device, first, first + bins, col.begin(),
+                        thrust_detail::histogram_column{::thrust::raw_pointer_cast(rows.data()), nb, bins});
+    ::thrust::copy(col.begin(), col.end(), counts.begin());
+    return counts;
+  }
+
+  /// Number of host threads a pass uses (1 for CUDA and CPP).
+  static int threads() {
+#if THRUST_DEVICE_SYSTEM == THRUST_DEVICE_SYSTEM_OMP && defined(_OPENMP)
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+  }
+};
+
+}  // namespace flatmin::backend
