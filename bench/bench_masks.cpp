@@ -52,9 +52,11 @@ void BM_fisher_refresh(benchmark::State& st) {
   std::vector<float> a(N, 1.f), b(N, 0.f);
   const double copy = copy_seconds(a, b);
   double total = 0;
+  std::size_t step = 1;  // refresh steps: 1, 101, 201, ... (each step number refreshes once)
   for (auto _ : st) {
     const auto t0 = std::chrono::steady_clock::now();
-    benchmark::DoNotOptimize(ms.refresh(opt.mask(), opt.layout(), 1, 1.f));
+    benchmark::DoNotOptimize(ms.refresh(opt.mask(), opt.layout(), step, 1.f));
+    step += 100;
     total += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   }
   st.counters["copy_ms"] = copy * 1e3;

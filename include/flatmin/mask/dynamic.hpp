@@ -93,7 +93,8 @@ struct dynamic {
     }
 
     bool refresh(const dynamic& m, const backend::layout<T, Backend>& l, std::size_t step, T inv_scale) {
-      if (!m.refreshes(step)) return false;
+      if (!m.refreshes(step) || step == last_step_) return false;  // once per step number (retries keep the mask)
+      last_step_ = step;
       const double dr = m.rate(step);
       const double a = static_cast<double>(active_);
       const double n = static_cast<double>(units_.eligible_units());
@@ -154,7 +155,7 @@ struct dynamic {
     typename Backend::template vector<std::uint32_t> bits_;
     detail::unit_view<T> uview_;
     detail::compact_range<T, Backend> range_;
-    std::size_t active_ = 0, bound_ = 0;
+    std::size_t active_ = 0, bound_ = 0, last_step_ = 0;
     const std::uint32_t* built_from_ = nullptr;
   };
 };

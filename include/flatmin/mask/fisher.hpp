@@ -28,7 +28,8 @@
 /// first refresh perturb only the ineligible tensors. The refresh happens after the gradient is
 /// known to be finite and before the ascent, so a refresh step is perturbed with its new mask (the
 /// official FSAM code perturbs nothing on refresh steps; the library does not copy that).
-/// Step numbers are the optimizer's (applied steps + 1): a skipped step is retried under its number.
+/// Step numbers are the optimizer's (applied steps + 1): an ascent retried under the same number
+/// (after cancel() or a skipped descend()) neither refreshes again nor adds its gradient again.
 ///
 /// Storage: one bit per unit, one T per unit for F, and, with blocks, saved weights for the active
 /// blocks only plus a segment list, so that the ascent and restore passes touch only those blocks.
@@ -123,6 +124,10 @@ struct fisher {
     }
 
     bool refresh(const fisher& m, const backend::layout<T, Backend>& l, std::size_t step, T inv_scale) {
+      // One estimate and one refresh per step number: an ascent retried after cancel() (or after a
+      // skipped descend()) keeps the mask and does not count its gradient twice.
+      if (step == last_step_) return false;
+      last_step_ = step;
       const bool now = m.refreshes(step);
       T* acc = Backend::data(acc_);
       switch (m.source) {
@@ -206,6 +211,7 @@ struct fisher {
     detail::compact_range<T, Backend> range_;
     double keep_ = 0;
     const std::uint32_t* built_from_ = nullptr;
+    std::size_t last_step_ = 0;
     bool collected_ = false, examples_seen_ = false;
   };
 };
