@@ -108,7 +108,7 @@ struct dynamic {
       const detail::random_key<T> grow_key{uview_, m.seed, step, Backend::data(old), false};
       const auto kept = detail::top_k<Backend>(units_.count(), keep_n, drop_key, detail::float_key_bits<T>);
       const auto grown = detail::top_k<Backend>(units_.count(), grow_n, grow_key, 32);
-      Backend::for_each_index(units_.words(), detail::fill_bits<either<decltype(kept), decltype(grown)>>{
+      Backend::for_each_index(units_.words(), detail::fill_bits<detail::either<decltype(kept), decltype(grown)>>{
                                                   {kept, grown}, Backend::data(bits_), units_.count()});
       active_ = std::min(keep_n, active_) + std::min(grow_n, units_.eligible_units() - active_);
       bound_ = std::max(bound_, active_);
@@ -138,13 +138,6 @@ struct dynamic {
     std::vector<std::uint32_t> host_bits() const { return Backend::to_host(bits_); }
 
    private:
-    template <class A, class B>
-    struct either {
-      A a;
-      B b;
-      FLATMIN_HD bool operator()(std::size_t u) const { return a(u) || b(u); }
-    };
-
     void rebuild_range() {
       const auto h = Backend::to_host(bits_);
       range_.build(units_, [&](std::size_t u) { return detail::test_bit(h.data(), u); });

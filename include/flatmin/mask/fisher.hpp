@@ -147,7 +147,7 @@ struct fisher {
       keep_ = m.keep;
       const detail::score_key<T> key{acc};
       const auto sel = detail::top_k<Backend>(units_.count(), k, key, detail::float_key_bits<T>);
-      Backend::for_each_index(units_.words(), select_and_clear<decltype(sel)>{sel, Backend::data(bits_), acc, units_.count()});
+      Backend::for_each_index(units_.words(), detail::select_and_clear<T, decltype(sel)>{sel, Backend::data(bits_), acc, units_.count()});
       collected_ = false;
       if (is_compact()) rebuild_range();
       return true;
@@ -181,23 +181,6 @@ struct fisher {
     std::vector<std::uint32_t> host_bits() const { return Backend::to_host(bits_); }
 
    private:
-    /// Writes one word of mask bits and starts the next sum for its 32 units (0, or −1 for
-    /// units that are not candidates): the selection's last pass and the reset in one.
-    template <class Sel>
-    struct select_and_clear {
-      Sel sel;
-      std::uint32_t* bits;
-      T* acc;
-      std::size_t n;
-      FLATMIN_HD void operator()(std::size_t w) const {
-        const std::size_t lo = w * 32, hi = lo + 32 < n ? lo + 32 : n;
-        std::uint32_t b = 0;
-        for (std::size_t u = lo; u < hi; ++u) b |= static_cast<std::uint32_t>(sel(u)) << (u - lo);
-        for (std::size_t u = lo; u < hi; ++u) acc[u] = acc[u] < T(0) ? T(-1) : T(0);
-        bits[w] = b;
-      }
-    };
-
     void rebuild_range() {
       const auto h = Backend::to_host(bits_);
       range_.build(units_, [&](std::size_t u) { return detail::test_bit(h.data(), u); });
