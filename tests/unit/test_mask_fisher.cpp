@@ -6,6 +6,8 @@
 #include "support/backends.hpp"
 #include "support/sparse_model.hpp"
 
+#include <sstream>
+
 using namespace sparse_test;
 
 namespace {
@@ -282,4 +284,39 @@ TEST_CASE("fisher: bad options name the option") {
                        doctest::Contains("block"), std::invalid_argument);
   CHECK_THROWS_WITH_AS(opt(m.ps, flatmin::base::sgd{.lr = 0.1}, {}, flatmin::mask::fisher{.refresh_every = 0}),
                        doctest::Contains("refresh_every"), std::invalid_argument);
+}
+
+TEST_CASE_TEMPLATE("fisher, dynamic: save() and load() resume the masks exactly", B, FLATMIN_TEST_BACKENDS) {
+  auto run = [](auto make_mask) {
+    model m1, m2;
+    using M = decltype(make_mask());
+    using opt_t = flatmin::sharpness_aware<double, B, flatmin::perturb::l2, M, flatmin::base::sgd>;
+    opt_t a(m1.ps, flatmin::base::sgd{.lr = 0.05}, {}, make_mask());
+    std::vector<std::vector<double>> grads;
+    for (int s = 0; s < 12; ++s) grads.push_back(m1.random_g());
+    for (int s = 0; s < 5; ++s) {
+      m1.set_g(grads[s]);
+      a.ascend();
+      a.descend();
+    }
+    std::stringstream ck;
+    a.save(ck);
+    for (std::size_t t = 0; t < m1.w.size(); ++t) m2.w[t] = m1.w[t];
+    opt_t b(m2.ps, flatmin::base::sgd{.lr = 0.05}, {}, make_mask());
+    b.load(ck);
+    for (int s = 5; s < 12; ++s) {
+      m1.set_g(grads[s]);
+      m2.set_g(grads[s]);
+      a.ascend();
+      b.ascend();
+      CHECK(m1.flat_w() == m2.flat_w());
+      a.descend();
+      b.descend();
+    }
+    CHECK(m1.flat_w() == m2.flat_w());
+  };
+  run([] { return flatmin::mask::fisher{.keep = 0.3, .refresh_every = 3, .block = 4}; });
+  run([] { return flatmin::mask::fisher{.keep = 0.3, .refresh_every = 3}; });
+  run([] { return flatmin::mask::dynamic{.keep = 0.4, .refresh_every = 2, .block = 8, .seed = 2}; });
+  run([] { return flatmin::mask::dynamic{.keep = 0.4, .refresh_every = 2, .seed = 2}; });
 }
