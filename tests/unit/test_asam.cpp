@@ -53,8 +53,8 @@ TEST_CASE("asam: a hand-worked step with η and both opt-outs") {
   std::vector<double> a{1.0, -1.0}, ga(2), b{1.0}, gb(1), c{5.0}, gc(1);
   flatmin::param_set<double> ps;
   ps.add("a", a, ga);
-  ps.add("b", b, gb, flatmin::tensor_options{.adaptive = false});
-  ps.add("c", c, gc, flatmin::tensor_options{.perturb = false});
+  ps.add("b", b, gb, {.adaptive = false});
+  ps.add("c", c, gc, {.perturb = false});
   auto opt = flatmin::asam(ps, flatmin::base::sgd{.lr = 0.5}, {.rho = 0.3, .eta = 1.0, .xi = 0.0});
   auto grad = [&] {
     ga = a;

@@ -6,6 +6,8 @@
 // perturbed tensor at all.
 #include <doctest/doctest.h>
 
+#include <limits>
+
 #include "support/runner.hpp"
 
 using namespace flatmin_test;
@@ -109,4 +111,31 @@ TEST_CASE("sam: mask_density counts the perturbed entries") {
   // dense mask: every perturbable entry is perturbed
   CHECK(opt.ascend().mask_density == 1.0);
   opt.cancel();
+}
+
+TEST_CASE_TEMPLATE("sam and asam: a vanishing gradient with ξ = 0 never writes non-finite weights", T, float, double) {
+  // ρ/‖g‖ overflows T when ‖g‖ is below ρ/max(T) (subnormal gradients): ε must stay finite.
+  const T tiny = std::numeric_limits<T>::denorm_min() * T(16);
+  for (int which : {0, 1}) {
+    CAPTURE(which);
+    std::vector<T> w{T(0.5), T(-0.25), T(2)}, g{tiny, T(0), -tiny};
+    flatmin::param_set<T> ps;
+    ps.add("w", w, g);
+    auto check = [&](auto& opt) {
+      const auto r = opt.ascend();
+      CHECK_FALSE(r.skipped);
+      CHECK(all_finite(w));
+      CHECK(std::isfinite(r.perturbation_norm));
+      CHECK(r.perturbation_norm <= 0.5 * 2 * (1 + 1e-6));  // ‖ε‖ ≤ ρ max T (ASAM, η = 0)
+      opt.descend();
+      CHECK(all_finite(w));
+    };
+    if (which == 0) {
+      auto opt = flatmin::sam(ps, flatmin::base::sgd{.lr = 0.1}, {.rho = 0.5, .xi = 0.0});
+      check(opt);
+    } else {
+      auto opt = flatmin::asam(ps, flatmin::base::sgd{.lr = 0.1}, {.rho = 0.5, .eta = 0.0, .xi = 0.0});
+      check(opt);
+    }
+  }
 }

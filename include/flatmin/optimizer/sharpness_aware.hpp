@@ -21,6 +21,7 @@
 #include <cstring>
 #include <functional>
 #include <istream>
+#include <limits>
 #include <ostream>
 #include <string>
 #include <type_traits>
@@ -126,7 +127,10 @@ class sharpness_aware {
         s = stats(inv);
       }
       const double denom = std::sqrt(s.n2) + perturb_.xi;
-      const double scale = denom > 0 ? perturb_.rho * mask_state_.radius_scale() / denom : 0.0;
+      double scale = denom > 0 ? perturb_.rho * mask_state_.radius_scale() / denom : 0.0;
+      // With ξ = 0 a vanishing (subnormal) g makes ρ/‖g‖ overflow T: treat it as g = 0 (ε = 0)
+      // rather than write an infinite ε into the weights.
+      if (!(scale <= static_cast<double>(std::numeric_limits<T>::max()))) scale = 0.0;
       Backend::for_each(mask_state_.range(layout_),
                         kernels::ascend_pass<T, term_type, mask_view>{term(), mask_state_.get_view(),
                                                                       static_cast<T>(scale), inv,

@@ -64,7 +64,7 @@ class param_set {
   }
 
   /// Adds a tensor from two contiguous buffers of equal size (shape taken from rows()/cols() when
-  /// the buffer has them, else {size}). For another shape, pass `.data()` to the pointer overload.
+  /// the buffer has them, else {size}).
   template <class V, class G>
     requires contiguous_buffer_of<std::remove_reference_t<V>, T> && contiguous_buffer_of<std::remove_reference_t<G>, T>
   tensor_view<T>& add(std::string name, V&& value, G&& grad, tensor_options options = {}) {
@@ -97,6 +97,25 @@ class param_set {
     return push(std::move(name), VT::data(value), GT::data(grad), nv, std::move(shape), options, VT::space);
   }
 
+  /// Adds a tensor from two contiguous buffers with an explicit `std::vector<std::size_t>` shape.
+  /// (The shape is a deduced parameter so that a braced `{.weight_decay = false}` never picks it.)
+  template <class V, class G, class S>
+    requires contiguous_buffer_of<std::remove_reference_t<V>, T> && contiguous_buffer_of<std::remove_reference_t<G>, T> &&
+             std::same_as<std::remove_cvref_t<S>, std::vector<std::size_t>>
+  tensor_view<T>& add(std::string name, V&& value, G&& grad, S&& shape, tensor_options options = {}) {
+    check_contiguous(name, value, "value");
+    check_contiguous(name, grad, "gradient");
+    const std::size_t nv = static_cast<std::size_t>(value.size());
+    if (nv != static_cast<std::size_t>(grad.size()))
+      throw std::invalid_argument("flatmin::param_set: tensor " + detail::quote(name) + ": value and gradient sizes differ");
+    const std::size_t ns = std::accumulate(shape.begin(), shape.end(), std::size_t{1}, std::multiplies<>{});
+    if (shape.empty() || ns != nv)
+      throw std::invalid_argument("flatmin::param_set: tensor " + detail::quote(name) + ": shape does not match buffer size " +
+                                  std::to_string(nv));
+    return push(std::move(name), value.data(), grad.data(), nv, std::vector<std::size_t>(shape), options,
+                memory_space::host);
+  }
+
   /// Registers a LoRA pair (factors x = A and y = B; the update is B·A) as two tensors named
   /// `name + ".A"` and `name + ".B"`. Used by `regularize::balancedness` (BAR); every other policy
   /// treats them as ordinary tensors.
@@ -104,7 +123,13 @@ class param_set {
                                  T* grad_b, std::vector<std::size_t> shape_b, tensor_options options = {},
                                  memory_space space = memory_space::host) {
     add(name + ".A", a, grad_a, std::move(shape_a), options, space).extra_flags |= tensor_flags::lora_a;
-    add(name + ".B", b, grad_b, std::move(shape_b), options, space).extra_flags |= tensor_flags::lora_b;
+    try {
+      add(name + ".B", b, grad_b, std::move(shape_b), options, space).extra_flags |= tensor_flags::lora_b;
+    } catch (...) {  // leave the set as it was: no half-registered pair
+      names_.erase(views_.back().name);
+      views_.pop_back();
+      throw;
+    }
     pairs_.push_back({name, views_.size() - 2, views_.size() - 1});
     return pairs_.back();
   }
