@@ -123,8 +123,8 @@ config parse(int argc, char** argv) {
     }
   }
   for (const auto& n : c.only)
-    if (n != "sgd" && n != "sam" && n != "asam") {
-      std::fprintf(stderr, "digits_demo: --only takes sgd, sam, asam; got %s\n", n.c_str());
+    if (n != "sgd" && n != "sam" && n != "asam" && n != "fsam" && n != "ssam_f" && n != "ssam_d" && n != "esam") {
+      std::fprintf(stderr, "digits_demo: --only takes sgd, sam, asam, fsam, ssam_f, ssam_d, esam; got %s\n", n.c_str());
       usage(2);
     }
   if (c.quick) {
