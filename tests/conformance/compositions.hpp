@@ -18,6 +18,7 @@
 #include <span>
 #include <tuple>
 #include <utility>
+#include <vector>
 
 #include "support/problems.hpp"
 
@@ -47,6 +48,14 @@ struct config<perturb::l2> {
   static perturb::l2 make() { return {.rho = 0.02}; }
 };
 template <>
+struct config<perturb::preconditioned> {
+  static perturb::preconditioned make() { return {.rho = 0.02}; }
+};
+template <>
+struct config<regularize::balancedness> {
+  static regularize::balancedness make() { return {.rho = 0.05}; }
+};
+template <>
 struct config<perturb::adaptive> {
   static perturb::adaptive make() { return {.rho = 0.05, .eta = 0.01}; }
 };
@@ -63,6 +72,10 @@ struct config<mask::dynamic> {
 /// How a composition is driven on a problem. A composition whose descent or mask needs more than
 /// a plain objective provides its own hooks type with the same members.
 struct plain_hooks {
+  /// ascend() + cancel() + ascend() with the same g gives the same ε as one ascend() (no state,
+  /// e.g. a mask's gradient accumulator, advanced by the abandoned ascend). A composition whose
+  /// policy documents otherwise sets this to false.
+  static constexpr bool cancel_leaves_no_trace = true;
   /// The objective of the closure protocol, step(objective).
   template <class T, class Problem>
   static auto objective(Problem& p, model<T>& m) {
@@ -166,6 +179,60 @@ struct sample_hooks : plain_hooks {
   }
 };
 
+/// Functional-SAM (descent::functional) on the conformance problems. They are ℓ(F(w)) with
+/// F(w) = w, so J = I, the output cotangent c(w) is the gradient itself, and g_fsam =
+/// J(w + ε)ᵀ c(w) = c(w): the perturbed pass writes back the cotangent the clean pass saved.
+struct functional_hooks : plain_hooks {
+  template <class T, class Problem>
+  struct functional_objective_of {
+    Problem* p;
+    model<T>* m;
+    std::vector<T> saved;  // c(w) from the clean pass
+    double operator()() {
+      const double l = p->eval(*m);
+      saved = m->raw_grads();
+      return l;
+    }
+    void functional_backward() { m->set_raw_grads(saved); }
+  };
+  template <class T, class Problem>
+  static auto objective(Problem& p, model<T>& m) {
+    return functional_objective_of<T, Problem>{&p, &m, {}};
+  }
+  /// Two-call protocol: ascend() never writes the gradient views, so after it they still hold
+  /// c(w), which is J(w + ε)ᵀ c(w) here.
+  template <class T, class Problem>
+  static void second_gradient(Problem&, model<T>&) {}
+};
+
+/// BAR (regularize::balancedness) needs LoRA pairs: the optimizer (and the base-alone optimizer it
+/// is compared with) is built over a copy of the views in which the model's first and last tensors
+/// (fc1.weight, fc2.weight in the conformance layout) are registered as one pair. The pair is not
+/// a real factorisation; the suite checks the mechanics (convergence, restore, non-finite, threads).
+struct lora_pair_hooks : plain_hooks {
+  template <class T>
+  static param_set<T> paired(const param_set<T>& ps) {
+    param_set<T> out;
+    const auto& ts = ps.tensors();
+    if (ts.size() < 2) return ps;
+    const auto& x = ts.front();
+    const auto& y = ts.back();
+    out.add_lora_pair("pair", x.value, x.grad, x.shape, y.value, y.grad, y.shape, x.options, x.space);
+    for (std::size_t t = 1; t + 1 < ts.size(); ++t)
+      out.add(ts[t].name, ts[t].value, ts[t].grad, ts[t].shape, ts[t].options, ts[t].space);
+    return out;
+  }
+  template <class Opt, class C, class T>
+  static Opt make(const param_set<T>& ps) {
+    return plain_hooks::make<Opt, C, T>(paired(ps));
+  }
+  template <class Opt, class C, class T>
+  static Opt make_base_alone(const param_set<T>& ps) {
+    return Opt(paired(ps), config<typename C::base>::make(), {}, {}, optimizer_options{}, {},
+               config<typename C::regularizer>::make());
+  }
+};
+
 template <class Perturb, class Mask, class Base, class Descent = descent::standard, class Regularizer = regularize::none,
           class Hooks = plain_hooks>
 struct composition {
@@ -190,8 +257,11 @@ struct composition {
   }
   template <class T, class Backend>
   static base_alone<T, Backend> make_base_alone(const param_set<T>& ps) {
-    return base_alone<T, Backend>(ps, config<Base>::make(), {}, {}, optimizer_options{}, {},
-                                  config<Regularizer>::make());
+    if constexpr (requires { Hooks::template make_base_alone<base_alone<T, Backend>, composition, T>(ps); })
+      return Hooks::template make_base_alone<base_alone<T, Backend>, composition, T>(ps);
+    else
+      return base_alone<T, Backend>(ps, config<Base>::make(), {}, {}, optimizer_options{}, {},
+                                    config<Regularizer>::make());
   }
 };
 
@@ -214,7 +284,14 @@ using compositions = std::tuple<
     composition<perturb::l2,       mask::dynamic, base::sgd>,
     composition<perturb::l2,       mask::dynamic, base::sgd, descent::standard, regularize::none, block_hooks<16>>,
     composition<perturb::l2,       mask::random,  base::sgd, select::sharpness_sensitive, regularize::none, sample_hooks>,
-    composition<perturb::adaptive, mask::fisher,  base::sgd>
+    composition<perturb::adaptive, mask::fisher,  base::sgd>,
+    // issue 4: preconditioned SAM, Functional-SAM, preconditioned Functional-SAM, BAR
+    composition<perturb::preconditioned, mask::dense, base::adam>,
+    composition<perturb::preconditioned, mask::dense, base::adamw>,
+    composition<perturb::l2,             mask::dense, base::adamw, descent::functional, regularize::none, functional_hooks>,
+    composition<perturb::preconditioned, mask::dense, base::adamw, descent::functional, regularize::none, functional_hooks>,
+    composition<perturb::none,           mask::dense, base::sgd,   descent::standard, regularize::balancedness, lora_pair_hooks>,
+    composition<perturb::none,           mask::dense, base::adamw, descent::standard, regularize::balancedness, lora_pair_hooks>
 >;
 // clang-format on
 

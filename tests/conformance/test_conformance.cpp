@@ -141,7 +141,7 @@ TEST_CASE_TEMPLATE_DEFINE("conformance: restores bit-exactly; descend() is the b
 
     const auto r1 = opt.ascend();
     CHECK_FALSE(r1.skipped);
-    CHECK(bitwise_equal(m.raw_weights(), perturbed));
+    if constexpr (X::hooks::cancel_leaves_no_trace) CHECK(bitwise_equal(m.raw_weights(), perturbed));
     check_mask(opt, m, before, r1);
     if (X::template opt<T>::perturbs && r1.perturbation_norm > 0) CHECK_FALSE(bitwise_equal(m.raw_weights(), before));
 

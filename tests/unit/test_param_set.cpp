@@ -35,6 +35,10 @@ TEST_CASE("param_set: bad views are rejected with invalid_argument naming the te
   // buffers: sizes must agree
   CHECK_THROWS_AS(ps.add("y", b, ga), std::invalid_argument);
   CHECK(ps.size() == 1);  // a rejected view leaves the set as it was, its name free
+  // an explicit shape must match the buffers
+  CHECK_THROWS_AS(ps.add("y", b, gb, std::vector<std::size_t>{3}), std::invalid_argument);
+  CHECK_THROWS_AS(ps.add("y", b, gb, std::vector<std::size_t>{2, 3}), std::invalid_argument);
+  CHECK(ps.size() == 1);
   ps.add("y", b, gb, {.weight_decay = false});  // designated options, no ambiguity
   CHECK(ps[1].shape == std::vector<std::size_t>{4});
   CHECK_FALSE(ps[1].options.weight_decay);
@@ -93,7 +97,7 @@ TEST_CASE("param_set: Eigen matrices, Map, Ref, std::span and std::vector are ac
   CHECK(ps.add("M", M, dM).shape == std::vector<std::size_t>{2, 3});
   CHECK(ps.add("R", Rr, dRr, tensor_options{.weight_decay = false}).shape == std::vector<std::size_t>{2, 2});
   CHECK(ps.add("S", S, dS).shape == std::vector<std::size_t>{7});
-  CHECK(ps.add("vec", vec.data(), dvec.data(), {2, 4}).shape == std::vector<std::size_t>{2, 4});
+  CHECK(ps.add("vec", vec, dvec, std::vector<std::size_t>{2, 4}).shape == std::vector<std::size_t>{2, 4});
   CHECK(ps.size() == 6);
   CHECK(ps.numel() == 12 + 5 + 6 + 4 + 7 + 8);
   CHECK(ps[0].value == W.data());

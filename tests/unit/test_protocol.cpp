@@ -79,6 +79,21 @@ TEST_CASE("protocol: ascend() twice throws usage_error and leaves the perturbed 
   CHECK_FALSE(opt.ascended());
 }
 
+TEST_CASE("protocol: momentum turned on after construction is refused by ascend(), before w moves") {
+  model<float> m(small_layout);
+  fill(m, 3);
+  const auto before = m.raw_weights();
+  auto opt = flatmin::sam(m.params, flatmin::base::sgd{.lr = 0.1});  // no momentum buffer
+  opt.base().momentum = 0.9;
+  CHECK_THROWS_AS(opt.ascend(), flatmin::usage_error);
+  CHECK(bitwise_equal(m.raw_weights(), before));
+  CHECK_FALSE(opt.ascended());
+  opt.base().momentum = 0;  // back to what the state fits: steps work again
+  opt.ascend();
+  opt.descend();
+  CHECK(opt.steps() == 1);
+}
+
 TEST_CASE("protocol: cancel() restores the weights bit-exactly and the next step is as if nothing happened") {
   model<float> a(small_layout), b(small_layout);
   fill(a, 3);

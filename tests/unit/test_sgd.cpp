@@ -53,3 +53,24 @@ TEST_CASE("base::sgd: a hand-worked momentum step with dampening") {
   opt.descend();
   CHECK(w[0] == doctest::Approx(1.6606).epsilon(1e-14));
 }
+
+TEST_CASE_TEMPLATE("base::sgd: momentum switched off and on between steps, as torch.optim.SGD", T, float, double) {
+  // momentum 0 ignores the buffer and the dampening; switched back on, the kept buffer continues
+  model<T> m(unit_layouts()[1]);
+  m.set_weights(random_vec(m.numel, 50));
+  auto ql = quadratic::random(m.numel, 50), qr = ql;
+  flatmin::base::sgd o{.lr = 0.05, .momentum = 0.9, .dampening = 0.5, .weight_decay = 0.01};
+  auto opt = flatmin::sgd(m.params, o);
+  auto r = to_ref(o);
+  ref::vec w = m.weights();
+  const double schedule[] = {0.9, 0.9, 0.0, 0.0, 0.8, 0.9};
+  for (double mu : schedule) {
+    CAPTURE(mu);
+    opt.base().momentum = mu;
+    r.momentum = mu;
+    ql.eval(m);
+    opt.descend();
+    ref::base_step(w, m.opts, r, [&](const ref::vec& x) { return qr.grad(x); });
+    FLATMIN_CHECK_CLOSE(m.weights(), w, rtol<T>);
+  }
+}

@@ -32,10 +32,12 @@ inline void validate_adam(const char* where, double lr, double b1, double b2, do
 template <class T, class Backend>
 class adam_state {
  public:
-  explicit adam_state(std::size_t n)
-      : m_(Backend::template make_vector<T>(n)), v_(Backend::template make_vector<T>(n)) {}
+  explicit adam_state(std::size_t n, double beta2 = 0.999, double eps = 1e-8)
+      : m_(Backend::template make_vector<T>(n)), v_(Backend::template make_vector<T>(n)), beta2_(beta2), eps_(eps) {}
 
   kernels::adam_update<T> make(double lr, double b1, double b2, double eps, double wd, bool decoupled, std::size_t t) {
+    beta2_ = b2;
+    eps_ = eps;
     const double bc1 = 1.0 - std::pow(b1, static_cast<double>(t));
     const double bc2 = 1.0 - std::pow(b2, static_cast<double>(t));
     return {static_cast<T>(lr),        static_cast<T>(b1),        static_cast<T>(b2),
@@ -45,6 +47,10 @@ class adam_state {
   }
   /// v (second moment, not bias-corrected), in the backend's memory, global index.
   const T* second_moment() const { return Backend::data(v_); }
+  /// β2 and ε of the last applied step (of the options at construction before the first step):
+  /// with them `perturb::preconditioned` rebuilds Adam's denominator √v / √(1 − β2ᵗ) + ε.
+  double second_moment_beta2() const { return beta2_; }
+  double second_moment_eps() const { return eps_; }
   std::size_t bytes() const { return (m_.size() + v_.size()) * sizeof(T); }
   template <class F>
   void visit(F&& f) {
@@ -54,6 +60,7 @@ class adam_state {
 
  private:
   typename Backend::template vector<T> m_, v_;
+  double beta2_, eps_;
 };
 }  // namespace detail
 
@@ -71,7 +78,7 @@ struct adam {
   template <class T, class Backend>
   class state : public detail::adam_state<T, Backend> {
    public:
-    state(const adam&, std::size_t n) : detail::adam_state<T, Backend>(n) {}
+    state(const adam& o, std::size_t n) : detail::adam_state<T, Backend>(n, o.beta2, o.eps) {}
     kernels::adam_update<T> prepare(const adam& o, std::size_t t) {
       return this->make(o.lr, o.beta1, o.beta2, o.eps, o.weight_decay, false, t);
     }

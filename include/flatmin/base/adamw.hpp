@@ -28,7 +28,7 @@ struct adamw {
   template <class T, class Backend>
   class state : public detail::adam_state<T, Backend> {
    public:
-    state(const adamw&, std::size_t n) : detail::adam_state<T, Backend>(n) {}
+    state(const adamw& o, std::size_t n) : detail::adam_state<T, Backend>(n, o.beta2, o.eps) {}
     kernels::adam_update<T> prepare(const adamw& o, std::size_t t) {
       return this->make(o.lr, o.beta1, o.beta2, o.eps, o.weight_decay, true, t);
     }

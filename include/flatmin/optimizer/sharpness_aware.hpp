@@ -57,6 +57,10 @@ class sharpness_aware {
   static_assert(mask_policy<Mask, T, Backend>,
                 "flatmin::sharpness_aware: Mask is not a mask (needs validate() and state<T, Backend> with "
                 "get_view(), range(), saved_size(), radius_scale(), norm_over_mask, compact)");
+  static_assert(!requires { requires Perturb::needs_second_moment; } || Base::has_second_moment,
+                "flatmin::sharpness_aware: this perturbation (perturb::preconditioned) needs a base optimizer with a "
+                "second moment (has_second_moment == true: base::adam or base::adamw), and Base has none (e.g. "
+                "base::sgd)");
 
  public:
   using value_type = T;
@@ -335,6 +339,7 @@ class sharpness_aware {
     mask_.validate();
     descent_.validate();
     reg_.validate();
+    if constexpr (requires { base_state_.check(base_); }) base_state_.check(base_);
   }
 
   static T inverse_scale(const step_args& a) {

@@ -1,0 +1,47 @@
+#pragma once
+/// @file bar.hpp
+/// BAR — Li, Zhang, He, "Implicit Regularization of Sharpness-Aware Minimization for
+/// Scale-Invariant Problems", NeurIPS 2024: balancedness-aware regularization for LoRA pairs.
+/// **Library formulation** (see regularize/balancedness.hpp and shared/ALGORITHMS.md): the paper's
+/// full text could not be checked.
+///
+///     per LoRA pair (x, y):  c = α ρ (‖g_x‖² − ‖g_y‖²) / ((‖g‖ + ξ)(‖x‖² + ‖y‖²))
+///                            g_x ← g_x − c x,  g_y ← g_y + c y;   then w ← Base(w, g)
+///
+/// One gradient per step (no perturbed pass: `perturbs == false`, ascend() may be left out);
+/// tensors outside a pair (registered with `param_set::add_lora_pair`) get the plain base step.
+/// Defaults: ρ = 0.05, α = 1, ξ = 1e-12 (library defaults), no α schedule.
+///
+///     ps.add_lora_pair("q", A.data(), gA.data(), {r, k}, B.data(), gB.data(), {n, r});
+///     auto opt = flatmin::bar(ps, flatmin::base::adamw{.lr = 1e-3}, {.rho = 0.05});
+///     backward();  opt.descend();            // or opt.step(objective)
+
+#include <functional>
+
+#include "../backend/default.hpp"
+#include "../descent/standard.hpp"
+#include "../mask/dense.hpp"
+#include "../optimizer/sharpness_aware.hpp"
+#include "../perturb/none.hpp"
+#include "../regularize/balancedness.hpp"
+
+namespace flatmin {
+
+struct bar_options {
+  double rho = 0.05;
+  double alpha = 1.0;
+  double xi = 1e-12;
+  std::function<double(std::size_t)> alpha_schedule{};  ///< optional factor on α at step t (1-based)
+  nonfinite on_nonfinite = nonfinite::skip;
+};
+
+template <class T, class Base, class Backend = default_backend>
+using bar_t = sharpness_aware<T, Backend, perturb::none, mask::dense, Base, descent::standard, regularize::balancedness>;
+
+template <class Backend = default_backend, class T, class Base>
+bar_t<T, Base, Backend> bar(const param_set<T>& params, Base base, bar_options o = {}) {
+  return bar_t<T, Base, Backend>(params, std::move(base), {}, {}, {o.on_nonfinite}, {},
+                                 regularize::balancedness{o.rho, o.alpha, o.xi, std::move(o.alpha_schedule)});
+}
+
+}  // namespace flatmin

@@ -1,0 +1,38 @@
+#pragma once
+/// @file preconditioned_sam.hpp
+/// Preconditioned SAM — Singh, Mobahi, Agarwala, Dauphin, "Avoiding spurious sharpness minimization
+/// broadens applicability of SAM", ICML 2025. **Library formulation** (see perturb/preconditioned.hpp
+/// and shared/ALGORITHMS.md): the paper's full text could not be checked.
+///
+///     P = diag(√v̂ + ε_adam)  (the base optimizer's bias-corrected second moment, previous step)
+///     ε = ρ P⁻¹g / (‖P⁻¹g‖ + ξ);  g_adv = ∇L(w + ε);  w ← saved w;  w ← Base(w, g_adv)
+///
+/// Base must be base::adam or base::adamw (a compile error otherwise). The first step is plain
+/// SAM. Defaults: ρ = 0.05, ξ = 1e-12 (library defaults, as SAM's).
+///
+///     auto opt = flatmin::preconditioned_sam(params, flatmin::base::adamw{.lr = 3e-4}, {.rho = 0.05});
+
+#include "../backend/default.hpp"
+#include "../mask/dense.hpp"
+#include "../optimizer/sharpness_aware.hpp"
+#include "../perturb/preconditioned.hpp"
+
+namespace flatmin {
+
+struct preconditioned_sam_options {
+  double rho = 0.05;
+  double xi = 1e-12;
+  nonfinite on_nonfinite = nonfinite::skip;
+};
+
+template <class T, class Base, class Backend = default_backend>
+using preconditioned_sam_t = sharpness_aware<T, Backend, perturb::preconditioned, mask::dense, Base>;
+
+template <class Backend = default_backend, class T, class Base>
+preconditioned_sam_t<T, Base, Backend> preconditioned_sam(const param_set<T>& params, Base base,
+                                                          preconditioned_sam_options o = {}) {
+  return preconditioned_sam_t<T, Base, Backend>(params, std::move(base), perturb::preconditioned{o.rho, o.xi}, {},
+                                                {o.on_nonfinite});
+}
+
+}  // namespace flatmin
