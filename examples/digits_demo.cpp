@@ -1,12 +1,17 @@
-// The main demo: SGD, SAM and ASAM train the same small MLP on the digits data set whose training
-// labels are 30 % wrong (symmetric noise), and are compared on the clean held-out test split.
+// The main demo: SGD, SAM, ASAM and the sparse / efficient variants FSAM, SSAM-F, SSAM-D and ESAM
+// train the same small MLP on the digits data set whose training labels are 30 % wrong (symmetric
+// noise), and are compared on the clean held-out test split.
 //
 // Each seed fixes the split, the noisy labels, the initial weights and the batch order, and every
 // optimizer sees exactly those: the comparison is paired. All three get the same budget in
 // epochs (SAM and ASAM compute two gradients per step, so they cost about twice as much).
 //
 // The loop shows both step protocols: SAM uses ascend()/descend() around the caller's own backward
-// passes, SGD and ASAM use step(closure).
+// passes, the others use step(closure). SSAM-F's closure also gives per-example gradients (its
+// Fisher estimate), ESAM's gives per-sample losses and the gradient on a subset of the batch.
+// The sparse variants use SAM's ρ with their papers' other defaults (FSAM: 90 % sparse, mask
+// every 100 steps; SSAM: 50 % sparse, SSAM-F's mask every epoch from 16 examples, SSAM-D's every
+// 5 epochs; ESAM: β = γ = 0.5, whole tensors).
 //
 //   digits_demo [--seeds N] [--epochs N] [--noise p] [--quick] [--data PATH] [--help]
 //
@@ -23,6 +28,7 @@
 #include <exception>
 #include <functional>
 #include <numbers>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -71,7 +77,7 @@ struct config {
       "  --data PATH      digits.csv.gz (default: the copy in the source tree)\n"
       "tuning:\n"
       "  --hidden N --batch N --lr x --momentum x --weight-decay x --rho-sam x --rho-asam x --eta-asam x\n"
-      "  --only a,b       run only these of sgd,sam,asam\n"
+      "  --only a,b       run only these of sgd,sam,asam,fsam,ssam_f,ssam_d,esam\n"
       "  --tune           train on 80 %% of the noisy training split, report accuracy on the other\n"
       "                   20 %% (noisy labels, as a practitioner would have): never looks at the test split\n");
   std::exit(rc);
@@ -117,8 +123,8 @@ config parse(int argc, char** argv) {
     }
   }
   for (const auto& n : c.only)
-    if (n != "sgd" && n != "sam" && n != "asam") {
-      std::fprintf(stderr, "digits_demo: --only takes sgd, sam, asam; got %s\n", n.c_str());
+    if (n != "sgd" && n != "sam" && n != "asam" && n != "fsam" && n != "ssam_f" && n != "ssam_d" && n != "esam") {
+      std::fprintf(stderr, "digits_demo: --only takes sgd, sam, asam, fsam, ssam_f, ssam_d, esam; got %s\n", n.c_str());
       usage(2);
     }
   if (c.quick) {
@@ -209,6 +215,50 @@ run_result train(const char* name, Opt& opt, examples::mlp& net, const problem& 
   return {acc, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()};
 }
 
+std::size_t batches_per_epoch(const problem& p, const config& c) {
+  return (p.train.size() + static_cast<std::size_t>(c.batch) - 1) / static_cast<std::size_t>(c.batch);
+}
+
+/// SSAM-F's objective: the batch gradient, and the gradient of single examples (here the first
+/// examples of the current batch, which is a random draw from the training split).
+struct example_objective {
+  examples::mlp& net;
+  const Eigen::MatrixXf& x;
+  const std::vector<int>& y;
+  double operator()() { return net.loss_and_gradient(x, y); }
+  void example_gradient(std::size_t n) {
+    const auto j = static_cast<Eigen::Index>(n % y.size());
+    const Eigen::MatrixXf xj = x.col(j);
+    net.loss_and_gradient(xj, std::vector<int>{y[static_cast<std::size_t>(j)]});
+  }
+};
+
+/// ESAM's objective (flatmin::sample_objective): per-sample losses, forward-only losses at w + ε,
+/// and the gradient on the selected samples.
+struct sample_objective {
+  examples::mlp& net;
+  const Eigen::MatrixXf& x;
+  const std::vector<int>& y;
+  std::size_t batch_size() const { return y.size(); }
+  double losses_and_gradient(std::span<double> l) {
+    losses(l);
+    return net.loss_and_gradient(x, y);
+  }
+  void losses(std::span<double> l) {
+    const auto v = net.per_sample_losses(x, y);
+    for (std::size_t i = 0; i < l.size(); ++i) l[i] = static_cast<double>(v[static_cast<Eigen::Index>(i)]);
+  }
+  void subset_gradient(std::span<const std::size_t> idx) {
+    Eigen::MatrixXf xs(x.rows(), static_cast<Eigen::Index>(idx.size()));
+    std::vector<int> ys(idx.size());
+    for (std::size_t k = 0; k < idx.size(); ++k) {
+      xs.col(static_cast<Eigen::Index>(k)) = x.col(static_cast<Eigen::Index>(idx[k]));
+      ys[k] = y[idx[k]];
+    }
+    net.loss_and_gradient(xs, ys);
+  }
+};
+
 struct summary {
   std::string name, how;
   std::vector<double> acc;
@@ -241,13 +291,18 @@ int main(int argc, char** argv) try {
               all.size(), 100 * c.noise, c.tune ? " (--tune: 80/20 split of the noisy training split)" : "");
   std::printf("model: MLP 64-%d-10 ReLU, batch %d, %d epochs, SGD lr %g (cosine), momentum %g, weight decay %g\n",
               c.hidden, c.batch, c.epochs, c.lr, c.momentum, c.weight_decay);
-  std::printf("SAM rho %g (two-call protocol), ASAM rho %g eta %g (closure protocol), SGD (closure protocol)\n\n",
+  std::printf("SAM rho %g (two-call protocol), ASAM rho %g eta %g (closure protocol), SGD (closure protocol)\n",
               c.rho_sam, c.rho_asam, c.eta_asam);
+  std::printf("FSAM, SSAM-F, SSAM-D, ESAM: rho %g (SAM's), their papers' sparsity and refresh defaults\n\n", c.rho_sam);
 
   const flatmin::base::sgd base{.lr = c.lr, .momentum = c.momentum, .weight_decay = c.weight_decay};
   std::vector<summary> table = {{"sgd", "step(closure)", {}, 0},
                                 {"sam", "ascend/descend", {}, 0},
-                                {"asam", "step(closure)", {}, 0}};
+                                {"asam", "step(closure)", {}, 0},
+                                {"fsam", "step(closure)", {}, 0},
+                                {"ssam_f", "step(examples)", {}, 0},
+                                {"ssam_d", "step(closure)", {}, 0},
+                                {"esam", "step(samples)", {}, 0}};
   for (int s = 0; s < c.seeds; ++s) {
     const auto seed = static_cast<std::uint64_t>(c.first_seed + s);
     const problem p = make_problem(all, c, seed);
@@ -270,6 +325,31 @@ int main(int argc, char** argv) try {
           net.loss_and_gradient(x, y);                       // g_adv at w + ε
           opt.descend();                                     // w ← saved w, SGD step with g_adv
           return loss;
+        });
+      } else if (row.name == "fsam") {
+        auto opt = flatmin::fsam(params, base, {.rho = c.rho_sam});
+        r = train("fsam", opt, net, p, c, seed, [&](const Eigen::MatrixXf& x, const std::vector<int>& y) {
+          return opt.step([&] { return net.loss_and_gradient(x, y); }).loss;
+        });
+      } else if (row.name == "ssam_f") {
+        auto opt = flatmin::ssam_f(params, base, {.rho = c.rho_sam, .refresh_every = batches_per_epoch(p, c)});
+        r = train("ssam_f", opt, net, p, c, seed, [&](const Eigen::MatrixXf& x, const std::vector<int>& y) {
+          return opt.step(example_objective{net, x, y}).loss;
+        });
+      } else if (row.name == "ssam_d") {
+        const std::size_t per_epoch = batches_per_epoch(p, c);
+        auto opt = flatmin::ssam_d(params, base,
+                                   {.rho = c.rho_sam,
+                                    .refresh_every = 5 * per_epoch,
+                                    .total_steps = per_epoch * static_cast<std::size_t>(c.epochs),
+                                    .seed = seed});
+        r = train("ssam_d", opt, net, p, c, seed, [&](const Eigen::MatrixXf& x, const std::vector<int>& y) {
+          return opt.step([&] { return net.loss_and_gradient(x, y); }).loss;
+        });
+      } else if (row.name == "esam") {
+        auto opt = flatmin::esam(params, base, {.rho = c.rho_sam, .seed = seed});
+        r = train("esam", opt, net, p, c, seed, [&](const Eigen::MatrixXf& x, const std::vector<int>& y) {
+          return opt.step(sample_objective{net, x, y}).loss;
         });
       } else {
         auto opt = flatmin::asam(params, base, {.rho = c.rho_asam, .eta = c.eta_asam});

@@ -15,6 +15,7 @@
 
 #include <flatmin/flatmin.hpp>
 
+#include <span>
 #include <tuple>
 #include <utility>
 #include <vector>
@@ -59,6 +60,15 @@ struct config<perturb::adaptive> {
   static perturb::adaptive make() { return {.rho = 0.05, .eta = 0.01}; }
 };
 
+template <>
+struct config<mask::fisher> {
+  static mask::fisher make() { return {.keep = 0.25, .refresh_every = 7}; }
+};
+template <>
+struct config<mask::dynamic> {
+  static mask::dynamic make() { return {.keep = 0.5, .refresh_every = 7, .total_steps = 400, .seed = 3}; }
+};
+
 /// How a composition is driven on a problem. A composition whose descent or mask needs more than
 /// a plain objective provides its own hooks type with the same members.
 struct plain_hooks {
@@ -87,6 +97,85 @@ struct plain_hooks {
     return Opt(ps, config<typename C::base>::make(), config<typename C::perturb>::make(),
                config<typename C::mask>::make(), optimizer_options{}, config<typename C::descent>::make(),
                config<typename C::regularizer>::make());
+  }
+};
+
+/// Sparse masks at block granularity (`block` entries per unit).
+template <std::size_t Block>
+struct block_hooks : plain_hooks {
+  template <class Opt, class C, class T>
+  static Opt make(const param_set<T>& ps) {
+    auto mask = config<typename C::mask>::make();
+    mask.block = Block;
+    return Opt(ps, config<typename C::base>::make(), config<typename C::perturb>::make(), mask, optimizer_options{},
+               config<typename C::descent>::make(), config<typename C::regularizer>::make());
+  }
+};
+
+/// SSAM-F: the objective also gives per-example gradients (here: the problem's gradient with
+/// the example's own noise draw), so the Fisher mask uses its per-example estimate.
+struct example_hooks : plain_hooks {
+  template <class T, class Problem>
+  struct objective_t {
+    Problem* p;
+    model<T>* m;
+    double operator()() { return p->eval(*m); }
+    void example_gradient(std::size_t) { p->eval(*m); }
+  };
+  template <class T, class Problem>
+  static auto objective(Problem& p, model<T>& m) {
+    return objective_t<T, Problem>{&p, &m};
+  }
+  template <class Opt, class C, class T>
+  static Opt make(const param_set<T>& ps) {
+    auto mask = config<typename C::mask>::make();
+    mask.source = mask::fisher_estimator::per_example;
+    mask.examples = 4;
+    return Opt(ps, config<typename C::base>::make(), config<typename C::perturb>::make(), mask, optimizer_options{},
+               config<typename C::descent>::make(), config<typename C::regularizer>::make());
+  }
+};
+
+/// ESAM's data selection: the problem seen as a batch of 8 samples, sample i adding
+/// s_i ⟨u, w⟩ to the loss with Σ s_i = 0 (so the batch mean is the problem itself); the gradient
+/// over a subset S adds mean_S(s) u.
+struct sample_hooks : plain_hooks {
+  template <class T, class Problem>
+  struct objective_t {
+    Problem* p;
+    model<T>* m;
+    static constexpr std::size_t batch = 8;
+    static double s(std::size_t i) { return 0.05 * (static_cast<double>(i) - 3.5); }
+    static double u(std::size_t j) { return static_cast<double>((j * 2654435761u) % 1000u) / 1000.0 - 0.5; }
+    double dot() const {
+      double d = 0;
+      std::size_t i = 0;
+      for (const auto& t : m->w)
+        for (const T x : t) d += u(i++) * static_cast<double>(x);
+      return d;
+    }
+    std::size_t batch_size() const { return batch; }
+    double losses_and_gradient(std::span<double> l) {
+      const double base = p->eval(*m), d = dot();
+      for (std::size_t i = 0; i < batch; ++i) l[i] = base + s(i) * d;
+      return base;
+    }
+    void losses(std::span<double> l) {
+      const double base = p->loss(m->weights()), d = dot();
+      for (std::size_t i = 0; i < batch; ++i) l[i] = base + s(i) * d;
+    }
+    void subset_gradient(std::span<const std::size_t> idx) {
+      p->eval(*m);
+      double ms = 0;
+      for (std::size_t i : idx) ms += s(i) / static_cast<double>(idx.size());
+      std::size_t k = 0;
+      for (auto& t : m->g)
+        for (T& x : t) x += static_cast<T>(ms * u(k++));
+    }
+  };
+  template <class T, class Problem>
+  static auto objective(Problem& p, model<T>& m) {
+    return objective_t<T, Problem>{&p, &m};
   }
 };
 
@@ -188,6 +277,14 @@ using compositions = std::tuple<
     composition<perturb::none,     mask::dense, base::sgd>,
     composition<perturb::none,     mask::dense, base::adam>,
     composition<perturb::none,     mask::dense, base::adamw>,
+    // issue 3: FSAM, SSAM-F, SSAM-D, ESAM (and a sparse mask under ASAM's perturbation)
+    composition<perturb::l2,       mask::fisher,  base::adam>,
+    composition<perturb::l2,       mask::fisher,  base::sgd, descent::standard, regularize::none, block_hooks<32>>,
+    composition<perturb::l2,       mask::fisher,  base::sgd, descent::standard, regularize::none, example_hooks>,
+    composition<perturb::l2,       mask::dynamic, base::sgd>,
+    composition<perturb::l2,       mask::dynamic, base::sgd, descent::standard, regularize::none, block_hooks<16>>,
+    composition<perturb::l2,       mask::random,  base::sgd, select::sharpness_sensitive, regularize::none, sample_hooks>,
+    composition<perturb::adaptive, mask::fisher,  base::sgd>,
     // issue 4: preconditioned SAM, Functional-SAM, preconditioned Functional-SAM, BAR
     composition<perturb::preconditioned, mask::dense, base::adam>,
     composition<perturb::preconditioned, mask::dense, base::adamw>,

@@ -165,12 +165,16 @@ struct eigen {
 #pragma omp parallel for schedule(static) if (n >= parallel_threshold)
 #endif
     for (std::ptrdiff_t b = 0; b < nbb; ++b) {
-      std::uint64_t* h = local.data() + static_cast<std::size_t>(b) * bins;
+      // Four interleaved sub-histograms: runs of equal keys (common in a radix select's first
+      // digit) would otherwise chain every increment on one counter through memory.
+      std::vector<std::uint32_t> sub(4 * bins, 0u);
       const std::size_t lo = static_cast<std::size_t>(b) * segment_size * 16, hi = std::min(n, lo + segment_size * 16);
       for (std::size_t i = lo; i < hi; ++i) {
         const std::size_t k = static_cast<std::size_t>(key(i));
-        if (k < bins) ++h[k];
+        if (k < bins) ++sub[(i & 3) * bins + k];
       }
+      std::uint64_t* h = local.data() + static_cast<std::size_t>(b) * bins;
+      for (std::size_t k = 0; k < bins; ++k) h[k] = std::uint64_t{sub[k]} + sub[bins + k] + sub[2 * bins + k] + sub[3 * bins + k];
     }
     for (std::size_t b = 0; b < nb; ++b)
       for (std::size_t k = 0; k < bins; ++k) counts[k] += local[b * bins + k];

@@ -5,6 +5,7 @@
 #include <concepts>
 #include <cstddef>
 #include <functional>
+#include <span>
 #include <type_traits>
 
 #include "../backend/layout.hpp"
@@ -15,6 +16,28 @@ namespace flatmin {
 /// into the gradient views and returns the loss.
 template <class O>
 concept objective = std::invocable<O&> && std::convertible_to<std::invoke_result_t<O&>, double>;
+
+/// An objective that can also give the gradient of single examples (SSAM-F's Fisher estimate):
+/// `example_gradient(n)` writes ∇ℓ_n (the loss of the n-th Fisher example, with its true label)
+/// into the gradient views; which examples are used is the objective's choice (SSAM draws N_s
+/// training examples at random).
+template <class O>
+concept example_objective = objective<O> && requires(O& o, std::size_t n) { o.example_gradient(n); };
+
+/// An objective that exposes its mini-batch sample by sample (ESAM's data selection):
+/// - `batch_size()`: |B|;
+/// - `losses_and_gradient(losses)`: the per-sample losses at the current weights into `losses`
+///   (|B| entries) and the gradient of the mean loss into the gradient views; returns the mean loss;
+/// - `losses(losses)`: the per-sample losses at the current weights, forward only (no gradient);
+/// - `subset_gradient(idx)`: the gradient of the mean loss over the samples `idx` (ascending
+///   indices into the batch) into the gradient views.
+template <class O>
+concept sample_objective = requires(O& o, std::span<double> losses, std::span<const std::size_t> idx) {
+  { o.batch_size() } -> std::convertible_to<std::size_t>;
+  { o.losses_and_gradient(losses) } -> std::convertible_to<double>;
+  o.losses(losses);
+  o.subset_gradient(idx);
+};
 
 /// A backend: vectors in its memory space, one-launch passes and deterministic reductions.
 template <class B>

@@ -185,8 +185,8 @@ class sharpness_aware {
     const std::size_t t = steps_ + 1;
     auto adjust = reg_state_.prepare(reg_, layout_, t, inv);
     auto update = base_state_.prepare(base_, t);
-    constexpr bool fused_restore = perturbs && !mask_state_type::compact;
-    if constexpr (perturbs && mask_state_type::compact) restore();
+    const bool fused_restore = perturbs && !mask_compact();
+    if (perturbs && mask_compact()) restore();
     Backend::for_each(layout_.full(),
                       kernels::descend_pass<T, mask_view, decltype(adjust), decltype(update), fused_restore ? 1 : 0>{
                           mask_state_.get_view(), adjust, update, inv, Backend::data(saved_), fused_restore});
@@ -203,6 +203,9 @@ class sharpness_aware {
     static_assert(requires(Descent& d, std::remove_reference_t<O>& o) { d.first_gradient(o); d.second_gradient(o); },
                   "flatmin::step: the objective lacks what this composition's descent policy needs: for "
                   "descent::standard, a callable with no argument returning the loss (flatmin::objective)");
+    // A mask may ask the objective for more before the batch gradient (SSAM-F's per-example Fisher).
+    if constexpr (requires { mask_state_.before_gradient(mask_, layout_, steps_ + 1, obj); })
+      mask_state_.before_gradient(mask_, layout_, steps_ + 1, obj);
     const double loss = descent_.first_gradient(obj);
     step_report r;
     if constexpr (perturbs) {
@@ -247,6 +250,8 @@ class sharpness_aware {
   const backend::layout<T, Backend>& layout() const { return layout_; }
   const typename Base::template state<T, Backend>& base_state() const { return base_state_; }
   const typename Mask::template state<T, Backend>& mask_state() const { return mask_state_; }
+  /// Mutable mask state (e.g. `add_example()` of `mask::fisher` in the two-call protocol).
+  typename Mask::template state<T, Backend>& mask_state() { return mask_state_; }
 
   /// Bytes of optimizer state beyond the base optimizer's (saved weights, mask state).
   std::size_t extra_state_bytes() const { return saved_.size() * sizeof(T) + mask_state_.bytes(); }
@@ -349,6 +354,14 @@ class sharpness_aware {
     return Backend::template reduce<kernels::grad_stats>(
         layout_.full(), kernels::stats_pass<T, term_type, mask_view>{term(), mask_state_.get_view(), inv,
                                                                       mask_state_type::norm_over_mask});
+  }
+
+  /// Whether the saved weights are compact (restore over range(), then a dense descend): the
+  /// mask's static `compact`, refined at run time by its `is_compact()` when it has one.
+  bool mask_compact() const {
+    if constexpr (!mask_state_type::compact) return false;
+    else if constexpr (requires { mask_state_.is_compact(); }) return mask_state_.is_compact();
+    else return true;
   }
 
   void restore() {

@@ -1,0 +1,149 @@
+// Sparse masks: the Fisher mask refresh at N = 10^7 (and its ratio to one copy pass of N floats
+// measured in this binary), and the ascent + restore passes for dense SAM vs 50 / 90 / 99 %
+// sparse Fisher masks at element and block (128) granularity.
+//
+//   build/bench/bench_masks --benchmark_repetitions=5 --benchmark_report_aggregates_only=true
+#include <algorithm>
+#include <chrono>
+
+#include "common.hpp"
+
+namespace {
+using flatmin::backend::eigen;
+constexpr std::size_t N = 10'000'000, K = 64;
+
+/// Median seconds of one parallel copy pass of N floats (read N·4 + write N·4 bytes).
+double copy_seconds(const std::vector<float>& a, std::vector<float>& b) {
+  std::vector<double> t;
+  for (int r = 0; r < 7; ++r) {
+    const auto t0 = std::chrono::steady_clock::now();
+    const float* src = a.data();
+    float* dst = b.data();
+    eigen::for_each_index(a.size(), [=](std::size_t i) { dst[i] = src[i]; });
+    benchmark::DoNotOptimize(dst);
+    benchmark::ClobberMemory();
+    t.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+void BM_copy_pass(benchmark::State& st) {
+  std::vector<float> a(N, 1.f), b(N, 0.f);
+  for (auto _ : st) {
+    const float* src = a.data();
+    float* dst = b.data();
+    eigen::for_each_index(N, [=](std::size_t i) { dst[i] = src[i]; });
+    benchmark::DoNotOptimize(dst);
+    benchmark::ClobberMemory();
+  }
+  flatmin_bench::set_traffic(st, 8.0 * N, N);
+}
+BENCHMARK(BM_copy_pass)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+/// One refresh: accumulate g² into F, radix top-k over F, write the bits (and, for blocks, the
+/// block list). arg 0: block size (1 = elements); arg 1: keep in per mille.
+void BM_fisher_refresh(benchmark::State& st) {
+  const auto block = static_cast<std::size_t>(st.range(0));
+  const double keep = static_cast<double>(st.range(1)) / 1000.0;
+  flatmin_bench::problem p(N, K);
+  auto opt = flatmin::fsam(p.params, flatmin::base::sgd{.lr = 0.01}, {.keep = keep, .block = block});
+  auto& ms = opt.mask_state();
+  std::vector<float> a(N, 1.f), b(N, 0.f);
+  const double copy = copy_seconds(a, b);
+  double total = 0;
+  std::size_t step = 1;  // refresh steps: 1, 101, 201, ... (each step number refreshes once)
+  for (auto _ : st) {
+    const auto t0 = std::chrono::steady_clock::now();
+    benchmark::DoNotOptimize(ms.refresh(opt.mask(), opt.layout(), step, 1.f));
+    step += 100;
+    total += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  }
+  st.counters["copy_ms"] = copy * 1e3;
+  st.counters["x_copy"] = total / static_cast<double>(st.iterations()) / copy;
+  st.counters["N"] = static_cast<double>(N);
+}
+BENCHMARK(BM_fisher_refresh)
+    ->Args({1, 100})
+    ->Args({128, 100})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+
+/// The ascent pass (save + perturb the masked entries) and the restore pass over the mask's
+/// range. arg 0: block (0 = dense SAM, 1 = element mask, else block size); arg 1: keep in per mille.
+template <class Opt>
+void ascend_restore(benchmark::State& st, Opt& opt, std::size_t numel) {
+  auto& ms = opt.mask_state();
+  const auto range = ms.range(opt.layout());
+  const auto view = ms.get_view();
+  std::vector<float> saved(ms.saved_size(opt.layout()));
+  using V = decltype(view);
+  const flatmin::kernels::ascend_pass<float, flatmin::kernels::l2_term<float>, V> up{{}, view, 1e-6f, 1.f, saved.data()};
+  const flatmin::kernels::restore_pass<float, V> down{view, saved.data()};
+  for (auto _ : st) {
+    eigen::for_each(range, up);
+    eigen::for_each(range, down);
+    benchmark::ClobberMemory();
+  }
+  st.counters["touched"] = static_cast<double>(range.elements) / static_cast<double>(numel);
+  st.counters["N"] = static_cast<double>(numel);
+}
+
+void BM_ascend_restore(benchmark::State& st) {
+  const auto block = static_cast<std::size_t>(st.range(0));
+  const double keep = static_cast<double>(st.range(1)) / 1000.0;
+  flatmin_bench::problem p(N, K);
+  if (block == 0) {
+    auto opt = flatmin::sam(p.params, flatmin::base::sgd{.lr = 0.01});
+    ascend_restore(st, opt, N);
+  } else {
+    auto opt = flatmin::fsam(p.params, flatmin::base::sgd{.lr = 0.01}, {.keep = keep, .block = block});
+    opt.ascend();  // step 1 computes the mask
+    opt.cancel();
+    ascend_restore(st, opt, N);
+  }
+}
+BENCHMARK(BM_ascend_restore)
+    ->Args({0, 1000})
+    ->Args({1, 500})
+    ->Args({1, 100})
+    ->Args({1, 10})
+    ->Args({128, 500})
+    ->Args({128, 100})
+    ->Args({128, 10})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+
+/// The whole ascend() + cancel() of the optimizer (statistics pass included, which stays dense).
+void BM_ascend_cancel(benchmark::State& st) {
+  const auto block = static_cast<std::size_t>(st.range(0));
+  const double keep = static_cast<double>(st.range(1)) / 1000.0;
+  flatmin_bench::problem p(N, K);
+  auto run = [&](auto& opt) {
+    opt.ascend();
+    opt.descend();  // step 1 done: later ascents do not refresh
+    for (auto _ : st) {
+      opt.ascend();
+      opt.cancel();
+    }
+  };
+  if (block == 0) {
+    auto opt = flatmin::sam(p.params, flatmin::base::sgd{.lr = 1e-9});
+    run(opt);
+  } else {
+    auto opt = flatmin::fsam(p.params, flatmin::base::sgd{.lr = 1e-9}, {.keep = keep, .block = block});
+    run(opt);
+  }
+  st.counters["N"] = static_cast<double>(N);
+}
+BENCHMARK(BM_ascend_cancel)
+    ->Args({0, 1000})
+    ->Args({1, 100})
+    ->Args({128, 100})
+    ->Args({128, 10})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+
+}  // namespace
+
+BENCHMARK_MAIN();

@@ -1,0 +1,86 @@
+#pragma once
+/// @file ssam.hpp
+/// SSAM — Mi, Shen, Ren, Zhou, Sun, Ji, Tao, "Make Sharpness-Aware Minimization Stronger: A
+/// Sparsified Perturbation Approach", NeurIPS 2022 (official code Mi-Peng/Sparse-Sharpness-Aware-
+/// Minimization). ε = ρ (m ⊙ g) / (‖g‖ + ξ), sparsity s = 1 − keep, global top-k.
+///
+/// `ssam_f` (Fisher mask): F_j = Σ_{n<N_s} (∂ℓ_n/∂w_j)² over N_s single examples, m = top
+/// ⌊(1 − s) N⌋ of F, refreshed every T_m steps. The per-example gradients come from an objective
+/// with `example_gradient(n)` (`flatmin::example_objective`) in the closure protocol, or from
+/// `opt.mask_state().add_example(...)` in the two-call protocol; with neither, the mask falls back
+/// to FSAM's estimator (squared batch gradients accumulated since the last refresh).
+/// Defaults (official): s = 0.5, N_s = 16 (CIFAR; 128 for ImageNet), ρ = 0.1, T_m = 1 epoch — the
+/// library counts steps: set `refresh_every` to the steps per epoch (default 1000).
+/// Differs from the official code: the first mask is computed from the first step's estimate
+/// (`empty_start = true` gives the official start, whose steps before the first refresh are
+/// plain base-optimizer steps).
+///
+/// `ssam_d` (dynamic mask): a random start with ⌈(1 − s) N⌉ active entries; every T_m steps drop
+/// the smallest |g| among the active, grow as many at random among the inactive, with the death
+/// rate dr₀ (1 + cos(π t / T)) / 2. Defaults (official): s = 0.5, dr₀ = 0.5, ρ = 0.1, T_m = 5
+/// epochs — set `refresh_every` (default 1000 steps) and `total_steps` (T; 0 keeps dr = dr₀).
+/// Both: `block` > 1 selects blocks of that many entries; the paper's base optimizer is SGD with
+/// momentum (pass it).
+
+#include "../backend/default.hpp"
+#include "../mask/dynamic.hpp"
+#include "../mask/fisher.hpp"
+#include "../optimizer/sharpness_aware.hpp"
+#include "../perturb/l2.hpp"
+
+namespace flatmin {
+
+struct ssam_f_options {
+  double rho = 0.1;
+  double xi = 1e-12;
+  double sparsity = 0.5;  ///< s: fraction NOT perturbed
+  std::size_t examples = 16;
+  std::size_t refresh_every = 1000;
+  std::size_t block = 1;
+  bool empty_start = false;
+  nonfinite on_nonfinite = nonfinite::skip;
+};
+
+template <class T, class Base, class Backend = default_backend>
+using ssam_f_t = sharpness_aware<T, Backend, perturb::l2, mask::fisher, Base>;
+
+template <class Backend = default_backend, class T, class Base>
+ssam_f_t<T, Base, Backend> ssam_f(const param_set<T>& params, Base base, ssam_f_options o = {}) {
+  return ssam_f_t<T, Base, Backend>(params, std::move(base), perturb::l2{o.rho, o.xi},
+                                    mask::fisher{.keep = 1 - o.sparsity,
+                                                 .refresh_every = o.refresh_every,
+                                                 .block = o.block,
+                                                 .source = mask::fisher_estimator::per_example,
+                                                 .examples = o.examples,
+                                                 .empty_start = o.empty_start},
+                                    {o.on_nonfinite});
+}
+
+struct ssam_d_options {
+  double rho = 0.1;
+  double xi = 1e-12;
+  double sparsity = 0.5;  ///< s: fraction NOT perturbed
+  double death_rate = 0.5;
+  std::size_t refresh_every = 1000;
+  std::size_t total_steps = 0;
+  std::size_t block = 1;
+  std::uint64_t seed = 0;
+  nonfinite on_nonfinite = nonfinite::skip;
+};
+
+template <class T, class Base, class Backend = default_backend>
+using ssam_d_t = sharpness_aware<T, Backend, perturb::l2, mask::dynamic, Base>;
+
+template <class Backend = default_backend, class T, class Base>
+ssam_d_t<T, Base, Backend> ssam_d(const param_set<T>& params, Base base, ssam_d_options o = {}) {
+  return ssam_d_t<T, Base, Backend>(params, std::move(base), perturb::l2{o.rho, o.xi},
+                                    mask::dynamic{.keep = 1 - o.sparsity,
+                                                  .death_rate = o.death_rate,
+                                                  .refresh_every = o.refresh_every,
+                                                  .total_steps = o.total_steps,
+                                                  .block = o.block,
+                                                  .seed = o.seed},
+                                    {o.on_nonfinite});
+}
+
+}  // namespace flatmin

@@ -1,0 +1,392 @@
+#pragma once
+/// @file units.hpp
+/// What the sparse masks share: the *units* a mask decides on (elements, blocks of one tensor, or
+/// whole tensors), the map from a global index to its unit, one bit per unit in backend memory,
+/// and the compact segment list of the active blocks.
+///
+/// Units are numbered tensor by tensor: tensor t owns units [unit_base[t], unit_base[t + 1]).
+/// Element units are the global indices themselves; a block is `block` (a power of two ≤ 1024)
+/// contiguous entries of one tensor, the last block of a tensor possibly shorter; a tensor unit
+/// is the whole tensor. Blocks never straddle tensors, so a block is one segment.
+///
+/// Index → tensor uses a table of the tensor at the start of each 4096-entry chunk of the global
+/// index space (N/1024 bytes) and a short forward walk, so the mask views cost O(1) per element on
+/// every backend without a per-element table.
+
+#include <algorithm>
+#include <cstdint>
+#include <stdexcept>
+#include <vector>
+
+#include "../../backend/layout.hpp"
+#include "../../kernels/counter_hash.hpp"
+#include "top_k.hpp"
+
+namespace flatmin::mask::detail {
+
+/// How a mask groups entries.
+enum class unit_kind : std::uint8_t { element, block, tensor };
+
+inline constexpr unsigned chunk_shift = 12;
+
+/// Device view: global index → unit, unit → tensor.
+template <class T>
+struct unit_view {
+  const backend::tensor_rec<T>* tensors = nullptr;
+  const std::uint32_t* chunk_tensor = nullptr;  ///< tensor holding global index c·4096
+  const std::uint64_t* unit_base = nullptr;     ///< K + 1 entries
+  std::uint32_t tensor_count = 0;
+  std::uint32_t shift = 0;  ///< log₂ block (63 for tensor units)
+  bool identity = true;     ///< element units: unit = global index
+
+  FLATMIN_HD std::uint32_t tensor_of_index(std::size_t i) const {
+    std::uint32_t t = chunk_tensor[i >> chunk_shift];
+    while (i >= tensors[t].offset + tensors[t].size) ++t;
+    return t;
+  }
+  FLATMIN_HD std::size_t operator()(std::size_t i) const {
+    if (identity) return i;
+    const std::uint32_t t = tensor_of_index(i);
+    return static_cast<std::size_t>(unit_base[t] + ((i - tensors[t].offset) >> shift));
+  }
+  FLATMIN_HD std::uint32_t tensor_of_unit(std::size_t u) const {
+    if (identity) return tensor_of_index(u);
+    std::uint32_t lo = 0, hi = tensor_count;  // the last t with unit_base[t] <= u
+    while (hi - lo > 1) {
+      const std::uint32_t mid = (lo + hi) / 2;
+      if (unit_base[mid] <= u) lo = mid; else hi = mid;
+    }
+    return lo;
+  }
+  /// First element (tensor-local) and length of unit u of tensor t.
+  FLATMIN_HD std::uint64_t unit_start(std::size_t u, std::uint32_t t) const {
+    return identity ? u - tensors[t].offset : (static_cast<std::uint64_t>(u - unit_base[t]) << shift);
+  }
+  FLATMIN_HD std::uint64_t unit_len(std::uint64_t start, std::uint32_t t) const {
+    if (identity) return 1;
+    const std::uint64_t rest = tensors[t].size - start;
+    const std::uint64_t b = std::uint64_t{1} << shift;
+    return shift >= 63 || rest < b ? rest : b;
+  }
+};
+
+/// Reads one bit per unit.
+FLATMIN_HD inline bool test_bit(const std::uint32_t* bits, std::size_t u) { return (bits[u >> 5] >> (u & 31)) & 1u; }
+
+/// Whether a tensor's entries are candidates of a sparse mask (perturbed and eligible).
+FLATMIN_HD inline bool candidate_flags(std::uint32_t f) {
+  return (f & tensor_flags::perturb) && (f & tensor_flags::mask_eligible);
+}
+
+/// Host side of the units of one layout: the tables above in backend memory, and counts.
+template <class T, class Backend>
+class units {
+ public:
+  units(const backend::layout<T, Backend>& l, unit_kind kind, std::size_t block) : kind_(kind) {
+    const auto& ts = l.host_tensors();
+    std::vector<std::uint64_t> base(ts.size() + 1, 0);
+    for (std::size_t t = 0; t < ts.size(); ++t) {
+      std::uint64_t n = 0;
+      switch (kind) {
+        case unit_kind::element: n = ts[t].size; break;
+        case unit_kind::block: n = (ts[t].size + block - 1) / block; break;
+        case unit_kind::tensor: n = 1; break;
+      }
+      base[t + 1] = base[t] + n;
+      if (candidate_flags(ts[t].flags)) {
+        eligible_units_ += n;
+        eligible_elements_ += ts[t].size;
+      } else if (ts[t].flags & tensor_flags::perturb) {
+        dense_elements_ += ts[t].size;
+      }
+    }
+    count_ = base.back();
+    std::vector<std::uint32_t> chunks((l.numel() + (std::size_t{1} << chunk_shift) - 1) >> chunk_shift, 0);
+    for (std::size_t c = 0, t = 0; c < chunks.size(); ++c) {
+      const std::uint64_t i = static_cast<std::uint64_t>(c) << chunk_shift;
+      while (i >= ts[t].offset + ts[t].size) ++t;
+      chunks[c] = static_cast<std::uint32_t>(t);
+    }
+    shift_ = 0;
+    if (kind == unit_kind::block)
+      while ((std::size_t{1} << shift_) < block) ++shift_;
+    if (kind == unit_kind::tensor) shift_ = 63;
+    host_base_ = base;
+    host_tensors_ = ts;
+    base_ = Backend::from_host(base);
+    chunks_ = Backend::from_host(chunks);
+  }
+
+  unit_view<T> view(const backend::layout<T, Backend>& l) const {
+    return {l.tensors(), Backend::data(chunks_), Backend::data(base_),
+            static_cast<std::uint32_t>(host_base_.size() - 1), shift_, kind_ == unit_kind::element};
+  }
+  unit_kind kind() const { return kind_; }
+  std::size_t count() const { return count_; }
+  std::size_t words() const { return (count_ + 31) / 32; }
+  /// Units of perturbed, eligible tensors (the candidates of a selection).
+  std::size_t eligible_units() const { return eligible_units_; }
+  std::size_t eligible_elements() const { return eligible_elements_; }
+  /// Entries of perturbed tensors that are not eligible (always perturbed, densely).
+  std::size_t dense_elements() const { return dense_elements_; }
+  std::size_t block() const { return kind_ == unit_kind::block ? std::size_t{1} << shift_ : 1; }
+  const std::vector<std::uint64_t>& host_base() const { return host_base_; }
+  const std::vector<backend::tensor_rec<T>>& host_tensors() const { return host_tensors_; }
+  std::size_t bytes() const {
+    return chunks_.size() * sizeof(std::uint32_t) + base_.size() * sizeof(std::uint64_t);
+  }
+
+ private:
+  unit_kind kind_;
+  unsigned shift_ = 0;
+  std::size_t count_ = 0, eligible_units_ = 0, eligible_elements_ = 0, dense_elements_ = 0;
+  std::vector<std::uint64_t> host_base_;
+  std::vector<backend::tensor_rec<T>> host_tensors_;
+  typename Backend::template vector<std::uint64_t> base_;
+  typename Backend::template vector<std::uint32_t> chunks_;
+};
+
+/// Writes bits[w] for every word from `pred(u)` (one thread per 32 units: no write conflicts).
+template <class Pred>
+struct fill_bits {
+  Pred pred;
+  std::uint32_t* bits;
+  std::size_t n;
+  FLATMIN_HD void operator()(std::size_t w) const {
+    std::uint32_t b = 0;
+    const std::size_t lo = w * 32;
+    if (lo + 32 <= n) {
+      for (std::uint32_t j = 0; j < 32; ++j) b |= static_cast<std::uint32_t>(pred(lo + j)) << j;
+    } else {
+      for (std::uint32_t j = 0; lo + j < n; ++j) b |= static_cast<std::uint32_t>(pred(lo + j)) << j;
+    }
+    bits[w] = b;
+  }
+};
+
+/// The compact segment list over the units for which `active(u)` holds (host predicate), plus every
+/// entry of the perturbed but ineligible tensors. Adjacent active units of a tensor merge into one
+/// segment (up to the backend's segment size); `slot` numbers the kept entries consecutively.
+template <class T, class Backend>
+class compact_range {
+ public:
+  template <class Active>
+  void build(const units<T, Backend>& u, const Active& active) {
+    const auto& ts = u.host_tensors();
+    const auto& base = u.host_base();
+    const std::size_t S = Backend::segment_size;
+    std::vector<backend::segment> list;
+    std::uint64_t slot = 0;
+    auto push = [&](std::uint32_t t, std::uint64_t local, std::uint64_t len) {
+      if (!list.empty()) {
+        auto& b = list.back();
+        if (b.tensor == t && b.local + b.len == local && b.len + len <= S) {
+          b.len += static_cast<std::uint32_t>(len);
+          slot += len;
+          return;
+        }
+      }
+      list.push_back({ts[t].offset + local, local, slot, t, static_cast<std::uint32_t>(len)});
+      slot += len;
+    };
+    for (std::uint32_t t = 0; t < ts.size(); ++t) {
+      if (!(ts[t].flags & tensor_flags::perturb)) continue;
+      if (!(ts[t].flags & tensor_flags::mask_eligible)) {
+        for (std::uint64_t b = 0; b < ts[t].size; b += S) push(t, b, std::min<std::uint64_t>(S, ts[t].size - b));
+        continue;
+      }
+      const std::uint64_t ulen = u.kind() == unit_kind::tensor ? ts[t].size : u.block();
+      for (std::uint64_t k = base[t]; k < base[t + 1]; ++k) {
+        if (!active(k)) continue;
+        const std::uint64_t local = (k - base[t]) * ulen;
+        const std::uint64_t len = std::min<std::uint64_t>(ulen, ts[t].size - local);
+        for (std::uint64_t b = 0; b < len; b += S) push(t, local + b, std::min<std::uint64_t>(S, len - b));
+      }
+    }
+    elements_ = slot;
+    segs_ = Backend::from_host(list);
+    count_ = list.size();
+  }
+  backend::pass_range<T> range(const backend::layout<T, Backend>& l) const { return l.over(segs_, count_, elements_); }
+  std::size_t elements() const { return elements_; }
+  std::size_t bytes() const { return segs_.size() * sizeof(backend::segment); }
+
+ private:
+  typename Backend::template vector<backend::segment> segs_;
+  std::size_t count_ = 0, elements_ = 0;
+};
+
+}  // namespace flatmin::mask::detail
+
+namespace flatmin::mask::detail {
+
+/// What a unit's score sums over its entries.
+enum class score_of : std::uint8_t { square, magnitude, zero };
+
+/// Scores hold −1 for units that are not candidates (so that a selection reads one value per
+/// unit and no tensor table), and the candidates' non-negative sums.
+
+/// Element units: acc[i] (+)= h(g_i / scale) on candidate entries (one element per call: no
+/// conflicts); when overwriting, −1 on the others.
+template <class T>
+struct element_scores {
+  T* acc;
+  T inv_scale;
+  score_of what;
+  bool accumulate;
+  FLATMIN_HD void operator()(const backend::elem<T>& e) const {
+    if (!candidate_flags(e.flags)) {
+      if (!accumulate) acc[e.i] = T(-1);
+      return;
+    }
+    if (what == score_of::zero) {
+      acc[e.i] = T(0);
+      return;
+    }
+    const T g = e.g * inv_scale;
+    const T h = what == score_of::square ? g * g : (g < T(0) ? -g : g);
+    acc[e.i] = accumulate ? acc[e.i] + h : h;
+  }
+};
+
+/// Block units: acc[u] (+)= Σ_block h(g / scale) (one block per call); when overwriting, −1 on
+/// the blocks that are not candidates.
+template <class T>
+struct block_scores {
+  unit_view<T> units;
+  T* acc;
+  T inv_scale;
+  score_of what;
+  bool accumulate;
+  FLATMIN_HD void operator()(std::size_t u) const {
+    const std::uint32_t t = units.tensor_of_unit(u);
+    const backend::tensor_rec<T>& r = units.tensors[t];
+    if (!candidate_flags(r.flags)) {
+      if (!accumulate) acc[u] = T(-1);
+      return;
+    }
+    const std::uint64_t start = units.unit_start(u, t), len = units.unit_len(start, t);
+    const T* g = r.g + start;
+    T s = 0;
+    if (what == score_of::square) {
+      for (std::uint64_t j = 0; j < len; ++j) {
+        const T x = g[j] * inv_scale;
+        s += x * x;
+      }
+    } else if (what == score_of::magnitude) {
+      for (std::uint64_t j = 0; j < len; ++j) {
+        const T x = g[j] * inv_scale;
+        s += x < T(0) ? -x : x;
+      }
+    }
+    acc[u] = accumulate ? acc[u] + s : s;
+  }
+};
+
+/// Starts a sum over steps: 0 for candidate units, −1 for the others.
+template <class T>
+struct clear_scores {
+  T* acc;
+  FLATMIN_HD void operator()(std::size_t u) const { acc[u] = acc[u] < T(0) ? T(-1) : T(0); }
+};
+
+/// Adds the scores of the current gradient into `acc` (one per unit), or overwrites them.
+template <class T, class Backend>
+void add_scores(const backend::layout<T, Backend>& l, const units<T, Backend>& u, T* acc, T inv_scale,
+                score_of what, bool accumulate) {
+  if (u.kind() == unit_kind::element)
+    Backend::for_each(l.full(), element_scores<T>{acc, inv_scale, what, accumulate});
+  else
+    Backend::for_each_index(u.count(), block_scores<T>{u.view(l), acc, inv_scale, what, accumulate});
+}
+
+/// Top-k key: the unit's score, for candidate units (score ≥ 0), optionally only those whose bit
+/// in `among` equals `among_value`.
+template <class T>
+struct score_key {
+  const T* score;
+  const std::uint32_t* among = nullptr;
+  bool among_value = true;
+  FLATMIN_HD bool operator()(std::size_t u, std::uint64_t& k) const {
+    const T s = score[u];
+    if (!(s >= T(0))) return false;
+    if (among && test_bit(among, u) != among_value) return false;
+    k = float_key(s);
+    return true;
+  }
+};
+
+/// Top-k key: a random 32-bit score from (seed, stream, unit), for candidate units (optionally
+/// only those whose bit in `among` equals `among_value`).
+template <class T>
+struct random_key {
+  unit_view<T> units;
+  std::uint64_t seed, stream;
+  const std::uint32_t* among = nullptr;
+  bool among_value = false;
+  FLATMIN_HD bool operator()(std::size_t u, std::uint64_t& k) const {
+    if (!candidate_flags(units.tensors[units.tensor_of_unit(u)].flags)) return false;
+    if (among && test_bit(among, u) != among_value) return false;
+    k = kernels::counter_hash(seed, stream, u) >> 32;
+    return true;
+  }
+};
+
+/// m(i): entries of ineligible tensors always, others by their unit's bit.
+template <class T>
+struct bit_view {
+  unit_view<T> units;
+  const std::uint32_t* bits;
+  FLATMIN_HD bool operator()(std::size_t i, std::uint32_t flags) const {
+    if (!(flags & tensor_flags::mask_eligible)) return true;
+    return test_bit(bits, units(i));
+  }
+};
+
+/// Number of set bits (the active units).
+struct popcount_word {
+  const std::uint32_t* bits;
+  FLATMIN_HD double operator()(std::size_t w) const {
+    std::uint32_t x = bits[w];
+    double c = 0;
+    while (x) {
+      x &= x - 1;
+      c += 1;
+    }
+    return c;
+  }
+};
+
+/// Checks a block size option: 1 (elements) or a power of two in [2, 1024].
+inline void check_block(const char* where, std::size_t block) {
+  flatmin::detail::check_option(block >= 1 && block <= 1024 && (block & (block - 1)) == 0, where, "block",
+                                static_cast<double>(block), "1 (element granularity) or a power of two <= 1024");
+}
+
+/// Writes one word of mask bits and starts the next sum for its 32 units (0, or −1 for units that
+/// are not candidates): a selection's last pass and the reset of the scores in one (nested types
+/// of a class template cannot be private: CUDA kernels name them).
+template <class T, class Sel>
+struct select_and_clear {
+  Sel sel;
+  std::uint32_t* bits;
+  T* acc;
+  std::size_t n;
+  FLATMIN_HD void operator()(std::size_t w) const {
+    const std::size_t lo = w * 32, hi = lo + 32 < n ? lo + 32 : n;
+    std::uint32_t b = 0;
+    for (std::size_t u = lo; u < hi; ++u) b |= static_cast<std::uint32_t>(sel(u)) << (u - lo);
+    for (std::size_t u = lo; u < hi; ++u) acc[u] = acc[u] < T(0) ? T(-1) : T(0);
+    bits[w] = b;
+  }
+};
+
+/// The union of two selections.
+template <class A, class B>
+struct either {
+  A a;
+  B b;
+  FLATMIN_HD bool operator()(std::size_t u) const { return a(u) || b(u); }
+};
+
+}  // namespace flatmin::mask::detail

@@ -1,0 +1,203 @@
+#pragma once
+/// @file fisher.hpp
+/// `mask::fisher` — perturb only the entries (or blocks) with the largest Fisher-diagonal estimate.
+///
+///     every T_m steps:  F_u = Σ (estimator below) over the entries of unit u
+///                       m   = top-k of F over the eligible units, k = ⌊keep · |eligible units|⌋
+///     ε = ρ (m ⊙ dir(g)) / (‖norm(g)‖ + ξ)    — the norm over ALL perturbed entries (not only m)
+///
+/// FSAM (Zhong et al., Findings of EMNLP 2022) and SSAM-F (Mi et al., NeurIPS 2022). Units are
+/// entries (`block = 1`) or blocks of `block` contiguous entries of one tensor (scored by the sum
+/// of their entries' estimates). Tensors with `mask_eligible = false` are perturbed densely and are
+/// not candidates; tensors with `perturb = false` are neither. Ties go to the lower unit index;
+/// exactly k units are selected (top-k by radix selection, O(N), `detail/top_k.hpp`).
+///
+/// Estimators (`source`):
+/// - `accumulated` (default): Σ g_t² over the steps since the last refresh, the refresh step's own
+///   gradient included. The official FSAM code uses the squared current batch gradient only:
+/// - `current_batch`: g² of the refresh step (no pass on other steps);
+/// - `per_example` (SSAM-F): Σ_{n<N_s} (∂ℓ_n/∂w)² over N_s single examples, collected on refresh
+///   steps from an objective with `example_gradient(n)` (concept `example_objective`; the closure
+///   protocol calls it N_s times before the batch gradient), or in the two-call protocol by calling
+///   `opt.mask_state().add_example(opt.mask(), opt.layout())` after each example's backward pass
+///   while `wants_examples(opt.mask(), step)` holds. Until any example arrives the state falls back
+///   to the `accumulated` estimator.
+///
+/// Refresh steps: 1, 1 + T_m, 1 + 2T_m, … (the first mask comes from the first gradient); with
+/// `empty_start` (the official SSAM start) step 1 is not a refresh step and the steps before the
+/// first refresh perturb only the ineligible tensors. The refresh happens after the gradient is
+/// known to be finite and before the ascent, so a refresh step is perturbed with its new mask (the
+/// official FSAM code perturbs nothing on refresh steps; the library does not copy that).
+/// Step numbers are the optimizer's (applied steps + 1): an ascent retried under the same number
+/// (after cancel() or a skipped descend()) neither refreshes again nor adds its gradient again.
+///
+/// Storage: one bit per unit, one T per unit for F, and, with blocks, saved weights for the active
+/// blocks only plus a segment list, so that the ascent and restore passes touch only those blocks.
+/// The granularity (`block`) is fixed when the optimizer is built; `keep` may change between steps.
+///
+/// Options: keep = 0.1, refresh_every = 100, block = 1, source = accumulated, examples = 16,
+/// empty_start = false.
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "../backend/layout.hpp"
+#include "../optimizer/concepts.hpp"
+#include "detail/top_k.hpp"
+#include "detail/units.hpp"
+
+namespace flatmin::mask {
+
+/// Which Fisher-diagonal estimate `mask::fisher` uses.
+enum class fisher_estimator : std::uint8_t { accumulated, current_batch, per_example };
+
+struct fisher {
+  double keep = 0.1;               ///< fraction of eligible units perturbed, in [0, 1]
+  std::size_t refresh_every = 100;  ///< T_m ≥ 1, in steps
+  std::size_t block = 1;            ///< 1 = entries; else a power of two ≤ 1024
+  fisher_estimator source = fisher_estimator::accumulated;
+  std::size_t examples = 16;  ///< N_s for `per_example`
+  bool empty_start = false;   ///< SSAM's official start: no mask before the first refresh
+
+  void validate() const {
+    flatmin::detail::check_option(keep >= 0 && keep <= 1, "mask::fisher", "keep", keep, "in [0, 1]");
+    flatmin::detail::check_option(refresh_every >= 1, "mask::fisher", "refresh_every",
+                                  static_cast<double>(refresh_every), ">= 1");
+    flatmin::detail::check_option(examples >= 1, "mask::fisher", "examples", static_cast<double>(examples), ">= 1");
+    detail::check_block("mask::fisher", block);
+  }
+
+  /// Whether `step` (1-based) recomputes the mask.
+  bool refreshes(std::size_t step) const {
+    if (step == 1) return !empty_start;
+    return step > 1 && (step - 1) % refresh_every == 0;
+  }
+
+  template <class T, class Backend>
+  class state {
+   public:
+    using view = detail::bit_view<T>;
+    static constexpr bool norm_over_mask = false;
+    static constexpr bool compact = true;  ///< may be compact: see is_compact()
+
+    state(const fisher& m, const backend::layout<T, Backend>& l)
+        : units_(l, m.block > 1 ? detail::unit_kind::block : detail::unit_kind::element, m.block),
+          bits_(Backend::template make_vector<std::uint32_t>(units_.words(), 0u)),
+          acc_(Backend::template make_vector<T>(units_.count(), T(0))),
+          uview_(units_.view(l)) {
+      m.validate();
+      keep_ = m.keep;
+      detail::add_scores(l, units_, Backend::data(acc_), T(1), detail::score_of::zero, false);  // 0 / −1
+      if (is_compact()) rebuild_range();
+    }
+
+    /// Block masks keep saved weights for the active blocks only; element masks use dense storage.
+    bool is_compact() const { return units_.kind() != detail::unit_kind::element; }
+
+    /// Rebuilds the block list if the bits were replaced (load()).
+    void begin_step(const fisher&, std::size_t) {
+      if (is_compact() && built_from_ != Backend::data(bits_)) rebuild_range();
+    }
+
+    /// SSAM-F: on a refresh step, the optimizer's closure protocol hands the objective here before
+    /// the batch gradient; with `example_gradient(n)` it collects N_s per-example squared gradients.
+    template <class O>
+    void before_gradient(const fisher& m, const backend::layout<T, Backend>& l, std::size_t step, O& obj) {
+      if constexpr (example_objective<O>) {
+        if (!wants_examples(m, step)) return;
+        collected_ = false;  // a retried step collects afresh
+        for (std::size_t n = 0; n < m.examples; ++n) {
+          obj.example_gradient(n);
+          add_example(m, l);
+        }
+      }
+    }
+    /// Whether the `per_example` estimator expects examples before step `step`'s batch gradient.
+    bool wants_examples(const fisher& m, std::size_t step) const {
+      return m.source == fisher_estimator::per_example && m.refreshes(step);
+    }
+    /// Adds (∂ℓ_n/∂w)², read from the gradient views, to F (the first example of a refresh resets F).
+    void add_example(const fisher&, const backend::layout<T, Backend>& l, T inv_scale = T(1)) {
+      detail::add_scores(l, units_, Backend::data(acc_), inv_scale, detail::score_of::square, collected_);
+      collected_ = true;
+      examples_seen_ = true;
+    }
+
+    bool refresh(const fisher& m, const backend::layout<T, Backend>& l, std::size_t step, T inv_scale) {
+      // One estimate and one refresh per step number: an ascent retried after cancel() (or after a
+      // skipped descend()) keeps the mask and does not count its gradient twice.
+      if (step == last_step_) return false;
+      last_step_ = step;
+      const bool now = m.refreshes(step);
+      T* acc = Backend::data(acc_);
+      switch (m.source) {
+        case fisher_estimator::accumulated:
+          detail::add_scores(l, units_, acc, inv_scale, detail::score_of::square, true);
+          break;
+        case fisher_estimator::current_batch:
+          if (now) detail::add_scores(l, units_, acc, inv_scale, detail::score_of::square, false);
+          break;
+        case fisher_estimator::per_example:
+          if (!collected_ && (!examples_seen_ || now))
+            detail::add_scores(l, units_, acc, inv_scale, detail::score_of::square, !examples_seen_);
+          break;
+      }
+      if (!now) return false;
+      const auto k = static_cast<std::size_t>(std::floor(m.keep * static_cast<double>(units_.eligible_units())));
+      keep_ = m.keep;
+      const detail::score_key<T> key{acc};
+      const auto sel = detail::top_k<Backend>(units_.count(), k, key, detail::float_key_bits<T>);
+      Backend::for_each_index(units_.words(), detail::select_and_clear<T, decltype(sel)>{sel, Backend::data(bits_), acc, units_.count()});
+      collected_ = false;
+      if (is_compact()) rebuild_range();
+      return true;
+    }
+
+    view get_view() const { return {uview_, Backend::data(bits_)}; }
+    backend::pass_range<T> range(const backend::layout<T, Backend>& l) const {
+      return is_compact() ? range_.range(l) : l.full();
+    }
+    /// Dense storage for element masks; for block masks a bound on the active blocks' entries
+    /// (k full blocks, plus the ineligible tensors), so a reloaded mask always fits.
+    std::size_t saved_size(const backend::layout<T, Backend>& l) const {
+      if (!is_compact()) return l.numel();
+      const auto k = static_cast<std::size_t>(std::floor(keep_ * static_cast<double>(units_.eligible_units())));
+      const std::size_t bound = units_.dense_elements() + std::min(k * units_.block(), units_.eligible_elements());
+      return std::max(bound, range_.elements());
+    }
+    double radius_scale() const { return 1.0; }
+    std::size_t bytes() const {
+      return bits_.size() * sizeof(std::uint32_t) + acc_.size() * sizeof(T) + units_.bytes() + range_.bytes();
+    }
+    template <class F>
+    void visit(F&& f) {
+      f("fisher.bits", bits_);
+      f("fisher.acc", acc_);
+    }
+
+    /// The units (for tests and reports): element or block, counts.
+    const detail::units<T, Backend>& units() const { return units_; }
+    /// The mask bits, one per unit, in host memory.
+    std::vector<std::uint32_t> host_bits() const { return Backend::to_host(bits_); }
+
+   private:
+    void rebuild_range() {
+      const auto h = Backend::to_host(bits_);
+      range_.build(units_, [&](std::size_t u) { return detail::test_bit(h.data(), u); });
+      built_from_ = Backend::data(bits_);
+    }
+
+    detail::units<T, Backend> units_;
+    typename Backend::template vector<std::uint32_t> bits_;
+    typename Backend::template vector<T> acc_;
+    detail::unit_view<T> uview_;
+    detail::compact_range<T, Backend> range_;
+    double keep_ = 0;
+    const std::uint32_t* built_from_ = nullptr;
+    std::size_t last_step_ = 0;
+    bool collected_ = false, examples_seen_ = false;
+  };
+};
+
+}  // namespace flatmin::mask

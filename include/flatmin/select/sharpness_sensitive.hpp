@@ -1,0 +1,108 @@
+#pragma once
+/// @file sharpness_sensitive.hpp
+/// `select::sharpness_sensitive` — ESAM's sharpness-sensitive data selection (Du et al.,
+/// "Efficient Sharpness-aware Minimization for Improved Training of Neural Networks", ICLR 2022;
+/// official code dydjw9/Efficient_SAM). A descent policy: it decides which gradient the base
+/// optimizer receives.
+///
+///     ℓ_i(w) for every sample of the batch (with the batch gradient g, which builds ε)
+///     ℓ_i(w + ε) forward only;  Δ_i = ℓ_i(w + ε) − ℓ_i(w)
+///     B⁺ = the k = ⌈γ |B|⌉ samples with the largest Δ_i   (ties: lower index first; γ ≥ 0.99: all)
+///     g_adv = ∇ (1/|B⁺|) Σ_{i ∈ B⁺} ℓ_i (w + ε)
+///
+/// The official code keeps k − 1 samples by a strict cutoff on the sorted increases; the library
+/// keeps exactly k. A NaN increase ranks first, so a non-finite loss reaches g_adv and the step is
+/// skipped by the optimizer's usual check.
+///
+/// Closure protocol: the objective must be a `flatmin::sample_objective` (optimizer/concepts.hpp);
+/// a composition using this policy with another objective fails to compile with a message naming
+/// the missing capability. Two-call protocol:
+///
+///     losses at w + gradient of the batch; opt.ascend();
+///     losses at w + ε (forward only); auto& idx = opt.descent().select(before, after);
+///     gradient of the mean loss over idx; opt.descend();
+///
+/// Options: gamma = 0.5 (γ in (0, 1]).
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <span>
+#include <vector>
+
+#include "../config.hpp"
+#include "../optimizer/concepts.hpp"
+
+namespace flatmin::select {
+
+struct sharpness_sensitive {
+  double gamma = 0.5;  ///< fraction of the batch kept for the second gradient
+
+  void validate() const {
+    flatmin::detail::check_option(gamma > 0 && gamma <= 1, "select::sharpness_sensitive", "gamma", gamma, "in (0, 1]");
+  }
+
+  /// k = ⌈γ |B|⌉ (|B| when γ ≥ 0.99).
+  std::size_t kept(std::size_t batch) const {
+    if (gamma >= 0.99) return batch;
+    return std::min(batch, static_cast<std::size_t>(std::ceil(gamma * static_cast<double>(batch))));
+  }
+
+  /// Closure protocol, first call: per-sample losses at w and the batch gradient.
+  template <class O>
+  double first_gradient(O& obj) {
+    static_assert(sample_objective<O>,
+                  "flatmin::select::sharpness_sensitive (ESAM data selection) needs a flatmin::sample_objective: "
+                  "the objective must provide batch_size(), losses_and_gradient(std::span<double>), "
+                  "losses(std::span<double>) and subset_gradient(std::span<const std::size_t>)");
+    if constexpr (sample_objective<O>) {
+      before_.assign(static_cast<std::size_t>(obj.batch_size()), 0.0);
+      return static_cast<double>(obj.losses_and_gradient(std::span<double>(before_)));
+    } else {
+      return 0.0;
+    }
+  }
+
+  /// Closure protocol, second call: losses at w + ε, selection, gradient on the selected samples.
+  template <class O>
+  void second_gradient(O& obj) {
+    static_assert(sample_objective<O>,
+                  "flatmin::select::sharpness_sensitive (ESAM data selection) needs a flatmin::sample_objective");
+    if constexpr (sample_objective<O>) {
+      after_.assign(before_.size(), 0.0);
+      obj.losses(std::span<double>(after_));
+      select(before_, after_);
+      obj.subset_gradient(std::span<const std::size_t>(selected_));
+    }
+  }
+
+  /// The selection from the losses at w and at w + ε (two-call protocol); ascending indices.
+  const std::vector<std::size_t>& select(std::span<const double> before, std::span<const double> after) {
+    if (before.size() != after.size())
+      throw std::invalid_argument("flatmin::select::sharpness_sensitive: " + std::to_string(before.size()) +
+                                  " losses at w but " + std::to_string(after.size()) + " at w + eps");
+    validate();
+    const std::size_t n = before.size(), k = kept(n);
+    std::vector<double> inc(n);
+    for (std::size_t i = 0; i < n; ++i) {
+      inc[i] = after[i] - before[i];
+      if (std::isnan(inc[i])) inc[i] = HUGE_VAL;
+    }
+    selected_.resize(n);
+    std::iota(selected_.begin(), selected_.end(), std::size_t{0});
+    auto first = [&](std::size_t a, std::size_t b) { return inc[a] > inc[b] || (inc[a] == inc[b] && a < b); };
+    if (k < n) std::nth_element(selected_.begin(), selected_.begin() + static_cast<std::ptrdiff_t>(k), selected_.end(), first);
+    selected_.resize(k);
+    std::sort(selected_.begin(), selected_.end());
+    return selected_;
+  }
+
+  /// The samples selected in the last step.
+  const std::vector<std::size_t>& selected() const { return selected_; }
+
+  // Per-step scratch (public only so that the options stay an aggregate for designated initializers).
+  std::vector<double> before_ = {}, after_ = {};
+  std::vector<std::size_t> selected_ = {};
+};
+
+}  // namespace flatmin::select
