@@ -185,11 +185,18 @@ class sharpness_aware {
     const std::size_t t = steps_ + 1;
     auto adjust = reg_state_.prepare(reg_, layout_, t, inv);
     auto update = base_state_.prepare(base_, t);
-    const bool fused_restore = perturbs && !mask_compact();
-    if (perturbs && mask_compact()) restore();
-    Backend::for_each(layout_.full(),
-                      kernels::descend_pass<T, mask_view, decltype(adjust), decltype(update), fused_restore ? 1 : 0>{
-                          mask_state_.get_view(), adjust, update, inv, Backend::data(saved_), fused_restore});
+    // Dense storage: the restore is fused into the descend pass. Compact (block) storage: a
+    // restore pass over the active blocks first, then the descend pass without restore.
+    if constexpr (perturbs) {
+      if (mask_compact()) {
+        restore();
+        descend_pass<0>(adjust, update, inv);
+      } else {
+        descend_pass<1>(adjust, update, inv);
+      }
+    } else {
+      descend_pass<0>(adjust, update, inv);
+    }
     steps_ = t;
     phase_ = phase::idle;
     return report_;
@@ -362,6 +369,14 @@ class sharpness_aware {
     if constexpr (!mask_state_type::compact) return false;
     else if constexpr (requires { mask_state_.is_compact(); }) return mask_state_.is_compact();
     else return true;
+  }
+
+  /// The fused descend pass; `Restore` (0 or 1) fixed at compile time so the host loop vectorises.
+  template <int Restore, class Adjust, class Update>
+  void descend_pass(const Adjust& adjust, const Update& update, T inv) {
+    Backend::for_each(layout_.full(), kernels::descend_pass<T, mask_view, Adjust, Update, Restore>{
+                                          mask_state_.get_view(), adjust, update, inv, Backend::data(saved_),
+                                          Restore == 1});
   }
 
   void restore() {
