@@ -30,6 +30,9 @@ COLORS = ["#000000", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c
 def parse_name(run_name):
     parts = run_name.split("/")
     args = {}
+    positional = [p for p in parts[1:] if ":" not in p and p not in ("real_time", "process_time", "manual_time")]
+    if positional:  # programs that name their arguments by position (bench_masks: block/density)
+        args["args"] = "/".join(positional)
     for p in parts[1:]:
         if ":" in p:
             k, v = p.split(":", 1)
@@ -62,7 +65,7 @@ def summarize(runs):
     rows = []
     for (program, run_name), reps in runs.items():
         name, args = parse_name(run_name)
-        row = {"program": program, "pass": name, "N": args.get("N"), "K": args.get("K"),
+        row = {"program": program, "pass": name, "N": args.get("N", reps[0].get("N")), "K": args.get("K"),
                "threads": args.get("threads"), "args": args, "run_name": run_name}
         good = [r for r in reps if "error" not in r]
         if not good:
@@ -82,6 +85,13 @@ def summarize(runs):
         for c in ("copy_ratio", "copy_GBps", "B_per_param", "omp_threads"):
             if all(c in r for r in good):
                 row[c] = statistics.median([r[c] for r in good])
+        # counters a program reports beyond the standard ones (bench_masks: x_copy, touched)
+        std = {"name", "run_name", "run_type", "family_index", "per_family_instance_index", "repetitions",
+               "repetition_index", "threads", "iterations", "real_time", "cpu_time", "time_unit", "N", "K",
+               "bytes_per_second", "copy_ratio", "copy_GBps", "B_per_param", "omp_threads", "label",
+               "aggregate_name", "aggregate_unit", "error_occurred", "error_message"}
+        extra = sorted(k for k in good[0] if k not in std and isinstance(good[0][k], (int, float)))
+        row["counters"] = {k: statistics.median([r[k] for r in good if k in r]) for k in extra}
         rows.append(row)
     rows.sort(key=lambda r: (r["program"], r["pass"], r["N"] or 0, r["K"] or 0, r["threads"] if r["threads"] else 99))
     return rows
@@ -237,6 +247,9 @@ def main():
            "descend's w) pays a read-for-ownership the minimal count leaves out, while glibc's large "
            "`memcpy` uses streaming stores that avoid it, so about 0.8 is the practical ceiling for such passes.",
            "- **spread** is (max − min) / median of the GB/s over the repetitions.",
+           "- `bench_masks` rows: `args=block/keep‰` (block 0 = dense SAM, 1 = element mask, 128 = blocks of 128; "
+           "keep in thousandths), `touched` = fraction of parameters the ascend/restore passes visit, `x_copy` = "
+           "time over one copy pass of the same N in the same binary. `bench_lm` rows: `args=N/tensors`.",
            "- `threads`: 1, or all cores (OpenMP). `K`: number of tensors the N parameters are split into.",
            "- Pass-level rows run one kernel over a layout as the optimizer launches it; `opt_*` rows call the "
            "optimizer's `ascend()` + `descend()` and so count every pass of a step (norm 4 + ascend 16 + "
@@ -302,6 +315,7 @@ def main():
         body = []
         for r in prow:
             extra = {k: v for k, v in r["args"].items() if k not in ("N", "K", "threads")}
+            extra.update({k: f"{v:.3g}" for k, v in r.get("counters", {}).items()})
             label = r["pass"] + (" " + " ".join(f"{k}={v}" for k, v in extra.items()) if extra else "")
             if "error" in r:
                 body.append([label, fmt_n(r["N"]), r["K"], thr_label(r["threads"], cores), "error: " + r["error"],
