@@ -112,7 +112,7 @@ struct eigen {
     if (nseg == 0) return R{};
     const tensor_rec<T>* tensors = r.tensors;
     const segment* segs = r.segments;
-    std::vector<R> partial(static_cast<std::size_t>(nseg));
+    std::vector<R>& partial = scratch<R>(static_cast<std::size_t>(nseg));
 #if defined(_OPENMP)
 #pragma omp parallel for schedule(static) if (r.elements >= parallel_threshold)
 #endif
@@ -136,7 +136,7 @@ struct eigen {
   template <class R, class F>
   static R reduce_index(std::size_t n, const F& f) {
     const std::size_t nb = (n + segment_size - 1) / segment_size;
-    std::vector<R> partial(nb);
+    std::vector<R>& partial = scratch<R>(nb);
     const auto nbb = static_cast<std::ptrdiff_t>(nb);
 #if defined(_OPENMP)
 #pragma omp parallel for schedule(static) if (n >= parallel_threshold)
@@ -191,6 +191,15 @@ struct eigen {
   }
 
  private:
+  /// Per-thread buffer of `n` partial sums, reused across calls so that a step allocates nothing
+  /// once it has run (every entry is overwritten by the caller).
+  template <class R>
+  static std::vector<R>& scratch(std::size_t n) {
+    thread_local std::vector<R> v;
+    v.resize(n);
+    return v;
+  }
+
   template <class T, class F>
   static void run_segment(const tensor_rec<T>* tensors, const segment& s, const F& fn) {
     const F f = fn;  // a local copy: the stores through w / g cannot alias its fields, so they stay in registers

@@ -139,8 +139,7 @@ struct dynamic {
 
    private:
     void rebuild_range() {
-      const auto h = Backend::to_host(bits_);
-      range_.build(units_, [&](std::size_t u) { return detail::test_bit(h.data(), u); });
+      range_.build_from_bits(units_, bits_);
       built_from_ = Backend::data(bits_);
     }
 

@@ -97,7 +97,7 @@ struct fisher {
 
     /// Rebuilds the block list if the bits were replaced (load()).
     void begin_step(const fisher&, std::size_t) {
-      if (is_compact() && built_from_ != Backend::data(bits_)) rebuild_range();
+      if (is_compact() && range_.built_from() != Backend::data(bits_)) rebuild_range();
     }
 
     /// SSAM-F: on a refresh step, the optimizer's closure protocol hands the objective here before
@@ -182,11 +182,7 @@ struct fisher {
     std::vector<std::uint32_t> host_bits() const { return Backend::to_host(bits_); }
 
    private:
-    void rebuild_range() {
-      const auto h = Backend::to_host(bits_);
-      range_.build(units_, [&](std::size_t u) { return detail::test_bit(h.data(), u); });
-      built_from_ = Backend::data(bits_);
-    }
+    void rebuild_range() { range_.build_from_bits(units_, bits_); }
 
     detail::units<T, Backend> units_;
     typename Backend::template vector<std::uint32_t> bits_;
@@ -194,10 +190,10 @@ struct fisher {
     detail::unit_view<T> uview_;
     detail::compact_range<T, Backend> range_;
     double keep_ = 0;
-    const std::uint32_t* built_from_ = nullptr;
     std::size_t last_step_ = 0;
     bool collected_ = false, examples_seen_ = false;
   };
 };
 
 }  // namespace flatmin::mask
+

@@ -207,11 +207,20 @@ class compact_range {
     segs_ = Backend::from_host(list);
     count_ = list.size();
   }
+  /// Builds the list from mask bits (one per unit, in backend memory) and remembers which buffer
+  /// it was built from (`built_from`), so a mask can tell when its bits were replaced by load().
+  void build_from_bits(const units<T, Backend>& u, const typename Backend::template vector<std::uint32_t>& bits) {
+    const auto h = Backend::to_host(bits);
+    build(u, [&](std::size_t k) { return test_bit(h.data(), k); });
+    source_ = Backend::data(bits);
+  }
+  const std::uint32_t* built_from() const { return source_; }
   backend::pass_range<T> range(const backend::layout<T, Backend>& l) const { return l.over(segs_, count_, elements_); }
   std::size_t elements() const { return elements_; }
   std::size_t bytes() const { return segs_.size() * sizeof(backend::segment); }
 
  private:
+  const std::uint32_t* source_ = nullptr;
   typename Backend::template vector<backend::segment> segs_;
   std::size_t count_ = 0, elements_ = 0;
 };
