@@ -4,8 +4,9 @@
 // Pass-level benchmarks run one kernel of kernels/sam_passes.hpp over a layout exactly as the
 // optimizer launches it; step-level benchmarks (opt_*) call the optimizer's public protocol and so
 // include every pass it runs (the statistics pass, the finiteness check of g_adv, ...).
+// Yardstick for the K = 1000 against K = 1 ratios: `copy_tensors`, the copy over K separate tensors.
 // Minimal traffic per parameter (DESIGN.md §5, fp32):
-//   copy 8 B · global_norm 4 B · ascend 16 B · descend_sgd 20 B · descend_adamw 28 B
+//   copy 8 B · copy_tensors 8 B · global_norm 4 B · ascend 16 B · descend_sgd 20 B · descend_adamw 28 B
 //   sgd 20 B · adamw 28 B (base step pass alone)
 //   opt_sam_sgd   = norm 4 + ascend 16 + check 4 + descend 20 = 44 B
 //   opt_sam_adamw = norm 4 + ascend 16 + check 4 + descend 28 = 52 B
@@ -34,6 +35,30 @@ void copy(benchmark::State& st) {
   be::vector<float> src(a.n, 1.0f), dst(a.n, 0.0f);
   for (auto _ : st) {
     parallel_copy(src.data(), dst.data(), a.n, a.threads);
+    benchmark::ClobberMemory();
+  }
+  set_traffic(st, 8.0 * a.n, a.n, a.threads);
+}
+
+/// `copy` over K tensors: each tensor's g copied into its own buffer (K separate allocations, as in
+/// the problem), one memcpy per tensor, tensors split over the threads like backend::eigen's
+/// segments. The yardstick for the K = 1000 against K = 1 ratios: what the memory system charges
+/// for K separate allocations before any optimizer runs.
+void copy_tensors(benchmark::State& st) {
+  const args a(st);
+  problem& p = shared_problem(a.n, a.k);
+  std::vector<be::vector<float>> dst(a.k);
+  for (std::size_t t = 0; t < a.k; ++t) dst[t].resize(p.g[t].size());
+  const auto k = static_cast<std::ptrdiff_t>(a.k);
+  for (auto _ : st) {
+    if (a.k == 1) {
+      parallel_copy(p.g[0].data(), dst[0].data(), a.n, a.threads);
+    } else {
+#if defined(_OPENMP)
+#pragma omp parallel for schedule(static) if (a.n >= be::parallel_threshold)
+#endif
+      for (std::ptrdiff_t t = 0; t < k; ++t) std::memcpy(dst[t].data(), p.g[t].data(), p.g[t].size() * sizeof(float));
+    }
     benchmark::ClobberMemory();
   }
   set_traffic(st, 8.0 * a.n, a.n, a.threads);
@@ -120,6 +145,7 @@ void opt_adamw(benchmark::State& st) {
 
 const bool registered = [] {
   grid(benchmark::RegisterBenchmark("copy", copy), {1});
+  grid(benchmark::RegisterBenchmark("copy_tensors", copy_tensors), {1, 1000});
   grid(benchmark::RegisterBenchmark("global_norm", global_norm));
   grid(benchmark::RegisterBenchmark("ascend", ascend));
   grid(benchmark::RegisterBenchmark("descend_sgd", descend_sgd));

@@ -1,6 +1,6 @@
-// backend::eigen's vectorised forms of the passes: the whole-segment reductions
-// (stats_pass::segment, check_pass::segment: bitwise equal to the element path, which is also
-// backend::thrust's order) and the branch-free SGD / Adam updates with a
+// backend::eigen's vectorised forms of the passes: the reductions over groups of segments
+// (stats_pass::segments, check_pass::segments, segments of unequal lengths read side by side:
+// bitwise equal to the element path, which is also backend::thrust's order) and the branch-free SGD / Adam updates with a
 // compile-time or run-time fused restore. Each is checked against a float64 reference written
 // here, on tensor sizes that hit the block tails, with tensors that are not perturbed and
 // without weight decay, non-finite and overflowing gradients, and for thread-count invariance.

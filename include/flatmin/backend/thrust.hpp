@@ -12,18 +12,19 @@
 /// no per-pass set-up and no search, and over one launch per tensor because that costs a launch
 /// per tensor.
 ///
-/// **Deterministic reductions.** `reduce` uses exactly the summation tree of `backend::eigen`:
-/// in each segment four strands (elements j ≡ r mod 4 of the full quads, the tail added to strand
-/// 0) are summed in order, combined as (a0 + a1) + (a2 + a3), and the segment partials are added
-/// in segment order on the host. The tree depends only on the segment list, not on the device,
+/// **Deterministic reductions.** `reduce` uses exactly the summation tree of `backend::eigen`
+/// (`reduction_strands` = K strands per segment, layout.hpp): element j of a segment's first
+/// ⌊len/K⌋·K goes to strand j mod K, the tail to strand 0, each strand is summed in order, the
+/// strands are combined pairwise, and the segment partials are added in segment order on the host. The tree depends only on the segment list, not on the device,
 /// the number of OpenMP threads or the launch configuration, so results are bitwise identical
 /// run to run, for any `OMP_NUM_THREADS`, and equal to `backend::eigen`'s (given the same
 /// floating-point contraction: CUDA builds of the tests use `-fmad=false`). `reduce_index` and
 /// `histogram` likewise (blocks of S; histogram counts are integers, hence exact).
-/// The price on a GPU is that a reduction runs one thread per strand (N / 1024 threads, each
-/// reading with a stride of 4 elements) instead of a tree over all elements: expect it to be
-/// slower than `thrust::reduce` for small N. `-DFLATMIN_THRUST_STRANDS=32` gives a GPU 8× more,
-/// coalesced strands (still deterministic, no longer bitwise equal to backend::eigen).
+/// The price on a GPU is that a reduction runs one thread per strand (N / 512 threads, each
+/// reading with a stride of 8 elements; eight consecutive threads read one 32-byte sector) instead
+/// of a tree over all elements: expect it to be slower than `thrust::reduce` for small N.
+/// `-DFLATMIN_THRUST_STRANDS=32` gives a GPU 4× more strands (still deterministic, no longer
+/// bitwise equal to backend::eigen).
 ///
 /// Writing code for this backend (policies, masks): everything a pass calls must be `FLATMIN_HD`
 /// and trivially copyable (raw pointers, no std::vector, no virtuals, no exceptions). Prefer
@@ -66,13 +67,15 @@ inline constexpr std::size_t log2_segment = 12;
 inline constexpr std::size_t segment_size = std::size_t{1} << log2_segment;
 static_assert(segment_size >= 1024, "mask blocks of up to 1024 elements must fit in a segment");
 
-// Strands per segment in reductions. 4 reproduces backend::eigen's summation tree bit for bit (the
-// default, everywhere). A GPU may prefer 32 (a warp reads consecutive elements) at the price of
-// results that are still deterministic but no longer bitwise equal to backend::eigen's.
-#if !defined(FLATMIN_THRUST_STRANDS)
-#define FLATMIN_THRUST_STRANDS 4
-#endif
+// Strands per segment in reductions. The default, backend::reduction_strands, reproduces
+// backend::eigen's summation tree bit for bit (everywhere). A GPU may prefer 32 (a warp reads
+// consecutive elements) at the price of results that are still deterministic but no longer
+// bitwise equal to backend::eigen's.
+#if defined(FLATMIN_THRUST_STRANDS)
 inline constexpr std::uint32_t strands = FLATMIN_THRUST_STRANDS;
+#else
+inline constexpr std::uint32_t strands = reduction_strands;
+#endif
 static_assert(strands >= 1 && (strands & (strands - 1)) == 0 && strands <= 64, "FLATMIN_THRUST_STRANDS: a power of two <= 64");
 
 /// f(elem) for lane v % S of segment v / S.
@@ -91,8 +94,8 @@ struct segment_lanes {
 };
 
 /// Strand r = u % K of segment u / K (K = `strands`): the elements j ≡ r (mod K) of the segment's
-/// first ⌊len/K⌋·K elements, in order; strand 0 then adds the tail. With K = 4 these are exactly
-/// the four accumulators of backend::eigen.
+/// first ⌊len/K⌋·K elements, in order; strand 0 then adds the tail. With the default K these are
+/// exactly the accumulators of backend::eigen.
 template <class R, class T, class F>
 struct segment_strand {
   const tensor_rec<T>* tensors;
@@ -113,16 +116,14 @@ struct segment_strand {
   }
 };
 
-/// The K strands of segment s combined pairwise: K = 4 gives (a0 + a1) + (a2 + a3).
+/// The K strands of segment s combined pairwise (backend::combine_strands).
 template <class R>
-struct combine_strands {
+struct combine_segment_strands {
   const R* strands_of;
   FLATMIN_HD R operator()(std::size_t s) const {
     R a[strands];
     for (std::uint32_t r = 0; r < strands; ++r) a[r] = strands_of[strands * s + r];
-    for (std::uint32_t width = strands; width > 1; width /= 2)
-      for (std::uint32_t r = 0; r < width / 2; ++r) a[r] = a[2 * r] + a[2 * r + 1];
-    return a[0];
+    return combine_strands<strands>(a);
   }
 };
 
@@ -166,13 +167,30 @@ struct histogram_column {
   }
 };
 
-/// Adds device partials in order on the host (the last level of the fixed tree).
+/// Per-thread device buffer of at least `n` elements of R (slot `which` of two), reused by every
+/// reduction so that a step allocates no device memory once it has run; every element a caller
+/// reads it has written first. Leaked on purpose: a static device_vector would be freed after the
+/// CUDA runtime has shut down at exit.
+template <class R, int which>
+R* scratch(std::size_t n) {
+  thread_local ::thrust::device_vector<R>* v = new ::thrust::device_vector<R>();
+  if (v->size() < n) {
+    v->clear();
+    v->shrink_to_fit();
+    v->resize(n);
+  }
+  return ::thrust::raw_pointer_cast(v->data());
+}
+
+/// Adds `n` device partials in order on the host (the last level of the fixed tree).
 template <class R>
-R sum_in_order(const ::thrust::device_vector<R>& partial) {
-  std::vector<R> h(partial.size());
-  ::thrust::copy(partial.begin(), partial.end(), h.begin());
+R sum_in_order(const R* partial, std::size_t n) {
+  thread_local std::vector<R> h;
+  h.resize(n);
+  const auto p = ::thrust::device_pointer_cast(partial);
+  ::thrust::copy(p, p + n, h.begin());
   R total{};
-  for (const R& p : h) total = total + p;
+  for (std::size_t i = 0; i < n; ++i) total = total + h[i];
   return total;
 }
 
@@ -286,19 +304,19 @@ struct thrust {
       R total{};
       for (std::size_t s = 0; s < r.count; ++s) {
         for (std::size_t j = 0; j < k; ++j) a[j] = strand(s * k + j);
-        total = total + thrust_detail::combine_strands<R>{a}(0);
+        total = total + combine_strands<k>(a);
       }
       return total;
     }
 #endif
     ::thrust::counting_iterator<std::size_t> first(0);
-    ::thrust::device_vector<R> strands(k * r.count);
-    ::thrust::transform(::thrust::device, first, first + k * r.count, strands.begin(),
+    R* strands = thrust_detail::scratch<R, 0>(k * r.count);
+    R* partial = thrust_detail::scratch<R, 1>(r.count);
+    ::thrust::transform(::thrust::device, first, first + k * r.count, ::thrust::device_pointer_cast(strands),
                         thrust_detail::segment_strand<R, T, F>{r.tensors, r.segments, f});
-    ::thrust::device_vector<R> partial(r.count);
-    ::thrust::transform(::thrust::device, first, first + r.count, partial.begin(),
-                        thrust_detail::combine_strands<R>{::thrust::raw_pointer_cast(strands.data())});
-    return thrust_detail::sum_in_order(partial);
+    ::thrust::transform(::thrust::device, first, first + r.count, ::thrust::device_pointer_cast(partial),
+                        thrust_detail::combine_segment_strands<R>{strands});
+    return thrust_detail::sum_in_order(partial, r.count);
   }
 
   /// Runs `f(i)` for i in [0, n): one launch.
@@ -329,9 +347,10 @@ struct thrust {
     }
 #endif
     ::thrust::counting_iterator<std::size_t> first(0);
-    ::thrust::device_vector<R> partial(nb);
-    ::thrust::transform(::thrust::device, first, first + nb, partial.begin(), thrust_detail::index_block<R, F>{n, f});
-    return thrust_detail::sum_in_order(partial);
+    R* partial = thrust_detail::scratch<R, 1>(nb);
+    ::thrust::transform(::thrust::device, first, first + nb, ::thrust::device_pointer_cast(partial),
+                        thrust_detail::index_block<R, F>{n, f});
+    return thrust_detail::sum_in_order(partial, nb);
   }
 
   /// Counts of `key(i)` over i in [0, n): key returns a bin in [0, bins), or `bins` (or more) to

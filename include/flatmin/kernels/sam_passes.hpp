@@ -11,26 +11,44 @@ namespace flatmin::kernels {
 
 using backend::elem;
 
-/// Σ (s·g)² over `len` consecutive gradients in exactly the order of `backend::eigen`'s element
-/// reduction (and so of `backend::thrust`'s): four strands, element j in strand j mod 4 of the
-/// full quads, the tail in strand 0, each summed in double in order, then (a0 + a1) + (a2 + a3).
-/// Written as straight-line quads so that the host compiler vectorises the four strands as
-/// lanes (no reassociation: each lane is still summed in order), which makes it bitwise equal to
-/// summing `check_pass` element by element.
-template <class T>
-inline double sum_squares_strands(const T* g, std::uint32_t len, T s) {
-  double a[4] = {0.0, 0.0, 0.0, 0.0};
-  std::uint32_t j = 0;
-  for (; j + 4 <= len; j += 4)
-    for (std::uint32_t r = 0; r < 4; ++r) {
-      const double x = double(g[j + r] * s);
-      a[r] = a[r] + x * x;
-    }
-  for (; j < len; ++j) {
-    const double x = double(g[j] * s);
-    a[0] = a[0] + x * x;
+/// Σ (s·g)² over each of M runs of consecutive gradients (`g[m]`, `len[m]`), each in exactly the
+/// order of every backend's element reduction (`backend::reduction_strands` strands, layout.hpp).
+/// Written as straight-line blocks of K so that the host compiler vectorises the strands as lanes
+/// (no reassociation: each lane is still summed in order), which makes each result bitwise equal
+/// to summing `check_pass` element by element. The M runs are read side by side (M streams keep a
+/// core's hardware prefetchers busier than one); each run's own order does not depend on M.
+template <class T, std::uint32_t M, bool Scaled = true>
+inline void sum_squares_strands(const T* const (&g)[M], const std::uint32_t (&len)[M], T s, double (&out)[M]) {
+  if constexpr (Scaled) {
+    // s = 1 (no loss scaling) multiplies by one exactly: the same sums without the multiply
+    if (s == T(1)) return sum_squares_strands<T, M, false>(g, len, s, out);
+  } else {
+    s = T(1);
   }
-  return (a[0] + a[1]) + (a[2] + a[3]);
+  constexpr std::uint32_t K = backend::reduction_strands;
+  double a[M][K] = {};
+  std::uint32_t common = len[0];
+  for (std::uint32_t m = 1; m < M; ++m) common = len[m] < common ? len[m] : common;
+  common -= common % K;
+  for (std::uint32_t j = 0; j < common; j += K)
+    for (std::uint32_t m = 0; m < M; ++m)
+      for (std::uint32_t r = 0; r < K; ++r) {
+        const double x = Scaled ? double(g[m][j + r] * s) : double(g[m][j + r]);
+        a[m][r] = a[m][r] + x * x;
+      }
+  for (std::uint32_t m = 0; m < M; ++m) {  // what is left of each run, continuing its strands
+    std::uint32_t j = common;
+    for (; j + K <= len[m]; j += K)
+      for (std::uint32_t r = 0; r < K; ++r) {
+        const double x = Scaled ? double(g[m][j + r] * s) : double(g[m][j + r]);
+        a[m][r] = a[m][r] + x * x;
+      }
+    for (; j < len[m]; ++j) {
+      const double x = Scaled ? double(g[m][j] * s) : double(g[m][j]);
+      a[m][0] = a[m][0] + x * x;
+    }
+    out[m] = backend::combine_strands<K>(a[m]);
+  }
 }
 
 /// Reduction over g alone: Σg² and the count of non-finite entries.
@@ -45,17 +63,26 @@ struct check_pass {
     return s;
   }
 
-  /// Host fast path over one segment (used by backend::eigen): the same sums in the same order
-  /// as element by element, vectorised. A non-finite entry makes Σg² non-finite (squares are
-  /// ≥ 0), and only then are the entries counted.
-  grad_stats segment(T* /*w*/, T* g, std::uint32_t len, std::size_t /*index*/, std::uint32_t /*flags*/) const {
-    grad_stats s;
-    s.g2 = sum_squares_strands(g, len, inv_scale);
-    if (!is_finite(s.g2))
-      for (std::uint32_t j = 0; j < len; ++j) s.bad += is_finite(g[j] * inv_scale) ? 0.0 : 1.0;
-    return s;
+  /// Host fast path over a group of M segments (used by backend::eigen): the same sums in the
+  /// same order as element by element, vectorised. A non-finite entry makes Σg² non-finite
+  /// (squares are ≥ 0), and only then are the entries counted.
+  template <std::uint32_t M>
+  void segments(const backend::segment_view<T> (&v)[M], grad_stats (&out)[M]) const {
+    const T* g[M];
+    std::uint32_t len[M];
+    double g2[M];
+    for (std::uint32_t m = 0; m < M; ++m) {
+      g[m] = v[m].g;
+      len[m] = v[m].len;
+    }
+    sum_squares_strands(g, len, inv_scale, g2);
+    for (std::uint32_t m = 0; m < M; ++m) {
+      out[m] = grad_stats{};
+      out[m].g2 = g2[m];
+      if (!is_finite(g2[m]))
+        for (std::uint32_t j = 0; j < len[m]; ++j) out[m].bad += is_finite(g[m][j] * inv_scale) ? 0.0 : 1.0;
+    }
   }
-
 };
 
 
@@ -90,20 +117,21 @@ struct stats_pass {
     return s;
   }
 
-  /// Host fast path over one segment (used by backend::eigen when present): SAM with every entry
-  /// masked in, where Σn² = Σd² = Σg² (the same terms in the same order) and kept = len on
-  /// perturbed tensors, so one vectorised sum gives all three, bitwise equal to the element path.
-  /// Other terms and masks have no segment form and are summed element by element.
-  grad_stats segment(T* w, T* g, std::uint32_t len, std::size_t index, std::uint32_t flags) const
+  /// Host fast path over a group of segments (used by backend::eigen when present): SAM with
+  /// every entry masked in, where Σn² = Σd² = Σg² (the same terms in the same order) and kept =
+  /// len on perturbed tensors, so one vectorised sum gives all three, bitwise equal to the element
+  /// path. Other terms and masks have no group form and are summed element by element.
+  template <std::uint32_t M>
+  void segments(const backend::segment_view<T> (&v)[M], grad_stats (&out)[M]) const
     requires(gradient_only)
   {
-    grad_stats s = check_pass<T>{inv_scale}.segment(w, g, len, index, flags);
-    if (flags & tensor_flags::perturb) {
-      s.n2 = s.g2;
-      s.d2 = s.g2;
-      s.kept = double(len);
-    }
-    return s;
+    check_pass<T>{inv_scale}.segments(v, out);
+    for (std::uint32_t m = 0; m < M; ++m)
+      if (v[m].flags & tensor_flags::perturb) {
+        out[m].n2 = out[m].g2;
+        out[m].d2 = out[m].g2;
+        out[m].kept = double(v[m].len);
+      }
   }
 };
 

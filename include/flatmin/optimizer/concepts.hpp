@@ -65,7 +65,9 @@ concept perturbation = requires(const P& p) {
   { p.xi } -> std::convertible_to<double>;
 };
 
-/// A mask: validate() and a per-run state created for (T, Backend).
+/// A mask: validate() and a per-run state created for (T, Backend). A mask whose storage is
+/// compact (`compact`, refined by `is_compact()`) must keep the mask equal to 1 on every entry of
+/// `range()`: the optimizer then runs the ascent and restore over the range without the view.
 template <class M, class T, class Backend>
 concept mask_policy = requires(const M& m, typename M::template state<T, Backend>& s,
                                const backend::layout<T, Backend>& l) {

@@ -31,6 +31,7 @@
 #include "../backend/layout.hpp"
 #include "../descent/standard.hpp"
 #include "../kernels/sam_passes.hpp"
+#include "../mask/dense.hpp"
 #include "../params/param_set.hpp"
 #include "../regularize/none.hpp"
 #include "concepts.hpp"
@@ -135,10 +136,10 @@ class sharpness_aware {
       // With ξ = 0 a vanishing (subnormal) g makes ρ/‖g‖ overflow T: treat it as g = 0 (ε = 0)
       // rather than write an infinite ε into the weights.
       if (!(scale <= static_cast<double>(std::numeric_limits<T>::max()))) scale = 0.0;
-      Backend::for_each(mask_state_.range(layout_),
-                        kernels::ascend_pass<T, term_type, mask_view>{term(), mask_state_.get_view(),
-                                                                      static_cast<T>(scale), inv,
-                                                                      Backend::data(saved_)});
+      const T step_scale = static_cast<T>(scale);
+      over_range([&](auto view) {
+        return kernels::ascend_pass<T, term_type, decltype(view)>{term(), view, step_scale, inv, Backend::data(saved_)};
+      });
       report_.grad_norm = std::sqrt(s.g2);
       report_.perturbation_norm = scale * std::sqrt(s.d2);
       report_.mask_density = perturbable_ ? s.kept / static_cast<double>(perturbable_) : 0.0;
@@ -380,8 +381,20 @@ class sharpness_aware {
   }
 
   void restore() {
-    Backend::for_each(mask_state_.range(layout_),
-                      kernels::restore_pass<T, mask_view>{mask_state_.get_view(), Backend::data(saved_)});
+    over_range([&](auto view) { return kernels::restore_pass<T, decltype(view)>{view, Backend::data(saved_)}; });
+  }
+
+  /// Runs the pass `make(view)` over the mask's range. A compact range holds masked-in entries only
+  /// (every compact mask's invariant: its range is its active units plus the ineligible tensors,
+  /// where the mask is 1), so there the all-true view of mask::dense replaces the per-entry unit and
+  /// bit lookup, which would otherwise cost more than the pass's memory traffic.
+  template <class Make>
+  void over_range(const Make& make) {
+    const auto range = mask_state_.range(layout_);
+    if (mask_compact())
+      Backend::for_each(range, make(typename mask::dense::template state<T, Backend>::view{}));
+    else
+      Backend::for_each(range, make(mask_state_.get_view()));
   }
 
   template <class P>
