@@ -198,11 +198,12 @@ struct eigen {
       // Eight interleaved sub-histograms, element i + r counted in sub-histogram r, incremented
       // without a branch: runs of equal keys (common in a radix select's first digit) would
       // otherwise chain the increments of one counter through memory. On the machine of
-      // bench/RESULTS.md, the first pass of a top-k over 10^7 float scores, one thread: 65 ms with
-      // four sub-histograms and a branch, 27-44 ms now (the key functor's own branches remain).
+      // bench/RESULTS.md, the first pass of a top-k over 10^7 float scores, one thread: 65-69 ms
+      // with four sub-histograms and a branch, 36-44 ms now (the key functor's branches remain).
       constexpr std::size_t ways = 8;
-      const std::size_t stride = bins + 1;  // bin `bins` of each sub-histogram counts the left-out keys
-      const F key_of = key;                 // a local copy: the counter stores cannot alias its fields
+      // locals, not the shared variables of the parallel region: the counter stores cannot alias them
+      const std::size_t nbins = bins, stride = bins + 1;  // bin `nbins` of each sub-histogram: left-out keys
+      const F key_of = key;
       std::vector<std::uint32_t> sub(ways * stride, 0u);
       const std::size_t lo = static_cast<std::size_t>(b) * segment_size * 16, hi = std::min(n, lo + segment_size * 16);
       std::size_t i = lo;
@@ -210,11 +211,11 @@ struct eigen {
       for (; i + ways <= hi; i += ways)
         for (std::size_t r = 0; r < ways; ++r) {
           const auto k = static_cast<std::size_t>(key_of(i + r));
-          ++sub[r * stride + (k < bins ? k : bins)];
+          ++sub[r * stride + (k < nbins ? k : nbins)];
         }
       for (; i < hi; ++i) {
         const auto k = static_cast<std::size_t>(key_of(i));
-        ++sub[k < bins ? k : bins];
+        ++sub[k < nbins ? k : nbins];
       }
       std::uint64_t* h = local.data() + static_cast<std::size_t>(b) * bins;
       for (std::size_t k = 0; k < bins; ++k) {

@@ -104,7 +104,7 @@ struct dynamic {
       Backend::copy(bits_, old);
       auto score = Backend::template make_vector<T>(units_.count(), T(0));
       detail::add_scores(l, units_, Backend::data(score), inv_scale, detail::score_of::magnitude, false);
-      const detail::score_key<T, true> drop_key{Backend::data(score), Backend::data(old), true};
+      const detail::score_key<T> drop_key{Backend::data(score), Backend::data(old), true};
       const detail::random_key<T> grow_key{uview_, m.seed, step, Backend::data(old), false};
       const auto kept = detail::top_k<Backend>(units_.count(), keep_n, drop_key, detail::float_key_bits<T>);
       const auto grown = detail::top_k<Backend>(units_.count(), grow_n, grow_key, 32);

@@ -67,7 +67,7 @@ struct digit_of_key {
   unsigned shift;
   std::uint32_t bins;  ///< digit mask + 1; also the "left out" answer
   FLATMIN_HD std::size_t operator()(std::size_t u) const {
-    std::uint64_t k = 0;
+    std::uint64_t k;
     if (!key(u, k) || (k & high) != prefix) return bins;
     return static_cast<std::size_t>((k >> shift) & (bins - 1));
   }
@@ -79,7 +79,7 @@ struct digit_of_tied_index {
   unsigned shift;
   std::uint32_t bins;
   FLATMIN_HD std::size_t operator()(std::size_t u) const {
-    std::uint64_t k = 0;
+    std::uint64_t k;
     if (!key(u, k) || k != threshold || (u & high) != prefix) return bins;
     return static_cast<std::size_t>((u >> shift) & (bins - 1));
   }

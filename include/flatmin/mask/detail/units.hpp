@@ -309,11 +309,9 @@ void add_scores(const backend::layout<T, Backend>& l, const units<T, Backend>& u
     Backend::for_each_index(u.count(), block_scores<T>{u.view(l), acc, inv_scale, what, accumulate});
 }
 
-/// Top-k key: the unit's score, for candidate units (score ≥ 0); with `Among`, only those whose
-/// bit in `among` equals `among_value`. (`Among` is a template parameter rather than a null
-/// check: with the run-time check GCC compiled the histogram loop of a 10^7-unit top-k 3-4× slower,
-/// 47-53 ms against 14 ms on the machine of bench/RESULTS.md.)
-template <class T, bool Among = false>
+/// Top-k key: the unit's score, for candidate units (score ≥ 0), optionally only those whose bit
+/// in `among` equals `among_value`.
+template <class T>
 struct score_key {
   const T* score;
   const std::uint32_t* among = nullptr;
@@ -321,8 +319,7 @@ struct score_key {
   FLATMIN_HD bool operator()(std::size_t u, std::uint64_t& k) const {
     const T s = score[u];
     if (!(s >= T(0))) return false;
-    if constexpr (Among)
-      if (test_bit(among, u) != among_value) return false;
+    if (among && test_bit(among, u) != among_value) return false;
     k = float_key(s);
     return true;
   }
