@@ -363,9 +363,9 @@ class sharpness_aware {
       // The masked entries are exactly the compact range (see over_range): the sums over the mask
       // are taken over the range, those over all entries over the full layout, both with the
       // all-true view, which lets the SAM term use the vectorised group form instead of a unit
-      // and bit lookup per entry (blocks of 128 at 10 % kept, N = 10^7: ascend() 33 → see
-      // bench/RESULTS.md). Deterministic and the same on every backend; the masked sums are
-      // added in the range's segment order.
+      // and bit lookup per entry (blocks of 128 at 10 % kept, N = 10^7: ascend() + cancel() 37 →
+      // 6.3 ms, bench_masks in bench/RESULTS.md). Deterministic and the same on every backend; the
+      // masked sums are added in the range's segment order. One extra pass, over the range only.
       using all_view = typename mask::dense::template state<T, Backend>::view;
       const kernels::stats_pass<T, term_type, all_view> pass{term(), all_view{}, inv, true};
       kernels::grad_stats s = Backend::template reduce<kernels::grad_stats>(layout_.full(), pass);
