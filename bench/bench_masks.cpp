@@ -141,6 +141,7 @@ void BM_ascend_cancel(benchmark::State& st) {
 }
 BENCHMARK(BM_ascend_cancel)
     ->Args({0, 1000})
+    ->Args({1, 500})
     ->Args({1, 100})
     ->Args({128, 100})
     ->Args({128, 10})

@@ -51,6 +51,10 @@ inline void sum_squares_strands(const T* const (&g)[M], const std::uint32_t (&le
   }
 }
 
+/// Whether a mask view is 1 everywhere at compile time (mask::dense's `all`).
+template <class Mask>
+inline constexpr bool mask_is_all = requires { requires Mask::all; };
+
 /// Reduction over g alone: Σg² and the count of non-finite entries.
 template <class T>
 struct check_pass {
@@ -95,7 +99,7 @@ struct stats_pass {
   T inv_scale;
   bool norm_over_mask;  ///< the norm runs over the masked entries only (else over all perturbable)
 
-  static constexpr bool gradient_only = requires { requires Term::is_gradient && Mask::all; };
+  static constexpr bool gradient_only = requires { requires Term::is_gradient; } && mask_is_all<Mask>;
 
   FLATMIN_HD grad_stats operator()(const elem<T>& e) const {
     const T g = e.g * inv_scale;
@@ -144,11 +148,15 @@ struct ascend_pass {
   T inv_scale;
   T* saved;
 
+  /// Without a branch on the mask inside a perturbed tensor: w is saved for every entry the range
+  /// holds (each has a slot: dense storage, or a compact range of masked-in entries; the restore
+  /// selects by the same mask) and the move is blended in by the mask bit.
   FLATMIN_HD void operator()(const elem<T>& e) const {
-    if (!(e.flags & tensor_flags::perturb) || !mask(e.i, e.flags)) return;
+    if (!(e.flags & tensor_flags::perturb)) return;  // per tensor: predictable
     const T w = e.w;
     saved[e.k] = w;
-    e.w = w + scale * term.dir(w, e.g * inv_scale, e.i, e.flags);
+    const T moved = w + scale * term.dir(w, e.g * inv_scale, e.i, e.flags);
+    e.w = mask_is_all<Mask> ? moved : blend(mask(e.i, e.flags), moved, w);
   }
 };
 
@@ -158,7 +166,8 @@ struct restore_pass {
   Mask mask;
   const T* saved;
   FLATMIN_HD void operator()(const elem<T>& e) const {
-    if ((e.flags & tensor_flags::perturb) && mask(e.i, e.flags)) e.w = saved[e.k];
+    if (!(e.flags & tensor_flags::perturb)) return;  // per tensor: predictable
+    e.w = mask_is_all<Mask> ? saved[e.k] : blend(mask(e.i, e.flags), saved[e.k], e.w);
   }
 };
 
