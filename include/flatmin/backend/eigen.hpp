@@ -11,8 +11,8 @@
 /// the partials in segment order, so results are bitwise identical for any thread count, with or
 /// without OpenMP. Groups of `reduction_group` segments are summed by the functor's
 /// `segments(views, out)` when it has one (a SIMD form, kernels/sam_passes.hpp), else each segment
-/// element by element into
-/// `reduction_strands` interleaved accumulators (the order both forms share, layout.hpp).
+/// element by element into `reduction_strands` interleaved accumulators (the order both forms
+/// share, layout.hpp).
 
 #include <concepts>
 #include <cstdlib>

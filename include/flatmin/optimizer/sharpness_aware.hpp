@@ -325,6 +325,7 @@ class sharpness_aware {
   enum class phase { idle, ascended, skipped };
   using mask_state_type = typename Mask::template state<T, Backend>;
   using mask_view = decltype(std::declval<const mask_state_type&>().get_view());
+  using all_view = typename mask::dense::template state<T, Backend>::view;  ///< m ≡ 1
   using term_type = decltype(std::declval<const Perturb&>().template term<T>(
       std::declval<const typename Base::template state<T, Backend>&>(), std::size_t{}));
   static constexpr std::uint64_t magic = 0x314e494d54414c46ull;  // "FLATMIN1"
@@ -366,7 +367,6 @@ class sharpness_aware {
       // and bit lookup per entry (blocks of 128 at 10 % kept, N = 10^7: ascend() + cancel() 37 →
       // 6.3 ms, bench_masks in bench/RESULTS.md). Deterministic and the same on every backend; the
       // masked sums are added in the range's segment order. One extra pass, over the range only.
-      using all_view = typename mask::dense::template state<T, Backend>::view;
       const kernels::stats_pass<T, term_type, all_view> pass{term(), all_view{}, inv, true};
       kernels::grad_stats s = Backend::template reduce<kernels::grad_stats>(layout_.full(), pass);
       const kernels::grad_stats m = Backend::template reduce<kernels::grad_stats>(mask_state_.range(layout_), pass);
@@ -408,7 +408,7 @@ class sharpness_aware {
   void over_range(const Make& make) {
     const auto range = mask_state_.range(layout_);
     if (mask_compact())
-      Backend::for_each(range, make(typename mask::dense::template state<T, Backend>::view{}));
+      Backend::for_each(range, make(all_view{}));
     else
       Backend::for_each(range, make(mask_state_.get_view()));
   }
