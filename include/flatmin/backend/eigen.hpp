@@ -110,8 +110,9 @@ struct eigen {
   }
 
   /// Segments a host fast path of a reduction reads side by side (kernels::check_pass::segments):
-  /// four read streams per core instead of one take a sum of squares from 8 to 11 GB/s on one core
-  /// of the machine in bench/RESULTS.md. It does not change any segment's summation order.
+  /// four read streams per core keep its hardware prefetchers busier than one (with the eight
+  /// strands of layout.hpp, bench_passes' global_norm at N = 10^7 on one core went from 8.3 to
+  /// 4.3 ms: bench/RESULTS.md). It does not change any segment's summation order.
   static constexpr std::uint32_t reduction_group = 4;
 
   /// Sum over the range of `f(elem<T>) -> R` (R has `+` and value-initialises to zero).
@@ -136,7 +137,7 @@ struct eigen {
           // past the last segment: an empty run (its result is dropped)
           const segment& s = segs[first + m < nseg ? first + m : first];
           const tensor_rec<T>& t = tensors[s.tensor];
-          v[m] = {t.w + s.local, t.g + s.local, s.index, first + m < nseg ? s.len : 0u, t.flags};
+          v[m] = {t.w + s.local, t.g + s.local, first + m < nseg ? s.len : 0u, t.flags};
         }
         f.segments(v, out);
         for (std::uint32_t m = 0; m < reduction_group && first + m < nseg; ++m) partial[first + m] = out[m];
@@ -197,14 +198,14 @@ struct eigen {
     for (std::ptrdiff_t b = 0; b < nbb; ++b) {
       // Eight interleaved sub-histograms, element i + r counted in sub-histogram r, incremented
       // without a branch: runs of equal keys (common in a radix select's first digit) would
-      // otherwise chain the increments of one counter through memory. On the machine of
-      // bench/RESULTS.md, the first pass of a top-k over 10^7 float scores, one thread: 65-69 ms
-      // with four sub-histograms and a branch, 36-44 ms now (the key functor's branches remain).
+      // otherwise chain the increments of one counter through memory (bench_masks'
+      // BM_fisher_refresh with element units went from 17.4 to 14.8 copy passes).
       constexpr std::size_t ways = 8;
       // locals, not the shared variables of the parallel region: the counter stores cannot alias them
       const std::size_t nbins = bins, stride = bins + 1;  // bin `nbins` of each sub-histogram: left-out keys
       const F key_of = key;
-      std::vector<std::uint32_t> sub(ways * stride, 0u);
+      std::vector<std::uint32_t>& sub = scratch<std::uint32_t>(ways * stride);  // this thread's, reused
+      std::fill(sub.begin(), sub.end(), 0u);
       const std::size_t lo = static_cast<std::size_t>(b) * segment_size * 16, hi = std::min(n, lo + segment_size * 16);
       std::size_t i = lo;
       // unconditional increments (left-out keys go to the extra bin): no branch on the data
@@ -240,7 +241,7 @@ struct eigen {
 
  private:
   /// Per-thread buffer of `n` partial sums, reused across calls so that a step allocates nothing
-  /// once it has run (every entry is overwritten by the caller).
+  /// once it has run (the caller overwrites or clears every entry it reads).
   template <class R>
   static std::vector<R>& scratch(std::size_t n) {
     thread_local std::vector<R> v;

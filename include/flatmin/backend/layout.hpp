@@ -77,7 +77,6 @@ template <class T>
 struct segment_view {
   T* w;
   T* g;
-  std::uint64_t index;
   std::uint32_t len;
   std::uint32_t flags;
 };

@@ -15,8 +15,9 @@
 /// **Deterministic reductions.** `reduce` uses exactly the summation tree of `backend::eigen`
 /// (`reduction_strands` = K strands per segment, layout.hpp): element j of a segment's first
 /// ⌊len/K⌋·K goes to strand j mod K, the tail to strand 0, each strand is summed in order, the
-/// strands are combined pairwise, and the segment partials are added in segment order on the host. The tree depends only on the segment list, not on the device,
-/// the number of OpenMP threads or the launch configuration, so results are bitwise identical
+/// strands are combined pairwise, and the segment partials are added in segment order on the
+/// host. The tree depends only on the segment list, not on the device, the number of OpenMP
+/// threads or the launch configuration, so results are bitwise identical
 /// run to run, for any `OMP_NUM_THREADS`, and equal to `backend::eigen`'s (given the same
 /// floating-point contraction: CUDA builds of the tests use `-fmad=false`). `reduce_index` and
 /// `histogram` likewise (blocks of S; histogram counts are integers, hence exact).

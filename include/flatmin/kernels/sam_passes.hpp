@@ -17,36 +17,25 @@ using backend::elem;
 /// (no reassociation: each lane is still summed in order), which makes each result bitwise equal
 /// to summing `check_pass` element by element. The M runs are read side by side (M streams keep a
 /// core's hardware prefetchers busier than one); each run's own order does not depend on M.
-template <class T, std::uint32_t M, bool Scaled = true>
+template <class T, std::uint32_t M>
 inline void sum_squares_strands(const T* const (&g)[M], const std::uint32_t (&len)[M], T s, double (&out)[M]) {
-  if constexpr (Scaled) {
-    // s = 1 (no loss scaling) multiplies by one exactly: the same sums without the multiply
-    if (s == T(1)) return sum_squares_strands<T, M, false>(g, len, s, out);
-  } else {
-    s = T(1);
-  }
   constexpr std::uint32_t K = backend::reduction_strands;
+  const auto sq = [s](T x) {
+    const double y = double(x * s);
+    return y * y;
+  };
   double a[M][K] = {};
   std::uint32_t common = len[0];
   for (std::uint32_t m = 1; m < M; ++m) common = len[m] < common ? len[m] : common;
   common -= common % K;
   for (std::uint32_t j = 0; j < common; j += K)
     for (std::uint32_t m = 0; m < M; ++m)
-      for (std::uint32_t r = 0; r < K; ++r) {
-        const double x = Scaled ? double(g[m][j + r] * s) : double(g[m][j + r]);
-        a[m][r] = a[m][r] + x * x;
-      }
+      for (std::uint32_t r = 0; r < K; ++r) a[m][r] = a[m][r] + sq(g[m][j + r]);
   for (std::uint32_t m = 0; m < M; ++m) {  // what is left of each run, continuing its strands
     std::uint32_t j = common;
     for (; j + K <= len[m]; j += K)
-      for (std::uint32_t r = 0; r < K; ++r) {
-        const double x = Scaled ? double(g[m][j + r] * s) : double(g[m][j + r]);
-        a[m][r] = a[m][r] + x * x;
-      }
-    for (; j < len[m]; ++j) {
-      const double x = Scaled ? double(g[m][j] * s) : double(g[m][j]);
-      a[m][0] = a[m][0] + x * x;
-    }
+      for (std::uint32_t r = 0; r < K; ++r) a[m][r] = a[m][r] + sq(g[m][j + r]);
+    for (; j < len[m]; ++j) a[m][0] = a[m][0] + sq(g[m][j]);
     out[m] = backend::combine_strands<K>(a[m]);
   }
 }
