@@ -169,6 +169,59 @@ TEST_CASE_TEMPLATE("backend: histograms are exact", Backend, FLATMIN_TEST_BACKEN
   }
 }
 
+namespace {
+// 0, 1 (about 40 %) or 2 (about 2 %) from a hash of the index; `group` is the optional 32-wide
+// form of backend::eigen::count_and_collect, here written out per index.
+struct hashed_code {
+  FLATMIN_HD std::uint32_t operator()(std::size_t i) const {
+    const std::uint64_t h = (static_cast<std::uint64_t>(i) * 0x9E3779B97F4A7C15ull) >> 40;
+    const std::uint64_t r = h % 50;
+    return r < 20 ? 1u : (r == 49 ? 2u : 0u);
+  }
+};
+struct hashed_code_grouped : hashed_code {
+  flatmin::backend::code_group group(std::size_t i) const {
+    flatmin::backend::code_group c;
+    for (std::uint32_t j = 0; j < 32; ++j) {
+      const std::uint32_t x = (*this)(i + j);
+      c.ones += x == 1;
+      c.twos |= static_cast<std::uint32_t>(x == 2) << j;
+    }
+    return c;
+  }
+};
+}  // namespace
+
+TEST_CASE_TEMPLATE("backend: count_and_collect counts exactly and lists the 2s in order", Backend, FLATMIN_TEST_BACKENDS) {
+  for (std::size_t n : {std::size_t{0}, std::size_t{1}, std::size_t{31}, std::size_t{5003}, std::size_t{300001}, std::size_t{1} << 20}) {
+    CAPTURE(n);
+    std::uint64_t ones = 0;
+    std::vector<std::uint64_t> twos;
+    for (std::size_t i = 0; i < n; ++i) {
+      const std::uint32_t c = hashed_code{}(i);
+      ones += c == 1;
+      if (c == 2) twos.push_back(i);
+    }
+    auto run = [&](auto code, std::size_t cap) {
+      auto out = Backend::template make_vector<std::uint64_t>(cap + 1, 7u);
+      const auto r = Backend::count_and_collect(n, code, Backend::data(out), cap);
+      CHECK(r.counted == ones);
+      CHECK(r.collected == twos.size());
+      auto h = Backend::to_host(out);
+      if (twos.size() <= cap) {
+        h.resize(twos.size());
+        CHECK(h == twos);
+      }
+    };
+    run(hashed_code{}, twos.size());
+    run(hashed_code_grouped{}, twos.size() + 100);
+    if (!twos.empty()) {  // too small a capacity: the counts stay exact
+      run(hashed_code{}, twos.size() - 1);
+      run(hashed_code_grouped{}, twos.size() / 2);
+    }
+  }
+}
+
 TEST_CASE_TEMPLATE("backend: state vectors round-trip and fill/copy", Backend, FLATMIN_TEST_BACKENDS) {
   const std::vector<float> h{1.f, -2.f, 3.5f};
   auto v = Backend::from_host(h);

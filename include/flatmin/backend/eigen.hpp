@@ -14,6 +14,8 @@
 /// element by element into `reduction_strands` interleaved accumulators (the order both forms
 /// share, layout.hpp).
 
+#include <algorithm>
+#include <bit>
 #include <concepts>
 #include <cstdlib>
 #include <memory>
@@ -228,6 +230,80 @@ struct eigen {
     for (std::size_t b = 0; b < nb; ++b)
       for (std::size_t k = 0; k < bins; ++k) counts[k] += local[b * bins + k];
     return counts;
+  }
+
+  /// One pass over i in [0, n) with `code(i)` in {0, 1, 2}: counts the 1s, and writes the indices
+  /// of the 2s in ascending order to `out` (host memory) when there are at most `cap` of them
+  /// (otherwise `out` is left unspecified; the counts are exact either way). A classifier may offer
+  /// `group(i) -> code_group` for indices i … i + 31 (a SIMD form; mask/detail/score_top_k.hpp),
+  /// which then does the work 32 indices at a time, the indices of the 2s read off its bit mask.
+  /// Thread-count invariant.
+  template <class F>
+  static count_collect_result count_and_collect(std::size_t n, const F& code, std::uint64_t* out, std::size_t cap) {
+    constexpr std::size_t block = segment_size * 16;
+    const std::size_t nb = (n + block - 1) / block;
+    if (nb == 0) return {};
+    std::vector<std::uint64_t> counted(nb), found(nb), first(nb + 1), at(nb);
+    std::vector<const std::uint64_t*> list_of(nb);
+    const auto nbb = static_cast<std::ptrdiff_t>(nb);
+#if defined(_OPENMP)
+#pragma omp parallel if (n >= parallel_threshold)
+#endif
+    {
+      thread_local std::vector<std::uint64_t> list;  // this thread's indices, block after block
+      std::vector<std::uint64_t>& mine = list;
+      mine.clear();
+      const F f = code;  // a local copy: its fields stay in registers
+#if defined(_OPENMP)
+#pragma omp for schedule(static)
+#endif
+      for (std::ptrdiff_t b = 0; b < nbb; ++b) {
+        const std::size_t lo = static_cast<std::size_t>(b) * block, hi = std::min(n, lo + block);
+        const std::size_t start = mine.size();
+        std::uint64_t ones = 0, twos = 0;
+        std::size_t i = lo;
+        if constexpr (requires { { f.group(i) } -> std::same_as<code_group>; }) {
+          for (; i + 32 <= hi; i += 32) {
+            const code_group c = f.group(i);
+            ones += c.ones;
+            if (c.twos != 0) {
+              twos += static_cast<std::uint32_t>(std::popcount(c.twos));
+              if (mine.size() < cap)  // past cap nothing is copied: stop storing
+                for (std::uint32_t m = c.twos; m != 0; m &= m - 1) mine.push_back(i + static_cast<std::size_t>(std::countr_zero(m)));
+            }
+          }
+        }
+        for (; i < hi; ++i) {
+          const std::uint32_t c = f(i);
+          ones += c == 1;
+          twos += c == 2;
+          if (c == 2 && mine.size() < cap) mine.push_back(i);
+        }
+        counted[b] = ones;
+        found[b] = twos;  // all stored when the total fits (no list then reaches cap)
+        at[b] = start;
+      }
+      // the list no longer grows: publish where this thread's blocks are (the same static
+      // schedule over the same count gives each thread the same blocks)
+#if defined(_OPENMP)
+#pragma omp for schedule(static)
+#endif
+      for (std::ptrdiff_t b = 0; b < nbb; ++b) list_of[b] = mine.data() + at[b];
+#if defined(_OPENMP)
+#pragma omp single
+#endif
+      for (std::size_t b = 0; b < nb; ++b) first[b + 1] = first[b] + found[b];
+      if (first[nb] <= cap) {
+#if defined(_OPENMP)
+#pragma omp for schedule(static)
+#endif
+        for (std::ptrdiff_t b = 0; b < nbb; ++b) std::copy(list_of[b], list_of[b] + found[b], out + first[b]);
+      }
+    }
+    count_collect_result r;
+    for (std::size_t b = 0; b < nb; ++b) r.counted += counted[b];
+    r.collected = first[nb];
+    return r;
   }
 
   /// Number of threads a large pass uses.

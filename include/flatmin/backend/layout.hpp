@@ -81,6 +81,19 @@ struct segment_view {
   std::uint32_t flags;
 };
 
+/// What `Backend::count_and_collect` returns: how many indices the classifier marked 1 (counted)
+/// and 2 (collected; their indices were written only if they fit the caller's capacity).
+struct count_collect_result {
+  std::uint64_t counted = 0;
+  std::uint64_t collected = 0;
+};
+/// A classifier's optional host fast path over 32 consecutive indices: how many are 1, and the
+/// bit mask of the 2s (bit j: index i + j).
+struct code_group {
+  std::uint32_t ones = 0;
+  std::uint32_t twos = 0;
+};
+
 /// A pass: a tensor table and a segment list, both in the backend's memory.
 template <class T>
 struct pass_range {

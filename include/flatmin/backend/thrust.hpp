@@ -48,6 +48,7 @@
 #include <thrust/for_each.h>
 #include <thrust/iterator/counting_iterator.h>
 #include <thrust/transform.h>
+#include <thrust/transform_reduce.h>
 
 #include "../params/thrust_views.hpp"
 #include "layout.hpp"
@@ -110,7 +111,19 @@ struct segment_strand {
     T* g = t.g + s.local;
     const std::uint32_t len = s.len, body = len - len % strands;
     R a{};
-    for (std::uint32_t j = r; j < body; j += strands) a = a + f(elem<T>{w[j], g[j], s.index + j, s.slot + j, s.tensor, t.flags});
+    std::uint32_t j = r;
+    // U terms evaluated (their loads issued) before any is added: U loads in flight per thread
+    // instead of one, the additions still one by one in order (the tree does not change).
+    constexpr std::uint32_t U = sizeof(R) <= 16 ? 8 : 4;
+    for (; j + (U - 1) * strands < body; j += U * strands) {
+      R v[U];
+      for (std::uint32_t q = 0; q < U; ++q) {
+        const std::uint32_t jq = j + q * strands;
+        v[q] = f(elem<T>{w[jq], g[jq], s.index + jq, s.slot + jq, s.tensor, t.flags});
+      }
+      for (std::uint32_t q = 0; q < U; ++q) a = a + v[q];
+    }
+    for (; j < body; j += strands) a = a + f(elem<T>{w[j], g[j], s.index + j, s.slot + j, s.tensor, t.flags});
     if (r == 0)
       for (std::uint32_t j = body; j < len; ++j) a = a + f(elem<T>{w[j], g[j], s.index + j, s.slot + j, s.tensor, t.flags});
     return a;
@@ -157,14 +170,83 @@ struct histogram_block {
   }
 };
 
+/// CUDA: counts of key(i) by atomic adds into one of `copies` sub-histograms (copy i % copies), so
+/// that the 32 lanes of a warp never add to the same counter even when their keys are equal.
+template <class F>
+struct histogram_atomic {
+  F key;
+  unsigned long long* rows;
+  std::size_t bins, copies;
+  FLATMIN_HD void operator()(std::size_t i) const {
+    const auto k = static_cast<std::size_t>(key(i));
+#if defined(__CUDA_ARCH__)
+    if (k < bins) atomicAdd(rows + (i % copies) * bins + k, 1ull);
+#else
+    if (k < bins) ++rows[(i % copies) * bins + k];  // not used on the host systems
+#endif
+  }
+};
+
 /// Column k of the per-block rows, summed.
+template <class C>
 struct histogram_column {
-  const std::uint32_t* rows;
+  const C* rows;
   std::size_t nblocks, bins;
   FLATMIN_HD std::uint64_t operator()(std::size_t k) const {
     std::uint64_t c = 0;
     for (std::size_t b = 0; b < nblocks; ++b) c += rows[b * bins + k];
     return c;
+  }
+};
+
+/// count_and_collect: the two counts of one index, their sum, and the "collect" predicate.
+template <class F>
+struct code_counts {
+  F code;
+  FLATMIN_HD count_collect_result operator()(std::size_t i) const {
+    const std::uint32_t c = code(i);
+    return {c == 1 ? 1u : 0u, c == 2 ? 1u : 0u};
+  }
+};
+struct add_counts {
+  FLATMIN_HD count_collect_result operator()(const count_collect_result& a, const count_collect_result& b) const {
+    return {a.counted + b.counted, a.collected + b.collected};
+  }
+};
+template <class F>
+struct code_is_two {
+  F code;
+  FLATMIN_HD bool operator()(std::size_t i) const { return code(i) == 2; }
+};
+
+/// count_and_collect on the host systems: the counts of one block of indices, and the indices of
+/// its 2s written from `start[b]` (Thrust's OMP copy_if runs serially).
+template <class F>
+struct block_code_counts {
+  std::size_t n, block;
+  F code;
+  FLATMIN_HD count_collect_result operator()(std::size_t b) const {
+    count_collect_result r;
+    const std::size_t lo = b * block, hi = lo + block < n ? lo + block : n;
+    for (std::size_t i = lo; i < hi; ++i) {
+      const std::uint32_t c = code(i);
+      r.counted += c == 1;
+      r.collected += c == 2;
+    }
+    return r;
+  }
+};
+template <class F>
+struct block_code_collect {
+  std::size_t n, block;
+  F code;
+  const std::uint64_t* start;
+  std::uint64_t* out;
+  FLATMIN_HD void operator()(std::size_t b) const {
+    std::uint64_t* o = out + start[b];
+    const std::size_t lo = b * block, hi = lo + block < n ? lo + block : n;
+    for (std::size_t i = lo; i < hi; ++i)
+      if (code(i) == 2) *o++ = i;
   }
 };
 
@@ -232,11 +314,11 @@ struct thrust {
       const cudaError_t e = cudaPointerGetAttributes(&a, p);
       if (e != cudaSuccess) {
         static_cast<void>(cudaGetLastError());  // a non-sticky error: clear it so that later CUDA calls do not report it
-        throw usage_error("flatmin: the " + std::string(what) + " of tensor " + detail::quote(v.name) +
+        throw usage_error("flatmin: the " + std::string(what) + " of tensor " + flatmin::detail::quote(v.name) +
                           " is not memory the CUDA runtime knows (" + cudaGetErrorString(e) + ")");
       }
       if (a.type != cudaMemoryTypeDevice && a.type != cudaMemoryTypeManaged)
-        throw usage_error("flatmin: the " + std::string(what) + " of tensor " + detail::quote(v.name) +
+        throw usage_error("flatmin: the " + std::string(what) + " of tensor " + flatmin::detail::quote(v.name) +
                           " is host memory; backend thrust (CUDA) needs device or managed memory");
     };
     check(v.value, "value");
@@ -355,8 +437,10 @@ struct thrust {
   }
 
   /// Counts of `key(i)` over i in [0, n): key returns a bin in [0, bins), or `bins` (or more) to
-  /// leave i out. Each block of the index space counts into its own row of 32-bit counters
-  /// (blocks grow so that the rows stay under 64 MiB); the rows are then summed per bin.
+  /// leave i out. On the host systems each block of the index space counts into its own row of
+  /// 32-bit counters (blocks grow so that the rows stay under 64 MiB); under CUDA every index adds
+  /// atomically into one of 64 sub-histograms. The rows are then summed per bin: integer counts,
+  /// exact in any order.
   template <class F>
   static std::vector<std::uint64_t> histogram(std::size_t n, std::size_t bins, const F& key) {
     std::vector<std::uint64_t> counts(bins, 0);
@@ -370,18 +454,78 @@ struct thrust {
       return counts;
     }
 #endif
+    ::thrust::counting_iterator<std::size_t> first(0);
+    ::thrust::device_vector<std::uint64_t> col(bins);
+#if defined(FLATMIN_THRUST_IS_CUDA)
+    // One thread per index, atomic adds into 64 sub-histograms: a thread per block of indices
+    // (below) leaves a GPU mostly idle and its rows uncoalesced (bench_cuda_passes'
+    // bm_fisher_refresh, bench/RESULTS.md).
+    constexpr std::size_t copies = 64;
+    ::thrust::device_vector<unsigned long long> rows(copies * bins, 0ull);
+    ::thrust::for_each(::thrust::device, first, first + n,
+                       thrust_detail::histogram_atomic<F>{key, ::thrust::raw_pointer_cast(rows.data()), bins, copies});
+    ::thrust::transform(::thrust::device, first, first + bins, col.begin(),
+                        thrust_detail::histogram_column<unsigned long long>{::thrust::raw_pointer_cast(rows.data()), copies, bins});
+#else
     std::size_t block = segment_size;
     while (((n + block - 1) / block) * bins > (std::size_t{1} << 24)) block *= 2;
     const std::size_t nb = (n + block - 1) / block;
     ::thrust::device_vector<std::uint32_t> rows(nb * bins, 0u);
-    ::thrust::counting_iterator<std::size_t> first(0);
     ::thrust::for_each(::thrust::device, first, first + nb,
                        thrust_detail::histogram_block<F>{n, block, bins, ::thrust::raw_pointer_cast(rows.data()), key});
-    ::thrust::device_vector<std::uint64_t> col(bins);
     ::thrust::transform(::thrust::device, first, first + bins, col.begin(),
-                        thrust_detail::histogram_column{::thrust::raw_pointer_cast(rows.data()), nb, bins});
+                        thrust_detail::histogram_column<std::uint32_t>{::thrust::raw_pointer_cast(rows.data()), nb, bins});
+#endif
     ::thrust::copy(col.begin(), col.end(), counts.begin());
     return counts;
+  }
+
+  /// One pass over i in [0, n) with `code(i)` in {0, 1, 2}: counts the 1s and the 2s, then (a
+  /// second pass, only when there are at most `cap` 2s) writes the indices of the 2s in ascending
+  /// order to `out` (device memory): under CUDA a transform_reduce and a stable copy_if, on the
+  /// host systems per-block counts and per-block writes. Integer counts: exact.
+  template <class F>
+  static count_collect_result count_and_collect(std::size_t n, const F& code, std::uint64_t* out, std::size_t cap) {
+    if (n == 0) return {};
+#if !defined(FLATMIN_THRUST_IS_CUDA)
+    if (n < parallel_threshold) {
+      count_collect_result r;
+      for (std::size_t i = 0; i < n; ++i) {
+        const std::uint32_t c = code(i);
+        r.counted += c == 1;
+        if (c == 2 && r.collected++ < cap) out[r.collected - 1] = i;
+      }
+      return r;
+    }
+#endif
+    ::thrust::counting_iterator<std::size_t> first(0);
+#if defined(FLATMIN_THRUST_IS_CUDA)
+    const count_collect_result r = ::thrust::transform_reduce(::thrust::device, first, first + n, thrust_detail::code_counts<F>{code},
+                                                              count_collect_result{}, thrust_detail::add_counts{});
+    if (r.collected <= cap)
+      ::thrust::copy_if(::thrust::device, first, first + n, ::thrust::device_pointer_cast(out), thrust_detail::code_is_two<F>{code});
+    return r;
+#else
+    // blocks of indices: count, place each block's 2s after the earlier blocks', write them
+    const std::size_t nb = (n + segment_size - 1) / segment_size;
+    ::thrust::device_vector<count_collect_result> per(nb);
+    ::thrust::transform(::thrust::device, first, first + nb, per.begin(), thrust_detail::block_code_counts<F>{n, segment_size, code});
+    std::vector<count_collect_result> h(nb);
+    ::thrust::copy(per.begin(), per.end(), h.begin());
+    std::vector<std::uint64_t> start(nb);
+    count_collect_result r;
+    for (std::size_t b = 0; b < nb; ++b) {
+      start[b] = r.collected;
+      r.counted += h[b].counted;
+      r.collected += h[b].collected;
+    }
+    if (r.collected <= cap) {
+      const ::thrust::device_vector<std::uint64_t> dstart(start.begin(), start.end());
+      ::thrust::for_each(::thrust::device, first, first + nb,
+                         thrust_detail::block_code_collect<F>{n, segment_size, code, ::thrust::raw_pointer_cast(dstart.data()), out});
+    }
+    return r;
+#endif
   }
 
   /// Number of host threads a pass uses (1 for CUDA and CPP).
