@@ -1,6 +1,10 @@
 // The O(N) radix top-k (mask/detail/top_k.hpp) against a full sort: exact k, ties to the lower
 // index, excluded candidates, k = 0, k = 1, k ≥ count, all-equal scores, float and double keys.
+// The sampled-bracket top-k of scores (mask/detail/score_top_k.hpp) and its mask words against the
+// same sort: on smooth scores (the bracket path), on ties inside the band, on heavy ties (the
+// band overflows) and on a sample planted to miss (both fall back to radix selection).
 #include <doctest/doctest.h>
+#include <flatmin/mask/detail/score_top_k.hpp>
 #include <flatmin/mask/detail/top_k.hpp>
 
 #include <algorithm>
@@ -78,5 +82,82 @@ TEST_CASE_TEMPLATE("top_k: random, tied and equal scores, every boundary", B, FL
     CHECK(run<B>(one, 1, 0) == std::vector<std::size_t>{0});
     const std::vector<float> none;
     CHECK(run<B>(none, 3, 0).empty());
+  }
+}
+
+namespace {
+// Scores with −1 for non-candidates; the reference is a full sort of the candidates (score
+// descending, index ascending), of which the first k are the selection.
+template <class S>
+std::vector<std::size_t> ranking(const std::vector<S>& s) {
+  std::vector<std::size_t> idx;
+  for (std::size_t u = 0; u < s.size(); ++u)
+    if (s[u] >= S(0)) idx.push_back(u);
+  std::sort(idx.begin(), idx.end(), [&](std::size_t a, std::size_t b) {
+    return double(s[a]) > double(s[b]) || (double(s[a]) == double(s[b]) && a < b);
+  });
+  return idx;
+}
+std::vector<std::size_t> first_k(std::vector<std::size_t> ranked, std::size_t k) {
+  ranked.resize(std::min(k, ranked.size()));
+  std::sort(ranked.begin(), ranked.end());
+  return ranked;
+}
+
+// score_top_k, then the mask words written by score_bits on the backend; the set bits.
+template <class B, class S>
+std::vector<std::size_t> run_scores(const std::vector<S>& host, std::size_t k, bool& bracketed) {
+  namespace d = flatmin::mask::detail;
+  const auto dev = B::from_host(host);
+  const std::size_t n = host.size();
+  const auto sel = d::score_top_k<B>(static_cast<const S*>(B::data(dev)), n, k);
+  bracketed = sel.bracketed;
+  auto bits = B::template make_vector<std::uint32_t>((n + 31) / 32, 0xdeadbeefu);
+  B::for_each_index((n + 31) / 32, d::score_bits<S>{sel, B::data(bits), n});
+  const auto h = B::to_host(bits);
+  std::vector<std::size_t> out;
+  for (std::size_t u = 0; u < n; ++u)
+    if (d::test_bit(h.data(), u)) out.push_back(u);
+  return out;
+}
+}  // namespace
+
+TEST_CASE_TEMPLATE("score_top_k: the sampled bracket and its fallbacks select exactly the top k", B, FLATMIN_TEST_BACKENDS) {
+  namespace d = flatmin::mask::detail;
+  const std::size_t n = d::bracket_min_units + 12347;  // not a multiple of 32: a partial last word
+  std::mt19937 rng(5);
+  std::exponential_distribution<float> ex(1.f);
+  std::vector<float> smooth(n), banded(n), coarse(n), planted(n);
+  std::vector<double> dsmooth(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    smooth[i] = ex(rng);
+    dsmooth[i] = double(ex(rng)) * 1e-3;
+    banded[i] = std::floor(ex(rng) * 4096.f) / 4096.f;  // a few hundred ties per value near the threshold
+    coarse[i] = static_cast<float>(rng() % 13) * 0.25f;  // 13 values: the band holds ~1/13 of all
+  }
+  for (std::size_t i = 0; i < n; i += 7) smooth[i] = banded[i] = coarse[i] = -1.f, dsmooth[i] = -1.0;
+  smooth[100] = 0.f;
+  smooth[101] = -0.f;  // −0 is a candidate equal to +0
+  // planted: every sampled unit (stride n / S, offset stride / 2) scores above everything else,
+  // so every bracket drawn from the sample misses the k-th score
+  const std::size_t stride = n / d::bracket_sample;
+  for (std::size_t i = 0; i < n; ++i) planted[i] = static_cast<float>(i % 1000) * 1e-3f;
+  for (std::size_t j = 0; j < d::bracket_sample; ++j) planted[j * stride + stride / 2] = 10.f + static_cast<float>(j % 5);
+
+  const auto r_smooth = ranking(smooth), r_dsmooth = ranking(dsmooth), r_banded = ranking(banded),
+             r_coarse = ranking(coarse), r_planted = ranking(planted);
+  const std::size_t cand = n - (n + 6) / 7;
+  for (std::size_t k : {std::size_t{0}, std::size_t{1}, std::size_t{37}, n / 10, n / 2 + 3, cand - 1, cand, cand + 9}) {
+    CAPTURE(k);
+    bool br = false;
+    CHECK(run_scores<B>(smooth, k, br) == first_k(r_smooth, k));
+    if (k >= n / 10 && k < cand - 1) CHECK(br);  // the fast path ran (a miss is ~1e-4 likely; this sample does not)
+    CHECK(run_scores<B>(dsmooth, k, br) == first_k(r_dsmooth, k));
+    CHECK(run_scores<B>(banded, k, br) == first_k(r_banded, k));
+    if (k >= n / 10 && k < cand - 1) CHECK(br);  // ties inside the band are split by index there
+    CHECK(run_scores<B>(coarse, k, br) == first_k(r_coarse, k));
+    if (k >= n / 10 && k < cand - 1) CHECK_FALSE(br);  // the band overflowed: radix selection
+    CHECK(run_scores<B>(planted, k, br) == first_k(r_planted, k));
+    if (k >= n / 10 && k < n - d::bracket_sample) CHECK_FALSE(br);
   }
 }

@@ -10,7 +10,8 @@
 /// entries (`block = 1`) or blocks of `block` contiguous entries of one tensor (scored by the sum
 /// of their entries' estimates). Tensors with `mask_eligible = false` are perturbed densely and are
 /// not candidates; tensors with `perturb = false` are neither. Ties go to the lower unit index;
-/// exactly k units are selected (top-k by radix selection, O(N), `detail/top_k.hpp`).
+/// exactly k units are selected (exact top-k in O(N): a sampled bracket of the k-th score and one
+/// counting pass, radix selection inside the bracket, `detail/score_top_k.hpp`).
 ///
 /// Estimators (`source`):
 /// - `accumulated` (default): Σ g_t² over the steps since the last refresh, the refresh step's own
@@ -44,7 +45,7 @@
 
 #include "../backend/layout.hpp"
 #include "../optimizer/concepts.hpp"
-#include "detail/top_k.hpp"
+#include "detail/score_top_k.hpp"
 #include "detail/units.hpp"
 
 namespace flatmin::mask {
@@ -119,7 +120,7 @@ struct fisher {
     }
     /// Adds (∂ℓ_n/∂w)², read from the gradient views, to F (the first example of a refresh resets F).
     void add_example(const fisher&, const backend::layout<T, Backend>& l, T inv_scale = T(1)) {
-      detail::add_scores(l, units_, Backend::data(acc_), inv_scale, detail::score_of::square, collected_);
+      add_squares(l, inv_scale, collected_);
       collected_ = true;
       examples_seen_ = true;
     }
@@ -133,22 +134,23 @@ struct fisher {
       T* acc = Backend::data(acc_);
       switch (m.source) {
         case fisher_estimator::accumulated:
-          detail::add_scores(l, units_, acc, inv_scale, detail::score_of::square, true);
+          add_squares(l, inv_scale, true);
           break;
         case fisher_estimator::current_batch:
-          if (now) detail::add_scores(l, units_, acc, inv_scale, detail::score_of::square, false);
+          if (now) add_squares(l, inv_scale, false);
           break;
         case fisher_estimator::per_example:
-          if (!collected_ && (!examples_seen_ || now))
-            detail::add_scores(l, units_, acc, inv_scale, detail::score_of::square, !examples_seen_);
+          if (!collected_ && (!examples_seen_ || now)) add_squares(l, inv_scale, !examples_seen_);
           break;
       }
       if (!now) return false;
       const auto k = static_cast<std::size_t>(std::floor(m.keep * static_cast<double>(units_.eligible_units())));
       keep_ = m.keep;
-      const detail::score_key<T> key{acc};
-      const auto sel = detail::top_k<Backend>(units_.count(), k, key, detail::float_key_bits<T>);
-      Backend::for_each_index(units_.words(), detail::select_and_clear<T, decltype(sel)>{sel, Backend::data(bits_), acc, units_.count()});
+      const auto sel = detail::score_top_k<Backend>(static_cast<const T*>(acc), units_.count(), k);
+      Backend::for_each_index(units_.words(), detail::score_bits<T>{sel, Backend::data(bits_), units_.count()});
+      // The sums restart here: rather than a pass writing 0 (−1 for non-candidates), the next
+      // estimate overwrites them (the same values: 0 + h = h), and visit() clears them first.
+      restart_ = true;
       collected_ = false;
       if (is_compact()) rebuild_range();
       return true;
@@ -172,6 +174,10 @@ struct fisher {
     }
     template <class F>
     void visit(F&& f) {
+      if (restart_) {  // a checkpoint holds the restarted sums
+        Backend::for_each_index(units_.count(), detail::clear_scores<T>{Backend::data(acc_)});
+        restart_ = false;
+      }
       f("fisher.bits", bits_);
       f("fisher.acc", acc_);
     }
@@ -183,6 +189,11 @@ struct fisher {
 
    private:
     void rebuild_range() { range_.build_from_bits(units_, bits_); }
+    /// F (+)= (g / scale)² per unit; after a refresh the first estimate overwrites instead.
+    void add_squares(const backend::layout<T, Backend>& l, T inv_scale, bool accumulate) {
+      detail::add_scores(l, units_, Backend::data(acc_), inv_scale, detail::score_of::square, accumulate && !restart_);
+      restart_ = false;
+    }
 
     detail::units<T, Backend> units_;
     typename Backend::template vector<std::uint32_t> bits_;
@@ -192,6 +203,7 @@ struct fisher {
     double keep_ = 0;
     std::size_t last_step_ = 0;
     bool collected_ = false, examples_seen_ = false;
+    bool restart_ = false;  ///< the sums in acc_ are stale: the next estimate overwrites them
   };
 };
 

@@ -372,24 +372,6 @@ inline void check_block(const char* where, std::size_t block) {
                                 static_cast<double>(block), "1 (element granularity) or a power of two <= 1024");
 }
 
-/// Writes one word of mask bits and starts the next sum for its 32 units (0, or −1 for units that
-/// are not candidates): a selection's last pass and the reset of the scores in one (nested types
-/// of a class template cannot be private: CUDA kernels name them).
-template <class T, class Sel>
-struct select_and_clear {
-  Sel sel;
-  std::uint32_t* bits;
-  T* acc;
-  std::size_t n;
-  FLATMIN_HD void operator()(std::size_t w) const {
-    const std::size_t lo = w * 32, hi = lo + 32 < n ? lo + 32 : n;
-    std::uint32_t b = 0;
-    for (std::size_t u = lo; u < hi; ++u) b |= static_cast<std::uint32_t>(sel(u)) << (u - lo);
-    for (std::size_t u = lo; u < hi; ++u) acc[u] = acc[u] < T(0) ? T(-1) : T(0);
-    bits[w] = b;
-  }
-};
-
 /// The union of two selections.
 template <class A, class B>
 struct either {
