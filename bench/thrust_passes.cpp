@@ -10,6 +10,7 @@
 //   restore   read saved; write w                               8 B
 //   descend   fused restore + SGD momentum: read saved, g, b; write w, b   20 B
 //   step      a whole SAM-SGD(momentum) step, ascend() + descend()        44 B
+//   bm_fisher_refresh: a Fisher mask refresh, as a multiple of one copy pass (x_copy)
 #include <benchmark/benchmark.h>
 #include <flatmin/flatmin.hpp>
 #include <flatmin/backend/thrust.hpp>
@@ -18,12 +19,13 @@
 #include <chrono>
 #include <map>
 #include <memory>
-#include <random>
 #include <string>
 #include <vector>
 
 #include <thrust/copy.h>
 #include <thrust/device_vector.h>
+#include <thrust/iterator/counting_iterator.h>
+#include <thrust/transform.h>
 #if THRUST_DEVICE_SYSTEM == THRUST_DEVICE_SYSTEM_CUDA
 #include <cuda_runtime_api.h>
 #endif
@@ -39,21 +41,28 @@ void sync() {
 #endif
 }
 
+/// Uniform values in [−1, 1) from a counter hash, generated on the device (host random numbers
+/// for 10^8 parameters took longer than the benchmarks themselves).
+struct uniform_fill {
+  std::uint64_t stream;
+  FLATMIN_HD float operator()(std::size_t i) const {
+    return static_cast<float>(fm::kernels::counter_hash(1, stream, i) >> 40) * (2.0f / 16777216.0f) - 1.0f;
+  }
+};
+
 struct problem {
   std::vector<thrust::device_vector<float>> w, g;
   fm::param_set<float> params;
   problem(std::size_t n, std::size_t k) {
-    std::mt19937 rng(1);
-    std::normal_distribution<float> nd(0.f, 1.f);
     w.reserve(k);
     g.reserve(k);
     for (std::size_t t = 0; t < k; ++t) {
       const std::size_t sz = n / k + (t < n % k ? 1 : 0);
-      std::vector<float> h(sz);
-      for (auto& x : h) x = nd(rng);
-      w.emplace_back(h.begin(), h.end());
-      for (auto& x : h) x = nd(rng);
-      g.emplace_back(h.begin(), h.end());
+      thrust::counting_iterator<std::size_t> first(0);
+      w.emplace_back(sz);
+      g.emplace_back(sz);
+      thrust::transform(first, first + sz, w.back().begin(), uniform_fill{2 * t});
+      thrust::transform(first, first + sz, g.back().begin(), uniform_fill{2 * t + 1});
       params.add("t" + std::to_string(t), w.back(), g.back());
     }
   }
@@ -141,6 +150,27 @@ void bm_pass(benchmark::State& st) {
   st.counters["tensors"] = static_cast<double>(k);
 }
 
+/// One Fisher mask refresh (mask/fisher.hpp: add g² into F, exact top-k of F, write the bits and,
+/// for blocks, the block list), keep = 10 %. Args: N, block (1 = element units). Counter x_copy:
+/// the refresh time over one copy pass of N floats measured above (bm_copy) at the same N.
+void bm_fisher_refresh(benchmark::State& st) {
+  const auto n = static_cast<std::size_t>(st.range(0));
+  const auto block = static_cast<std::size_t>(st.range(1));
+  problem p(n, 64);
+  auto opt = fm::fsam<B>(p.params, fm::base::sgd{.lr = 0.01}, {.keep = 0.1, .block = block});
+  auto& ms = opt.mask_state();
+  std::size_t step = 1;  // refresh steps 1, 101, 201, ...: each step number refreshes once
+  const double s = timed(st, [&] {
+    benchmark::DoNotOptimize(ms.refresh(opt.mask(), opt.layout(), step, 1.f));
+    step += 100;
+  });
+  st.counters["N"] = static_cast<double>(n);
+  st.counters["block"] = static_cast<double>(block);
+  const auto c = copy_rate().find(n);
+  if (c != copy_rate().end())
+    st.counters["x_copy"] = s / static_cast<double>(st.iterations()) / (8.0 * static_cast<double>(n) / c->second);
+}
+
 void args(benchmark::internal::Benchmark* b) {
   for (long n : {1000000L, 10000000L, 100000000L})
     for (long k : {1L, 1000L}) b->Args({n, k});
@@ -155,4 +185,11 @@ BENCHMARK_TEMPLATE(bm_pass, pass::ascend)->Apply(args);
 BENCHMARK_TEMPLATE(bm_pass, pass::restore)->Apply(args);
 BENCHMARK_TEMPLATE(bm_pass, pass::descend)->Apply(args);
 BENCHMARK_TEMPLATE(bm_pass, pass::step)->Apply(args);
+BENCHMARK(bm_fisher_refresh)
+    ->Args({10000000, 1})
+    ->Args({10000000, 128})
+    ->Args({100000000, 1})
+    ->Args({100000000, 128})
+    ->UseManualTime()
+    ->Unit(benchmark::kMicrosecond);
 BENCHMARK_MAIN();

@@ -204,6 +204,53 @@ def svg_plot(rows, path, cores):
     return True
 
 
+def gpu_section(gdir):
+    """The GPU section from <bench>/gpu (written by scripts/bench_cuda.sh on a CUDA machine), if any."""
+    jpath = os.path.join(gdir, "bench_cuda_passes.json")
+    if not os.path.exists(jpath):
+        return []
+    with open(jpath) as f:
+        data = json.load(f)
+    machine = []
+    mpath = os.path.join(gdir, "machine.txt")
+    if os.path.exists(mpath):
+        with open(mpath) as f:
+            machine = [line.rstrip("\n") for line in f if line.strip()]
+    reps, med = {}, {}
+    for b in data.get("benchmarks", []):
+        name = b.get("run_name", b["name"])
+        if b.get("run_type") == "aggregate":
+            if b.get("aggregate_name") == "median":
+                med[name] = b
+        else:
+            reps.setdefault(name, []).append(b)
+    body = []
+    for name, b in med.items():
+        parts = name.replace("/manual_time", "").split("/")
+        base, args = parts[0], parts[1:]
+        label = base.replace("bm_pass<pass::", "").replace(">", "").replace("bm_", "")
+        n = int(args[0]) if args else 0
+        extra = args[1] if len(args) > 1 else "–"
+        unit = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0}[b.get("time_unit", "ns")]
+        t = b["real_time"] * unit
+        gb = [r["GBps"] for r in reps.get(name, []) if "GBps" in r]
+        spread = f"{100 * (max(gb) - min(gb)) / b['GBps']:.0f} %" if gb and b.get("GBps") else "–"
+        ratio = b.get("copy_ratio", b.get("x_copy"))
+        kind = "× copy time" if "x_copy" in b else "× copy"
+        body.append([label, fmt_n(n), extra, fmt_time(t), f"{b['GBps']:.0f}" if "GBps" in b else "–", spread,
+                     f"{ratio:.2f} ({kind})" if ratio is not None else "–"])
+    md = ["## GPU: backend::thrust under CUDA", ""]
+    md += [f"- {line}" for line in machine]
+    md += ["",
+           "`bench_cuda_passes` (bench/thrust_passes.cpp compiled by nvcc), times from CUDA-synchronised wall "
+           "clock per iteration, median of the repetitions. Third column: tensors K for the passes, block size "
+           "for the Fisher refresh (1 = element units). GB/s counts the minimal bytes of bench/thrust_passes.cpp's "
+           "header (copy 8 B/param); × copy is that rate over the device-to-device copy (`thrust::copy`) of the "
+           "same N in the same run; for the refresh, × copy time is its time over one copy pass of N floats.", "",
+           table(["pass", "N", "K / block", "median time", "GB/s", "spread", "ratio"], body), ""]
+    return md
+
+
 def main():
     if len(sys.argv) != 4:
         sys.exit(__doc__)
@@ -313,6 +360,8 @@ def main():
             body.append([r["base"], fmt_n(r["N"]), r["K"], r["threads"], fmt_time(r["torch_s"]), fmt_time(r.get("flatmin_s")),
                          f"{r['torch_s'] / r['flatmin_s']:.1f}×" if r.get("flatmin_s") else "–"])
         md += [table(["base", "N", "K", "threads", "PyTorch", "flatmin", "speed-up"], body), ""]
+
+    md += gpu_section(os.path.join(os.path.dirname(os.path.abspath(md_path)), "gpu"))
 
     md += ["## All results", ""]
     for program in sorted({r["program"] for r in rows}):
