@@ -275,3 +275,65 @@ TEST_CASE("eigen: fused restore + SGD-momentum and AdamW match a float64 referen
     CHECK(ok);
   }
 }
+
+TEST_CASE("eigen: SAM statistics under an element bit mask: eight bits at a time, the element path's sums") {
+  // the bit_view of mask::fisher / mask::dynamic with element units, over tensors that are not
+  // perturbed or not eligible for the mask (always perturbed), and segment tails
+  namespace md = flatmin::mask::detail;
+  using bits_view = md::bit_view<float>;
+  problem p(23);
+  flatmin::param_set<float> ps;
+  std::vector<bool> eligible;
+  for (std::size_t t = 0; t < sizes.size(); ++t) {
+    auto o = p.opts[t];
+    o.mask_eligible = t % 5 != 2;
+    eligible.push_back(o.mask_eligible);
+    ps.add(std::to_string(t), p.w[t], p.g[t], o);
+  }
+  const flatmin::backend::layout<float, be> l(ps);
+  const md::units<float, be> units(l, md::unit_kind::element, 1);
+  std::vector<std::uint32_t> bits(units.words());
+  std::mt19937 rng(5);
+  for (auto& b : bits) b = static_cast<std::uint32_t>(rng()) & static_cast<std::uint32_t>(rng());  // ~25 % set
+  const bits_view view{units.view(l), bits.data()};
+  const float inv = 0.5f;
+  for (bool over_mask : {false, true}) {
+    CAPTURE(over_mask);
+    const flatmin::kernels::stats_pass<float, flatmin::kernels::l2_term<float>, bits_view> pass{{}, view, inv, over_mask};
+    static_assert(decltype(pass)::gradient_bits && !decltype(pass)::gradient_only);
+    // float64 reference: Σg² over all, Σd² and count over the masked perturbed entries, Σn² over
+    // the perturbed entries (or the masked ones with over_mask)
+    ref_stats want;
+    for (std::size_t t = 0, i = 0; t < p.w.size(); ++t)
+      for (std::size_t j = 0; j < p.w[t].size(); ++j, ++i) {
+        const double x = double(p.g[t][j] * inv);
+        want.g2 += x * x;
+        if (!p.opts[t].perturb) continue;
+        const bool in = !eligible[t] || ((bits[i >> 5] >> (i & 31)) & 1u);
+        if (in || !over_mask) want.n2 += x * x;
+        if (in) {
+          want.d2 += x * x;
+          want.kept += 1;
+        }
+      }
+    const auto got = reduce(l, pass, 1);
+    check_close(got.g2, want.g2, 1e-9);
+    check_close(got.n2, want.n2, 1e-9);
+    check_close(got.d2, want.d2, 1e-9);
+    CHECK(got.kept == want.kept);
+    CHECK(got.bad == 0);
+    CHECK(same_bits(got, reduce(l, pass, 2)));
+    CHECK(same_bits(got, reduce(l, elementwise(pass), 1)));  // the order of the element path (and thrust's)
+  }
+  SUBCASE("a non-finite entry outside the mask is counted, and adds nothing to the masked sums") {
+    const std::size_t t = 8, off = l.host_tensors()[t].offset;  // perturbed and eligible
+    std::size_t j = 0;
+    while ((bits[(off + j) >> 5] >> ((off + j) & 31)) & 1u) ++j;  // an entry the mask leaves out
+    p.g[t][j] = std::numeric_limits<float>::infinity();
+    const flatmin::kernels::stats_pass<float, flatmin::kernels::l2_term<float>, bits_view> pass{{}, view, inv, false};
+    const auto got = reduce(l, pass, 2);
+    CHECK(got.bad == 1);
+    CHECK(std::isfinite(got.d2));
+    CHECK(same_bits(got, reduce(l, elementwise(pass), 1)));
+  }
+}

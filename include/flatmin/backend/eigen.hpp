@@ -139,7 +139,7 @@ struct eigen {
           // past the last segment: an empty run (its result is dropped)
           const segment& s = segs[first + m < nseg ? first + m : first];
           const tensor_rec<T>& t = tensors[s.tensor];
-          v[m] = {t.w + s.local, t.g + s.local, first + m < nseg ? s.len : 0u, t.flags};
+          v[m] = {t.w + s.local, t.g + s.local, first + m < nseg ? s.len : 0u, t.flags, s.index};
         }
         f.segments(v, out);
         for (std::uint32_t m = 0; m < reduction_group && first + m < nseg; ++m) partial[first + m] = out[m];

@@ -79,6 +79,7 @@ struct segment_view {
   T* g;
   std::uint32_t len;
   std::uint32_t flags;
+  std::uint64_t index;  ///< global index of the first element
 };
 
 /// What `Backend::count_and_collect` returns: how many indices the classifier marked 1 (counted)

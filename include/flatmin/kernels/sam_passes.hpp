@@ -4,6 +4,10 @@
 /// statistics of g (norms, finiteness), the ascent w ← w + ε (saving w), the exact restore, and
 /// the fused restore + regularize + base update of the descent.
 
+#include <bit>
+#include <concepts>
+#include <cstring>
+
 #include "../backend/layout.hpp"
 #include "math.hpp"
 
@@ -38,6 +42,57 @@ inline void sum_squares_strands(const T* const (&g)[M], const std::uint32_t (&le
     for (; j < len[m]; ++j) a[m][0] = a[m][0] + sq(g[m][j]);
     out[m] = backend::combine_strands<K>(a[m]);
   }
+}
+
+/// All-ones 64-bit lanes for the set bits of a nibble: lane r of entry n is ~0 when bit r of n is set.
+struct nibble_lanes {
+  std::uint64_t lane[16][4];
+};
+inline constexpr nibble_lanes make_nibble_lanes() {
+  nibble_lanes t{};
+  for (unsigned n = 0; n < 16; ++n)
+    for (unsigned r = 0; r < 4; ++r) t.lane[n][r] = ((n >> r) & 1u) ? ~std::uint64_t{0} : 0;
+  return t;
+}
+inline constexpr nibble_lanes nibble_table = make_nibble_lanes();
+
+/// Σ (s·g)² over the entries of one run whose mask bit is set, and their count, in the order of
+/// every backend's element reduction (strands of layout.hpp; an entry that is out adds +0 there,
+/// which is what the AND with its bit's lane adds here). `bits8(j)` gives the bits of entries
+/// j … j + 7 of the run, `bit(j)` one entry's.
+template <class T, class Bits8, class Bit>
+inline double masked_sum_squares_strands(const T* g, std::uint32_t len, T s, const Bits8& bits8, const Bit& bit,
+                                         double& kept) {
+  constexpr std::uint32_t K = backend::reduction_strands;
+  static_assert(K == 8, "eight strands: one byte of mask bits per block");
+  const auto sq = [s](T x) {
+    const double y = double(x * s);
+    return y * y;
+  };
+  const auto keep = [](double y, std::uint64_t m) {
+    std::uint64_t u;
+    std::memcpy(&u, &y, sizeof u);
+    u &= m;
+    std::memcpy(&y, &u, sizeof y);
+    return y;
+  };
+  double a[K] = {};
+  std::uint32_t count = 0, j = 0;
+  for (; j + K <= len; j += K) {
+    const std::uint32_t b = bits8(j);
+    count += static_cast<std::uint32_t>(std::popcount(b));
+    const std::uint64_t* lo = nibble_table.lane[b & 15u];
+    const std::uint64_t* hi = nibble_table.lane[b >> 4];
+    for (std::uint32_t r = 0; r < 4; ++r) a[r] = a[r] + keep(sq(g[j + r]), lo[r]);
+    for (std::uint32_t r = 0; r < 4; ++r) a[4 + r] = a[4 + r] + keep(sq(g[j + 4 + r]), hi[r]);
+  }
+  for (; j < len; ++j)
+    if (bit(j)) {
+      a[0] = a[0] + sq(g[j]);
+      ++count;
+    }
+  kept = double(count);
+  return backend::combine_strands<K>(a);
 }
 
 /// Whether a mask view is 1 everywhere at compile time (mask::dense's `all`).
@@ -89,6 +144,11 @@ struct stats_pass {
   bool norm_over_mask;  ///< the norm runs over the masked entries only (else over all perturbable)
 
   static constexpr bool gradient_only = requires { requires Term::is_gradient; } && mask_is_all<Mask>;
+  /// SAM's term under a bit mask that can hand out eight bits at a time (mask::detail::bit_view).
+  static constexpr bool gradient_bits = requires { requires Term::is_gradient; } && requires(const Mask& m) {
+    { m.element_units() } -> std::same_as<bool>;
+    { m.bits8(std::size_t{}) } -> std::same_as<std::uint32_t>;
+  };
 
   FLATMIN_HD grad_stats operator()(const elem<T>& e) const {
     const T g = e.g * inv_scale;
@@ -125,6 +185,45 @@ struct stats_pass {
         out[m].d2 = out[m].g2;
         out[m].kept = double(v[m].len);
       }
+  }
+
+  /// Host fast path for SAM's term under an element bit mask (FSAM, SSAM with element units):
+  /// Σg² and the non-finite count from `check_pass`, Σd² and the kept count from the masked
+  /// strands above with eight mask bits per lookup, bitwise equal to the element path (which
+  /// looked a unit and a bit up per entry: bench_masks `ascend_cancel`, bench/RESULTS.md).
+  template <std::uint32_t M>
+  void segments(const backend::segment_view<T> (&v)[M], grad_stats (&out)[M]) const
+    requires(gradient_bits)
+  {
+    check_pass<T>{inv_scale}.segments(v, out);
+    for (std::uint32_t m = 0; m < M; ++m) {
+      if (!(v[m].flags & tensor_flags::perturb)) continue;
+      if (!(v[m].flags & tensor_flags::mask_eligible)) {  // always perturbed: the mask is 1 here
+        out[m].n2 = out[m].g2;
+        out[m].d2 = out[m].g2;
+        out[m].kept = double(v[m].len);
+        continue;
+      }
+      const std::uint64_t base = v[m].index;
+      const std::uint32_t flags = v[m].flags, len = v[m].len;
+      if (!mask.element_units()) {  // not eight bits per eight entries: entry by entry, same order
+        constexpr std::uint32_t K = backend::reduction_strands;
+        grad_stats a[K]{};
+        std::uint32_t j = 0;
+        for (; j + K <= len; j += K)
+          for (std::uint32_t r = 0; r < K; ++r) a[r] = a[r] + (*this)(elem<T>{v[m].w[j + r], v[m].g[j + r], base + j + r, 0, 0, flags});
+        for (; j < len; ++j) a[0] = a[0] + (*this)(elem<T>{v[m].w[j], v[m].g[j], base + j, 0, 0, flags});
+        out[m] = backend::combine_strands<K>(a);
+        continue;
+      }
+      double kept = 0;
+      const double d2 = masked_sum_squares_strands(
+          v[m].g, len, inv_scale, [&](std::uint32_t j) { return mask.bits8(base + j); },
+          [&](std::uint32_t j) { return mask(base + j, flags); }, kept);
+      out[m].d2 = d2;
+      out[m].kept = kept;
+      out[m].n2 = norm_over_mask ? d2 : out[m].g2;
+    }
   }
 };
 

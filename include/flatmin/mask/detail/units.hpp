@@ -350,6 +350,17 @@ struct bit_view {
     if (!(flags & tensor_flags::mask_eligible)) return true;
     return test_bit(bits, units(i));
   }
+  /// Element units: the unit of global index i is i, so the bits of eight consecutive entries are
+  /// eight consecutive bits (what the statistics pass's host fast path reads, kernels/sam_passes.hpp).
+  bool element_units() const { return units.identity; }
+  /// Bits of units u … u + 7 (bit r: unit u + r); all eight must exist.
+  std::uint32_t bits8(std::size_t u) const {
+    const std::size_t w = u >> 5;
+    const unsigned b = static_cast<unsigned>(u & 31);
+    std::uint32_t x = bits[w] >> b;
+    if (b > 24) x |= bits[w + 1] << (32 - b);
+    return x & 0xffu;
+  }
 };
 
 /// Number of set bits (the active units).
