@@ -75,8 +75,8 @@ T value_of_key(std::uint64_t k) {
 inline constexpr std::size_t bracket_sample = std::size_t{1} << 15;
 inline constexpr std::size_t bracket_min_units = bracket_sample * 16;
 
-/// Bit j set where s[j] > t (`gt`), s[j] == t (`eq`) or s[j] ≥ t (`ge`), j < 32: host code, four
-/// compares at a time on SSE2 for float. NaN compares false, as in the scalar forms.
+/// Bit j set where s[j] > t (`gt`), s[j] == t (`eq`) or s[j] ≥ t (`ge`), j < 32: the portable
+/// form of the SSE2 paths below (double scores, other hosts). NaN compares false.
 struct compare_masks {
   std::uint32_t gt = 0, eq = 0;
   std::uint32_t ge() const { return gt | eq; }
@@ -84,17 +84,6 @@ struct compare_masks {
 template <class T>
 compare_masks compare32(const T* s, T t) {
   compare_masks m;
-#if defined(FLATMIN_SCORE_BITS_SSE2)
-  if constexpr (std::is_same_v<T, float>) {
-    const __m128 v = _mm_set1_ps(t);
-    for (unsigned q = 0; q < 8; ++q) {
-      const __m128 x = _mm_loadu_ps(s + 4 * q);
-      m.gt |= static_cast<std::uint32_t>(_mm_movemask_ps(_mm_cmpgt_ps(x, v))) << (4 * q);
-      m.eq |= static_cast<std::uint32_t>(_mm_movemask_ps(_mm_cmpeq_ps(x, v))) << (4 * q);
-    }
-    return m;
-  }
-#endif
   for (unsigned j = 0; j < 32; ++j) {
     m.gt |= static_cast<std::uint32_t>(s[j] > t) << j;
     m.eq |= static_cast<std::uint32_t>(s[j] == t) << j;
