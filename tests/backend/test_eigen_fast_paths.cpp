@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <random>
 #include <vector>
 
@@ -276,26 +277,52 @@ TEST_CASE("eigen: fused restore + SGD-momentum and AdamW match a float64 referen
   }
 }
 
+namespace {
+namespace md = flatmin::mask::detail;
+using bits_view = md::bit_view<float>;
+
+// problem(23) with every fifth tensor not eligible for the mask, and random element mask bits
+struct masked_problem {
+  problem p{23};
+  flatmin::param_set<float> ps;
+  std::vector<bool> eligible;
+  std::unique_ptr<flatmin::backend::layout<float, be>> lp;
+  const flatmin::backend::layout<float, be>& l;
+  md::units<float, be> units;
+  std::vector<std::uint32_t> bits;
+  masked_problem() : lp(make()), l(*lp), units(l, md::unit_kind::element, 1), bits(units.words()) {
+    std::mt19937 rng(5);
+    for (auto& b : bits) b = static_cast<std::uint32_t>(rng()) & static_cast<std::uint32_t>(rng());  // ~25 % set
+  }
+  std::unique_ptr<flatmin::backend::layout<float, be>> make() {
+    for (std::size_t t = 0; t < sizes.size(); ++t) {
+      auto o = p.opts[t];
+      o.mask_eligible = t % 5 != 2;
+      eligible.push_back(o.mask_eligible);
+      ps.add(std::to_string(t), p.w[t], p.g[t], o);
+    }
+    return std::make_unique<flatmin::backend::layout<float, be>>(ps);
+  }
+  bits_view view() const { return {units.view(l), bits.data()}; }
+};
+
+// The same pass without its segment form: backend::eigen runs it element by element.
+template <class P>
+struct element_each {
+  P p;
+  void operator()(const flatmin::backend::elem<float>& e) const { p(e); }
+};
+}  // namespace
+
 TEST_CASE("eigen: SAM statistics under an element bit mask: eight bits at a time, the element path's sums") {
   // the bit_view of mask::fisher / mask::dynamic with element units, over tensors that are not
   // perturbed or not eligible for the mask (always perturbed), and segment tails
-  namespace md = flatmin::mask::detail;
-  using bits_view = md::bit_view<float>;
-  problem p(23);
-  flatmin::param_set<float> ps;
-  std::vector<bool> eligible;
-  for (std::size_t t = 0; t < sizes.size(); ++t) {
-    auto o = p.opts[t];
-    o.mask_eligible = t % 5 != 2;
-    eligible.push_back(o.mask_eligible);
-    ps.add(std::to_string(t), p.w[t], p.g[t], o);
-  }
-  const flatmin::backend::layout<float, be> l(ps);
-  const md::units<float, be> units(l, md::unit_kind::element, 1);
-  std::vector<std::uint32_t> bits(units.words());
-  std::mt19937 rng(5);
-  for (auto& b : bits) b = static_cast<std::uint32_t>(rng()) & static_cast<std::uint32_t>(rng());  // ~25 % set
-  const bits_view view{units.view(l), bits.data()};
+  masked_problem mp;
+  problem& p = mp.p;
+  const auto& l = mp.l;
+  const auto& bits = mp.bits;
+  const auto& eligible = mp.eligible;
+  const bits_view view = mp.view();
   const float inv = 0.5f;
   for (bool over_mask : {false, true}) {
     CAPTURE(over_mask);
@@ -336,4 +363,43 @@ TEST_CASE("eigen: SAM statistics under an element bit mask: eight bits at a time
     CHECK(std::isfinite(got.d2));
     CHECK(same_bits(got, reduce(l, elementwise(pass), 1)));
   }
+}
+
+TEST_CASE("eigen: ascent and restore under an element bit mask: the segment form writes what the element path writes") {
+  masked_problem a, b;  // the same data twice: one run per path
+  const float inv = 0.5f, scale = 0.125f;
+  const std::size_t n = a.l.numel();
+  std::vector<float> saved_a(n, -7.f), saved_b(n, -7.f);
+  using ascend = flatmin::kernels::ascend_pass<float, flatmin::kernels::l2_term<float>, bits_view>;
+  using restore = flatmin::kernels::restore_pass<float, bits_view>;
+  static_assert(flatmin::kernels::element_bit_mask<bits_view>);
+  be::for_each(a.l.full(), ascend{{}, a.view(), scale, inv, saved_a.data()});
+  be::for_each(b.l.full(), element_each<ascend>{{{}, b.view(), scale, inv, saved_b.data()}});
+  auto flat = [](const masked_problem& m) {
+    std::vector<float> w;
+    for (const auto& t : m.p.w) w.insert(w.end(), t.begin(), t.end());
+    return w;
+  };
+  const auto wa = flat(a), wb = flat(b);
+  CHECK(std::memcmp(wa.data(), wb.data(), n * sizeof(float)) == 0);
+  CHECK(std::memcmp(saved_a.data(), saved_b.data(), n * sizeof(float)) == 0);
+  // hand check: a masked-in entry moved by scale·g·inv, a masked-out one and an unperturbed one did not
+  std::size_t moved = 0, kept = 0;
+  problem fresh(23);
+  for (std::size_t t = 0, i = 0; t < a.p.w.size(); ++t)
+    for (std::size_t j = 0; j < a.p.w[t].size(); ++j, ++i) {
+      const bool in = a.p.opts[t].perturb && (!a.eligible[t] || ((a.bits[i >> 5] >> (i & 31)) & 1u));
+      const float want = in ? fresh.w[t][j] + scale * (fresh.g[t][j] * inv) : fresh.w[t][j];
+      moved += in;
+      kept += a.p.w[t][j] == want;
+    }
+  CHECK(kept == n);
+  CHECK(moved > n / 5);
+  be::for_each(a.l.full(), restore{a.view(), saved_a.data()});
+  be::for_each(b.l.full(), element_each<restore>{{b.view(), saved_b.data()}});
+  const auto ra = flat(a), rb = flat(b);
+  CHECK(std::memcmp(ra.data(), rb.data(), n * sizeof(float)) == 0);
+  std::vector<float> orig;
+  for (const auto& t : fresh.w) orig.insert(orig.end(), t.begin(), t.end());
+  CHECK(std::memcmp(ra.data(), orig.data(), n * sizeof(float)) == 0);  // the restore is exact
 }

@@ -96,7 +96,8 @@ struct eigen {
     to.assign(from.begin(), from.end());
   }
 
-  /// Runs `f(elem<T>)` for every element of the range.
+  /// Runs `f(elem<T>)` for every element of the range, or `f.segment(view, slot)` per segment when
+  /// the functor has that form (its saved slot of the segment's first element as `slot`).
   template <class T, class F>
   static void for_each(const pass_range<T>& r, const F& f) {
     const auto nseg = static_cast<std::ptrdiff_t>(r.count);
@@ -107,7 +108,15 @@ struct eigen {
 #endif
     for (std::ptrdiff_t s = 0; s < nseg; ++s) {
       if (s + 1 < nseg) prefetch_segment(tensors, segs[s + 1]);
-      run_segment(tensors, segs[s], f);
+      if constexpr (requires(const segment_view<T>& v, std::uint64_t slot) { f.segment(v, slot); }) {
+        // a kernel's own form over a whole segment (kernels/sam_passes.hpp: element bit masks)
+        const F fs = f;
+        const segment& sg = segs[s];
+        const tensor_rec<T>& t = tensors[sg.tensor];
+        fs.segment(segment_view<T>{t.w + sg.local, t.g + sg.local, sg.len, t.flags, sg.index}, sg.slot);
+      } else {
+        run_segment(tensors, segs[s], f);
+      }
     }
   }
 

@@ -25,18 +25,27 @@ FLATMIN_HD constexpr T finite_max() {
 /// `in ? a : b`, bit for bit, by integer masks: no branch for a compiler to reintroduce. An element
 /// mask's bit is random per entry, and a mispredicted branch per entry costs more than the pass's
 /// memory traffic (bench_masks, element masks).
+/// The unsigned integer of T's width: the lanes of `blend_lanes`.
 template <class T>
-FLATMIN_HD inline T blend(bool in, T a, T b) {
-  using U = std::conditional_t<sizeof(T) == 4, std::uint32_t, std::uint64_t>;
+using lane_t = std::conditional_t<sizeof(T) == 4, std::uint32_t, std::uint64_t>;
+
+/// a where the lane mask m is all ones, b where it is zero (bit-exact).
+template <class T>
+FLATMIN_HD inline T blend_lanes(lane_t<T> m, T a, T b) {
+  using U = lane_t<T>;
   static_assert(sizeof(T) == sizeof(U), "blend: float or double");
   U ua, ub;
   std::memcpy(&ua, &a, sizeof ua);
   std::memcpy(&ub, &b, sizeof ub);
-  const U m = U(0) - static_cast<U>(in);
   const U r = (ua & m) | (ub & ~m);
   T out;
   std::memcpy(&out, &r, sizeof out);
   return out;
+}
+
+template <class T>
+FLATMIN_HD inline T blend(bool in, T a, T b) {
+  return blend_lanes<T>(lane_t<T>(0) - static_cast<lane_t<T>>(in), a, b);
 }
 
 /// True for finite x. Written as a comparison so that it vectorises (and is false for NaN).

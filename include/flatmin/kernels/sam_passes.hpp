@@ -44,17 +44,47 @@ inline void sum_squares_strands(const T* const (&g)[M], const std::uint32_t (&le
   }
 }
 
-/// All-ones 64-bit lanes for the set bits of a nibble: lane r of entry n is ~0 when bit r of n is set.
+/// All-ones lanes for the set bits of a nibble: lane r of entry n is ~0 when bit r of n is set
+/// (U: 32-bit lanes for float, 64-bit for double).
+template <class U>
 struct nibble_lanes {
-  std::uint64_t lane[16][4];
+  U lane[16][4];
 };
-inline constexpr nibble_lanes make_nibble_lanes() {
-  nibble_lanes t{};
+template <class U>
+inline constexpr nibble_lanes<U> make_nibble_lanes() {
+  nibble_lanes<U> t{};
   for (unsigned n = 0; n < 16; ++n)
-    for (unsigned r = 0; r < 4; ++r) t.lane[n][r] = ((n >> r) & 1u) ? ~std::uint64_t{0} : 0;
+    for (unsigned r = 0; r < 4; ++r) t.lane[n][r] = ((n >> r) & 1u) ? ~U{0} : U{0};
   return t;
 }
-inline constexpr nibble_lanes nibble_table = make_nibble_lanes();
+template <class U>
+inline constexpr nibble_lanes<U> nibble_table = make_nibble_lanes<U>();
+
+/// A mask view that hands out the bits of eight consecutive entries at once (mask::detail::bit_view
+/// with element units), which the host segment forms below read instead of one lookup per entry.
+template <class Mask>
+concept element_bit_mask = requires(const Mask& m) {
+  { m.element_units() } -> std::same_as<bool>;
+  { m.bits8(std::size_t{}) } -> std::same_as<std::uint32_t>;
+};
+
+/// body(j, lane) for j in [0, len) of a run starting at global index `index` of a mask-eligible
+/// tensor: lane is entry j's mask as an all-ones / zero integer of T's width, eight entries per
+/// `bits8` and their lanes from `nibble_table`, so that the body's blends vectorise.
+template <class T, class Mask, class Body>
+inline void for_each_mask_lane(std::uint32_t len, std::uint64_t index, std::uint32_t flags, const Mask& mask,
+                               const Body& body) {
+  using U = lane_t<T>;
+  std::uint32_t j = 0;
+  for (; j + 8 <= len; j += 8) {
+    const std::uint32_t b = mask.bits8(index + j);
+    const U* lo = nibble_table<U>.lane[b & 15u];
+    const U* hi = nibble_table<U>.lane[b >> 4];
+    for (std::uint32_t r = 0; r < 4; ++r) body(j + r, lo[r]);
+    for (std::uint32_t r = 0; r < 4; ++r) body(j + 4 + r, hi[r]);
+  }
+  for (; j < len; ++j) body(j, U(0) - static_cast<U>(mask(index + j, flags)));
+}
 
 /// Σ (s·g)² over the entries of one run whose mask bit is set, and their count, in the order of
 /// every backend's element reduction (strands of layout.hpp; an entry that is out adds +0 there,
@@ -81,8 +111,8 @@ inline double masked_sum_squares_strands(const T* g, std::uint32_t len, T s, con
   for (; j + K <= len; j += K) {
     const std::uint32_t b = bits8(j);
     count += static_cast<std::uint32_t>(std::popcount(b));
-    const std::uint64_t* lo = nibble_table.lane[b & 15u];
-    const std::uint64_t* hi = nibble_table.lane[b >> 4];
+    const std::uint64_t* lo = nibble_table<std::uint64_t>.lane[b & 15u];
+    const std::uint64_t* hi = nibble_table<std::uint64_t>.lane[b >> 4];
     for (std::uint32_t r = 0; r < 4; ++r) a[r] = a[r] + keep(sq(g[j + r]), lo[r]);
     for (std::uint32_t r = 0; r < 4; ++r) a[4 + r] = a[4 + r] + keep(sq(g[j + 4 + r]), hi[r]);
   }
@@ -145,10 +175,7 @@ struct stats_pass {
 
   static constexpr bool gradient_only = requires { requires Term::is_gradient; } && mask_is_all<Mask>;
   /// SAM's term under a bit mask that can hand out eight bits at a time (mask::detail::bit_view).
-  static constexpr bool gradient_bits = requires { requires Term::is_gradient; } && requires(const Mask& m) {
-    { m.element_units() } -> std::same_as<bool>;
-    { m.bits8(std::size_t{}) } -> std::same_as<std::uint32_t>;
-  };
+  static constexpr bool gradient_bits = requires { requires Term::is_gradient; } && element_bit_mask<Mask>;
 
   FLATMIN_HD grad_stats operator()(const elem<T>& e) const {
     const T g = e.g * inv_scale;
@@ -246,6 +273,26 @@ struct ascend_pass {
     const T moved = w + scale * term.dir(w, e.g * inv_scale, e.i, e.flags);
     e.w = mask_is_all<Mask> ? moved : blend(mask(e.i, e.flags), moved, w);
   }
+
+  /// Host segment form under an element bit mask (backend::eigen::for_each): the same values as
+  /// the element path, eight mask bits per lookup. `slot`: the saved slot of the first entry.
+  void segment(const backend::segment_view<T>& v, std::uint64_t slot) const
+    requires element_bit_mask<Mask>
+  {
+    if (!(v.flags & tensor_flags::perturb)) return;
+    if (!(v.flags & tensor_flags::mask_eligible) || !mask.element_units()) {
+      for (std::uint32_t j = 0; j < v.len; ++j) (*this)(elem<T>{v.w[j], v.g[j], v.index + j, slot + j, 0, v.flags});
+      return;
+    }
+    T* FLATMIN_RESTRICT w = v.w;
+    const T* FLATMIN_RESTRICT g = v.g;
+    T* FLATMIN_RESTRICT sv = saved + slot;
+    for_each_mask_lane<T>(v.len, v.index, v.flags, mask, [&](std::uint32_t j, lane_t<T> m) {
+      const T x = w[j];
+      sv[j] = x;
+      w[j] = blend_lanes<T>(m, x + scale * term.dir(x, g[j] * inv_scale, v.index + j, v.flags), x);
+    });
+  }
 };
 
 /// w ← saved   on perturbed, masked entries (bit-exact).
@@ -256,6 +303,21 @@ struct restore_pass {
   FLATMIN_HD void operator()(const elem<T>& e) const {
     if (!(e.flags & tensor_flags::perturb)) return;  // per tensor: predictable
     e.w = mask_is_all<Mask> ? saved[e.k] : blend(mask(e.i, e.flags), saved[e.k], e.w);
+  }
+
+  /// Host segment form under an element bit mask, as ascend_pass's.
+  void segment(const backend::segment_view<T>& v, std::uint64_t slot) const
+    requires element_bit_mask<Mask>
+  {
+    if (!(v.flags & tensor_flags::perturb)) return;
+    if (!(v.flags & tensor_flags::mask_eligible) || !mask.element_units()) {
+      for (std::uint32_t j = 0; j < v.len; ++j) (*this)(elem<T>{v.w[j], v.g[j], v.index + j, slot + j, 0, v.flags});
+      return;
+    }
+    T* FLATMIN_RESTRICT w = v.w;
+    const T* FLATMIN_RESTRICT sv = saved + slot;
+    for_each_mask_lane<T>(v.len, v.index, v.flags, mask,
+                          [&](std::uint32_t j, lane_t<T> m) { w[j] = blend_lanes<T>(m, sv[j], w[j]); });
   }
 };
 
