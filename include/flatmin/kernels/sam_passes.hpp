@@ -254,6 +254,17 @@ struct stats_pass {
   }
 };
 
+/// What a segment form under an element bit mask leaves to the element path: a segment of an
+/// unperturbed tensor (nothing to do), of a tensor the mask does not cover, or of units that are
+/// not elements (entry by entry through `f`). True when it handled the segment.
+template <class T, class Mask, class F>
+inline bool by_elements(const F& f, const Mask& mask, const backend::segment_view<T>& v, std::uint64_t slot) {
+  if (!(v.flags & tensor_flags::perturb)) return true;
+  if ((v.flags & tensor_flags::mask_eligible) && mask.element_units()) return false;
+  for (std::uint32_t j = 0; j < v.len; ++j) f(elem<T>{v.w[j], v.g[j], v.index + j, slot + j, 0, v.flags});
+  return true;
+}
+
 /// saved ← w;  w ← w + scale · dir(w, g)   on perturbed, masked entries.
 template <class T, class Term, class Mask>
 struct ascend_pass {
@@ -279,11 +290,7 @@ struct ascend_pass {
   void segment(const backend::segment_view<T>& v, std::uint64_t slot) const
     requires element_bit_mask<Mask>
   {
-    if (!(v.flags & tensor_flags::perturb)) return;
-    if (!(v.flags & tensor_flags::mask_eligible) || !mask.element_units()) {
-      for (std::uint32_t j = 0; j < v.len; ++j) (*this)(elem<T>{v.w[j], v.g[j], v.index + j, slot + j, 0, v.flags});
-      return;
-    }
+    if (by_elements(*this, mask, v, slot)) return;
     T* FLATMIN_RESTRICT w = v.w;
     const T* FLATMIN_RESTRICT g = v.g;
     T* FLATMIN_RESTRICT sv = saved + slot;
@@ -309,11 +316,7 @@ struct restore_pass {
   void segment(const backend::segment_view<T>& v, std::uint64_t slot) const
     requires element_bit_mask<Mask>
   {
-    if (!(v.flags & tensor_flags::perturb)) return;
-    if (!(v.flags & tensor_flags::mask_eligible) || !mask.element_units()) {
-      for (std::uint32_t j = 0; j < v.len; ++j) (*this)(elem<T>{v.w[j], v.g[j], v.index + j, slot + j, 0, v.flags});
-      return;
-    }
+    if (by_elements(*this, mask, v, slot)) return;
     T* FLATMIN_RESTRICT w = v.w;
     const T* FLATMIN_RESTRICT sv = saved + slot;
     for_each_mask_lane<T>(v.len, v.index, v.flags, mask,
