@@ -111,9 +111,7 @@ struct eigen {
       if constexpr (requires(const segment_view<T>& v, std::uint64_t slot) { f.segment(v, slot); }) {
         // a kernel's own form over a whole segment (kernels/sam_passes.hpp: element bit masks)
         const F fs = f;
-        const segment& sg = segs[s];
-        const tensor_rec<T>& t = tensors[sg.tensor];
-        fs.segment(segment_view<T>{t.w + sg.local, t.g + sg.local, sg.len, t.flags, sg.index}, sg.slot);
+        fs.segment(view_of(tensors, segs[s], segs[s].len), segs[s].slot);
       } else {
         run_segment(tensors, segs[s], f);
       }
@@ -146,9 +144,7 @@ struct eigen {
         const std::ptrdiff_t first = q * reduction_group;
         for (std::uint32_t m = 0; m < reduction_group; ++m) {
           // past the last segment: an empty run (its result is dropped)
-          const segment& s = segs[first + m < nseg ? first + m : first];
-          const tensor_rec<T>& t = tensors[s.tensor];
-          v[m] = {t.w + s.local, t.g + s.local, first + m < nseg ? s.len : 0u, t.flags, s.index};
+          v[m] = view_of(tensors, segs[first + m < nseg ? first + m : first], first + m < nseg ? segs[first + m].len : 0u);
         }
         f.segments(v, out);
         for (std::uint32_t m = 0; m < reduction_group && first + m < nseg; ++m) partial[first + m] = out[m];
@@ -259,8 +255,7 @@ struct eigen {
 #pragma omp parallel if (n >= parallel_threshold)
 #endif
     {
-      thread_local std::vector<std::uint64_t> list;  // this thread's indices, block after block
-      std::vector<std::uint64_t>& mine = list;
+      thread_local std::vector<std::uint64_t> mine;  // this thread's indices, block after block
       mine.clear();
       const F f = code;  // a local copy: its fields stay in registers
 #if defined(_OPENMP)
@@ -332,6 +327,13 @@ struct eigen {
     thread_local std::vector<R> v;
     v.resize(n);
     return v;
+  }
+
+  /// Segment s resolved to its tensor's memory, `len` entries of it (the group forms' view).
+  template <class T>
+  static segment_view<T> view_of(const tensor_rec<T>* tensors, const segment& s, std::uint32_t len) {
+    const tensor_rec<T>& t = tensors[s.tensor];
+    return {t.w + s.local, t.g + s.local, len, t.flags, s.index};
   }
 
   /// Asks for the first lines of a segment's w and g before its turn: the active blocks of a

@@ -111,19 +111,7 @@ struct segment_strand {
     T* g = t.g + s.local;
     const std::uint32_t len = s.len, body = len - len % strands;
     R a{};
-    std::uint32_t j = r;
-    // U terms evaluated (their loads issued) before any is added: U loads in flight per thread
-    // instead of one, the additions still one by one in order (the tree does not change).
-    constexpr std::uint32_t U = sizeof(R) <= 16 ? 8 : 4;
-    for (; j + (U - 1) * strands < body; j += U * strands) {
-      R v[U];
-      for (std::uint32_t q = 0; q < U; ++q) {
-        const std::uint32_t jq = j + q * strands;
-        v[q] = f(elem<T>{w[jq], g[jq], s.index + jq, s.slot + jq, s.tensor, t.flags});
-      }
-      for (std::uint32_t q = 0; q < U; ++q) a = a + v[q];
-    }
-    for (; j < body; j += strands) a = a + f(elem<T>{w[j], g[j], s.index + j, s.slot + j, s.tensor, t.flags});
+    for (std::uint32_t j = r; j < body; j += strands) a = a + f(elem<T>{w[j], g[j], s.index + j, s.slot + j, s.tensor, t.flags});
     if (r == 0)
       for (std::uint32_t j = body; j < len; ++j) a = a + f(elem<T>{w[j], g[j], s.index + j, s.slot + j, s.tensor, t.flags});
     return a;

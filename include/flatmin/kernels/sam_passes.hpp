@@ -6,7 +6,6 @@
 
 #include <bit>
 #include <concepts>
-#include <cstring>
 
 #include "../backend/layout.hpp"
 #include "math.hpp"
@@ -99,13 +98,6 @@ inline double masked_sum_squares_strands(const T* g, std::uint32_t len, T s, con
     const double y = double(x * s);
     return y * y;
   };
-  const auto keep = [](double y, std::uint64_t m) {
-    std::uint64_t u;
-    std::memcpy(&u, &y, sizeof u);
-    u &= m;
-    std::memcpy(&y, &u, sizeof y);
-    return y;
-  };
   double a[K] = {};
   std::uint32_t count = 0, j = 0;
   for (; j + K <= len; j += K) {
@@ -113,8 +105,8 @@ inline double masked_sum_squares_strands(const T* g, std::uint32_t len, T s, con
     count += static_cast<std::uint32_t>(std::popcount(b));
     const std::uint64_t* lo = nibble_table<std::uint64_t>.lane[b & 15u];
     const std::uint64_t* hi = nibble_table<std::uint64_t>.lane[b >> 4];
-    for (std::uint32_t r = 0; r < 4; ++r) a[r] = a[r] + keep(sq(g[j + r]), lo[r]);
-    for (std::uint32_t r = 0; r < 4; ++r) a[4 + r] = a[4 + r] + keep(sq(g[j + 4 + r]), hi[r]);
+    for (std::uint32_t r = 0; r < 4; ++r) a[r] = a[r] + blend_lanes<double>(lo[r], sq(g[j + r]), 0.0);
+    for (std::uint32_t r = 0; r < 4; ++r) a[4 + r] = a[4 + r] + blend_lanes<double>(hi[r], sq(g[j + 4 + r]), 0.0);
   }
   for (; j < len; ++j)
     if (bit(j)) {

@@ -15,11 +15,10 @@
 /// The result is the same exact selection either way: k units, the largest scores, ties to the
 /// lower index. The sample only decides how fast it is found.
 ///
-/// `score_bits` then writes one mask bit per unit from the selection (a compare per unit; on
-/// SSE2 hosts four at a time).
+/// `score_bits` then writes one mask bit per unit from the selection (a compare per unit; for
+/// float scores on SSE2 hosts four at a time).
 
 #include <algorithm>
-#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -75,20 +74,9 @@ T value_of_key(std::uint64_t k) {
 inline constexpr std::size_t bracket_sample = std::size_t{1} << 15;
 inline constexpr std::size_t bracket_min_units = bracket_sample * 16;
 
-/// Bit j set where s[j] > t (`gt`), s[j] == t (`eq`) or s[j] ≥ t (`ge`), j < 32: the portable
-/// form of the SSE2 paths below (double scores, other hosts). NaN compares false.
-struct compare_masks {
-  std::uint32_t gt = 0, eq = 0;
-  std::uint32_t ge() const { return gt | eq; }
-};
-template <class T>
-compare_masks compare32(const T* s, T t) {
-  compare_masks m;
-  for (unsigned j = 0; j < 32; ++j) {
-    m.gt |= static_cast<std::uint32_t>(s[j] > t) << j;
-    m.eq |= static_cast<std::uint32_t>(s[j] == t) << j;
-  }
-  return m;
+/// The bits of a mask word (units lo … lo + 31) whose ties are kept: units ≤ last_tie.
+FLATMIN_HD inline std::uint32_t tie_mask(std::uint64_t last_tie, std::size_t lo) {
+  return last_tie >= lo + 31 ? ~0u : last_tie < lo ? 0u : (2u << (last_tie - lo)) - 1u;
 }
 
 namespace score_topk_detail {
@@ -134,8 +122,13 @@ struct band_code {
       return c;
     }
 #endif
-    const std::uint32_t above = compare32(score + u, hi).gt;
-    return {static_cast<std::uint32_t>(std::popcount(above)), compare32(score + u, lo).ge() & ~above};
+    backend::code_group c;
+    for (std::uint32_t j = 0; j < 32; ++j) {
+      const std::uint32_t code = (*this)(u + j);
+      c.ones += code == 1;
+      c.twos |= static_cast<std::uint32_t>(code == 2) << j;
+    }
+    return c;
   }
 };
 
@@ -244,8 +237,8 @@ struct score_bits {
       return;
     }
 #if defined(FLATMIN_SCORE_BITS_SSE2)
-    if (hi - lo == 32) {  // whole words on the host: compare masks, ties kept for units ≤ last_tie
-      if constexpr (std::is_same_v<T, float>) {
+    if constexpr (std::is_same_v<T, float>) {
+      if (hi - lo == 32) {  // whole words on the host: compare masks four at a time
         const __m128 t = _mm_set1_ps(sel.threshold);
         std::uint32_t gt = 0;
         __m128 eq_any = _mm_setzero_ps(), eq[8];
@@ -258,15 +251,9 @@ struct score_bits {
         if (_mm_movemask_ps(eq_any) != 0) {  // a tie in this word (rare)
           std::uint32_t e = 0;
           for (unsigned q = 0; q < 8; ++q) e |= static_cast<std::uint32_t>(_mm_movemask_ps(eq[q])) << (4 * q);
-          const std::uint32_t ties = sel.last_tie >= lo + 31 ? ~0u : sel.last_tie < lo ? 0u : (2u << (sel.last_tie - lo)) - 1u;
-          gt |= e & ties;
+          gt |= e & tie_mask(sel.last_tie, lo);
         }
         bits[w] = gt;
-        return;
-      } else {
-        const compare_masks m = compare32(sel.score + lo, sel.threshold);
-        const std::uint32_t ties = sel.last_tie >= lo + 31 ? ~0u : sel.last_tie < lo ? 0u : (2u << (sel.last_tie - lo)) - 1u;
-        bits[w] = m.gt | (m.eq & ties);
         return;
       }
     }
