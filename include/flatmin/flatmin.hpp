@@ -34,6 +34,7 @@
 #include "optimizer/concepts.hpp"
 #include "optimizer/report.hpp"
 #include "optimizer/sharpness_aware.hpp"
+#include "algorithms/official.hpp"
 #include "algorithms/baselines.hpp"
 #include "algorithms/sam.hpp"
 #include "algorithms/asam.hpp"
