@@ -20,7 +20,8 @@ inline ref::sgd to_ref(const flatmin::base::sgd& o) {
   return r;
 }
 inline ref::adam to_ref(const flatmin::base::adam& o) {
-  return ref::adam{o.lr, o.beta1, o.beta2, o.eps, o.weight_decay, false, {}, {}, 0};
+  return ref::adam{o.lr, o.beta1, o.beta2, o.eps, o.weight_decay, o.decay == flatmin::base::weight_decay_mode::decoupled,
+                  {}, {}, 0};
 }
 inline ref::adam to_ref(const flatmin::base::adamw& o) {
   return ref::adam{o.lr, o.beta1, o.beta2, o.eps, o.weight_decay, true, {}, {}, 0};

@@ -67,3 +67,39 @@ TEST_CASE("base::adam and base::adamw: hand-worked first steps") {
   aw.descend();
   CHECK(w[0] == doctest::Approx(0.95 - 0.1 / (1.0 + 5e-9)).epsilon(1e-14));
 }
+
+TEST_CASE_TEMPLATE("base::adam with decoupled decay is AdamW: the float64 AdamW reference, bitwise base::adamw",
+                   T, float, double) {
+  using flatmin::base::weight_decay_mode;
+  const flatmin::base::adamw w_cases[] = {
+      {.lr = 0.02, .weight_decay = 0.5},
+      {.lr = 0.03, .beta1 = 0.5, .beta2 = 0.9, .eps = 1e-2, .weight_decay = 0.1},
+  };
+  std::uint64_t seed = 300;
+  for (const auto& ow : w_cases)
+    for (const auto& l : unit_layouts()) {
+      CAPTURE(ow.weight_decay);
+      CAPTURE(describe(l));
+      const flatmin::base::adam oa{.lr = ow.lr, .beta1 = ow.beta1, .beta2 = ow.beta2, .eps = ow.eps,
+                                   .weight_decay = ow.weight_decay, .decay = weight_decay_mode::decoupled};
+      model<T> a(l), b(l);
+      a.set_weights(random_vec(a.numel, ++seed));
+      b.set_weights(random_vec(b.numel, seed));
+      const auto q = quadratic::random(a.numel, seed);
+      auto opt_a = flatmin::adam(a.params, oa);
+      run_against_reference(a, opt_a, to_ref(ow), std::nullopt, q, 20);
+      auto opt_b = flatmin::adamw(b.params, ow);
+      run_against_reference(b, opt_b, to_ref(ow), std::nullopt, q, 20);
+      CHECK(a.raw_weights() == b.raw_weights());
+    }
+  // an option error names the policy as AdamW
+  std::vector<T> w{1}, g{1};
+  flatmin::param_set<T> ps;
+  ps.add("w", w, g);
+  try {
+    flatmin::adam(ps, {.lr = -1, .decay = weight_decay_mode::decoupled});
+    FAIL("no exception");
+  } catch (const std::invalid_argument& e) {
+    CHECK(std::string(e.what()).find("flatmin::base::adamw: lr must be finite and > 0") == 0);
+  }
+}
