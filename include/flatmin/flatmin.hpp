@@ -3,6 +3,7 @@
 /// The umbrella header of flatmin: every layer, the default backend and the named compositions.
 
 #include "config.hpp"
+#include "concepts/objective.hpp"
 #include "params/param_set.hpp"
 #include "params/tensor_view.hpp"
 #include "backend/layout.hpp"
@@ -31,6 +32,7 @@
 #include "select/sharpness_sensitive.hpp"
 #include "regularize/none.hpp"
 #include "regularize/balancedness.hpp"
+#include "concepts/roles.hpp"
 #include "optimizer/concepts.hpp"
 #include "optimizer/report.hpp"
 #include "optimizer/sharpness_aware.hpp"

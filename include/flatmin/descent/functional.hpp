@@ -33,17 +33,7 @@
 
 #include <concepts>
 
-#include "../optimizer/concepts.hpp"
-
-namespace flatmin {
-
-/// An objective Functional-SAM can drive: `o()` is the clean pass (writes ∇L at the current
-/// weights, saves the output cotangent, returns the loss) and `o.functional_backward()` is the
-/// perturbed pass (forward at the current weights, back-propagates the saved cotangent).
-template <class O>
-concept functional_objective = objective<O> && requires(O& o) { o.functional_backward(); };
-
-}  // namespace flatmin
+#include "../concepts/objective.hpp"
 
 namespace flatmin::descent {
 

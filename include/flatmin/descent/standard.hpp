@@ -5,7 +5,7 @@
 
 #include <utility>
 
-#include "../optimizer/concepts.hpp"
+#include "../concepts/objective.hpp"
 
 namespace flatmin::descent {
 

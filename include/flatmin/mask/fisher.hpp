@@ -44,7 +44,7 @@
 #include <vector>
 
 #include "../backend/layout.hpp"
-#include "../optimizer/concepts.hpp"
+#include "../concepts/objective.hpp"
 #include "detail/score_top_k.hpp"
 #include "detail/units.hpp"
 

@@ -29,12 +29,12 @@
 #include <vector>
 
 #include "../backend/layout.hpp"
+#include "../concepts/roles.hpp"
 #include "../descent/standard.hpp"
 #include "../kernels/sam_passes.hpp"
 #include "../mask/dense.hpp"
 #include "../params/param_set.hpp"
 #include "../regularize/none.hpp"
-#include "concepts.hpp"
 #include "report.hpp"
 
 namespace flatmin {
@@ -48,16 +48,13 @@ template <class T, class Backend, class Perturb, class Mask, class Base, class D
           class Regularizer = regularize::none>
 class sharpness_aware {
   static_assert(std::is_floating_point_v<T>, "flatmin::sharpness_aware: T must be float or double");
-  static_assert(backend_policy<Backend>,
-                "flatmin::sharpness_aware: Backend is not a backend (needs segment_size, accepts(), vector<T>)");
-  static_assert(perturbation<Perturb>,
-                "flatmin::sharpness_aware: Perturb is not a perturbation (needs rho, xi, perturbs, validate())");
-  static_assert(base_optimizer<Base, T, Backend>,
-                "flatmin::sharpness_aware: Base is not a base optimizer (needs validate(), has_second_moment, "
-                "state<T, Backend> with prepare() and bytes())");
-  static_assert(mask_policy<Mask, T, Backend>,
-                "flatmin::sharpness_aware: Mask is not a mask (needs validate() and state<T, Backend> with "
-                "get_view(), range(), saved_size(), radius_scale(), norm_over_mask, compact)");
+  // One static_assert per missing capability (concepts/roles.hpp), then the pairings.
+  static_assert(detail::check_backend<Backend>());
+  static_assert(detail::check_perturbation<Perturb>());
+  static_assert(detail::check_base<Base, T, Backend>());
+  static_assert(detail::check_mask<Mask, T, Backend>());
+  static_assert(detail::check_descent<Descent>());
+  static_assert(detail::check_regularizer<Regularizer, T, Backend>());
   static_assert(!requires { requires Perturb::needs_second_moment; } || Base::has_second_moment,
                 "flatmin::sharpness_aware: this perturbation (perturb::preconditioned) needs a base optimizer with a "
                 "second moment (has_second_moment == true: base::adam or base::adamw), and Base has none (e.g. "

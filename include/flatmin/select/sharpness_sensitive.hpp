@@ -14,7 +14,7 @@
 /// keeps exactly k. A NaN increase ranks first, so a non-finite loss reaches g_adv and the step is
 /// skipped by the optimizer's usual check.
 ///
-/// Closure protocol: the objective must be a `flatmin::sample_objective` (optimizer/concepts.hpp);
+/// Closure protocol: the objective must be a `flatmin::sample_objective` (concepts/objective.hpp);
 /// a composition using this policy with another objective fails to compile with a message naming
 /// the missing capability. Two-call protocol:
 ///
@@ -31,7 +31,7 @@
 #include <vector>
 
 #include "../config.hpp"
-#include "../optimizer/concepts.hpp"
+#include "../concepts/objective.hpp"
 
 namespace flatmin::select {
 

@@ -1,0 +1,216 @@
+#pragma once
+/// @file roles.hpp
+/// One concept per policy role (backend, base optimizer, perturbation, mask, descent rule,
+/// regularizer), built from one concept per capability, and `detail::check_*<...>()`: a
+/// static_assert per capability, so that a wrong composition names what is missing.
+/// Bottom layer: it knows the backend's layout types and the objective concepts, no policy.
+
+#include <concepts>
+#include <cstddef>
+#include <type_traits>
+
+#include "../backend/layout.hpp"
+#include "objective.hpp"
+
+namespace flatmin {
+
+// ---- backend -------------------------------------------------------------------------------------
+
+template <class B>
+concept backend_has_segment_size = requires {
+  { B::segment_size } -> std::convertible_to<std::size_t>;
+};
+template <class B>
+concept backend_has_accepts = requires {
+  { B::accepts(memory_space::host) } -> std::convertible_to<bool>;
+};
+template <class B>
+concept backend_has_vectors = requires(std::size_t n) {
+  typename B::template vector<float>;
+  { B::template make_vector<float>(n) } -> std::same_as<typename B::template vector<float>>;
+};
+
+/// A backend: vectors in its memory space, one-launch passes and deterministic reductions.
+template <class B>
+concept backend_policy = backend_has_segment_size<B> && backend_has_accepts<B> && backend_has_vectors<B>;
+
+// ---- base optimizer ------------------------------------------------------------------------------
+
+template <class P>
+concept has_validate = requires(const P& p) {
+  p.validate();
+};
+
+template <class P>
+concept base_has_second_moment_flag = requires {
+  { P::has_second_moment } -> std::convertible_to<bool>;
+};
+template <class P, class T, class Backend>
+concept base_has_state = requires {
+  typename P::template state<T, Backend>;
+}
+&&std::constructible_from<typename P::template state<T, Backend>, const P&, std::size_t>;
+template <class P, class T, class Backend>
+concept base_state_prepares = requires(const P& p, typename P::template state<T, Backend>& s) {
+  s.prepare(p, std::size_t{1});
+  { s.bytes() } -> std::convertible_to<std::size_t>;
+};
+
+/// A base optimizer: options with validate(), and a per-run state created for (T, Backend).
+template <class P, class T, class Backend>
+concept base_optimizer = has_validate<P> && base_has_second_moment_flag<P> && base_has_state<P, T, Backend> &&
+    base_state_prepares<P, T, Backend>;
+
+// ---- perturbation --------------------------------------------------------------------------------
+
+template <class P>
+concept perturbation_has_radius = requires(const P& p) {
+  { p.rho } -> std::convertible_to<double>;
+  { p.xi } -> std::convertible_to<double>;
+};
+template <class P>
+concept perturbation_has_perturbs_flag = requires {
+  { P::perturbs } -> std::convertible_to<bool>;
+};
+
+/// A perturbation: radius options, validate(), and a per-element term built from the base state.
+template <class P>
+concept perturbation = has_validate<P> && perturbation_has_perturbs_flag<P> && perturbation_has_radius<P>;
+
+// ---- mask ----------------------------------------------------------------------------------------
+
+template <class M, class T, class Backend>
+concept mask_has_state = requires {
+  typename M::template state<T, Backend>;
+}
+&&std::constructible_from<typename M::template state<T, Backend>, const M&,
+                          const backend::layout<T, Backend>&>;
+template <class M, class T, class Backend>
+concept mask_state_has_passes = requires(typename M::template state<T, Backend>& s,
+                                         const backend::layout<T, Backend>& l) {
+  s.get_view();
+  { s.range(l) } -> std::same_as<backend::pass_range<T>>;
+  { s.saved_size(l) } -> std::convertible_to<std::size_t>;
+  { s.radius_scale() } -> std::convertible_to<double>;
+};
+template <class M, class T, class Backend>
+concept mask_state_has_flags = requires {
+  { M::template state<T, Backend>::norm_over_mask } -> std::convertible_to<bool>;
+  { M::template state<T, Backend>::compact } -> std::convertible_to<bool>;
+};
+
+/// A mask: validate() and a per-run state created for (T, Backend). A mask whose storage is
+/// compact (`compact`, refined by `is_compact()`) must keep the mask equal to 1 on every entry of
+/// `range()`: the optimizer then runs the ascent and restore over the range without the view.
+template <class M, class T, class Backend>
+concept mask_policy = has_validate<M> && mask_has_state<M, T, Backend> &&
+    mask_state_has_passes<M, T, Backend> && mask_state_has_flags<M, T, Backend>;
+
+// ---- descent rule --------------------------------------------------------------------------------
+
+template <class D>
+concept descent_has_gradients = requires(D& d, detail::full_objective& o) {
+  { d.first_gradient(o) } -> std::convertible_to<double>;
+  d.second_gradient(o);
+};
+
+/// A descent rule (closure protocol): `first_gradient(obj)` computes g at w and returns the loss,
+/// `second_gradient(obj)` computes the gradient the base step uses, at w + ε. Checked against an
+/// objective with every capability; the one a user passes is checked by the policy itself.
+template <class D>
+concept descent_policy = has_validate<D> && descent_has_gradients<D>;
+
+// ---- regularizer ---------------------------------------------------------------------------------
+
+template <class R, class T, class Backend>
+concept regularizer_has_state = requires {
+  typename R::template state<T, Backend>;
+}
+&&std::constructible_from<typename R::template state<T, Backend>, const R&,
+                          const backend::layout<T, Backend>&>;
+template <class R, class T, class Backend>
+concept regularizer_state_adjusts = requires(const R& r, typename R::template state<T, Backend>& s,
+                                             const backend::layout<T, Backend>& l, T w, T g,
+                                             const backend::elem<T>& e) {
+  { s.prepare(r, l, std::size_t{1}, T(1))(w, g, e) } -> std::convertible_to<T>;
+};
+
+/// A regularizer: validate() and a per-run state whose `prepare(options, layout, t, inv_scale)`
+/// (once per applied step) returns an elementwise `(w, g, elem) -> g'` applied to g_adv.
+template <class R, class T, class Backend>
+concept regularizer_policy =
+    has_validate<R> && regularizer_has_state<R, T, Backend> && regularizer_state_adjusts<R, T, Backend>;
+
+// ---- one static_assert per capability --------------------------------------------------------------
+
+namespace detail {
+
+template <class B>
+constexpr bool check_backend() {
+  static_assert(backend_has_segment_size<B>,
+                "flatmin: the Backend has no `static constexpr size_t segment_size`");
+  static_assert(backend_has_accepts<B>, "flatmin: the Backend has no `static bool accepts(memory_space)`");
+  static_assert(backend_has_vectors<B>,
+                "flatmin: the Backend has no `vector<T>` and `make_vector<T>(n)` (its memory for the state)");
+  return true;
+}
+
+template <class P, class T, class B>
+constexpr bool check_base() {
+  static_assert(has_validate<P>, "flatmin: the Base optimizer has no `validate() const`");
+  static_assert(base_has_second_moment_flag<P>,
+                "flatmin: the Base optimizer has no `static constexpr bool has_second_moment`");
+  static_assert(
+      base_has_state<P, T, B>,
+      "flatmin: the Base optimizer has no `state<T, Backend>` constructible from (options, size_t n)");
+  static_assert(base_state_prepares<P, T, B>,
+                "flatmin: the Base optimizer's state has no `prepare(options, t)` (the update) or `bytes()`");
+  return true;
+}
+
+template <class P>
+constexpr bool check_perturbation() {
+  static_assert(has_validate<P>, "flatmin: the Perturb policy has no `validate() const`");
+  static_assert(perturbation_has_perturbs_flag<P>,
+                "flatmin: the Perturb policy has no `static constexpr bool perturbs`");
+  static_assert(perturbation_has_radius<P>,
+                "flatmin: the Perturb policy has no radius options `rho` and `xi`");
+  return true;
+}
+
+template <class M, class T, class B>
+constexpr bool check_mask() {
+  static_assert(has_validate<M>, "flatmin: the Mask has no `validate() const`");
+  static_assert(mask_has_state<M, T, B>,
+                "flatmin: the Mask has no `state<T, Backend>` constructible from (options, layout)");
+  static_assert(
+      mask_state_has_passes<M, T, B>,
+      "flatmin: the Mask's state lacks get_view(), range(layout), saved_size(layout) or radius_scale()");
+  static_assert(mask_state_has_flags<M, T, B>,
+                "flatmin: the Mask's state lacks `static constexpr bool norm_over_mask` or `compact`");
+  return true;
+}
+
+template <class D>
+constexpr bool check_descent() {
+  static_assert(has_validate<D>, "flatmin: the Descent rule has no `validate() const`");
+  static_assert(descent_has_gradients<D>,
+                "flatmin: the Descent rule has no `first_gradient(obj)` returning the loss and "
+                "`second_gradient(obj)`");
+  return true;
+}
+
+template <class R, class T, class B>
+constexpr bool check_regularizer() {
+  static_assert(has_validate<R>, "flatmin: the Regularizer has no `validate() const`");
+  static_assert(regularizer_has_state<R, T, B>,
+                "flatmin: the Regularizer has no `state<T, Backend>` constructible from (options, layout)");
+  static_assert(regularizer_state_adjusts<R, T, B>,
+                "flatmin: the Regularizer's state has no `prepare(options, layout, t, inv_scale)` returning "
+                "an elementwise (w, g, elem) -> g'");
+  return true;
+}
+
+}  // namespace detail
+
+}  // namespace flatmin
