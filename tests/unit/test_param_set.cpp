@@ -4,6 +4,8 @@
 #include <doctest/doctest.h>
 
 #include <Eigen/Core>
+#include <array>
+#include <cstdint>
 #include <span>
 
 #include "support/problems.hpp"
@@ -165,4 +167,137 @@ TEST_CASE("param_set: LoRA pairs are two tagged tensors") {
   CHECK(ps.lora_pairs().size() == 1);
   CHECK_NOTHROW(ps.add_lora_pair("attn.k", C.data(), gC.data(), {2, 2}, D.data(), gD.data(), {2, 2}));
   CHECK_NOTHROW(ps.validate());
+}
+
+// ---- shapes: a braced list of integers is always a shape, in any integer type ----------------------
+
+namespace {
+// What add() threw, or "" when it did not throw.
+template <class F>
+std::string add_error(F&& f) {
+  try {
+    f();
+  } catch (const std::invalid_argument& e) {
+    return e.what();
+  }
+  return "";
+}
+// A run-time size_t extent: a braced list mixing it with int literals takes the size_t list form.
+std::size_t rows_of(std::size_t n) { return n; }
+}  // namespace
+
+TEST_CASE("param_set: a braced list after buffers is the shape, never tensor_options") {
+  std::vector<float> w(128), g(128);
+  Eigen::MatrixXf W = Eigen::MatrixXf::Zero(3, 4), dW = Eigen::MatrixXf::Zero(3, 4);
+  param_set<float> ps;
+  // {16, 8} used to bind to tensor_options (a narrowing error); now it is the shape.
+  const auto& a = ps.add("w", w, g, {16, 8});
+  CHECK(a.shape == std::vector<std::size_t>{16, 8});
+  CHECK(a.flags() == flatmin::to_flags(tensor_options{}));
+  // an Eigen 3×4 matrix registered as 6×2 (the buffer's size is what must match)
+  CHECK(ps.add("W", W, dW, {6, 2}, {.perturb = false}).shape == std::vector<std::size_t>{6, 2});
+  CHECK_FALSE(ps[1].options.perturb);
+  CHECK(ps[1].options.weight_decay);
+  // {} keeps the buffer's own shape (as `{}` meant default options before)
+  std::vector<float> b(5), gb(5);
+  CHECK(ps.add("b", b, gb, {}).shape == std::vector<std::size_t>{5});
+  // a size_t extent mixed with literals
+  std::vector<float> c(12), gc(12);
+  const std::size_t rows = 3;
+  CHECK(ps.add("c", c, gc, {rows, 4}).shape == std::vector<std::size_t>{3, 4});
+
+  // {1, 0} used to compile as {.weight_decay = true, .perturb = false} with no shape; now it is a
+  // shape with no elements, rejected, naming the tensor; the set is unchanged.
+  std::vector<float> d(2), gd(2);
+  const std::string e = add_error([&] { ps.add("d", d, gd, {1, 0}); });
+  CHECK(e.find("'d'") != std::string::npos);
+  CHECK(e.find("does not match its buffer size 2") != std::string::npos);
+  CHECK(ps.size() == 4);
+}
+
+TEST_CASE("param_set: shapes of any integer type; negative extents rejected naming the tensor") {
+  std::vector<float> w(8), g(8);
+  {  // libtorch's p.sizes().vec() is a std::vector<int64_t>
+    param_set<float> ps;
+    CHECK(ps.add("w", w, g, std::vector<std::int64_t>{4, 2}).shape == std::vector<std::size_t>{4, 2});
+  }
+  {
+    param_set<float> ps;
+    CHECK(ps.add("w", w, g, std::array<int, 3>{2, 2, 2}).shape == std::vector<std::size_t>{2, 2, 2});
+  }
+  {
+    param_set<float> ps;
+    const std::array<long, 2> dims{1, 8};
+    CHECK(ps.add("w", w, g, std::span<const long>(dims)).shape == std::vector<std::size_t>{1, 8});
+  }
+  {  // a braced list of int64_t variables, and of unsigned literals
+    param_set<float> ps;
+    const std::int64_t r = 2, c = 4;
+    CHECK(ps.add("w", w, g, {r, c}).shape == std::vector<std::size_t>{2, 4});
+    std::vector<float> v(8), gv(8);
+    CHECK(ps.add("v", v, gv, {8u}).shape == std::vector<std::size_t>{8});
+  }
+  {  // raw pointers take the same forms
+    param_set<float> ps;
+    CHECK(ps.add("w", w.data(), g.data(), std::vector<std::int64_t>{2, 4}).shape == std::vector<std::size_t>{2, 4});
+    const int n = 8;
+    std::vector<float> v(8), gv(8);
+    CHECK(ps.add("v", v.data(), gv.data(), {n}).shape == std::vector<std::size_t>{8});
+  }
+  // negative extents, every form: invalid_argument naming the tensor and the value. -2 × -4 = 8
+  // would match the buffer size if the sign were dropped.
+  param_set<float> ps;
+  const std::string msgs[] = {
+      add_error([&] { ps.add("neg", w, g, {-2, -4}); }),
+      add_error([&] { ps.add("neg", w, g, std::vector<std::int64_t>{-2, -4}); }),
+      add_error([&] { ps.add("neg", w.data(), g.data(), {-2, -4}); }),
+      add_error([&] { ps.add("neg", w.data(), g.data(), std::array<short, 2>{-2, -4}); }),
+  };
+  for (const std::string& m : msgs) {
+    CAPTURE(m);
+    CHECK(m == "flatmin::param_set: tensor 'neg' has a negative extent -2 in its shape");
+  }
+  CHECK(ps.empty());
+}
+
+TEST_CASE("param_set: every add form runs the same checks, with the same message") {
+  std::vector<float> w(6), g(5), w6(6), g6(6);
+  param_set<float> ps;
+  // value and gradient sizes differ: options, braced shape (size_t and int lists), range shape
+  const std::string sizes[] = {
+      add_error([&] { ps.add("t", w, g); }),
+      add_error([&] { ps.add("t", w, g, {.perturb = false}); }),
+      add_error([&] { ps.add("t", w, g, {rows_of(6), 1}); }),
+      add_error([&] { ps.add("t", w, g, {6, 1}); }),
+      add_error([&] { ps.add("t", w, g, std::vector<std::int64_t>{6}); }),
+  };
+  for (const std::string& m : sizes) {
+    CAPTURE(m);
+    CHECK(m == "flatmin::param_set: tensor 't' has 6 values but 5 gradient entries");
+  }
+  // a shape that does not match the buffers
+  const std::string shapes[] = {
+      add_error([&] { ps.add("t", w6, g6, {rows_of(2), 2}); }),
+      add_error([&] { ps.add("t", w6, g6, {2, 2}); }),
+      add_error([&] { ps.add("t", w6, g6, std::vector<std::size_t>{2, 2}); }),
+  };
+  for (const std::string& m : shapes) {
+    CAPTURE(m);
+    CHECK(m == "flatmin::param_set: tensor 't' has a shape that does not match its buffer size 6");
+  }
+  // an explicit empty shape (raw pointers: no size to fall back on; a range: said explicitly)
+  CHECK(add_error([&] { ps.add("t", w6.data(), g6.data(), {}); }) ==
+        "flatmin::param_set: tensor 't' has an empty shape");
+  CHECK(add_error([&] { ps.add("t", w6, g6, std::vector<int>{}); }) ==
+        "flatmin::param_set: tensor 't' has an empty shape");
+  // a product that overflows size_t is not taken modulo 2^64 (2^63 · 2 would wrap to 0)
+  const std::size_t half = std::size_t{1} << 63;
+  CHECK(add_error([&] { ps.add("t", w6.data(), g6.data(), {half, 2}); }) ==
+        "flatmin::param_set: tensor 't' has a shape whose product overflows size_t");
+  // aliasing and null pointers through the buffer forms too
+  CHECK(add_error([&] { ps.add("t", w6, w6, {6}); }) ==
+        "flatmin::param_set: tensor 't' uses the same memory for value and gradient");
+  CHECK(ps.empty());
+  ps.add("t", w6, g6, {3, 2});
+  CHECK(add_error([&] { ps.add("t", w6.data() + 0, g6.data(), {6}); }) == "flatmin::param_set: duplicate tensor name 't'");
 }

@@ -5,7 +5,7 @@
 #include <algorithm>
 #include <concepts>
 #include <functional>
-#include <numeric>
+#include <initializer_list>
 #include <span>
 #include <stdexcept>
 #include <string>
@@ -47,77 +47,72 @@ struct lora_pair {
   std::size_t b = 0;  ///< index of the second factor (y)
 };
 
+/// A buffer `param_set::add` takes: contiguous host memory or a `buffer_traits` specialisation.
+template <class C, class T>
+concept buffer_of = contiguous_buffer_of<C, T> || foreign_buffer_of<C, T>;
+
 /// The parameters an optimizer trains: an ordered list of `tensor_view<T>`. Views are validated as
-/// they are added (null pointers, empty tensors, shape/size mismatch, value aliasing its gradient,
-/// duplicate names) and `std::invalid_argument` names the offending tensor.
+/// they are added (null pointers, empty tensors, negative extents, shape/size mismatch, value
+/// aliasing its gradient, duplicate names) and `std::invalid_argument` names the offending tensor.
+/// Every `add` form runs the same checks (`push`).
+///
+/// A braced list of integers after the buffers is always the shape (`{16, 8}`, in any one integer
+/// type, or mixed with size_t); a shape may also be any range of integers (`std::vector<int64_t>`,
+/// `std::array<int, 2>`, libtorch's `sizes()`). Per-tensor options are written with designated
+/// initializers (`{.weight_decay = false}`) or as `tensor_options{...}`.
 template <class T>
 class param_set {
  public:
   using value_type = T;
 
   /// Adds a tensor from raw pointers. `shape` must multiply to the number of elements (at least 1).
-  tensor_view<T>& add(std::string name, T* value, T* grad, std::vector<std::size_t> shape,
-                      tensor_options options = {}, memory_space space = memory_space::host) {
-    const std::size_t n = std::accumulate(shape.begin(), shape.end(), std::size_t{1}, std::multiplies<>{});
-    if (shape.empty()) throw std::invalid_argument("flatmin::param_set: tensor " + detail::quote(name) + " has an empty shape");
-    return push(std::move(name), value, grad, n, std::move(shape), options, space);
+  tensor_view<T>& add(std::string name, T* value, T* grad, tensor_shape shape, tensor_options options = {},
+                      memory_space space = memory_space::host) {
+    return push(std::move(name), {value, 0, space, {}}, {grad, 0, space, {}}, false, &shape, options);
   }
 
-  /// Adds a tensor from two contiguous buffers of equal size (shape taken from rows()/cols() when
-  /// the buffer has them, else {size}).
+  /// Adds a tensor from two buffers of equal size, contiguous host memory (`std::vector`,
+  /// `std::span`, `Eigen::Matrix` / `Map` / `Ref`; strided Eigen objects are rejected at run time)
+  /// or another memory space (see `buffer_traits`). The shape is the buffer's: rows() × cols() when
+  /// it has them, else {size}.
   template <class V, class G>
-    requires contiguous_buffer_of<std::remove_reference_t<V>, T> && contiguous_buffer_of<std::remove_reference_t<G>, T>
+    requires buffer_of<std::remove_reference_t<V>, T> && buffer_of<std::remove_reference_t<G>, T>
   tensor_view<T>& add(std::string name, V&& value, G&& grad, tensor_options options = {}) {
-    check_contiguous(name, value, "value");
-    check_contiguous(name, grad, "gradient");
-    const std::size_t nv = static_cast<std::size_t>(value.size()), ng = static_cast<std::size_t>(grad.size());
-    if (nv != ng)
-      throw std::invalid_argument("flatmin::param_set: tensor " + detail::quote(name) + " has " + std::to_string(nv) +
-                                  " values but " + std::to_string(ng) + " gradient entries");
-    return push(std::move(name), value.data(), grad.data(), nv, shape_of(value), options, memory_space::host);
+    return add_buffers(std::move(name), value, grad, nullptr, options);
   }
 
-  /// Adds a tensor from two buffers of another memory space (see `buffer_traits`), tagged with
-  /// that space, shape {size}.
+  /// The same with an explicit shape written as a braced list: `{rows, cols}`; `{}` keeps the
+  /// buffer's own shape. (Ranked above `tensor_options` for a list of integers: an
+  /// initializer_list is a standard conversion, an aggregate a user-defined one.)
   template <class V, class G>
-    requires foreign_buffer_of<std::remove_reference_t<V>, T> && foreign_buffer_of<std::remove_reference_t<G>, T>
-  tensor_view<T>& add(std::string name, V&& value, G&& grad, tensor_options options = {}) {
-    return add_foreign(std::move(name), value, grad, {}, options);
+    requires buffer_of<std::remove_reference_t<V>, T> && buffer_of<std::remove_reference_t<G>, T>
+  tensor_view<T>& add(std::string name, V&& value, G&& grad, std::initializer_list<std::size_t> shape,
+                      tensor_options options = {}) {
+    const tensor_shape s(shape);
+    return add_buffers(std::move(name), value, grad, s.empty() ? nullptr : &s, options);
+  }
+  template <class V, class G, std::integral I>
+    requires buffer_of<std::remove_reference_t<V>, T> && buffer_of<std::remove_reference_t<G>, T>
+  tensor_view<T>& add(std::string name, V&& value, G&& grad, std::initializer_list<I> shape,
+                      tensor_options options = {}) {
+    const tensor_shape s(shape);
+    return add_buffers(std::move(name), value, grad, &s, options);
   }
 
-  /// The same with an explicit `std::vector<std::size_t>` shape (deduced, as for host buffers).
+  /// The same with a shape held in a range of integers or a `tensor_shape`.
   template <class V, class G, class S>
-    requires foreign_buffer_of<std::remove_reference_t<V>, T> && foreign_buffer_of<std::remove_reference_t<G>, T> &&
-             std::same_as<std::remove_cvref_t<S>, std::vector<std::size_t>>
-  tensor_view<T>& add(std::string name, V&& value, G&& grad, S&& shape, tensor_options options = {}) {
-    if (shape.empty()) throw std::invalid_argument("flatmin::param_set: tensor " + detail::quote(name) + " has an empty shape");
-    return add_foreign(std::move(name), value, grad, std::vector<std::size_t>(shape), options);
-  }
-
-  /// Adds a tensor from two contiguous buffers with an explicit `std::vector<std::size_t>` shape.
-  /// (The shape is a deduced parameter so that a braced `{.weight_decay = false}` never picks it.)
-  template <class V, class G, class S>
-    requires contiguous_buffer_of<std::remove_reference_t<V>, T> && contiguous_buffer_of<std::remove_reference_t<G>, T> &&
-             std::same_as<std::remove_cvref_t<S>, std::vector<std::size_t>>
-  tensor_view<T>& add(std::string name, V&& value, G&& grad, S&& shape, tensor_options options = {}) {
-    check_contiguous(name, value, "value");
-    check_contiguous(name, grad, "gradient");
-    const std::size_t nv = static_cast<std::size_t>(value.size());
-    if (nv != static_cast<std::size_t>(grad.size()))
-      throw std::invalid_argument("flatmin::param_set: tensor " + detail::quote(name) + ": value and gradient sizes differ");
-    const std::size_t ns = std::accumulate(shape.begin(), shape.end(), std::size_t{1}, std::multiplies<>{});
-    if (shape.empty() || ns != nv)
-      throw std::invalid_argument("flatmin::param_set: tensor " + detail::quote(name) + ": shape does not match buffer size " +
-                                  std::to_string(nv));
-    return push(std::move(name), value.data(), grad.data(), nv, std::vector<std::size_t>(shape), options,
-                memory_space::host);
+    requires buffer_of<std::remove_reference_t<V>, T> && buffer_of<std::remove_reference_t<G>, T> &&
+             (integer_range<std::remove_cvref_t<S>> || std::same_as<std::remove_cvref_t<S>, tensor_shape>)
+  tensor_view<T>& add(std::string name, V&& value, G&& grad, const S& shape, tensor_options options = {}) {
+    const tensor_shape s(shape);
+    return add_buffers(std::move(name), value, grad, &s, options);
   }
 
   /// Registers a LoRA pair (factors x = A and y = B; the update is B·A) as two tensors named
   /// `name + ".A"` and `name + ".B"`. Used by `regularize::balancedness` (BAR); every other policy
   /// treats them as ordinary tensors.
-  const lora_pair& add_lora_pair(const std::string& name, T* a, T* grad_a, std::vector<std::size_t> shape_a, T* b,
-                                 T* grad_b, std::vector<std::size_t> shape_b, tensor_options options = {},
+  const lora_pair& add_lora_pair(const std::string& name, T* a, T* grad_a, tensor_shape shape_a, T* b,
+                                 T* grad_b, tensor_shape shape_b, tensor_options options = {},
                                  memory_space space = memory_space::host) {
     add(name + ".A", a, grad_a, std::move(shape_a), options, space).extra_flags |= tensor_flags::lora_a;
     try {
@@ -158,52 +153,95 @@ class param_set {
       r.push_back({v.value, v.value + v.size, &v.name});
       r.push_back({v.grad, v.grad + v.size, &v.name});
     }
-    std::sort(r.begin(), r.end(), [](const range& x, const range& y) { return std::less<const T*>{}(x.lo, y.lo); });
+    std::sort(r.begin(), r.end(),
+              [](const range& x, const range& y) { return std::less<const T*>{}(x.lo, y.lo); });
     for (std::size_t i = 1; i < r.size(); ++i)
       if (std::less<const T*>{}(r[i].lo, r[i - 1].hi))
-        throw std::invalid_argument("flatmin::param_set: the memory of tensors " + detail::quote(*r[i - 1].name) +
-                                    " and " + detail::quote(*r[i].name) + " overlaps");
+        throw std::invalid_argument("flatmin::param_set: the memory of tensors " +
+                                    detail::quote(*r[i - 1].name) + " and " + detail::quote(*r[i].name) +
+                                    " overlaps");
   }
 
  private:
-  template <class V, class G>
-  tensor_view<T>& add_foreign(std::string name, V& value, G& grad, std::vector<std::size_t> shape, tensor_options options) {
-    using VT = buffer_traits<std::remove_cv_t<V>>;
-    using GT = buffer_traits<std::remove_cv_t<G>>;
-    static_assert(VT::space == GT::space, "flatmin::param_set: value and gradient buffers live in different memory spaces");
-    const std::size_t nv = VT::size(value), ng = GT::size(grad);
-    if (nv != ng)
-      throw std::invalid_argument("flatmin::param_set: tensor " + detail::quote(name) + " has " + std::to_string(nv) +
-                                  " values but " + std::to_string(ng) + " gradient entries");
-    if (shape.empty()) shape = {nv};
-    const std::size_t n = std::accumulate(shape.begin(), shape.end(), std::size_t{1}, std::multiplies<>{});
-    if (n != nv)
-      throw std::invalid_argument("flatmin::param_set: tensor " + detail::quote(name) + ": shape does not match buffer size " +
-                                  std::to_string(nv));
-    return push(std::move(name), VT::data(value), GT::data(grad), nv, std::move(shape), options, VT::space);
+  /// One side of a view (value or gradient) as `push` checks it.
+  struct side {
+    T* data;
+    std::size_t size;
+    memory_space space;
+    std::vector<std::size_t> shape;  ///< the buffer's own shape
+  };
+
+  template <class C>
+  static constexpr memory_space space_of() {
+    if constexpr (foreign_buffer_of<C, T>) return buffer_traits<std::remove_cv_t<C>>::space;
+    else return memory_space::host;
   }
 
-  tensor_view<T>& push(std::string name, T* value, T* grad, std::size_t n, std::vector<std::size_t> shape,
-                       tensor_options options, memory_space space) {
-    const std::string q = detail::quote(name);
+  template <class C>
+  static side describe(const std::string& name, C& c, const char* what) {
+    if constexpr (foreign_buffer_of<C, T>) {
+      using traits = buffer_traits<std::remove_cv_t<C>>;
+      const std::size_t n = traits::size(c);
+      return {traits::data(c), n, traits::space, {n}};
+    } else {
+      check_contiguous(name, c, what);
+      return {c.data(), static_cast<std::size_t>(c.size()), memory_space::host, shape_of(c)};
+    }
+  }
+
+  template <class V, class G>
+  tensor_view<T>& add_buffers(std::string name, V& value, G& grad, const tensor_shape* shape,
+                              tensor_options options) {
+    static_assert(space_of<V>() == space_of<G>(),
+                  "flatmin::param_set: value and gradient buffers live in different memory spaces");
+    side v = describe(name, value, "value");
+    side g = describe(name, grad, "gradient");
+    return push(std::move(name), std::move(v), std::move(g), true, shape, options);
+  }
+
+  /// Every check of every `add` form, in one place. `sized`: the sides carry their sizes (buffers);
+  /// otherwise (raw pointers) the size is the shape's product. `shape`: the explicit shape, or
+  /// null for the buffer's own.
+  tensor_view<T>& push(std::string name, side value, side grad, bool sized, const tensor_shape* shape,
+                       tensor_options options) {
+    const auto fail = [&](const std::string& what) {
+      throw std::invalid_argument("flatmin::param_set: tensor " + detail::quote(name) + " " + what);
+    };
     if (name.empty()) throw std::invalid_argument("flatmin::param_set: a tensor needs a name");
-    if (names_.count(name)) throw std::invalid_argument("flatmin::param_set: duplicate tensor name " + q);
-    if (n == 0) throw std::invalid_argument("flatmin::param_set: tensor " + q + " has no elements");
-    if (value == nullptr) throw std::invalid_argument("flatmin::param_set: tensor " + q + " has a null value pointer");
-    if (grad == nullptr) throw std::invalid_argument("flatmin::param_set: tensor " + q + " has a null gradient pointer");
-    if (value == grad) throw std::invalid_argument("flatmin::param_set: tensor " + q + " uses the same memory for value and gradient");
+    if (names_.count(name))
+      throw std::invalid_argument("flatmin::param_set: duplicate tensor name " + detail::quote(name));
+    if (shape && shape->has_negative())
+      fail("has a negative extent " + std::to_string(shape->negative()) + " in its shape");
+    if (shape && shape->empty()) fail("has an empty shape");
+    std::vector<std::size_t> dims = shape ? shape->dims() : std::move(value.shape);
+    std::size_t n = 1;
+    for (const std::size_t d : dims) {
+      if (d != 0 && n > static_cast<std::size_t>(-1) / d) fail("has a shape whose product overflows size_t");
+      n *= d;
+    }
+    if (sized && value.size != grad.size)
+      fail("has " + std::to_string(value.size) + " values but " + std::to_string(grad.size) +
+           " gradient entries");
+    if (sized && n != value.size)
+      fail("has a shape that does not match its buffer size " + std::to_string(value.size));
+    if (n == 0) fail("has no elements");
+    if (value.data == nullptr) fail("has a null value pointer");
+    if (grad.data == nullptr) fail("has a null gradient pointer");
+    if (value.data == grad.data) fail("uses the same memory for value and gradient");
     names_.insert(name);
-    views_.push_back(tensor_view<T>{std::move(name), value, grad, n, std::move(shape), options, space, 0u});
+    views_.push_back(
+        tensor_view<T>{std::move(name), value.data, grad.data, n, std::move(dims), options, value.space, 0u});
     return views_.back();
   }
 
   template <class C>
   static void check_contiguous(const std::string& name, const C& c, const char* what) {
     if constexpr (requires { c.innerStride(); c.outerStride(); c.innerSize(); c.outerSize(); }) {
-      const bool ok = c.size() == 0 || (c.innerStride() == 1 && (c.outerSize() <= 1 || c.outerStride() == c.innerSize()));
+      const bool ok =
+          c.size() == 0 || (c.innerStride() == 1 && (c.outerSize() <= 1 || c.outerStride() == c.innerSize()));
       if (!ok)
-        throw std::invalid_argument("flatmin::param_set: the " + std::string(what) + " of tensor " + detail::quote(name) +
-                                    " is not contiguous (strided Eigen view)");
+        throw std::invalid_argument("flatmin::param_set: the " + std::string(what) + " of tensor " +
+                                    detail::quote(name) + " is not contiguous (strided Eigen view)");
     }
   }
 

@@ -2,8 +2,12 @@
 /// @file tensor_view.hpp
 /// A named, shaped, non-owning view of one parameter tensor and its gradient.
 
+#include <concepts>
 #include <cstdint>
+#include <initializer_list>
+#include <ranges>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "../config.hpp"
@@ -32,6 +36,60 @@ inline std::uint32_t to_flags(const tensor_options& o) {
   return (o.weight_decay ? tensor_flags::weight_decay : 0u) | (o.perturb ? tensor_flags::perturb : 0u) |
          (o.adaptive ? tensor_flags::adaptive : 0u) | (o.mask_eligible ? tensor_flags::mask_eligible : 0u);
 }
+
+/// A range of integers usable as a shape: `std::vector<std::int64_t>` (libtorch's
+/// `sizes().vec()`), `std::array<int, 2>`, `std::span`, libtorch's `IntArrayRef`, ...
+template <class R>
+concept integer_range = std::ranges::input_range<const R> &&
+                        std::integral<std::ranges::range_value_t<const R>> &&
+                        !std::same_as<std::ranges::range_value_t<const R>, bool>;
+
+/// A tensor's shape as the caller wrote it, in any integer type. A negative extent is kept (as
+/// `negative()`) rather than thrown here, so that `param_set::add` can name the tensor.
+class tensor_shape {
+ public:
+  tensor_shape() = default;
+  tensor_shape(std::initializer_list<std::size_t> dims) { assign(dims); }
+  /// Preferred to the size_t list for a list of one integer type (`{16, 8}`, `{rows, cols}`).
+  template <std::integral I>
+  tensor_shape(std::initializer_list<I> dims) {
+    static_assert(!std::same_as<I, bool>,
+                  "flatmin: a braced list of integers is a tensor shape; write per-tensor options with "
+                  "designated initializers, {.weight_decay = false}, or as flatmin::tensor_options{...}");
+    assign(dims);
+  }
+  template <class R>
+    requires integer_range<R> && (!std::same_as<R, tensor_shape>)
+  tensor_shape(const R& dims) {
+    assign(dims);
+  }
+
+  const std::vector<std::size_t>& dims() const { return dims_; }
+  bool empty() const { return dims_.empty(); }
+  /// Whether an extent was negative, and the first such value.
+  bool has_negative() const { return has_negative_; }
+  long long negative() const { return negative_; }
+
+ private:
+  template <class R>
+  void assign(const R& r) {
+    for (const auto d : r) {
+      if constexpr (std::is_signed_v<std::remove_cv_t<decltype(d)>>) {
+        if (d < 0) {
+          if (!has_negative_) negative_ = static_cast<long long>(d);
+          has_negative_ = true;
+          dims_.push_back(0);
+          continue;
+        }
+      }
+      dims_.push_back(static_cast<std::size_t>(d));
+    }
+  }
+
+  std::vector<std::size_t> dims_;
+  bool has_negative_ = false;
+  long long negative_ = 0;
+};
 
 /// A non-owning view: `size` contiguous values at `value` and their gradient at `grad`, both in
 /// `space`. The library never owns, frees or reallocates them.

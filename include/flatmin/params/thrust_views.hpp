@@ -5,7 +5,7 @@
 /// CUDA rejected by `backend::eigen`). Include it only where Thrust is available.
 ///
 ///     thrust::device_vector<float> w(n), g(n);
-///     params.add("fc.weight", w, g, std::vector<std::size_t>{rows, cols}, {.weight_decay = true});
+///     params.add("fc.weight", w, g, {rows, cols}, {.weight_decay = true});
 
 #include <thrust/device_vector.h>
 
