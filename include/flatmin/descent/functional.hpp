@@ -43,10 +43,11 @@ struct functional {
   /// Clean pass: g and the saved cotangent c(w); returns the loss.
   template <class O>
   double first_gradient(O& obj) {
-    static_assert(functional_objective<O>,
-                  "flatmin::descent::functional: the objective is not a flatmin::functional_objective: it needs "
-                  "operator()() (clean pass: gradient, saves the output cotangent, returns the loss) AND "
-                  "functional_backward() (forward at w + eps, back-propagates the saved cotangent)");
+    static_assert(
+        functional_objective<O>,
+        "flatmin::descent::functional: the objective is not a flatmin::functional_objective: it needs "
+        "operator()() (clean pass: gradient, saves the output cotangent, returns the loss) AND "
+        "functional_backward() (forward at w + eps, back-propagates the saved cotangent)");
     return static_cast<double>(obj());
   }
   /// Perturbed pass: g_fsam = J(w + ε)ᵀ c(w) into the gradient views.

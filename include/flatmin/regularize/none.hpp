@@ -17,7 +17,9 @@ struct none {
     };
     state(const none&, const backend::layout<T, Backend>&) {}
     /// Called once per applied step, after g_adv is known to be finite; may run reductions.
-    view prepare(const none&, const backend::layout<T, Backend>&, std::size_t /*t*/, T /*inv_scale*/) { return {}; }
+    view prepare(const none&, const backend::layout<T, Backend>&, std::size_t /*t*/, T /*inv_scale*/) {
+      return {};
+    }
   };
 };
 
