@@ -253,6 +253,17 @@ TEST_CASE("thrust: device_vector views are tagged device; memory spaces are chec
   CHECK(v.shape == std::vector<std::size_t>{2, 3});
   CHECK_THROWS_AS(ps.add("bad", w, g5), std::invalid_argument);
   CHECK_THROWS_AS(ps.add("badshape", a5, b5, std::vector<std::size_t>{2, 2}), std::invalid_argument);
+  {  // device buffers take the same shape forms as host buffers: a braced list, int64 ranges
+    thrust::device_vector<float> x(6), gx(6);
+    flatmin::param_set<float> qs;
+    CHECK(qs.add("x", x, gx, {3, 2}, {.perturb = false}).shape == std::vector<std::size_t>{3, 2});
+    CHECK_FALSE(qs[0].options.perturb);
+    CHECK(qs[0].space == flatmin::memory_space::device);
+    flatmin::param_set<float> rs;
+    CHECK(rs.add("x", x, gx, std::vector<std::int64_t>{6}).shape == std::vector<std::size_t>{6});
+    CHECK_THROWS_WITH_AS(rs.add("y", a5, b5, {-1, 5}),
+                         "flatmin::param_set: tensor 'y' has a negative extent -1 in its shape", std::invalid_argument);
+  }
   // backend::eigen cannot use device-tagged views.
   CHECK_THROWS_AS(flatmin::sam<flatmin::backend::eigen>(ps, flatmin::base::sgd{}), flatmin::usage_error);
   CHECK_NOTHROW(flatmin::sam<flatmin::backend::thrust>(ps, flatmin::base::sgd{}));

@@ -68,8 +68,8 @@ TEST_CASE("base::adam and base::adamw: hand-worked first steps") {
   CHECK(w[0] == doctest::Approx(0.95 - 0.1 / (1.0 + 5e-9)).epsilon(1e-14));
 }
 
-TEST_CASE_TEMPLATE("base::adam with decoupled decay is AdamW: the float64 AdamW reference, bitwise base::adamw",
-                   T, float, double) {
+TEST_CASE_TEMPLATE("base::adam with decoupled decay: the float64 AdamW reference, bitwise base::adamw", T,
+                   float, double) {
   using flatmin::base::weight_decay_mode;
   const flatmin::base::adamw w_cases[] = {
       {.lr = 0.02, .weight_decay = 0.5},

@@ -239,7 +239,8 @@ TEST_CASE("param_set: shapes of any integer type; negative extents rejected nami
   }
   {  // raw pointers take the same forms
     param_set<float> ps;
-    CHECK(ps.add("w", w.data(), g.data(), std::vector<std::int64_t>{2, 4}).shape == std::vector<std::size_t>{2, 4});
+    CHECK(ps.add("w", w.data(), g.data(), std::vector<std::int64_t>{2, 4}).shape ==
+          std::vector<std::size_t>{2, 4});
     const int n = 8;
     std::vector<float> v(8), gv(8);
     CHECK(ps.add("v", v.data(), gv.data(), {n}).shape == std::vector<std::size_t>{8});
@@ -299,5 +300,6 @@ TEST_CASE("param_set: every add form runs the same checks, with the same message
         "flatmin::param_set: tensor 't' uses the same memory for value and gradient");
   CHECK(ps.empty());
   ps.add("t", w6, g6, {3, 2});
-  CHECK(add_error([&] { ps.add("t", w6.data() + 0, g6.data(), {6}); }) == "flatmin::param_set: duplicate tensor name 't'");
+  CHECK(add_error([&] { ps.add("t", w6.data() + 0, g6.data(), {6}); }) ==
+        "flatmin::param_set: duplicate tensor name 't'");
 }
