@@ -18,14 +18,18 @@
 namespace flatmin::base {
 
 namespace detail {
-inline void validate_adam(const char* where, double lr, double b1, double b2, double eps, double wd) {
+template <class T>
+void validate_adam(const char* where, double lr, double b1, double b2, double eps, double wd) {
   using flatmin::detail::check_option;
-  using flatmin::detail::finite;
-  check_option(finite(lr) && lr > 0, where, "lr", lr, "finite and > 0");
-  check_option(b1 >= 0 && b1 < 1, where, "beta1", b1, "in [0, 1)");
-  check_option(b2 >= 0 && b2 < 1, where, "beta2", b2, "in [0, 1)");
-  check_option(finite(eps) && eps > 0, where, "eps", eps, "finite and > 0");
-  check_option(finite(wd) && wd >= 0, where, "weight_decay", wd, "finite and >= 0");
+  using flatmin::detail::domain;
+  check_option<T>(where, "lr", lr, domain::positive);
+  check_option<T>(where, "beta1", b1, domain::unit_open);
+  check_option<T>(where, "beta2", b2, domain::unit_open);
+  check_option<T>(where, "eps", eps, domain::positive);
+  check_option<T>(where, "weight_decay", wd, domain::non_negative);
+  // The largest step size is lr / (1 − β1¹); AdamW's shrink factor is 1 − lr λ.
+  flatmin::detail::check_derived<T>(where, "lr / (1 - beta1)", lr / (1 - b1));
+  flatmin::detail::check_derived<T>(where, "lr * weight_decay", lr * wd);
 }
 
 /// State shared by Adam and AdamW: first and second moments.
@@ -73,7 +77,11 @@ struct adam {
 
   static constexpr bool has_second_moment = true;
 
-  void validate() const { detail::validate_adam("base::adam", lr, beta1, beta2, eps, weight_decay); }
+  /// Throws std::invalid_argument unless the options are valid for an optimizer computing in T.
+  template <class T = double>
+  void validate() const {
+    detail::validate_adam<T>("base::adam", lr, beta1, beta2, eps, weight_decay);
+  }
 
   template <class T, class Backend>
   class state : public detail::adam_state<T, Backend> {

@@ -23,7 +23,11 @@ struct adamw {
 
   static constexpr bool has_second_moment = true;
 
-  void validate() const { detail::validate_adam("base::adamw", lr, beta1, beta2, eps, weight_decay); }
+  /// Throws std::invalid_argument unless the options are valid for an optimizer computing in T.
+  template <class T = double>
+  void validate() const {
+    detail::validate_adam<T>("base::adamw", lr, beta1, beta2, eps, weight_decay);
+  }
 
   template <class T, class Backend>
   class state : public detail::adam_state<T, Backend> {
