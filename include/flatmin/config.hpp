@@ -119,10 +119,12 @@ constexpr bool in_domain(double x, domain d) {
 template <class T>
 void check_option(const char* where, const char* option, double value, domain d) {
   if (in_domain<T>(value, d)) return;
-  static constexpr const char* rules[] = {"finite and > 0", "finite and >= 0", "in [0, 1]", "in [0, 1)", "in (0, 1]"};
-  const std::string rule = std::string(rules[static_cast<int>(d)]) + " as a " + type_name<T>() + " (0 or |x| in [" +
-                           format_value(static_cast<double>(std::numeric_limits<T>::min())) + ", " +
-                           format_value(static_cast<double>(std::numeric_limits<T>::max())) + "])";
+  static constexpr const char* rules[] = {"finite and > 0", "finite and >= 0", "in [0, 1]", "in [0, 1)",
+                                          "in (0, 1]"};
+  const double lo = static_cast<double>(std::numeric_limits<T>::min());
+  const double hi = static_cast<double>(std::numeric_limits<T>::max());
+  const std::string rule = std::string(rules[static_cast<int>(d)]) + " as a " + type_name<T>() +
+                           " (0 or |x| in [" + format_value(lo) + ", " + format_value(hi) + "])";
   check_option(false, where, option, value, rule.c_str());
 }
 
@@ -130,8 +132,10 @@ void check_option(const char* where, const char* option, double value, domain d)
 /// unless it is finite as a T, so that no value passing the rules above overflows T when combined.
 template <class T>
 void check_derived(const char* where, const char* quantity, double value) {
-  const bool ok = finite(value) && (value < 0 ? -value : value) <= static_cast<double>(std::numeric_limits<T>::max());
-  if (!ok) check_option(false, where, quantity, value, (std::string("finite as a ") + type_name<T>()).c_str());
+  const double top = static_cast<double>(std::numeric_limits<T>::max());
+  const bool ok = finite(value) && (value < 0 ? -value : value) <= top;
+  const std::string rule = std::string("finite as a ") + type_name<T>();
+  if (!ok) check_option(false, where, quantity, value, rule.c_str());
 }
 
 /// Validates a policy's options for use in precision T: `validate<T>()` where the policy has it,

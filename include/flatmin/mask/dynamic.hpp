@@ -44,7 +44,8 @@ struct dynamic {
   template <class T = double>
   void validate() const {
     flatmin::detail::check_option<T>("mask::dynamic", "keep", keep, flatmin::detail::domain::unit);
-    flatmin::detail::check_option<T>("mask::dynamic", "death_rate", death_rate, flatmin::detail::domain::unit);
+    flatmin::detail::check_option<T>("mask::dynamic", "death_rate", death_rate,
+                                     flatmin::detail::domain::unit);
     flatmin::detail::check_option(refresh_every >= 1, "mask::dynamic", "refresh_every",
                                   static_cast<double>(refresh_every), ">= 1");
     detail::check_block("mask::dynamic", block);
@@ -87,8 +88,8 @@ struct dynamic {
     /// Throws std::invalid_argument if `block` changed since construction (the optimizer calls it
     /// before anything is written).
     void check(const dynamic& m) const {
-      units_.check_unchanged("mask::dynamic", "block", m.block > 1 ? detail::unit_kind::block : detail::unit_kind::element,
-                             m.block);
+      const auto k = m.block > 1 ? detail::unit_kind::block : detail::unit_kind::element;
+      units_.check_unchanged("mask::dynamic", "block", k, m.block);
     }
 
     void begin_step(const dynamic&, std::size_t) {

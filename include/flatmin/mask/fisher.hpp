@@ -106,8 +106,8 @@ struct fisher {
     /// Throws std::invalid_argument if `block` changed since construction (the optimizer calls it
     /// before anything is written).
     void check(const fisher& m) const {
-      units_.check_unchanged("mask::fisher", "block", m.block > 1 ? detail::unit_kind::block : detail::unit_kind::element,
-                             m.block);
+      const auto k = m.block > 1 ? detail::unit_kind::block : detail::unit_kind::element;
+      units_.check_unchanged("mask::fisher", "block", k, m.block);
     }
 
     /// Rebuilds the block list if the bits were replaced (load()).

@@ -38,9 +38,10 @@ struct random {
   template <class T = double>
   void validate() const {
     flatmin::detail::check_option<T>("mask::random", "beta", beta, flatmin::detail::domain::unit_positive);
-    flatmin::detail::check_option(unit == granularity::element || unit == granularity::block ||
-                                      unit == granularity::tensor,
-                                  "mask::random", "unit", static_cast<double>(unit), "element, block or tensor");
+    const bool known =
+        unit == granularity::element || unit == granularity::block || unit == granularity::tensor;
+    flatmin::detail::check_option(known, "mask::random", "unit", static_cast<double>(unit),
+                                  "element, block or tensor");
     detail::check_block("mask::random", block);
   }
 

@@ -45,8 +45,9 @@ struct optimizer_options {
   nonfinite on_nonfinite = nonfinite::skip;  ///< skip the step (default) or throw
 
   void validate() const {
-    detail::check_option(on_nonfinite == nonfinite::skip || on_nonfinite == nonfinite::raise, "optimizer_options",
-                         "on_nonfinite", static_cast<double>(on_nonfinite), "nonfinite::skip or nonfinite::raise");
+    detail::check_option(on_nonfinite == nonfinite::skip || on_nonfinite == nonfinite::raise,
+                         "optimizer_options", "on_nonfinite", static_cast<double>(on_nonfinite),
+                         "nonfinite::skip or nonfinite::raise");
   }
 };
 
@@ -87,7 +88,8 @@ class sharpness_aware {
   /// cannot reach.
   sharpness_aware(const param_set<T>& params, Base base, Perturb perturb = {}, Mask mask = {},
                   optimizer_options options = {}, Descent descent = {}, Regularizer reg = {})
-      : base_((check_options(base, perturb, mask, options, descent, reg), std::move(base))),
+      : base_((static_cast<void>(check_options(base, perturb, mask, options, descent, reg)),
+               std::move(base))),
         perturb_(std::move(perturb)),
         mask_(std::move(mask)),
         descent_(std::move(descent)),
@@ -224,7 +226,8 @@ class sharpness_aware {
                   "flatmin::step: the objective lacks what this composition's descent policy needs: for "
                   "descent::standard, a callable with no argument returning the loss (flatmin::objective)");
     if (phase_ != phase::idle)
-      throw usage_error("flatmin: step() called between ascend() and descend(); call descend() or cancel() first");
+      throw usage_error(
+          "flatmin: step() called between ascend() and descend(); call descend() or cancel() first");
     validate();
     static_cast<void>(inverse_scale(args));
     // A mask may ask the objective for more before the batch gradient (SSAM-F's per-example Fisher).

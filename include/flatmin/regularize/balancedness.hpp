@@ -11,8 +11,9 @@
 ///     c   = α ρ (‖g_x‖² − ‖g_y‖²) / ((‖g‖ + ξ)(‖x‖² + ‖y‖²))
 ///     g_x ← g_x − c x,   g_y ← g_y + c y,   then the base optimizer step
 ///
-/// (c = 0 when ‖x‖² + ‖y‖² = 0 or ‖g‖ + ξ = 0, or when c is not finite as a T). ‖g‖ is the global norm SAM would normalise by:
-/// over every tensor with `.perturb = true` (all, by default). Pairs are those registered with
+/// (c = 0 when ‖x‖² + ‖y‖² = 0 or ‖g‖ + ξ = 0, or when c is not finite as a T). ‖g‖ is the
+/// global norm SAM would normalise by: over every tensor with `.perturb = true` (all, by
+/// default). Pairs are those registered with
 /// `param_set::add_lora_pair`; every other tensor gets the plain base step. Compose with
 /// `perturb::none` (flatmin::bar does): no second gradient.
 /// Property (tests/unit/test_balancedness.cpp): on ½‖x yᵀ − (A + σN)‖² with fresh noise each step,
@@ -95,7 +96,8 @@ struct balancedness {
         const double den = gn * (sx.w2 + sy.w2);
         const double c = den > 0 ? a * o.rho * (sx.g2 - sy.g2) / den : 0.0;
         // c is applied in T: one past T's range would write ±inf into the weights.
-        last_c_[p] = std::isfinite(c) && std::fabs(c) <= static_cast<double>(std::numeric_limits<T>::max()) ? c : 0.0;
+        const double top = static_cast<double>(std::numeric_limits<T>::max());
+        last_c_[p] = std::isfinite(c) && std::fabs(c) <= top ? c : 0.0;
         host_coef_[pr.x] = static_cast<T>(-last_c_[p]);
         host_coef_[pr.y] = static_cast<T>(last_c_[p]);
       }

@@ -145,9 +145,10 @@ class units {
   void check_unchanged(const char* where, const char* option, unit_kind kind, std::size_t block) const {
     const std::size_t now = kind == unit_kind::block ? block : 1;
     if (kind != kind_ || now != this->block())
-      throw std::invalid_argument(std::string("flatmin::") + where + ": " + option + " changed after construction (" +
-                                  std::to_string(this->block()) + " " + name(kind_) + " -> " + std::to_string(now) +
-                                  " " + name(kind) + "); it sizes the mask state, build a new optimizer to change it");
+      throw std::invalid_argument(std::string("flatmin::") + where + ": " + option +
+                                  " changed after construction (" + std::to_string(this->block()) + " " +
+                                  name(kind_) + " -> " + std::to_string(now) + " " + name(kind) +
+                                  "); it sizes the mask state, build a new optimizer to change it");
   }
   const std::vector<std::uint64_t>& host_base() const { return host_base_; }
   const std::vector<backend::tensor_rec<T>>& host_tensors() const { return host_tensors_; }
