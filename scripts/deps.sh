@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Installs flatmin's Debian build dependencies when any is missing (needs root or sudo).
 set -euo pipefail
-pkgs=(cmake g++ make libeigen3-dev doctest-dev libbenchmark-dev libthrust-dev libomp-dev zlib1g-dev)
+# clang-14, libclang-rt-14-dev (sanitizer / libFuzzer runtimes) and libomp-14-dev (OpenMP for
+# clang++-14): the clang and fuzzing stages of scripts/test.sh.
+pkgs=(cmake g++ make libeigen3-dev doctest-dev libbenchmark-dev libthrust-dev libomp-dev zlib1g-dev
+      clang-14 libclang-rt-14-dev libomp-14-dev)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -327,7 +327,8 @@ struct thrust {
   template <class T>
   static std::vector<T> to_host(const vector<T>& v) {
     std::vector<T> h(v.size());
-    ::thrust::copy(v.begin(), v.end(), h.begin());
+    // An empty std::vector's data() may be null, which Thrust's copy must not be handed.
+    if (!h.empty()) ::thrust::copy(v.begin(), v.end(), h.begin());
     return h;
   }
   template <class T>

@@ -35,19 +35,24 @@ struct adam {
 
   static constexpr bool has_second_moment = true;
 
+  /// Throws std::invalid_argument unless the options are valid for an optimizer computing in T.
+  template <class T = double>
   void validate() const {
     using flatmin::detail::check_option;
-    using flatmin::detail::finite;
+    using flatmin::detail::domain;
     // Errors name the policy the user wrote: AdamW is this policy with decoupled decay.
     const char* where = decay == weight_decay_mode::decoupled ? "base::adamw" : "base::adam";
-    check_option(finite(lr) && lr > 0, where, "lr", lr, "finite and > 0");
-    check_option(beta1 >= 0 && beta1 < 1, where, "beta1", beta1, "in [0, 1)");
-    check_option(beta2 >= 0 && beta2 < 1, where, "beta2", beta2, "in [0, 1)");
-    check_option(finite(eps) && eps > 0, where, "eps", eps, "finite and > 0");
-    check_option(finite(weight_decay) && weight_decay >= 0, where, "weight_decay", weight_decay,
-                 "finite and >= 0");
-    check_option(decay == weight_decay_mode::coupled || decay == weight_decay_mode::decoupled, where, "decay",
-                 static_cast<double>(decay), "coupled (0) or decoupled (1)");
+    check_option<T>(where, "lr", lr, domain::positive);
+    check_option<T>(where, "beta1", beta1, domain::unit_open);
+    check_option<T>(where, "beta2", beta2, domain::unit_open);
+    check_option<T>(where, "eps", eps, domain::positive);
+    check_option<T>(where, "weight_decay", weight_decay, domain::non_negative);
+    // The largest step size is lr / (1 − β1¹); AdamW's shrink factor is 1 − lr λ.
+    flatmin::detail::check_derived<T>(where, "lr / (1 - beta1)", lr / (1 - beta1));
+    flatmin::detail::check_derived<T>(where, "lr * weight_decay", lr * weight_decay);
+    if (decay != weight_decay_mode::coupled && decay != weight_decay_mode::decoupled)
+      throw std::invalid_argument(std::string(where) + ": decay must be coupled (0) or decoupled (1), got " +
+                                  std::to_string(static_cast<int>(decay)));
   }
 
   /// First and second moments.

@@ -27,7 +27,11 @@ struct adamw {
   /// The same optimizer spelled as `base::adam`.
   adam as_adam() const { return {lr, beta1, beta2, eps, weight_decay, weight_decay_mode::decoupled}; }
 
-  void validate() const { as_adam().validate(); }
+  /// Throws std::invalid_argument unless the options are valid for an optimizer computing in T.
+  template <class T = double>
+  void validate() const {
+    as_adam().template validate<T>();
+  }
 
   template <class T, class Backend>
   class state : public adam::state<T, Backend> {

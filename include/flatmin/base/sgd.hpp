@@ -25,12 +25,15 @@ struct sgd {
 
   static constexpr bool has_second_moment = false;
 
+  /// Throws std::invalid_argument unless the options are valid for an optimizer computing in T.
+  template <class T = double>
   void validate() const {
-    detail::check_option(detail::finite(lr) && lr > 0, "base::sgd", "lr", lr, "finite and > 0");
-    detail::check_option(momentum >= 0 && momentum < 1, "base::sgd", "momentum", momentum, "in [0, 1)");
-    detail::check_option(dampening >= 0 && dampening <= 1, "base::sgd", "dampening", dampening, "in [0, 1]");
-    detail::check_option(detail::finite(weight_decay) && weight_decay >= 0, "base::sgd", "weight_decay", weight_decay,
-                         "finite and >= 0");
+    using flatmin::detail::domain;
+    flatmin::detail::check_option<T>("base::sgd", "lr", lr, domain::positive);
+    flatmin::detail::check_option<T>("base::sgd", "momentum", momentum, domain::unit_open);
+    flatmin::detail::check_option<T>("base::sgd", "dampening", dampening, domain::unit);
+    flatmin::detail::check_option<T>("base::sgd", "weight_decay", weight_decay, domain::non_negative);
+    flatmin::detail::check_derived<T>("base::sgd", "lr * weight_decay", lr * weight_decay);
     if (nesterov)
       detail::check_option(momentum > 0 && dampening == 0, "base::sgd", "momentum (with nesterov)", momentum,
                            "> 0 with dampening == 0");

@@ -40,10 +40,12 @@ struct dynamic {
   std::size_t block = 1;             ///< 1 = entries; else a power of two ≤ 1024
   std::uint64_t seed = 0;
 
+  /// Throws std::invalid_argument unless the options are valid for an optimizer computing in T.
+  template <class T = double>
   void validate() const {
-    flatmin::detail::check_option(keep >= 0 && keep <= 1, "mask::dynamic", "keep", keep, "in [0, 1]");
-    flatmin::detail::check_option(death_rate >= 0 && death_rate <= 1, "mask::dynamic", "death_rate", death_rate,
-                                  "in [0, 1]");
+    flatmin::detail::check_option<T>("mask::dynamic", "keep", keep, flatmin::detail::domain::unit);
+    flatmin::detail::check_option<T>("mask::dynamic", "death_rate", death_rate,
+                                     flatmin::detail::domain::unit);
     flatmin::detail::check_option(refresh_every >= 1, "mask::dynamic", "refresh_every",
                                   static_cast<double>(refresh_every), ">= 1");
     detail::check_block("mask::dynamic", block);
@@ -82,6 +84,13 @@ struct dynamic {
     }
 
     bool is_compact() const { return units_.kind() != detail::unit_kind::element; }
+
+    /// Throws std::invalid_argument if `block` changed since construction (the optimizer calls it
+    /// before anything is written).
+    void check(const dynamic& m) const {
+      const auto k = m.block > 1 ? detail::unit_kind::block : detail::unit_kind::element;
+      units_.check_unchanged("mask::dynamic", "block", k, m.block);
+    }
 
     void begin_step(const dynamic&, std::size_t) {
       if (built_from_ != Backend::data(bits_)) {  // the bits were replaced (load())

@@ -61,8 +61,15 @@ struct fisher {
   std::size_t examples = 16;  ///< N_s for `per_example`
   bool empty_start = false;   ///< SSAM's official start: no mask before the first refresh
 
+  /// Throws std::invalid_argument unless the options are valid for an optimizer computing in T.
+  template <class T = double>
   void validate() const {
-    flatmin::detail::check_option(keep >= 0 && keep <= 1, "mask::fisher", "keep", keep, "in [0, 1]");
+    flatmin::detail::check_option<T>("mask::fisher", "keep", keep, flatmin::detail::domain::unit);
+    flatmin::detail::check_option(source == fisher_estimator::accumulated ||
+                                      source == fisher_estimator::current_batch ||
+                                      source == fisher_estimator::per_example,
+                                  "mask::fisher", "source", static_cast<double>(source),
+                                  "accumulated, current_batch or per_example");
     flatmin::detail::check_option(refresh_every >= 1, "mask::fisher", "refresh_every",
                                   static_cast<double>(refresh_every), ">= 1");
     flatmin::detail::check_option(examples >= 1, "mask::fisher", "examples", static_cast<double>(examples), ">= 1");
@@ -95,6 +102,13 @@ struct fisher {
 
     /// Block masks keep saved weights for the active blocks only; element masks use dense storage.
     bool is_compact() const { return units_.kind() != detail::unit_kind::element; }
+
+    /// Throws std::invalid_argument if `block` changed since construction (the optimizer calls it
+    /// before anything is written).
+    void check(const fisher& m) const {
+      const auto k = m.block > 1 ? detail::unit_kind::block : detail::unit_kind::element;
+      units_.check_unchanged("mask::fisher", "block", k, m.block);
+    }
 
     /// Rebuilds the block list if the bits were replaced (load()).
     void begin_step(const fisher&, std::size_t) {

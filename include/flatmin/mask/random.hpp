@@ -34,8 +34,14 @@ struct random {
   std::size_t block = 128;  ///< entries per block for `granularity::block` (power of two ≤ 1024)
   std::uint64_t seed = 0;
 
+  /// Throws std::invalid_argument unless the options are valid for an optimizer computing in T.
+  template <class T = double>
   void validate() const {
-    flatmin::detail::check_option(beta > 0 && beta <= 1, "mask::random", "beta", beta, "in (0, 1]");
+    flatmin::detail::check_option<T>("mask::random", "beta", beta, flatmin::detail::domain::unit_positive);
+    const bool known =
+        unit == granularity::element || unit == granularity::block || unit == granularity::tensor;
+    flatmin::detail::check_option(known, "mask::random", "unit", static_cast<double>(unit),
+                                  "element, block or tensor");
     detail::check_block("mask::random", block);
   }
 
@@ -62,6 +68,12 @@ struct random {
 
     /// Tensor and block units run the ascent and restore over the kept units only.
     bool is_compact() const { return units_.kind() != detail::unit_kind::element; }
+
+    /// Throws std::invalid_argument if `unit` or, with block units, `block` changed since
+    /// construction (the optimizer calls it before anything is written).
+    void check(const random& m) const {
+      units_.check_unchanged("mask::random", "unit / block", kind(m.unit), m.block);
+    }
 
     /// Draws step t's mask (host side: only the compact segment list is built, from the same hash).
     void begin_step(const random& m, std::size_t step) {

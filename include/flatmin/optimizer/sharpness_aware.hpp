@@ -19,6 +19,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <exception>
 #include <functional>
 #include <istream>
 #include <limits>
@@ -42,6 +43,12 @@ namespace flatmin {
 /// Options of the optimizer itself (not of a policy).
 struct optimizer_options {
   nonfinite on_nonfinite = nonfinite::skip;  ///< skip the step (default) or throw
+
+  void validate() const {
+    detail::check_option(on_nonfinite == nonfinite::skip || on_nonfinite == nonfinite::raise,
+                         "optimizer_options", "on_nonfinite", static_cast<double>(on_nonfinite),
+                         "nonfinite::skip or nonfinite::raise");
+  }
 };
 
 template <class T, class Backend, class Perturb, class Mask, class Base, class Descent = descent::standard,
@@ -73,11 +80,13 @@ class sharpness_aware {
   static constexpr bool perturbs = Perturb::perturbs;
 
   /// Binds the optimizer to `params` (the views are copied; the memory they point to must outlive
-  /// the optimizer). Throws std::invalid_argument for bad options or an empty / overlapping set,
-  /// usage_error for a view in a memory space the backend cannot reach.
+  /// the optimizer). Throws std::invalid_argument for bad options (checked in T, before any state
+  /// is built) or an empty / overlapping set, usage_error for a view in a memory space the backend
+  /// cannot reach.
   sharpness_aware(const param_set<T>& params, Base base, Perturb perturb = {}, Mask mask = {},
                   optimizer_options options = {}, Descent descent = {}, Regularizer reg = {})
-      : base_(std::move(base)),
+      : base_((static_cast<void>(check_options(base, perturb, mask, options, descent, reg)),
+               std::move(base))),
         perturb_(std::move(perturb)),
         mask_(std::move(mask)),
         descent_(std::move(descent)),
@@ -146,7 +155,9 @@ class sharpness_aware {
   }
 
   /// Second half: with g_adv in the gradient views, restores w exactly and applies the base step.
-  /// Returns the step's report (`skipped` if g or g_adv was non-finite).
+  /// Returns the step's report (`skipped` if g or g_adv was non-finite). Any exception after the
+  /// misuse check (invalid options, a policy or schedule throwing) restores w bit-exactly and
+  /// leaves the optimizer idle before it propagates.
   step_report descend(const step_args& args = {}) {
     if constexpr (perturbs) {
       if (phase_ == phase::idle) throw usage_error("flatmin: descend() called without a matching ascend()");
@@ -156,6 +167,7 @@ class sharpness_aware {
         report_.step = steps_ + 1;
       }
     }
+    const cancel_on_throw guard(*this);
     validate();
     if (phase_ == phase::skipped) {  // g at w was non-finite: nothing was perturbed, nothing to apply
       phase_ = phase::idle;
@@ -201,28 +213,29 @@ class sharpness_aware {
   }
 
   /// One whole step with the closure protocol: `obj()` writes ∇L at the current weights and
-  /// returns the loss; it is called at w, then (if the composition perturbs) at w + ε. If the
-  /// objective throws at w + ε, the weights are restored before the exception propagates.
+  /// returns the loss; it is called at w, then (if the composition perturbs) at w + ε. Options and
+  /// the protocol state are checked before the objective runs; if anything throws after the
+  /// ascent (the objective at w + ε, a policy, a schedule), the weights are restored bit-exactly
+  /// and the optimizer is idle before the exception propagates.
   template <class O>
   step_report step(O&& obj, const step_args& args = {}) {
     static_assert(requires(Descent& d, std::remove_reference_t<O>& o) { d.first_gradient(o); d.second_gradient(o); },
                   "flatmin::step: the objective lacks what this composition's descent policy needs: for "
                   "descent::standard, a callable with no argument returning the loss (flatmin::objective)");
+    if (phase_ != phase::idle)
+      throw usage_error(
+          "flatmin: step() called between ascend() and descend(); call descend() or cancel() first");
+    validate();
+    static_cast<void>(inverse_scale(args));
     // A mask may ask the objective for more before the batch gradient (SSAM-F's per-example Fisher).
     if constexpr (requires { mask_state_.before_gradient(mask_, layout_, steps_ + 1, obj); })
       mask_state_.before_gradient(mask_, layout_, steps_ + 1, obj);
     const double loss = descent_.first_gradient(obj);
+    const cancel_on_throw guard(*this);
     step_report r;
     if constexpr (perturbs) {
       r = ascend(args);
-      if (!r.skipped) {
-        try {
-          descent_.second_gradient(obj);
-        } catch (...) {
-          cancel();
-          throw;
-        }
-      }
+      if (!r.skipped) descent_.second_gradient(obj);
     }
     r = descend(args);
     r.loss = loss;
@@ -327,6 +340,35 @@ class sharpness_aware {
       std::declval<const typename Base::template state<T, Backend>&>(), std::size_t{}));
   static constexpr std::uint64_t magic = 0x314e494d54414c46ull;  // "FLATMIN1"
 
+  /// Cancels the step (w restored bit-exactly, idle) when the scope it guards is left by an
+  /// exception; a no-op when idle (a path that restored before throwing) or on a normal exit.
+  class cancel_on_throw {
+   public:
+    explicit cancel_on_throw(sharpness_aware& o) : opt_(o), pending_(std::uncaught_exceptions()) {}
+    cancel_on_throw(const cancel_on_throw&) = delete;
+    cancel_on_throw& operator=(const cancel_on_throw&) = delete;
+    ~cancel_on_throw() {
+      if (std::uncaught_exceptions() > pending_) opt_.cancel();
+    }
+
+   private:
+    sharpness_aware& opt_;
+    int pending_;
+  };
+
+  /// The option rules of every policy, in the precision T the optimizer computes in. Runs from the
+  /// first member initializer, so that no state is sized from options that were not checked.
+  static bool check_options(const Base& b, const Perturb& p, const Mask& m, const optimizer_options& o,
+                            const Descent& d, const Regularizer& r) {
+    detail::validate_as<T>(b);
+    detail::validate_as<T>(p);
+    detail::validate_as<T>(m);
+    o.validate();
+    detail::validate_as<T>(d);
+    detail::validate_as<T>(r);
+    return true;
+  }
+
   const param_set<T>& checked(const param_set<T>& ps) {
     ps.validate();
     for (const auto& v : ps.tensors()) {
@@ -339,18 +381,17 @@ class sharpness_aware {
     return ps;
   }
 
+  /// The options (mutable between steps) against the rules and against the state built from them.
   void validate() const {
-    base_.validate();
-    perturb_.validate();
-    mask_.validate();
-    descent_.validate();
-    reg_.validate();
+    check_options(base_, perturb_, mask_, options_, descent_, reg_);
     if constexpr (requires { base_state_.check(base_); }) base_state_.check(base_);
+    if constexpr (requires { mask_state_.check(mask_); }) mask_state_.check(mask_);
   }
 
+  /// 1 / grad_scale in T; the scale and its inverse must both be normal numbers of T.
   static T inverse_scale(const step_args& a) {
-    detail::check_option(std::isfinite(a.grad_scale) && a.grad_scale > 0, "step_args", "grad_scale", a.grad_scale,
-                         "finite and > 0");
+    detail::check_option<T>("step_args", "grad_scale", a.grad_scale, detail::domain::positive);
+    detail::check_option<T>("step_args", "1 / grad_scale", 1.0 / a.grad_scale, detail::domain::positive);
     return static_cast<T>(1.0 / a.grad_scale);
   }
 

@@ -21,10 +21,14 @@ struct adaptive {
 
   static constexpr bool perturbs = true;
 
+  /// Throws std::invalid_argument unless the options are valid for an optimizer computing in T.
+  template <class T = double>
   void validate() const {
-    detail::check_option(detail::finite(rho) && rho >= 0, "perturb::adaptive", "rho", rho, "finite and >= 0");
-    detail::check_option(detail::finite(eta) && eta >= 0, "perturb::adaptive", "eta", eta, "finite and >= 0");
-    detail::check_option(detail::finite(xi) && xi >= 0, "perturb::adaptive", "xi", xi, "finite and >= 0");
+    detail::check_option<T>("perturb::adaptive", "rho", rho, detail::domain::non_negative);
+    detail::check_option<T>("perturb::adaptive", "eta", eta, detail::domain::non_negative);
+    detail::check_option<T>("perturb::adaptive", "xi", xi, detail::domain::non_negative);
+    // The direction is T_w² g with T_w ≥ η: an η² past T's range makes every step non-finite.
+    detail::check_derived<T>("perturb::adaptive", "eta * eta", eta * eta);
   }
 
   template <class T, class BaseState>

@@ -19,9 +19,11 @@ struct l2 {
 
   static constexpr bool perturbs = true;
 
+  /// Throws std::invalid_argument unless the options are valid for an optimizer computing in T.
+  template <class T = double>
   void validate() const {
-    detail::check_option(detail::finite(rho) && rho >= 0, "perturb::l2", "rho", rho, "finite and >= 0");
-    detail::check_option(detail::finite(xi) && xi >= 0, "perturb::l2", "xi", xi, "finite and >= 0");
+    detail::check_option<T>("perturb::l2", "rho", rho, detail::domain::non_negative);
+    detail::check_option<T>("perturb::l2", "xi", xi, detail::domain::non_negative);
   }
 
   /// The per-element term; `base` and `steps_done` are unused by plain SAM.

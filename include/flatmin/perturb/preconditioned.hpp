@@ -31,9 +31,11 @@ struct preconditioned {
   /// Checked by `sharpness_aware` against `Base::has_second_moment`.
   static constexpr bool needs_second_moment = true;
 
+  /// Throws std::invalid_argument unless the options are valid for an optimizer computing in T.
+  template <class T = double>
   void validate() const {
-    detail::check_option(detail::finite(rho) && rho >= 0, "perturb::preconditioned", "rho", rho, "finite and >= 0");
-    detail::check_option(detail::finite(xi) && xi >= 0, "perturb::preconditioned", "xi", xi, "finite and >= 0");
+    detail::check_option<T>("perturb::preconditioned", "rho", rho, detail::domain::non_negative);
+    detail::check_option<T>("perturb::preconditioned", "xi", xi, detail::domain::non_negative);
   }
 
   /// P⁻¹ from `base`'s second moment after `steps_done` applied steps (P = I before the first).

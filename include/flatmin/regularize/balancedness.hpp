@@ -11,8 +11,9 @@
 ///     c   = α ρ (‖g_x‖² − ‖g_y‖²) / ((‖g‖ + ξ)(‖x‖² + ‖y‖²))
 ///     g_x ← g_x − c x,   g_y ← g_y + c y,   then the base optimizer step
 ///
-/// (c = 0 when ‖x‖² + ‖y‖² = 0 or ‖g‖ + ξ = 0). ‖g‖ is the global norm SAM would normalise by:
-/// over every tensor with `.perturb = true` (all, by default). Pairs are those registered with
+/// (c = 0 when ‖x‖² + ‖y‖² = 0 or ‖g‖ + ξ = 0, or when c is not finite as a T). ‖g‖ is the
+/// global norm SAM would normalise by: over every tensor with `.perturb = true` (all, by
+/// default). Pairs are those registered with
 /// `param_set::add_lora_pair`; every other tensor gets the plain base step. Compose with
 /// `perturb::none` (flatmin::bar does): no second gradient.
 /// Property (tests/unit/test_balancedness.cpp): on ½‖x yᵀ − (A + σN)‖² with fresh noise each step,
@@ -27,6 +28,7 @@
 #include <cmath>
 #include <cstddef>
 #include <functional>
+#include <limits>
 #include <vector>
 
 #include "../backend/layout.hpp"
@@ -41,11 +43,13 @@ struct balancedness {
   double xi = 1e-12;   ///< ξ ≥ 0 added to ‖g‖
   std::function<double(std::size_t)> alpha_schedule{};  ///< optional factor on α at step t (1-based)
 
+  /// Throws std::invalid_argument unless the options are valid for an optimizer computing in T.
+  template <class T = double>
   void validate() const {
-    detail::check_option(detail::finite(rho) && rho >= 0, "regularize::balancedness", "rho", rho, "finite and >= 0");
-    detail::check_option(detail::finite(alpha) && alpha >= 0, "regularize::balancedness", "alpha", alpha,
-                         "finite and >= 0");
-    detail::check_option(detail::finite(xi) && xi >= 0, "regularize::balancedness", "xi", xi, "finite and >= 0");
+    detail::check_option<T>("regularize::balancedness", "rho", rho, detail::domain::non_negative);
+    detail::check_option<T>("regularize::balancedness", "alpha", alpha, detail::domain::non_negative);
+    detail::check_option<T>("regularize::balancedness", "xi", xi, detail::domain::non_negative);
+    detail::check_derived<T>("regularize::balancedness", "rho * alpha", rho * alpha);
   }
 
   /// α at step t, schedule applied; throws std::invalid_argument for a non-finite or negative value.
@@ -81,6 +85,7 @@ struct balancedness {
     view prepare(const balancedness& o, const backend::layout<T, Backend>& l, std::size_t t, T inv_scale) {
       if (pairs_.empty()) return {Backend::data(coef_)};
       const double a = o.alpha_at(t);
+      detail::check_derived<T>("regularize::balancedness", "rho * alpha * alpha_schedule(t)", o.rho * a);
       const double g2 = Backend::template reduce<double>(l.full(), kernels::perturbable_g2_pass<T>{inv_scale});
       const double gn = std::sqrt(g2) + o.xi;
       const auto full = l.full();
@@ -90,7 +95,9 @@ struct balancedness {
         const auto sy = sums(full, pr.y_part, inv_scale);
         const double den = gn * (sx.w2 + sy.w2);
         const double c = den > 0 ? a * o.rho * (sx.g2 - sy.g2) / den : 0.0;
-        last_c_[p] = std::isfinite(c) ? c : 0.0;
+        // c is applied in T: one past T's range would write ±inf into the weights.
+        const double top = static_cast<double>(std::numeric_limits<T>::max());
+        last_c_[p] = std::isfinite(c) && std::fabs(c) <= top ? c : 0.0;
         host_coef_[pr.x] = static_cast<T>(-last_c_[p]);
         host_coef_[pr.y] = static_cast<T>(last_c_[p]);
       }

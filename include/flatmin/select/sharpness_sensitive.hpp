@@ -38,8 +38,11 @@ namespace flatmin::select {
 struct sharpness_sensitive {
   double gamma = 0.5;  ///< fraction of the batch kept for the second gradient
 
+  /// Throws std::invalid_argument unless γ is in (0, 1] (T: the optimizer's type; γ is used in double).
+  template <class T = double>
   void validate() const {
-    flatmin::detail::check_option(gamma > 0 && gamma <= 1, "select::sharpness_sensitive", "gamma", gamma, "in (0, 1]");
+    flatmin::detail::check_option<T>("select::sharpness_sensitive", "gamma", gamma,
+                                     flatmin::detail::domain::unit_positive);
   }
 
   /// k = ⌈γ |B|⌉ (|B| when γ ≥ 0.99).

@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "../../backend/layout.hpp"
@@ -78,11 +79,20 @@ FLATMIN_HD inline bool candidate_flags(std::uint32_t f) {
   return (f & tensor_flags::perturb) && (f & tensor_flags::mask_eligible);
 }
 
+/// Checks a block size option: 1 (elements) or a power of two in [2, 1024].
+inline void check_block(const char* where, std::size_t block) {
+  flatmin::detail::check_option(block >= 1 && block <= 1024 && (block & (block - 1)) == 0, where, "block",
+                                static_cast<double>(block), "1 (element granularity) or a power of two <= 1024");
+}
+
 /// Host side of the units of one layout: the tables above in backend memory, and counts.
 template <class T, class Backend>
 class units {
  public:
   units(const backend::layout<T, Backend>& l, unit_kind kind, std::size_t block) : kind_(kind) {
+    // Checked here too, not only by the masks' validate(): block 0 divides by zero below and a
+    // block past 2^63 never ends the shift loop.
+    if (kind == unit_kind::block) check_block("mask", block);
     const auto& ts = l.host_tensors();
     std::vector<std::uint64_t> base(ts.size() + 1, 0);
     for (std::size_t t = 0; t < ts.size(); ++t) {
@@ -130,6 +140,16 @@ class units {
   /// Entries of perturbed tensors that are not eligible (always perturbed, densely).
   std::size_t dense_elements() const { return dense_elements_; }
   std::size_t block() const { return kind_ == unit_kind::block ? std::size_t{1} << shift_ : 1; }
+  /// Throws std::invalid_argument if a mask's granularity option no longer matches these units:
+  /// the bits, scores and compact lists are sized by it when the optimizer is built.
+  void check_unchanged(const char* where, const char* option, unit_kind kind, std::size_t block) const {
+    const std::size_t now = kind == unit_kind::block ? block : 1;
+    if (kind != kind_ || now != this->block())
+      throw std::invalid_argument(std::string("flatmin::") + where + ": " + option +
+                                  " changed after construction (" + std::to_string(this->block()) + " " +
+                                  name(kind_) + " -> " + std::to_string(now) + " " + name(kind) +
+                                  "); it sizes the mask state, build a new optimizer to change it");
+  }
   const std::vector<std::uint64_t>& host_base() const { return host_base_; }
   const std::vector<backend::tensor_rec<T>>& host_tensors() const { return host_tensors_; }
   std::size_t bytes() const {
@@ -137,6 +157,10 @@ class units {
   }
 
  private:
+  static const char* name(unit_kind k) {
+    return k == unit_kind::element ? "element" : k == unit_kind::block ? "block" : "tensor";
+  }
+
   unit_kind kind_;
   unsigned shift_ = 0;
   std::size_t count_ = 0, eligible_units_ = 0, eligible_elements_ = 0, dense_elements_ = 0;
@@ -376,12 +400,6 @@ struct popcount_word {
     return c;
   }
 };
-
-/// Checks a block size option: 1 (elements) or a power of two in [2, 1024].
-inline void check_block(const char* where, std::size_t block) {
-  flatmin::detail::check_option(block >= 1 && block <= 1024 && (block & (block - 1)) == 0, where, "block",
-                                static_cast<double>(block), "1 (element granularity) or a power of two <= 1024");
-}
 
 /// The union of two selections.
 template <class A, class B>
