@@ -12,6 +12,7 @@
 #include <cmath>
 #include <numeric>
 #include <span>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -211,7 +212,8 @@ trajectory davda54(const mlp& f, double rho, double lr, bool adaptive) {
       for (std::size_t j = 0; j < p.size(); ++j) tg[j] = std::fabs(p[j]) * g[j];
     const double scale = rho / (norm_of_tensor_norms(tg) + 1e-12);  // line 19
     const vec old = p;                                                // line 23
-    for (std::size_t j = 0; j < p.size(); ++j) p[j] += (adaptive ? p[j] * p[j] : 1.0) * g[j] * scale;  // 24–25
+    for (std::size_t j = 0; j < p.size(); ++j)  // lines 24–25
+      p[j] += (adaptive ? p[j] * p[j] : 1.0) * g[j] * scale;
     const vec gadv = f.grad(p);
     p = old;  // line 34
     for (std::size_t j = 0; j < p.size(); ++j) p[j] -= lr * gadv[j];
@@ -270,7 +272,8 @@ trajectory fsam4plm(const mlp& f, double rho, double keep, std::size_t refresh, 
       for (std::size_t j = 0; j < p.size(); ++j)
         if (is_weight(j)) elig.push_back(j);
       const auto k = static_cast<std::size_t>(static_cast<double>(elig.size()) * keep);
-      std::stable_sort(elig.begin(), elig.end(), [&](std::size_t a, std::size_t b) { return g[a] * g[a] > g[b] * g[b]; });
+      auto larger = [&](std::size_t a, std::size_t b) { return g[a] * g[a] > g[b] * g[b]; };
+      std::stable_sort(elig.begin(), elig.end(), larger);
       std::fill(mask.begin(), mask.end(), 0);
       for (std::size_t r = 0; r < k; ++r) mask[elig[r]] = 1;
       // the gradient is zeroed: ε = 0
@@ -330,7 +333,8 @@ template <class B>
 struct library_run {
   mlp f;
   flatmin_test::model<double> m;
-  explicit library_run(bool biases_eligible = true) : m(mlp_layout(biases_eligible), flatmin_test::test_space<B>) {
+  explicit library_run(bool biases_eligible = true)
+      : m(mlp_layout(biases_eligible), flatmin_test::test_space<B>) {
     m.set_weights(mlp::start());
   }
 };
@@ -374,12 +378,14 @@ TEST_CASE_TEMPLATE("official ASAM preset = SamsungLabs/ASAM (eta 0.01, weights b
   }
   {  // by_name = false with every tensor adaptive scales the biases: not SamsungLabs
     library_run<B> r;
-    auto opt = flatmin::asam<B>(r.m.params, flatmin::base::sgd{.lr = lr}, flatmin::official, {.by_name = false});
+    auto opt =
+        flatmin::asam<B>(r.m.params, flatmin::base::sgd{.lr = lr}, flatmin::official, {.by_name = false});
     CHECK_DEPARTS(run_library(opt, r.m, f), want);
   }
 }
 
-TEST_CASE_TEMPLATE("official ASAM preset, davda54 flavour (eta 0, every tensor, xi 1e-12)", B, FLATMIN_TEST_BACKENDS) {
+TEST_CASE_TEMPLATE("official ASAM preset, davda54 flavour (eta 0, every tensor, xi 1e-12)", B,
+                   FLATMIN_TEST_BACKENDS) {
   const double rho = 2.0, lr = 0.2 / loss_scale;
   const mlp f;
   const auto want = davda54(f, rho, lr, true);
@@ -403,7 +409,7 @@ TEST_CASE_TEMPLATE("official ASAM preset, davda54 flavour (eta 0, every tensor, 
   }
 }
 
-TEST_CASE_TEMPLATE("official FSAM preset = FSAM4PLM (current-batch Fisher, unperturbed refresh steps, xi 1e-7)", B,
+TEST_CASE_TEMPLATE("official FSAM preset = FSAM4PLM (current-batch Fisher, refresh steps at w, xi 1e-7)", B,
                    FLATMIN_TEST_BACKENDS) {
   const double rho = 0.05, keep = 0.4, lr = 0.5 / loss_scale;
   const std::size_t refresh = 10;  // refreshes at steps 1, 11, 21, 31, 41, 51
@@ -434,7 +440,8 @@ TEST_CASE_TEMPLATE("official FSAM preset = FSAM4PLM (current-batch Fisher, unper
   }
 }
 
-TEST_CASE_TEMPLATE("official ESAM preset = dydjw9/Efficient_SAM (strict cutoff, xi 1e-7)", B, FLATMIN_TEST_BACKENDS) {
+TEST_CASE_TEMPLATE("official ESAM preset = dydjw9/Efficient_SAM (strict cutoff, xi 1e-7)", B,
+                   FLATMIN_TEST_BACKENDS) {
   const double rho = 0.05, lr = 0.5 / loss_scale;
   const mlp f;
   // γ|B| = 6 (official keeps 5, the default 6) and 3.6 (official keeps 2, the default 4)
@@ -454,7 +461,8 @@ TEST_CASE_TEMPLATE("official ESAM preset = dydjw9/Efficient_SAM (strict cutoff, 
     }
     {  // the library's default keeps ⌈γ|B|⌉ samples with ξ = 1e-12
       library_run<B> r;
-      auto opt = flatmin::esam<B>(r.m.params, flatmin::base::sgd{.lr = lr}, {.rho = rho, .beta = 1.0, .gamma = gamma});
+      auto opt = flatmin::esam<B>(r.m.params, flatmin::base::sgd{.lr = lr},
+                                  {.rho = rho, .beta = 1.0, .gamma = gamma});
       CHECK_DEPARTS(run_library(opt, r.m, f), want);
     }
   }
@@ -484,7 +492,7 @@ TEST_CASE("select::sharpness_sensitive strict_cutoff by hand: above the floor(ga
   CHECK(s.select(before, after).size() == 6);
 }
 
-TEST_CASE("official ASAM preset: by_name needs a tensor named \"weight\"; the davda54 flavour overrides the flags") {
+TEST_CASE("official ASAM preset: by_name needs a tensor named \"weight\"; davda54 overrides the flags") {
   std::vector<double> a{1.0, -2.0}, ga(2), b{0.5}, gb(1);
   {
     flatmin::param_set<double> ps;
@@ -506,5 +514,46 @@ TEST_CASE("official ASAM preset: by_name needs a tensor named \"weight\"; the da
     CHECK((t[1].flags & flatmin::tensor_flags::adaptive) == 0);  // a bias: T = 1
     auto dv = flatmin::asam(ps, flatmin::base::sgd{}, flatmin::official, flatmin::asam_davda54_options{});
     for (const auto& x : dv.layout().host_tensors()) CHECK((x.flags & flatmin::tensor_flags::adaptive) != 0);
+  }
+}
+
+TEST_CASE_TEMPLATE("mask::fisher unperturbed_refresh: a retried refresh step stays at w; resuming agrees",
+                   B, FLATMIN_TEST_BACKENDS) {
+  const mlp f;
+  const double lr = 0.5 / loss_scale;
+  const flatmin::fsam_official_options o{.keep = 0.4, .refresh_every = 3};  // refreshes at 1, 4, 7, …
+  library_run<B> r(false);
+  auto opt = flatmin::fsam<B>(r.m.params, flatmin::base::sgd{.lr = lr}, flatmin::official, o);
+  mlp_objective obj{f, r.m};
+  const vec w0 = r.m.weights();
+  obj();
+  CHECK(opt.ascend().perturbation_norm == 0.0);
+  CHECK(r.m.weights() == w0);  // ε = 0: w + ε is w, bit for bit
+  opt.cancel();
+  obj();
+  CHECK(opt.ascend().perturbation_norm == 0.0);  // the retry keeps the step's refresh and its ε = 0
+  CHECK(r.m.weights() == w0);
+  obj();
+  opt.descend();
+  for (int s = 1; s < 5; ++s) {  // steps 2 … 5: only step 4 refreshes
+    const auto rep = opt.step(obj);
+    CHECK((rep.perturbation_norm == 0.0) == (s == 3));
+  }
+  std::stringstream ckpt;
+  opt.save(ckpt);
+  const vec w5 = r.m.weights();
+  trajectory a;
+  for (int s = 0; s < 6; ++s) {
+    opt.step(obj);
+    a.push_back(r.m.weights());
+  }
+  // a second optimizer resumed from step 5 over the same weights
+  r.m.set_weights(w5);
+  auto again = flatmin::fsam<B>(r.m.params, flatmin::base::sgd{.lr = lr}, flatmin::official, o);
+  again.load(ckpt);
+  for (int s = 0; s < 6; ++s) {
+    const auto rep = again.step(obj);
+    CHECK((rep.perturbation_norm == 0.0) == (s == 1 || s == 4));  // steps 7 and 10 refresh
+    CHECK(r.m.weights() == a[static_cast<std::size_t>(s)]);
   }
 }
