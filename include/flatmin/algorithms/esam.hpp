@@ -11,8 +11,8 @@
 /// Defaults: β = 0.5, γ = 0.5, ρ = 0.05 (the CIFAR runs used 0.05–0.2), unit = whole tensors (as
 /// the official code). The closure protocol needs a `flatmin::sample_objective` (per-sample
 /// losses, forward-only losses, gradient on a subset); without one the composition does not
-/// compile. Differs from the official code: exactly ⌈γ|B|⌉ samples are kept (the official strict
-/// cutoff keeps one fewer), ties to the lower index; ξ = 1e-12 (the official 1e-7).
+/// compile. Differs from the official code: exactly ⌈γ|B|⌉ samples are kept, ties to the lower
+/// index (the official strict cutoff keeps ⌊γ|B|⌋ − 1, fewer on ties); ξ = 1e-12 (official 1e-7).
 ///
 /// Official preset, `flatmin::esam(params, base, flatmin::official)` (`esam_official_options`):
 /// dydjw9/Efficient_SAM, utils/Esam.py at 4c84cf5 —
@@ -26,11 +26,11 @@
 /// restores the saved w bit-exactly).
 
 #include "../backend/default.hpp"
-#include "official.hpp"
 #include "../mask/random.hpp"
 #include "../optimizer/sharpness_aware.hpp"
 #include "../perturb/l2.hpp"
 #include "../select/sharpness_sensitive.hpp"
+#include "official.hpp"
 
 namespace flatmin {
 

@@ -136,7 +136,6 @@ struct sharpness_sensitive {
   }
 
  public:
-
   // Per-step scratch (public only so that the options stay an aggregate for designated initializers).
   std::vector<double> before_ = {}, after_ = {};
   std::vector<std::size_t> selected_ = {};
