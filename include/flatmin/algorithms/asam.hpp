@@ -7,11 +7,34 @@
 ///
 /// Defaults: ρ = 0.5, η = 0.01, ξ = 1e-12. Set `tensor_options::adaptive = false` on biases to
 /// match the official code (which scales only tensors named "weight").
+/// η = 0.01 is the paper's and the authors' code's: with η = 0, T_w = |w| never perturbs an entry
+/// that is 0 (a zero-initialised bias, a pruned weight) however large its gradient, and davda54's
+/// η = 0 mode is labelled experimental there.
+///
+/// Two official presets, one per public implementation (ξ is added to the norm in both, as in the
+/// library's formula):
+/// - `flatmin::asam(params, base, flatmin::official)` (`asam_official_options`): the authors' code,
+///   SamsungLabs/ASAM, asam.py at dc9b513. T_w = |w| + η on the tensors whose name contains
+///   "weight" (line 22: BatchNorm / LayerNorm scales, named "weight" in PyTorch, are scaled; biases
+///   are not, T = 1); ‖T_w g‖ over every tensor, plus ξ = 1e-16 (line 27); ε = ρ T_w² g / that
+///   (lines 32–36); ρ = 0.5, η = 0.01 (line 5). `by_name = true` applies the name rule (it overrides
+///   `tensor_options::adaptive`; a set with no tensor named "weight" is rejected), `false` keeps
+///   the per-tensor options. Not reproduced: the restore w = (w + ε) − ε (line 45; the library
+///   restores the saved w bit-exactly, a difference of rounding only).
+/// - `flatmin::asam(params, base, flatmin::official, flatmin::asam_davda54_options{})`: davda54/sam's
+///   `adaptive = True` mode, sam.py at 87a9604. η = 0 and every tensor scaled, biases included
+///   (ε = ρ w² g / (‖|w| g‖ + ξ), lines 24 and 53), ξ = 1e-12 (line 19); ρ = 2.0, the value its
+///   README's ASAM run uses (the class default, 0.05, is SAM's).
+
+#include <concepts>
+#include <stdexcept>
+#include <string>
 
 #include "../backend/default.hpp"
 #include "../mask/dense.hpp"
 #include "../optimizer/sharpness_aware.hpp"
 #include "../perturb/adaptive.hpp"
+#include "official.hpp"
 
 namespace flatmin {
 
@@ -29,6 +52,62 @@ template <class Backend = default_backend, class T, class Base>
 asam_t<T, Base, Backend> asam(const param_set<T>& params, Base base, asam_options o = {}) {
   return asam_t<T, Base, Backend>(params, std::move(base), perturb::adaptive{o.rho, o.eta, o.xi}, {},
                                   {o.on_nonfinite});
+}
+
+/// The SamsungLabs/ASAM preset's options.
+struct asam_official_options {
+  double rho = 0.5;
+  double eta = 0.01;
+  double xi = 1e-16;
+  bool by_name = true;  ///< scale exactly the tensors whose name contains "weight"
+  nonfinite on_nonfinite = nonfinite::skip;
+};
+
+/// The davda54/sam adaptive-mode preset's options (η = 0 and every tensor scaled are fixed).
+struct asam_davda54_options {
+  double rho = 2.0;
+  double xi = 1e-12;
+  nonfinite on_nonfinite = nonfinite::skip;
+};
+
+namespace detail {
+/// A copy of `ps` (the same buffers) whose tensors' `adaptive` option is `scaled(view)`. The
+/// optimizer copies the views, so the copy may be a temporary.
+template <class T, class Pred>
+param_set<T> with_adaptive(const param_set<T>& ps, Pred scaled) {
+  param_set<T> out;
+  for (const auto& v : ps.tensors()) {
+    tensor_options o = v.options;
+    o.adaptive = scaled(v);
+    out.add(v.name, v.value, v.grad, v.shape, o, v.space).extra_flags = v.extra_flags;
+  }
+  return out;
+}
+}  // namespace detail
+
+template <class Backend = default_backend, class T, class Base>
+asam_t<T, Base, Backend> asam(const param_set<T>& params, Base base, official_t,
+                              asam_official_options o = {}) {
+  const perturb::adaptive p{o.rho, o.eta, o.xi};
+  if (!o.by_name) return asam_t<T, Base, Backend>(params, std::move(base), p, {}, {o.on_nonfinite});
+  auto weight = [](const tensor_view<T>& v) { return v.name.find("weight") != std::string::npos; };
+  bool any = false;
+  for (const auto& v : params.tensors()) any = any || weight(v);
+  if (!any)
+    throw std::invalid_argument(
+        "flatmin::asam (official preset): by_name = true, but no tensor name contains \"weight\", so nothing "
+        "would be scaled; set by_name = false and mark the scaled tensors with tensor_options::adaptive");
+  return asam_t<T, Base, Backend>(detail::with_adaptive(params, weight), std::move(base), p, {},
+                                  {o.on_nonfinite});
+}
+
+/// The davda54 flavour. `O` is deduced (never from a braced list), so that
+/// `asam(params, base, official, {.rho = 1})` still means the SamsungLabs preset, unambiguously.
+template <class Backend = default_backend, class T, class Base, std::same_as<asam_davda54_options> O>
+asam_t<T, Base, Backend> asam(const param_set<T>& params, Base base, official_t, O o) {
+  auto all = [](const tensor_view<T>&) { return true; };
+  return asam_t<T, Base, Backend>(detail::with_adaptive(params, all), std::move(base),
+                                  perturb::adaptive{o.rho, 0.0, o.xi}, {}, {o.on_nonfinite});
 }
 
 }  // namespace flatmin

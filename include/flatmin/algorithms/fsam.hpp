@@ -12,13 +12,33 @@
 /// Where the library differs from the official code: F accumulates the squared gradients since
 /// the last refresh (`source = fisher_estimator::current_batch` gives the official current-batch
 /// estimate); a refresh step is perturbed with its new mask (the official code perturbs nothing on
-/// refresh steps); the official `fisher-sam` mode crashes and has no counterpart.
+/// refresh steps); ξ = 1e-12 (official 1e-7); the official `fisher-sam` mode crashes and has no
+/// counterpart.
+///
+/// Official preset, `flatmin::fsam(params, base, flatmin::official)` (`fsam_official_options`):
+/// WHU-ZQH/FSAM4PLM at 77d5b3b, whose FSAM is the `fisher-esam` mode (ESAM_Mask in
+/// fairseq-FSAM/optim/samsgd.py) run with β = γ = 1, i.e. SAM with the Fisher mask (β, γ < 1
+/// add ESAM's weight and data selection: no preset). Line numbers counted at that commit:
+/// - ξ = 1e-7 added to the norm, ε = ρ m ⊙ g / (‖g‖ + 1e-7), ‖g‖ over every tensor
+///   (samsgd.py ≈ 597–604, ESAM_Mask.first_step; the norm, ESAM._grad_norm ≈ 479);
+/// - F = g² of the refresh step's batch gradient alone (set_fisher_mask ≈ 545–547),
+///   k = ⌊keep · |eligible|⌋ (≈ 562): `source = fisher_estimator::current_batch`;
+/// - no perturbation on a refresh step: set_fisher_mask zeroes the gradient (≈ 548) and the step
+///   that follows reuses it (fairseq-FSAM/optim/fairseq_optimizer.py, 133–135, `loss_before`), so
+///   ε = 0 and the base optimizer gets the gradient at w: `mask::fisher::unperturbed_refresh`;
+/// - refreshes when the update count is a multiple of T_m (fairseq-FSAM/trainer.py, train_step):
+///   steps 1, 1 + T_m, … as the library; T_m = 100 (`--mask-iter-e 100`, scripts/*-train.sh),
+///   keep = 0.1 (samsgd.py, FairseqSAMConfig).
+/// The official code exempts from the mask the tensors whose name contains "bias" or "embed" and
+/// BatchNorm parameters: mark those `mask_eligible = false` (the preset does not read names).
+/// Ties in F go to the lower index here, to the sort's order there.
 /// `block` > 1 selects blocks of that many entries (less state, faster ascent/restore).
 
 #include "../backend/default.hpp"
 #include "../mask/fisher.hpp"
 #include "../optimizer/sharpness_aware.hpp"
 #include "../perturb/l2.hpp"
+#include "official.hpp"
 
 namespace flatmin {
 
@@ -41,6 +61,28 @@ fsam_t<T, Base, Backend> fsam(const param_set<T>& params, Base base, fsam_option
       params, std::move(base), perturb::l2{o.rho, o.xi},
       mask::fisher{.keep = o.keep, .refresh_every = o.refresh_every, .block = o.block, .source = o.source},
       {o.on_nonfinite});
+}
+
+/// The official preset's options: current-batch Fisher and unperturbed refresh steps are fixed.
+struct fsam_official_options {
+  double rho = 0.05;
+  double xi = 1e-7;
+  double keep = 0.1;
+  std::size_t refresh_every = 100;
+  std::size_t block = 1;
+  nonfinite on_nonfinite = nonfinite::skip;
+};
+
+template <class Backend = default_backend, class T, class Base>
+fsam_t<T, Base, Backend> fsam(const param_set<T>& params, Base base, official_t,
+                              fsam_official_options o = {}) {
+  return fsam_t<T, Base, Backend>(params, std::move(base), perturb::l2{o.rho, o.xi},
+                                  mask::fisher{.keep = o.keep,
+                                               .refresh_every = o.refresh_every,
+                                               .block = o.block,
+                                               .source = mask::fisher_estimator::current_batch,
+                                               .unperturbed_refresh = true},
+                                  {o.on_nonfinite});
 }
 
 }  // namespace flatmin

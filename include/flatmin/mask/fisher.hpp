@@ -28,7 +28,8 @@
 /// `empty_start` (the official SSAM start) step 1 is not a refresh step and the steps before the
 /// first refresh perturb only the ineligible tensors. The refresh happens after the gradient is
 /// known to be finite and before the ascent, so a refresh step is perturbed with its new mask (the
-/// official FSAM code perturbs nothing on refresh steps; the library does not copy that).
+/// official FSAM code perturbs nothing on refresh steps: `unperturbed_refresh = true` reproduces
+/// it: ε = 0 on a refresh step through radius_scale(), so the base optimizer gets the gradient at w).
 /// Step numbers are the optimizer's (applied steps + 1): an ascent retried under the same number
 /// (after cancel() or a skipped descend()) neither refreshes again nor adds its gradient again.
 ///
@@ -37,7 +38,7 @@
 /// The granularity (`block`) is fixed when the optimizer is built; `keep` may change between steps.
 ///
 /// Options: keep = 0.1, refresh_every = 100, block = 1, source = accumulated, examples = 16,
-/// empty_start = false.
+/// empty_start = false, unperturbed_refresh = false.
 
 #include <algorithm>
 #include <cmath>
@@ -60,6 +61,7 @@ struct fisher {
   fisher_estimator source = fisher_estimator::accumulated;
   std::size_t examples = 16;  ///< N_s for `per_example`
   bool empty_start = false;   ///< SSAM's official start: no mask before the first refresh
+  bool unperturbed_refresh = false;  ///< FSAM's official refresh steps: ε = 0 on a refresh step
 
   /// Throws std::invalid_argument unless the options are valid for an optimizer computing in T.
   template <class T = double>
@@ -145,6 +147,7 @@ struct fisher {
       if (step == last_step_) return false;
       last_step_ = step;
       const bool now = m.refreshes(step);
+      zero_radius_ = now && m.unperturbed_refresh;
       T* acc = Backend::data(acc_);
       switch (m.source) {
         case fisher_estimator::accumulated:
@@ -182,7 +185,9 @@ struct fisher {
       const std::size_t bound = units_.dense_elements() + std::min(k * units_.block(), units_.eligible_elements());
       return std::max(bound, range_.elements());
     }
-    double radius_scale() const { return 1.0; }
+    /// 0 on a refresh step under `unperturbed_refresh` (set by that step's refresh(), which runs
+    /// before the optimizer reads the scale; a retried ascent of the same step keeps it).
+    double radius_scale() const { return zero_radius_ ? 0.0 : 1.0; }
     std::size_t bytes() const {
       return bits_.size() * sizeof(std::uint32_t) + acc_.size() * sizeof(T) + units_.bytes() + range_.bytes();
     }
@@ -217,6 +222,7 @@ struct fisher {
     double keep_ = 0;
     std::size_t last_step_ = 0;
     bool collected_ = false, examples_seen_ = false;
+    bool zero_radius_ = false;  ///< this step refreshed under unperturbed_refresh
     bool restart_ = false;  ///< the sums in acc_ are stale: the next estimate overwrites them
   };
 };

@@ -6,7 +6,8 @@
 ///     ε   = ρ · T_w² ⊙ g / (‖T_w ⊙ g‖ + ξ)
 ///
 /// The official code scales only tensors whose name contains "weight"; here that is the per-tensor
-/// option `tensor_options::adaptive` (set it to false for biases to match).
+/// option `tensor_options::adaptive` (set it to false for biases to match, or use the official
+/// preset, `flatmin::asam(params, base, flatmin::official)`, which applies the name rule).
 /// Options: ρ = `rho` (0.5), η = `eta` (0.01), ξ = `xi` (1e-12).
 
 #include "../config.hpp"
