@@ -11,6 +11,8 @@
 /// State: m and v (2N values). Exposes its second moment to `perturb::preconditioned`.
 
 #include <cmath>
+#include <stdexcept>
+#include <string>
 
 #include "../config.hpp"
 #include "../kernels/adam_update.hpp"
@@ -52,10 +54,21 @@ class adam_state {
   double second_moment_beta2() const { return beta2_; }
   double second_moment_eps() const { return eps_; }
   std::size_t bytes() const { return (m_.size() + v_.size()) * sizeof(T); }
+  /// Checkpoint entries: the moments and the last step's β2 and ε (the preconditioner's).
   template <class F>
   void visit(F&& f) {
     f("exp_avg", m_);
     f("exp_avg_sq", v_);
+    f("adam.beta2", beta2_);
+    f("adam.eps", eps_);
+  }
+  /// Checks the loaded β2 and ε (host copies in `s`) before they are committed.
+  template <class Staged>
+  void check_load(const Staged& s) const {
+    const double b2 = s.template scalar<double>("adam.beta2"), eps = s.template scalar<double>("adam.eps");
+    if (!(b2 >= 0 && b2 < 1) || !(flatmin::detail::finite(eps) && eps > 0))
+      throw std::invalid_argument("flatmin: load(): Adam's last beta2 " + std::to_string(b2) + " / eps " +
+                                  std::to_string(eps) + " out of range (beta2 in [0, 1), eps finite and > 0)");
   }
 
  private:
@@ -65,6 +78,7 @@ class adam_state {
 }  // namespace detail
 
 struct adam {
+  static constexpr const char* name = "adam";  ///< in checkpoints' composition identity
   double lr = 1e-3;
   double beta1 = 0.9;
   double beta2 = 0.999;

@@ -48,6 +48,7 @@ concept functional_objective = objective<O> && requires(O& o) { o.functional_bac
 namespace flatmin::descent {
 
 struct functional {
+  static constexpr const char* name = "functional";  ///< in checkpoints' composition identity
   void validate() const {}
 
   /// Clean pass: g and the saved cotangent c(w); returns the loss.

@@ -36,6 +36,7 @@
 namespace flatmin::select {
 
 struct sharpness_sensitive {
+  static constexpr const char* name = "sharpness_sensitive";  ///< in checkpoints' composition identity
   double gamma = 0.5;  ///< fraction of the batch kept for the second gradient
 
   void validate() const {
