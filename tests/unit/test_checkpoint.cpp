@@ -1,10 +1,24 @@
 // save() / load(): a run saved after k steps and resumed in a fresh optimizer over a copy of the
 // weights continues bitwise identically to the uninterrupted run; a checkpoint of another
 // parameter count or element type is rejected with invalid_argument and changes nothing.
+// Format v2 (issue 18): the layout byte by byte, CRC-32C, every class of corrupted checkpoint
+// rejected with nothing changed and bounded allocation (a counting operator new), and exact
+// resume after a skipped step, a refresh, a rollback load() and with preconditioned SAM.
 #include <doctest/doctest.h>
 
+#include <atomic>
+#include <bit>
+#include <cstdlib>
+#include <limits>
+#include <new>
 #include <sstream>
 
+#include <flatmin/mask/dynamic.hpp>
+#include <flatmin/mask/fisher.hpp>
+#include <flatmin/mask/random.hpp>
+#include <flatmin/perturb/preconditioned.hpp>
+
+#include "support/backends.hpp"
 #include "support/problems.hpp"
 
 using namespace flatmin_test;
@@ -158,31 +172,22 @@ TEST_CASE("checkpoint: save() and load() between ascend() and descend() are usag
 // rejected with nothing changed, bounded allocation, and exact resume in the hard cases.
 // ---------------------------------------------------------------------------------------------
 
-#include <atomic>
-#include <cstdlib>
-#include <limits>
-#include <new>
-
-#include <flatmin/mask/dynamic.hpp>
-#include <flatmin/mask/fisher.hpp>
-#include <flatmin/mask/random.hpp>
-#include <flatmin/perturb/preconditioned.hpp>
-
-#include "support/backends.hpp"
-
 // Counting allocator: every operator new of the program goes through here; while `counting` is
 // set the bytes are added up (load()'s host temporaries are std::vector / std::string).
 namespace {
 std::atomic<bool> counting{false};
 std::atomic<std::size_t> counted_bytes{0};
+// Out of line, so that GCC does not pair an inlined free() with operator new (a false
+// -Wmismatched-new-delete: both sides are replaced here).
+[[gnu::noinline]] void release(void* p) noexcept { std::free(p); }
 }  // namespace
 void* operator new(std::size_t n) {
   if (counting.load(std::memory_order_relaxed)) counted_bytes.fetch_add(n, std::memory_order_relaxed);
   if (void* p = std::malloc(n ? n : 1)) return p;
   throw std::bad_alloc();
 }
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+void operator delete(void* p) noexcept { release(p); }
+void operator delete(void* p, std::size_t) noexcept { release(p); }
 
 namespace {
 
@@ -575,6 +580,27 @@ TEST_CASE_TEMPLATE("checkpoint: dynamic mask contents are checked", B, FLATMIN_T
   rejected(victim, vm, with_bound(21), "bound of 21");
   rejected(victim, vm, with_bound(7), "8 active units and a bound of 7");
   rejected(victim, vm, with_bound(~std::uint64_t{0}), "bound of 18446744073709551615");
+  // the audit's fuzzer findings (issue 18) as they were: an empty bits buffer (a null
+  // dereference at the next step) and more active blocks than the saved weights hold (the next
+  // ascent wrote past them)
+  std::string empty = good;
+  put_le(empty, bits.count_at, 8, 0);
+  empty.erase(bits.data_at, 4);
+  rejected(victim, vm, resealed(empty), "'dynamic.bits' has 1 entries here, saved 0");
+  // all 20 candidate blocks active with a bound of 20 is a state the options allow: it loads, and
+  // the saved weights grow to hold the 20 blocks
+  std::string all_active = with_word(0xfffffu);
+  put_le(all_active, map.at("dynamic.bound").data_at, 8, 20);
+  std::stringstream in_all(resealed(all_active));
+  auto saved_weights_bytes = [&] { return victim.extra_state_bytes() - victim.mask_state().bytes(); };
+  CHECK(saved_weights_bytes() == (7 + 8 * 8) * sizeof(float));  // norm's 7 entries + 8 blocks of 8
+  victim.load(in_all);
+  CHECK(victim.mask_state().active() == 20);
+  CHECK(saved_weights_bytes() == (7 + 20 * 8) * sizeof(float));
+  const auto w_before = vm.raw_weights();
+  train(victim, vm, q, 1);  // the ascent and restore run over all 20 blocks
+  CHECK(all_finite(vm.raw_weights()));
+  CHECK_FALSE(bitwise_equal(vm.raw_weights(), w_before));
   std::stringstream in(good);
   victim.load(in);
   CHECK(victim.mask_state().active() == 8);
@@ -757,4 +783,28 @@ TEST_CASE_TEMPLATE("checkpoint: preconditioned SAM resumes exactly, with Adam's 
   };
   check_resume<double>(make, "nnnnnnnn", 5, schedule);
   check_resume<double>(make, "nnnnsnnn", 5, schedule);
+}
+
+TEST_CASE_TEMPLATE("checkpoint: a mask saved with more active blocks grows the saved-weights buffer", B,
+                   FLATMIN_TEST_BACKENDS) {
+  // keep is not part of the identity (it may change between steps): a checkpoint of keep 0.25
+  // (10 of 40 blocks, 7 + 40 saved entries) loads where keep is 0.1 (4 blocks, 7 + 16 entries).
+  model<float> sm(mask_layout), vm(mask_layout);
+  sm.set_weights(random_vec(sm.numel, 48));
+  auto qs = quadratic::random(sm.numel, 48);
+  fisher_t<B> src(sm.params, flatmin::base::adamw{.lr = 0.01}, {}, fisher_blocks);
+  auto small = fisher_blocks;
+  small.keep = 0.1;
+  fisher_t<B> victim(vm.params, flatmin::base::adamw{.lr = 0.01}, {}, small);
+  train(src, sm, qs, 4);
+  CHECK(victim.extra_state_bytes() < src.extra_state_bytes());
+  std::stringstream ck(saved(src));
+  victim.load(ck);
+  CHECK(victim.extra_state_bytes() == src.extra_state_bytes());  // the same bits, range and buffer
+  victim.mask().keep = 0.25;
+  vm.set_raw_weights(sm.raw_weights());
+  auto qv = qs;
+  train(src, sm, qs, 6);
+  train(victim, vm, qv, 6);
+  CHECK(bitwise_equal(vm.raw_weights(), sm.raw_weights()));
 }

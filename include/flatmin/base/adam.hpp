@@ -68,7 +68,8 @@ class adam_state {
     const double b2 = s.template scalar<double>("adam.beta2"), eps = s.template scalar<double>("adam.eps");
     if (!(b2 >= 0 && b2 < 1) || !(flatmin::detail::finite(eps) && eps > 0))
       throw std::invalid_argument("flatmin: load(): Adam's last beta2 " + std::to_string(b2) + " / eps " +
-                                  std::to_string(eps) + " out of range (beta2 in [0, 1), eps finite and > 0)");
+                                  std::to_string(eps) +
+                                  " out of range (beta2 in [0, 1), eps finite and > 0)");
   }
 
  private:

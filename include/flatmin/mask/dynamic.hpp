@@ -131,7 +131,9 @@ struct dynamic {
       f("dynamic.last_step", last_step_);
     }
     /// Checkpoint identity: the unit size fixes the buffers.
-    std::string identity(const dynamic&) const { return "dynamic(block=" + std::to_string(units_.block()) + ")"; }
+    std::string identity(const dynamic&) const {
+      return "dynamic(block=" + std::to_string(units_.block()) + ")";
+    }
     /// What a checked checkpoint leaves for after_load().
     struct loaded {
       detail::compact_range<T, Backend> range;
@@ -154,9 +156,12 @@ struct dynamic {
       l.active = detail::check_loaded_bits(units_, bits, "mask::dynamic");
       if (bound > units_.eligible_units() || l.active > bound)
         throw fail(std::to_string(l.active) + " active units and a bound of " + std::to_string(bound) +
-                   ": need active <= bound <= " + std::to_string(units_.eligible_units()) + " (eligible units)");
-      if (is_compact()) l.range.build(units_, [&](std::size_t u) { return detail::test_bit(bits.data(), u); });
-      const std::size_t b = units_.dense_elements() + std::min(bound * units_.block(), units_.eligible_elements());
+                   ": need active <= bound <= " + std::to_string(units_.eligible_units()) +
+                   " (eligible units)");
+      if (is_compact())
+        l.range.build(units_, [&](std::size_t u) { return detail::test_bit(bits.data(), u); });
+      const std::size_t b =
+          units_.dense_elements() + std::min(bound * units_.block(), units_.eligible_elements());
       l.saved_size = is_compact() ? std::max(b, l.range.elements()) : units_.count();  // element units: N
       return l;
     }

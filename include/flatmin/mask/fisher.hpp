@@ -208,11 +208,12 @@ struct fisher {
       if (!(keep >= 0 && keep <= 1)) throw load_error("keep " + std::to_string(keep) + " is not in [0, 1]");
       if (s.template scalar<std::size_t>("fisher.last_step") > s.steps() + 1)
         throw load_error("last refreshed step is past the step count");
-      const auto k = static_cast<std::size_t>(std::floor(keep * static_cast<double>(units_.eligible_units())));
+      const auto k =
+          static_cast<std::size_t>(std::floor(keep * static_cast<double>(units_.eligible_units())));
       const std::size_t active = detail::check_loaded_bits(units_, bits, "mask::fisher");
       if (active > k)
-        throw load_error(std::to_string(active) + " active units, at most " + std::to_string(k) + " with keep " +
-                         std::to_string(keep));
+        throw load_error(std::to_string(active) + " active units, at most " + std::to_string(k) +
+                         " with keep " + std::to_string(keep));
       const auto& ts = units_.host_tensors();
       const auto& base = units_.host_base();
       for (std::size_t t = 0; t < ts.size(); ++t) {
@@ -223,7 +224,8 @@ struct fisher {
                              (cand ? ", not >= 0" : ", not -1 (not a candidate)"));
       }
       loaded l;
-      if (is_compact()) l.range.build(units_, [&](std::size_t u) { return detail::test_bit(bits.data(), u); });
+      if (is_compact())
+        l.range.build(units_, [&](std::size_t u) { return detail::test_bit(bits.data(), u); });
       const std::size_t bound = units_.dense_elements() + std::min(k * units_.block(), units_.eligible_elements());
       l.saved_size = is_compact() ? std::max(bound, l.range.elements()) : units_.count();  // element units: N
       return l;

@@ -96,7 +96,8 @@ struct random {
     std::string identity(const random&) const {
       switch (units_.kind()) {
         case detail::unit_kind::element: return "random(unit=element)";
-        case detail::unit_kind::block: return "random(unit=block, block=" + std::to_string(units_.block()) + ")";
+        case detail::unit_kind::block:
+          return "random(unit=block, block=" + std::to_string(units_.block()) + ")";
         case detail::unit_kind::tensor: break;
       }
       return "random(unit=tensor)";

@@ -32,7 +32,15 @@
 /// committed with swaps and plain assignments, which cannot throw: a failed load() leaves the
 /// optimizer as it was. Fuzzing builds (`FUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION`) skip the CRC
 /// comparison, so that the fuzzer reaches the content checks behind it.
+///
+/// What a policy gives the format: a static `name` (a policy without one is "unnamed"). Its
+/// state may add `identity(policy)` (the name with the options that size the state), `visit(f)`
+/// (calls f(name, value) for each backend vector and each unsigned / double / bool scalar to
+/// save), `check_load(staged)` (throws std::invalid_argument on contents the state cannot have
+/// produced; a mask's returns what its `after_load(loaded&) noexcept` commits, and the
+/// saved-weights size as `saved_size`).
 
+#include <algorithm>
 #include <any>
 #include <array>
 #include <bit>
@@ -70,7 +78,8 @@ class crc32c {
  public:
   void update(const void* data, std::size_t n) {
     const auto* p = static_cast<const unsigned char*>(data);
-    for (std::size_t i = 0; i < n; ++i) state_ = detail::crc32c_table[(state_ ^ p[i]) & 0xffu] ^ (state_ >> 8);
+    for (std::size_t i = 0; i < n; ++i)
+      state_ = detail::crc32c_table[(state_ ^ p[i]) & 0xffu] ^ (state_ >> 8);
   }
   std::uint32_t value() const { return state_ ^ 0xffffffffu; }
   static std::uint32_t of(const void* data, std::size_t n) {
@@ -126,11 +135,11 @@ inline std::invalid_argument error(const std::string& what) {
   return std::invalid_argument("flatmin: load(): " + what);
 }
 
-/// A saved string for an error message: at most 80 characters, non-printable bytes escaped.
+/// A saved string for an error message: at most 200 characters, non-printable bytes escaped.
 inline std::string printable(std::string_view s) {
   static constexpr char hex[] = "0123456789abcdef";
   std::string out = "'";
-  for (std::size_t i = 0; i < s.size() && i < 80; ++i) {
+  for (std::size_t i = 0; i < s.size() && i < 200; ++i) {
     const auto c = static_cast<unsigned char>(s[i]);
     if (c >= 0x20 && c < 0x7f && c != '\'' && c != '\\') {
       out += static_cast<char>(c);
@@ -140,7 +149,7 @@ inline std::string printable(std::string_view s) {
       out += hex[c & 15];
     }
   }
-  out += s.size() > 80 ? "'..." : "'";
+  out += s.size() > 200 ? "'..." : "'";
   return out;
 }
 
@@ -216,7 +225,8 @@ class reader {
   explicit reader(std::istream& is) : is_(is) {}
   void raw(void* p, std::size_t n, const char* what) {
     is_.read(static_cast<char*>(p), static_cast<std::streamsize>(n));
-    if (!is_ || static_cast<std::size_t>(is_.gcount()) != n) throw error(std::string("truncated checkpoint (in ") + what + ")");
+    if (!is_ || static_cast<std::size_t>(is_.gcount()) != n)
+      throw error(std::string("truncated checkpoint (in ") + what + ")");
     crc_.update(p, n);
   }
   template <class U>
@@ -231,8 +241,8 @@ class reader {
   std::string str(std::uint32_t max, const char* what) {
     const auto n = uint<std::uint32_t>(what);
     if (n > max)
-      throw error(std::string(what) + " is " + std::to_string(n) + " bytes long, at most " + std::to_string(max) +
-                  " expected");
+      throw error(std::string(what) + " is " + std::to_string(n) + " bytes long, at most " +
+                  std::to_string(max) + " expected");
     std::string s(n, '\0');
     raw(s.data(), n, what);
     return s;
@@ -262,8 +272,8 @@ class reader {
     for (int i = 0; i < 4; ++i) saved |= static_cast<std::uint32_t>(b[i]) << (8 * i);
 #if !defined(FUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION)
     if (saved != computed)
-      throw error("CRC-32C mismatch (saved " + std::to_string(saved) + ", computed " + std::to_string(computed) +
-                  "): the checkpoint is corrupt");
+      throw error("CRC-32C mismatch (saved " + std::to_string(saved) + ", computed " +
+                  std::to_string(computed) + "): the checkpoint is corrupt");
 #else
     static_cast<void>(saved), static_cast<void>(computed);
 #endif
@@ -370,7 +380,7 @@ inline void read_header(reader& r, const header& h) {
                 type_name('f', h.element_size));
   const std::string id = r.str(max_string, "the composition identity");
   if (id != h.identity)
-    throw error("composition differs: saved " + printable(id) + ", this is " + printable(h.identity));
+    throw error("composition differs: saved " + printable(id) + ", this is '" + h.identity + "'");
   const auto numel = r.uint<std::uint64_t>("the parameter count");
   if (numel != h.numel)
     throw error("parameter count differs: saved " + std::to_string(numel) + ", this optimizer has " +
@@ -481,13 +491,15 @@ staged<Backend> read(std::istream& is, const H& h, const Visit& visit) {
         throw detail::error(at + ": element type differs (element code " + std::to_string(type[0]) + ", " +
                             std::to_string(type[1]) + " bytes)");
       if (size != v.size())
-        throw detail::error(at + " has " + std::to_string(v.size()) + " entries here, saved " + std::to_string(size) +
-                            " (other options?)");
+        throw detail::error(at + " has " + std::to_string(v.size()) + " entries here, saved " +
+                            std::to_string(size) + " (other options?)");
       auto host = std::vector<E>(v.size());
       r.values(host.data(), host.size(), at.c_str());
       e.host = std::move(host);
       auto built = std::make_shared<V>();
-      e.build = [built](const std::any& h) { *built = Backend::from_host(std::any_cast<const std::vector<E>&>(h)); };
+      e.build = [built](const std::any& h) {
+        *built = Backend::from_host(std::any_cast<const std::vector<E>&>(h));
+      };
       e.commit = [&v, built] { v.swap(*built); };
     }
   });

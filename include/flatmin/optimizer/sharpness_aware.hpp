@@ -402,9 +402,9 @@ class sharpness_aware {
   checkpoint::header checkpoint_header() const {
     checkpoint::header h;
     h.element_size = sizeof(T);
-    h.identity = "sharpness_aware<" + checkpoint::name_of(perturb_) + ", " + checkpoint::name_of(mask_, mask_state_) +
-                 ", " + checkpoint::name_of(base_, base_state_) + ", " + checkpoint::name_of(descent_) + ", " +
-                 checkpoint::name_of(reg_, reg_state_) + ">";
+    h.identity = "sharpness_aware<" + checkpoint::name_of(perturb_) + ", " +
+                 checkpoint::name_of(mask_, mask_state_) + ", " + checkpoint::name_of(base_, base_state_) +
+                 ", " + checkpoint::name_of(descent_) + ", " + checkpoint::name_of(reg_, reg_state_) + ">";
     h.numel = layout_.numel();
     const auto& ts = layout_.host_tensors();
     h.tensors.reserve(ts.size());

@@ -392,12 +392,14 @@ inline void check_block(const char* where, std::size_t block) {
 /// bit past the unit count, none on a unit of a tensor that is not a candidate (the selections
 /// never set those). Returns the number of set bits; throws std::invalid_argument.
 template <class T, class Backend>
-std::size_t check_loaded_bits(const units<T, Backend>& u, const std::vector<std::uint32_t>& bits, const char* where) {
+std::size_t check_loaded_bits(const units<T, Backend>& u, const std::vector<std::uint32_t>& bits,
+                              const char* where) {
   auto fail = [&](const std::string& what) {
     return std::invalid_argument(std::string("flatmin: load(): ") + where + ": " + what);
   };
   if (bits.size() != u.words())
-    throw fail(std::to_string(bits.size()) + " words of mask bits, " + std::to_string(u.words()) + " expected");
+    throw fail(std::to_string(bits.size()) + " words of mask bits, " + std::to_string(u.words()) +
+               " expected");
   const std::size_t tail = u.count() & 31;
   if (tail && (bits.back() >> tail) != 0)
     throw fail("mask bits set past the " + std::to_string(u.count()) + " units (padding bits must be 0)");
