@@ -15,6 +15,8 @@
 
 #include <cmath>
 #include <cstdint>
+#include <stdexcept>
+#include <string>
 
 #include "../config.hpp"
 #include "../kernels/adam_update.hpp"
@@ -26,6 +28,7 @@ namespace flatmin::base {
 enum class weight_decay_mode : std::uint8_t { coupled, decoupled };
 
 struct adam {
+  static constexpr const char* name = "adam";  ///< in checkpoints' composition identity
   double lr = 1e-3;
   double beta1 = 0.9;
   double beta2 = 0.999;
@@ -88,10 +91,22 @@ struct adam {
     double second_moment_beta2() const { return beta2_; }
     double second_moment_eps() const { return eps_; }
     std::size_t bytes() const { return (m_.size() + v_.size()) * sizeof(T); }
+    /// Checkpoint entries: the moments and the last step's β2 and ε (the preconditioner's).
     template <class F>
     void visit(F&& f) {
       f("exp_avg", m_);
       f("exp_avg_sq", v_);
+      f("adam.beta2", beta2_);
+      f("adam.eps", eps_);
+    }
+    /// Checks the loaded β2 and ε (host copies in `s`) before they are committed.
+    template <class Staged>
+    void check_load(const Staged& s) const {
+      const double b2 = s.template scalar<double>("adam.beta2"), eps = s.template scalar<double>("adam.eps");
+      if (!(b2 >= 0 && b2 < 1) || !(flatmin::detail::finite(eps) && eps > 0))
+        throw std::invalid_argument("flatmin: load(): Adam's last beta2 " + std::to_string(b2) + " / eps " +
+                                    std::to_string(eps) +
+                                    " out of range (beta2 in [0, 1), eps finite and > 0)");
     }
 
    private:

@@ -16,6 +16,7 @@
 namespace flatmin::base {
 
 struct adamw {
+  static constexpr const char* name = "adamw";  ///< in checkpoints' composition identity
   double lr = 1e-3;
   double beta1 = 0.9;
   double beta2 = 0.999;

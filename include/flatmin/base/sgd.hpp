@@ -11,12 +11,15 @@
 /// Options: lr (1e-3), momentum μ (0), dampening τ (0), weight_decay λ (0), nesterov (false).
 /// State: the momentum buffer (N values) when μ > 0.
 
+#include <string>
+
 #include "../config.hpp"
 #include "../kernels/sgd_update.hpp"
 
 namespace flatmin::base {
 
 struct sgd {
+  static constexpr const char* name = "sgd";  ///< in checkpoints' composition identity
   double lr = 1e-3;
   double momentum = 0;
   double dampening = 0;
@@ -68,6 +71,8 @@ struct sgd {
     void visit(F&& f) {
       f("momentum_buffer", buf_);
     }
+    /// Checkpoint identity: whether there is a momentum buffer.
+    std::string identity(const sgd&) const { return buf_.size() ? "sgd(momentum)" : "sgd"; }
 
    private:
     std::size_t n_;

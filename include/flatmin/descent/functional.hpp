@@ -38,6 +38,7 @@
 namespace flatmin::descent {
 
 struct functional {
+  static constexpr const char* name = "functional";  ///< in checkpoints' composition identity
   void validate() const {}
 
   /// Clean pass: g and the saved cotangent c(w); returns the loss.

@@ -10,6 +10,7 @@
 namespace flatmin::descent {
 
 struct standard {
+  static constexpr const char* name = "standard";  ///< in checkpoints' composition identity
   void validate() const {}
   /// Computes g at the clean weights and returns the loss (closure protocol, first call).
   template <objective O>

@@ -7,6 +7,7 @@
 namespace flatmin::mask {
 
 struct dense {
+  static constexpr const char* name = "dense";  ///< in checkpoints' composition identity
   void validate() const {}
 
   template <class T, class Backend>

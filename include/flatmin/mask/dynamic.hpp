@@ -24,6 +24,8 @@
 #include <algorithm>
 #include <cmath>
 #include <numbers>
+#include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "../backend/layout.hpp"
@@ -33,6 +35,7 @@
 namespace flatmin::mask {
 
 struct dynamic {
+  static constexpr const char* name = "dynamic";  ///< in checkpoints' composition identity
   double keep = 0.5;                 ///< 1 − s, fraction of eligible units active at the start
   double death_rate = 0.5;           ///< dr₀ in [0, 1]
   std::size_t refresh_every = 1000;  ///< T_m ≥ 1, in steps
@@ -80,7 +83,6 @@ struct dynamic {
       active_ = std::min<std::size_t>(a0, units_.eligible_units());
       bound_ = active_;
       if (is_compact()) rebuild_range();
-      built_from_ = Backend::data(bits_);
     }
 
     bool is_compact() const { return units_.kind() != detail::unit_kind::element; }
@@ -92,14 +94,7 @@ struct dynamic {
       units_.check_unchanged("mask::dynamic", "block", k, m.block);
     }
 
-    void begin_step(const dynamic&, std::size_t) {
-      if (built_from_ != Backend::data(bits_)) {  // the bits were replaced (load())
-        active_ = static_cast<std::size_t>(
-            Backend::template reduce_index<double>(units_.words(), detail::popcount_word{Backend::data(bits_)}));
-        if (is_compact()) rebuild_range();
-        built_from_ = Backend::data(bits_);
-      }
-    }
+    void begin_step(const dynamic&, std::size_t) {}
 
     bool refresh(const dynamic& m, const backend::layout<T, Backend>& l, std::size_t step, T inv_scale) {
       if (!m.refreshes(step) || step == last_step_) return false;  // once per step number (retries keep the mask)
@@ -136,9 +131,53 @@ struct dynamic {
     }
     double radius_scale() const { return 1.0; }
     std::size_t bytes() const { return bits_.size() * sizeof(std::uint32_t) + units_.bytes() + range_.bytes(); }
+    /// Checkpoint entries: the bits, the bound on active units the saved weights are sized for,
+    /// and the last refreshed step (the active count is the bits' popcount).
     template <class F>
     void visit(F&& f) {
       f("dynamic.bits", bits_);
+      f("dynamic.bound", bound_);
+      f("dynamic.last_step", last_step_);
+    }
+    /// Checkpoint identity: the unit size fixes the buffers.
+    std::string identity(const dynamic&) const {
+      return "dynamic(block=" + std::to_string(units_.block()) + ")";
+    }
+    /// What a checked checkpoint leaves for after_load().
+    struct loaded {
+      detail::compact_range<T, Backend> range;
+      std::size_t active = 0;
+      std::size_t saved_size = 0;
+    };
+    /// Checks the loaded entries before anything is committed: no bit past the unit count or on
+    /// a unit that is not a candidate, active units ≤ bound ≤ eligible units, the last refreshed
+    /// step at most one past the loaded step count. Throws std::invalid_argument.
+    template <class Staged>
+    loaded check_load(const Staged& s) const {
+      auto fail = [](const std::string& what) {
+        return std::invalid_argument("flatmin: load(): mask::dynamic: " + what);
+      };
+      const auto& bits = s.template buffer<std::uint32_t>("dynamic.bits");
+      const auto bound = s.template scalar<std::size_t>("dynamic.bound");
+      if (s.template scalar<std::size_t>("dynamic.last_step") > s.steps() + 1)
+        throw fail("last refreshed step is past the step count");
+      loaded l;
+      l.active = detail::check_loaded_bits(units_, bits, "mask::dynamic");
+      if (bound > units_.eligible_units() || l.active > bound)
+        throw fail(std::to_string(l.active) + " active units and a bound of " + std::to_string(bound) +
+                   ": need active <= bound <= " + std::to_string(units_.eligible_units()) +
+                   " (eligible units)");
+      if (is_compact())
+        l.range.build(units_, [&](std::size_t u) { return detail::test_bit(bits.data(), u); });
+      const std::size_t b =
+          units_.dense_elements() + std::min(bound * units_.block(), units_.eligible_elements());
+      l.saved_size = is_compact() ? std::max(b, l.range.elements()) : units_.count();  // element units: N
+      return l;
+    }
+    /// Commits what check_load() built, after the optimizer has swapped the entries in.
+    void after_load(loaded& l) noexcept {
+      range_.swap(l.range);
+      active_ = l.active;
     }
 
     /// Active units now.
@@ -147,17 +186,13 @@ struct dynamic {
     std::vector<std::uint32_t> host_bits() const { return Backend::to_host(bits_); }
 
    private:
-    void rebuild_range() {
-      range_.build_from_bits(units_, bits_);
-      built_from_ = Backend::data(bits_);
-    }
+    void rebuild_range() { range_.build_from_bits(units_, bits_); }
 
     detail::units<T, Backend> units_;
     typename Backend::template vector<std::uint32_t> bits_;
     detail::unit_view<T> uview_;
     detail::compact_range<T, Backend> range_;
     std::size_t active_ = 0, bound_ = 0, last_step_ = 0;
-    const std::uint32_t* built_from_ = nullptr;
   };
 };
 

@@ -42,6 +42,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "../backend/layout.hpp"
@@ -55,6 +57,7 @@ namespace flatmin::mask {
 enum class fisher_estimator : std::uint8_t { accumulated, current_batch, per_example };
 
 struct fisher {
+  static constexpr const char* name = "fisher";  ///< in checkpoints' composition identity
   double keep = 0.1;               ///< fraction of eligible units perturbed, in [0, 1]
   std::size_t refresh_every = 100;  ///< T_m ≥ 1, in steps
   std::size_t block = 1;            ///< 1 = entries; else a power of two ≤ 1024
@@ -112,10 +115,7 @@ struct fisher {
       units_.check_unchanged("mask::fisher", "block", k, m.block);
     }
 
-    /// Rebuilds the block list if the bits were replaced (load()).
-    void begin_step(const fisher&, std::size_t) {
-      if (is_compact() && range_.built_from() != Backend::data(bits_)) rebuild_range();
-    }
+    void begin_step(const fisher&, std::size_t) {}
 
     /// SSAM-F: on a refresh step, the optimizer's closure protocol hands the objective here before
     /// the batch gradient; with `example_gradient(n)` it collects N_s per-example squared gradients.
@@ -191,15 +191,66 @@ struct fisher {
     std::size_t bytes() const {
       return bits_.size() * sizeof(std::uint32_t) + acc_.size() * sizeof(T) + units_.bytes() + range_.bytes();
     }
+    /// Checkpoint entries: the bits, the sums (stale while `restart`), and the step bookkeeping.
     template <class F>
     void visit(F&& f) {
-      if (restart_) {  // a checkpoint holds the restarted sums
-        Backend::for_each_index(units_.count(), detail::clear_scores<T>{Backend::data(acc_)});
-        restart_ = false;
-      }
       f("fisher.bits", bits_);
       f("fisher.acc", acc_);
+      f("fisher.keep", keep_);
+      f("fisher.last_step", last_step_);
+      f("fisher.restart", restart_);
+      f("fisher.collected", collected_);
+      f("fisher.examples_seen", examples_seen_);
     }
+    /// Checkpoint identity: the unit size fixes the buffers, the estimator what the sums mean.
+    std::string identity(const fisher& m) const {
+      static constexpr const char* sources[] = {"accumulated", "current_batch", "per_example"};
+      const auto s = static_cast<std::size_t>(m.source);
+      return std::string("fisher(block=") + std::to_string(units_.block()) +
+             ", source=" + (s < 3 ? sources[s] : "?") + ")";
+    }
+    /// What a checked checkpoint leaves for after_load(): the block list of the loaded bits and
+    /// the saved-weights size they need.
+    struct loaded {
+      detail::compact_range<T, Backend> range;
+      std::size_t saved_size = 0;
+    };
+    /// Checks the loaded entries (host copies in `s`) before anything is committed: no bit set
+    /// past the unit count or on a unit that is not a candidate, at most ⌊keep · eligible⌋ active
+    /// units, sums ≥ 0 on candidates and −1 elsewhere, keep in [0, 1], the last refreshed step
+    /// at most one past the loaded step count. Throws std::invalid_argument.
+    template <class Staged>
+    loaded check_load(const Staged& s) const {
+      const auto& bits = s.template buffer<std::uint32_t>("fisher.bits");
+      const auto& acc = s.template buffer<T>("fisher.acc");
+      const double keep = s.template scalar<double>("fisher.keep");
+      if (!(keep >= 0 && keep <= 1)) throw load_error("keep " + std::to_string(keep) + " is not in [0, 1]");
+      if (s.template scalar<std::size_t>("fisher.last_step") > s.steps() + 1)
+        throw load_error("last refreshed step is past the step count");
+      const auto k =
+          static_cast<std::size_t>(std::floor(keep * static_cast<double>(units_.eligible_units())));
+      const std::size_t active = detail::check_loaded_bits(units_, bits, "mask::fisher");
+      if (active > k)
+        throw load_error(std::to_string(active) + " active units, at most " + std::to_string(k) +
+                         " with keep " + std::to_string(keep));
+      const auto& ts = units_.host_tensors();
+      const auto& base = units_.host_base();
+      for (std::size_t t = 0; t < ts.size(); ++t) {
+        const bool cand = detail::candidate_flags(ts[t].flags);
+        for (std::uint64_t u = base[t]; u < base[t + 1]; ++u)
+          if (cand ? !(acc[u] >= T(0)) : acc[u] != T(-1))
+            throw load_error("the sum of unit " + std::to_string(u) + " is " + std::to_string(acc[u]) +
+                             (cand ? ", not >= 0" : ", not -1 (not a candidate)"));
+      }
+      loaded l;
+      if (is_compact())
+        l.range.build(units_, [&](std::size_t u) { return detail::test_bit(bits.data(), u); });
+      const std::size_t bound = units_.dense_elements() + std::min(k * units_.block(), units_.eligible_elements());
+      l.saved_size = is_compact() ? std::max(bound, l.range.elements()) : units_.count();  // element units: N
+      return l;
+    }
+    /// Commits what check_load() built, after the optimizer has swapped the entries in.
+    void after_load(loaded& l) noexcept { range_.swap(l.range); }
 
     /// The units (for tests and reports): element or block, counts.
     const detail::units<T, Backend>& units() const { return units_; }
@@ -207,6 +258,9 @@ struct fisher {
     std::vector<std::uint32_t> host_bits() const { return Backend::to_host(bits_); }
 
    private:
+    static std::invalid_argument load_error(const std::string& what) {
+      return std::invalid_argument("flatmin: load(): mask::fisher: " + what);
+    }
     void rebuild_range() { range_.build_from_bits(units_, bits_); }
     /// F (+)= (g / scale)² per unit; after a refresh the first estimate overwrites instead.
     void add_squares(const backend::layout<T, Backend>& l, T inv_scale, bool accumulate) {

@@ -17,6 +17,7 @@
 /// Options: beta = 0.5 (β in (0, 1]), unit = tensor, block = 128, seed = 0.
 
 #include <cmath>
+#include <string>
 #include <vector>
 
 #include "../backend/layout.hpp"
@@ -29,6 +30,7 @@ namespace flatmin::mask {
 enum class granularity : std::uint8_t { element, block, tensor };
 
 struct random {
+  static constexpr const char* name = "random";  ///< in checkpoints' composition identity
   double beta = 0.5;                     ///< keep probability β
   granularity unit = granularity::tensor;
   std::size_t block = 128;  ///< entries per block for `granularity::block` (power of two ≤ 1024)
@@ -98,8 +100,20 @@ struct random {
     }
     double radius_scale() const { return 1.0 / beta_; }
     std::size_t bytes() const { return units_.bytes() + range_.bytes(); }
+    /// No checkpoint entries: the draw of step t is a hash of (seed, t, unit), so the step count
+    /// is the generator's whole position.
     template <class F>
     void visit(F&&) {}
+    /// Checkpoint identity: the unit kind and size.
+    std::string identity(const random&) const {
+      switch (units_.kind()) {
+        case detail::unit_kind::element: return "random(unit=element)";
+        case detail::unit_kind::block:
+          return "random(unit=block, block=" + std::to_string(units_.block()) + ")";
+        case detail::unit_kind::tensor: break;
+      }
+      return "random(unit=tensor)";
+    }
 
     const detail::units<T, Backend>& units() const { return units_; }
 

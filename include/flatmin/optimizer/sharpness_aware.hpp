@@ -36,6 +36,7 @@
 #include "../mask/dense.hpp"
 #include "../params/param_set.hpp"
 #include "../regularize/none.hpp"
+#include "checkpoint.hpp"
 #include "report.hpp"
 
 namespace flatmin {
@@ -96,7 +97,8 @@ class sharpness_aware {
         base_state_(base_, layout_.numel()),
         mask_state_(mask_, layout_),
         reg_state_(reg_, layout_),
-        saved_(Backend::template make_vector<T>(perturbs ? mask_state_.saved_size(layout_) : 0)) {
+        saved_(Backend::template make_vector<T>(perturbs ? mask_state_.saved_size(layout_) : 0)),
+        names_(names_of(params)) {
     validate();
     for (const auto& t : layout_.host_tensors())
       if (t.flags & tensor_flags::perturb) perturbable_ += t.size;
@@ -276,59 +278,35 @@ class sharpness_aware {
   /// Bytes of the base optimizer's state.
   std::size_t base_state_bytes() const { return base_state_.bytes(); }
 
-  /// Writes the optimizer's state (step count, base and mask state) so that a run resumes exactly.
-  /// Must be called between steps.
+  /// Writes the optimizer's whole state so that a run resumes exactly: checkpoint format v2
+  /// (optimizer/checkpoint.hpp): magic "FLATMIN2", format version, element type, the
+  /// composition's identity (policy names and the options that fix state sizes), the parameter
+  /// table (names, sizes, flags), the step count, every state entry the base and mask states list
+  /// (buffers and scalars: moments, momentum, mask bits and sums, masks' step bookkeeping, Adam's
+  /// last β2 and ε), and a CRC-32C of all of it. Must be called between steps (usage_error).
   void save(std::ostream& os) {
     if (phase_ != phase::idle) throw usage_error("flatmin: save() called between ascend() and descend()");
-    write_pod(os, magic);
-    write_pod(os, static_cast<std::uint32_t>(sizeof(T)));
-    write_pod(os, static_cast<std::uint64_t>(layout_.numel()));
-    write_pod(os, static_cast<std::uint64_t>(steps_));
-    auto put = [&](const char* name, auto& v) {
-      const auto h = Backend::to_host(v);
-      const std::string n(name);
-      write_pod(os, static_cast<std::uint32_t>(n.size()));
-      os.write(n.data(), static_cast<std::streamsize>(n.size()));
-      write_pod(os, static_cast<std::uint64_t>(h.size()));
-      os.write(reinterpret_cast<const char*>(h.data()), static_cast<std::streamsize>(h.size() * sizeof(h[0])));
-    };
-    base_state_.visit(put);
-    mask_state_.visit(put);
-    if (!os) throw std::runtime_error("flatmin: save(): write failed");
+    checkpoint::write<Backend>(os, checkpoint_header(), steps_, [&](auto&& f) { visit_state(f); });
   }
 
-  /// Restores what save() wrote. Throws std::invalid_argument if it was written for another
-  /// element type, parameter count or composition; the optimizer is unchanged then.
+  /// Restores what save() wrote, all or nothing. Throws std::invalid_argument, saying what
+  /// differs, for a checkpoint of another format version, element type, composition or parameter
+  /// table, an entry of another size, contents this composition cannot have produced (mask bits
+  /// past the unit count or beyond the active bound, a step count over 2^53, …), a truncated
+  /// stream or a CRC mismatch; the optimizer and the weights are unchanged then. Nothing larger
+  /// than the optimizer's own state is allocated, whatever the sizes the stream claims. The
+  /// step bookkeeping of a live optimizer (rollback) is replaced with the saved one. Version-1
+  /// checkpoints ("FLATMIN1") are refused: they lack state an exact resume needs.
   void load(std::istream& is) {
     if (phase_ != phase::idle) throw usage_error("flatmin: load() called between ascend() and descend()");
-    auto bad = [](const std::string& what) { return std::invalid_argument("flatmin: load(): " + what); };
-    if (read_pod<std::uint64_t>(is) != magic) throw bad("not a flatmin checkpoint");
-    if (read_pod<std::uint32_t>(is) != sizeof(T)) throw bad("element type differs");
-    if (read_pod<std::uint64_t>(is) != layout_.numel()) throw bad("parameter count differs");
-    const auto steps = read_pod<std::uint64_t>(is);
-    std::vector<std::function<void()>> commit;
-    bool fixed_size = true;  // the base state's buffers have sizes fixed by the options and N
-    auto get = [&](const char* name, auto& v) {
-      using vec = std::remove_reference_t<decltype(v)>;
-      using E = std::remove_cv_t<std::remove_reference_t<decltype(Backend::to_host(v)[0])>>;
-      const auto len = read_pod<std::uint32_t>(is);
-      std::string n(len, '\0');
-      is.read(n.data(), len);
-      if (n != name) throw bad("expected buffer " + detail::quote(name) + ", found " + detail::quote(n));
-      std::vector<E> h(read_pod<std::uint64_t>(is));
-      if (fixed_size && h.size() != v.size())
-        throw bad("buffer " + detail::quote(name) + " has " + std::to_string(h.size()) + " entries, expected " +
-                  std::to_string(v.size()) + " (other options?)");
-      is.read(reinterpret_cast<char*>(h.data()), static_cast<std::streamsize>(h.size() * sizeof(E)));
-      if (!is) throw bad("truncated buffer " + detail::quote(name));
-      commit.push_back([&v, h = std::move(h)] { v = Backend::from_host(h); });
-      static_cast<void>(sizeof(vec));
-    };
-    base_state_.visit(get);
-    fixed_size = false;
-    mask_state_.visit(get);
-    for (auto& c : commit) c();
-    steps_ = static_cast<std::size_t>(steps);
+    auto st = checkpoint::read<Backend>(is, checkpoint_header(), [&](auto&& f) { visit_state(f); });
+    if constexpr (requires { base_state_.check_load(st); }) base_state_.check_load(st);
+    if constexpr (requires { mask_state_.check_load(st); }) {
+      auto loaded = mask_state_.check_load(st);
+      commit_load(st, loaded.saved_size, [&]() noexcept { mask_state_.after_load(loaded); });
+    } else {
+      commit_load(st, mask_state_.saved_size(layout_), []() noexcept {});
+    }
   }
 
  private:
@@ -338,7 +316,6 @@ class sharpness_aware {
   using all_view = typename mask::dense::template state<T, Backend>::view;  ///< m ≡ 1
   using term_type = decltype(std::declval<const Perturb&>().template term<T>(
       std::declval<const typename Base::template state<T, Backend>&>(), std::size_t{}));
-  static constexpr std::uint64_t magic = 0x314e494d54414c46ull;  // "FLATMIN1"
 
   /// Cancels the step (w restored bit-exactly, idle) when the scope it guards is left by an
   /// exception; a no-op when idle (a path that restored before throwing) or on a normal exit.
@@ -451,16 +428,46 @@ class sharpness_aware {
       Backend::for_each(range, make(mask_state_.get_view()));
   }
 
-  template <class P>
-  static void write_pod(std::ostream& os, const P& p) {
-    os.write(reinterpret_cast<const char*>(&p), sizeof(P));
+  /// Hands every checkpoint entry of the states to f(name, value).
+  template <class F>
+  void visit_state(F& f) {
+    base_state_.visit(f);
+    mask_state_.visit(f);
+    if constexpr (requires { reg_state_.visit(f); }) reg_state_.visit(f);
   }
-  template <class P>
-  static P read_pod(std::istream& is) {
-    P p{};
-    is.read(reinterpret_cast<char*>(&p), sizeof(P));
-    if (!is) throw std::invalid_argument("flatmin: load(): truncated checkpoint");
-    return p;
+
+  /// What a checkpoint must match: element type, composition identity, parameter table.
+  checkpoint::header checkpoint_header() const {
+    checkpoint::header h;
+    h.element_size = sizeof(T);
+    h.identity = "sharpness_aware<" + checkpoint::name_of(perturb_) + ", " +
+                 checkpoint::name_of(mask_, mask_state_) + ", " + checkpoint::name_of(base_, base_state_) +
+                 ", " + checkpoint::name_of(descent_) + ", " + checkpoint::name_of(reg_, reg_state_) + ">";
+    h.numel = layout_.numel();
+    const auto& ts = layout_.host_tensors();
+    h.tensors.reserve(ts.size());
+    for (std::size_t t = 0; t < ts.size(); ++t) h.tensors.push_back({names_[t], ts[t].size, ts[t].flags});
+    return h;
+  }
+
+  /// The end of load(): backend copies and a saved-weights buffer of `need` entries are made
+  /// (may throw), then everything is committed with swaps and assignments (cannot throw).
+  template <class After>
+  void commit_load(checkpoint::staged<Backend>& st, std::size_t need, const After& after) {
+    st.build();
+    typename Backend::template vector<T> grown;
+    if (perturbs && need > saved_.size()) grown = Backend::template make_vector<T>(need);
+    st.commit();
+    after();
+    if (grown.size()) saved_.swap(grown);
+    steps_ = static_cast<std::size_t>(st.steps());
+    report_ = step_report{};
+  }
+
+  static std::vector<std::string> names_of(const param_set<T>& ps) {
+    std::vector<std::string> n;
+    for (const auto& v : ps.tensors()) n.push_back(v.name);
+    return n;
   }
 
   Base base_;
@@ -474,6 +481,7 @@ class sharpness_aware {
   mask_state_type mask_state_;
   typename Regularizer::template state<T, Backend> reg_state_;
   typename Backend::template vector<T> saved_;
+  std::vector<std::string> names_;  ///< tensor names, for the checkpoint's parameter table
   std::size_t perturbable_ = 0;
   std::size_t steps_ = 0;
   phase phase_ = phase::idle;

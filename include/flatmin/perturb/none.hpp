@@ -9,6 +9,7 @@
 namespace flatmin::perturb {
 
 struct none {
+  static constexpr const char* name = "none";  ///< in checkpoints' composition identity
   double rho = 0;
   double xi = 0;
   static constexpr bool perturbs = false;

@@ -24,6 +24,7 @@
 namespace flatmin::perturb {
 
 struct preconditioned {
+  static constexpr const char* name = "preconditioned";  ///< in checkpoints' composition identity
   double rho = 0.05;  ///< radius ρ ≥ 0
   double xi = 1e-12;  ///< ξ ≥ 0 added to the norm
 

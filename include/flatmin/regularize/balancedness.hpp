@@ -38,6 +38,7 @@
 namespace flatmin::regularize {
 
 struct balancedness {
+  static constexpr const char* name = "balancedness";  ///< in checkpoints' composition identity
   double rho = 0.05;   ///< SAM radius whose drift is reproduced, ρ ≥ 0
   double alpha = 1.0;  ///< multiplier α ≥ 0
   double xi = 1e-12;   ///< ξ ≥ 0 added to ‖g‖

@@ -7,6 +7,7 @@
 namespace flatmin::regularize {
 
 struct none {
+  static constexpr const char* name = "none";  ///< in checkpoints' composition identity
   void validate() const {}
 
   template <class T, class Backend>

@@ -43,6 +43,7 @@
 namespace flatmin::select {
 
 struct sharpness_sensitive {
+  static constexpr const char* name = "sharpness_sensitive";  ///< in checkpoints' composition identity
   double gamma = 0.5;  ///< fraction of the batch kept for the second gradient
   bool strict_cutoff = false;  ///< the official selection: increases above the ⌊γ|B|⌋-th largest
 

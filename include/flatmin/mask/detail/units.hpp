@@ -14,9 +14,11 @@
 /// every backend without a per-element table.
 
 #include <algorithm>
+#include <bit>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "../../backend/layout.hpp"
@@ -231,20 +233,22 @@ class compact_range {
     segs_ = Backend::from_host(list);
     count_ = list.size();
   }
-  /// Builds the list from mask bits (one per unit, in backend memory) and remembers which buffer
-  /// it was built from (`built_from`), so a mask can tell when its bits were replaced by load().
+  /// Builds the list from mask bits (one per unit, in backend memory).
   void build_from_bits(const units<T, Backend>& u, const typename Backend::template vector<std::uint32_t>& bits) {
     const auto h = Backend::to_host(bits);
     build(u, [&](std::size_t k) { return test_bit(h.data(), k); });
-    source_ = Backend::data(bits);
   }
-  const std::uint32_t* built_from() const { return source_; }
+  /// Exchanges two lists (the commit of a load(): cannot throw).
+  void swap(compact_range& o) noexcept {
+    segs_.swap(o.segs_);
+    std::swap(count_, o.count_);
+    std::swap(elements_, o.elements_);
+  }
   backend::pass_range<T> range(const backend::layout<T, Backend>& l) const { return l.over(segs_, count_, elements_); }
   std::size_t elements() const { return elements_; }
   std::size_t bytes() const { return segs_.size() * sizeof(backend::segment); }
 
  private:
-  const std::uint32_t* source_ = nullptr;
   typename Backend::template vector<backend::segment> segs_;
   std::size_t count_ = 0, elements_ = 0;
 };
@@ -400,6 +404,34 @@ struct popcount_word {
     return c;
   }
 };
+
+/// Checks mask bits read from a checkpoint (host copy, one bit per unit, `u.words()` words): no
+/// bit past the unit count, none on a unit of a tensor that is not a candidate (the selections
+/// never set those). Returns the number of set bits; throws std::invalid_argument.
+template <class T, class Backend>
+std::size_t check_loaded_bits(const units<T, Backend>& u, const std::vector<std::uint32_t>& bits,
+                              const char* where) {
+  auto fail = [&](const std::string& what) {
+    return std::invalid_argument(std::string("flatmin: load(): ") + where + ": " + what);
+  };
+  if (bits.size() != u.words())
+    throw fail(std::to_string(bits.size()) + " words of mask bits, " + std::to_string(u.words()) +
+               " expected");
+  const std::size_t tail = u.count() & 31;
+  if (tail && (bits.back() >> tail) != 0)
+    throw fail("mask bits set past the " + std::to_string(u.count()) + " units (padding bits must be 0)");
+  const auto& ts = u.host_tensors();
+  const auto& base = u.host_base();
+  for (std::size_t t = 0; t < ts.size(); ++t)
+    if (!candidate_flags(ts[t].flags))
+      for (std::uint64_t k = base[t]; k < base[t + 1]; ++k)
+        if (test_bit(bits.data(), k))
+          throw fail("mask bit of unit " + std::to_string(k) + " set, in tensor " + std::to_string(t) +
+                     ", which is not a candidate (not perturbed or not mask-eligible)");
+  std::size_t n = 0;
+  for (const std::uint32_t w : bits) n += static_cast<std::size_t>(std::popcount(w));
+  return n;
+}
 
 /// The union of two selections.
 template <class A, class B>
