@@ -70,7 +70,8 @@ struct dynamic {
   bool frozen = false;  ///< no refreshes: the mask stays as it is
 
   void validate() const {
-    flatmin::detail::check_option(sparsity >= 0 && sparsity <= 1, "mask::dynamic", "sparsity", sparsity, "in [0, 1]");
+    flatmin::detail::check_option(sparsity >= 0 && sparsity <= 1, "mask::dynamic", "sparsity", sparsity,
+                                  "in [0, 1]");
     flatmin::detail::check_option(death_rate >= 0 && death_rate <= 1, "mask::dynamic", "death_rate", death_rate,
                                   "in [0, 1]");
     flatmin::detail::check_option(refresh_every >= 1, "mask::dynamic", "refresh_every",
@@ -105,7 +106,8 @@ struct dynamic {
       return {kept, a0 - kept};
     }
     const double x = nd - nd * sparsity;
-    return {static_cast<std::size_t>(x * (1 - dr)), static_cast<std::size_t>(std::min(x * dr, nd * sparsity))};
+    return {static_cast<std::size_t>(x * (1 - dr)),
+            static_cast<std::size_t>(std::min(x * dr, nd * sparsity))};
   }
 
   template <class T, class Backend>
@@ -210,7 +212,8 @@ struct dynamic {
     }
     /// Sets the mask of tensor t (validated by detail::set_entry_mask). Later refreshes start from
     /// it; set `frozen` for it to stay.
-    void set_entry_mask(const backend::layout<T, Backend>&, std::size_t t, const std::vector<std::uint8_t>& mask) {
+    void set_entry_mask(const backend::layout<T, Backend>&, std::size_t t,
+                        const std::vector<std::uint8_t>& mask) {
       auto h = Backend::to_host(bits_);
       detail::set_entry_mask(units_, h, t, mask);
       bits_ = Backend::from_host(h);
@@ -230,8 +233,8 @@ struct dynamic {
       built_from_ = Backend::data(bits_);
     }
     void recount() {
-      active_ = static_cast<std::size_t>(
-          Backend::template reduce_index<double>(units_.words(), detail::popcount_word{Backend::data(bits_)}));
+      active_ = static_cast<std::size_t>(Backend::template reduce_index<double>(
+          units_.words(), detail::popcount_word{Backend::data(bits_)}));
     }
 
     detail::units<T, Backend> units_;

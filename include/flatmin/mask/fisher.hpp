@@ -180,8 +180,10 @@ struct fisher {
       if (!now) return false;
       const auto k = static_cast<std::size_t>(std::floor(m.keep * static_cast<double>(units_.eligible_units())));
       keep_next_ = m.keep;
-      const auto sel = detail::score_top_k<Backend>(static_cast<const T*>(Backend::data(acc_next_)), units_.count(), k);
-      Backend::for_each_index(units_.words(), detail::score_bits<T>{sel, Backend::data(bits_next_), units_.count()});
+      const T* f = Backend::data(acc_next_);
+      const auto sel = detail::score_top_k<Backend>(f, units_.count(), k);
+      Backend::for_each_index(units_.words(),
+                              detail::score_bits<T>{sel, Backend::data(bits_next_), units_.count()});
       bits_pending_ = true;
       unperturbed_ = m.unperturbed_refresh;
       if (is_compact()) range_next_.build_from_bits(units_, bits_next_);
@@ -216,7 +218,8 @@ struct fisher {
     std::size_t saved_size(const backend::layout<T, Backend>& l) const {
       if (!is_compact()) return l.numel();
       const double keep = bits_pending_ ? keep_next_ : keep_;
-      const auto k = static_cast<std::size_t>(std::floor(keep * static_cast<double>(units_.eligible_units())));
+      const auto k =
+          static_cast<std::size_t>(std::floor(keep * static_cast<double>(units_.eligible_units())));
       const std::size_t bound = units_.dense_elements() + std::min(k * units_.block(), units_.eligible_elements());
       return std::max(bound, (bits_pending_ ? range_next_ : range_).elements());
     }
@@ -225,8 +228,9 @@ struct fisher {
     /// Both buffers of bits and sums (the second makes skipped steps free of side effects) and
     /// both segment lists.
     std::size_t bytes() const {
-      return (bits_.size() + bits_next_.size()) * sizeof(std::uint32_t) + (acc_.size() + acc_next_.size()) * sizeof(T) +
-             units_.bytes() + range_.bytes() + range_next_.bytes();
+      return (bits_.size() + bits_next_.size()) * sizeof(std::uint32_t) +
+             (acc_.size() + acc_next_.size()) * sizeof(T) + units_.bytes() + range_.bytes() +
+             range_next_.bytes();
     }
     template <class F>
     void visit(F&& f) {
@@ -245,7 +249,8 @@ struct fisher {
     }
     /// Sets the mask of tensor t (validated by detail::set_entry_mask); the sums are kept. Set
     /// `frozen` for the mask to stay past the next refresh step.
-    void set_entry_mask(const backend::layout<T, Backend>&, std::size_t t, const std::vector<std::uint8_t>& mask) {
+    void set_entry_mask(const backend::layout<T, Backend>&, std::size_t t,
+                        const std::vector<std::uint8_t>& mask) {
       auto h = Backend::to_host(bits_);
       detail::set_entry_mask(units_, h, t, mask);
       bits_ = Backend::from_host(h);
@@ -264,12 +269,14 @@ struct fisher {
     /// Pending F = committed F (or the pending F, when this step already wrote it) + (g / scale)²,
     /// or (g / scale)² alone; after a refresh the committed sums are stale and not read. Returns
     /// whether g had a non-finite entry.
-    bool estimate(const backend::layout<T, Backend>& l, T inv_scale, bool accumulate, bool check_all = false) {
+    bool estimate(const backend::layout<T, Backend>& l, T inv_scale, bool accumulate,
+                  bool check_all = false) {
       const T* from = nullptr;
-      if (accumulate) from = acc_pending_ ? Backend::data(acc_next_) : (restart_ ? nullptr : Backend::data(acc_));
+      if (accumulate)
+        from = acc_pending_ ? Backend::data(acc_next_) : (restart_ ? nullptr : Backend::data(acc_));
       acc_pending_ = true;
-      return detail::add_scores(l, units_, Backend::data(acc_next_), from, inv_scale, detail::score_of::square,
-                                check_all) > 0;
+      return detail::add_scores(l, units_, Backend::data(acc_next_), from, inv_scale,
+                                detail::score_of::square, check_all) > 0;
     }
 
     detail::units<T, Backend> units_;

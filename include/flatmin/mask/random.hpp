@@ -129,7 +129,8 @@ struct random {
     }
     /// Sets the mask of tensor t; the first call fixes every tensor's mask to the current draw
     /// first, and no step draws again.
-    void set_entry_mask(const backend::layout<T, Backend>&, std::size_t t, const std::vector<std::uint8_t>& mask) {
+    void set_entry_mask(const backend::layout<T, Backend>&, std::size_t t,
+                        const std::vector<std::uint8_t>& mask) {
       std::vector<std::uint32_t> h;
       if (fixed_.empty()) {
         h.assign(units_.words(), 0u);

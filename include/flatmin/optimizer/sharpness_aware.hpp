@@ -318,10 +318,13 @@ class sharpness_aware {
       const std::size_t need = perturbs ? mask_state_.saved_size(layout_) : 0;
       if (saved_.size() < need) saved_ = Backend::template make_vector<T>(need);
     } else {
-      throw usage_error("flatmin: set_mask(): this mask has no state to set (mask::dense perturbs every entry)");
+      throw usage_error("flatmin: set_mask(): this mask has no state to set (mask::dense perturbs "
+                        "every entry)");
     }
   }
-  void set_mask(std::string_view name, const std::vector<std::uint8_t>& mask) { set_mask(tensor_index(name), mask); }
+  void set_mask(std::string_view name, const std::vector<std::uint8_t>& mask) {
+    set_mask(tensor_index(name), mask);
+  }
 
   /// Writes the optimizer's state (step count, base and mask state) so that a run resumes exactly.
   /// Must be called between steps.

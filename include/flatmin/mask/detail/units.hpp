@@ -292,7 +292,7 @@ struct block_scores {
       out[u] = T(-1);
       T s = 0;
       if (check_all)
-        for (std::uint64_t j = 0; j < len; ++j) s += g[j] * inv_scale * T(0);  // NaN iff an entry is not finite
+        for (std::uint64_t j = 0; j < len; ++j) s += g[j] * inv_scale * T(0);  // NaN iff one is not finite
       return s == T(0) ? 0.0 : 1.0;
     }
     T s = 0;
@@ -323,11 +323,12 @@ struct clear_scores {
 /// `from` is null. One pass; returns the number of non-finite scores (units whose g had a NaN or
 /// Inf, or overflowed), and with `check_all` of units of other tensors whose g had one.
 template <class T, class Backend>
-std::size_t add_scores(const backend::layout<T, Backend>& l, const units<T, Backend>& u, T* out, const T* from,
-                       T inv_scale, score_of what, bool check_all = false) {
+std::size_t add_scores(const backend::layout<T, Backend>& l, const units<T, Backend>& u, T* out,
+                       const T* from, T inv_scale, score_of what, bool check_all = false) {
   const double bad =
       u.kind() == unit_kind::element
-          ? Backend::template reduce<double>(l.full(), element_scores<T>{out, from, inv_scale, what, check_all})
+          ? Backend::template reduce<double>(l.full(),
+                                             element_scores<T>{out, from, inv_scale, what, check_all})
           : Backend::template reduce_index<double>(
                 u.count(), block_scores<T>{u.view(l), out, from, inv_scale, what, check_all});
   return static_cast<std::size_t>(bad);
