@@ -139,8 +139,7 @@ struct fisher {
     void before_gradient(const fisher& m, const backend::layout<T, Backend>& l, std::size_t step, O& obj) {
       if constexpr (example_objective<O>) {
         if (!wants_examples(m, step)) return;
-        collected_ = false;  // a retried step collects afresh
-        bad_examples_ = false;
+        abandon_step();  // a retried step (after an exception in the objective) collects afresh
         for (std::size_t n = 0; n < m.examples; ++n) {
           obj.example_gradient(n);
           add_example(m, l);
