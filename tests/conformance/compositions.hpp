@@ -66,7 +66,7 @@ struct config<mask::fisher> {
 };
 template <>
 struct config<mask::dynamic> {
-  static mask::dynamic make() { return {.keep = 0.5, .refresh_every = 7, .total_steps = 400, .seed = 3}; }
+  static mask::dynamic make() { return {.sparsity = 0.5, .refresh_every = 7, .total_steps = 400, .seed = 3}; }
 };
 
 /// How a composition is driven on a problem. A composition whose descent or mask needs more than

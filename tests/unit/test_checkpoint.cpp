@@ -304,7 +304,7 @@ using precond_t =
     flatmin::sharpness_aware<T, B, flatmin::perturb::preconditioned, flatmin::mask::dense, flatmin::base::adamw>;
 
 const flatmin::mask::fisher fisher_blocks{.keep = 0.25, .refresh_every = 3, .block = 4};
-const flatmin::mask::dynamic dynamic_blocks{.keep = 0.4, .refresh_every = 2, .block = 8, .seed = 3};
+const flatmin::mask::dynamic dynamic_blocks{.sparsity = 0.6, .refresh_every = 2, .block = 8, .seed = 3};
 
 template <class Opt, class T>
 void train(Opt& opt, model<T>& m, quadratic& q, int steps) {
@@ -739,7 +739,7 @@ TEST_CASE_TEMPLATE("checkpoint: resume is exact after a skipped step, after a re
   };
   auto dynamic_elem = [](model<T>& m) {
     return dynamic_t<B, T>(m.params, flatmin::base::sgd{.lr = 0.05, .momentum = 0.9}, {},
-                           flatmin::mask::dynamic{.keep = 0.3, .refresh_every = 2, .total_steps = 9, .seed = 5});
+                           flatmin::mask::dynamic{.sparsity = 0.7, .refresh_every = 2, .total_steps = 9, .seed = 5});
   };
   auto random_blk = [](model<T>& m) {
     return random_t<B, T>(m.params, flatmin::base::sgd{.lr = 0.05, .momentum = 0.9}, {},

@@ -330,7 +330,7 @@ TEST_CASE_TEMPLATE("fisher, dynamic: save() and load() resume the masks exactly"
     CAPTURE(saved_after);
     run([] { return flatmin::mask::fisher{.keep = 0.3, .refresh_every = 3, .block = 4}; }, saved_after);
     run([] { return flatmin::mask::fisher{.keep = 0.3, .refresh_every = 3}; }, saved_after);
-    run([] { return flatmin::mask::dynamic{.keep = 0.4, .refresh_every = 2, .block = 8, .seed = 2}; }, saved_after);
-    run([] { return flatmin::mask::dynamic{.keep = 0.4, .refresh_every = 2, .seed = 2}; }, saved_after);
+    run([] { return flatmin::mask::dynamic{.sparsity = 0.6, .refresh_every = 2, .block = 8, .seed = 2}; }, saved_after);
+    run([] { return flatmin::mask::dynamic{.sparsity = 0.6, .refresh_every = 2, .seed = 2}; }, saved_after);
   }
 }

@@ -197,9 +197,9 @@ TEST_CASE_TEMPLATE("options: masks, selection and BAR options are checked as T",
                           [](const P& p, double v) { return fisher_opt(p, sgd{}, {}, flatmin::mask::fisher{.keep = v}); },
                           [](fisher_opt& o, double v) { o.mask().keep = v; }}});
   run_cases<dynamic_opt>({
-      {"keep", rule::unit,
-       [](const P& p, double v) { return dynamic_opt(p, sgd{}, {}, flatmin::mask::dynamic{.keep = v}); },
-       [](dynamic_opt& o, double v) { o.mask().keep = v; }},
+      {"sparsity", rule::unit,
+       [](const P& p, double v) { return dynamic_opt(p, sgd{}, {}, flatmin::mask::dynamic{.sparsity = v}); },
+       [](dynamic_opt& o, double v) { o.mask().sparsity = v; }},
       {"death_rate", rule::unit,
        [](const P& p, double v) { return dynamic_opt(p, sgd{}, {}, flatmin::mask::dynamic{.death_rate = v}); },
        [](dynamic_opt& o, double v) { o.mask().death_rate = v; }},

@@ -8,24 +8,38 @@
 /// ⌊(1 − s) N⌋ of F, refreshed every T_m steps. The per-example gradients come from an objective
 /// with `example_gradient(n)` (`flatmin::example_objective`) in the closure protocol, or from
 /// `opt.mask_state().add_example(...)` in the two-call protocol; with neither, the mask falls back
-/// to FSAM's estimator (squared batch gradients accumulated since the last refresh).
-/// Defaults (official): s = 0.5, N_s = 16 (CIFAR; 128 for ImageNet), ρ = 0.1, T_m = 1 epoch — the
-/// library counts steps: set `refresh_every` to the steps per epoch (default 1000).
-/// Differs from the official code: the first mask is computed from the first step's estimate
-/// (`empty_start = true` gives the official start, whose steps before the first refresh are
-/// plain base-optimizer steps).
+/// to FSAM's estimator (squared batch gradients accumulated since the last refresh). A non-finite
+/// example gradient skips the step (`skip_reason::nonfinite_example_gradient`).
+/// Defaults: s = 0.5, N_s = 16 (CIFAR; 128 for ImageNet), ρ = 0.1, T_m = 1 epoch — the library
+/// counts steps: set `refresh_every` to the steps per epoch (default 1000).
+/// Differs from the official code by default: the first mask is computed from the first step's
+/// estimate, refreshes at steps 1, 1 + T_m, … (`empty_start = true`: no mask before step 1 + T_m);
+/// the official timing — only step 1 unperturbed, new masks at steps 2, 2 + T_m, … — is
+/// `schedule = mask::fisher_schedule::ssam_official`, and ξ = 1e-7 is the official code's. The
+/// official code's first Fisher example also holds the previous step's g_adv (its gradients are
+/// not zeroed before the Fisher pass); flatmin does not copy that.
 ///
-/// `ssam_d` (dynamic mask): a random start with ⌈(1 − s) N⌉ active entries; every T_m steps drop
-/// the smallest |g| among the active, grow as many at random among the inactive, with the death
-/// rate dr₀ (1 + cos(π t / T)) / 2. Defaults (official): s = 0.5, dr₀ = 0.5, ρ = 0.1, T_m = 5
-/// epochs — set `refresh_every` (default 1000 steps) and `total_steps` (T; 0 keeps dr = dr₀).
+/// `ssam_d` (dynamic mask): a random start with N − ⌈sN⌉ active entries; after the ascent of steps
+/// 1, 1 + T_m, … keep the ⌊x (1 − dr)⌋ largest |g| among the active (x = N − sN) and grow
+/// ⌊min(x · dr, sN)⌋ at random among the inactive, with the death rate dr₀ (1 + cos(π (t − 1) /
+/// T)) / 2 — the official counts and timing (mask/dynamic.hpp), which do not keep the density
+/// (117 of 195 entries after the first refresh at s = 0.2, dr = 0.5); `counts =
+/// mask::dynamic_counts::constant` keeps N − ⌈sN⌉. Defaults: s = 0.5, dr₀ = 0.5, ρ = 0.1,
+/// T_m = 5 epochs — set `refresh_every` (default 1000 steps) and `total_steps` (T; 0 keeps
+/// dr = dr₀).
 /// Both: `block` > 1 selects blocks of that many entries; the paper's base optimizer is SGD with
 /// momentum (pass it).
+///
+/// Official presets, `ssam_f(params, base, flatmin::official, o)` and `ssam_d(params, base,
+/// flatmin::official, o)`: the other options from `o`, with ξ = 1e-7 (solver/sam.py adds 1e-7 to
+/// ‖g‖) and, for SSAM-F, the official timing (`fisher_schedule::ssam_official`); SSAM-D's default
+/// counts and timing are already the official ones.
 
 #include "../backend/default.hpp"
 #include "../mask/dynamic.hpp"
 #include "../mask/fisher.hpp"
 #include "../optimizer/sharpness_aware.hpp"
+#include "official.hpp"
 #include "../perturb/l2.hpp"
 
 namespace flatmin {
@@ -38,6 +52,7 @@ struct ssam_f_options {
   std::size_t refresh_every = 1000;
   std::size_t block = 1;
   bool empty_start = false;
+  mask::fisher_schedule schedule = mask::fisher_schedule::library;
   nonfinite on_nonfinite = nonfinite::skip;
 };
 
@@ -52,8 +67,17 @@ ssam_f_t<T, Base, Backend> ssam_f(const param_set<T>& params, Base base, ssam_f_
                                                  .block = o.block,
                                                  .source = mask::fisher_estimator::per_example,
                                                  .examples = o.examples,
-                                                 .empty_start = o.empty_start},
+                                                 .empty_start = o.empty_start,
+                                                 .schedule = o.schedule},
                                     {o.on_nonfinite});
+}
+
+/// SSAM-F's official preset: `o` with ξ = 1e-7 and the official timing.
+template <class Backend = default_backend, class T, class Base>
+ssam_f_t<T, Base, Backend> ssam_f(const param_set<T>& params, Base base, official_t, ssam_f_options o = {}) {
+  o.xi = 1e-7;
+  o.schedule = mask::fisher_schedule::ssam_official;
+  return ssam_f<Backend>(params, std::move(base), o);
 }
 
 struct ssam_d_options {
@@ -65,6 +89,7 @@ struct ssam_d_options {
   std::size_t total_steps = 0;
   std::size_t block = 1;
   std::uint64_t seed = 0;
+  mask::dynamic_counts counts = mask::dynamic_counts::official;
   nonfinite on_nonfinite = nonfinite::skip;
 };
 
@@ -74,13 +99,22 @@ using ssam_d_t = sharpness_aware<T, Backend, perturb::l2, mask::dynamic, Base>;
 template <class Backend = default_backend, class T, class Base>
 ssam_d_t<T, Base, Backend> ssam_d(const param_set<T>& params, Base base, ssam_d_options o = {}) {
   return ssam_d_t<T, Base, Backend>(params, std::move(base), perturb::l2{o.rho, o.xi},
-                                    mask::dynamic{.keep = 1 - o.sparsity,
+                                    mask::dynamic{.sparsity = o.sparsity,
                                                   .death_rate = o.death_rate,
                                                   .refresh_every = o.refresh_every,
                                                   .total_steps = o.total_steps,
                                                   .block = o.block,
-                                                  .seed = o.seed},
+                                                  .seed = o.seed,
+                                                  .counts = o.counts},
                                     {o.on_nonfinite});
+}
+
+/// SSAM-D's official preset: `o` with ξ = 1e-7 and the official counts.
+template <class Backend = default_backend, class T, class Base>
+ssam_d_t<T, Base, Backend> ssam_d(const param_set<T>& params, Base base, official_t, ssam_d_options o = {}) {
+  o.xi = 1e-7;
+  o.counts = mask::dynamic_counts::official;
+  return ssam_d<Backend>(params, std::move(base), o);
 }
 
 }  // namespace flatmin

@@ -24,21 +24,40 @@
 ///   while `wants_examples(opt.mask(), step)` holds. Until any example arrives the state falls back
 ///   to the `accumulated` estimator.
 ///
-/// Refresh steps: 1, 1 + T_m, 1 + 2T_m, … (the first mask comes from the first gradient); with
-/// `empty_start` (the official SSAM start) step 1 is not a refresh step and the steps before the
-/// first refresh perturb only the ineligible tensors. The refresh happens after the gradient is
-/// known to be finite and before the ascent, so a refresh step is perturbed with its new mask (the
-/// official FSAM code perturbs nothing on refresh steps: `unperturbed_refresh = true` reproduces
-/// it: ε = 0 on a refresh step through radius_scale(), so the base optimizer gets the gradient at w).
-/// Step numbers are the optimizer's (applied steps + 1): an ascent retried under the same number
-/// (after cancel() or a skipped descend()) neither refreshes again nor adds its gradient again.
+/// Refresh steps (`schedule`):
+/// - `library` (default): 1, 1 + T_m, 1 + 2T_m, … (the first mask comes from the first gradient);
+///   with `empty_start` step 1 is not a refresh step and the steps before the first refresh perturb
+///   only the ineligible tensors.
+/// - `ssam_official` (the official SSAM-F timing): only step 1 is unperturbed (no mask yet), and
+///   the mask is recomputed before steps 2, 2 + T_m, 2 + 2T_m, … — the official code recomputes it
+///   right after the first step of every update epoch, at the weights the next step starts from
+///   (a new mask at steps 2, 7, 12 with T_m = 5). `empty_start` is then irrelevant.
+/// The refresh happens after the gradient is known to be finite and before the ascent, so a
+/// refresh step is perturbed with its new mask; `unperturbed_refresh = true` instead perturbs
+/// nothing on a refresh step (ε = 0 on every entry, ineligible dense tensors included), as the
+/// official FSAM code does: its `set_fisher_mask` zeroes every parameter's gradient
+/// (`model.zero_grad()`) before the ascent of that step (WHU-ZQH/FSAM4PLM,
+/// fairseq-FSAM/optim/samsgd.py), so the step descends along the clean gradient.
+/// Departure from the official SSAM-F: it does not zero the gradients before its Fisher pass, so
+/// its first example's squared gradient includes the previous step's g_adv; flatmin's examples are
+/// the examples' gradients only.
 ///
-/// Storage: one bit per unit, one T per unit for F, and, with blocks, saved weights for the active
-/// blocks only plus a segment list, so that the ascent and restore passes touch only those blocks.
-/// The granularity (`block`) is fixed when the optimizer is built; `keep` may change between steps.
+/// Skipped and cancelled steps leave the state as it was: an estimate and a refresh are written to
+/// a second buffer of sums and bits (and a second segment list) and become the state only when the
+/// optimizer applies the step (`commit_step()`); `abandon_step()` drops them. No extra pass: the
+/// estimate reads the committed sums and writes the other buffer, the same traffic as in place.
+/// The cost is memory: one more T per unit and one more bit per unit (see bytes()).
+/// A non-finite per-example gradient (found by the pass that adds its squares) makes the step skip
+/// (`nonfinite_examples()`, `skip_reason::nonfinite_example_gradient`).
+///
+/// Storage: two bits per unit, two T per unit for F, and, with blocks, saved weights for the active
+/// blocks only plus two segment lists, so that the ascent and restore passes touch only those
+/// blocks. The granularity (`block`) is fixed when the optimizer is built; `keep` may change
+/// between steps. `frozen = true` stops estimates and refreshes (a mask set with
+/// `set_entry_mask()` / the optimizer's `set_mask()`, or one frozen for an experiment, stays).
 ///
 /// Options: keep = 0.1, refresh_every = 100, block = 1, source = accumulated, examples = 16,
-/// empty_start = false, unperturbed_refresh = false.
+/// empty_start = false, schedule = library, unperturbed_refresh = false, frozen = false.
 
 #include <algorithm>
 #include <cmath>
@@ -56,6 +75,9 @@ namespace flatmin::mask {
 /// Which Fisher-diagonal estimate `mask::fisher` uses.
 enum class fisher_estimator : std::uint8_t { accumulated, current_batch, per_example };
 
+/// When `mask::fisher` recomputes its mask (see the header comment).
+enum class fisher_schedule : std::uint8_t { library, ssam_official };
+
 struct fisher {
   static constexpr const char* name = "fisher";  ///< in checkpoints' composition identity
   double keep = 0.1;               ///< fraction of eligible units perturbed, in [0, 1]
@@ -63,8 +85,10 @@ struct fisher {
   std::size_t block = 1;            ///< 1 = entries; else a power of two ≤ 1024
   fisher_estimator source = fisher_estimator::accumulated;
   std::size_t examples = 16;  ///< N_s for `per_example`
-  bool empty_start = false;   ///< SSAM's official start: no mask before the first refresh
-  bool unperturbed_refresh = false;  ///< FSAM's official refresh steps: ε = 0 on a refresh step
+  bool empty_start = false;   ///< no mask before the first refresh (step 1 is no refresh step)
+  fisher_schedule schedule = fisher_schedule::library;
+  bool unperturbed_refresh = false;  ///< ε = 0 on refresh steps (the official FSAM code)
+  bool frozen = false;               ///< no estimates, no refreshes: the mask stays as it is
 
   /// Throws std::invalid_argument unless the options are valid for an optimizer computing in T.
   template <class T = double>
@@ -83,6 +107,8 @@ struct fisher {
 
   /// Whether `step` (1-based) recomputes the mask.
   bool refreshes(std::size_t step) const {
+    if (frozen) return false;
+    if (schedule == fisher_schedule::ssam_official) return step >= 2 && (step - 2) % refresh_every == 0;
     if (step == 1) return !empty_start;
     return step > 1 && (step - 1) % refresh_every == 0;
   }
@@ -97,11 +123,15 @@ struct fisher {
     state(const fisher& m, const backend::layout<T, Backend>& l)
         : units_(l, m.block > 1 ? detail::unit_kind::block : detail::unit_kind::element, m.block),
           bits_(Backend::template make_vector<std::uint32_t>(units_.words(), 0u)),
+          bits_next_(Backend::template make_vector<std::uint32_t>(units_.words(), 0u)),
           acc_(Backend::template make_vector<T>(units_.count(), T(0))),
+          acc_next_(Backend::template make_vector<T>(units_.count(), T(0))),
           uview_(units_.view(l)) {
       m.validate();
       keep_ = m.keep;
-      detail::add_scores(l, units_, Backend::data(acc_), T(1), detail::score_of::zero, false);  // 0 / −1
+      detail::add_scores(l, units_, Backend::data(acc_), static_cast<const T*>(nullptr), T(1),
+                         detail::score_of::zero);  // 0 / −1
+      Backend::copy(acc_, acc_next_);
       if (is_compact()) rebuild_range();
     }
 
@@ -123,7 +153,7 @@ struct fisher {
     void before_gradient(const fisher& m, const backend::layout<T, Backend>& l, std::size_t step, O& obj) {
       if constexpr (example_objective<O>) {
         if (!wants_examples(m, step)) return;
-        collected_ = false;  // a retried step collects afresh
+        abandon_step();  // a retried step (after an exception in the objective) collects afresh
         for (std::size_t n = 0; n < m.examples; ++n) {
           obj.example_gradient(n);
           add_example(m, l);
@@ -134,62 +164,86 @@ struct fisher {
     bool wants_examples(const fisher& m, std::size_t step) const {
       return m.source == fisher_estimator::per_example && m.refreshes(step);
     }
-    /// Adds (∂ℓ_n/∂w)², read from the gradient views, to F (the first example of a refresh resets F).
+    /// Adds (∂ℓ_n/∂w)², read from the gradient views, to the pending F (the first example of a step
+    /// overwrites it). A non-finite entry of an example gradient, in any tensor (the same pass
+    /// reads the other tensors' gradients for that), marks the step to be skipped.
     void add_example(const fisher&, const backend::layout<T, Backend>& l, T inv_scale = T(1)) {
-      add_squares(l, inv_scale, collected_);
+      if (estimate(l, inv_scale, collected_, true)) bad_examples_ = true;
       collected_ = true;
-      examples_seen_ = true;
+      examples_now_ = true;
     }
+    /// Whether an example added for this step had a NaN or Inf gradient (the optimizer skips it).
+    bool nonfinite_examples() const { return bad_examples_; }
 
+    /// The step's estimate and, on a refresh step, the new mask, both pending until commit_step().
     bool refresh(const fisher& m, const backend::layout<T, Backend>& l, std::size_t step, T inv_scale) {
-      // One estimate and one refresh per step number: an ascent retried after cancel() (or after a
-      // skipped descend()) keeps the mask and does not count its gradient twice.
-      if (step == last_step_) return false;
-      last_step_ = step;
+      if (m.frozen) return false;
       const bool now = m.refreshes(step);
-      zero_radius_ = now && m.unperturbed_refresh;
-      T* acc = Backend::data(acc_);
       switch (m.source) {
         case fisher_estimator::accumulated:
-          add_squares(l, inv_scale, true);
+          estimate(l, inv_scale, true);
           break;
         case fisher_estimator::current_batch:
-          if (now) add_squares(l, inv_scale, false);
+          if (now) estimate(l, inv_scale, false);
           break;
         case fisher_estimator::per_example:
-          if (!collected_ && (!examples_seen_ || now)) add_squares(l, inv_scale, !examples_seen_);
+          if (!collected_ && (!examples_seen_ || now)) estimate(l, inv_scale, !examples_seen_);
           break;
       }
       if (!now) return false;
       const auto k = static_cast<std::size_t>(std::floor(m.keep * static_cast<double>(units_.eligible_units())));
-      keep_ = m.keep;
-      const auto sel = detail::score_top_k<Backend>(static_cast<const T*>(acc), units_.count(), k);
-      Backend::for_each_index(units_.words(), detail::score_bits<T>{sel, Backend::data(bits_), units_.count()});
-      // The sums restart here: rather than a pass writing 0 (−1 for non-candidates), the next
-      // estimate overwrites them (the same values: 0 + h = h), and visit() clears them first.
-      restart_ = true;
-      collected_ = false;
-      if (is_compact()) rebuild_range();
+      keep_next_ = m.keep;
+      const T* f = Backend::data(acc_next_);
+      const auto sel = detail::score_top_k<Backend>(f, units_.count(), k);
+      Backend::for_each_index(units_.words(),
+                              detail::score_bits<T>{sel, Backend::data(bits_next_), units_.count()});
+      bits_pending_ = true;
+      unperturbed_ = m.unperturbed_refresh;
+      if (is_compact()) range_next_.build_from_bits(units_, bits_next_);
       return true;
     }
 
-    view get_view() const { return {uview_, Backend::data(bits_)}; }
+    /// The optimizer applied the step: the pending sums and mask become the state.
+    void commit_step() {
+      if (acc_pending_) {
+        acc_.swap(acc_next_);
+        // The sums restart after a refresh: rather than a pass writing 0 (−1 for non-candidates),
+        // the next estimate overwrites them (the same values: 0 + h = h), and visit() clears them.
+        restart_ = bits_pending_;
+      }
+      if (bits_pending_) {
+        bits_.swap(bits_next_);
+        range_.swap(range_next_);
+        keep_ = keep_next_;
+      }
+      if (examples_now_) examples_seen_ = true;
+      abandon_step();
+    }
+    /// The step was skipped or cancelled: the pending sums and mask are dropped.
+    void abandon_step() { acc_pending_ = bits_pending_ = examples_now_ = collected_ = bad_examples_ = false; }
+
+    view get_view() const { return {uview_, Backend::data(bits_pending_ ? bits_next_ : bits_)}; }
     backend::pass_range<T> range(const backend::layout<T, Backend>& l) const {
-      return is_compact() ? range_.range(l) : l.full();
+      return is_compact() ? (bits_pending_ ? range_next_ : range_).range(l) : l.full();
     }
     /// Dense storage for element masks; for block masks a bound on the active blocks' entries
     /// (k full blocks, plus the ineligible tensors), so a reloaded mask always fits.
     std::size_t saved_size(const backend::layout<T, Backend>& l) const {
       if (!is_compact()) return l.numel();
-      const auto k = static_cast<std::size_t>(std::floor(keep_ * static_cast<double>(units_.eligible_units())));
+      const double keep = bits_pending_ ? keep_next_ : keep_;
+      const auto k =
+          static_cast<std::size_t>(std::floor(keep * static_cast<double>(units_.eligible_units())));
       const std::size_t bound = units_.dense_elements() + std::min(k * units_.block(), units_.eligible_elements());
-      return std::max(bound, range_.elements());
+      return std::max(bound, (bits_pending_ ? range_next_ : range_).elements());
     }
-    /// 0 on a refresh step under `unperturbed_refresh` (set by that step's refresh(), which runs
-    /// before the optimizer reads the scale; a retried ascent of the same step keeps it).
-    double radius_scale() const { return zero_radius_ ? 0.0 : 1.0; }
+    /// 0 on a refresh step with `unperturbed_refresh` (ε = 0 everywhere), else 1.
+    double radius_scale() const { return bits_pending_ && unperturbed_ ? 0.0 : 1.0; }
+    /// Both buffers of bits and sums (the second makes skipped steps free of side effects) and
+    /// both segment lists.
     std::size_t bytes() const {
-      return bits_.size() * sizeof(std::uint32_t) + acc_.size() * sizeof(T) + units_.bytes() + range_.bytes();
+      return (bits_.size() + bits_next_.size()) * sizeof(std::uint32_t) +
+             (acc_.size() + acc_next_.size()) * sizeof(T) + units_.bytes() + range_.bytes() +
+             range_next_.bytes();
     }
     /// Checkpoint entries: the bits, the sums (stale while `restart`), and the step bookkeeping.
     template <class F>
@@ -197,9 +251,7 @@ struct fisher {
       f("fisher.bits", bits_);
       f("fisher.acc", acc_);
       f("fisher.keep", keep_);
-      f("fisher.last_step", last_step_);
       f("fisher.restart", restart_);
-      f("fisher.collected", collected_);
       f("fisher.examples_seen", examples_seen_);
     }
     /// Checkpoint identity: the unit size fixes the buffers, the estimator what the sums mean.
@@ -217,16 +269,13 @@ struct fisher {
     };
     /// Checks the loaded entries (host copies in `s`) before anything is committed: no bit set
     /// past the unit count or on a unit that is not a candidate, at most ⌊keep · eligible⌋ active
-    /// units, sums ≥ 0 on candidates and −1 elsewhere, keep in [0, 1], the last refreshed step
-    /// at most one past the loaded step count. Throws std::invalid_argument.
+    /// units, sums ≥ 0 on candidates and −1 elsewhere, keep in [0, 1]. Throws std::invalid_argument.
     template <class Staged>
     loaded check_load(const Staged& s) const {
       const auto& bits = s.template buffer<std::uint32_t>("fisher.bits");
       const auto& acc = s.template buffer<T>("fisher.acc");
       const double keep = s.template scalar<double>("fisher.keep");
       if (!(keep >= 0 && keep <= 1)) throw load_error("keep " + std::to_string(keep) + " is not in [0, 1]");
-      if (s.template scalar<std::size_t>("fisher.last_step") > s.steps() + 1)
-        throw load_error("last refreshed step is past the step count");
       const auto k =
           static_cast<std::size_t>(std::floor(keep * static_cast<double>(units_.eligible_units())));
       const std::size_t active = detail::check_loaded_bits(units_, bits, "mask::fisher");
@@ -252,32 +301,57 @@ struct fisher {
     /// Commits what check_load() built, after the optimizer has swapped the entries in.
     void after_load(loaded& l) noexcept { range_.swap(l.range); }
 
+    /// The mask of tensor t, one byte per entry (introspection; see detail::entry_mask).
+    std::vector<std::uint8_t> entry_mask(const backend::layout<T, Backend>&, std::size_t t) const {
+      const auto h = Backend::to_host(bits_pending_ ? bits_next_ : bits_);
+      return detail::entry_mask(units_, t, [&](std::size_t u) { return detail::test_bit(h.data(), u); });
+    }
+    /// Sets the mask of tensor t (validated by detail::set_entry_mask); the sums are kept. Set
+    /// `frozen` for the mask to stay past the next refresh step.
+    void set_entry_mask(const backend::layout<T, Backend>&, std::size_t t,
+                        const std::vector<std::uint8_t>& mask) {
+      auto h = Backend::to_host(bits_);
+      detail::set_entry_mask(units_, h, t, mask);
+      bits_ = Backend::from_host(h);
+      if (is_compact()) rebuild_range();
+    }
+
     /// The units (for tests and reports): element or block, counts.
     const detail::units<T, Backend>& units() const { return units_; }
     /// The mask bits, one per unit, in host memory.
     std::vector<std::uint32_t> host_bits() const { return Backend::to_host(bits_); }
+    /// The committed sums F, one per unit (−1: not a candidate), in host memory.
+    std::vector<T> host_sums() const { return Backend::to_host(acc_); }
 
    private:
     static std::invalid_argument load_error(const std::string& what) {
       return std::invalid_argument("flatmin: load(): mask::fisher: " + what);
     }
     void rebuild_range() { range_.build_from_bits(units_, bits_); }
-    /// F (+)= (g / scale)² per unit; after a refresh the first estimate overwrites instead.
-    void add_squares(const backend::layout<T, Backend>& l, T inv_scale, bool accumulate) {
-      detail::add_scores(l, units_, Backend::data(acc_), inv_scale, detail::score_of::square, accumulate && !restart_);
-      restart_ = false;
+    /// Pending F = committed F (or the pending F, when this step already wrote it) + (g / scale)²,
+    /// or (g / scale)² alone; after a refresh the committed sums are stale and not read. Returns
+    /// whether g had a non-finite entry.
+    bool estimate(const backend::layout<T, Backend>& l, T inv_scale, bool accumulate,
+                  bool check_all = false) {
+      const T* from = nullptr;
+      if (accumulate)
+        from = acc_pending_ ? Backend::data(acc_next_) : (restart_ ? nullptr : Backend::data(acc_));
+      acc_pending_ = true;
+      return detail::add_scores(l, units_, Backend::data(acc_next_), from, inv_scale,
+                                detail::score_of::square, check_all) > 0;
     }
 
     detail::units<T, Backend> units_;
-    typename Backend::template vector<std::uint32_t> bits_;
-    typename Backend::template vector<T> acc_;
+    typename Backend::template vector<std::uint32_t> bits_, bits_next_;
+    typename Backend::template vector<T> acc_, acc_next_;
     detail::unit_view<T> uview_;
-    detail::compact_range<T, Backend> range_;
-    double keep_ = 0;
-    std::size_t last_step_ = 0;
-    bool collected_ = false, examples_seen_ = false;
-    bool zero_radius_ = false;  ///< this step refreshed under unperturbed_refresh
+    detail::compact_range<T, Backend> range_, range_next_;
+    double keep_ = 0, keep_next_ = 0;
+    bool examples_seen_ = false;
     bool restart_ = false;  ///< the sums in acc_ are stale: the next estimate overwrites them
+    // pending (this step only, until commit_step() / abandon_step())
+    bool acc_pending_ = false, bits_pending_ = false, examples_now_ = false, collected_ = false;
+    bool bad_examples_ = false, unperturbed_ = false;
   };
 };
 

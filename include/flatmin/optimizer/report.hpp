@@ -13,7 +13,8 @@ enum class skip_reason {
   none,
   nonfinite_gradient,            ///< g at w had a NaN or Inf entry (or its norm overflowed)
   nonfinite_perturbed_gradient,  ///< g at w + ε had a NaN or Inf entry
-  found_inf                      ///< the caller said so (`step_args::found_inf`), e.g. a loss scaler
+  found_inf,                     ///< the caller said so (`step_args::found_inf`), e.g. a loss scaler
+  nonfinite_example_gradient     ///< a per-example gradient of the mask's estimate (SSAM-F) had a NaN or Inf
 };
 
 inline const char* to_string(skip_reason r) {
@@ -22,6 +23,7 @@ inline const char* to_string(skip_reason r) {
     case skip_reason::nonfinite_gradient: return "non-finite gradient at w";
     case skip_reason::nonfinite_perturbed_gradient: return "non-finite gradient at w + eps";
     case skip_reason::found_inf: return "found_inf set by the caller";
+    case skip_reason::nonfinite_example_gradient: return "non-finite per-example gradient (mask estimate)";
   }
   return "?";
 }

@@ -17,7 +17,9 @@
 /// bit-exactly, optimizer state untouched, `report.skipped`), or `non_finite_error` is thrown
 /// after the same restore when the options say `nonfinite::raise`.
 
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <exception>
 #include <functional>
@@ -25,6 +27,7 @@
 #include <limits>
 #include <ostream>
 #include <string>
+#include <string_view>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -123,10 +126,15 @@ class sharpness_aware {
       const T inv = inverse_scale(args);
       mask_state_.begin_step(mask_, steps_ + 1);
       kernels::grad_stats s = stats(inv);
-      if (s.bad > 0 || !std::isfinite(s.n2) || !std::isfinite(s.g2) || (args.found_inf && *args.found_inf)) {
+      const bool bad_example = mask_nonfinite_examples();
+      if (s.bad > 0 || !std::isfinite(s.n2) || !std::isfinite(s.g2) || (args.found_inf && *args.found_inf) ||
+          bad_example) {
         report_.grad_norm = std::sqrt(s.g2);
         report_.skipped = true;
-        report_.reason = (args.found_inf && *args.found_inf) ? skip_reason::found_inf : skip_reason::nonfinite_gradient;
+        report_.reason = (args.found_inf && *args.found_inf) ? skip_reason::found_inf
+                         : bad_example                       ? skip_reason::nonfinite_example_gradient
+                                                             : skip_reason::nonfinite_gradient;
+        mask_abandon();
         if (options_.on_nonfinite == nonfinite::raise) {
           phase_ = phase::idle;
           throw non_finite_error(std::string("flatmin: ascend(): ") + to_string(report_.reason));
@@ -186,6 +194,7 @@ class sharpness_aware {
     }
     if (bad) {
       if constexpr (perturbs) restore();
+      mask_abandon();
       phase_ = phase::idle;
       report_.skipped = true;
       report_.reason = args.found_inf ? skip_reason::found_inf
@@ -209,6 +218,7 @@ class sharpness_aware {
     } else {
       descend_pass<0>(adjust, update, inv);
     }
+    mask_commit();
     steps_ = t;
     phase_ = phase::idle;
     return report_;
@@ -248,6 +258,7 @@ class sharpness_aware {
   /// Abandons an ascended step: restores w bit-exactly and returns to the idle state.
   void cancel() {
     if (phase_ == phase::ascended && perturbs) restore();
+    mask_abandon();
     phase_ = phase::idle;
   }
 
@@ -277,6 +288,54 @@ class sharpness_aware {
   std::size_t extra_state_bytes() const { return saved_.size() * sizeof(T) + mask_state_.bytes(); }
   /// Bytes of the base optimizer's state.
   std::size_t base_state_bytes() const { return base_state_.bytes(); }
+
+  /// Mask introspection, per tensor (by index in the parameter set, or by name): one byte per
+  /// entry, 1 where ε may be non-zero (entries of dense-perturbed tensors 1, of tensors that are
+  /// not perturbed 0; mask::dense: all ones). The mask the next ascent uses, bar a refresh then.
+  std::vector<std::uint8_t> mask_bytes(std::size_t tensor) const {
+    check_tensor(tensor);
+    if constexpr (requires { mask_state_.entry_mask(layout_, tensor); }) {
+      return mask_state_.entry_mask(layout_, tensor);
+    } else {
+      const auto& r = layout_.host_tensors()[tensor];
+      return std::vector<std::uint8_t>(r.size, (r.flags & tensor_flags::perturb) ? 1 : 0);
+    }
+  }
+  std::vector<std::uint8_t> mask_bytes(std::string_view name) const { return mask_bytes(tensor_index(name)); }
+  /// The selected entries of a tensor (tensor-local indices, ascending).
+  template <class Tensor>
+  std::vector<std::size_t> mask_indices(const Tensor& tensor) const {
+    const auto b = mask_bytes(tensor);
+    std::vector<std::size_t> r;
+    for (std::size_t j = 0; j < b.size(); ++j)
+      if (b[j]) r.push_back(j);
+    return r;
+  }
+  /// The number of selected entries of a tensor.
+  template <class Tensor>
+  std::size_t mask_count(const Tensor& tensor) const {
+    const auto b = mask_bytes(tensor);
+    return static_cast<std::size_t>(std::count(b.begin(), b.end(), std::uint8_t{1}));
+  }
+  /// Sets the mask of a tensor (load one computed elsewhere; with the mask's `frozen` option it
+  /// stays). Throws std::invalid_argument for a byte vector of the wrong size or one that splits a
+  /// unit (block masks: a block is all-or-nothing), usage_error between ascend() and descend() or
+  /// for a mask that cannot be set (mask::dense).
+  void set_mask(std::size_t tensor, const std::vector<std::uint8_t>& mask) {
+    if (phase_ != phase::idle) throw usage_error("flatmin: set_mask() called between ascend() and descend()");
+    check_tensor(tensor);
+    if constexpr (requires { mask_state_.set_entry_mask(layout_, tensor, mask); }) {
+      mask_state_.set_entry_mask(layout_, tensor, mask);
+      const std::size_t need = perturbs ? mask_state_.saved_size(layout_) : 0;
+      if (saved_.size() < need) saved_ = Backend::template make_vector<T>(need);
+    } else {
+      throw usage_error("flatmin: set_mask(): this mask has no state to set (mask::dense perturbs "
+                        "every entry)");
+    }
+  }
+  void set_mask(std::string_view name, const std::vector<std::uint8_t>& mask) {
+    set_mask(tensor_index(name), mask);
+  }
 
   /// Writes the optimizer's whole state so that a run resumes exactly: checkpoint format v2
   /// (optimizer/checkpoint.hpp): magic "FLATMIN2", format version, element type, the
@@ -373,6 +432,25 @@ class sharpness_aware {
   }
 
   term_type term() const { return perturb_.template term<T>(base_state_, steps_); }
+
+  // A mask's step-local state (a refresh, Fisher sums) becomes its state only when a step is applied.
+  void mask_commit() { if constexpr (requires { mask_state_.commit_step(); }) mask_state_.commit_step(); }
+  void mask_abandon() { if constexpr (requires { mask_state_.abandon_step(); }) mask_state_.abandon_step(); }
+  bool mask_nonfinite_examples() const {
+    if constexpr (requires { mask_state_.nonfinite_examples(); }) return mask_state_.nonfinite_examples();
+    else return false;
+  }
+
+  void check_tensor(std::size_t t) const {
+    if (t >= layout_.tensor_count())
+      throw std::invalid_argument("flatmin: tensor index " + std::to_string(t) + " out of range (" +
+                                  std::to_string(layout_.tensor_count()) + " tensors)");
+  }
+  std::size_t tensor_index(std::string_view name) const {
+    for (std::size_t t = 0; t < names_.size(); ++t)
+      if (names_[t] == name) return t;
+    throw std::invalid_argument("flatmin: no tensor named " + detail::quote(std::string(name)));
+  }
 
   kernels::grad_stats stats(T inv) {
     if (mask_compact()) {
@@ -481,7 +559,7 @@ class sharpness_aware {
   mask_state_type mask_state_;
   typename Regularizer::template state<T, Backend> reg_state_;
   typename Backend::template vector<T> saved_;
-  std::vector<std::string> names_;  ///< tensor names, for the checkpoint's parameter table
+  std::vector<std::string> names_;  ///< tensor names: the checkpoint's parameter table, lookups by name
   std::size_t perturbable_ = 0;
   std::size_t steps_ = 0;
   phase phase_ = phase::idle;

@@ -238,7 +238,7 @@ class compact_range {
     const auto h = Backend::to_host(bits);
     build(u, [&](std::size_t k) { return test_bit(h.data(), k); });
   }
-  /// Exchanges two lists (the commit of a load(): cannot throw).
+  /// Exchanges two lists without copying (a load()'s commit; a mask's committed and pending lists).
   void swap(compact_range& o) noexcept {
     segs_.swap(o.segs_);
     std::swap(count_, o.count_);
@@ -263,47 +263,57 @@ enum class score_of : std::uint8_t { square, magnitude, zero };
 /// Scores hold −1 for units that are not candidates (so that a selection reads one value per
 /// unit and no tensor table), and the candidates' non-negative sums.
 
-/// Element units: acc[i] (+)= h(g_i / scale) on candidate entries (one element per call: no
-/// conflicts); when overwriting, −1 on the others.
+/// Element units: out[i] = from[i] + h(g_i / scale) on candidate entries (`from` null: h alone;
+/// `from` may be `out`), −1 on the others (one element per call: no conflicts). Returns 1 for a
+/// non-finite h, so that the pass that writes the scores also tells whether g had a NaN or Inf
+/// (with `check_all`, also for an entry of a tensor that is not a candidate).
 template <class T>
 struct element_scores {
-  T* acc;
+  T* out;
+  const T* from;
   T inv_scale;
   score_of what;
-  bool accumulate;
-  FLATMIN_HD void operator()(const backend::elem<T>& e) const {
+  bool check_all = false;
+  FLATMIN_HD double operator()(const backend::elem<T>& e) const {
     if (!candidate_flags(e.flags)) {
-      if (!accumulate) acc[e.i] = T(-1);
-      return;
+      out[e.i] = T(-1);
+      const T x = e.g * inv_scale;
+      return check_all && !(x - x == T(0)) ? 1.0 : 0.0;
     }
     if (what == score_of::zero) {
-      acc[e.i] = T(0);
-      return;
+      out[e.i] = T(0);
+      return 0;
     }
     const T g = e.g * inv_scale;
     const T h = what == score_of::square ? g * g : (g < T(0) ? -g : g);
-    acc[e.i] = accumulate ? acc[e.i] + h : h;
+    out[e.i] = from ? from[e.i] + h : h;
+    return h - h == T(0) ? 0.0 : 1.0;  // false for NaN and ±inf
   }
 };
 
-/// Block units: acc[u] (+)= Σ_block h(g / scale) (one block per call); when overwriting, −1 on
-/// the blocks that are not candidates.
+/// Block units: out[u] = from[u] + Σ_block h(g / scale) (one block per call), −1 on the blocks
+/// that are not candidates. Returns 1 for a non-finite block sum (with `check_all`, also for a
+/// non-finite entry of a block that is not a candidate).
 template <class T>
 struct block_scores {
   unit_view<T> units;
-  T* acc;
+  T* out;
+  const T* from;
   T inv_scale;
   score_of what;
-  bool accumulate;
-  FLATMIN_HD void operator()(std::size_t u) const {
+  bool check_all = false;
+  FLATMIN_HD double operator()(std::size_t u) const {
     const std::uint32_t t = units.tensor_of_unit(u);
     const backend::tensor_rec<T>& r = units.tensors[t];
-    if (!candidate_flags(r.flags)) {
-      if (!accumulate) acc[u] = T(-1);
-      return;
-    }
     const std::uint64_t start = units.unit_start(u, t), len = units.unit_len(start, t);
     const T* g = r.g + start;
+    if (!candidate_flags(r.flags)) {
+      out[u] = T(-1);
+      T s = 0;
+      if (check_all)
+        for (std::uint64_t j = 0; j < len; ++j) s += g[j] * inv_scale * T(0);  // NaN iff one is not finite
+      return s == T(0) ? 0.0 : 1.0;
+    }
     T s = 0;
     if (what == score_of::square) {
       for (std::uint64_t j = 0; j < len; ++j) {
@@ -316,7 +326,8 @@ struct block_scores {
         s += x < T(0) ? -x : x;
       }
     }
-    acc[u] = accumulate ? acc[u] + s : s;
+    out[u] = from ? from[u] + s : s;
+    return s - s == T(0) ? 0.0 : 1.0;
   }
 };
 
@@ -327,14 +338,19 @@ struct clear_scores {
   FLATMIN_HD void operator()(std::size_t u) const { acc[u] = acc[u] < T(0) ? T(-1) : T(0); }
 };
 
-/// Adds the scores of the current gradient into `acc` (one per unit), or overwrites them.
+/// out = from + the scores of the current gradient (one per unit), or the scores alone when
+/// `from` is null. One pass; returns the number of non-finite scores (units whose g had a NaN or
+/// Inf, or overflowed), and with `check_all` of units of other tensors whose g had one.
 template <class T, class Backend>
-void add_scores(const backend::layout<T, Backend>& l, const units<T, Backend>& u, T* acc, T inv_scale,
-                score_of what, bool accumulate) {
-  if (u.kind() == unit_kind::element)
-    Backend::for_each(l.full(), element_scores<T>{acc, inv_scale, what, accumulate});
-  else
-    Backend::for_each_index(u.count(), block_scores<T>{u.view(l), acc, inv_scale, what, accumulate});
+std::size_t add_scores(const backend::layout<T, Backend>& l, const units<T, Backend>& u, T* out,
+                       const T* from, T inv_scale, score_of what, bool check_all = false) {
+  const double bad =
+      u.kind() == unit_kind::element
+          ? Backend::template reduce<double>(l.full(),
+                                             element_scores<T>{out, from, inv_scale, what, check_all})
+          : Backend::template reduce_index<double>(
+                u.count(), block_scores<T>{u.view(l), out, from, inv_scale, what, check_all});
+  return static_cast<std::size_t>(bad);
 }
 
 /// Top-k key: the unit's score, for candidate units (score ≥ 0), optionally only those whose bit
@@ -440,5 +456,56 @@ struct either {
   B b;
   FLATMIN_HD bool operator()(std::size_t u) const { return a(u) || b(u); }
 };
+
+
+/// Host side of mask introspection: the mask of tensor t, one byte per entry (1: ε may be non-zero
+/// there), from `on(u)` per unit of an eligible tensor; entries of perturbed, ineligible tensors
+/// are 1 (always perturbed), entries of tensors that are not perturbed 0.
+template <class T, class Backend, class On>
+std::vector<std::uint8_t> entry_mask(const units<T, Backend>& u, std::size_t t, const On& on) {
+  const auto& r = u.host_tensors().at(t);
+  if (!(r.flags & tensor_flags::perturb)) return std::vector<std::uint8_t>(r.size, 0);
+  if (!(r.flags & tensor_flags::mask_eligible)) return std::vector<std::uint8_t>(r.size, 1);
+  std::vector<std::uint8_t> m(r.size);
+  const std::uint64_t base = u.host_base()[t];
+  const std::uint64_t len = u.kind() == unit_kind::tensor ? r.size : u.block();
+  for (std::uint64_t j = 0; j < r.size; ++j) m[j] = on(static_cast<std::size_t>(base + j / len)) ? 1 : 0;
+  return m;
+}
+
+/// Writes the bits of tensor t's units from a byte per entry (non-zero: perturbed), after checking
+/// it: one byte per entry, and a unit (block, tensor) all-or-nothing; a tensor that is not a
+/// candidate must be given what it is (all 1 if perturbed densely, all 0 if not perturbed).
+/// Throws std::invalid_argument, leaving `bits` unchanged.
+template <class T, class Backend>
+void set_entry_mask(const units<T, Backend>& u, std::vector<std::uint32_t>& bits, std::size_t t,
+                    const std::vector<std::uint8_t>& mask) {
+  auto bad = [&](const std::string& what) {
+    return std::invalid_argument("flatmin: set_mask(): tensor " + std::to_string(t) + ": " + what);
+  };
+  const auto& r = u.host_tensors().at(t);
+  if (mask.size() != r.size)
+    throw bad("mask has " + std::to_string(mask.size()) + " entries, the tensor " + std::to_string(r.size));
+  if (!candidate_flags(r.flags)) {
+    const bool fixed = (r.flags & tensor_flags::perturb) != 0;
+    for (std::uint8_t b : mask)
+      if ((b != 0) != fixed)
+        throw bad(fixed ? "not mask-eligible (always perturbed): its mask is all ones"
+                        : "not perturbed: its mask is all zeros");
+    return;
+  }
+  const std::uint64_t base = u.host_base()[t];
+  const std::uint64_t len = u.kind() == unit_kind::tensor ? r.size : u.block();
+  for (std::uint64_t j = 0; j < r.size; j += len)
+    for (std::uint64_t e = j + 1; e < std::min<std::uint64_t>(j + len, r.size); ++e)
+      if ((mask[e] != 0) != (mask[j] != 0))
+        throw bad("entries " + std::to_string(j) + " and " + std::to_string(e) +
+                  " are one unit of the mask (block of " + std::to_string(len) + ") and must agree");
+  for (std::uint64_t j = 0; j < r.size; j += len) {
+    const std::uint64_t k = base + j / len;
+    const std::uint32_t bit = 1u << (k & 31);
+    if (mask[j]) bits[k >> 5] |= bit; else bits[k >> 5] &= ~bit;
+  }
+}
 
 }  // namespace flatmin::mask::detail
