@@ -47,9 +47,10 @@ sam_t<T, Base, Backend> sam(const param_set<T>& params, Base base, sam_options o
 /// SAM on the steps `schedule` picks (schedule::every_k, schedule::from_step), the base step alone
 /// on the others.
 template <class Backend = default_backend, class T, class Base, schedule_policy Schedule>
-sam_t<T, Base, Backend, Schedule> sam(const param_set<T>& params, Base base, Schedule schedule, sam_options o = {}) {
-  return sam_t<T, Base, Backend, Schedule>(params, std::move(base), perturb::l2{o.rho, o.xi}, {}, {o.on_nonfinite},
-                                           {}, {}, std::move(schedule));
+sam_t<T, Base, Backend, Schedule> sam(const param_set<T>& params, Base base, Schedule schedule,
+                                      sam_options o = {}) {
+  return sam_t<T, Base, Backend, Schedule>(params, std::move(base), perturb::l2{o.rho, o.xi}, {},
+                                           {o.on_nonfinite}, {}, {}, std::move(schedule));
 }
 
 /// The official preset's options (davda54/sam's defaults, the library's as well).

@@ -175,6 +175,7 @@ class sharpness_aware {
   }
 
   /// Second half: with g_adv in the gradient views, restores w exactly and applies the base step.
+  /// On a step the schedule left unperturbed the views hold g and nothing is restored.
   /// Returns the step's report (`skipped` if g or g_adv was non-finite). Any exception after the
   /// misuse check (invalid options, a policy or schedule throwing) restores w bit-exactly and
   /// leaves the optimizer idle before it propagates.
