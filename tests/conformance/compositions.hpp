@@ -11,7 +11,7 @@
 /// curvatures in [1, 100], a few hundred parameters, or ~10^5 for the thread check), specialise
 /// `config<Policy>` next to the others. If the composition needs more than a plain objective
 /// (per-sample losses, a functional objective, ...), give it a hooks type as the sixth argument:
-/// see `plain_hooks` for what a hooks type provides.
+/// see `plain_hooks` for what a hooks type provides. A schedule is the seventh (default: always).
 
 #include <flatmin/flatmin.hpp>
 
@@ -61,6 +61,11 @@ struct config<perturb::adaptive> {
 };
 
 template <>
+struct config<schedule::every_k> {
+  static schedule::every_k make() { return {.k = 3}; }
+};
+
+template <>
 struct config<mask::fisher> {
   static mask::fisher make() { return {.keep = 0.25, .refresh_every = 7}; }
 };
@@ -96,7 +101,7 @@ struct plain_hooks {
   static Opt make(const param_set<T>& ps) {
     return Opt(ps, config<typename C::base>::make(), config<typename C::perturb>::make(),
                config<typename C::mask>::make(), optimizer_options{}, config<typename C::descent>::make(),
-               config<typename C::regularizer>::make());
+               config<typename C::regularizer>::make(), config<typename C::schedule>::make());
   }
 };
 
@@ -234,7 +239,7 @@ struct lora_pair_hooks : plain_hooks {
 };
 
 template <class Perturb, class Mask, class Base, class Descent = descent::standard, class Regularizer = regularize::none,
-          class Hooks = plain_hooks>
+          class Hooks = plain_hooks, class Schedule = schedule::always>
 struct composition {
   using perturb = Perturb;
   using mask = Mask;
@@ -242,9 +247,10 @@ struct composition {
   using descent = Descent;
   using regularizer = Regularizer;
   using hooks = Hooks;
+  using schedule = Schedule;
 
   template <class T, class Backend>
-  using optimizer = sharpness_aware<T, Backend, Perturb, Mask, Base, Descent, Regularizer>;
+  using optimizer = sharpness_aware<T, Backend, Perturb, Mask, Base, Descent, Regularizer, Schedule>;
   /// The same base optimizer (and regularizer) without perturbation, run alongside to check that
   /// descend() is exactly "restore w, then the base step with g_adv".
   template <class T, class Backend>
@@ -291,7 +297,9 @@ using compositions = std::tuple<
     composition<perturb::l2,             mask::dense, base::adamw, descent::functional, regularize::none, functional_hooks>,
     composition<perturb::preconditioned, mask::dense, base::adamw, descent::functional, regularize::none, functional_hooks>,
     composition<perturb::none,           mask::dense, base::sgd,   descent::standard, regularize::balancedness, lora_pair_hooks>,
-    composition<perturb::none,           mask::dense, base::adamw, descent::standard, regularize::balancedness, lora_pair_hooks>
+    composition<perturb::none,           mask::dense, base::adamw, descent::standard, regularize::balancedness, lora_pair_hooks>,
+    // issue 11: a schedule (SAM on steps 1, 4, 7, ..., the base step alone in between)
+    composition<perturb::l2,             mask::dense, base::sgd,   descent::standard, regularize::none, plain_hooks, schedule::every_k>
 >;
 // clang-format on
 

@@ -1,8 +1,9 @@
 #pragma once
 /// @file roles.hpp
 /// One concept per policy role (backend, base optimizer, perturbation, mask, descent rule,
-/// regularizer), built from one concept per capability, and `detail::check_*<...>()`: a
-/// static_assert per capability, so that a wrong composition names what is missing.
+/// regularizer, schedule), built from one concept per capability, and `detail::check_*<...>()`: a
+/// static_assert per capability, so that a wrong composition names what is missing. Also the
+/// optional ascent-time hook (`ascent_hook`) a descent rule or a regularizer's state may offer.
 /// Bottom layer: it knows the backend's layout types and the objective concepts, no policy.
 
 #include <concepts>
@@ -141,6 +142,49 @@ template <class R, class T, class Backend>
 concept regularizer_policy =
     has_validate<R> && regularizer_has_state<R, T, Backend> && regularizer_state_adjusts<R, T, Backend>;
 
+// ---- schedule ------------------------------------------------------------------------------------
+
+template <class S>
+concept schedule_has_perturbs_at = requires(const S& s, std::size_t t) {
+  { s.perturbs_at(t) } -> std::convertible_to<bool>;
+};
+
+/// A schedule: validate() and `perturbs_at(t)`, whether step t (1-based: applied steps + 1)
+/// perturbs. A pure function of t, so that a checkpoint (which stores the step count) resumes it
+/// and a skipped or cancelled step, which does not advance t, is decided again the same way.
+template <class S>
+concept schedule_policy = has_validate<S> && schedule_has_perturbs_at<S>;
+
+// ---- ascent-time hook (optional capability) -------------------------------------------------------
+
+/// What the ascent-time hook is told about the clean gradient g, the one at w. Everything here was
+/// computed by the ascent anyway: the hook costs no pass of its own.
+struct ascent_stats {
+  std::size_t step = 0;          ///< 1-based step number (applied steps + 1)
+  double grad_norm2 = 0;         ///< ‖g‖² over every entry of every tensor (g divided by grad_scale)
+  double norm2 = 0;              ///< the squared norm the perturbation divides by (over its support)
+  double scale = 0;              ///< ε = scale · m ⊙ dir(g), scale = ρ·s / (‖norm(g)‖ + ξ) (0: g vanishes)
+  double perturbation_norm = 0;  ///< ‖ε‖, about to be added to w
+};
+
+/// The optional ascent-time hook of a descent rule (on the policy object) or of a regularizer (on
+/// its state): `on_ascent(layout, stats, inv_scale)` is called by ascend() once g is known to be
+/// finite and the mask is refreshed, before w moves, on every step that perturbs. The gradient
+/// views (`layout.tensors()`, each entry times `inv_scale`) hold the clean g then; later in the
+/// step they hold g_adv. GSAM, WSAM and LookSAM keep what they need of g here (a copy, a norm).
+/// Not called on a step that does not perturb (there descend() sees g itself). The step may still
+/// be skipped (non-finite g_adv) or cancelled after the hook, and an ascent retried after cancel()
+/// calls it again: what it records must be scratch for the step, not state the next step relies on.
+template <class P, class T, class Backend>
+concept ascent_hook = requires(P& p, const backend::layout<T, Backend>& l, const ascent_stats& s, T inv) {
+  p.on_ascent(l, s, inv);
+};
+
+/// A member named `on_ascent` that is not a template nor overloaded (so that its address can be
+/// taken): a hook was meant, and one that does not match `ascent_hook` would be silently ignored.
+template <class P>
+concept names_on_ascent = requires { &P::on_ascent; };
+
 // ---- one static_assert per capability --------------------------------------------------------------
 
 namespace detail {
@@ -208,6 +252,26 @@ constexpr bool check_regularizer() {
   static_assert(regularizer_state_adjusts<R, T, B>,
                 "flatmin: the Regularizer's state has no `prepare(options, layout, t, inv_scale)` returning "
                 "an elementwise (w, g, elem) -> g'");
+  return true;
+}
+
+template <class S>
+constexpr bool check_schedule() {
+  static_assert(has_validate<S>, "flatmin: the Schedule has no `validate() const`");
+  static_assert(schedule_has_perturbs_at<S>,
+                "flatmin: the Schedule has no `perturbs_at(size_t step) const` returning bool");
+  return true;
+}
+
+/// A hook that is declared but does not match the signature would never be called: say so.
+template <class D, class RegState, class T, class B>
+constexpr bool check_ascent_hooks() {
+  static_assert(!names_on_ascent<D> || ascent_hook<D, T, B>,
+                "flatmin: the Descent rule's on_ascent is not callable as on_ascent(const layout<T, "
+                "Backend>&, const ascent_stats&, T inv_scale) (concepts/roles.hpp: ascent_hook)");
+  static_assert(!names_on_ascent<RegState> || ascent_hook<RegState, T, B>,
+                "flatmin: the Regularizer state's on_ascent is not callable as on_ascent(const layout<T, "
+                "Backend>&, const ascent_stats&, T inv_scale) (concepts/roles.hpp: ascent_hook)");
   return true;
 }
 

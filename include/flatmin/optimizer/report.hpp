@@ -46,6 +46,9 @@ struct step_report {
   double perturbed_grad_norm = std::numeric_limits<double>::quiet_NaN();  ///< ‖g_adv‖ at w + ε
   double perturbation_norm = 0;  ///< ‖ε‖
   double mask_density = 0;       ///< perturbed entries / perturbable entries
+  /// Whether w was moved to w + ε this step: false when the composition never perturbs, when its
+  /// schedule leaves the step unperturbed (the base step then applies to g), or when g was non-finite.
+  bool perturbed = false;
   bool skipped = false;
   skip_reason reason = skip_reason::none;
 };

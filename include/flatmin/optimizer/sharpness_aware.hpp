@@ -1,7 +1,7 @@
 #pragma once
 /// @file sharpness_aware.hpp
-/// `sharpness_aware<T, Backend, Perturb, Mask, Base, Descent, Regularizer>`: the composition of
-/// the policies and the step protocol.
+/// `sharpness_aware<T, Backend, Perturb, Mask, Base, Descent, Regularizer, Schedule>`: the
+/// composition of the policies and the step protocol.
 ///
 /// A step:
 ///
@@ -10,6 +10,10 @@
 ///     w      ← w + ε        (the perturbed entries of w are saved first)
 ///     g_adv  = ∇L(w + ε)                               (Descent: standard, functional, ...)
 ///     w      ← saved w (bit-exact), then Base(w, Regularizer(g_adv))
+///
+/// The Schedule (schedule/) decides per step whether to perturb; on a step it leaves unperturbed
+/// the objective is called once and the base step applies to g. A descent rule or regularizer with
+/// an ascent-time hook (`ascent_hook`, concepts/roles.hpp) sees g and its statistics before w moves.
 ///
 /// Two protocols: `ascend()` / `descend()` around the caller's own backward pass, or
 /// `step(objective)`. Misuse throws `usage_error` and leaves the weights as they were.
@@ -40,6 +44,7 @@
 #include "../params/param_set.hpp"
 #include "../regularize/none.hpp"
 #include "checkpoint.hpp"
+#include "../schedule/always.hpp"
 #include "report.hpp"
 
 namespace flatmin {
@@ -56,7 +61,7 @@ struct optimizer_options {
 };
 
 template <class T, class Backend, class Perturb, class Mask, class Base, class Descent = descent::standard,
-          class Regularizer = regularize::none>
+          class Regularizer = regularize::none, class Schedule = schedule::always>
 class sharpness_aware {
   static_assert(std::is_floating_point_v<T>, "flatmin::sharpness_aware: T must be float or double");
   // One static_assert per missing capability (concepts/roles.hpp), then the pairings.
@@ -66,6 +71,9 @@ class sharpness_aware {
   static_assert(detail::check_mask<Mask, T, Backend>());
   static_assert(detail::check_descent<Descent>());
   static_assert(detail::check_regularizer<Regularizer, T, Backend>());
+  static_assert(detail::check_schedule<Schedule>());
+  static_assert(
+      detail::check_ascent_hooks<Descent, typename Regularizer::template state<T, Backend>, T, Backend>());
   static_assert(!requires { requires Perturb::needs_second_moment; } || Base::has_second_moment,
                 "flatmin::sharpness_aware: this perturbation (perturb::preconditioned) needs a base optimizer with a "
                 "second moment (has_second_moment == true: base::adam or base::adamw), and Base has none (e.g. "
@@ -79,8 +87,10 @@ class sharpness_aware {
   using base_type = Base;
   using descent_type = Descent;
   using regularizer_type = Regularizer;
+  using schedule_type = Schedule;
 
-  /// Whether a step takes a second gradient (false for plain base optimizers and BAR).
+  /// Whether a step takes a second gradient (false for plain base optimizers and BAR); the
+  /// schedule may still leave a step unperturbed (`step_report::perturbed`).
   static constexpr bool perturbs = Perturb::perturbs;
 
   /// Binds the optimizer to `params` (the views are copied; the memory they point to must outlive
@@ -88,13 +98,15 @@ class sharpness_aware {
   /// is built) or an empty / overlapping set, usage_error for a view in a memory space the backend
   /// cannot reach.
   sharpness_aware(const param_set<T>& params, Base base, Perturb perturb = {}, Mask mask = {},
-                  optimizer_options options = {}, Descent descent = {}, Regularizer reg = {})
-      : base_((static_cast<void>(check_options(base, perturb, mask, options, descent, reg)),
+                  optimizer_options options = {}, Descent descent = {}, Regularizer reg = {},
+                  Schedule schedule = {})
+      : base_((static_cast<void>(check_options(base, perturb, mask, options, descent, reg, schedule)),
                std::move(base))),
         perturb_(std::move(perturb)),
         mask_(std::move(mask)),
         descent_(std::move(descent)),
         reg_(std::move(reg)),
+        schedule_(std::move(schedule)),
         options_(options),
         layout_(checked(params)),
         base_state_(base_, layout_.numel()),
@@ -113,6 +125,8 @@ class sharpness_aware {
 
   /// First half of a step: with g = ∇L(w) in the gradient views, w ← w + ε (w saved).
   /// For compositions that do not perturb (`perturbs == false`) it does nothing and may be left out.
+  /// On a step the schedule leaves unperturbed it does nothing either (no pass, the mask is left
+  /// alone) and reports `perturbed == false`; descend() then applies the base step to g.
   step_report ascend(const step_args& args = {}) {
     if (phase_ != phase::idle)
       throw usage_error("flatmin: ascend() called twice without descend(); call descend() or cancel() first");
@@ -124,6 +138,10 @@ class sharpness_aware {
       return report_;
     } else {
       const T inv = inverse_scale(args);
+      if (!schedule_.perturbs_at(steps_ + 1)) {
+        phase_ = phase::unperturbed;
+        return report_;
+      }
       mask_state_.begin_step(mask_, steps_ + 1);
       kernels::grad_stats s = stats(inv);
       const bool bad_example = mask_nonfinite_examples();
@@ -153,18 +171,21 @@ class sharpness_aware {
       // rather than write an infinite ε into the weights.
       if (!(scale <= static_cast<double>(std::numeric_limits<T>::max()))) scale = 0.0;
       const T step_scale = static_cast<T>(scale);
+      on_ascent(s, scale, inv);
       over_range([&](auto view) {
         return kernels::ascend_pass<T, term_type, decltype(view)>{term(), view, step_scale, inv, Backend::data(saved_)};
       });
       report_.grad_norm = std::sqrt(s.g2);
       report_.perturbation_norm = scale * std::sqrt(s.d2);
       report_.mask_density = perturbable_ ? s.kept / static_cast<double>(perturbable_) : 0.0;
+      report_.perturbed = true;
       phase_ = phase::ascended;
       return report_;
     }
   }
 
   /// Second half: with g_adv in the gradient views, restores w exactly and applies the base step.
+  /// On a step the schedule left unperturbed the views hold g and nothing is restored.
   /// Returns the step's report (`skipped` if g or g_adv was non-finite). Any exception after the
   /// misuse check (invalid options, a policy or schedule throwing) restores w bit-exactly and
   /// leaves the optimizer idle before it propagates.
@@ -184,21 +205,23 @@ class sharpness_aware {
       return report_;
     }
     const T inv = inverse_scale(args);
+    const bool perturbed = perturbs && phase_ == phase::ascended;  // else the views hold g at w
     bool bad = false;
     if (args.found_inf) {
       bad = *args.found_inf;
     } else {
       const auto c = Backend::template reduce<kernels::grad_stats>(layout_.full(), kernels::check_pass<T>{inv});
       bad = c.bad > 0 || !std::isfinite(c.g2);
-      (perturbs ? report_.perturbed_grad_norm : report_.grad_norm) = std::sqrt(c.g2);
+      (perturbed ? report_.perturbed_grad_norm : report_.grad_norm) = std::sqrt(c.g2);
     }
     if (bad) {
-      if constexpr (perturbs) restore();
+      if (perturbed) restore();
       mask_abandon();
       phase_ = phase::idle;
       report_.skipped = true;
       report_.reason = args.found_inf ? skip_reason::found_inf
-                                      : (perturbs ? skip_reason::nonfinite_perturbed_gradient : skip_reason::nonfinite_gradient);
+                       : perturbed    ? skip_reason::nonfinite_perturbed_gradient
+                                      : skip_reason::nonfinite_gradient;
       if (options_.on_nonfinite == nonfinite::raise)
         throw non_finite_error(std::string("flatmin: descend(): ") + to_string(report_.reason));
       return report_;
@@ -209,7 +232,9 @@ class sharpness_aware {
     // Dense storage: the restore is fused into the descend pass. Compact (block) storage: a
     // restore pass over the active blocks first, then the descend pass without restore.
     if constexpr (perturbs) {
-      if (mask_compact()) {
+      if (!perturbed) {
+        descend_pass<0>(adjust, update, inv);
+      } else if (mask_compact()) {
         restore();
         descend_pass<0>(adjust, update, inv);
       } else {
@@ -225,10 +250,10 @@ class sharpness_aware {
   }
 
   /// One whole step with the closure protocol: `obj()` writes ∇L at the current weights and
-  /// returns the loss; it is called at w, then (if the composition perturbs) at w + ε. Options and
-  /// the protocol state are checked before the objective runs; if anything throws after the
-  /// ascent (the objective at w + ε, a policy, a schedule), the weights are restored bit-exactly
-  /// and the optimizer is idle before the exception propagates.
+  /// returns the loss; it is called at w, then (if the composition and its schedule perturb this
+  /// step) at w + ε. Options and the protocol state are checked before the objective runs; if
+  /// anything throws after the ascent (the objective at w + ε, a policy, a schedule), the weights
+  /// are restored bit-exactly and the optimizer is idle before the exception propagates.
   template <class O>
   step_report step(O&& obj, const step_args& args = {}) {
     static_assert(requires(Descent& d, std::remove_reference_t<O>& o) { d.first_gradient(o); d.second_gradient(o); },
@@ -239,15 +264,17 @@ class sharpness_aware {
           "flatmin: step() called between ascend() and descend(); call descend() or cancel() first");
     validate();
     static_cast<void>(inverse_scale(args));
+    // From here an exception leaves nothing behind: cancel() restores w if it moved and drops what
+    // the mask collected for this step (per-example sums of an objective that threw, say).
+    const cancel_on_throw guard(*this);
     // A mask may ask the objective for more before the batch gradient (SSAM-F's per-example Fisher).
     if constexpr (requires { mask_state_.before_gradient(mask_, layout_, steps_ + 1, obj); })
-      mask_state_.before_gradient(mask_, layout_, steps_ + 1, obj);
+      if (schedule_.perturbs_at(steps_ + 1)) mask_state_.before_gradient(mask_, layout_, steps_ + 1, obj);
     const double loss = descent_.first_gradient(obj);
-    const cancel_on_throw guard(*this);
     step_report r;
     if constexpr (perturbs) {
       r = ascend(args);
-      if (!r.skipped) descent_.second_gradient(obj);
+      if (r.perturbed) descent_.second_gradient(obj);
     }
     r = descend(args);
     r.loss = loss;
@@ -278,11 +305,14 @@ class sharpness_aware {
   const Mask& mask() const { return mask_; }
   Regularizer& regularizer() { return reg_; }
   Descent& descent() { return descent_; }
+  Schedule& schedule() { return schedule_; }
+  const Schedule& schedule() const { return schedule_; }
   const backend::layout<T, Backend>& layout() const { return layout_; }
   const typename Base::template state<T, Backend>& base_state() const { return base_state_; }
   const typename Mask::template state<T, Backend>& mask_state() const { return mask_state_; }
   /// Mutable mask state (e.g. `add_example()` of `mask::fisher` in the two-call protocol).
   typename Mask::template state<T, Backend>& mask_state() { return mask_state_; }
+  const typename Regularizer::template state<T, Backend>& regularizer_state() const { return reg_state_; }
 
   /// Bytes of optimizer state beyond the base optimizer's (saved weights, mask state).
   std::size_t extra_state_bytes() const { return saved_.size() * sizeof(T) + mask_state_.bytes(); }
@@ -369,7 +399,7 @@ class sharpness_aware {
   }
 
  private:
-  enum class phase { idle, ascended, skipped };
+  enum class phase { idle, ascended, skipped, unperturbed };  // unperturbed: the schedule's choice
   using mask_state_type = typename Mask::template state<T, Backend>;
   using mask_view = decltype(std::declval<const mask_state_type&>().get_view());
   using all_view = typename mask::dense::template state<T, Backend>::view;  ///< m ≡ 1
@@ -395,13 +425,14 @@ class sharpness_aware {
   /// The option rules of every policy, in the precision T the optimizer computes in. Runs from the
   /// first member initializer, so that no state is sized from options that were not checked.
   static bool check_options(const Base& b, const Perturb& p, const Mask& m, const optimizer_options& o,
-                            const Descent& d, const Regularizer& r) {
+                            const Descent& d, const Regularizer& r, const Schedule& sc) {
     detail::validate_as<T>(b);
     detail::validate_as<T>(p);
     detail::validate_as<T>(m);
     o.validate();
     detail::validate_as<T>(d);
     detail::validate_as<T>(r);
+    detail::validate_as<T>(sc);
     return true;
   }
 
@@ -419,7 +450,7 @@ class sharpness_aware {
 
   /// The options (mutable between steps) against the rules and against the state built from them.
   void validate() const {
-    check_options(base_, perturb_, mask_, options_, descent_, reg_);
+    check_options(base_, perturb_, mask_, options_, descent_, reg_, schedule_);
     if constexpr (requires { base_state_.check(base_); }) base_state_.check(base_);
     if constexpr (requires { mask_state_.check(mask_); }) mask_state_.check(mask_);
   }
@@ -429,6 +460,15 @@ class sharpness_aware {
     detail::check_option<T>("step_args", "grad_scale", a.grad_scale, detail::domain::positive);
     detail::check_option<T>("step_args", "1 / grad_scale", 1.0 / a.grad_scale, detail::domain::positive);
     return static_cast<T>(1.0 / a.grad_scale);
+  }
+
+  /// The ascent-time hooks (concepts/roles.hpp, `ascent_hook`) of the policies that have one, from
+  /// the statistics the ascent computed anyway: nothing is run when no policy has a hook.
+  void on_ascent(const kernels::grad_stats& s, double scale, T inv) {
+    const ascent_stats a{steps_ + 1, s.g2, s.n2, scale, scale * std::sqrt(s.d2)};
+    if constexpr (ascent_hook<Descent, T, Backend>) descent_.on_ascent(layout_, a, inv);
+    if constexpr (ascent_hook<typename Regularizer::template state<T, Backend>, T, Backend>)
+      reg_state_.on_ascent(layout_, a, inv);
   }
 
   term_type term() const { return perturb_.template term<T>(base_state_, steps_); }
@@ -553,6 +593,7 @@ class sharpness_aware {
   Mask mask_;
   Descent descent_;
   Regularizer reg_;
+  Schedule schedule_;
   optimizer_options options_;
   backend::layout<T, Backend> layout_;
   typename Base::template state<T, Backend> base_state_;
