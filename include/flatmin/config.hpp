@@ -68,8 +68,8 @@ inline std::string format_value(double value) {
 }
 inline void check_option(bool ok, const char* where, const char* option, double value, const char* rule) {
   if (!ok)
-    throw std::invalid_argument(std::string("flatmin::") + where + ": " + option + " must be " + rule + ", got " +
-                                format_value(value));
+    throw std::invalid_argument(std::string("flatmin::") + where + ": " + option + " must be " + rule +
+                                ", got " + format_value(value));
 }
 inline bool finite(double x) { return x - x == 0.0; }
 
@@ -84,9 +84,12 @@ enum class domain : std::uint8_t {
 
 template <class T>
 constexpr const char* type_name() {
-  if constexpr (std::is_same_v<T, float>) return "float";
-  else if constexpr (std::is_same_v<T, double>) return "double";
-  else return "long double";
+  if constexpr (std::is_same_v<T, float>)
+    return "float";
+  else if constexpr (std::is_same_v<T, double>)
+    return "double";
+  else
+    return "long double";
 }
 
 /// Whether x is 0 or a finite magnitude in [smallest normal, largest] of T. Options are given as
@@ -105,11 +108,16 @@ constexpr bool in_domain(double x, domain d) {
   if (!fits<T>(x)) return false;  // NaN too: it fails every comparison
   const T t = static_cast<T>(x);
   switch (d) {
-    case domain::positive: return t > 0;
-    case domain::non_negative: return t >= 0;
-    case domain::unit: return t >= 0 && t <= 1;
-    case domain::unit_open: return t >= 0 && t < 1;
-    case domain::unit_positive: return t > 0 && t <= 1;
+    case domain::positive:
+      return t > 0;
+    case domain::non_negative:
+      return t >= 0;
+    case domain::unit:
+      return t >= 0 && t <= 1;
+    case domain::unit_open:
+      return t >= 0 && t < 1;
+    case domain::unit_positive:
+      return t > 0 && t <= 1;
   }
   return false;
 }
@@ -142,7 +150,9 @@ void check_derived(const char* where, const char* quantity, double value) {
 /// else its plain `validate()` (policies written outside the library).
 template <class T, class P>
 void validate_as(const P& p) {
-  if constexpr (requires { p.template validate<T>(); }) p.template validate<T>();
-  else p.validate();
+  if constexpr (requires { p.template validate<T>(); })
+    p.template validate<T>();
+  else
+    p.validate();
 }
 }  // namespace flatmin::detail

@@ -36,7 +36,8 @@ struct bar_options {
 };
 
 template <class T, class Base, class Backend = default_backend>
-using bar_t = sharpness_aware<T, Backend, perturb::none, mask::dense, Base, descent::standard, regularize::balancedness>;
+using bar_t = sharpness_aware<T, Backend, perturb::none, mask::dense, Base, descent::standard,
+                              regularize::balancedness>;
 
 template <class Backend = default_backend, class T, class Base>
 bar_t<T, Base, Backend> bar(const param_set<T>& params, Base base, bar_options o = {}) {

@@ -27,17 +27,20 @@ plain_t<T, Base, Backend> plain(const param_set<T>& params, Base base, optimizer
 
 /// PyTorch-style SGD (momentum, dampening, Nesterov, coupled weight decay).
 template <class Backend = default_backend, class T>
-plain_t<T, base::sgd, Backend> sgd(const param_set<T>& params, base::sgd o = {}, optimizer_options options = {}) {
+plain_t<T, base::sgd, Backend> sgd(const param_set<T>& params, base::sgd o = {},
+                                   optimizer_options options = {}) {
   return plain<Backend>(params, o, options);
 }
 /// PyTorch-style Adam (coupled L2 weight decay).
 template <class Backend = default_backend, class T>
-plain_t<T, base::adam, Backend> adam(const param_set<T>& params, base::adam o = {}, optimizer_options options = {}) {
+plain_t<T, base::adam, Backend> adam(const param_set<T>& params, base::adam o = {},
+                                     optimizer_options options = {}) {
   return plain<Backend>(params, o, options);
 }
 /// PyTorch-style AdamW (decoupled weight decay).
 template <class Backend = default_backend, class T>
-plain_t<T, base::adamw, Backend> adamw(const param_set<T>& params, base::adamw o = {}, optimizer_options options = {}) {
+plain_t<T, base::adamw, Backend> adamw(const param_set<T>& params, base::adamw o = {},
+                                       optimizer_options options = {}) {
   return plain<Backend>(params, o, options);
 }
 

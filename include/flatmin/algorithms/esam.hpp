@@ -50,9 +50,10 @@ using esam_t = sharpness_aware<T, Backend, perturb::l2, mask::random, Base, sele
 
 template <class Backend = default_backend, class T, class Base>
 esam_t<T, Base, Backend> esam(const param_set<T>& params, Base base, esam_options o = {}) {
-  return esam_t<T, Base, Backend>(params, std::move(base), perturb::l2{o.rho, o.xi},
-                                  mask::random{.beta = o.beta, .unit = o.unit, .block = o.block, .seed = o.seed},
-                                  {o.on_nonfinite}, select::sharpness_sensitive{.gamma = o.gamma});
+  return esam_t<T, Base, Backend>(
+      params, std::move(base), perturb::l2{o.rho, o.xi},
+      mask::random{.beta = o.beta, .unit = o.unit, .block = o.block, .seed = o.seed}, {o.on_nonfinite},
+      select::sharpness_sensitive{.gamma = o.gamma});
 }
 
 /// The official preset's options: the library's defaults but for ξ = 1e-7 and the strict cutoff.

@@ -41,15 +41,17 @@ using preconditioned_functional_sam_t =
     sharpness_aware<T, Backend, perturb::preconditioned, mask::dense, Base, descent::functional>;
 
 template <class Backend = default_backend, class T, class Base>
-functional_sam_t<T, Base, Backend> functional_sam(const param_set<T>& params, Base base, functional_sam_options o = {}) {
-  return functional_sam_t<T, Base, Backend>(params, std::move(base), perturb::l2{o.rho, o.xi}, {}, {o.on_nonfinite});
+functional_sam_t<T, Base, Backend> functional_sam(const param_set<T>& params, Base base,
+                                                  functional_sam_options o = {}) {
+  return functional_sam_t<T, Base, Backend>(params, std::move(base), perturb::l2{o.rho, o.xi}, {},
+                                            {o.on_nonfinite});
 }
 
 template <class Backend = default_backend, class T, class Base>
-preconditioned_functional_sam_t<T, Base, Backend> preconditioned_functional_sam(const param_set<T>& params, Base base,
-                                                                                functional_sam_options o = {}) {
-  return preconditioned_functional_sam_t<T, Base, Backend>(params, std::move(base),
-                                                           perturb::preconditioned{o.rho, o.xi}, {}, {o.on_nonfinite});
+preconditioned_functional_sam_t<T, Base, Backend> preconditioned_functional_sam(
+    const param_set<T>& params, Base base, functional_sam_options o = {}) {
+  return preconditioned_functional_sam_t<T, Base, Backend>(
+      params, std::move(base), perturb::preconditioned{o.rho, o.xi}, {}, {o.on_nonfinite});
 }
 
 }  // namespace flatmin

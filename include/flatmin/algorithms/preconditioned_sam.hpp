@@ -31,8 +31,8 @@ using preconditioned_sam_t = sharpness_aware<T, Backend, perturb::preconditioned
 template <class Backend = default_backend, class T, class Base>
 preconditioned_sam_t<T, Base, Backend> preconditioned_sam(const param_set<T>& params, Base base,
                                                           preconditioned_sam_options o = {}) {
-  return preconditioned_sam_t<T, Base, Backend>(params, std::move(base), perturb::preconditioned{o.rho, o.xi}, {},
-                                                {o.on_nonfinite});
+  return preconditioned_sam_t<T, Base, Backend>(params, std::move(base), perturb::preconditioned{o.rho, o.xi},
+                                                {}, {o.on_nonfinite});
 }
 
 }  // namespace flatmin

@@ -39,8 +39,8 @@
 #include "../mask/dynamic.hpp"
 #include "../mask/fisher.hpp"
 #include "../optimizer/sharpness_aware.hpp"
-#include "official.hpp"
 #include "../perturb/l2.hpp"
+#include "official.hpp"
 
 namespace flatmin {
 

@@ -47,7 +47,9 @@ struct aligned_allocator {
   }
   void deallocate(T* p, std::size_t) noexcept { std::free(p); }
   template <class U>
-  bool operator==(const aligned_allocator<U>&) const noexcept { return true; }
+  bool operator==(const aligned_allocator<U>&) const noexcept {
+    return true;
+  }
 };
 }  // namespace detail
 
@@ -132,7 +134,9 @@ struct eigen {
     const tensor_rec<T>* tensors = r.tensors;
     const segment* segs = r.segments;
     std::vector<R>& partial = scratch<R>(static_cast<std::size_t>(nseg));
-    if constexpr (requires(const segment_view<T> (&v)[reduction_group], R (&out)[reduction_group]) { f.segments(v, out); }) {
+    if constexpr (requires(const segment_view<T>(&v)[reduction_group], R(&out)[reduction_group]) {
+                    f.segments(v, out);
+                  }) {
       // a kernel may offer a form over a group of segments written for SIMD
       const std::ptrdiff_t ngroups = (nseg + reduction_group - 1) / reduction_group;
 #if defined(_OPENMP)
@@ -144,7 +148,8 @@ struct eigen {
         const std::ptrdiff_t first = q * reduction_group;
         for (std::uint32_t m = 0; m < reduction_group; ++m) {
           // past the last segment: an empty run (its result is dropped)
-          v[m] = view_of(tensors, segs[first + m < nseg ? first + m : first], first + m < nseg ? segs[first + m].len : 0u);
+          v[m] = view_of(tensors, segs[first + m < nseg ? first + m : first],
+                         first + m < nseg ? segs[first + m].len : 0u);
         }
         f.segments(v, out);
         for (std::uint32_t m = 0; m < reduction_group && first + m < nseg; ++m) partial[first + m] = out[m];
@@ -213,7 +218,8 @@ struct eigen {
       const F key_of = key;
       std::vector<std::uint32_t>& sub = scratch<std::uint32_t>(ways * stride);  // this thread's, reused
       std::fill(sub.begin(), sub.end(), 0u);
-      const std::size_t lo = static_cast<std::size_t>(b) * segment_size * 16, hi = std::min(n, lo + segment_size * 16);
+      const std::size_t lo = static_cast<std::size_t>(b) * segment_size * 16,
+                        hi = std::min(n, lo + segment_size * 16);
       std::size_t i = lo;
       // unconditional increments (left-out keys go to the extra bin): no branch on the data
       for (; i + ways <= hi; i += ways)
@@ -244,7 +250,8 @@ struct eigen {
   /// which then does the work 32 indices at a time, the indices of the 2s read off its bit mask.
   /// Thread-count invariant.
   template <class F>
-  static count_collect_result count_and_collect(std::size_t n, const F& code, std::uint64_t* out, std::size_t cap) {
+  static count_collect_result count_and_collect(std::size_t n, const F& code, std::uint64_t* out,
+                                                std::size_t cap) {
     constexpr std::size_t block = segment_size * 16;
     const std::size_t nb = (n + block - 1) / block;
     if (nb == 0) return {};
@@ -266,14 +273,17 @@ struct eigen {
         const std::size_t start = mine.size();
         std::uint64_t ones = 0, twos = 0;
         std::size_t i = lo;
-        if constexpr (requires { { f.group(i) } -> std::same_as<code_group>; }) {
+        if constexpr (requires {
+                        { f.group(i) } -> std::same_as<code_group>;
+                      }) {
           for (; i + 32 <= hi; i += 32) {
             const code_group c = f.group(i);
             ones += c.ones;
             if (c.twos != 0) {
               twos += static_cast<std::uint32_t>(std::popcount(c.twos));
               if (mine.size() < cap)  // past cap nothing is copied: stop storing
-                for (std::uint32_t m = c.twos; m != 0; m &= m - 1) mine.push_back(i + static_cast<std::size_t>(std::countr_zero(m)));
+                for (std::uint32_t m = c.twos; m != 0; m &= m - 1)
+                  mine.push_back(i + static_cast<std::size_t>(std::countr_zero(m)));
             }
           }
         }
@@ -358,7 +368,8 @@ struct eigen {
 
   template <class T, class F>
   static void run_segment(const tensor_rec<T>* tensors, const segment& s, const F& fn) {
-    const F f = fn;  // a local copy: the stores through w / g cannot alias its fields, so they stay in registers
+    const F f =
+        fn;  // a local copy: the stores through w / g cannot alias its fields, so they stay in registers
     const tensor_rec<T>& t = tensors[s.tensor];
     T* FLATMIN_RESTRICT w = t.w + s.local;
     T* FLATMIN_RESTRICT g = t.g + s.local;

@@ -154,7 +154,9 @@ class layout {
   const tensor_rec<T>* tensors() const { return Backend::data(tensors_); }
 
   /// Every element of every tensor, dense slots.
-  pass_range<T> full() const { return {Backend::data(tensors_), Backend::data(segments_), host_segments_.size(), n_}; }
+  pass_range<T> full() const {
+    return {Backend::data(tensors_), Backend::data(segments_), host_segments_.size(), n_};
+  }
 
   /// A range over another segment list (in the backend's memory) of this layout.
   pass_range<T> over(const typename Backend::template vector<segment>& segs, std::size_t count,

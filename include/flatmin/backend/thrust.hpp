@@ -78,7 +78,8 @@ inline constexpr std::uint32_t strands = FLATMIN_THRUST_STRANDS;
 #else
 inline constexpr std::uint32_t strands = reduction_strands;
 #endif
-static_assert(strands >= 1 && (strands & (strands - 1)) == 0 && strands <= 64, "FLATMIN_THRUST_STRANDS: a power of two <= 64");
+static_assert(strands >= 1 && (strands & (strands - 1)) == 0 && strands <= 64,
+              "FLATMIN_THRUST_STRANDS: a power of two <= 64");
 
 /// f(elem) for lane v % S of segment v / S.
 template <class T, class F>
@@ -111,9 +112,11 @@ struct segment_strand {
     T* g = t.g + s.local;
     const std::uint32_t len = s.len, body = len - len % strands;
     R a{};
-    for (std::uint32_t j = r; j < body; j += strands) a = a + f(elem<T>{w[j], g[j], s.index + j, s.slot + j, s.tensor, t.flags});
+    for (std::uint32_t j = r; j < body; j += strands)
+      a = a + f(elem<T>{w[j], g[j], s.index + j, s.slot + j, s.tensor, t.flags});
     if (r == 0)
-      for (std::uint32_t j = body; j < len; ++j) a = a + f(elem<T>{w[j], g[j], s.index + j, s.slot + j, s.tensor, t.flags});
+      for (std::uint32_t j = body; j < len; ++j)
+        a = a + f(elem<T>{w[j], g[j], s.index + j, s.slot + j, s.tensor, t.flags});
     return a;
   }
 };
@@ -197,7 +200,8 @@ struct code_counts {
   }
 };
 struct add_counts {
-  FLATMIN_HD count_collect_result operator()(const count_collect_result& a, const count_collect_result& b) const {
+  FLATMIN_HD count_collect_result operator()(const count_collect_result& a,
+                                             const count_collect_result& b) const {
     return {a.counted + b.counted, a.collected + b.collected};
   }
 };
@@ -301,12 +305,15 @@ struct thrust {
       cudaPointerAttributes a{};
       const cudaError_t e = cudaPointerGetAttributes(&a, p);
       if (e != cudaSuccess) {
-        static_cast<void>(cudaGetLastError());  // a non-sticky error: clear it so that later CUDA calls do not report it
-        throw usage_error("flatmin: the " + std::string(what) + " of tensor " + flatmin::detail::quote(v.name) +
-                          " is not memory the CUDA runtime knows (" + cudaGetErrorString(e) + ")");
+        static_cast<void>(
+            cudaGetLastError());  // a non-sticky error: clear it so that later CUDA calls do not report it
+        throw usage_error("flatmin: the " + std::string(what) + " of tensor " +
+                          flatmin::detail::quote(v.name) + " is not memory the CUDA runtime knows (" +
+                          cudaGetErrorString(e) + ")");
       }
       if (a.type != cudaMemoryTypeDevice && a.type != cudaMemoryTypeManaged)
-        throw usage_error("flatmin: the " + std::string(what) + " of tensor " + flatmin::detail::quote(v.name) +
+        throw usage_error("flatmin: the " + std::string(what) + " of tensor " +
+                          flatmin::detail::quote(v.name) +
                           " is host memory; backend thrust (CUDA) needs device or managed memory");
     };
     check(v.value, "value");
@@ -451,19 +458,23 @@ struct thrust {
     // bm_fisher_refresh, bench/RESULTS.md).
     constexpr std::size_t copies = 64;
     ::thrust::device_vector<unsigned long long> rows(copies * bins, 0ull);
-    ::thrust::for_each(::thrust::device, first, first + n,
-                       thrust_detail::histogram_atomic<F>{key, ::thrust::raw_pointer_cast(rows.data()), bins, copies});
+    ::thrust::for_each(
+        ::thrust::device, first, first + n,
+        thrust_detail::histogram_atomic<F>{key, ::thrust::raw_pointer_cast(rows.data()), bins, copies});
     ::thrust::transform(::thrust::device, first, first + bins, col.begin(),
-                        thrust_detail::histogram_column<unsigned long long>{::thrust::raw_pointer_cast(rows.data()), copies, bins});
+                        thrust_detail::histogram_column<unsigned long long>{
+                            ::thrust::raw_pointer_cast(rows.data()), copies, bins});
 #else
     std::size_t block = segment_size;
     while (((n + block - 1) / block) * bins > (std::size_t{1} << 24)) block *= 2;
     const std::size_t nb = (n + block - 1) / block;
     ::thrust::device_vector<std::uint32_t> rows(nb * bins, 0u);
-    ::thrust::for_each(::thrust::device, first, first + nb,
-                       thrust_detail::histogram_block<F>{n, block, bins, ::thrust::raw_pointer_cast(rows.data()), key});
-    ::thrust::transform(::thrust::device, first, first + bins, col.begin(),
-                        thrust_detail::histogram_column<std::uint32_t>{::thrust::raw_pointer_cast(rows.data()), nb, bins});
+    ::thrust::for_each(
+        ::thrust::device, first, first + nb,
+        thrust_detail::histogram_block<F>{n, block, bins, ::thrust::raw_pointer_cast(rows.data()), key});
+    ::thrust::transform(
+        ::thrust::device, first, first + bins, col.begin(),
+        thrust_detail::histogram_column<std::uint32_t>{::thrust::raw_pointer_cast(rows.data()), nb, bins});
 #endif
     ::thrust::copy(col.begin(), col.end(), counts.begin());
     return counts;
@@ -474,7 +485,8 @@ struct thrust {
   /// order to `out` (device memory): under CUDA a transform_reduce and a stable copy_if, on the
   /// host systems per-block counts and per-block writes. Integer counts: exact.
   template <class F>
-  static count_collect_result count_and_collect(std::size_t n, const F& code, std::uint64_t* out, std::size_t cap) {
+  static count_collect_result count_and_collect(std::size_t n, const F& code, std::uint64_t* out,
+                                                std::size_t cap) {
     if (n == 0) return {};
 #if !defined(FLATMIN_THRUST_IS_CUDA)
     if (n < parallel_threshold) {
@@ -489,16 +501,19 @@ struct thrust {
 #endif
     ::thrust::counting_iterator<std::size_t> first(0);
 #if defined(FLATMIN_THRUST_IS_CUDA)
-    const count_collect_result r = ::thrust::transform_reduce(::thrust::device, first, first + n, thrust_detail::code_counts<F>{code},
-                                                              count_collect_result{}, thrust_detail::add_counts{});
+    const count_collect_result r =
+        ::thrust::transform_reduce(::thrust::device, first, first + n, thrust_detail::code_counts<F>{code},
+                                   count_collect_result{}, thrust_detail::add_counts{});
     if (r.collected <= cap)
-      ::thrust::copy_if(::thrust::device, first, first + n, ::thrust::device_pointer_cast(out), thrust_detail::code_is_two<F>{code});
+      ::thrust::copy_if(::thrust::device, first, first + n, ::thrust::device_pointer_cast(out),
+                        thrust_detail::code_is_two<F>{code});
     return r;
 #else
     // blocks of indices: count, place each block's 2s after the earlier blocks', write them
     const std::size_t nb = (n + segment_size - 1) / segment_size;
     ::thrust::device_vector<count_collect_result> per(nb);
-    ::thrust::transform(::thrust::device, first, first + nb, per.begin(), thrust_detail::block_code_counts<F>{n, segment_size, code});
+    ::thrust::transform(::thrust::device, first, first + nb, per.begin(),
+                        thrust_detail::block_code_counts<F>{n, segment_size, code});
     std::vector<count_collect_result> h(nb);
     ::thrust::copy(per.begin(), per.end(), h.begin());
     std::vector<std::uint64_t> start(nb);
@@ -511,7 +526,8 @@ struct thrust {
     if (r.collected <= cap) {
       const ::thrust::device_vector<std::uint64_t> dstart(start.begin(), start.end());
       ::thrust::for_each(::thrust::device, first, first + nb,
-                         thrust_detail::block_code_collect<F>{n, segment_size, code, ::thrust::raw_pointer_cast(dstart.data()), out});
+                         thrust_detail::block_code_collect<F>{
+                             n, segment_size, code, ::thrust::raw_pointer_cast(dstart.data()), out});
     }
     return r;
 #endif

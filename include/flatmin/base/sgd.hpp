@@ -45,7 +45,8 @@ struct sgd {
   template <class T, class Backend>
   class state {
    public:
-    state(const sgd& o, std::size_t n) : n_(n), buf_(Backend::template make_vector<T>(o.momentum > 0 ? n : 0)) {}
+    state(const sgd& o, std::size_t n)
+        : n_(n), buf_(Backend::template make_vector<T>(o.momentum > 0 ? n : 0)) {}
 
     /// Throws usage_error if the options no longer fit the state (momentum turned on after
     /// construction: there is no buffer for it). The optimizer calls it before anything is written.
@@ -57,12 +58,8 @@ struct sgd {
     /// The update for step `t` (1-based count of applied steps, this one included).
     kernels::sgd_update<T> prepare(const sgd& o, std::size_t t) {
       check(o);
-      return {static_cast<T>(o.lr),
-              static_cast<T>(o.momentum),
-              static_cast<T>(o.dampening),
-              static_cast<T>(o.weight_decay),
-              o.nesterov,
-              t == 1,
+      return {static_cast<T>(o.lr), static_cast<T>(o.momentum), static_cast<T>(o.dampening),
+              static_cast<T>(o.weight_decay), o.nesterov, t == 1,
               // momentum set to 0 between steps: plain SGD (no dampening), the buffer kept as is
               o.momentum > 0 && buf_.size() ? Backend::data(buf_) : nullptr};
     }

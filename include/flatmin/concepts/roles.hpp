@@ -160,10 +160,10 @@ concept schedule_policy = has_validate<S> && schedule_has_perturbs_at<S>;
 /// What the ascent-time hook is told about the clean gradient g, the one at w. Everything here was
 /// computed by the ascent anyway: the hook costs no pass of its own.
 struct ascent_stats {
-  std::size_t step = 0;          ///< 1-based step number (applied steps + 1)
-  double grad_norm2 = 0;         ///< ‖g‖² over every entry of every tensor (g divided by grad_scale)
-  double norm2 = 0;              ///< the squared norm the perturbation divides by (over its support)
-  double scale = 0;              ///< ε = scale · m ⊙ dir(g), scale = ρ·s / (‖norm(g)‖ + ξ) (0: g vanishes)
+  std::size_t step = 0;   ///< 1-based step number (applied steps + 1)
+  double grad_norm2 = 0;  ///< ‖g‖² over every entry of every tensor (g divided by grad_scale)
+  double norm2 = 0;       ///< the squared norm the perturbation divides by (over its support)
+  double scale = 0;  ///< ε = scale · m ⊙ dir(g), scale = ρ·s / (‖norm(g)‖ + ξ) (0: g vanishes)
   double perturbation_norm = 0;  ///< ‖ε‖, about to be added to w
 };
 
@@ -183,7 +183,9 @@ concept ascent_hook = requires(P& p, const backend::layout<T, Backend>& l, const
 /// A member named `on_ascent` that is not a template nor overloaded (so that its address can be
 /// taken): a hook was meant, and one that does not match `ascent_hook` would be silently ignored.
 template <class P>
-concept names_on_ascent = requires { &P::on_ascent; };
+concept names_on_ascent = requires {
+  &P::on_ascent;
+};
 
 // ---- one static_assert per capability --------------------------------------------------------------
 

@@ -34,6 +34,8 @@ inline std::uint64_t bernoulli_threshold(double p) {
 }
 
 /// True with probability threshold / 2³² (the high 32 bits of the hash against the threshold).
-FLATMIN_HD inline bool bernoulli(std::uint64_t hash, std::uint64_t threshold) { return (hash >> 32) < threshold; }
+FLATMIN_HD inline bool bernoulli(std::uint64_t hash, std::uint64_t threshold) {
+  return (hash >> 32) < threshold;
+}
 
 }  // namespace flatmin::kernels

@@ -23,7 +23,9 @@ struct l2_term {
 template <class T>
 struct adaptive_term {
   T eta;
-  FLATMIN_HD T scale(T w, std::uint32_t flags) const { return (flags & tensor_flags::adaptive) ? fm_abs(w) + eta : T(1); }
+  FLATMIN_HD T scale(T w, std::uint32_t flags) const {
+    return (flags & tensor_flags::adaptive) ? fm_abs(w) + eta : T(1);
+  }
   FLATMIN_HD T norm(T w, T g, std::size_t, std::uint32_t flags) const { return scale(w, flags) * g; }
   FLATMIN_HD T dir(T w, T g, std::size_t, std::uint32_t flags) const {
     const T s = scale(w, flags);

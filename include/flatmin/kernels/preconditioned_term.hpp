@@ -13,9 +13,9 @@ namespace flatmin::kernels {
 /// Norm term and direction P⁻¹g. With `v == nullptr` (no second moment yet) P = I: plain SAM.
 template <class T>
 struct preconditioned_term {
-  const T* v;    ///< Adam's second moment (global index), or nullptr
-  T bc2_sqrt;    ///< √(1 − β2ᵗ), t = applied steps so far
-  T eps;         ///< Adam's ε
+  const T* v;  ///< Adam's second moment (global index), or nullptr
+  T bc2_sqrt;  ///< √(1 − β2ᵗ), t = applied steps so far
+  T eps;       ///< Adam's ε
   FLATMIN_HD T precondition(T g, std::size_t i) const {
     return v == nullptr ? g : g / (fm_sqrt(v[i]) / bc2_sqrt + eps);
   }

@@ -21,7 +21,8 @@ using backend::elem;
 /// to summing `check_pass` element by element. The M runs are read side by side (M streams keep a
 /// core's hardware prefetchers busier than one); each run's own order does not depend on M.
 template <class T, std::uint32_t M>
-inline void sum_squares_strands(const T* const (&g)[M], const std::uint32_t (&len)[M], T s, double (&out)[M]) {
+inline void sum_squares_strands(const T* const (&g)[M], const std::uint32_t (&len)[M], T s,
+                                double (&out)[M]) {
   constexpr std::uint32_t K = backend::reduction_strands;
   const auto sq = [s](T x) {
     const double y = double(x * s);
@@ -90,8 +91,8 @@ inline void for_each_mask_lane(std::uint32_t len, std::uint64_t index, std::uint
 /// which is what the AND with its bit's lane adds here). `bits8(j)` gives the bits of entries
 /// j … j + 7 of the run, `bit(j)` one entry's.
 template <class T, class Bits8, class Bit>
-inline double masked_sum_squares_strands(const T* g, std::uint32_t len, T s, const Bits8& bits8, const Bit& bit,
-                                         double& kept) {
+inline double masked_sum_squares_strands(const T* g, std::uint32_t len, T s, const Bits8& bits8,
+                                         const Bit& bit, double& kept) {
   constexpr std::uint32_t K = backend::reduction_strands;
   static_assert(K == 8, "eight strands: one byte of mask bits per block");
   const auto sq = [s](T x) {
@@ -106,7 +107,8 @@ inline double masked_sum_squares_strands(const T* g, std::uint32_t len, T s, con
     const std::uint64_t* lo = nibble_table<std::uint64_t>.lane[b & 15u];
     const std::uint64_t* hi = nibble_table<std::uint64_t>.lane[b >> 4];
     for (std::uint32_t r = 0; r < 4; ++r) a[r] = a[r] + blend_lanes<double>(lo[r], sq(g[j + r]), 0.0);
-    for (std::uint32_t r = 0; r < 4; ++r) a[4 + r] = a[4 + r] + blend_lanes<double>(hi[r], sq(g[j + 4 + r]), 0.0);
+    for (std::uint32_t r = 0; r < 4; ++r)
+      a[4 + r] = a[4 + r] + blend_lanes<double>(hi[r], sq(g[j + 4 + r]), 0.0);
   }
   for (; j < len; ++j)
     if (bit(j)) {
@@ -119,7 +121,9 @@ inline double masked_sum_squares_strands(const T* g, std::uint32_t len, T s, con
 
 /// Whether a mask view is 1 everywhere at compile time (mask::dense's `all`).
 template <class Mask>
-inline constexpr bool mask_is_all = requires { requires Mask::all; };
+inline constexpr bool mask_is_all = requires {
+  requires Mask::all;
+};
 
 /// Reduction over g alone: Σg² and the count of non-finite entries.
 template <class T>
@@ -155,7 +159,6 @@ struct check_pass {
   }
 };
 
-
 /// Reduction over g (scaled by 1/grad_scale): Σg², Σ(norm term)² over the norm's support,
 /// Σ(direction)² and count over the perturbed support, and the count of non-finite entries.
 template <class T, class Term, class Mask>
@@ -165,9 +168,11 @@ struct stats_pass {
   T inv_scale;
   bool norm_over_mask;  ///< the norm runs over the masked entries only (else over all perturbable)
 
-  static constexpr bool gradient_only = requires { requires Term::is_gradient; } && mask_is_all<Mask>;
+  static constexpr bool gradient_only = requires { requires Term::is_gradient; }
+  &&mask_is_all<Mask>;
   /// SAM's term under a bit mask that can hand out eight bits at a time (mask::detail::bit_view).
-  static constexpr bool gradient_bits = requires { requires Term::is_gradient; } && element_bit_mask<Mask>;
+  static constexpr bool gradient_bits = requires { requires Term::is_gradient; }
+  &&element_bit_mask<Mask>;
 
   FLATMIN_HD grad_stats operator()(const elem<T>& e) const {
     const T g = e.g * inv_scale;
@@ -194,9 +199,7 @@ struct stats_pass {
   /// len on perturbed tensors, so one vectorised sum gives all three, bitwise equal to the element
   /// path. Other terms and masks have no group form and are summed element by element.
   template <std::uint32_t M>
-  void segments(const backend::segment_view<T> (&v)[M], grad_stats (&out)[M]) const
-    requires(gradient_only)
-  {
+  void segments(const backend::segment_view<T> (&v)[M], grad_stats (&out)[M]) const requires(gradient_only) {
     check_pass<T>{inv_scale}.segments(v, out);
     for (std::uint32_t m = 0; m < M; ++m)
       if (v[m].flags & tensor_flags::perturb) {
@@ -211,9 +214,7 @@ struct stats_pass {
   /// strands above with eight mask bits per lookup, bitwise equal to the element path (which
   /// looked a unit and a bit up per entry: bench_masks `ascend_cancel`, bench/RESULTS.md).
   template <std::uint32_t M>
-  void segments(const backend::segment_view<T> (&v)[M], grad_stats (&out)[M]) const
-    requires(gradient_bits)
-  {
+  void segments(const backend::segment_view<T> (&v)[M], grad_stats (&out)[M]) const requires(gradient_bits) {
     check_pass<T>{inv_scale}.segments(v, out);
     for (std::uint32_t m = 0; m < M; ++m) {
       if (!(v[m].flags & tensor_flags::perturb)) continue;
@@ -230,7 +231,8 @@ struct stats_pass {
         grad_stats a[K]{};
         std::uint32_t j = 0;
         for (; j + K <= len; j += K)
-          for (std::uint32_t r = 0; r < K; ++r) a[r] = a[r] + (*this)(elem<T>{v[m].w[j + r], v[m].g[j + r], base + j + r, 0, 0, flags});
+          for (std::uint32_t r = 0; r < K; ++r)
+            a[r] = a[r] + (*this)(elem<T>{v[m].w[j + r], v[m].g[j + r], base + j + r, 0, 0, flags});
         for (; j < len; ++j) a[0] = a[0] + (*this)(elem<T>{v[m].w[j], v[m].g[j], base + j, 0, 0, flags});
         out[m] = backend::combine_strands<K>(a);
         continue;
@@ -279,9 +281,7 @@ struct ascend_pass {
 
   /// Host segment form under an element bit mask (backend::eigen::for_each): the same values as
   /// the element path, eight mask bits per lookup. `slot`: the saved slot of the first entry.
-  void segment(const backend::segment_view<T>& v, std::uint64_t slot) const
-    requires element_bit_mask<Mask>
-  {
+  void segment(const backend::segment_view<T>& v, std::uint64_t slot) const requires element_bit_mask<Mask> {
     if (by_elements(*this, mask, v, slot)) return;
     T* FLATMIN_RESTRICT w = v.w;
     const T* FLATMIN_RESTRICT g = v.g;
@@ -305,9 +305,7 @@ struct restore_pass {
   }
 
   /// Host segment form under an element bit mask, as ascend_pass's.
-  void segment(const backend::segment_view<T>& v, std::uint64_t slot) const
-    requires element_bit_mask<Mask>
-  {
+  void segment(const backend::segment_view<T>& v, std::uint64_t slot) const requires element_bit_mask<Mask> {
     if (by_elements(*this, mask, v, slot)) return;
     T* FLATMIN_RESTRICT w = v.w;
     const T* FLATMIN_RESTRICT sv = saved + slot;

@@ -63,11 +63,11 @@ enum class dynamic_counts : std::uint8_t { official, constant };
 
 struct dynamic {
   static constexpr const char* name = "dynamic";  ///< in checkpoints' composition identity
-  double sparsity = 0.5;             ///< s, fraction of eligible units not perturbed, in [0, 1]
-  double death_rate = 0.5;           ///< dr₀ in [0, 1]
-  std::size_t refresh_every = 1000;  ///< T_m ≥ 1, in steps
-  std::size_t total_steps = 0;       ///< T of the cosine schedule (0: constant dr₀)
-  std::size_t block = 1;             ///< 1 = entries; else a power of two ≤ 1024
+  double sparsity = 0.5;                          ///< s, fraction of eligible units not perturbed, in [0, 1]
+  double death_rate = 0.5;                        ///< dr₀ in [0, 1]
+  std::size_t refresh_every = 1000;               ///< T_m ≥ 1, in steps
+  std::size_t total_steps = 0;                    ///< T of the cosine schedule (0: constant dr₀)
+  std::size_t block = 1;                          ///< 1 = entries; else a power of two ≤ 1024
   std::uint64_t seed = 0;
   dynamic_counts counts = dynamic_counts::official;
   bool frozen = false;  ///< no refreshes: the mask stays as it is
@@ -79,7 +79,8 @@ struct dynamic {
     flatmin::detail::check_option<T>("mask::dynamic", "death_rate", death_rate,
                                      flatmin::detail::domain::unit);
     flatmin::detail::check_option(counts == dynamic_counts::official || counts == dynamic_counts::constant,
-                                  "mask::dynamic", "counts", static_cast<double>(counts), "official or constant");
+                                  "mask::dynamic", "counts", static_cast<double>(counts),
+                                  "official or constant");
     flatmin::detail::check_option(refresh_every >= 1, "mask::dynamic", "refresh_every",
                                   static_cast<double>(refresh_every), ">= 1");
     detail::check_block("mask::dynamic", block);
@@ -133,7 +134,8 @@ struct dynamic {
       const std::size_t a0 = m.start_count(n);
       const detail::random_key<T> key{uview_, m.seed, 0};
       const auto sel = detail::top_k<Backend>(units_.count(), a0, key, 32);
-      Backend::for_each_index(units_.words(), detail::fill_bits<decltype(sel)>{sel, Backend::data(bits_), units_.count()});
+      Backend::for_each_index(units_.words(),
+                              detail::fill_bits<decltype(sel)>{sel, Backend::data(bits_), units_.count()});
       active_ = a0;
       // Every refresh leaves at most ⌊x (1 − dr)⌋ + ⌊x dr⌋ ≤ ⌊x⌋ + 1 units (+ 1 for rounding).
       const double nd = static_cast<double>(n);
@@ -196,7 +198,8 @@ struct dynamic {
     /// every refresh (and on the current mask, which set_entry_mask() or load() may have made larger).
     std::size_t saved_size(const backend::layout<T, Backend>& l) const {
       if (!is_compact()) return l.numel();
-      const std::size_t bound = units_.dense_elements() + std::min(bound_ * units_.block(), units_.eligible_elements());
+      const std::size_t bound =
+          units_.dense_elements() + std::min(bound_ * units_.block(), units_.eligible_elements());
       return std::max({bound, range_.elements(), range_next_.elements()});
     }
     double radius_scale() const { return 1.0; }
@@ -270,9 +273,7 @@ struct dynamic {
     std::vector<std::uint32_t> host_bits() const { return Backend::to_host(bits_); }
 
    private:
-    void rebuild_range() {
-      range_.build_from_bits(units_, bits_);
-    }
+    void rebuild_range() { range_.build_from_bits(units_, bits_); }
     void recount() {
       active_ = static_cast<std::size_t>(Backend::template reduce_index<double>(
           units_.words(), detail::popcount_word{Backend::data(bits_)}));

@@ -80,9 +80,9 @@ enum class fisher_schedule : std::uint8_t { library, ssam_official };
 
 struct fisher {
   static constexpr const char* name = "fisher";  ///< in checkpoints' composition identity
-  double keep = 0.1;               ///< fraction of eligible units perturbed, in [0, 1]
-  std::size_t refresh_every = 100;  ///< T_m ≥ 1, in steps
-  std::size_t block = 1;            ///< 1 = entries; else a power of two ≤ 1024
+  double keep = 0.1;                             ///< fraction of eligible units perturbed, in [0, 1]
+  std::size_t refresh_every = 100;               ///< T_m ≥ 1, in steps
+  std::size_t block = 1;                         ///< 1 = entries; else a power of two ≤ 1024
   fisher_estimator source = fisher_estimator::accumulated;
   std::size_t examples = 16;  ///< N_s for `per_example`
   bool empty_start = false;   ///< no mask before the first refresh (step 1 is no refresh step)
@@ -94,14 +94,14 @@ struct fisher {
   template <class T = double>
   void validate() const {
     flatmin::detail::check_option<T>("mask::fisher", "keep", keep, flatmin::detail::domain::unit);
-    flatmin::detail::check_option(source == fisher_estimator::accumulated ||
-                                      source == fisher_estimator::current_batch ||
-                                      source == fisher_estimator::per_example,
-                                  "mask::fisher", "source", static_cast<double>(source),
-                                  "accumulated, current_batch or per_example");
+    flatmin::detail::check_option(
+        source == fisher_estimator::accumulated || source == fisher_estimator::current_batch ||
+            source == fisher_estimator::per_example,
+        "mask::fisher", "source", static_cast<double>(source), "accumulated, current_batch or per_example");
     flatmin::detail::check_option(refresh_every >= 1, "mask::fisher", "refresh_every",
                                   static_cast<double>(refresh_every), ">= 1");
-    flatmin::detail::check_option(examples >= 1, "mask::fisher", "examples", static_cast<double>(examples), ">= 1");
+    flatmin::detail::check_option(examples >= 1, "mask::fisher", "examples", static_cast<double>(examples),
+                                  ">= 1");
     detail::check_block("mask::fisher", block);
   }
 
@@ -191,7 +191,8 @@ struct fisher {
           break;
       }
       if (!now) return false;
-      const auto k = static_cast<std::size_t>(std::floor(m.keep * static_cast<double>(units_.eligible_units())));
+      const auto k =
+          static_cast<std::size_t>(std::floor(m.keep * static_cast<double>(units_.eligible_units())));
       keep_next_ = m.keep;
       const T* f = Backend::data(acc_next_);
       const auto sel = detail::score_top_k<Backend>(f, units_.count(), k);
@@ -233,7 +234,8 @@ struct fisher {
       const double keep = bits_pending_ ? keep_next_ : keep_;
       const auto k =
           static_cast<std::size_t>(std::floor(keep * static_cast<double>(units_.eligible_units())));
-      const std::size_t bound = units_.dense_elements() + std::min(k * units_.block(), units_.eligible_elements());
+      const std::size_t bound =
+          units_.dense_elements() + std::min(k * units_.block(), units_.eligible_elements());
       return std::max(bound, (bits_pending_ ? range_next_ : range_).elements());
     }
     /// 0 on a refresh step with `unperturbed_refresh` (ε = 0 everywhere), else 1.
@@ -294,7 +296,8 @@ struct fisher {
       loaded l;
       if (is_compact())
         l.range.build(units_, [&](std::size_t u) { return detail::test_bit(bits.data(), u); });
-      const std::size_t bound = units_.dense_elements() + std::min(k * units_.block(), units_.eligible_elements());
+      const std::size_t bound =
+          units_.dense_elements() + std::min(k * units_.block(), units_.eligible_elements());
       l.saved_size = is_compact() ? std::max(bound, l.range.elements()) : units_.count();  // element units: N
       return l;
     }
@@ -356,4 +359,3 @@ struct fisher {
 };
 
 }  // namespace flatmin::mask
-

@@ -37,7 +37,7 @@ enum class granularity : std::uint8_t { element, block, tensor };
 
 struct random {
   static constexpr const char* name = "random";  ///< in checkpoints' composition identity
-  double beta = 0.5;                     ///< keep probability β
+  double beta = 0.5;                             ///< keep probability β
   granularity unit = granularity::tensor;
   std::size_t block = 128;  ///< entries per block for `granularity::block` (power of two ≤ 1024)
   std::uint64_t seed = 0;
@@ -136,10 +136,12 @@ struct random {
     /// Checkpoint identity: the unit kind and size.
     std::string identity(const random&) const {
       switch (units_.kind()) {
-        case detail::unit_kind::element: return "random(unit=element)";
+        case detail::unit_kind::element:
+          return "random(unit=element)";
         case detail::unit_kind::block:
           return "random(unit=block, block=" + std::to_string(units_.block()) + ")";
-        case detail::unit_kind::tensor: break;
+        case detail::unit_kind::tensor:
+          break;
       }
       return "random(unit=tensor)";
     }
@@ -176,9 +178,12 @@ struct random {
    private:
     static detail::unit_kind kind(granularity g) {
       switch (g) {
-        case granularity::element: return detail::unit_kind::element;
-        case granularity::block: return detail::unit_kind::block;
-        case granularity::tensor: return detail::unit_kind::tensor;
+        case granularity::element:
+          return detail::unit_kind::element;
+        case granularity::block:
+          return detail::unit_kind::block;
+        case granularity::tensor:
+          return detail::unit_kind::tensor;
       }
       return detail::unit_kind::tensor;
     }

@@ -119,14 +119,18 @@ struct header {
 /// A policy's name in the composition identity (its static `name`).
 template <class P>
 std::string name_of(const P&) {
-  if constexpr (requires { P::name; }) return P::name;
-  else return "unnamed";
+  if constexpr (requires { P::name; })
+    return P::name;
+  else
+    return "unnamed";
 }
 /// A policy's name with the options that fix its state's sizes, when the state says them.
 template <class P, class S>
 std::string name_of(const P& p, const S& s) {
-  if constexpr (requires { s.identity(p); }) return s.identity(p);
-  else return name_of(p);
+  if constexpr (requires { s.identity(p); })
+    return s.identity(p);
+  else
+    return name_of(p);
 }
 
 namespace detail {
@@ -156,8 +160,10 @@ inline std::string printable(std::string_view s) {
 /// Element code of a state value type: 'f' floating point, 'u' unsigned integer, 'b' bool.
 template <class E>
 constexpr char code_of() {
-  if constexpr (std::is_same_v<E, bool>) return 'b';
-  else if constexpr (std::is_floating_point_v<E>) return 'f';
+  if constexpr (std::is_same_v<E, bool>)
+    return 'b';
+  else if constexpr (std::is_floating_point_v<E>)
+    return 'f';
   else {
     static_assert(std::is_integral_v<E> && std::is_unsigned_v<E>, "checkpoint: unsupported state type");
     return 'u';

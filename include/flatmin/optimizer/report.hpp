@@ -19,11 +19,16 @@ enum class skip_reason {
 
 inline const char* to_string(skip_reason r) {
   switch (r) {
-    case skip_reason::none: return "none";
-    case skip_reason::nonfinite_gradient: return "non-finite gradient at w";
-    case skip_reason::nonfinite_perturbed_gradient: return "non-finite gradient at w + eps";
-    case skip_reason::found_inf: return "found_inf set by the caller";
-    case skip_reason::nonfinite_example_gradient: return "non-finite per-example gradient (mask estimate)";
+    case skip_reason::none:
+      return "none";
+    case skip_reason::nonfinite_gradient:
+      return "non-finite gradient at w";
+    case skip_reason::nonfinite_perturbed_gradient:
+      return "non-finite gradient at w + eps";
+    case skip_reason::found_inf:
+      return "found_inf set by the caller";
+    case skip_reason::nonfinite_example_gradient:
+      return "non-finite per-example gradient (mask estimate)";
   }
   return "?";
 }
@@ -41,11 +46,11 @@ struct step_args {
 /// The report of a step (filled in as the protocol advances).
 struct step_report {
   std::size_t step = 0;  ///< 1-based index of this step (applied steps so far + 1)
-  double loss = std::numeric_limits<double>::quiet_NaN();  ///< clean loss (closure protocol only)
+  double loss = std::numeric_limits<double>::quiet_NaN();       ///< clean loss (closure protocol only)
   double grad_norm = std::numeric_limits<double>::quiet_NaN();  ///< ‖g‖ at w, all tensors
   double perturbed_grad_norm = std::numeric_limits<double>::quiet_NaN();  ///< ‖g_adv‖ at w + ε
-  double perturbation_norm = 0;  ///< ‖ε‖
-  double mask_density = 0;       ///< perturbed entries / perturbable entries
+  double perturbation_norm = 0;                                           ///< ‖ε‖
+  double mask_density = 0;  ///< perturbed entries / perturbable entries
   /// Whether w was moved to w + ε this step: false when the composition never perturbs, when its
   /// schedule leaves the step unperturbed (the base step then applies to g), or when g was non-finite.
   bool perturbed = false;

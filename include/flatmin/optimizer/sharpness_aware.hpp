@@ -43,8 +43,8 @@
 #include "../mask/dense.hpp"
 #include "../params/param_set.hpp"
 #include "../regularize/none.hpp"
-#include "checkpoint.hpp"
 #include "../schedule/always.hpp"
+#include "checkpoint.hpp"
 #include "report.hpp"
 
 namespace flatmin {
@@ -74,10 +74,11 @@ class sharpness_aware {
   static_assert(detail::check_schedule<Schedule>());
   static_assert(
       detail::check_ascent_hooks<Descent, typename Regularizer::template state<T, Backend>, T, Backend>());
-  static_assert(!requires { requires Perturb::needs_second_moment; } || Base::has_second_moment,
-                "flatmin::sharpness_aware: this perturbation (perturb::preconditioned) needs a base optimizer with a "
-                "second moment (has_second_moment == true: base::adam or base::adamw), and Base has none (e.g. "
-                "base::sgd)");
+  static_assert(
+      !requires { requires Perturb::needs_second_moment; } || Base::has_second_moment,
+      "flatmin::sharpness_aware: this perturbation (perturb::preconditioned) needs a base optimizer with a "
+      "second moment (has_second_moment == true: base::adam or base::adamw), and Base has none (e.g. "
+      "base::sgd)");
 
  public:
   using value_type = T;
@@ -173,7 +174,8 @@ class sharpness_aware {
       const T step_scale = static_cast<T>(scale);
       on_ascent(s, scale, inv);
       over_range([&](auto view) {
-        return kernels::ascend_pass<T, term_type, decltype(view)>{term(), view, step_scale, inv, Backend::data(saved_)};
+        return kernels::ascend_pass<T, term_type, decltype(view)>{term(), view, step_scale, inv,
+                                                                  Backend::data(saved_)};
       });
       report_.grad_norm = std::sqrt(s.g2);
       report_.perturbation_norm = scale * std::sqrt(s.d2);
@@ -210,7 +212,8 @@ class sharpness_aware {
     if (args.found_inf) {
       bad = *args.found_inf;
     } else {
-      const auto c = Backend::template reduce<kernels::grad_stats>(layout_.full(), kernels::check_pass<T>{inv});
+      const auto c =
+          Backend::template reduce<kernels::grad_stats>(layout_.full(), kernels::check_pass<T>{inv});
       bad = c.bad > 0 || !std::isfinite(c.g2);
       (perturbed ? report_.perturbed_grad_norm : report_.grad_norm) = std::sqrt(c.g2);
     }
@@ -256,9 +259,13 @@ class sharpness_aware {
   /// are restored bit-exactly and the optimizer is idle before the exception propagates.
   template <class O>
   step_report step(O&& obj, const step_args& args = {}) {
-    static_assert(requires(Descent& d, std::remove_reference_t<O>& o) { d.first_gradient(o); d.second_gradient(o); },
-                  "flatmin::step: the objective lacks what this composition's descent policy needs: for "
-                  "descent::standard, a callable with no argument returning the loss (flatmin::objective)");
+    static_assert(
+        requires(Descent & d, std::remove_reference_t<O> & o) {
+          d.first_gradient(o);
+          d.second_gradient(o);
+        },
+        "flatmin::step: the objective lacks what this composition's descent policy needs: for "
+        "descent::standard, a callable with no argument returning the loss (flatmin::objective)");
     if (phase_ != phase::idle)
       throw usage_error(
           "flatmin: step() called between ascend() and descend(); call descend() or cancel() first");
@@ -359,8 +366,9 @@ class sharpness_aware {
       const std::size_t need = perturbs ? mask_state_.saved_size(layout_) : 0;
       if (saved_.size() < need) saved_ = Backend::template make_vector<T>(need);
     } else {
-      throw usage_error("flatmin: set_mask(): this mask has no state to set (mask::dense perturbs "
-                        "every entry)");
+      throw usage_error(
+          "flatmin: set_mask(): this mask has no state to set (mask::dense perturbs "
+          "every entry)");
     }
   }
   void set_mask(std::string_view name, const std::vector<std::uint8_t>& mask) {
@@ -474,11 +482,17 @@ class sharpness_aware {
   term_type term() const { return perturb_.template term<T>(base_state_, steps_); }
 
   // A mask's step-local state (a refresh, Fisher sums) becomes its state only when a step is applied.
-  void mask_commit() { if constexpr (requires { mask_state_.commit_step(); }) mask_state_.commit_step(); }
-  void mask_abandon() { if constexpr (requires { mask_state_.abandon_step(); }) mask_state_.abandon_step(); }
+  void mask_commit() {
+    if constexpr (requires { mask_state_.commit_step(); }) mask_state_.commit_step();
+  }
+  void mask_abandon() {
+    if constexpr (requires { mask_state_.abandon_step(); }) mask_state_.abandon_step();
+  }
   bool mask_nonfinite_examples() const {
-    if constexpr (requires { mask_state_.nonfinite_examples(); }) return mask_state_.nonfinite_examples();
-    else return false;
+    if constexpr (requires { mask_state_.nonfinite_examples(); })
+      return mask_state_.nonfinite_examples();
+    else
+      return false;
   }
 
   void check_tensor(std::size_t t) const {
@@ -502,7 +516,8 @@ class sharpness_aware {
       // masked sums are added in the range's segment order. One extra pass, over the range only.
       const kernels::stats_pass<T, term_type, all_view> pass{term(), all_view{}, inv, true};
       kernels::grad_stats s = Backend::template reduce<kernels::grad_stats>(layout_.full(), pass);
-      const kernels::grad_stats m = Backend::template reduce<kernels::grad_stats>(mask_state_.range(layout_), pass);
+      const kernels::grad_stats m =
+          Backend::template reduce<kernels::grad_stats>(mask_state_.range(layout_), pass);
       if (mask_state_type::norm_over_mask) s.n2 = m.n2;
       s.d2 = m.d2;
       s.kept = m.kept;
@@ -510,27 +525,32 @@ class sharpness_aware {
     }
     return Backend::template reduce<kernels::grad_stats>(
         layout_.full(), kernels::stats_pass<T, term_type, mask_view>{term(), mask_state_.get_view(), inv,
-                                                                      mask_state_type::norm_over_mask});
+                                                                     mask_state_type::norm_over_mask});
   }
 
   /// Whether the saved weights are compact (restore over range(), then a dense descend): the
   /// mask's static `compact`, refined at run time by its `is_compact()` when it has one.
   bool mask_compact() const {
-    if constexpr (!mask_state_type::compact) return false;
-    else if constexpr (requires { mask_state_.is_compact(); }) return mask_state_.is_compact();
-    else return true;
+    if constexpr (!mask_state_type::compact)
+      return false;
+    else if constexpr (requires { mask_state_.is_compact(); })
+      return mask_state_.is_compact();
+    else
+      return true;
   }
 
   /// The fused descend pass; `Restore` (0 or 1) fixed at compile time so the host loop vectorises.
   template <int Restore, class Adjust, class Update>
   void descend_pass(const Adjust& adjust, const Update& update, T inv) {
-    Backend::for_each(layout_.full(), kernels::descend_pass<T, mask_view, Adjust, Update, Restore>{
-                                          mask_state_.get_view(), adjust, update, inv, Backend::data(saved_),
-                                          Restore == 1});
+    Backend::for_each(layout_.full(),
+                      kernels::descend_pass<T, mask_view, Adjust, Update, Restore>{
+                          mask_state_.get_view(), adjust, update, inv, Backend::data(saved_), Restore == 1});
   }
 
   void restore() {
-    over_range([&](auto view) { return kernels::restore_pass<T, decltype(view)>{view, Backend::data(saved_)}; });
+    over_range([&](auto view) {
+      return kernels::restore_pass<T, decltype(view)>{view, Backend::data(saved_)};
+    });
   }
 
   /// Runs the pass `make(view)` over the mask's range. A compact range holds masked-in entries only

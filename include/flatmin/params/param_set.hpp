@@ -77,7 +77,8 @@ class param_set {
   /// it has them, else {size}.
   template <class V, class G>
     requires buffer_of<std::remove_reference_t<V>, T> && buffer_of<std::remove_reference_t<G>, T>
-  tensor_view<T>& add(std::string name, V&& value, G&& grad, tensor_options options = {}) {
+        tensor_view<T>
+  &add(std::string name, V&& value, G&& grad, tensor_options options = {}) {
     return add_buffers(std::move(name), value, grad, nullptr, options);
   }
 
@@ -86,15 +87,16 @@ class param_set {
   /// initializer_list is a standard conversion, an aggregate a user-defined one.)
   template <class V, class G>
     requires buffer_of<std::remove_reference_t<V>, T> && buffer_of<std::remove_reference_t<G>, T>
-  tensor_view<T>& add(std::string name, V&& value, G&& grad, std::initializer_list<std::size_t> shape,
-                      tensor_options options = {}) {
+        tensor_view<T>
+  &add(std::string name, V&& value, G&& grad, std::initializer_list<std::size_t> shape,
+       tensor_options options = {}) {
     const tensor_shape s(shape);
     return add_buffers(std::move(name), value, grad, s.empty() ? nullptr : &s, options);
   }
   template <class V, class G, std::integral I>
     requires buffer_of<std::remove_reference_t<V>, T> && buffer_of<std::remove_reference_t<G>, T>
-  tensor_view<T>& add(std::string name, V&& value, G&& grad, std::initializer_list<I> shape,
-                      tensor_options options = {}) {
+        tensor_view<T>
+  &add(std::string name, V&& value, G&& grad, std::initializer_list<I> shape, tensor_options options = {}) {
     const tensor_shape s(shape);
     return add_buffers(std::move(name), value, grad, &s, options);
   }
@@ -102,160 +104,173 @@ class param_set {
   /// The same with a shape held in a range of integers or a `tensor_shape`.
   template <class V, class G, class S>
     requires buffer_of<std::remove_reference_t<V>, T> && buffer_of<std::remove_reference_t<G>, T> &&
-             (integer_range<std::remove_cvref_t<S>> || std::same_as<std::remove_cvref_t<S>, tensor_shape>)
-  tensor_view<T>& add(std::string name, V&& value, G&& grad, const S& shape, tensor_options options = {}) {
-    const tensor_shape s(shape);
-    return add_buffers(std::move(name), value, grad, &s, options);
-  }
-
-  /// Registers a LoRA pair (factors x = A and y = B; the update is B·A) as two tensors named
-  /// `name + ".A"` and `name + ".B"`. Used by `regularize::balancedness` (BAR); every other policy
-  /// treats them as ordinary tensors.
-  const lora_pair& add_lora_pair(const std::string& name, T* a, T* grad_a, tensor_shape shape_a, T* b,
-                                 T* grad_b, tensor_shape shape_b, tensor_options options = {},
-                                 memory_space space = memory_space::host) {
-    add(name + ".A", a, grad_a, std::move(shape_a), options, space).extra_flags |= tensor_flags::lora_a;
-    try {
-      add(name + ".B", b, grad_b, std::move(shape_b), options, space).extra_flags |= tensor_flags::lora_b;
-    } catch (...) {  // leave the set as it was: no half-registered pair
-      names_.erase(views_.back().name);
-      views_.pop_back();
-      throw;
+        (integer_range<std::remove_cvref_t<S>> ||
+         std::same_as<std::remove_cvref_t<S>, tensor_shape>)tensor_view<T>& add(std::string name, V&& value,
+                                                                                G&& grad, const S& shape,
+                                                                                tensor_options options = {}) {
+      const tensor_shape s(shape);
+      return add_buffers(std::move(name), value, grad, &s, options);
     }
-    pairs_.push_back({name, views_.size() - 2, views_.size() - 1});
-    return pairs_.back();
-  }
 
-  const std::vector<tensor_view<T>>& tensors() const { return views_; }
-  const std::vector<lora_pair>& lora_pairs() const { return pairs_; }
-  const tensor_view<T>& operator[](std::size_t i) const { return views_.at(i); }
-  std::size_t size() const { return views_.size(); }
-  bool empty() const { return views_.empty(); }
+    /// Registers a LoRA pair (factors x = A and y = B; the update is B·A) as two tensors named
+    /// `name + ".A"` and `name + ".B"`. Used by `regularize::balancedness` (BAR); every other policy
+    /// treats them as ordinary tensors.
+    const lora_pair& add_lora_pair(const std::string& name, T* a, T* grad_a, tensor_shape shape_a, T* b,
+                                   T* grad_b, tensor_shape shape_b, tensor_options options = {},
+                                   memory_space space = memory_space::host) {
+      add(name + ".A", a, grad_a, std::move(shape_a), options, space).extra_flags |= tensor_flags::lora_a;
+      try {
+        add(name + ".B", b, grad_b, std::move(shape_b), options, space).extra_flags |= tensor_flags::lora_b;
+      } catch (...) {  // leave the set as it was: no half-registered pair
+        names_.erase(views_.back().name);
+        views_.pop_back();
+        throw;
+      }
+      pairs_.push_back({name, views_.size() - 2, views_.size() - 1});
+      return pairs_.back();
+    }
 
-  /// Total number of scalars over all tensors.
-  std::size_t numel() const {
-    std::size_t n = 0;
-    for (const auto& v : views_) n += v.size;
-    return n;
-  }
+    const std::vector<tensor_view<T>>& tensors() const { return views_; }
+    const std::vector<lora_pair>& lora_pairs() const { return pairs_; }
+    const tensor_view<T>& operator[](std::size_t i) const { return views_.at(i); }
+    std::size_t size() const { return views_.size(); }
+    bool empty() const { return views_.empty(); }
 
-  /// Throws std::invalid_argument if the set is empty or two views overlap in memory.
-  void validate() const {
-    if (views_.empty()) throw std::invalid_argument("flatmin::param_set: no tensors were added");
-    struct range {
-      const T* lo;
-      const T* hi;
-      const std::string* name;
+    /// Total number of scalars over all tensors.
+    std::size_t numel() const {
+      std::size_t n = 0;
+      for (const auto& v : views_) n += v.size;
+      return n;
+    }
+
+    /// Throws std::invalid_argument if the set is empty or two views overlap in memory.
+    void validate() const {
+      if (views_.empty()) throw std::invalid_argument("flatmin::param_set: no tensors were added");
+      struct range {
+        const T* lo;
+        const T* hi;
+        const std::string* name;
+      };
+      std::vector<range> r;
+      r.reserve(2 * views_.size());
+      for (const auto& v : views_) {
+        r.push_back({v.value, v.value + v.size, &v.name});
+        r.push_back({v.grad, v.grad + v.size, &v.name});
+      }
+      std::sort(r.begin(), r.end(),
+                [](const range& x, const range& y) { return std::less<const T*>{}(x.lo, y.lo); });
+      for (std::size_t i = 1; i < r.size(); ++i)
+        if (std::less<const T*>{}(r[i].lo, r[i - 1].hi))
+          throw std::invalid_argument("flatmin::param_set: the memory of tensors " +
+                                      detail::quote(*r[i - 1].name) + " and " + detail::quote(*r[i].name) +
+                                      " overlaps");
+    }
+
+   private:
+    /// One side of a view (value or gradient) as `push` checks it.
+    struct side {
+      T* data;
+      std::size_t size;
+      memory_space space;
+      std::vector<std::size_t> shape;  ///< the buffer's own shape
     };
-    std::vector<range> r;
-    r.reserve(2 * views_.size());
-    for (const auto& v : views_) {
-      r.push_back({v.value, v.value + v.size, &v.name});
-      r.push_back({v.grad, v.grad + v.size, &v.name});
+
+    template <class C>
+    static constexpr memory_space space_of() {
+      if constexpr (foreign_buffer_of<C, T>)
+        return buffer_traits<std::remove_cv_t<C>>::space;
+      else
+        return memory_space::host;
     }
-    std::sort(r.begin(), r.end(),
-              [](const range& x, const range& y) { return std::less<const T*>{}(x.lo, y.lo); });
-    for (std::size_t i = 1; i < r.size(); ++i)
-      if (std::less<const T*>{}(r[i].lo, r[i - 1].hi))
-        throw std::invalid_argument("flatmin::param_set: the memory of tensors " +
-                                    detail::quote(*r[i - 1].name) + " and " + detail::quote(*r[i].name) +
-                                    " overlaps");
-  }
 
- private:
-  /// One side of a view (value or gradient) as `push` checks it.
-  struct side {
-    T* data;
-    std::size_t size;
-    memory_space space;
-    std::vector<std::size_t> shape;  ///< the buffer's own shape
-  };
-
-  template <class C>
-  static constexpr memory_space space_of() {
-    if constexpr (foreign_buffer_of<C, T>) return buffer_traits<std::remove_cv_t<C>>::space;
-    else return memory_space::host;
-  }
-
-  template <class C>
-  static side describe(const std::string& name, C& c, const char* what) {
-    if constexpr (foreign_buffer_of<C, T>) {
-      using traits = buffer_traits<std::remove_cv_t<C>>;
-      const std::size_t n = traits::size(c);
-      return {traits::data(c), n, traits::space, {n}};
-    } else {
-      check_contiguous(name, c, what);
-      return {c.data(), static_cast<std::size_t>(c.size()), memory_space::host, shape_of(c)};
+    template <class C>
+    static side describe(const std::string& name, C& c, const char* what) {
+      if constexpr (foreign_buffer_of<C, T>) {
+        using traits = buffer_traits<std::remove_cv_t<C>>;
+        const std::size_t n = traits::size(c);
+        return {traits::data(c), n, traits::space, {n}};
+      } else {
+        check_contiguous(name, c, what);
+        return {c.data(), static_cast<std::size_t>(c.size()), memory_space::host, shape_of(c)};
+      }
     }
-  }
 
-  template <class V, class G>
-  tensor_view<T>& add_buffers(std::string name, V& value, G& grad, const tensor_shape* shape,
-                              tensor_options options) {
-    static_assert(space_of<V>() == space_of<G>(),
-                  "flatmin::param_set: value and gradient buffers live in different memory spaces");
-    side v = describe(name, value, "value");
-    side g = describe(name, grad, "gradient");
-    return push(std::move(name), std::move(v), std::move(g), true, shape, options);
-  }
-
-  /// Every check of every `add` form, in one place. `sized`: the sides carry their sizes (buffers);
-  /// otherwise (raw pointers) the size is the shape's product. `shape`: the explicit shape, or
-  /// null for the buffer's own.
-  tensor_view<T>& push(std::string name, side value, side grad, bool sized, const tensor_shape* shape,
-                       tensor_options options) {
-    const auto fail = [&](const std::string& what) {
-      throw std::invalid_argument("flatmin::param_set: tensor " + detail::quote(name) + " " + what);
-    };
-    if (name.empty()) throw std::invalid_argument("flatmin::param_set: a tensor needs a name");
-    if (names_.count(name))
-      throw std::invalid_argument("flatmin::param_set: duplicate tensor name " + detail::quote(name));
-    if (shape && shape->has_negative())
-      fail("has a negative extent " + std::to_string(shape->negative()) + " in its shape");
-    if (shape && shape->empty()) fail("has an empty shape");
-    std::vector<std::size_t> dims = shape ? shape->dims() : std::move(value.shape);
-    std::size_t n = 1;
-    for (const std::size_t d : dims) {
-      if (d != 0 && n > static_cast<std::size_t>(-1) / d) fail("has a shape whose product overflows size_t");
-      n *= d;
+    template <class V, class G>
+    tensor_view<T>& add_buffers(std::string name, V& value, G& grad, const tensor_shape* shape,
+                                tensor_options options) {
+      static_assert(space_of<V>() == space_of<G>(),
+                    "flatmin::param_set: value and gradient buffers live in different memory spaces");
+      side v = describe(name, value, "value");
+      side g = describe(name, grad, "gradient");
+      return push(std::move(name), std::move(v), std::move(g), true, shape, options);
     }
-    if (sized && value.size != grad.size)
-      fail("has " + std::to_string(value.size) + " values but " + std::to_string(grad.size) +
-           " gradient entries");
-    if (sized && n != value.size)
-      fail("has a shape that does not match its buffer size " + std::to_string(value.size));
-    if (n == 0) fail("has no elements");
-    if (value.data == nullptr) fail("has a null value pointer");
-    if (grad.data == nullptr) fail("has a null gradient pointer");
-    if (value.data == grad.data) fail("uses the same memory for value and gradient");
-    names_.insert(name);
-    views_.push_back(
-        tensor_view<T>{std::move(name), value.data, grad.data, n, std::move(dims), options, value.space, 0u});
-    return views_.back();
-  }
 
-  template <class C>
-  static void check_contiguous(const std::string& name, const C& c, const char* what) {
-    if constexpr (requires { c.innerStride(); c.outerStride(); c.innerSize(); c.outerSize(); }) {
-      const bool ok =
-          c.size() == 0 || (c.innerStride() == 1 && (c.outerSize() <= 1 || c.outerStride() == c.innerSize()));
-      if (!ok)
-        throw std::invalid_argument("flatmin::param_set: the " + std::string(what) + " of tensor " +
-                                    detail::quote(name) + " is not contiguous (strided Eigen view)");
+    /// Every check of every `add` form, in one place. `sized`: the sides carry their sizes (buffers);
+    /// otherwise (raw pointers) the size is the shape's product. `shape`: the explicit shape, or
+    /// null for the buffer's own.
+    tensor_view<T>& push(std::string name, side value, side grad, bool sized, const tensor_shape* shape,
+                         tensor_options options) {
+      const auto fail = [&](const std::string& what) {
+        throw std::invalid_argument("flatmin::param_set: tensor " + detail::quote(name) + " " + what);
+      };
+      if (name.empty()) throw std::invalid_argument("flatmin::param_set: a tensor needs a name");
+      if (names_.count(name))
+        throw std::invalid_argument("flatmin::param_set: duplicate tensor name " + detail::quote(name));
+      if (shape && shape->has_negative())
+        fail("has a negative extent " + std::to_string(shape->negative()) + " in its shape");
+      if (shape && shape->empty()) fail("has an empty shape");
+      std::vector<std::size_t> dims = shape ? shape->dims() : std::move(value.shape);
+      std::size_t n = 1;
+      for (const std::size_t d : dims) {
+        if (d != 0 && n > static_cast<std::size_t>(-1) / d)
+          fail("has a shape whose product overflows size_t");
+        n *= d;
+      }
+      if (sized && value.size != grad.size)
+        fail("has " + std::to_string(value.size) + " values but " + std::to_string(grad.size) +
+             " gradient entries");
+      if (sized && n != value.size)
+        fail("has a shape that does not match its buffer size " + std::to_string(value.size));
+      if (n == 0) fail("has no elements");
+      if (value.data == nullptr) fail("has a null value pointer");
+      if (grad.data == nullptr) fail("has a null gradient pointer");
+      if (value.data == grad.data) fail("uses the same memory for value and gradient");
+      names_.insert(name);
+      views_.push_back(tensor_view<T>{std::move(name), value.data, grad.data, n, std::move(dims), options,
+                                      value.space, 0u});
+      return views_.back();
     }
-  }
 
-  template <class C>
-  static std::vector<std::size_t> shape_of(const C& c) {
-    if constexpr (requires { c.rows(); c.cols(); })
-      return {static_cast<std::size_t>(c.rows()), static_cast<std::size_t>(c.cols())};
-    else
-      return {static_cast<std::size_t>(c.size())};
-  }
+    template <class C>
+    static void check_contiguous(const std::string& name, const C& c, const char* what) {
+      if constexpr (requires {
+                      c.innerStride();
+                      c.outerStride();
+                      c.innerSize();
+                      c.outerSize();
+                    }) {
+        const bool ok = c.size() == 0 ||
+                        (c.innerStride() == 1 && (c.outerSize() <= 1 || c.outerStride() == c.innerSize()));
+        if (!ok)
+          throw std::invalid_argument("flatmin::param_set: the " + std::string(what) + " of tensor " +
+                                      detail::quote(name) + " is not contiguous (strided Eigen view)");
+      }
+    }
 
-  std::vector<tensor_view<T>> views_;
-  std::vector<lora_pair> pairs_;
-  std::unordered_set<std::string> names_;
+    template <class C>
+    static std::vector<std::size_t> shape_of(const C& c) {
+      if constexpr (requires {
+                      c.rows();
+                      c.cols();
+                    })
+        return {static_cast<std::size_t>(c.rows()), static_cast<std::size_t>(c.cols())};
+      else
+        return {static_cast<std::size_t>(c.size())};
+    }
+
+    std::vector<tensor_view<T>> views_;
+    std::vector<lora_pair> pairs_;
+    std::unordered_set<std::string> names_;
 };
 
 }  // namespace flatmin

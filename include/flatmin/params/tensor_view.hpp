@@ -40,9 +40,9 @@ inline std::uint32_t to_flags(const tensor_options& o) {
 /// A range of integers usable as a shape: `std::vector<std::int64_t>` (libtorch's
 /// `sizes().vec()`), `std::array<int, 2>`, `std::span`, libtorch's `IntArrayRef`, ...
 template <class R>
-concept integer_range = std::ranges::input_range<const R> &&
-                        std::integral<std::ranges::range_value_t<const R>> &&
-                        !std::same_as<std::ranges::range_value_t<const R>, bool>;
+concept integer_range =
+    std::ranges::input_range<const R> && std::integral<std::ranges::range_value_t<const R>> &&
+    !std::same_as<std::ranges::range_value_t<const R>, bool>;
 
 /// A tensor's shape as the caller wrote it, in any integer type. A negative extent is kept (as
 /// `negative()`) rather than thrown here, so that `param_set::add` can name the tensor.
@@ -59,36 +59,33 @@ class tensor_shape {
     assign(dims);
   }
   template <class R>
-    requires integer_range<R> && (!std::same_as<R, tensor_shape>)
-  tensor_shape(const R& dims) {
-    assign(dims);
-  }
+    requires integer_range<R> &&(!std::same_as<R, tensor_shape>)tensor_shape(const R& dims) { assign(dims); }
 
-  const std::vector<std::size_t>& dims() const { return dims_; }
-  bool empty() const { return dims_.empty(); }
-  /// Whether an extent was negative, and the first such value.
-  bool has_negative() const { return has_negative_; }
-  long long negative() const { return negative_; }
+    const std::vector<std::size_t>& dims() const { return dims_; }
+    bool empty() const { return dims_.empty(); }
+    /// Whether an extent was negative, and the first such value.
+    bool has_negative() const { return has_negative_; }
+    long long negative() const { return negative_; }
 
- private:
-  template <class R>
-  void assign(const R& r) {
-    for (const auto d : r) {
-      if constexpr (std::is_signed_v<std::remove_cv_t<decltype(d)>>) {
-        if (d < 0) {
-          if (!has_negative_) negative_ = static_cast<long long>(d);
-          has_negative_ = true;
-          dims_.push_back(0);
-          continue;
+   private:
+    template <class R>
+    void assign(const R& r) {
+      for (const auto d : r) {
+        if constexpr (std::is_signed_v<std::remove_cv_t<decltype(d)>>) {
+          if (d < 0) {
+            if (!has_negative_) negative_ = static_cast<long long>(d);
+            has_negative_ = true;
+            dims_.push_back(0);
+            continue;
+          }
         }
+        dims_.push_back(static_cast<std::size_t>(d));
       }
-      dims_.push_back(static_cast<std::size_t>(d));
     }
-  }
 
-  std::vector<std::size_t> dims_;
-  bool has_negative_ = false;
-  long long negative_ = 0;
+    std::vector<std::size_t> dims_;
+    bool has_negative_ = false;
+    long long negative_ = 0;
 };
 
 /// A non-owning view: `size` contiguous values at `value` and their gradient at `grad`, both in

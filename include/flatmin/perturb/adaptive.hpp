@@ -17,9 +17,9 @@ namespace flatmin::perturb {
 
 struct adaptive {
   static constexpr const char* name = "adaptive";  ///< in checkpoints' composition identity
-  double rho = 0.5;   ///< radius ρ ≥ 0
-  double eta = 0.01;  ///< η ≥ 0
-  double xi = 1e-12;  ///< ξ ≥ 0
+  double rho = 0.5;                                ///< radius ρ ≥ 0
+  double eta = 0.01;                               ///< η ≥ 0
+  double xi = 1e-12;                               ///< ξ ≥ 0
 
   static constexpr bool perturbs = true;
 

@@ -15,8 +15,8 @@ namespace flatmin::perturb {
 
 struct l2 {
   static constexpr const char* name = "l2";  ///< in checkpoints' composition identity
-  double rho = 0.05;  ///< radius ρ ≥ 0
-  double xi = 1e-12;  ///< ξ ≥ 0 added to the norm
+  double rho = 0.05;                         ///< radius ρ ≥ 0
+  double xi = 1e-12;                         ///< ξ ≥ 0 added to the norm
 
   static constexpr bool perturbs = true;
 

@@ -25,8 +25,8 @@ namespace flatmin::perturb {
 
 struct preconditioned {
   static constexpr const char* name = "preconditioned";  ///< in checkpoints' composition identity
-  double rho = 0.05;  ///< radius ρ ≥ 0
-  double xi = 1e-12;  ///< ξ ≥ 0 added to the norm
+  double rho = 0.05;                                     ///< radius ρ ≥ 0
+  double xi = 1e-12;                                     ///< ξ ≥ 0 added to the norm
 
   static constexpr bool perturbs = true;
   /// Checked by `sharpness_aware` against `Base::has_second_moment`.

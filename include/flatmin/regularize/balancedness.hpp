@@ -38,10 +38,10 @@
 namespace flatmin::regularize {
 
 struct balancedness {
-  static constexpr const char* name = "balancedness";  ///< in checkpoints' composition identity
-  double rho = 0.05;   ///< SAM radius whose drift is reproduced, ρ ≥ 0
-  double alpha = 1.0;  ///< multiplier α ≥ 0
-  double xi = 1e-12;   ///< ξ ≥ 0 added to ‖g‖
+  static constexpr const char* name = "balancedness";   ///< in checkpoints' composition identity
+  double rho = 0.05;                                    ///< SAM radius whose drift is reproduced, ρ ≥ 0
+  double alpha = 1.0;                                   ///< multiplier α ≥ 0
+  double xi = 1e-12;                                    ///< ξ ≥ 0 added to ‖g‖
   std::function<double(std::size_t)> alpha_schedule{};  ///< optional factor on α at step t (1-based)
 
   /// Throws std::invalid_argument unless the options are valid for an optimizer computing in T.
@@ -56,8 +56,8 @@ struct balancedness {
   /// α at step t, schedule applied; throws std::invalid_argument for a non-finite or negative value.
   double alpha_at(std::size_t t) const {
     const double a = alpha_schedule ? alpha * alpha_schedule(t) : alpha;
-    detail::check_option(detail::finite(a) && a >= 0, "regularize::balancedness", "alpha * alpha_schedule(t)", a,
-                         "finite and >= 0");
+    detail::check_option(detail::finite(a) && a >= 0, "regularize::balancedness", "alpha * alpha_schedule(t)",
+                         a, "finite and >= 0");
     return a;
   }
 
@@ -74,7 +74,9 @@ struct balancedness {
       std::vector<std::size_t> first(ts.size() + 1, 0);
       for (const auto& s : segs) ++first[s.tensor + 1];
       for (std::size_t t = 0; t < ts.size(); ++t) first[t + 1] += first[t];
-      auto slice = [&](std::size_t t) { return part{first[t], first[t + 1] - first[t], static_cast<std::size_t>(ts[t].size)}; };
+      auto slice = [&](std::size_t t) {
+        return part{first[t], first[t + 1] - first[t], static_cast<std::size_t>(ts[t].size)};
+      };
       for (std::size_t t = 0; t + 1 < ts.size(); ++t)
         if ((ts[t].flags & tensor_flags::lora_a) && (ts[t + 1].flags & tensor_flags::lora_b))
           pairs_.push_back({t, t + 1, slice(t), slice(t + 1)});
@@ -87,7 +89,8 @@ struct balancedness {
       if (pairs_.empty()) return {Backend::data(coef_)};
       const double a = o.alpha_at(t);
       detail::check_derived<T>("regularize::balancedness", "rho * alpha * alpha_schedule(t)", o.rho * a);
-      const double g2 = Backend::template reduce<double>(l.full(), kernels::perturbable_g2_pass<T>{inv_scale});
+      const double g2 =
+          Backend::template reduce<double>(l.full(), kernels::perturbable_g2_pass<T>{inv_scale});
       const double gn = std::sqrt(g2) + o.xi;
       const auto full = l.full();
       for (std::size_t p = 0; p < pairs_.size(); ++p) {

@@ -37,14 +37,14 @@
 #include <span>
 #include <vector>
 
-#include "../config.hpp"
 #include "../concepts/objective.hpp"
+#include "../config.hpp"
 
 namespace flatmin::select {
 
 struct sharpness_sensitive {
   static constexpr const char* name = "sharpness_sensitive";  ///< in checkpoints' composition identity
-  double gamma = 0.5;  ///< fraction of the batch kept for the second gradient
+  double gamma = 0.5;          ///< fraction of the batch kept for the second gradient
   bool strict_cutoff = false;  ///< the official selection: increases above the ⌊γ|B|⌋-th largest
 
   /// Throws std::invalid_argument unless γ is in (0, 1] (T: the optimizer's type; γ is used in double).
@@ -64,10 +64,11 @@ struct sharpness_sensitive {
   /// Closure protocol, first call: per-sample losses at w and the batch gradient.
   template <class O>
   double first_gradient(O& obj) {
-    static_assert(sample_objective<O>,
-                  "flatmin::select::sharpness_sensitive (ESAM data selection) needs a flatmin::sample_objective: "
-                  "the objective must provide batch_size(), losses_and_gradient(std::span<double>), "
-                  "losses(std::span<double>) and subset_gradient(std::span<const std::size_t>)");
+    static_assert(
+        sample_objective<O>,
+        "flatmin::select::sharpness_sensitive (ESAM data selection) needs a flatmin::sample_objective: "
+        "the objective must provide batch_size(), losses_and_gradient(std::span<double>), "
+        "losses(std::span<double>) and subset_gradient(std::span<const std::size_t>)");
     if constexpr (sample_objective<O>) {
       before_.assign(static_cast<std::size_t>(obj.batch_size()), 0.0);
       return static_cast<double>(obj.losses_and_gradient(std::span<double>(before_)));
@@ -79,8 +80,9 @@ struct sharpness_sensitive {
   /// Closure protocol, second call: losses at w + ε, selection, gradient on the selected samples.
   template <class O>
   void second_gradient(O& obj) {
-    static_assert(sample_objective<O>,
-                  "flatmin::select::sharpness_sensitive (ESAM data selection) needs a flatmin::sample_objective");
+    static_assert(
+        sample_objective<O>,
+        "flatmin::select::sharpness_sensitive (ESAM data selection) needs a flatmin::sample_objective");
     if constexpr (sample_objective<O>) {
       after_.assign(before_.size(), 0.0);
       obj.losses(std::span<double>(after_));
@@ -105,7 +107,9 @@ struct sharpness_sensitive {
     std::iota(selected_.begin(), selected_.end(), std::size_t{0});
     auto first = [&](std::size_t a, std::size_t b) { return inc[a] > inc[b] || (inc[a] == inc[b] && a < b); };
     if (strict_cutoff && gamma < 0.99) return select_strict(inc, first);
-    if (k < n) std::nth_element(selected_.begin(), selected_.begin() + static_cast<std::ptrdiff_t>(k), selected_.end(), first);
+    if (k < n)
+      std::nth_element(selected_.begin(), selected_.begin() + static_cast<std::ptrdiff_t>(k), selected_.end(),
+                       first);
     selected_.resize(k);
     std::sort(selected_.begin(), selected_.end());
     return selected_;

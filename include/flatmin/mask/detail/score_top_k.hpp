@@ -118,7 +118,8 @@ struct band_code {
       count = _mm_add_epi32(count, _mm_shuffle_epi32(count, 0xb1));
       backend::code_group c{static_cast<std::uint32_t>(_mm_cvtsi128_si32(count)), 0u};
       if (_mm_movemask_ps(any) != 0)
-        for (unsigned q = 0; q < 8; ++q) c.twos |= static_cast<std::uint32_t>(_mm_movemask_ps(in[q])) << (4 * q);
+        for (unsigned q = 0; q < 8; ++q)
+          c.twos |= static_cast<std::uint32_t>(_mm_movemask_ps(in[q])) << (4 * q);
       return c;
     }
 #endif
@@ -189,20 +190,24 @@ std::optional<score_selection<T>> bracketed(const T* score, std::size_t n, std::
   }
   if (rl < m) {
     const auto i = static_cast<std::size_t>(rl);
-    std::nth_element(c.begin() + static_cast<std::ptrdiff_t>(from), c.begin() + static_cast<std::ptrdiff_t>(i), c.end(), desc);
+    std::nth_element(c.begin() + static_cast<std::ptrdiff_t>(from),
+                     c.begin() + static_cast<std::ptrdiff_t>(i), c.end(), desc);
     lo = c[i];
   }
   const double expect = (rl - std::max(rh, -1.0)) * static_cast<double>(n) / static_cast<double>(S);
   const auto cap = static_cast<std::size_t>(2.0 * expect) + 4096;
   if (cap > n / 4) return std::nullopt;  // not a narrow band: radix selection is as cheap
   auto band = Backend::template make_vector<std::uint64_t>(cap);
-  const backend::count_collect_result cc = Backend::count_and_collect(n, band_code<T>{score, lo, hi}, Backend::data(band), cap);
+  const backend::count_collect_result cc =
+      Backend::count_and_collect(n, band_code<T>{score, lo, hi}, Backend::data(band), cap);
   if (cc.collected > cap || cc.counted >= k || cc.counted + cc.collected < k) return std::nullopt;
-  const auto need = static_cast<std::size_t>(k - cc.counted), in_band = static_cast<std::size_t>(cc.collected);
+  const auto need = static_cast<std::size_t>(k - cc.counted),
+             in_band = static_cast<std::size_t>(cc.collected);
   auto value = Backend::template make_vector<T>(in_band);
   Backend::for_each_index(in_band, gather_band<T>{score, Backend::data(band), Backend::data(value)});
   const auto sel = top_k<Backend>(in_band, need, band_key<T>{Backend::data(value)}, float_key_bits<T>);
-  if (sel.all) return score_selection<T>{score, lo, ~std::uint64_t{0}, false, true};  // the whole band and above: s ≥ lo
+  if (sel.all)
+    return score_selection<T>{score, lo, ~std::uint64_t{0}, false, true};  // the whole band and above: s ≥ lo
   std::uint64_t last = ~std::uint64_t{0};
   if (sel.last_tie != last) {
     auto one = Backend::template make_vector<std::uint64_t>(1);

@@ -135,7 +135,8 @@ selection<Key> top_k(std::size_t n, std::size_t k, const Key& key, unsigned key_
   for (unsigned rest = index_bits; rest > 0;) {
     const unsigned width = rest < digit_bits ? rest : digit_bits, shift = rest - width;
     const std::uint32_t bins = 1u << width;
-    const auto h = Backend::histogram(n, bins, digit_of_tied_index<Key>{key, prefix, iprefix, high_mask(rest), shift, bins});
+    const auto h = Backend::histogram(
+        n, bins, digit_of_tied_index<Key>{key, prefix, iprefix, high_mask(rest), shift, bins});
     std::uint64_t below = 0;
     std::uint32_t d = 0;
     for (; d + 1 < bins; ++d) {

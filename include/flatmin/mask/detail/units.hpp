@@ -57,7 +57,10 @@ struct unit_view {
     std::uint32_t lo = 0, hi = tensor_count;  // the last t with unit_base[t] <= u
     while (hi - lo > 1) {
       const std::uint32_t mid = (lo + hi) / 2;
-      if (unit_base[mid] <= u) lo = mid; else hi = mid;
+      if (unit_base[mid] <= u)
+        lo = mid;
+      else
+        hi = mid;
     }
     return lo;
   }
@@ -74,7 +77,9 @@ struct unit_view {
 };
 
 /// Reads one bit per unit.
-FLATMIN_HD inline bool test_bit(const std::uint32_t* bits, std::size_t u) { return (bits[u >> 5] >> (u & 31)) & 1u; }
+FLATMIN_HD inline bool test_bit(const std::uint32_t* bits, std::size_t u) {
+  return (bits[u >> 5] >> (u & 31)) & 1u;
+}
 
 /// Whether a tensor's entries are candidates of a sparse mask (perturbed and eligible).
 FLATMIN_HD inline bool candidate_flags(std::uint32_t f) {
@@ -84,7 +89,8 @@ FLATMIN_HD inline bool candidate_flags(std::uint32_t f) {
 /// Checks a block size option: 1 (elements) or a power of two in [2, 1024].
 inline void check_block(const char* where, std::size_t block) {
   flatmin::detail::check_option(block >= 1 && block <= 1024 && (block & (block - 1)) == 0, where, "block",
-                                static_cast<double>(block), "1 (element granularity) or a power of two <= 1024");
+                                static_cast<double>(block),
+                                "1 (element granularity) or a power of two <= 1024");
 }
 
 /// Host side of the units of one layout: the tables above in backend memory, and counts.
@@ -100,9 +106,15 @@ class units {
     for (std::size_t t = 0; t < ts.size(); ++t) {
       std::uint64_t n = 0;
       switch (kind) {
-        case unit_kind::element: n = ts[t].size; break;
-        case unit_kind::block: n = (ts[t].size + block - 1) / block; break;
-        case unit_kind::tensor: n = 1; break;
+        case unit_kind::element:
+          n = ts[t].size;
+          break;
+        case unit_kind::block:
+          n = (ts[t].size + block - 1) / block;
+          break;
+        case unit_kind::tensor:
+          n = 1;
+          break;
       }
       base[t + 1] = base[t] + n;
       if (candidate_flags(ts[t].flags)) {
@@ -130,8 +142,12 @@ class units {
   }
 
   unit_view<T> view(const backend::layout<T, Backend>& l) const {
-    return {l.tensors(), Backend::data(chunks_), Backend::data(base_),
-            static_cast<std::uint32_t>(host_base_.size() - 1), shift_, kind_ == unit_kind::element};
+    return {l.tensors(),
+            Backend::data(chunks_),
+            Backend::data(base_),
+            static_cast<std::uint32_t>(host_base_.size() - 1),
+            shift_,
+            kind_ == unit_kind::element};
   }
   unit_kind kind() const { return kind_; }
   std::size_t count() const { return count_; }
@@ -218,7 +234,8 @@ class compact_range {
     for (std::uint32_t t = 0; t < ts.size(); ++t) {
       if (!(ts[t].flags & tensor_flags::perturb)) continue;
       if (!(ts[t].flags & tensor_flags::mask_eligible)) {
-        for (std::uint64_t b = 0; b < ts[t].size; b += S) push(t, b, std::min<std::uint64_t>(S, ts[t].size - b));
+        for (std::uint64_t b = 0; b < ts[t].size; b += S)
+          push(t, b, std::min<std::uint64_t>(S, ts[t].size - b));
         continue;
       }
       const std::uint64_t ulen = u.kind() == unit_kind::tensor ? ts[t].size : u.block();
@@ -234,7 +251,8 @@ class compact_range {
     count_ = list.size();
   }
   /// Builds the list from mask bits (one per unit, in backend memory).
-  void build_from_bits(const units<T, Backend>& u, const typename Backend::template vector<std::uint32_t>& bits) {
+  void build_from_bits(const units<T, Backend>& u,
+                       const typename Backend::template vector<std::uint32_t>& bits) {
     const auto h = Backend::to_host(bits);
     build(u, [&](std::size_t k) { return test_bit(h.data(), k); });
   }
@@ -244,7 +262,9 @@ class compact_range {
     std::swap(count_, o.count_);
     std::swap(elements_, o.elements_);
   }
-  backend::pass_range<T> range(const backend::layout<T, Backend>& l) const { return l.over(segs_, count_, elements_); }
+  backend::pass_range<T> range(const backend::layout<T, Backend>& l) const {
+    return l.over(segs_, count_, elements_);
+  }
   std::size_t elements() const { return elements_; }
   std::size_t bytes() const { return segs_.size() * sizeof(backend::segment); }
 
@@ -344,12 +364,11 @@ struct clear_scores {
 template <class T, class Backend>
 std::size_t add_scores(const backend::layout<T, Backend>& l, const units<T, Backend>& u, T* out,
                        const T* from, T inv_scale, score_of what, bool check_all = false) {
-  const double bad =
-      u.kind() == unit_kind::element
-          ? Backend::template reduce<double>(l.full(),
-                                             element_scores<T>{out, from, inv_scale, what, check_all})
-          : Backend::template reduce_index<double>(
-                u.count(), block_scores<T>{u.view(l), out, from, inv_scale, what, check_all});
+  const double bad = u.kind() == unit_kind::element
+                         ? Backend::template reduce<double>(
+                               l.full(), element_scores<T>{out, from, inv_scale, what, check_all})
+                         : Backend::template reduce_index<double>(
+                               u.count(), block_scores<T>{u.view(l), out, from, inv_scale, what, check_all});
   return static_cast<std::size_t>(bad);
 }
 
@@ -457,7 +476,6 @@ struct either {
   FLATMIN_HD bool operator()(std::size_t u) const { return a(u) || b(u); }
 };
 
-
 /// Host side of mask introspection: the mask of tensor t, one byte per entry (1: ε may be non-zero
 /// there), from `on(u)` per unit of an eligible tensor; entries of perturbed, ineligible tensors
 /// are 1 (always perturbed), entries of tensors that are not perturbed 0.
@@ -504,7 +522,10 @@ void set_entry_mask(const units<T, Backend>& u, std::vector<std::uint32_t>& bits
   for (std::uint64_t j = 0; j < r.size; j += len) {
     const std::uint64_t k = base + j / len;
     const std::uint32_t bit = 1u << (k & 31);
-    if (mask[j]) bits[k >> 5] |= bit; else bits[k >> 5] &= ~bit;
+    if (mask[j])
+      bits[k >> 5] |= bit;
+    else
+      bits[k >> 5] &= ~bit;
   }
 }
 
