@@ -489,7 +489,9 @@ TEST_CASE_TEMPLATE("checkpoint: corrupted checkpoints are rejected, the optimize
         {edit(map.at("fisher.acc").count_at, 8, ~std::uint64_t{0}), "saved 18446744073709551615"},
         {edit(map.at("fisher.bits").count_at, 8, std::uint64_t{1} << 62), "saved 4611686018427387904"},
     };
-    for (const auto& [blob, expect] : cases) {
+    for (const auto& c : cases) {  // no structured binding: CAPTURE's lambda names it (clang 14)
+      const std::string& blob = c.first;
+      const char* expect = c.second;
       rejected(victim, vm, blob, expect);
       const std::size_t bytes = bytes_during_failed_load(victim, blob);
       CAPTURE(expect);
