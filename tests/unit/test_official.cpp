@@ -18,6 +18,7 @@
 
 #include "support/backends.hpp"
 #include "support/problems.hpp"
+#include "support/trajectory.hpp"
 
 namespace {
 using vec = std::vector<double>;
@@ -111,7 +112,7 @@ double norm_of_tensor_norms(const vec& v) {
 }
 bool is_weight(std::size_t j) { return (j >= mlp::w1 && j < mlp::b1) || (j >= mlp::w2 && j < mlp::b2); }
 
-using trajectory = std::vector<vec>;
+using flatmin_test::trajectory;
 
 // ---------------------------------------------------------------------------------------------
 // The library side: the same MLP behind a param_set named as PyTorch names it.
@@ -163,37 +164,8 @@ trajectory run_library(Opt& opt, flatmin_test::model<double>& m, const mlp& f) {
   return out;
 }
 
-/// Largest elementwise error over a trajectory in units of rtol · max(|want|, rms(want)), the
-/// measure of flatmin_test::compare (≤ 1: within the tolerance).
-double worst(const trajectory& got, const trajectory& want, double tol) {
-  REQUIRE(got.size() == want.size());
-  double w = 0;
-  for (std::size_t s = 0; s < got.size(); ++s) {
-    REQUIRE(got[s].size() == want[s].size());
-    double rms = 0;
-    for (double v : want[s]) rms += v * v;
-    rms = std::sqrt(rms / static_cast<double>(want[s].size()));
-    for (std::size_t j = 0; j < got[s].size(); ++j) {
-      const double e = std::fabs(got[s][j] - want[s][j]) / (tol * std::max(std::fabs(want[s][j]), rms));
-      w = std::isnan(e) ? HUGE_VAL : std::max(w, e);
-    }
-  }
-  return w;
-}
-
-#define CHECK_TRAJECTORY(GOT_, WANT_)                                                          \
-  do {                                                                                         \
-    const double fm_worst_ = worst((GOT_), (WANT_), rtol);                                     \
-    INFO("worst error / (1e-9 relative): " << fm_worst_);                                      \
-    CHECK(fm_worst_ <= 1.0);                                                                   \
-  } while (0)
-// The library's default departs: its trajectory is off by far more than the tolerance.
-#define CHECK_DEPARTS(GOT_, WANT_)                                                             \
-  do {                                                                                         \
-    const double fm_worst_ = worst((GOT_), (WANT_), rtol);                                     \
-    INFO("default composition's worst error / (1e-9 relative): " << fm_worst_);                \
-    CHECK(fm_worst_ > 100.0);                                                                  \
-  } while (0)
+#define CHECK_TRAJECTORY(GOT_, WANT_) CHECK_TRAJECTORY_WITHIN(GOT_, WANT_, rtol)
+#define CHECK_DEPARTS(GOT_, WANT_) CHECK_DEPARTS_BEYOND(GOT_, WANT_, rtol)
 
 // ---------------------------------------------------------------------------------------------
 // Re-derivations of the official codes (float64, SGD as the base: p ← p − lr g_adv, as

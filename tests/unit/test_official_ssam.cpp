@@ -17,10 +17,11 @@
 
 #include "support/backends.hpp"
 #include "support/problems.hpp"
+#include "support/trajectory.hpp"
 
 namespace {
 using vec = std::vector<double>;
-using trajectory = std::vector<vec>;
+using flatmin_test::trajectory;
 
 constexpr double loss_scale = 1e-6;
 constexpr int steps = 60;
@@ -96,36 +97,8 @@ double norm(const vec& v) {
   return std::sqrt(s);
 }
 
-/// Largest elementwise error over a trajectory in units of tol · max(|want|, rms(want)) (≤ 1:
-/// within the tolerance), the measure of test_official.cpp.
-double worst(const trajectory& got, const trajectory& want, double tol) {
-  REQUIRE(got.size() == want.size());
-  double w = 0;
-  for (std::size_t s = 0; s < got.size(); ++s) {
-    REQUIRE(got[s].size() == want[s].size());
-    double rms = 0;
-    for (double v : want[s]) rms += v * v;
-    rms = std::sqrt(rms / static_cast<double>(want[s].size()));
-    for (std::size_t j = 0; j < got[s].size(); ++j) {
-      const double e = std::fabs(got[s][j] - want[s][j]) / (tol * std::max(std::fabs(want[s][j]), rms));
-      w = std::isnan(e) ? HUGE_VAL : std::max(w, e);
-    }
-  }
-  return w;
-}
-
-#define CHECK_TRAJECTORY(GOT_, WANT_)                      \
-  do {                                                     \
-    const double fm_worst_ = worst((GOT_), (WANT_), rtol); \
-    INFO("worst error / (1e-9 relative): " << fm_worst_);  \
-    CHECK(fm_worst_ <= 1.0);                               \
-  } while (0)
-#define CHECK_DEPARTS(GOT_, WANT_)                                              \
-  do {                                                                          \
-    const double fm_worst_ = worst((GOT_), (WANT_), rtol);                      \
-    INFO("default composition's worst error / (1e-9 relative): " << fm_worst_); \
-    CHECK(fm_worst_ > 100.0);                                                   \
-  } while (0)
+#define CHECK_TRAJECTORY(GOT_, WANT_) CHECK_TRAJECTORY_WITHIN(GOT_, WANT_, rtol)
+#define CHECK_DEPARTS(GOT_, WANT_) CHECK_DEPARTS_BEYOND(GOT_, WANT_, rtol)
 
 flatmin_test::layout_spec mlp_layout() {
   return {{"fc1.weight", {mlp::H, mlp::D}},

@@ -351,13 +351,6 @@ struct block_scores {
   }
 };
 
-/// Starts a sum over steps: 0 for candidate units, −1 for the others.
-template <class T>
-struct clear_scores {
-  T* acc;
-  FLATMIN_HD void operator()(std::size_t u) const { acc[u] = acc[u] < T(0) ? T(-1) : T(0); }
-};
-
 /// out = from + the scores of the current gradient (one per unit), or the scores alone when
 /// `from` is null. One pass; returns the number of non-finite scores (units whose g had a NaN or
 /// Inf, or overflowed), and with `check_all` of units of other tensors whose g had one.
