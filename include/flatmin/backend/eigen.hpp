@@ -98,19 +98,19 @@ struct eigen {
     to.assign(from.begin(), from.end());
   }
 
-  /// Runs `f(elem<T>)` for every element of the range, or `f.segment(view, slot)` per segment when
-  /// the functor has that form (its saved slot of the segment's first element as `slot`).
-  template <class T, class F>
-  static void for_each(const pass_range<T>& r, const F& f) {
+  /// Runs `f(elem<W, G>)` for every element of the range, or `f.segment(view, slot)` per segment
+  /// when the functor has that form (its saved slot of the segment's first element as `slot`).
+  template <class W, class G, class F>
+  static void for_each(const pass_range<W, G>& r, const F& f) {
     const auto nseg = static_cast<std::ptrdiff_t>(r.count);
-    const tensor_rec<T>* tensors = r.tensors;
+    const tensor_rec<W, G>* tensors = r.tensors;
     const segment* segs = r.segments;
 #if defined(_OPENMP)
 #pragma omp parallel for schedule(static) if (r.elements >= parallel_threshold)
 #endif
     for (std::ptrdiff_t s = 0; s < nseg; ++s) {
       if (s + 1 < nseg) prefetch_segment(tensors, segs[s + 1]);
-      if constexpr (requires(const segment_view<T>& v, std::uint64_t slot) { f.segment(v, slot); }) {
+      if constexpr (requires(const segment_view<W, G>& v, std::uint64_t slot) { f.segment(v, slot); }) {
         // a kernel's own form over a whole segment (kernels/sam_passes.hpp: element bit masks)
         const F fs = f;
         fs.segment(view_of(tensors, segs[s], segs[s].len), segs[s].slot);
@@ -126,15 +126,15 @@ struct eigen {
   /// 4.3 ms: bench/RESULTS.md). It does not change any segment's summation order.
   static constexpr std::uint32_t reduction_group = 4;
 
-  /// Sum over the range of `f(elem<T>) -> R` (R has `+` and value-initialises to zero).
-  template <class R, class T, class F>
-  static R reduce(const pass_range<T>& r, const F& f) {
+  /// Sum over the range of `f(elem<W, G>) -> R` (R has `+` and value-initialises to zero).
+  template <class R, class W, class G, class F>
+  static R reduce(const pass_range<W, G>& r, const F& f) {
     const auto nseg = static_cast<std::ptrdiff_t>(r.count);
     if (nseg == 0) return R{};
-    const tensor_rec<T>* tensors = r.tensors;
+    const tensor_rec<W, G>* tensors = r.tensors;
     const segment* segs = r.segments;
     std::vector<R>& partial = scratch<R>(static_cast<std::size_t>(nseg));
-    if constexpr (requires(const segment_view<T>(&v)[reduction_group], R(&out)[reduction_group]) {
+    if constexpr (requires(const segment_view<W, G>(&v)[reduction_group], R(&out)[reduction_group]) {
                     f.segments(v, out);
                   }) {
       // a kernel may offer a form over a group of segments written for SIMD
@@ -143,7 +143,7 @@ struct eigen {
 #pragma omp parallel for schedule(static) if (r.elements >= parallel_threshold)
 #endif
       for (std::ptrdiff_t q = 0; q < ngroups; ++q) {
-        segment_view<T> v[reduction_group];
+        segment_view<W, G> v[reduction_group];
         R out[reduction_group];
         const std::ptrdiff_t first = q * reduction_group;
         for (std::uint32_t m = 0; m < reduction_group; ++m) {
@@ -340,22 +340,24 @@ struct eigen {
   }
 
   /// Segment s resolved to its tensor's memory, `len` entries of it (the group forms' view).
-  template <class T>
-  static segment_view<T> view_of(const tensor_rec<T>* tensors, const segment& s, std::uint32_t len) {
-    const tensor_rec<T>& t = tensors[s.tensor];
+  template <class W, class G>
+  static segment_view<W, G> view_of(const tensor_rec<W, G>* tensors, const segment& s, std::uint32_t len) {
+    const tensor_rec<W, G>& t = tensors[s.tensor];
     return {t.w + s.local, t.g + s.local, len, t.flags, s.index};
   }
 
   /// Asks for the first lines of a segment's w and g before its turn: the active blocks of a
   /// sparse mask are short runs scattered over memory, which the hardware prefetchers, starting
   /// afresh at every run, would otherwise fetch one miss at a time.
-  template <class T>
-  static void prefetch_segment(const tensor_rec<T>* tensors, const segment& s) {
+  template <class W, class G>
+  static void prefetch_segment(const tensor_rec<W, G>* tensors, const segment& s) {
 #if defined(__GNUC__)
-    const tensor_rec<T>& t = tensors[s.tensor];
+    const tensor_rec<W, G>& t = tensors[s.tensor];
     const char* w = reinterpret_cast<const char*>(t.w + s.local);
     const char* g = reinterpret_cast<const char*>(t.g + s.local);
-    const std::size_t bytes = std::min<std::size_t>(std::size_t{s.len} * sizeof(T), 1024);
+    // the wider type's extent (a prefetch past the end of the narrower run does not fault)
+    constexpr std::size_t size = sizeof(W) > sizeof(G) ? sizeof(W) : sizeof(G);
+    const std::size_t bytes = std::min<std::size_t>(std::size_t{s.len} * size, 1024);
     for (std::size_t b = 0; b < bytes; b += 64) {
       __builtin_prefetch(w + b, 1);
       __builtin_prefetch(g + b, 0);
@@ -366,23 +368,24 @@ struct eigen {
 #endif
   }
 
-  template <class T, class F>
-  static void run_segment(const tensor_rec<T>* tensors, const segment& s, const F& fn) {
+  template <class W, class G, class F>
+  static void run_segment(const tensor_rec<W, G>* tensors, const segment& s, const F& fn) {
     const F f =
         fn;  // a local copy: the stores through w / g cannot alias its fields, so they stay in registers
-    const tensor_rec<T>& t = tensors[s.tensor];
-    T* FLATMIN_RESTRICT w = t.w + s.local;
-    T* FLATMIN_RESTRICT g = t.g + s.local;
+    const tensor_rec<W, G>& t = tensors[s.tensor];
+    W* FLATMIN_RESTRICT w = t.w + s.local;
+    G* FLATMIN_RESTRICT g = t.g + s.local;
     const std::uint32_t flags = t.flags;
     const std::uint32_t len = s.len;
-    for (std::uint32_t j = 0; j < len; ++j) f(elem<T>{w[j], g[j], s.index + j, s.slot + j, s.tensor, flags});
+    for (std::uint32_t j = 0; j < len; ++j)
+      f(elem<W, G>{w[j], g[j], s.index + j, s.slot + j, s.tensor, flags});
   }
 
-  template <class R, class T, class F>
-  static R reduce_segment(const tensor_rec<T>* tensors, const segment& s, const F& f) {
-    const tensor_rec<T>& t = tensors[s.tensor];
-    T* w = t.w + s.local;
-    T* g = t.g + s.local;
+  template <class R, class W, class G, class F>
+  static R reduce_segment(const tensor_rec<W, G>* tensors, const segment& s, const F& f) {
+    const tensor_rec<W, G>& t = tensors[s.tensor];
+    W* w = t.w + s.local;
+    G* g = t.g + s.local;
     const std::uint32_t flags = t.flags;
     const std::uint32_t len = s.len;
     constexpr std::uint32_t K = reduction_strands;  // the shared summation order (layout.hpp)
@@ -390,8 +393,8 @@ struct eigen {
     std::uint32_t j = 0;
     for (; j + K <= len; j += K)
       for (std::uint32_t r = 0; r < K; ++r)
-        a[r] = a[r] + f(elem<T>{w[j + r], g[j + r], s.index + j + r, s.slot + j + r, s.tensor, flags});
-    for (; j < len; ++j) a[0] = a[0] + f(elem<T>{w[j], g[j], s.index + j, s.slot + j, s.tensor, flags});
+        a[r] = a[r] + f(elem<W, G>{w[j + r], g[j + r], s.index + j + r, s.slot + j + r, s.tensor, flags});
+    for (; j < len; ++j) a[0] = a[0] + f(elem<W, G>{w[j], g[j], s.index + j, s.slot + j, s.tensor, flags});
     return combine_strands<K>(a);
   }
 };

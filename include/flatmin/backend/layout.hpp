@@ -37,11 +37,20 @@ FLATMIN_HD inline R combine_strands(R* a) {
   return a[0];
 }
 
-/// One tensor as the kernels see it.
-template <class T>
+/// Where a tensor lies in the global index space, without its memory: what a mask's unit lookups
+/// read (the same for every element type).
+struct tensor_extent {
+  std::uint64_t offset;  ///< global index of element 0
+  std::uint64_t size;
+  std::uint32_t flags;  ///< `tensor_flags` bits
+  std::uint32_t pad;
+};
+
+/// One tensor as the kernels see it: weights of type W, gradients of type G.
+template <class W, class G = W>
 struct tensor_rec {
-  T* w;                  ///< user values
-  T* g;                  ///< user gradients
+  W* w;                  ///< user values
+  G* g;                  ///< user gradients
   std::uint64_t offset;  ///< global index of element 0
   std::uint64_t size;
   std::uint32_t flags;  ///< `tensor_flags` bits
@@ -60,11 +69,12 @@ struct segment {
 };
 
 /// What a kernel is handed for each element: references to the user's value and gradient, the
-/// global index `i`, the compact slot `k`, the tensor's index and flags.
-template <class T>
+/// global index `i`, the compact slot `k`, the tensor's index and flags. A kernel converts w and g
+/// to its compute type when W or G is another type.
+template <class W, class G = W>
 struct elem {
-  T& w;
-  T& g;
+  W& w;
+  G& g;
   std::size_t i;
   std::size_t k;
   std::uint32_t tensor;
@@ -73,10 +83,10 @@ struct elem {
 
 /// One segment resolved to its tensor's memory, as a host fast path sees it
 /// (kernels::check_pass::segments).
-template <class T>
+template <class W, class G = W>
 struct segment_view {
-  T* w;
-  T* g;
+  W* w;
+  G* g;
   std::uint32_t len;
   std::uint32_t flags;
   std::uint64_t index;  ///< global index of the first element
@@ -96,18 +106,18 @@ struct code_group {
 };
 
 /// A pass: a tensor table and a segment list, both in the backend's memory.
-template <class T>
+template <class W, class G = W>
 struct pass_range {
-  const tensor_rec<T>* tensors = nullptr;
+  const tensor_rec<W, G>* tensors = nullptr;
   const segment* segments = nullptr;
   std::size_t count = 0;     ///< number of segments
   std::size_t elements = 0;  ///< total elements over the segments
 };
 
 /// Host-side tensor table of a `param_set`.
-template <class T>
-std::vector<tensor_rec<T>> make_tensor_table(const param_set<T>& ps) {
-  std::vector<tensor_rec<T>> t;
+template <class W, class G>
+std::vector<tensor_rec<W, G>> make_tensor_table(const param_set<W, G>& ps) {
+  std::vector<tensor_rec<W, G>> t;
   t.reserve(ps.size());
   std::uint64_t off = 0;
   for (const auto& v : ps.tensors()) {
@@ -118,8 +128,8 @@ std::vector<tensor_rec<T>> make_tensor_table(const param_set<T>& ps) {
 }
 
 /// Cuts every tensor into segments of at most `seg` elements (dense storage: slot == index).
-template <class T>
-std::vector<segment> make_segments(const std::vector<tensor_rec<T>>& tensors, std::size_t seg) {
+template <class W, class G>
+std::vector<segment> make_segments(const std::vector<tensor_rec<W, G>>& tensors, std::size_t seg) {
   std::vector<segment> s;
   for (std::uint32_t t = 0; t < tensors.size(); ++t)
     for (std::uint64_t b = 0; b < tensors[t].size; b += seg) {
@@ -133,42 +143,87 @@ std::vector<segment> make_segments(const std::vector<tensor_rec<T>>& tensors, st
 
 namespace flatmin::backend {
 
+/// `Backend` for a policy whose state type T is not the element type of the user's weights (W) or
+/// gradients (G): the optimizer instantiates its policies' states as `state<T, with_elements<
+/// Backend, W, G>>` then, and as `state<T, Backend>` when W = G = T. It is `Backend` in all but
+/// the element types its `layout` binds (`weight_of`, `grad_of`).
+template <class Backend, class W, class G>
+struct with_elements : Backend {
+  using base_backend = Backend;
+};
+
+/// The element types a layout of (T, Backend) binds: T for both, unless Backend says otherwise.
+template <class T, class Backend>
+struct element_types {
+  using weight = T;
+  using grad = T;
+};
+template <class T, class Backend, class W, class G>
+struct element_types<T, with_elements<Backend, W, G>> {
+  using weight = W;
+  using grad = G;
+};
+template <class T, class Backend>
+using weight_of = typename element_types<T, Backend>::weight;
+template <class T, class Backend>
+using grad_of = typename element_types<T, Backend>::grad;
+/// What a policy of (T, Backend) is handed: the range of a pass and an element.
+template <class T, class Backend>
+using range_of = pass_range<weight_of<T, Backend>, grad_of<T, Backend>>;
+template <class T, class Backend>
+using elem_of = elem<weight_of<T, Backend>, grad_of<T, Backend>>;
+
 /// A `param_set` bound to a backend: the tensor table and the full segment list in the backend's
-/// memory, plus their host copies. Built once when an optimizer is constructed.
+/// memory, plus their host copies. Built once when an optimizer is constructed. T is the state
+/// type of the policies that use it; the user's element types are `weight_type` and `grad_type`.
 template <class T, class Backend>
 class layout {
  public:
-  explicit layout(const param_set<T>& ps)
+  using weight_type = weight_of<T, Backend>;
+  using grad_type = grad_of<T, Backend>;
+  using rec_type = tensor_rec<weight_type, grad_type>;
+  using range_type = pass_range<weight_type, grad_type>;
+
+  explicit layout(const param_set<weight_type, grad_type>& ps)
       : host_tensors_(make_tensor_table(ps)),
         host_segments_(make_segments(host_tensors_, Backend::segment_size)),
         tensors_(Backend::from_host(host_tensors_)),
         segments_(Backend::from_host(host_segments_)) {
-    for (const auto& t : host_tensors_) n_ += t.size;
+    for (const auto& t : host_tensors_) {
+      n_ += t.size;
+      host_extents_.push_back({t.offset, t.size, t.flags, 0u});
+    }
+    extents_ = Backend::from_host(host_extents_);
   }
 
   /// Total number of scalars (the size of the global index space).
   std::size_t numel() const { return n_; }
   std::size_t tensor_count() const { return host_tensors_.size(); }
-  const std::vector<tensor_rec<T>>& host_tensors() const { return host_tensors_; }
+  const std::vector<rec_type>& host_tensors() const { return host_tensors_; }
   const std::vector<segment>& host_segments() const { return host_segments_; }
-  const tensor_rec<T>* tensors() const { return Backend::data(tensors_); }
+  const rec_type* tensors() const { return Backend::data(tensors_); }
+  /// The tensors' extents, in the backend's memory and on the host.
+  const tensor_extent* extents() const { return Backend::data(extents_); }
+  const std::vector<tensor_extent>& host_extents() const { return host_extents_; }
 
   /// Every element of every tensor, dense slots.
-  pass_range<T> full() const {
+  range_type full() const {
     return {Backend::data(tensors_), Backend::data(segments_), host_segments_.size(), n_};
   }
 
   /// A range over another segment list (in the backend's memory) of this layout.
-  pass_range<T> over(const typename Backend::template vector<segment>& segs, std::size_t count,
+  range_type over(const typename Backend::template vector<segment>& segs, std::size_t count,
                      std::size_t elements) const {
     return {Backend::data(tensors_), Backend::data(segs), count, elements};
   }
 
  private:
-  std::vector<tensor_rec<T>> host_tensors_;
+  std::vector<rec_type> host_tensors_;
   std::vector<segment> host_segments_;
-  typename Backend::template vector<tensor_rec<T>> tensors_;
+  typename Backend::template vector<rec_type> tensors_;
   typename Backend::template vector<segment> segments_;
+  std::vector<tensor_extent> host_extents_;
+  typename Backend::template vector<tensor_extent> extents_;
   std::size_t n_ = 0;
 };
 

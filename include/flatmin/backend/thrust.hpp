@@ -82,41 +82,41 @@ static_assert(strands >= 1 && (strands & (strands - 1)) == 0 && strands <= 64,
               "FLATMIN_THRUST_STRANDS: a power of two <= 64");
 
 /// f(elem) for lane v % S of segment v / S.
-template <class T, class F>
+template <class W, class G, class F>
 struct segment_lanes {
-  const tensor_rec<T>* tensors;
+  const tensor_rec<W, G>* tensors;
   const segment* segs;
   F f;
   FLATMIN_HD void operator()(std::size_t v) const {
     const segment& s = segs[v >> log2_segment];
     const auto lane = static_cast<std::uint32_t>(v & (segment_size - 1));
     if (lane >= s.len) return;
-    const tensor_rec<T>& t = tensors[s.tensor];
-    f(elem<T>{t.w[s.local + lane], t.g[s.local + lane], s.index + lane, s.slot + lane, s.tensor, t.flags});
+    const tensor_rec<W, G>& t = tensors[s.tensor];
+    f(elem<W, G>{t.w[s.local + lane], t.g[s.local + lane], s.index + lane, s.slot + lane, s.tensor, t.flags});
   }
 };
 
 /// Strand r = u % K of segment u / K (K = `strands`): the elements j ≡ r (mod K) of the segment's
 /// first ⌊len/K⌋·K elements, in order; strand 0 then adds the tail. With the default K these are
 /// exactly the accumulators of backend::eigen.
-template <class R, class T, class F>
+template <class R, class W, class G, class F>
 struct segment_strand {
-  const tensor_rec<T>* tensors;
+  const tensor_rec<W, G>* tensors;
   const segment* segs;
   F f;
   FLATMIN_HD R operator()(std::size_t u) const {
     const segment& s = segs[u / strands];
     const auto r = static_cast<std::uint32_t>(u % strands);
-    const tensor_rec<T>& t = tensors[s.tensor];
-    T* w = t.w + s.local;
-    T* g = t.g + s.local;
+    const tensor_rec<W, G>& t = tensors[s.tensor];
+    W* w = t.w + s.local;
+    G* g = t.g + s.local;
     const std::uint32_t len = s.len, body = len - len % strands;
     R a{};
     for (std::uint32_t j = r; j < body; j += strands)
-      a = a + f(elem<T>{w[j], g[j], s.index + j, s.slot + j, s.tensor, t.flags});
+      a = a + f(elem<W, G>{w[j], g[j], s.index + j, s.slot + j, s.tensor, t.flags});
     if (r == 0)
       for (std::uint32_t j = body; j < len; ++j)
-        a = a + f(elem<T>{w[j], g[j], s.index + j, s.slot + j, s.tensor, t.flags});
+        a = a + f(elem<W, G>{w[j], g[j], s.index + j, s.slot + j, s.tensor, t.flags});
     return a;
   }
 };
@@ -355,11 +355,11 @@ struct thrust {
     to = from;
   }
 
-  /// Runs `f(elem<T>)` for every element of the range: one launch.
-  template <class T, class F>
-  static void for_each(const pass_range<T>& r, const F& f) {
+  /// Runs `f(elem<W, G>)` for every element of the range: one launch.
+  template <class W, class G, class F>
+  static void for_each(const pass_range<W, G>& r, const F& f) {
     if (r.count == 0) return;
-    const thrust_detail::segment_lanes<T, F> lanes{r.tensors, r.segments, f};
+    const thrust_detail::segment_lanes<W, G, F> lanes{r.tensors, r.segments, f};
 #if !defined(FLATMIN_THRUST_IS_CUDA)
     if (r.elements < parallel_threshold) {
       for (std::size_t s = 0; s < r.count; ++s)
@@ -371,14 +371,14 @@ struct thrust {
     ::thrust::for_each(::thrust::device, first, first + r.count * segment_size, lanes);
   }
 
-  /// Sum over the range of `f(elem<T>) -> R`, in backend::eigen's summation order.
-  template <class R, class T, class F>
-  static R reduce(const pass_range<T>& r, const F& f) {
+  /// Sum over the range of `f(elem<W, G>) -> R`, in backend::eigen's summation order.
+  template <class R, class W, class G, class F>
+  static R reduce(const pass_range<W, G>& r, const F& f) {
     if (r.count == 0) return R{};
     constexpr std::size_t k = thrust_detail::strands;
 #if !defined(FLATMIN_THRUST_IS_CUDA)
     if (r.elements < parallel_threshold) {
-      const thrust_detail::segment_strand<R, T, F> strand{r.tensors, r.segments, f};
+      const thrust_detail::segment_strand<R, W, G, F> strand{r.tensors, r.segments, f};
       R a[k];
       R total{};
       for (std::size_t s = 0; s < r.count; ++s) {
@@ -392,7 +392,7 @@ struct thrust {
     R* strands = thrust_detail::scratch<R, 0>(k * r.count);
     R* partial = thrust_detail::scratch<R, 1>(r.count);
     ::thrust::transform(::thrust::device, first, first + k * r.count, ::thrust::device_pointer_cast(strands),
-                        thrust_detail::segment_strand<R, T, F>{r.tensors, r.segments, f});
+                        thrust_detail::segment_strand<R, W, G, F>{r.tensors, r.segments, f});
     ::thrust::transform(::thrust::device, first, first + r.count, ::thrust::device_pointer_cast(partial),
                         thrust_detail::combine_segment_strands<R>{strands});
     return thrust_detail::sum_in_order(partial, r.count);

@@ -90,7 +90,7 @@ template <class M, class T, class Backend>
 concept mask_state_has_passes = requires(typename M::template state<T, Backend>& s,
                                          const backend::layout<T, Backend>& l) {
   s.get_view();
-  { s.range(l) } -> std::same_as<backend::pass_range<T>>;
+  { s.range(l) } -> std::same_as<backend::range_of<T, Backend>>;
   { s.saved_size(l) } -> std::convertible_to<std::size_t>;
   { s.radius_scale() } -> std::convertible_to<double>;
 };
@@ -132,7 +132,7 @@ concept regularizer_has_state = requires {
 template <class R, class T, class Backend>
 concept regularizer_state_adjusts = requires(const R& r, typename R::template state<T, Backend>& s,
                                              const backend::layout<T, Backend>& l, T w, T g,
-                                             const backend::elem<T>& e) {
+                                             const backend::elem_of<T, Backend>& e) {
   { s.prepare(r, l, std::size_t{1}, T(1))(w, g, e) } -> std::convertible_to<T>;
 };
 

@@ -21,8 +21,9 @@ struct square_sums {
 template <class T>
 struct square_sums_pass {
   T inv_scale;
-  FLATMIN_HD square_sums operator()(const backend::elem<T>& e) const {
-    const double w = e.w, g = e.g * inv_scale;
+  template <class W, class G>
+  FLATMIN_HD square_sums operator()(const backend::elem<W, G>& e) const {
+    const double w = static_cast<T>(e.w), g = static_cast<T>(e.g) * inv_scale;
     return {w * w, g * g};
   }
 };
@@ -31,9 +32,10 @@ struct square_sums_pass {
 template <class T>
 struct perturbable_g2_pass {
   T inv_scale;
-  FLATMIN_HD double operator()(const backend::elem<T>& e) const {
+  template <class W, class G>
+  FLATMIN_HD double operator()(const backend::elem<W, G>& e) const {
     if (!(e.flags & tensor_flags::perturb)) return 0.0;
-    const double g = e.g * inv_scale;
+    const double g = static_cast<T>(e.g) * inv_scale;
     return g * g;
   }
 };
@@ -42,7 +44,10 @@ struct perturbable_g2_pass {
 template <class T>
 struct balancedness_adjust {
   const T* coef;
-  FLATMIN_HD T operator()(T w, T g, const backend::elem<T>& e) const { return g + coef[e.tensor] * w; }
+  template <class E>
+  FLATMIN_HD T operator()(T w, T g, const E& e) const {
+    return g + coef[e.tensor] * w;
+  }
 };
 
 }  // namespace flatmin::kernels

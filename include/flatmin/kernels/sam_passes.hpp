@@ -129,8 +129,9 @@ inline constexpr bool mask_is_all = requires {
 template <class T>
 struct check_pass {
   T inv_scale;
-  FLATMIN_HD grad_stats operator()(const elem<T>& e) const {
-    const T g = e.g * inv_scale;
+  template <class W, class G>
+  FLATMIN_HD grad_stats operator()(const elem<W, G>& e) const {
+    const T g = static_cast<T>(e.g) * inv_scale;
     grad_stats s;
     s.bad = is_finite(g) ? 0.0 : 1.0;
     s.g2 = double(g) * double(g);
@@ -174,19 +175,20 @@ struct stats_pass {
   static constexpr bool gradient_bits = requires { requires Term::is_gradient; }
   &&element_bit_mask<Mask>;
 
-  FLATMIN_HD grad_stats operator()(const elem<T>& e) const {
-    const T g = e.g * inv_scale;
+  template <class W, class G>
+  FLATMIN_HD grad_stats operator()(const elem<W, G>& e) const {
+    const T g = static_cast<T>(e.g) * inv_scale;
     grad_stats s;
     s.bad = is_finite(g) ? 0.0 : 1.0;
     s.g2 = double(g) * double(g);
     if (e.flags & tensor_flags::perturb) {
       const bool in = mask(e.i, e.flags);
       if (in || !norm_over_mask) {
-        const double n = term.norm(e.w, g, e.i, e.flags);
+        const double n = term.norm(static_cast<T>(e.w), g, e.i, e.flags);
         s.n2 = n * n;
       }
       if (in) {
-        const double d = term.dir(e.w, g, e.i, e.flags);
+        const double d = term.dir(static_cast<T>(e.w), g, e.i, e.flags);
         s.d2 = d * d;
         s.kept = 1.0;
       }
@@ -259,29 +261,34 @@ inline bool by_elements(const F& f, const Mask& mask, const backend::segment_vie
   return true;
 }
 
-/// saved ← w;  w ← w + scale · dir(w, g)   on perturbed, masked entries.
-template <class T, class Term, class Mask>
+/// saved ← w;  w ← w + scale · dir(w, g)   on perturbed, masked entries. Computed in T, rounded
+/// once to the weight type W; the saved weights are W (an exact copy).
+template <class T, class Term, class Mask, class W = T>
 struct ascend_pass {
   Term term;
   Mask mask;
   T scale;
   T inv_scale;
-  T* saved;
+  W* saved;
 
   /// Without a branch on the mask inside a perturbed tensor: w is saved for every entry the range
   /// holds (each has a slot: dense storage, or a compact range of masked-in entries; the restore
   /// selects by the same mask) and the move is blended in by the mask bit.
-  FLATMIN_HD void operator()(const elem<T>& e) const {
+  template <class G>
+  FLATMIN_HD void operator()(const elem<W, G>& e) const {
     if (!(e.flags & tensor_flags::perturb)) return;  // per tensor: predictable
-    const T w = e.w;
-    saved[e.k] = w;
-    const T moved = w + scale * term.dir(w, e.g * inv_scale, e.i, e.flags);
-    e.w = mask_is_all<Mask> ? moved : blend(mask(e.i, e.flags), moved, w);
+    const W x = e.w;
+    saved[e.k] = x;
+    const T w = static_cast<T>(x);
+    const T moved = w + scale * term.dir(w, static_cast<T>(e.g) * inv_scale, e.i, e.flags);
+    e.w = static_cast<W>(mask_is_all<Mask> ? moved : blend(mask(e.i, e.flags), moved, w));
   }
 
   /// Host segment form under an element bit mask (backend::eigen::for_each): the same values as
   /// the element path, eight mask bits per lookup. `slot`: the saved slot of the first entry.
-  void segment(const backend::segment_view<T>& v, std::uint64_t slot) const requires element_bit_mask<Mask> {
+  /// Only where weights, gradients and T are one type (the backend passes segment_view<W, G>).
+  void segment(const backend::segment_view<T>& v, std::uint64_t slot) const
+      requires(element_bit_mask<Mask> && std::same_as<W, T>) {
     if (by_elements(*this, mask, v, slot)) return;
     T* FLATMIN_RESTRICT w = v.w;
     const T* FLATMIN_RESTRICT g = v.g;
@@ -294,12 +301,13 @@ struct ascend_pass {
   }
 };
 
-/// w ← saved   on perturbed, masked entries (bit-exact).
+/// w ← saved   on perturbed, masked entries (bit-exact). T: the weight type (no arithmetic).
 template <class T, class Mask>
 struct restore_pass {
   Mask mask;
   const T* saved;
-  FLATMIN_HD void operator()(const elem<T>& e) const {
+  template <class G>
+  FLATMIN_HD void operator()(const elem<T, G>& e) const {
     if (!(e.flags & tensor_flags::perturb)) return;  // per tensor: predictable
     e.w = mask_is_all<Mask> ? saved[e.k] : blend(mask(e.i, e.flags), saved[e.k], e.w);
   }
@@ -319,25 +327,27 @@ struct restore_pass {
 /// `Restore`: −1 reads the `restore` member at run time; 0 / 1 fix it at compile time, which the
 /// optimizer does (a run-time flag guarding the read of `saved` is control flow that keeps the
 /// host loop from vectorising once the body is too large for the compiler to unswitch).
-template <class T, class Mask, class Adjust, class Base, int Restore = -1>
+/// Computed in T; w is rounded once to the weight type W when written.
+template <class T, class Mask, class Adjust, class Base, int Restore = -1, class W = T>
 struct descend_pass {
   Mask mask;
   Adjust adjust;
   Base base;
   T inv_scale;
-  const T* saved;
+  const W* saved;
   bool restore;  ///< needs `saved` to hold a slot for every element of the range (dense storage)
 
-  FLATMIN_HD void operator()(const elem<T>& e) const {
-    T w = e.w;
+  template <class G>
+  FLATMIN_HD void operator()(const elem<W, G>& e) const {
+    T w = static_cast<T>(e.w);
     if (Restore < 0 ? restore : Restore == 1) {
       // read unconditionally and select, so that the host loop vectorises (see `restore`)
-      const T s = saved[e.k];
+      const T s = static_cast<T>(saved[e.k]);
       w = ((e.flags & tensor_flags::perturb) && mask(e.i, e.flags)) ? s : w;
     }
-    const T g = adjust(w, e.g * inv_scale, e);
+    const T g = adjust(w, static_cast<T>(e.g) * inv_scale, e);
     base(w, g, e.i, e.flags);
-    e.w = w;
+    e.w = static_cast<W>(w);
   }
 };
 

@@ -33,7 +33,7 @@ struct dense {
     }
     view get_view() const { return {}; }
     /// The segments the ascent and restore passes run over.
-    backend::pass_range<T> range(const backend::layout<T, Backend>& l) const { return l.full(); }
+    backend::range_of<T, Backend> range(const backend::layout<T, Backend>& l) const { return l.full(); }
     /// Size of the saved-weights buffer.
     std::size_t saved_size(const backend::layout<T, Backend>& l) const { return l.numel(); }
     /// Radius multiplier (ESAM's 1/β).

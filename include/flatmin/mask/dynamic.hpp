@@ -191,7 +191,7 @@ struct dynamic {
     void abandon_step() { pending_ = false; }
 
     view get_view() const { return {uview_, Backend::data(bits_)}; }
-    backend::pass_range<T> range(const backend::layout<T, Backend>& l) const {
+    backend::range_of<T, Backend> range(const backend::layout<T, Backend>& l) const {
       return is_compact() ? range_.range(l) : l.full();
     }
     /// Dense storage for element masks; for block masks a bound on the active blocks' entries over

@@ -224,7 +224,7 @@ struct fisher {
     void abandon_step() { acc_pending_ = bits_pending_ = examples_now_ = collected_ = bad_examples_ = false; }
 
     view get_view() const { return {uview_, Backend::data(bits_pending_ ? bits_next_ : bits_)}; }
-    backend::pass_range<T> range(const backend::layout<T, Backend>& l) const {
+    backend::range_of<T, Backend> range(const backend::layout<T, Backend>& l) const {
       return is_compact() ? (bits_pending_ ? range_next_ : range_).range(l) : l.full();
     }
     /// Dense storage for element masks; for block masks a bound on the active blocks' entries

@@ -118,7 +118,7 @@ struct random {
       const draw& d = pending_ ? next_ : draw{seed_, step_, threshold_, beta_};
       return {uview_, d.seed, d.step, d.threshold, fixed_.empty() ? nullptr : Backend::data(fixed_)};
     }
-    backend::pass_range<T> range(const backend::layout<T, Backend>& l) const {
+    backend::range_of<T, Backend> range(const backend::layout<T, Backend>& l) const {
       return is_compact() ? (pending_ ? range_next_ : range_).range(l) : l.full();
     }
     /// Every perturbed entry may be drawn.

@@ -7,9 +7,10 @@
 ///     bytes   field
 ///     8       magic "FLATMIN2"
 ///     4       format version (u32) = 2
-///     1       element type of T: 'f' (IEEE 754 binary)
-///     1       sizeof(T): 4 or 8
-///     2       reserved, 0
+///     1       element type: 'f' (IEEE 754 binary)
+///     1       size of the state type S: 4 or 8
+///     1       size of the weight type W, 0 when W, G and S are one type
+///     1       size of the gradient type G, 0 when W, G and S are one type
 ///     4 + n   composition identity, n <= 4096, e.g.
 ///             "sharpness_aware<l2, fisher(block=128, source=accumulated), adamw, standard, none>"
 ///     8       parameter count N (u64)
@@ -109,8 +110,13 @@ struct tensor_entry {
 };
 
 /// What identifies the optimizer a checkpoint belongs to (everything but the state values).
+/// The weight and gradient sizes were two reserved zero bytes before the element types were
+/// separated: a checkpoint of a uniform precision is written as it was then (both 0), so files of
+/// either age load into the other, and a build that predates them refuses a mixed one.
 struct header {
-  std::uint8_t element_size = 0;  ///< sizeof(T)
+  std::uint8_t element_size = 0;  ///< sizeof(S), the state type (every state entry's 'f' size)
+  std::uint8_t weight_size = 0;   ///< sizeof(W); 0 means element_size
+  std::uint8_t grad_size = 0;     ///< sizeof(G); 0 means element_size
   std::string identity;
   std::uint64_t numel = 0;
   std::vector<tensor_entry> tensors;
@@ -344,11 +350,19 @@ class staged {
 };
 
 namespace detail {
+/// The header's element type field: {'f', S, W, G}, with W = G = 0 when all three are one type.
+inline std::array<unsigned char, 4> type_field(const header& h) {
+  const auto size = [&](std::uint8_t x) { return x == 0 ? h.element_size : x; };
+  const bool uniform = size(h.weight_size) == h.element_size && size(h.grad_size) == h.element_size;
+  if (uniform) return {'f', h.element_size, 0, 0};
+  return {'f', h.element_size, size(h.weight_size), size(h.grad_size)};
+}
+
 inline void write_header(writer& w, const header& h) {
   w.raw(magic_v2, 8);
   w.uint(format_version);
-  const unsigned char type[4] = {'f', h.element_size, 0, 0};
-  w.raw(type, 4);
+  const std::array<unsigned char, 4> type = type_field(h);
+  w.raw(type.data(), 4);
   w.str(h.identity);
   w.uint(h.numel);
   w.uint(static_cast<std::uint32_t>(h.tensors.size()));
@@ -363,6 +377,12 @@ inline std::string type_name(unsigned char code, unsigned size) {
   if (code == 'f' && size == 4) return "float";
   if (code == 'f' && size == 8) return "double";
   return std::string("element code ") + std::to_string(code) + " of " + std::to_string(size) + " bytes";
+}
+/// The element types of a header's type field {code, S, W, G} (W = G = 0: all S).
+inline std::string types_name(const std::array<unsigned char, 4>& t) {
+  if (t[2] == 0 && t[3] == 0) return type_name(t[0], t[1]);
+  return "weights " + type_name(t[0], t[2]) + ", gradients " + type_name(t[0], t[3]) + ", state " +
+         type_name(t[0], t[1]);
 }
 
 inline void read_header(reader& r, const header& h) {
@@ -379,11 +399,12 @@ inline void read_header(reader& r, const header& h) {
   if (version != format_version)
     throw error("format version " + std::to_string(version) + ", this build reads version " +
                 std::to_string(format_version));
-  unsigned char type[4];
-  r.raw(type, 4, "the element type");
-  if (type[0] != 'f' || type[1] != h.element_size || type[2] != 0 || type[3] != 0)
-    throw error("element type differs: saved " + type_name(type[0], type[1]) + ", this optimizer uses " +
-                type_name('f', h.element_size));
+  std::array<unsigned char, 4> type{};
+  r.raw(type.data(), 4, "the element type");
+  const std::array<unsigned char, 4> expected = type_field(h);
+  if (type != expected)
+    throw error("element type differs: saved " + types_name(type) + ", this optimizer uses " +
+                types_name(expected));
   const std::string id = r.str(max_string, "the composition identity");
   if (id != h.identity)
     throw error("composition differs: saved " + printable(id) + ", this is '" + h.identity + "'");

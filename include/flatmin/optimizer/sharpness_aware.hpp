@@ -1,7 +1,8 @@
 #pragma once
 /// @file sharpness_aware.hpp
-/// `sharpness_aware<T, Backend, Perturb, Mask, Base, Descent, Regularizer, Schedule>`: the
-/// composition of the policies and the step protocol.
+/// `sharpness_aware<Precision, Backend, Perturb, Mask, Base, Descent, Regularizer, Schedule>`: the
+/// composition of the policies and the step protocol. Precision is a floating type T (weights,
+/// gradients and state all T) or a `precision<W, G, S>` (params/precision.hpp).
 ///
 /// A step:
 ///
@@ -42,6 +43,7 @@
 #include "../kernels/sam_passes.hpp"
 #include "../mask/dense.hpp"
 #include "../params/param_set.hpp"
+#include "../params/precision.hpp"
 #include "../regularize/none.hpp"
 #include "../schedule/always.hpp"
 #include "checkpoint.hpp"
@@ -60,12 +62,25 @@ struct optimizer_options {
   }
 };
 
-template <class T, class Backend, class Perturb, class Mask, class Base, class Descent = descent::standard,
-          class Regularizer = regularize::none, class Schedule = schedule::always>
+template <class Precision, class UserBackend, class Perturb, class Mask, class Base,
+          class Descent = descent::standard, class Regularizer = regularize::none,
+          class Schedule = schedule::always>
 class sharpness_aware {
-  static_assert(std::is_floating_point_v<T>, "flatmin::sharpness_aware: T must be float or double");
+  using W = typename detail::precision_of_t<Precision>::weight_type;
+  using G = typename detail::precision_of_t<Precision>::grad_type;
+  using T = typename detail::precision_of_t<Precision>::state_type;  ///< state and arithmetic
+  static_assert(detail::supported_element<W> && detail::supported_element<G> && detail::supported_element<T>,
+                "flatmin::sharpness_aware: the weight, gradient and state types must each be float or double "
+                "(the 16-bit storage types bfloat16 and half come with the mixed-precision issue)");
+  static_assert(sizeof(T) >= sizeof(W),
+                "flatmin::sharpness_aware: the state type must be at least as wide as the weight type (a "
+                "double weight updated in float arithmetic would be rounded to float by every step)");
+  /// The backend the policies' states are created for: UserBackend itself when W = G = T, else
+  /// UserBackend bound to the user's element types (backend::with_elements, layout.hpp).
+  using Backend = std::conditional_t<std::is_same_v<W, T> && std::is_same_v<G, T>, UserBackend,
+                                     backend::with_elements<UserBackend, W, G>>;
   // One static_assert per missing capability (concepts/roles.hpp), then the pairings.
-  static_assert(detail::check_backend<Backend>());
+  static_assert(detail::check_backend<UserBackend>());
   static_assert(detail::check_perturbation<Perturb>());
   static_assert(detail::check_base<Base, T, Backend>());
   static_assert(detail::check_mask<Mask, T, Backend>());
@@ -81,8 +96,11 @@ class sharpness_aware {
       "base::sgd)");
 
  public:
-  using value_type = T;
-  using backend_type = Backend;
+  using precision_type = detail::precision_of_t<Precision>;
+  using weight_type = W;
+  using grad_type = G;
+  using value_type = T;  ///< the state and compute type
+  using backend_type = UserBackend;
   using perturb_type = Perturb;
   using mask_type = Mask;
   using base_type = Base;
@@ -98,7 +116,7 @@ class sharpness_aware {
   /// the optimizer). Throws std::invalid_argument for bad options (checked in T, before any state
   /// is built) or an empty / overlapping set, usage_error for a view in a memory space the backend
   /// cannot reach.
-  sharpness_aware(const param_set<T>& params, Base base, Perturb perturb = {}, Mask mask = {},
+  sharpness_aware(const param_set<W, G>& params, Base base, Perturb perturb = {}, Mask mask = {},
                   optimizer_options options = {}, Descent descent = {}, Regularizer reg = {},
                   Schedule schedule = {})
       : base_((static_cast<void>(check_options(base, perturb, mask, options, descent, reg, schedule)),
@@ -113,7 +131,7 @@ class sharpness_aware {
         base_state_(base_, layout_.numel()),
         mask_state_(mask_, layout_),
         reg_state_(reg_, layout_),
-        saved_(Backend::template make_vector<T>(perturbs ? mask_state_.saved_size(layout_) : 0)),
+        saved_(Backend::template make_vector<W>(perturbs ? mask_state_.saved_size(layout_) : 0)),
         names_(names_of(params)) {
     validate();
     for (const auto& t : layout_.host_tensors())
@@ -163,7 +181,7 @@ class sharpness_aware {
       }
       if (mask_state_.refresh(mask_, layout_, steps_ + 1, inv)) {
         const std::size_t need = mask_state_.saved_size(layout_);
-        if (saved_.size() < need) saved_ = Backend::template make_vector<T>(need);
+        if (saved_.size() < need) saved_ = Backend::template make_vector<W>(need);
         s = stats(inv);
       }
       const double denom = std::sqrt(s.n2) + perturb_.xi;
@@ -174,8 +192,8 @@ class sharpness_aware {
       const T step_scale = static_cast<T>(scale);
       on_ascent(s, scale, inv);
       over_range([&](auto view) {
-        return kernels::ascend_pass<T, term_type, decltype(view)>{term(), view, step_scale, inv,
-                                                                  Backend::data(saved_)};
+        return kernels::ascend_pass<T, term_type, decltype(view), W>{term(), view, step_scale, inv,
+                                                                     Backend::data(saved_)};
       });
       report_.grad_norm = std::sqrt(s.g2);
       report_.perturbation_norm = scale * std::sqrt(s.d2);
@@ -322,7 +340,7 @@ class sharpness_aware {
   const typename Regularizer::template state<T, Backend>& regularizer_state() const { return reg_state_; }
 
   /// Bytes of optimizer state beyond the base optimizer's (saved weights, mask state).
-  std::size_t extra_state_bytes() const { return saved_.size() * sizeof(T) + mask_state_.bytes(); }
+  std::size_t extra_state_bytes() const { return saved_.size() * sizeof(W) + mask_state_.bytes(); }
   /// Bytes of the base optimizer's state.
   std::size_t base_state_bytes() const { return base_state_.bytes(); }
 
@@ -364,7 +382,7 @@ class sharpness_aware {
     if constexpr (requires { mask_state_.set_entry_mask(layout_, tensor, mask); }) {
       mask_state_.set_entry_mask(layout_, tensor, mask);
       const std::size_t need = perturbs ? mask_state_.saved_size(layout_) : 0;
-      if (saved_.size() < need) saved_ = Backend::template make_vector<T>(need);
+      if (saved_.size() < need) saved_ = Backend::template make_vector<W>(need);
     } else {
       throw usage_error(
           "flatmin: set_mask(): this mask has no state to set (mask::dense perturbs "
@@ -444,7 +462,7 @@ class sharpness_aware {
     return true;
   }
 
-  const param_set<T>& checked(const param_set<T>& ps) {
+  const param_set<W, G>& checked(const param_set<W, G>& ps) {
     ps.validate();
     for (const auto& v : ps.tensors()) {
       if (!Backend::accepts(v.space))
@@ -543,13 +561,13 @@ class sharpness_aware {
   template <int Restore, class Adjust, class Update>
   void descend_pass(const Adjust& adjust, const Update& update, T inv) {
     Backend::for_each(layout_.full(),
-                      kernels::descend_pass<T, mask_view, Adjust, Update, Restore>{
+                      kernels::descend_pass<T, mask_view, Adjust, Update, Restore, W>{
                           mask_state_.get_view(), adjust, update, inv, Backend::data(saved_), Restore == 1});
   }
 
   void restore() {
     over_range([&](auto view) {
-      return kernels::restore_pass<T, decltype(view)>{view, Backend::data(saved_)};
+      return kernels::restore_pass<W, decltype(view)>{view, Backend::data(saved_)};
     });
   }
 
@@ -578,6 +596,8 @@ class sharpness_aware {
   checkpoint::header checkpoint_header() const {
     checkpoint::header h;
     h.element_size = sizeof(T);
+    h.weight_size = sizeof(W);
+    h.grad_size = sizeof(G);
     h.identity = "sharpness_aware<" + checkpoint::name_of(perturb_) + ", " +
                  checkpoint::name_of(mask_, mask_state_) + ", " + checkpoint::name_of(base_, base_state_) +
                  ", " + checkpoint::name_of(descent_) + ", " + checkpoint::name_of(reg_, reg_state_) + ">";
@@ -593,8 +613,8 @@ class sharpness_aware {
   template <class After>
   void commit_load(checkpoint::staged<Backend>& st, std::size_t need, const After& after) {
     st.build();
-    typename Backend::template vector<T> grown;
-    if (perturbs && need > saved_.size()) grown = Backend::template make_vector<T>(need);
+    typename Backend::template vector<W> grown;
+    if (perturbs && need > saved_.size()) grown = Backend::template make_vector<W>(need);
     st.commit();
     after();
     if (grown.size()) saved_.swap(grown);
@@ -602,7 +622,7 @@ class sharpness_aware {
     report_ = step_report{};
   }
 
-  static std::vector<std::string> names_of(const param_set<T>& ps) {
+  static std::vector<std::string> names_of(const param_set<W, G>& ps) {
     std::vector<std::string> n;
     for (const auto& v : ps.tensors()) n.push_back(v.name);
     return n;
@@ -619,7 +639,7 @@ class sharpness_aware {
   typename Base::template state<T, Backend> base_state_;
   mask_state_type mask_state_;
   typename Regularizer::template state<T, Backend> reg_state_;
-  typename Backend::template vector<T> saved_;
+  typename Backend::template vector<W> saved_;  ///< a copy of the perturbed weights, in W
   std::vector<std::string> names_;  ///< tensor names: the checkpoint's parameter table, lookups by name
   std::size_t perturbable_ = 0;
   std::size_t steps_ = 0;

@@ -51,8 +51,9 @@ struct lora_pair {
 template <class C, class T>
 concept buffer_of = contiguous_buffer_of<C, T> || foreign_buffer_of<C, T>;
 
-/// The parameters an optimizer trains: an ordered list of `tensor_view<T>`. Views are validated as
-/// they are added (null pointers, empty tensors, negative extents, shape/size mismatch, value
+/// The parameters an optimizer trains: an ordered list of `tensor_view<T, Grad>` (weights of type
+/// T, gradients of type Grad; `param_set<float>`: float both). Views are validated as they are
+/// added (null pointers, empty tensors, negative extents, shape/size mismatch, value
 /// aliasing its gradient, duplicate names) and `std::invalid_argument` names the offending tensor.
 /// Every `add` form runs the same checks (`push`).
 ///
@@ -60,14 +61,16 @@ concept buffer_of = contiguous_buffer_of<C, T> || foreign_buffer_of<C, T>;
 /// type, or mixed with size_t); a shape may also be any range of integers (`std::vector<int64_t>`,
 /// `std::array<int, 2>`, libtorch's `sizes()`). Per-tensor options are written with designated
 /// initializers (`{.weight_decay = false}`) or as `tensor_options{...}`.
-template <class T>
+template <class T, class Grad = T>
 class param_set {
  public:
   using value_type = T;
+  using grad_type = Grad;
+  using view_type = tensor_view<T, Grad>;
 
   /// Adds a tensor from raw pointers. `shape` must multiply to the number of elements (at least 1).
-  tensor_view<T>& add(std::string name, T* value, T* grad, tensor_shape shape, tensor_options options = {},
-                      memory_space space = memory_space::host) {
+  view_type& add(std::string name, T* value, Grad* grad, tensor_shape shape, tensor_options options = {},
+                 memory_space space = memory_space::host) {
     return push(std::move(name), {value, 0, space, {}}, {grad, 0, space, {}}, false, &shape, options);
   }
 
@@ -76,8 +79,8 @@ class param_set {
   /// or another memory space (see `buffer_traits`). The shape is the buffer's: rows() × cols() when
   /// it has them, else {size}.
   template <class V, class G>
-    requires buffer_of<std::remove_reference_t<V>, T> && buffer_of<std::remove_reference_t<G>, T>
-        tensor_view<T>
+    requires buffer_of<std::remove_reference_t<V>, T> && buffer_of<std::remove_reference_t<G>, Grad>
+        view_type
   &add(std::string name, V&& value, G&& grad, tensor_options options = {}) {
     return add_buffers(std::move(name), value, grad, nullptr, options);
   }
@@ -86,16 +89,16 @@ class param_set {
   /// buffer's own shape. (Ranked above `tensor_options` for a list of integers: an
   /// initializer_list is a standard conversion, an aggregate a user-defined one.)
   template <class V, class G>
-    requires buffer_of<std::remove_reference_t<V>, T> && buffer_of<std::remove_reference_t<G>, T>
-        tensor_view<T>
+    requires buffer_of<std::remove_reference_t<V>, T> && buffer_of<std::remove_reference_t<G>, Grad>
+        view_type
   &add(std::string name, V&& value, G&& grad, std::initializer_list<std::size_t> shape,
        tensor_options options = {}) {
     const tensor_shape s(shape);
     return add_buffers(std::move(name), value, grad, s.empty() ? nullptr : &s, options);
   }
   template <class V, class G, std::integral I>
-    requires buffer_of<std::remove_reference_t<V>, T> && buffer_of<std::remove_reference_t<G>, T>
-        tensor_view<T>
+    requires buffer_of<std::remove_reference_t<V>, T> && buffer_of<std::remove_reference_t<G>, Grad>
+        view_type
   &add(std::string name, V&& value, G&& grad, std::initializer_list<I> shape, tensor_options options = {}) {
     const tensor_shape s(shape);
     return add_buffers(std::move(name), value, grad, &s, options);
@@ -103,9 +106,9 @@ class param_set {
 
   /// The same with a shape held in a range of integers or a `tensor_shape`.
   template <class V, class G, class S>
-    requires buffer_of<std::remove_reference_t<V>, T> && buffer_of<std::remove_reference_t<G>, T> &&
+    requires buffer_of<std::remove_reference_t<V>, T> && buffer_of<std::remove_reference_t<G>, Grad> &&
         (integer_range<std::remove_cvref_t<S>> ||
-         std::same_as<std::remove_cvref_t<S>, tensor_shape>)tensor_view<T>& add(std::string name, V&& value,
+         std::same_as<std::remove_cvref_t<S>, tensor_shape>)view_type& add(std::string name, V&& value,
                                                                                 G&& grad, const S& shape,
                                                                                 tensor_options options = {}) {
       const tensor_shape s(shape);
@@ -115,8 +118,8 @@ class param_set {
     /// Registers a LoRA pair (factors x = A and y = B; the update is B·A) as two tensors named
     /// `name + ".A"` and `name + ".B"`. Used by `regularize::balancedness` (BAR); every other policy
     /// treats them as ordinary tensors.
-    const lora_pair& add_lora_pair(const std::string& name, T* a, T* grad_a, tensor_shape shape_a, T* b,
-                                   T* grad_b, tensor_shape shape_b, tensor_options options = {},
+    const lora_pair& add_lora_pair(const std::string& name, T* a, Grad* grad_a, tensor_shape shape_a, T* b,
+                                   Grad* grad_b, tensor_shape shape_b, tensor_options options = {},
                                    memory_space space = memory_space::host) {
       add(name + ".A", a, grad_a, std::move(shape_a), options, space).extra_flags |= tensor_flags::lora_a;
       try {
@@ -130,9 +133,9 @@ class param_set {
       return pairs_.back();
     }
 
-    const std::vector<tensor_view<T>>& tensors() const { return views_; }
+    const std::vector<view_type>& tensors() const { return views_; }
     const std::vector<lora_pair>& lora_pairs() const { return pairs_; }
-    const tensor_view<T>& operator[](std::size_t i) const { return views_.at(i); }
+    const view_type& operator[](std::size_t i) const { return views_.at(i); }
     std::size_t size() const { return views_.size(); }
     bool empty() const { return views_.empty(); }
 
@@ -146,46 +149,47 @@ class param_set {
     /// Throws std::invalid_argument if the set is empty or two views overlap in memory.
     void validate() const {
       if (views_.empty()) throw std::invalid_argument("flatmin::param_set: no tensors were added");
-      struct range {
-        const T* lo;
-        const T* hi;
+      struct range {  // byte addresses: values and gradients may have different types
+        const char* lo;
+        const char* hi;
         const std::string* name;
       };
       std::vector<range> r;
       r.reserve(2 * views_.size());
       for (const auto& v : views_) {
-        r.push_back({v.value, v.value + v.size, &v.name});
-        r.push_back({v.grad, v.grad + v.size, &v.name});
+        r.push_back({bytes(v.value), bytes(v.value + v.size), &v.name});
+        r.push_back({bytes(v.grad), bytes(v.grad + v.size), &v.name});
       }
       std::sort(r.begin(), r.end(),
-                [](const range& x, const range& y) { return std::less<const T*>{}(x.lo, y.lo); });
+                [](const range& x, const range& y) { return std::less<const char*>{}(x.lo, y.lo); });
       for (std::size_t i = 1; i < r.size(); ++i)
-        if (std::less<const T*>{}(r[i].lo, r[i - 1].hi))
+        if (std::less<const char*>{}(r[i].lo, r[i - 1].hi))
           throw std::invalid_argument("flatmin::param_set: the memory of tensors " +
                                       detail::quote(*r[i - 1].name) + " and " + detail::quote(*r[i].name) +
                                       " overlaps");
     }
 
    private:
-    /// One side of a view (value or gradient) as `push` checks it.
+    /// One side of a view (value or gradient, E = T or Grad) as `push` checks it.
+    template <class E>
     struct side {
-      T* data;
+      E* data;
       std::size_t size;
       memory_space space;
       std::vector<std::size_t> shape;  ///< the buffer's own shape
     };
 
-    template <class C>
+    template <class C, class E>
     static constexpr memory_space space_of() {
-      if constexpr (foreign_buffer_of<C, T>)
+      if constexpr (foreign_buffer_of<C, E>)
         return buffer_traits<std::remove_cv_t<C>>::space;
       else
         return memory_space::host;
     }
 
-    template <class C>
-    static side describe(const std::string& name, C& c, const char* what) {
-      if constexpr (foreign_buffer_of<C, T>) {
+    template <class E, class C>
+    static side<E> describe(const std::string& name, C& c, const char* what) {
+      if constexpr (foreign_buffer_of<C, E>) {
         using traits = buffer_traits<std::remove_cv_t<C>>;
         const std::size_t n = traits::size(c);
         return {traits::data(c), n, traits::space, {n}};
@@ -196,20 +200,20 @@ class param_set {
     }
 
     template <class V, class G>
-    tensor_view<T>& add_buffers(std::string name, V& value, G& grad, const tensor_shape* shape,
-                                tensor_options options) {
-      static_assert(space_of<V>() == space_of<G>(),
+    view_type& add_buffers(std::string name, V& value, G& grad, const tensor_shape* shape,
+                           tensor_options options) {
+      static_assert(space_of<V, T>() == space_of<G, Grad>(),
                     "flatmin::param_set: value and gradient buffers live in different memory spaces");
-      side v = describe(name, value, "value");
-      side g = describe(name, grad, "gradient");
+      side<T> v = describe<T>(name, value, "value");
+      side<Grad> g = describe<Grad>(name, grad, "gradient");
       return push(std::move(name), std::move(v), std::move(g), true, shape, options);
     }
 
     /// Every check of every `add` form, in one place. `sized`: the sides carry their sizes (buffers);
     /// otherwise (raw pointers) the size is the shape's product. `shape`: the explicit shape, or
     /// null for the buffer's own.
-    tensor_view<T>& push(std::string name, side value, side grad, bool sized, const tensor_shape* shape,
-                         tensor_options options) {
+    view_type& push(std::string name, side<T> value, side<Grad> grad, bool sized, const tensor_shape* shape,
+                    tensor_options options) {
       const auto fail = [&](const std::string& what) {
         throw std::invalid_argument("flatmin::param_set: tensor " + detail::quote(name) + " " + what);
       };
@@ -234,11 +238,16 @@ class param_set {
       if (n == 0) fail("has no elements");
       if (value.data == nullptr) fail("has a null value pointer");
       if (grad.data == nullptr) fail("has a null gradient pointer");
-      if (value.data == grad.data) fail("uses the same memory for value and gradient");
+      if (bytes(value.data) == bytes(grad.data)) fail("uses the same memory for value and gradient");
       names_.insert(name);
-      views_.push_back(tensor_view<T>{std::move(name), value.data, grad.data, n, std::move(dims), options,
-                                      value.space, 0u});
+      views_.push_back(view_type{std::move(name), value.data, grad.data, n, std::move(dims), options,
+                                 value.space, 0u});
       return views_.back();
+    }
+
+    template <class E>
+    static const char* bytes(const E* p) {
+      return reinterpret_cast<const char*>(p);
     }
 
     template <class C>
@@ -268,7 +277,7 @@ class param_set {
         return {static_cast<std::size_t>(c.size())};
     }
 
-    std::vector<tensor_view<T>> views_;
+    std::vector<view_type> views_;
     std::vector<lora_pair> pairs_;
     std::unordered_set<std::string> names_;
 };

@@ -88,13 +88,13 @@ class tensor_shape {
     long long negative_ = 0;
 };
 
-/// A non-owning view: `size` contiguous values at `value` and their gradient at `grad`, both in
-/// `space`. The library never owns, frees or reallocates them.
-template <class T>
+/// A non-owning view: `size` contiguous values (of type W) at `value` and their gradient (of type
+/// G) at `grad`, both in `space`. The library never owns, frees or reallocates them.
+template <class W, class G = W>
 struct tensor_view {
   std::string name;
-  T* value = nullptr;
-  T* grad = nullptr;
+  W* value = nullptr;
+  G* grad = nullptr;
   std::size_t size = 0;
   std::vector<std::size_t> shape;
   tensor_options options;

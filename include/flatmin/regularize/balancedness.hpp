@@ -121,8 +121,8 @@ struct balancedness {
       std::size_t x, y;
       part x_part, y_part;
     };
-    static kernels::square_sums sums(const backend::pass_range<T>& full, const part& s, T inv_scale) {
-      const backend::pass_range<T> r{full.tensors, full.segments + s.first, s.count, s.elements};
+    static kernels::square_sums sums(const backend::range_of<T, Backend>& full, const part& s, T inv_scale) {
+      const backend::range_of<T, Backend> r{full.tensors, full.segments + s.first, s.count, s.elements};
       return Backend::template reduce<kernels::square_sums>(r, kernels::square_sums_pass<T>{inv_scale});
     }
 

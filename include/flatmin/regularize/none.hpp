@@ -14,7 +14,7 @@ struct none {
   class state {
    public:
     struct view {
-      FLATMIN_HD T operator()(T /*w*/, T g, const backend::elem<T>& /*e*/) const { return g; }
+      FLATMIN_HD T operator()(T /*w*/, T g, const backend::elem_of<T, Backend>& /*e*/) const { return g; }
     };
     state(const none&, const backend::layout<T, Backend>&) {}
     /// Called once per applied step, after g_adv is known to be finite; may run reductions.

@@ -32,10 +32,11 @@ enum class unit_kind : std::uint8_t { element, block, tensor };
 
 inline constexpr unsigned chunk_shift = 12;
 
-/// Device view: global index → unit, unit → tensor.
+/// Device view: global index → unit, unit → tensor. (It reads no element: T names the mask's
+/// state type only.)
 template <class T>
 struct unit_view {
-  const backend::tensor_rec<T>* tensors = nullptr;
+  const backend::tensor_extent* tensors = nullptr;
   const std::uint32_t* chunk_tensor = nullptr;  ///< tensor holding global index c·4096
   const std::uint64_t* unit_base = nullptr;     ///< K + 1 entries
   std::uint32_t tensor_count = 0;
@@ -101,7 +102,7 @@ class units {
     // Checked here too, not only by the masks' validate(): block 0 divides by zero below and a
     // block past 2^63 never ends the shift loop.
     if (kind == unit_kind::block) check_block("mask", block);
-    const auto& ts = l.host_tensors();
+    const auto& ts = l.host_extents();
     std::vector<std::uint64_t> base(ts.size() + 1, 0);
     for (std::size_t t = 0; t < ts.size(); ++t) {
       std::uint64_t n = 0;
@@ -142,7 +143,7 @@ class units {
   }
 
   unit_view<T> view(const backend::layout<T, Backend>& l) const {
-    return {l.tensors(),
+    return {l.extents(),
             Backend::data(chunks_),
             Backend::data(base_),
             static_cast<std::uint32_t>(host_base_.size() - 1),
@@ -169,7 +170,7 @@ class units {
                                   "); it sizes the mask state, build a new optimizer to change it");
   }
   const std::vector<std::uint64_t>& host_base() const { return host_base_; }
-  const std::vector<backend::tensor_rec<T>>& host_tensors() const { return host_tensors_; }
+  const std::vector<backend::tensor_extent>& host_tensors() const { return host_tensors_; }
   std::size_t bytes() const {
     return chunks_.size() * sizeof(std::uint32_t) + base_.size() * sizeof(std::uint64_t);
   }
@@ -183,7 +184,7 @@ class units {
   unsigned shift_ = 0;
   std::size_t count_ = 0, eligible_units_ = 0, eligible_elements_ = 0, dense_elements_ = 0;
   std::vector<std::uint64_t> host_base_;
-  std::vector<backend::tensor_rec<T>> host_tensors_;
+  std::vector<backend::tensor_extent> host_tensors_;
   typename Backend::template vector<std::uint64_t> base_;
   typename Backend::template vector<std::uint32_t> chunks_;
 };
@@ -262,7 +263,7 @@ class compact_range {
     std::swap(count_, o.count_);
     std::swap(elements_, o.elements_);
   }
-  backend::pass_range<T> range(const backend::layout<T, Backend>& l) const {
+  backend::range_of<T, Backend> range(const backend::layout<T, Backend>& l) const {
     return l.over(segs_, count_, elements_);
   }
   std::size_t elements() const { return elements_; }
@@ -294,17 +295,18 @@ struct element_scores {
   T inv_scale;
   score_of what;
   bool check_all = false;
-  FLATMIN_HD double operator()(const backend::elem<T>& e) const {
+  template <class W, class G>
+  FLATMIN_HD double operator()(const backend::elem<W, G>& e) const {
     if (!candidate_flags(e.flags)) {
       out[e.i] = T(-1);
-      const T x = e.g * inv_scale;
+      const T x = static_cast<T>(e.g) * inv_scale;
       return check_all && !(x - x == T(0)) ? 1.0 : 0.0;
     }
     if (what == score_of::zero) {
       out[e.i] = T(0);
       return 0;
     }
-    const T g = e.g * inv_scale;
+    const T g = static_cast<T>(e.g) * inv_scale;
     const T h = what == score_of::square ? g * g : (g < T(0) ? -g : g);
     out[e.i] = from ? from[e.i] + h : h;
     return h - h == T(0) ? 0.0 : 1.0;  // false for NaN and ±inf
@@ -313,10 +315,11 @@ struct element_scores {
 
 /// Block units: out[u] = from[u] + Σ_block h(g / scale) (one block per call), −1 on the blocks
 /// that are not candidates. Returns 1 for a non-finite block sum (with `check_all`, also for a
-/// non-finite entry of a block that is not a candidate).
-template <class T>
+/// non-finite entry of a block that is not a candidate). Rec: the layout's tensor table type.
+template <class T, class Rec = backend::tensor_rec<T>>
 struct block_scores {
   unit_view<T> units;
+  const Rec* tensors;  ///< the layout's tensor table (where g lies)
   T* out;
   const T* from;
   T inv_scale;
@@ -324,25 +327,25 @@ struct block_scores {
   bool check_all = false;
   FLATMIN_HD double operator()(std::size_t u) const {
     const std::uint32_t t = units.tensor_of_unit(u);
-    const backend::tensor_rec<T>& r = units.tensors[t];
+    const backend::tensor_extent& r = units.tensors[t];
     const std::uint64_t start = units.unit_start(u, t), len = units.unit_len(start, t);
-    const T* g = r.g + start;
+    const auto* g = tensors[t].g + start;
     if (!candidate_flags(r.flags)) {
       out[u] = T(-1);
       T s = 0;
-      if (check_all)
-        for (std::uint64_t j = 0; j < len; ++j) s += g[j] * inv_scale * T(0);  // NaN iff one is not finite
+      if (check_all)  // NaN iff one is not finite
+        for (std::uint64_t j = 0; j < len; ++j) s += static_cast<T>(g[j]) * inv_scale * T(0);
       return s == T(0) ? 0.0 : 1.0;
     }
     T s = 0;
     if (what == score_of::square) {
       for (std::uint64_t j = 0; j < len; ++j) {
-        const T x = g[j] * inv_scale;
+        const T x = static_cast<T>(g[j]) * inv_scale;
         s += x * x;
       }
     } else if (what == score_of::magnitude) {
       for (std::uint64_t j = 0; j < len; ++j) {
-        const T x = g[j] * inv_scale;
+        const T x = static_cast<T>(g[j]) * inv_scale;
         s += x < T(0) ? -x : x;
       }
     }
@@ -361,7 +364,8 @@ std::size_t add_scores(const backend::layout<T, Backend>& l, const units<T, Back
                          ? Backend::template reduce<double>(
                                l.full(), element_scores<T>{out, from, inv_scale, what, check_all})
                          : Backend::template reduce_index<double>(
-                               u.count(), block_scores<T>{u.view(l), out, from, inv_scale, what, check_all});
+                               u.count(), block_scores<T, typename backend::layout<T, Backend>::rec_type>{
+                                              u.view(l), l.tensors(), out, from, inv_scale, what, check_all});
   return static_cast<std::size_t>(bad);
 }
 
