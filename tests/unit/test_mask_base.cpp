@@ -29,7 +29,8 @@ const layout_spec base_layout = {{"w", {40, 3}},
 const char* const tensor_names[] = {"w", "b", "frozen", "norm"};
 
 template <class B>
-using random_t = flatmin::sharpness_aware<float, B, flatmin::perturb::l2, flatmin::mask::random, flatmin::base::sgd>;
+using random_t =
+    flatmin::sharpness_aware<float, B, flatmin::perturb::l2, flatmin::mask::random, flatmin::base::sgd>;
 
 template <class B>
 random_t<B> make_random(model<float>& m, flatmin::mask::granularity unit) {

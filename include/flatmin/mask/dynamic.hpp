@@ -136,8 +136,9 @@ struct dynamic {
       const std::size_t a0 = m.start_count(n);
       const detail::random_key<T> key{this->uview_, m.seed, 0};
       const auto sel = detail::top_k<Backend>(this->units_.count(), a0, key, 32);
-      Backend::for_each_index(this->units_.words(), detail::fill_bits<decltype(sel)>{
-                                                        sel, Backend::data(this->bits_), this->units_.count()});
+      const std::size_t count = this->units_.count();
+      Backend::for_each_index(this->units_.words(),
+                              detail::fill_bits<decltype(sel)>{sel, Backend::data(this->bits_), count});
       active_ = a0;
       // Every refresh leaves at most ⌊x (1 − dr)⌋ + ⌊x dr⌋ ≤ ⌊x⌋ + 1 units (+ 1 for rounding).
       const double nd = static_cast<double>(n);
@@ -163,8 +164,8 @@ struct dynamic {
       const detail::random_key<T> grow_key{this->uview_, m.seed, step, old, false};
       const auto k = detail::top_k<Backend>(count, kept, drop_key, detail::float_key_bits<T>);
       const auto g = detail::top_k<Backend>(count, grow, grow_key, 32);
-      Backend::for_each_index(this->units_.words(), detail::fill_bits<detail::either<decltype(k), decltype(g)>>{
-                                                        {k, g}, Backend::data(this->bits_next_), count});
+      using fill = detail::fill_bits<detail::either<decltype(k), decltype(g)>>;
+      Backend::for_each_index(this->units_.words(), fill{{k, g}, Backend::data(this->bits_next_), count});
       active_next_ = kept + grow;
       this->stage_bits(false);
       return false;
