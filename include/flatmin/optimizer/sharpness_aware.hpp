@@ -45,20 +45,10 @@
 #include "../regularize/none.hpp"
 #include "../schedule/always.hpp"
 #include "checkpoint.hpp"
+#include "composition.hpp"
 #include "report.hpp"
 
 namespace flatmin {
-
-/// Options of the optimizer itself (not of a policy).
-struct optimizer_options {
-  nonfinite on_nonfinite = nonfinite::skip;  ///< skip the step (default) or throw
-
-  void validate() const {
-    detail::check_option(on_nonfinite == nonfinite::skip || on_nonfinite == nonfinite::raise,
-                         "optimizer_options", "on_nonfinite", static_cast<double>(on_nonfinite),
-                         "nonfinite::skip or nonfinite::raise");
-  }
-};
 
 template <class T, class Backend, class Perturb, class Mask, class Base, class Descent = descent::standard,
           class Regularizer = regularize::none, class Schedule = schedule::always>
@@ -94,21 +84,24 @@ class sharpness_aware {
   /// schedule may still leave a step unperturbed (`step_report::perturbed`).
   static constexpr bool perturbs = Perturb::perturbs;
 
+  /// The aggregate the optimizer is built from: one member per policy, plus `optimizer_options`.
+  using composition_type = composition<Perturb, Mask, Base, Descent, Regularizer, Schedule>;
+
   /// Binds the optimizer to `params` (the views are copied; the memory they point to must outlive
-  /// the optimizer). Throws std::invalid_argument for bad options (checked in T, before any state
-  /// is built) or an empty / overlapping set, usage_error for a view in a memory space the backend
-  /// cannot reach.
-  sharpness_aware(const param_set<T>& params, Base base, Perturb perturb = {}, Mask mask = {},
-                  optimizer_options options = {}, Descent descent = {}, Regularizer reg = {},
-                  Schedule schedule = {})
-      : base_((static_cast<void>(check_options(base, perturb, mask, options, descent, reg, schedule)),
-               std::move(base))),
-        perturb_(std::move(perturb)),
-        mask_(std::move(mask)),
-        descent_(std::move(descent)),
-        reg_(std::move(reg)),
-        schedule_(std::move(schedule)),
-        options_(options),
+  /// the optimizer) with the policies of `c`, e.g. `{.base = {.lr = 0.1}, .perturb = {.rho = 0.05}}`
+  /// (optimizer/composition.hpp; `.base` is required). Throws std::invalid_argument for bad options
+  /// (checked in T, before any state is built) or an empty / overlapping set, usage_error for a view
+  /// in a memory space the backend cannot reach.
+  sharpness_aware(const param_set<T>& params, composition_type c)
+      : base_((static_cast<void>(
+                   check_options(c.base, c.perturb, c.mask, c.options, c.descent, c.regularizer, c.schedule)),
+               std::move(c.base))),
+        perturb_(std::move(c.perturb)),
+        mask_(std::move(c.mask)),
+        descent_(std::move(c.descent)),
+        reg_(std::move(c.regularizer)),
+        schedule_(std::move(c.schedule)),
+        options_(c.options),
         layout_(checked(params)),
         base_state_(base_, layout_.numel()),
         mask_state_(mask_, layout_),
@@ -314,6 +307,8 @@ class sharpness_aware {
   Descent& descent() { return descent_; }
   Schedule& schedule() { return schedule_; }
   const Schedule& schedule() const { return schedule_; }
+  optimizer_options& options() { return options_; }
+  const optimizer_options& options() const { return options_; }
   const backend::layout<T, Backend>& layout() const { return layout_; }
   const typename Base::template state<T, Backend>& base_state() const { return base_state_; }
   const typename Mask::template state<T, Backend>& mask_state() const { return mask_state_; }
