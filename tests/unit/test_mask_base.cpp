@@ -34,8 +34,8 @@ using random_t =
 
 template <class B>
 random_t<B> make_random(model<float>& m, flatmin::mask::granularity unit) {
-  return random_t<B>(m.params, flatmin::base::sgd{.lr = 0.05, .momentum = 0.9}, {},
-                     flatmin::mask::random{.beta = 0.5, .unit = unit, .block = 4, .seed = 11});
+  return random_t<B>(m.params, {.base = {.lr = 0.05, .momentum = 0.9},
+                                .mask = {.beta = 0.5, .unit = unit, .block = 4, .seed = 11}});
 }
 
 template <class Opt>
@@ -151,8 +151,7 @@ TEST_CASE_TEMPLATE("mask base: dynamic's refreshes reuse one score buffer", B, F
   m.set_weights(random_vec(m.numel, 64));
   auto q = quadratic::random(m.numel, 64);
   // element units: no segment lists, so bytes() is the bits, the unit tables and the scores
-  dynamic_t opt(m.params, flatmin::base::sgd{.lr = 0.05}, {},
-                flatmin::mask::dynamic{.sparsity = 0.6, .refresh_every = 1, .seed = 3});
+  dynamic_t opt(m.params, {.base = {.lr = 0.05}, .mask = {.sparsity = 0.6, .refresh_every = 1, .seed = 3}});
   const std::size_t before = opt.mask_state().bytes();
   opt.step(q.objective(m));
   // after the first refresh one float score per unit (172 entries), held from then on
