@@ -22,9 +22,16 @@
 /// Inlined where a backend calls them (GCC, Clang host code), so that each backend's loop is
 /// compiled, and inlined into its callers, as if it were written out there.
 #if defined(__GNUC__) && !defined(__CUDA_ARCH__)
-#define FLATMIN_SUM_INLINE [[gnu::always_inline]] inline
+#define FLATMIN_SUM_INLINE __attribute__((always_inline)) inline
 #else
 #define FLATMIN_SUM_INLINE inline
+#endif
+/// nvcc: these host-and-device templates are also called with host-only callables (backend::eigen's
+/// loops in a CUDA translation unit), which is fine as long as no device code instantiates them so.
+#if defined(__CUDACC__)
+#define FLATMIN_SUM_ANY_CALLABLE _Pragma("nv_exec_check_disable")
+#else
+#define FLATMIN_SUM_ANY_CALLABLE
 #endif
 
 namespace flatmin::backend {
@@ -50,18 +57,21 @@ FLATMIN_HD inline R combine_strands(R* a) {
 }
 
 /// The block of K elements at j: element j + r to strand r.
+FLATMIN_SUM_ANY_CALLABLE
 template <std::uint32_t K, class R, class F>
 FLATMIN_HD FLATMIN_SUM_INLINE void add_block(R* a, std::uint32_t j, const F& f) {
   for (std::uint32_t r = 0; r < K; ++r) a[r] = a[r] + f(j + r);
 }
 
 /// The tail [j, len) of a segment, to strand 0 (`a0`).
+FLATMIN_SUM_ANY_CALLABLE
 template <class R, class F>
 FLATMIN_HD FLATMIN_SUM_INLINE void add_tail(R& a0, std::uint32_t j, std::uint32_t len, const F& f) {
   for (; j < len; ++j) a0 = a0 + f(j);
 }
 
 /// Σ f(j) over the segment's j in [0, len), in the order above (R value-initialises to zero).
+FLATMIN_SUM_ANY_CALLABLE
 template <class R, std::uint32_t K = reduction_strands, class F>
 FLATMIN_HD FLATMIN_SUM_INLINE R strand_sum(std::uint32_t len, const F& f) {
   R a[K]{};
@@ -73,6 +83,7 @@ FLATMIN_HD FLATMIN_SUM_INLINE R strand_sum(std::uint32_t len, const F& f) {
 
 /// Strand r of that order on its own (a GPU runs one thread per strand); combining the K results
 /// with `combine_strands` gives `strand_sum` bit for bit.
+FLATMIN_SUM_ANY_CALLABLE
 template <class R, std::uint32_t K = reduction_strands, class F>
 FLATMIN_HD FLATMIN_SUM_INLINE R strand_partial(std::uint32_t len, std::uint32_t r, const F& f) {
   const std::uint32_t body = len - len % K;
@@ -83,6 +94,7 @@ FLATMIN_HD FLATMIN_SUM_INLINE R strand_partial(std::uint32_t len, std::uint32_t 
 }
 
 /// Σ f(i) over block b of [0, n), i in [b·S, min(n, (b + 1)·S)) with S = `segment_size`, in order.
+FLATMIN_SUM_ANY_CALLABLE
 template <class R, class F>
 FLATMIN_HD FLATMIN_SUM_INLINE R index_block_sum(std::size_t n, std::size_t b, const F& f) {
   R acc{};
