@@ -248,7 +248,41 @@ def gpu_section(gdir):
            "header (copy 8 B/param); × copy is that rate over the device-to-device copy (`thrust::copy`) of the "
            "same N in the same run; for the refresh, × copy time is its time over one copy pass of N floats.", "",
            table(["pass", "N", "K / block", "median time", "GB/s", "spread", "ratio"], body), ""]
+    md += torch_cuda_section(gdir, med)
     return md
+
+
+def torch_cuda_section(gdir, med):
+    """flatmin's whole SAM-SGD step beside PyTorch's on the same GPU (bench/gpu/torch_cuda_compare.py)."""
+    tpath = os.path.join(gdir, "torch_cuda_compare.json")
+    if not os.path.exists(tpath):
+        return []
+    with open(tpath) as f:
+        tc = json.load(f)
+    flat = {}
+    for name, b in med.items():
+        parts = name.replace("/manual_time", "").split("/")
+        if parts[0] == "bm_pass<pass::step>":
+            unit = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0}[b.get("time_unit", "ns")]
+            flat[(int(parts[1]), int(parts[2]))] = b["real_time"] * unit
+    t = {(r["what"], r["N"], r["K"]): r["median_s"] for r in tc["rows"]}
+    body = []
+    for (n, k), ft in sorted(flat.items()):
+        cells = [fmt_n(n), str(k), fmt_time(t[("copy", n, 1)]) if ("copy", n, 1) in t else "–", fmt_time(ft)]
+        for v in ("loop", "foreach", "fused", "fused_item"):
+            tv = t.get((v, n, k))
+            cells.append(f"{fmt_time(tv)} ({tv / ft:.2f}×)" if tv else "–")
+        body.append(cells)
+    info = tc.get("info", {})
+    return ["### Side by side with PyTorch on the same GPU (one SAM-SGD step, optimizer side)", "",
+            f"PyTorch {info.get('torch', '?')} on {info.get('gpu', '?')}, `python3 bench/gpu/torch_cuda_compare.py` "
+            "in the same device session as the table above: CUDA events around 50 steps, median of 7 rounds. "
+            "flatmin: the `step` row above (ascend() + descend() of flatmin::sam over SGD momentum 0.9, "
+            "found_inf given). PyTorch: ‖g‖, save, w += ρg/‖g‖, restore, SGD(momentum 0.9) step, written as "
+            "the per-tensor loop (davda54/sam's shape, SGD foreach=False), with foreach ops and SGD(foreach=True), "
+            "with foreach ops and SGD(fused=True), and the same with the scale read to the host (`scale.item()`) so the ascent is one `_foreach_add_` with a float alpha. In brackets: PyTorch's time over flatmin's (above 1: "
+            "flatmin is faster). copy: one device-to-device copy of N floats (torch `copy_`).", "",
+            table(["N", "K", "copy", "flatmin step", "torch loop", "torch foreach", "torch fused", "torch fused, float scale"], body), ""]
 
 
 def main():

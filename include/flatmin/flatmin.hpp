@@ -34,6 +34,7 @@
 #include "mask/dynamic.hpp"
 #include "mask/fisher.hpp"
 #include "mask/random.hpp"
+#include "optimizer/composition.hpp"
 #include "optimizer/concepts.hpp"
 #include "optimizer/report.hpp"
 #include "optimizer/sharpness_aware.hpp"

@@ -327,7 +327,8 @@ TEST_CASE("eigen: SAM statistics under an element bit mask: eight bits at a time
   for (bool over_mask : {false, true}) {
     CAPTURE(over_mask);
     const flatmin::kernels::stats_pass<float, flatmin::kernels::l2_term<float>, bits_view> pass{{}, view, inv, over_mask};
-    static_assert(decltype(pass)::gradient_bits && !decltype(pass)::gradient_only);
+    static_assert(flatmin::backend::host::has_group_form<decltype(pass), grad_stats, float, be::reduction_group> &&
+                  !decltype(pass)::gradient_only);
     // float64 reference: Σg² over all, Σd² and count over the masked perturbed entries, Σn² over
     // the perturbed entries (or the masked ones with over_mask)
     ref_stats want;
@@ -372,7 +373,7 @@ TEST_CASE("eigen: ascent and restore under an element bit mask: the segment form
   std::vector<float> saved_a(n, -7.f), saved_b(n, -7.f);
   using ascend = flatmin::kernels::ascend_pass<float, flatmin::kernels::l2_term<float>, bits_view>;
   using restore = flatmin::kernels::restore_pass<float, bits_view>;
-  static_assert(flatmin::kernels::element_bit_mask<bits_view>);
+  static_assert(flatmin::backend::host::element_bit_mask<bits_view>);
   be::for_each(a.l.full(), ascend{{}, a.view(), scale, inv, saved_a.data()});
   be::for_each(b.l.full(), element_each<ascend>{{{}, b.view(), scale, inv, saved_b.data()}});
   auto flat = [](const masked_problem& m) {

@@ -16,6 +16,6 @@ int main() {
   ps.add("w", w, g);
   flatmin::sharpness_aware<float, flatmin::backend::eigen, flatmin::perturb::l2, flatmin::mask::dense,
                            flatmin::base::sgd, clean_gradient_descent>
-      opt(ps, flatmin::base::sgd{});
+      opt(ps, {.base = flatmin::base::sgd{}});
   static_cast<void>(opt);
 }

@@ -21,6 +21,6 @@ int main() {
   ps.add("w", w, g);
   flatmin::sharpness_aware<float, flatmin::backend::eigen, flatmin::perturb::l2, flatmin::mask::dense,
                            stateless_update>
-      opt(ps, stateless_update{});
+      opt(ps, {.base = stateless_update{}});
   static_cast<void>(opt);
 }

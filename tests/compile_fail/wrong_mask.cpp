@@ -20,6 +20,6 @@ int main() {
   ps.add("w", w, g);
   flatmin::sharpness_aware<float, flatmin::backend::eigen, flatmin::perturb::l2, rangeless_mask,
                            flatmin::base::sgd>
-      opt(ps, flatmin::base::sgd{});
+      opt(ps, {.base = flatmin::base::sgd{}});
   static_cast<void>(opt);
 }

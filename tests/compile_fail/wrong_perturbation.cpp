@@ -15,6 +15,6 @@ int main() {
   ps.add("w", w, g);
   flatmin::sharpness_aware<float, flatmin::backend::eigen, no_radius, flatmin::mask::dense,
                            flatmin::base::sgd>
-      opt(ps, flatmin::base::sgd{});
+      opt(ps, {.base = flatmin::base::sgd{}});
   static_cast<void>(opt);
 }

@@ -14,7 +14,8 @@ int main() {
   flatmin::param_set<float> ps;
   ps.add("w", w, g);
   flatmin::sharpness_aware<float, flatmin::backend::eigen, flatmin::perturb::l2, flatmin::mask::dense,
-                           flatmin::base::sgd, flatmin::descent::standard, flatmin::regularize::none, every_other>
-      opt(ps, flatmin::base::sgd{});
+                           flatmin::base::sgd, flatmin::descent::standard, flatmin::regularize::none,
+                           every_other>
+      opt(ps, {.base = flatmin::base::sgd{}});
   static_cast<void>(opt);
 }

@@ -99,9 +99,12 @@ struct plain_hooks {
   /// Builds the optimizer (the default: every policy from config<>).
   template <class Opt, class C, class T>
   static Opt make(const param_set<T>& ps) {
-    return Opt(ps, config<typename C::base>::make(), config<typename C::perturb>::make(),
-               config<typename C::mask>::make(), optimizer_options{}, config<typename C::descent>::make(),
-               config<typename C::regularizer>::make(), config<typename C::schedule>::make());
+    return Opt(ps, {.base = config<typename C::base>::make(),
+                    .perturb = config<typename C::perturb>::make(),
+                    .mask = config<typename C::mask>::make(),
+                    .descent = config<typename C::descent>::make(),
+                    .regularizer = config<typename C::regularizer>::make(),
+                    .schedule = config<typename C::schedule>::make()});
   }
 };
 
@@ -112,8 +115,11 @@ struct block_hooks : plain_hooks {
   static Opt make(const param_set<T>& ps) {
     auto mask = config<typename C::mask>::make();
     mask.block = Block;
-    return Opt(ps, config<typename C::base>::make(), config<typename C::perturb>::make(), mask, optimizer_options{},
-               config<typename C::descent>::make(), config<typename C::regularizer>::make());
+    return Opt(ps, {.base = config<typename C::base>::make(),
+                    .perturb = config<typename C::perturb>::make(),
+                    .mask = mask,
+                    .descent = config<typename C::descent>::make(),
+                    .regularizer = config<typename C::regularizer>::make()});
   }
 };
 
@@ -136,8 +142,11 @@ struct example_hooks : plain_hooks {
     auto mask = config<typename C::mask>::make();
     mask.source = mask::fisher_estimator::per_example;
     mask.examples = 4;
-    return Opt(ps, config<typename C::base>::make(), config<typename C::perturb>::make(), mask, optimizer_options{},
-               config<typename C::descent>::make(), config<typename C::regularizer>::make());
+    return Opt(ps, {.base = config<typename C::base>::make(),
+                    .perturb = config<typename C::perturb>::make(),
+                    .mask = mask,
+                    .descent = config<typename C::descent>::make(),
+                    .regularizer = config<typename C::regularizer>::make()});
   }
 };
 
@@ -233,8 +242,8 @@ struct lora_pair_hooks : plain_hooks {
   }
   template <class Opt, class C, class T>
   static Opt make_base_alone(const param_set<T>& ps) {
-    return Opt(paired(ps), config<typename C::base>::make(), {}, {}, optimizer_options{}, {},
-               config<typename C::regularizer>::make());
+    return Opt(paired(ps), {.base = config<typename C::base>::make(),
+                            .regularizer = config<typename C::regularizer>::make()});
   }
 };
 
@@ -266,8 +275,8 @@ struct composition {
     if constexpr (requires { Hooks::template make_base_alone<base_alone<T, Backend>, composition, T>(ps); })
       return Hooks::template make_base_alone<base_alone<T, Backend>, composition, T>(ps);
     else
-      return base_alone<T, Backend>(ps, config<Base>::make(), {}, {}, optimizer_options{}, {},
-                                    config<Regularizer>::make());
+      return base_alone<T, Backend>(
+          ps, {.base = config<Base>::make(), .regularizer = config<Regularizer>::make()});
   }
 };
 

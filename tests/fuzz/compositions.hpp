@@ -70,7 +70,7 @@ std::unique_ptr<driver> wrap(Opt&& o) {
   return std::make_unique<driver_of<std::decay_t<Opt>>>(std::move(o));
 }
 
-inline constexpr int composition_count = 9;
+inline constexpr int composition_count = 10;
 
 /// Composition k over m's parameters.
 inline std::unique_ptr<driver> make(int k, model& m) {
@@ -94,6 +94,13 @@ inline std::unique_ptr<driver> make(int k, model& m) {
       return wrap(esam<eigen>(m.params, base::sgd{.lr = 0.05, .momentum = 0.5},
                               {.unit = mask::granularity::block, .block = 4, .seed = 2}));
     case 7: return wrap(preconditioned_sam<eigen>(m.params, base::adamw{.lr = 0.01}));
+    case 9: {  // a random mask the user set: its bits are the optional checkpoint entry "random.bits"
+      auto o = esam<eigen>(m.params, base::sgd{.lr = 0.05}, {.unit = mask::granularity::block, .block = 8});
+      std::vector<std::uint8_t> w(120, 0);
+      for (std::size_t i = 16; i < 48; ++i) w[i] = 1;
+      o.set_mask("w", w);
+      return wrap(std::move(o));
+    }
     default: return wrap(asam<eigen>(m.params, base::sgd{.lr = 0.05, .momentum = 0.9}));
   }
 }

@@ -148,7 +148,7 @@ void descent_hook_case(std::uint64_t seed) {
   const auto q = quadratic::random(m.numel, seed);
   using D = wsam_like_descent<T, Backend>;
   flatmin::sharpness_aware<T, Backend, flatmin::perturb::l2, flatmin::mask::dense, flatmin::base::sgd, D> opt(
-      m.params, base, flatmin::perturb::l2{.rho = 0.1}, {}, {}, D{{}, 0.4});
+      m.params, {.base = base, .perturb = flatmin::perturb::l2{.rho = 0.1}, .descent = D{{}, 0.4}});
   against_reference(
       m, opt, [&]() -> const std::vector<seen>& { return opt.descent().calls; }, base, 0.1, 0.4, q,
       [&](auto& o, quadratic& ql) { return o.step(ql.objective(m)); });
@@ -163,7 +163,8 @@ void regularizer_hook_case(std::uint64_t seed, bool closure) {
   using R = wsam_like_regularizer;
   flatmin::sharpness_aware<T, Backend, flatmin::perturb::l2, flatmin::mask::dense, flatmin::base::sgd,
                            flatmin::descent::standard, R>
-      opt(m.params, base, flatmin::perturb::l2{.rho = 0.1}, {}, {}, {}, R{.alpha = 0.4});
+      opt(m.params,
+          {.base = base, .perturb = flatmin::perturb::l2{.rho = 0.1}, .regularizer = R{.alpha = 0.4}});
   auto calls = [&]() -> const std::vector<seen>& { return opt.regularizer_state().calls; };
   if (closure)
     against_reference(m, opt, calls, base, 0.1, 0.4, q,
@@ -201,7 +202,7 @@ TEST_CASE_TEMPLATE("ascent hook: not called on a step the schedule leaves unpert
   using D = wsam_like_descent<T, Backend>;
   flatmin::sharpness_aware<T, Backend, flatmin::perturb::l2, flatmin::mask::dense, flatmin::base::sgd, D,
                            flatmin::regularize::none, flatmin::schedule::every_k>
-      opt(m.params, base, {}, {}, {}, D{}, {}, flatmin::schedule::every_k{.k = 3});
+      opt(m.params, {.base = base, .descent = D{}, .schedule = flatmin::schedule::every_k{.k = 3}});
   std::vector<std::size_t> hooked;
   for (int s = 1; s <= 7; ++s) opt.step(q.objective(m));
   for (const auto& c : opt.descent().calls) hooked.push_back(c.step);

@@ -367,7 +367,7 @@ TEST_CASE_TEMPLATE("checkpoint: the v2 layout, byte by byte", B, FLATMIN_TEST_BA
   model<float> m(mask_layout);
   m.set_weights(random_vec(m.numel, 40));
   auto q = quadratic::random(m.numel, 40);
-  fisher_t<B> opt(m.params, flatmin::base::adamw{.lr = 0.01}, {}, fisher_blocks);
+  fisher_t<B> opt(m.params, {.base = flatmin::base::adamw{.lr = 0.01}, .mask = fisher_blocks});
   train(opt, m, q, 4);
   const std::string b = saved(opt);
   const auto map = parse(b);
@@ -411,15 +411,15 @@ TEST_CASE_TEMPLATE("checkpoint: corrupted checkpoints are rejected, the optimize
   model<float> src_m(mask_layout), vm(mask_layout), rm(mask_layout);
   src_m.set_weights(random_vec(src_m.numel, 41));
   auto qs = quadratic::random(src_m.numel, 41);
-  fisher_t<B> src(src_m.params, flatmin::base::adamw{.lr = 0.01}, {}, fisher_blocks);
+  fisher_t<B> src(src_m.params, {.base = flatmin::base::adamw{.lr = 0.01}, .mask = fisher_blocks});
   train(src, src_m, qs, 5);  // steps 1 and 4 refresh: 10 of the 40 candidate blocks active
   const std::string good = saved(src);
   const auto map = parse(good);
 
   vm.set_weights(random_vec(vm.numel, 42));
   rm.set_weights(random_vec(rm.numel, 42));
-  fisher_t<B> victim(vm.params, flatmin::base::adamw{.lr = 0.01}, {}, fisher_blocks);
-  fisher_t<B> ref(rm.params, flatmin::base::adamw{.lr = 0.01}, {}, fisher_blocks);
+  fisher_t<B> victim(vm.params, {.base = flatmin::base::adamw{.lr = 0.01}, .mask = fisher_blocks});
+  fisher_t<B> ref(rm.params, {.base = flatmin::base::adamw{.lr = 0.01}, .mask = fisher_blocks});
   auto qv = quadratic::random(vm.numel, 43), qr = qv;
   train(victim, vm, qv, 2);
   train(ref, rm, qr, 2);
@@ -554,8 +554,10 @@ TEST_CASE_TEMPLATE("checkpoint: dynamic mask contents are checked", B, FLATMIN_T
   sm.set_weights(random_vec(sm.numel, 44));
   vm.set_weights(random_vec(vm.numel, 45));
   auto q = quadratic::random(sm.numel, 44);
-  dynamic_t<B> src(sm.params, flatmin::base::sgd{.lr = 0.05, .momentum = 0.9}, {}, dynamic_blocks);
-  dynamic_t<B> victim(vm.params, flatmin::base::sgd{.lr = 0.05, .momentum = 0.9}, {}, dynamic_blocks);
+  dynamic_t<B> src(sm.params,
+                   {.base = flatmin::base::sgd{.lr = 0.05, .momentum = 0.9}, .mask = dynamic_blocks});
+  dynamic_t<B> victim(vm.params,
+                      {.base = flatmin::base::sgd{.lr = 0.05, .momentum = 0.9}, .mask = dynamic_blocks});
   train(src, sm, q, 3);
   const std::string good = saved(src);
   const auto map = parse(good);
@@ -724,28 +726,34 @@ TEST_CASE_TEMPLATE("checkpoint: resume is exact after a skipped step, after a re
                    FLATMIN_TEST_BACKENDS) {
   using T = float;
   auto fisher_acc = [](model<T>& m) {
-    return fisher_t<B, T>(m.params, flatmin::base::adamw{.lr = 0.01}, {}, fisher_blocks);
+    return fisher_t<B, T>(m.params, {.base = flatmin::base::adamw{.lr = 0.01}, .mask = fisher_blocks});
   };
   auto fisher_elem = [](model<T>& m) {
-    return fisher_t<B, T>(m.params, flatmin::base::adamw{.lr = 0.01}, {},
-                          flatmin::mask::fisher{.keep = 0.2, .refresh_every = 3});
+    return fisher_t<B, T>(m.params, {.base = flatmin::base::adamw{.lr = 0.01},
+                                     .mask = flatmin::mask::fisher{.keep = 0.2, .refresh_every = 3}});
   };
   auto fisher_batch = [](model<T>& m) {
-    return fisher_t<B, T>(m.params, flatmin::base::adamw{.lr = 0.01}, {},
-                          flatmin::mask::fisher{.keep = 0.3, .refresh_every = 3, .block = 8,
-                                                .source = flatmin::mask::fisher_estimator::current_batch});
+    return fisher_t<B, T>(
+        m.params, {.base = flatmin::base::adamw{.lr = 0.01},
+                   .mask = flatmin::mask::fisher{.keep = 0.3,
+                                                 .refresh_every = 3,
+                                                 .block = 8,
+                                                 .source = flatmin::mask::fisher_estimator::current_batch}});
   };
   auto dynamic_blk = [](model<T>& m) {
-    return dynamic_t<B, T>(m.params, flatmin::base::sgd{.lr = 0.05, .momentum = 0.9}, {}, dynamic_blocks);
+    return dynamic_t<B, T>(m.params,
+                           {.base = flatmin::base::sgd{.lr = 0.05, .momentum = 0.9}, .mask = dynamic_blocks});
   };
   auto dynamic_elem = [](model<T>& m) {
-    return dynamic_t<B, T>(m.params, flatmin::base::sgd{.lr = 0.05, .momentum = 0.9}, {},
-                           flatmin::mask::dynamic{.sparsity = 0.7, .refresh_every = 2, .total_steps = 9, .seed = 5});
+    return dynamic_t<B, T>(m.params, {.base = flatmin::base::sgd{.lr = 0.05, .momentum = 0.9},
+                                      .mask = flatmin::mask::dynamic{
+                                          .sparsity = 0.7, .refresh_every = 2, .total_steps = 9, .seed = 5}});
   };
   auto random_blk = [](model<T>& m) {
-    return random_t<B, T>(m.params, flatmin::base::sgd{.lr = 0.05, .momentum = 0.9}, {},
-                          flatmin::mask::random{.beta = 0.5, .unit = flatmin::mask::granularity::block, .block = 4,
-                                                .seed = 9});
+    return random_t<B, T>(
+        m.params, {.base = flatmin::base::sgd{.lr = 0.05, .momentum = 0.9},
+                   .mask = flatmin::mask::random{
+                       .beta = 0.5, .unit = flatmin::mask::granularity::block, .block = 4, .seed = 9}});
   };
   // fisher: refresh steps 1, 4, 7, 10 (step numbers count applied steps); dynamic: 3, 5, 7, 9
   SUBCASE("fisher, blocks, accumulated") {
@@ -780,7 +788,8 @@ TEST_CASE_TEMPLATE("checkpoint: preconditioned SAM resumes exactly, with Adam's 
     opt.base().eps = i < 3 ? 1e-8 : 1e-3;
   };
   auto make = [](model<double>& m) {
-    return precond_t<B, double>(m.params, flatmin::base::adamw{.lr = 0.01}, flatmin::perturb::preconditioned{0.1});
+    return precond_t<B, double>(m.params, {.base = flatmin::base::adamw{.lr = 0.01},
+                                           .perturb = flatmin::perturb::preconditioned{0.1}});
   };
   check_resume<double>(make, "nnnnnnnn", 5, schedule);
   check_resume<double>(make, "nnnnsnnn", 5, schedule);
@@ -793,10 +802,10 @@ TEST_CASE_TEMPLATE("checkpoint: a mask saved with more active blocks grows the s
   model<float> sm(mask_layout), vm(mask_layout);
   sm.set_weights(random_vec(sm.numel, 48));
   auto qs = quadratic::random(sm.numel, 48);
-  fisher_t<B> src(sm.params, flatmin::base::adamw{.lr = 0.01}, {}, fisher_blocks);
+  fisher_t<B> src(sm.params, {.base = flatmin::base::adamw{.lr = 0.01}, .mask = fisher_blocks});
   auto small = fisher_blocks;
   small.keep = 0.1;
-  fisher_t<B> victim(vm.params, flatmin::base::adamw{.lr = 0.01}, {}, small);
+  fisher_t<B> victim(vm.params, {.base = flatmin::base::adamw{.lr = 0.01}, .mask = small});
   train(src, sm, qs, 4);
   CHECK(victim.extra_state_bytes() < src.extra_state_bytes());
   std::stringstream ck(saved(src));

@@ -130,16 +130,19 @@ void throw_in_prepare_two_call(Opt& o, flaky_objective<T>& f) {
 
 TEST_CASE_TEMPLATE("exceptions: the objective throwing at w or at w + eps changes nothing", B, FLATMIN_TEST_BACKENDS) {
   auto sam = [](model<float>& m) {
-    return flatmin::sam_t<float, flaky_sgd, B>(m.params, flaky_sgd{{.lr = 0.05, .momentum = 0.9}});
+    return flatmin::sam_t<float, flaky_sgd, B>(m.params, {.base = flaky_sgd{{.lr = 0.05, .momentum = 0.9}}});
   };
   auto asam = [](model<double>& m) {
-    return flatmin::asam_t<double, flatmin::base::adamw, B>(m.params, flatmin::base::adamw{.lr = 0.01});
+    return flatmin::asam_t<double, flatmin::base::adamw, B>(m.params,
+                                                            {.base = flatmin::base::adamw{.lr = 0.01}});
   };
   // block units of mask::random: the restore runs over the compact list of the kept blocks
   auto swp = [](model<double>& m) {
-    return flatmin::sharpness_aware<double, B, flatmin::perturb::l2, flatmin::mask::random, flatmin::base::adam>(
-        m.params, flatmin::base::adam{.lr = 0.01}, {},
-        flatmin::mask::random{.beta = 0.5, .unit = flatmin::mask::granularity::block, .block = 4, .seed = 3});
+    return flatmin::sharpness_aware<double, B, flatmin::perturb::l2, flatmin::mask::random,
+                                    flatmin::base::adam>(
+        m.params, {.base = flatmin::base::adam{.lr = 0.01},
+                   .mask = flatmin::mask::random{
+                       .beta = 0.5, .unit = flatmin::mask::granularity::block, .block = 4, .seed = 3}});
   };
   auto baseline = [](model<float>& m) { return flatmin::sgd<B>(m.params, {.lr = 0.05, .momentum = 0.9}); };
   for (int at : {1, 2}) {
@@ -156,16 +159,17 @@ TEST_CASE_TEMPLATE("exceptions: the objective throwing at w or at w + eps change
 TEST_CASE_TEMPLATE("exceptions: a policy throwing in descend() restores w, in both protocols", B,
                    FLATMIN_TEST_BACKENDS) {
   auto sam = [](model<float>& m) {
-    return flatmin::sam_t<float, flaky_sgd, B>(m.params, flaky_sgd{{.lr = 0.05, .momentum = 0.9}});
+    return flatmin::sam_t<float, flaky_sgd, B>(m.params, {.base = flaky_sgd{{.lr = 0.05, .momentum = 0.9}}});
   };
   auto esam_blocks = [](model<double>& m) {
     return flatmin::sharpness_aware<double, B, flatmin::perturb::l2, flatmin::mask::random, flaky_sgd>(
-        m.params, flaky_sgd{{.lr = 0.05, .momentum = 0.5}}, {},
-        flatmin::mask::random{.beta = 0.5, .unit = flatmin::mask::granularity::block, .block = 4, .seed = 5});
+        m.params, {.base = flaky_sgd{{.lr = 0.05, .momentum = 0.5}},
+                   .mask = flatmin::mask::random{
+                       .beta = 0.5, .unit = flatmin::mask::granularity::block, .block = 4, .seed = 5}});
   };
   auto baseline = [](model<double>& m) {
     return flatmin::sharpness_aware<double, B, flatmin::perturb::none, flatmin::mask::dense, flaky_sgd>(
-        m.params, flaky_sgd{{.lr = 0.05, .momentum = 0.9}});
+        m.params, {.base = flaky_sgd{{.lr = 0.05, .momentum = 0.9}}});
   };
   for (int at : {1, 3}) {
     CAPTURE(at);
@@ -187,11 +191,13 @@ TEST_CASE_TEMPLATE("exceptions: a schedule throwing in descend() restores w (SAM
   p2.add_lora_pair("p", x2.data(), gx2.data(), {3, 1}, y2.data(), gy2.data(), {2, 1});
   auto fail = std::make_shared<bool>(false);
   auto make = [&](flatmin::param_set<double>& p) {
-    return opt_t(p, flatmin::base::sgd{.lr = 0.1, .momentum = 0.9}, flatmin::perturb::l2{.rho = 0.2}, {}, {}, {},
-                 flatmin::regularize::balancedness{.rho = 0.5, .alpha_schedule = [fail](std::size_t t) {
-                                                     if (*fail) throw boom{};
-                                                     return 1.0 / static_cast<double>(t);
-                                                   }});
+    return opt_t(p, {.base = flatmin::base::sgd{.lr = 0.1, .momentum = 0.9},
+                     .perturb = flatmin::perturb::l2{.rho = 0.2},
+                     .regularizer = flatmin::regularize::balancedness{
+                         .rho = 0.5, .alpha_schedule = [fail](std::size_t t) {
+                           if (*fail) throw boom{};
+                           return 1.0 / static_cast<double>(t);
+                         }}});
   };
   auto o1 = make(p1), o2 = make(p2);
   // g = ∇ ½‖x‖² + ½‖y − 1‖², depends on the weights only

@@ -34,9 +34,13 @@ TEST_CASE_TEMPLATE("dynamic: random start, drop by |g|, random growth, cosine de
       const double s = 0.6, dr0 = 0.5;
       const std::size_t every = 2;
       const std::uint64_t seed = 42;
-      dyn_opt<B> opt(m.ps, flatmin::base::sgd{.lr = 0.01}, {},
-                     flatmin::mask::dynamic{.sparsity = s, .death_rate = dr0, .refresh_every = every,
-                                            .total_steps = total, .block = bs, .seed = seed});
+      dyn_opt<B> opt(m.ps, {.base = flatmin::base::sgd{.lr = 0.01},
+                            .mask = flatmin::mask::dynamic{.sparsity = s,
+                                                           .death_rate = dr0,
+                                                           .refresh_every = every,
+                                                           .total_steps = total,
+                                                           .block = bs,
+                                                           .seed = seed}});
       std::size_t n = 0;
       std::vector<std::pair<double, std::size_t>> cand;
       for (std::size_t u = 0; u < U.size(); ++u)
@@ -100,9 +104,11 @@ TEST_CASE_TEMPLATE("dynamic: the active count is the official code's over 20 ref
         CAPTURE(total);
         model m({L}, 3);
         const std::size_t every = 2;
-        dyn_opt<B> opt(m.ps, flatmin::base::sgd{.lr = 0.01}, {},
-                       flatmin::mask::dynamic{.sparsity = s, .death_rate = 0.5, .refresh_every = every,
-                                              .total_steps = total, .seed = 9});
+        dyn_opt<B> opt(
+            m.ps,
+            {.base = flatmin::base::sgd{.lr = 0.01},
+             .mask = flatmin::mask::dynamic{
+                 .sparsity = s, .death_rate = 0.5, .refresh_every = every, .total_steps = total, .seed = 9}});
         const double l = static_cast<double>(L);
         std::size_t want = L - static_cast<std::size_t>(std::ceil(l * s));
         CHECK(opt.mask_count(0) == want);
@@ -131,9 +137,12 @@ TEST_CASE_TEMPLATE("dynamic: constant counts keep N - ceil(N s) active", B, FLAT
   for (const double s : {0.2, 0.5, 0.9}) {
     CAPTURE(s);
     model m({195}, 3);
-    dyn_opt<B> opt(m.ps, flatmin::base::sgd{.lr = 0.01}, {},
-                   flatmin::mask::dynamic{.sparsity = s, .refresh_every = 1, .total_steps = 12, .seed = 9,
-                                          .counts = flatmin::mask::dynamic_counts::constant});
+    dyn_opt<B> opt(m.ps, {.base = flatmin::base::sgd{.lr = 0.01},
+                          .mask = flatmin::mask::dynamic{.sparsity = s,
+                                                         .refresh_every = 1,
+                                                         .total_steps = 12,
+                                                         .seed = 9,
+                                                         .counts = flatmin::mask::dynamic_counts::constant}});
     const std::size_t want = 195 - static_cast<std::size_t>(std::ceil(195.0 * s));
     auto before = opt.mask_bytes(0);
     std::size_t changes = 0;
@@ -153,7 +162,8 @@ TEST_CASE_TEMPLATE("dynamic: constant counts keep N - ceil(N s) active", B, FLAT
 TEST_CASE_TEMPLATE("dynamic: the same seed gives the same masks, another seed others", B, FLATMIN_TEST_BACKENDS) {
   model m1, m2, m3;
   auto make = [](model& m, std::uint64_t seed) {
-    return dyn_opt<B>(m.ps, flatmin::base::sgd{.lr = 0.01}, {}, flatmin::mask::dynamic{.refresh_every = 2, .seed = seed});
+    return dyn_opt<B>(m.ps, {.base = flatmin::base::sgd{.lr = 0.01},
+                             .mask = flatmin::mask::dynamic{.refresh_every = 2, .seed = seed}});
   };
   auto a = make(m1, 5), b = make(m2, 5), c = make(m3, 6);
   for (int s = 0; s < 6; ++s) {

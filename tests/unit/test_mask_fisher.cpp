@@ -53,8 +53,9 @@ TEST_CASE_TEMPLATE("fisher: first step selects the top-k of g^2, eps uses the fu
     CAPTURE(keep);
     model m;
     const double rho = 0.2, lr = 0.05;
-    fisher_opt<B> opt(m.ps, flatmin::base::sgd{.lr = lr}, flatmin::perturb::l2{.rho = rho},
-                      flatmin::mask::fisher{.keep = keep, .refresh_every = 100});
+    fisher_opt<B> opt(m.ps, {.base = flatmin::base::sgd{.lr = lr},
+                             .perturb = flatmin::perturb::l2{.rho = rho},
+                             .mask = flatmin::mask::fisher{.keep = keep, .refresh_every = 100}});
     const auto G = m.random_g();
     m.set_g(G);
     const auto w0 = m.flat_w();
@@ -95,7 +96,8 @@ TEST_CASE_TEMPLATE("fisher: ties go to the lower index, exactly k at every bound
   for (std::size_t k : {std::size_t{0}, std::size_t{1}, big - 1, big, big + 1, n / 2, n - 1, n}) {
     CAPTURE(k);
     const double keep = (static_cast<double>(k) + 0.5) / static_cast<double>(n);
-    fisher_opt<B> opt(m.ps, flatmin::base::sgd{.lr = 0.1}, {}, flatmin::mask::fisher{.keep = std::min(keep, 1.0)});
+    fisher_opt<B> opt(m.ps, {.base = flatmin::base::sgd{.lr = 0.1},
+                             .mask = flatmin::mask::fisher{.keep = std::min(keep, 1.0)}});
     m.set_g(G);
     const auto w0 = m.flat_w();
     opt.ascend();
@@ -107,7 +109,8 @@ TEST_CASE_TEMPLATE("fisher: ties go to the lower index, exactly k at every bound
   }
   SUBCASE("all scores equal") {
     std::vector<double> E(m.numel(), 0.5);
-    fisher_opt<B> opt(m.ps, flatmin::base::sgd{.lr = 0.1}, {}, flatmin::mask::fisher{.keep = 0.3});
+    fisher_opt<B> opt(m.ps,
+                      {.base = flatmin::base::sgd{.lr = 0.1}, .mask = flatmin::mask::fisher{.keep = 0.3}});
     m.set_g(E);
     const auto w0 = m.flat_w();
     opt.ascend();
@@ -128,7 +131,7 @@ TEST_CASE_TEMPLATE("fisher: refresh timing, accumulation since the last refresh,
     flatmin::mask::fisher opts{.keep = 0.2, .refresh_every = T};
     if (mode == 1) opts.source = est::current_batch;
     if (mode == 2) opts.empty_start = true;
-    fisher_opt<B> opt(m.ps, flatmin::base::sgd{.lr = 0.01}, {}, opts);
+    fisher_opt<B> opt(m.ps, {.base = flatmin::base::sgd{.lr = 0.01}, .mask = opts});
     const std::size_t k = static_cast<std::size_t>(std::floor(0.2 * static_cast<double>(eligible_count(m))));
     std::vector<double> F(m.numel(), 0.0);
     std::set<std::size_t> mask;  // eligible part
@@ -159,7 +162,8 @@ TEST_CASE_TEMPLATE("fisher: a block mask equals the element mask of the block sc
       CAPTURE(keep);
       model m({37, 5, 50, 7, 33});
       const double lr = 0.1;
-      fisher_opt<B> opt(m.ps, flatmin::base::sgd{.lr = lr}, {}, flatmin::mask::fisher{.keep = keep, .refresh_every = 2, .block = bs});
+      fisher_opt<B> opt(m.ps, {.base = flatmin::base::sgd{.lr = lr},
+                               .mask = flatmin::mask::fisher{.keep = keep, .refresh_every = 2, .block = bs}});
       const block_units U(m, bs);
       std::vector<double> S(U.size(), 0.0);
       std::set<std::size_t> mask;
@@ -288,12 +292,15 @@ TEST_CASE_TEMPLATE("fisher: a 90%-sparse block mask needs less than a third of d
 TEST_CASE("fisher: bad options name the option") {
   model m;
   using opt = fisher_opt<flatmin::backend::eigen>;
-  CHECK_THROWS_WITH_AS(opt(m.ps, flatmin::base::sgd{.lr = 0.1}, {}, flatmin::mask::fisher{.keep = 1.5}),
-                       doctest::Contains("keep"), std::invalid_argument);
-  CHECK_THROWS_WITH_AS(opt(m.ps, flatmin::base::sgd{.lr = 0.1}, {}, flatmin::mask::fisher{.block = 3}),
-                       doctest::Contains("block"), std::invalid_argument);
-  CHECK_THROWS_WITH_AS(opt(m.ps, flatmin::base::sgd{.lr = 0.1}, {}, flatmin::mask::fisher{.refresh_every = 0}),
-                       doctest::Contains("refresh_every"), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(
+      opt(m.ps, {.base = flatmin::base::sgd{.lr = 0.1}, .mask = flatmin::mask::fisher{.keep = 1.5}}),
+      doctest::Contains("keep"), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(
+      opt(m.ps, {.base = flatmin::base::sgd{.lr = 0.1}, .mask = flatmin::mask::fisher{.block = 3}}),
+      doctest::Contains("block"), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(
+      opt(m.ps, {.base = flatmin::base::sgd{.lr = 0.1}, .mask = flatmin::mask::fisher{.refresh_every = 0}}),
+      doctest::Contains("refresh_every"), std::invalid_argument);
 }
 
 TEST_CASE_TEMPLATE("fisher, dynamic: save() and load() resume the masks exactly", B, FLATMIN_TEST_BACKENDS) {
@@ -302,7 +309,7 @@ TEST_CASE_TEMPLATE("fisher, dynamic: save() and load() resume the masks exactly"
     model m1, m2;
     using M = decltype(make_mask());
     using opt_t = flatmin::sharpness_aware<double, B, flatmin::perturb::l2, M, flatmin::base::sgd>;
-    opt_t a(m1.ps, flatmin::base::sgd{.lr = 0.05}, {}, make_mask());
+    opt_t a(m1.ps, {.base = flatmin::base::sgd{.lr = 0.05}, .mask = make_mask()});
     std::vector<std::vector<double>> grads;
     for (int s = 0; s < 12; ++s) grads.push_back(m1.random_g());
     for (int s = 0; s < saved_after; ++s) {
@@ -313,7 +320,7 @@ TEST_CASE_TEMPLATE("fisher, dynamic: save() and load() resume the masks exactly"
     std::stringstream ck;
     a.save(ck);
     for (std::size_t t = 0; t < m1.w.size(); ++t) m2.w[t] = m1.w[t];
-    opt_t b(m2.ps, flatmin::base::sgd{.lr = 0.05}, {}, make_mask());
+    opt_t b(m2.ps, {.base = flatmin::base::sgd{.lr = 0.05}, .mask = make_mask()});
     b.load(ck);
     for (int s = saved_after; s < 12; ++s) {
       m1.set_g(grads[s]);

@@ -21,8 +21,9 @@ TEST_CASE_TEMPLATE("random: keep rate within 5 sigma of beta, eps = (rho/beta) g
     for (int t = 0; t < 24; ++t) sizes.push_back(20 + 3 * static_cast<std::size_t>(t));
     model m(sizes);
     const double beta = 0.3, rho = 0.1;
-    swp_opt<B> opt(m.ps, flatmin::base::sgd{.lr = 0.01}, flatmin::perturb::l2{.rho = rho},
-                   flatmin::mask::random{.beta = beta, .unit = unit, .block = 8, .seed = 9});
+    swp_opt<B> opt(m.ps, {.base = flatmin::base::sgd{.lr = 0.01},
+                          .perturb = flatmin::perturb::l2{.rho = rho},
+                          .mask = flatmin::mask::random{.beta = beta, .unit = unit, .block = 8, .seed = 9}});
     const block_units U(m, unit == granularity::block ? 8 : 1);
     double units_seen = 0, units_kept = 0;
     const int steps = 300;
@@ -79,7 +80,8 @@ TEST_CASE_TEMPLATE("random: the same seed gives the same masks on every run, ano
     std::vector<std::size_t> sizes(16, 40);
     model m1(sizes), m2(sizes), m3(sizes);
     auto make = [&](model& m, std::uint64_t seed) {
-      return swp_opt<B>(m.ps, flatmin::base::sgd{.lr = 0.01}, {}, flatmin::mask::random{.unit = unit, .block = 4, .seed = seed});
+      return swp_opt<B>(m.ps, {.base = flatmin::base::sgd{.lr = 0.01},
+                               .mask = flatmin::mask::random{.unit = unit, .block = 4, .seed = seed}});
     };
     auto a = make(m1, 1), b = make(m2, 1), c = make(m3, 2);
     int differ = 0;
@@ -103,6 +105,7 @@ TEST_CASE_TEMPLATE("random: the same seed gives the same masks on every run, ano
 TEST_CASE("random: bad options name the option") {
   model m;
   using opt = swp_opt<flatmin::backend::eigen>;
-  CHECK_THROWS_WITH_AS(opt(m.ps, flatmin::base::sgd{.lr = 0.1}, {}, flatmin::mask::random{.beta = 0}),
-                       doctest::Contains("beta"), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(
+      opt(m.ps, {.base = flatmin::base::sgd{.lr = 0.1}, .mask = flatmin::mask::random{.beta = 0}}),
+      doctest::Contains("beta"), std::invalid_argument);
 }

@@ -68,8 +68,8 @@ void check_skips_leave_state(const M& mask) {
                    interruption::found_inf_at_descend, interruption::cancel}) {
     CAPTURE(static_cast<int>(how));
     model ma, mb;
-    opt_t<B, M> a(ma.ps, flatmin::base::sgd{.lr = 0.05}, {}, mask);
-    opt_t<B, M> b(mb.ps, flatmin::base::sgd{.lr = 0.05}, {}, mask);
+    opt_t<B, M> a(ma.ps, {.base = flatmin::base::sgd{.lr = 0.05}, .mask = mask});
+    opt_t<B, M> b(mb.ps, {.base = flatmin::base::sgd{.lr = 0.05}, .mask = mask});
     for (std::size_t step = 1; step <= 9; ++step) {
       CAPTURE(step);
       const auto G = ma.random_g(), Gadv = ma.random_g();
@@ -202,7 +202,8 @@ TEST_CASE_TEMPLATE("fisher unperturbed_refresh: eps = 0 everywhere on refresh st
                    FLATMIN_TEST_BACKENDS) {
   model m;
   using M = flatmin::mask::fisher;
-  opt_t<B, M> opt(m.ps, flatmin::base::sgd{.lr = 0.05}, {}, M{.keep = 0.2, .refresh_every = 3, .unperturbed_refresh = true});
+  opt_t<B, M> opt(m.ps, {.base = flatmin::base::sgd{.lr = 0.05},
+                         .mask = M{.keep = 0.2, .refresh_every = 3, .unperturbed_refresh = true}});
   for (std::size_t step = 1; step <= 8; ++step) {
     CAPTURE(step);
     const bool refresh = step == 1 || (step - 1) % 3 == 0;
@@ -275,7 +276,7 @@ namespace {
 template <class B, class M>
 void check_round_trip(const M& mask, std::size_t unit) {
   model m({37, 5, 50, 7, 61});
-  opt_t<B, M> opt(m.ps, flatmin::base::sgd{.lr = 0.05}, {}, mask);
+  opt_t<B, M> opt(m.ps, {.base = flatmin::base::sgd{.lr = 0.05}, .mask = mask});
   m.set_g(m.random_g());  // one step so that a refreshing mask has a mask
   opt.ascend();
   m.set_g(m.random_g());
@@ -352,8 +353,9 @@ TEST_CASE_TEMPLATE("mask introspection: the random mask reports the last applied
                    FLATMIN_TEST_BACKENDS) {
   using flatmin::mask::granularity;
   model m;
-  opt_t<B, flatmin::mask::random> opt(m.ps, flatmin::base::sgd{.lr = 0.05}, {},
-                                      flatmin::mask::random{.beta = 0.5, .unit = granularity::element, .seed = 6});
+  opt_t<B, flatmin::mask::random> opt(
+      m.ps, {.base = flatmin::base::sgd{.lr = 0.05},
+             .mask = flatmin::mask::random{.beta = 0.5, .unit = granularity::element, .seed = 6}});
   for (int step = 1; step <= 3; ++step) {
     m.set_g(m.random_g());
     const auto w0 = m.flat_w();
@@ -370,7 +372,7 @@ TEST_CASE_TEMPLATE("mask introspection: the random mask reports the last applied
 
 TEST_CASE_TEMPLATE("mask introspection: dense reports all ones and cannot be set", B, FLATMIN_TEST_BACKENDS) {
   model m;
-  opt_t<B, flatmin::mask::dense> opt(m.ps, flatmin::base::sgd{.lr = 0.05});
+  opt_t<B, flatmin::mask::dense> opt(m.ps, {.base = flatmin::base::sgd{.lr = 0.05}});
   for (std::size_t t = 0; t < m.sizes.size(); ++t) {
     CHECK(opt.mask_count(t) == (m.perturbed(t) ? m.sizes[t] : 0));
     CHECK(opt.mask_indices(t).size() == opt.mask_count(t));

@@ -128,28 +128,33 @@ TEST_CASE_TEMPLATE("options: base optimizers' options are checked as T", T, floa
   using adamw_opt = flatmin::sam_t<T, adamw, B>;
   using P = flatmin::param_set<T>;
   run_cases<sgd_opt>({
-      {"lr", rule::positive, [](const P& p, double v) { return sgd_opt(p, sgd{.lr = v}); },
+      {"lr", rule::positive, [](const P& p, double v) { return sgd_opt(p, {.base = sgd{.lr = v}}); },
        [](sgd_opt& o, double v) { o.base().lr = v; }},
-      {"momentum", rule::unit_open, [](const P& p, double v) { return sgd_opt(p, sgd{.momentum = v}); },
+      {"momentum", rule::unit_open,
+       [](const P& p, double v) { return sgd_opt(p, {.base = sgd{.momentum = v}}); },
        [](sgd_opt& o, double v) { o.base().momentum = v; }},
-      {"dampening", rule::unit, [](const P& p, double v) { return sgd_opt(p, sgd{.dampening = v}); },
+      {"dampening", rule::unit,
+       [](const P& p, double v) { return sgd_opt(p, {.base = sgd{.dampening = v}}); },
        [](sgd_opt& o, double v) { o.base().dampening = v; }},
-      {"weight_decay", rule::non_negative, [](const P& p, double v) { return sgd_opt(p, sgd{.weight_decay = v}); },
+      {"weight_decay", rule::non_negative,
+       [](const P& p, double v) { return sgd_opt(p, {.base = sgd{.weight_decay = v}}); },
        [](sgd_opt& o, double v) { o.base().weight_decay = v; }},
   });
   auto adam_cases = [](auto tag) {
     using Opt = typename decltype(tag)::type;
     using Base = typename Opt::base_type;
     return std::vector<option_case<Opt>>{
-        {"lr", rule::positive, [](const P& p, double v) { return Opt(p, Base{.lr = v, .weight_decay = 0}); },
+        {"lr", rule::positive,
+         [](const P& p, double v) { return Opt(p, {.base = Base{.lr = v, .weight_decay = 0}}); },
          [](Opt& o, double v) { o.base().lr = v; }},
-        {"beta1", rule::unit_open, [](const P& p, double v) { return Opt(p, Base{.beta1 = v}); },
+        {"beta1", rule::unit_open, [](const P& p, double v) { return Opt(p, {.base = Base{.beta1 = v}}); },
          [](Opt& o, double v) { o.base().beta1 = v; }},
-        {"beta2", rule::unit_open, [](const P& p, double v) { return Opt(p, Base{.beta2 = v}); },
+        {"beta2", rule::unit_open, [](const P& p, double v) { return Opt(p, {.base = Base{.beta2 = v}}); },
          [](Opt& o, double v) { o.base().beta2 = v; }},
-        {"eps", rule::positive, [](const P& p, double v) { return Opt(p, Base{.eps = v}); },
+        {"eps", rule::positive, [](const P& p, double v) { return Opt(p, {.base = Base{.eps = v}}); },
          [](Opt& o, double v) { o.base().eps = v; }},
-        {"weight_decay", rule::non_negative, [](const P& p, double v) { return Opt(p, Base{.lr = 1e-3, .weight_decay = v}); },
+        {"weight_decay", rule::non_negative,
+         [](const P& p, double v) { return Opt(p, {.base = Base{.lr = 1e-3, .weight_decay = v}}); },
          [](Opt& o, double v) { o.base().weight_decay = v; }},
     };
   };
@@ -164,23 +169,36 @@ TEST_CASE_TEMPLATE("options: perturbations' options are checked as T", T, float,
   using asam_opt = flatmin::asam_t<T, sgd, B>;
   using P = flatmin::param_set<T>;
   run_cases<sam_opt>({
-      {"rho", rule::non_negative, [](const P& p, double v) { return sam_opt(p, sgd{}, flatmin::perturb::l2{.rho = v}); },
+      {"rho", rule::non_negative,
+       [](const P& p, double v) {
+         return sam_opt(p, {.base = sgd{}, .perturb = flatmin::perturb::l2{.rho = v}});
+       },
        [](sam_opt& o, double v) { o.perturbation().rho = v; }},
-      {"xi", rule::non_negative, [](const P& p, double v) { return sam_opt(p, sgd{}, flatmin::perturb::l2{.xi = v}); },
+      {"xi", rule::non_negative,
+       [](const P& p, double v) {
+         return sam_opt(p, {.base = sgd{}, .perturb = flatmin::perturb::l2{.xi = v}});
+       },
        [](sam_opt& o, double v) { o.perturbation().xi = v; }},
   });
   run_cases<asam_opt>({
       {"rho", rule::non_negative,
-       [](const P& p, double v) { return asam_opt(p, sgd{}, flatmin::perturb::adaptive{.rho = v}); },
+       [](const P& p, double v) {
+         return asam_opt(p, {.base = sgd{}, .perturb = flatmin::perturb::adaptive{.rho = v}});
+       },
        [](asam_opt& o, double v) { o.perturbation().rho = v; }},
       {"xi", rule::non_negative,
-       [](const P& p, double v) { return asam_opt(p, sgd{}, flatmin::perturb::adaptive{.xi = v}); },
+       [](const P& p, double v) {
+         return asam_opt(p, {.base = sgd{}, .perturb = flatmin::perturb::adaptive{.xi = v}});
+       },
        [](asam_opt& o, double v) { o.perturbation().xi = v; }},
   });
   // η: T_w² = (|w| + η)² must fit T too, so η ≤ √max(T) (1.84e19 in float, 1.34e154 in double):
   // 1e30 fails in float, 1e300 in double
   run_cases<asam_opt>({{"eta", rule::non_negative,
-                        [](const P& p, double v) { return asam_opt(p, sgd{}, flatmin::perturb::adaptive{.eta = v}); },
+                        [](const P& p, double v) {
+                          return asam_opt(p,
+                                          {.base = sgd{}, .perturb = flatmin::perturb::adaptive{.eta = v}});
+                        },
                         [](asam_opt& o, double v) { o.perturbation().eta = v; }}},
                       std::is_same_v<T, float> ? 1.84e19 : 1.34e154);
 }
@@ -194,28 +212,42 @@ TEST_CASE_TEMPLATE("options: masks, selection and BAR options are checked as T",
   using random_opt = flatmin::sharpness_aware<T, B, flatmin::perturb::l2, flatmin::mask::random, sgd>;
   using bar_opt = flatmin::bar_t<T, sgd, B>;
   run_cases<fisher_opt>({{"keep", rule::unit,
-                          [](const P& p, double v) { return fisher_opt(p, sgd{}, {}, flatmin::mask::fisher{.keep = v}); },
+                          [](const P& p, double v) {
+                            return fisher_opt(p, {.base = sgd{}, .mask = flatmin::mask::fisher{.keep = v}});
+                          },
                           [](fisher_opt& o, double v) { o.mask().keep = v; }}});
   run_cases<dynamic_opt>({
       {"sparsity", rule::unit,
-       [](const P& p, double v) { return dynamic_opt(p, sgd{}, {}, flatmin::mask::dynamic{.sparsity = v}); },
+       [](const P& p, double v) {
+         return dynamic_opt(p, {.base = sgd{}, .mask = flatmin::mask::dynamic{.sparsity = v}});
+       },
        [](dynamic_opt& o, double v) { o.mask().sparsity = v; }},
       {"death_rate", rule::unit,
-       [](const P& p, double v) { return dynamic_opt(p, sgd{}, {}, flatmin::mask::dynamic{.death_rate = v}); },
+       [](const P& p, double v) {
+         return dynamic_opt(p, {.base = sgd{}, .mask = flatmin::mask::dynamic{.death_rate = v}});
+       },
        [](dynamic_opt& o, double v) { o.mask().death_rate = v; }},
   });
   run_cases<random_opt>({{"beta", rule::unit_positive,
-                          [](const P& p, double v) { return random_opt(p, sgd{}, {}, flatmin::mask::random{.beta = v}); },
+                          [](const P& p, double v) {
+                            return random_opt(p, {.base = sgd{}, .mask = flatmin::mask::random{.beta = v}});
+                          },
                           [](random_opt& o, double v) { o.mask().beta = v; }}});
   run_cases<bar_opt>({
       {"rho", rule::non_negative,
-       [](const P& p, double v) { return bar_opt(p, sgd{}, {}, {}, {}, {}, flatmin::regularize::balancedness{.rho = v}); },
+       [](const P& p, double v) {
+         return bar_opt(p, {.base = sgd{}, .regularizer = flatmin::regularize::balancedness{.rho = v}});
+       },
        [](bar_opt& o, double v) { o.regularizer().rho = v; }},
       {"alpha", rule::non_negative,
-       [](const P& p, double v) { return bar_opt(p, sgd{}, {}, {}, {}, {}, flatmin::regularize::balancedness{.alpha = v}); },
+       [](const P& p, double v) {
+         return bar_opt(p, {.base = sgd{}, .regularizer = flatmin::regularize::balancedness{.alpha = v}});
+       },
        [](bar_opt& o, double v) { o.regularizer().alpha = v; }},
       {"xi", rule::non_negative,
-       [](const P& p, double v) { return bar_opt(p, sgd{}, {}, {}, {}, {}, flatmin::regularize::balancedness{.xi = v}); },
+       [](const P& p, double v) {
+         return bar_opt(p, {.base = sgd{}, .regularizer = flatmin::regularize::balancedness{.xi = v}});
+       },
        [](bar_opt& o, double v) { o.regularizer().xi = v; }},
   });
   // γ of ESAM's selection
@@ -237,21 +269,28 @@ TEST_CASE_TEMPLATE("options: quantities derived from several options must fit T"
   const auto w0 = m.raw_weights();
   const double big = std::is_same_v<T, float> ? 1e20 : 1e160;  // fits T alone, not squared
   // AdamW's shrink 1 − lr λ and Adam's largest step lr / (1 − β1)
-  CHECK(invalid_message([&] { flatmin::sam_t<T, adamw, B>(m.params, adamw{.lr = big, .weight_decay = big}); })
-            .find("lr * weight_decay") != std::string::npos);
+  CHECK(invalid_message([&] {
+          flatmin::sam_t<T, adamw, B>(m.params, {.base = adamw{.lr = big, .weight_decay = big}});
+        }).find("lr * weight_decay") != std::string::npos);
   const double lr_top = std::is_same_v<T, float> ? 1e38 : 1e308;  // fits T; lr / (1 − 0.9) does not
-  CHECK(invalid_message([&] { flatmin::sam_t<T, adamw, B>(m.params, adamw{.lr = lr_top, .weight_decay = 0}); })
-            .find("lr / (1 - beta1)") != std::string::npos);
-  CHECK_NOTHROW(flatmin::sam_t<T, adamw, B>(m.params, adamw{.lr = lr_top / 100, .weight_decay = 0}));
-  CHECK(invalid_message([&] { flatmin::sam_t<T, sgd, B>(m.params, sgd{.lr = big, .weight_decay = big}); })
-            .find("lr * weight_decay") != std::string::npos);
+  CHECK(invalid_message([&] {
+          flatmin::sam_t<T, adamw, B>(m.params, {.base = adamw{.lr = lr_top, .weight_decay = 0}});
+        }).find("lr / (1 - beta1)") != std::string::npos);
+  CHECK_NOTHROW(
+      flatmin::sam_t<T, adamw, B>(m.params, {.base = adamw{.lr = lr_top / 100, .weight_decay = 0}}));
+  CHECK(invalid_message([&] {
+          flatmin::sam_t<T, sgd, B>(m.params, {.base = sgd{.lr = big, .weight_decay = big}});
+        }).find("lr * weight_decay") != std::string::npos);
   // BAR's ρ α
   CHECK(invalid_message([&] {
-          flatmin::bar_t<T, sgd, B>(m.params, sgd{}, {}, {}, {}, {}, flatmin::regularize::balancedness{.rho = big, .alpha = big});
+          flatmin::bar_t<T, sgd, B>(
+              m.params,
+              {.base = sgd{}, .regularizer = flatmin::regularize::balancedness{.rho = big, .alpha = big}});
         }).find("rho * alpha") != std::string::npos);
   // the same values one at a time are fine
-  CHECK_NOTHROW(flatmin::sam_t<T, adamw, B>(m.params, adamw{.lr = 1e-3, .weight_decay = big}));
-  CHECK_NOTHROW(flatmin::bar_t<T, sgd, B>(m.params, sgd{}, {}, {}, {}, {}, flatmin::regularize::balancedness{.rho = big}));
+  CHECK_NOTHROW(flatmin::sam_t<T, adamw, B>(m.params, {.base = adamw{.lr = 1e-3, .weight_decay = big}}));
+  CHECK_NOTHROW(flatmin::bar_t<T, sgd, B>(
+      m.params, {.base = sgd{}, .regularizer = flatmin::regularize::balancedness{.rho = big}}));
   CHECK(bitwise_equal(m.raw_weights(), w0));
 }
 
@@ -262,7 +301,7 @@ TEST_CASE_TEMPLATE("options: grad_scale and 1 / grad_scale must both be normal n
   m.set_weights(random_vec(m.numel, 7));
   m.set_grads(random_vec(m.numel, 8));
   const auto w0 = m.raw_weights();
-  auto opt = flatmin::sam_t<T, flatmin::base::sgd, B>(m.params, flatmin::base::sgd{.lr = 0.1});
+  auto opt = flatmin::sam_t<T, flatmin::base::sgd, B>(m.params, {.base = flatmin::base::sgd{.lr = 0.1}});
   // (scale, valid in float, valid in double), worked by hand: float normals span [1.18e-38, 3.4e38]
   struct probe {
     double s;
@@ -349,9 +388,10 @@ TEST_CASE("options: enumerations outside their values are refused") {
           flatmin::sam(m.params, flatmin::base::sgd{}, {.on_nonfinite = static_cast<flatmin::nonfinite>(7)});
         }).find("on_nonfinite") != std::string::npos);
   CHECK(invalid_message([&] {
-          flatmin::sharpness_aware<float, flatmin::backend::eigen, flatmin::perturb::l2, flatmin::mask::fisher,
-                                   flatmin::base::sgd>(m.params, flatmin::base::sgd{}, {},
-                                                       {.source = static_cast<flatmin::mask::fisher_estimator>(9)});
+          flatmin::sharpness_aware<float, flatmin::backend::eigen, flatmin::perturb::l2,
+                                   flatmin::mask::fisher, flatmin::base::sgd>(
+              m.params, {.base = flatmin::base::sgd{},
+                         .mask = {.source = static_cast<flatmin::mask::fisher_estimator>(9)}});
         }).find("source") != std::string::npos);
   CHECK(invalid_message([&] {
           flatmin::esam(m.params, flatmin::base::sgd{}, {.unit = static_cast<flatmin::mask::granularity>(5)});

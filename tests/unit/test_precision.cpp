@@ -234,7 +234,8 @@ auto make_sam(const fm::param_set<typename fm::detail::precision_of_t<P>::weight
                                   typename fm::detail::precision_of_t<P>::grad_type>& ps,
               Base base,
               fm::perturb::l2 pert = {}, Mask mask = {}) {
-  return fm::sharpness_aware<P, B, fm::perturb::l2, Mask, Base>(ps, std::move(base), pert, std::move(mask));
+  return fm::sharpness_aware<P, B, fm::perturb::l2, Mask, Base>(
+      ps, {.base = std::move(base), .perturb = pert, .mask = std::move(mask)});
 }
 
 template <class B, class W, class G, class S, class Base>

@@ -120,8 +120,8 @@ TEST_CASE_TEMPLATE("schedule: ascend()/descend() on an unperturbed step; restore
   auto q = quadratic::random(m.numel, 51);
   auto opt = flatmin::sam<Backend>(m.params, base, flatmin::schedule::every_k{.k = 2}, {.rho = 0.1});
   // The base optimizer alone, given the gradient the library's descend() should use.
-  flatmin::sharpness_aware<T, Backend, flatmin::perturb::none, flatmin::mask::dense, flatmin::base::sgd> alone(
-      b.params, base);
+  flatmin::sharpness_aware<T, Backend, flatmin::perturb::none, flatmin::mask::dense, flatmin::base::sgd>
+      alone(b.params, {.base = base});
   for (int s = 1; s <= 6; ++s) {
     CAPTURE(s);
     const bool perturbs = s % 2 == 1;

@@ -13,7 +13,8 @@
 ///
 /// Two official presets, one per public implementation (ξ is added to the norm in both, as in the
 /// library's formula):
-/// - `flatmin::asam(params, base, flatmin::official)` (`asam_official_options`): the authors' code,
+/// - `flatmin::asam(params, base, flatmin::official)` (`asam_official_options`, the official preset
+///   of `asam_preset_options`; `asam_options` has the same fields): the authors' code,
 ///   SamsungLabs/ASAM, asam.py at dc9b513. T_w = |w| + η on the tensors whose name contains
 ///   "weight" (line 22: BatchNorm / LayerNorm scales, named "weight" in PyTorch, are scaled; biases
 ///   are not, T = 1); ‖T_w g‖ over every tensor, plus ξ = 1e-16 (line 27); ε = ρ T_w² g / that
@@ -38,37 +39,43 @@
 
 namespace flatmin {
 
-struct asam_options {
-  double rho = 0.5;
-  double eta = 0.01;
-  double xi = 1e-12;
-  nonfinite on_nonfinite = nonfinite::skip;
+/// ASAM's options, with the library's defaults (`asam_options`) or SamsungLabs/ASAM's
+/// (`asam_official_options`: ξ = 1e-16, by_name).
+template <preset P>
+struct asam_preset_options {
+  double rho = 0.5;                                   ///< perturb::adaptive::rho
+  double eta = 0.01;                                  ///< perturb::adaptive::eta
+  double xi = P == preset::official ? 1e-16 : 1e-12;  ///< perturb::adaptive::xi
+  /// Scale exactly the tensors whose name contains "weight" (overrides `tensor_options::adaptive`).
+  bool by_name = P == preset::official;
+  nonfinite on_nonfinite = nonfinite::skip;  ///< optimizer_options::on_nonfinite
+
+  template <class Base>
+  composition<perturb::adaptive, mask::dense, Base> compose(Base base) const {
+    return {.base = std::move(base),
+            .perturb = {.rho = rho, .eta = eta, .xi = xi},
+            .options = {.on_nonfinite = on_nonfinite}};
+  }
+};
+using asam_options = asam_preset_options<preset::library>;
+using asam_official_options = asam_preset_options<preset::official>;
+
+/// The davda54/sam adaptive-mode preset's options (η = 0 and every tensor scaled are fixed).
+struct asam_davda54_options {
+  double rho = 2.0;                          ///< perturb::adaptive::rho
+  double xi = 1e-12;                         ///< perturb::adaptive::xi
+  nonfinite on_nonfinite = nonfinite::skip;  ///< optimizer_options::on_nonfinite
+
+  template <class Base>
+  composition<perturb::adaptive, mask::dense, Base> compose(Base base) const {
+    return {.base = std::move(base),
+            .perturb = {.rho = rho, .eta = 0.0, .xi = xi},
+            .options = {.on_nonfinite = on_nonfinite}};
+  }
 };
 
 template <class T, class Base, class Backend = default_backend>
 using asam_t = sharpness_aware<T, Backend, perturb::adaptive, mask::dense, Base>;
-
-template <class Backend = default_backend, class T, class Base>
-asam_t<T, Base, Backend> asam(const param_set<T>& params, Base base, asam_options o = {}) {
-  return asam_t<T, Base, Backend>(params, std::move(base), perturb::adaptive{o.rho, o.eta, o.xi}, {},
-                                  {o.on_nonfinite});
-}
-
-/// The SamsungLabs/ASAM preset's options.
-struct asam_official_options {
-  double rho = 0.5;
-  double eta = 0.01;
-  double xi = 1e-16;
-  bool by_name = true;  ///< scale exactly the tensors whose name contains "weight"
-  nonfinite on_nonfinite = nonfinite::skip;
-};
-
-/// The davda54/sam adaptive-mode preset's options (η = 0 and every tensor scaled are fixed).
-struct asam_davda54_options {
-  double rho = 2.0;
-  double xi = 1e-12;
-  nonfinite on_nonfinite = nonfinite::skip;
-};
 
 namespace detail {
 /// A copy of `ps` (the same buffers) whose tensors' `adaptive` option is `scaled(view)`. The
@@ -83,22 +90,31 @@ param_set<T> with_adaptive(const param_set<T>& ps, Pred scaled) {
   }
   return out;
 }
-}  // namespace detail
 
-template <class Backend = default_backend, class T, class Base>
-asam_t<T, Base, Backend> asam(const param_set<T>& params, Base base, official_t,
-                              asam_official_options o = {}) {
-  const perturb::adaptive p{o.rho, o.eta, o.xi};
-  if (!o.by_name) return asam_t<T, Base, Backend>(params, std::move(base), p, {}, {o.on_nonfinite});
+/// `asam_t` from `o`, with its `by_name` rule applied to `params`.
+template <class Backend, class T, class Base, preset P>
+asam_t<T, Base, Backend> make_asam(const param_set<T>& params, Base base, const asam_preset_options<P>& o) {
+  if (!o.by_name) return asam_t<T, Base, Backend>(params, o.compose(std::move(base)));
   auto weight = [](const tensor_view<T>& v) { return v.name.find("weight") != std::string::npos; };
   bool any = false;
   for (const auto& v : params.tensors()) any = any || weight(v);
   if (!any)
     throw std::invalid_argument(
-        "flatmin::asam (official preset): by_name = true, but no tensor name contains \"weight\", so nothing "
+        "flatmin::asam: by_name = true, but no tensor name contains \"weight\", so nothing "
         "would be scaled; set by_name = false and mark the scaled tensors with tensor_options::adaptive");
-  return asam_t<T, Base, Backend>(detail::with_adaptive(params, weight), std::move(base), p, {},
-                                  {o.on_nonfinite});
+  return asam_t<T, Base, Backend>(detail::with_adaptive(params, weight), o.compose(std::move(base)));
+}
+}  // namespace detail
+
+template <class Backend = default_backend, class T, class Base>
+asam_t<T, Base, Backend> asam(const param_set<T>& params, Base base, asam_options o = {}) {
+  return detail::make_asam<Backend>(params, std::move(base), o);
+}
+
+template <class Backend = default_backend, class T, class Base>
+asam_t<T, Base, Backend> asam(const param_set<T>& params, Base base, official_t,
+                              asam_official_options o = {}) {
+  return detail::make_asam<Backend>(params, std::move(base), o);
 }
 
 /// The davda54 flavour. `O` is deduced (never from a braced list), so that
@@ -106,8 +122,7 @@ asam_t<T, Base, Backend> asam(const param_set<T>& params, Base base, official_t,
 template <class Backend = default_backend, class T, class Base, std::same_as<asam_davda54_options> O>
 asam_t<T, Base, Backend> asam(const param_set<T>& params, Base base, official_t, O o) {
   auto all = [](const tensor_view<T>&) { return true; };
-  return asam_t<T, Base, Backend>(detail::with_adaptive(params, all), std::move(base),
-                                  perturb::adaptive{o.rho, 0.0, o.xi}, {}, {o.on_nonfinite});
+  return asam_t<T, Base, Backend>(detail::with_adaptive(params, all), o.compose(std::move(base)));
 }
 
 }  // namespace flatmin

@@ -28,11 +28,19 @@
 namespace flatmin {
 
 struct bar_options {
-  double rho = 0.05;
-  double alpha = 1.0;
-  double xi = 1e-12;
-  std::function<double(std::size_t)> alpha_schedule{};  ///< optional factor on α at step t (1-based)
-  nonfinite on_nonfinite = nonfinite::skip;
+  double rho = 0.05;                                    ///< regularize::balancedness::rho
+  double alpha = 1.0;                                   ///< regularize::balancedness::alpha
+  double xi = 1e-12;                                    ///< regularize::balancedness::xi
+  std::function<double(std::size_t)> alpha_schedule{};  ///< regularize::balancedness::alpha_schedule
+  nonfinite on_nonfinite = nonfinite::skip;             ///< optimizer_options::on_nonfinite
+
+  template <class Base>
+  composition<perturb::none, mask::dense, Base, descent::standard, regularize::balancedness> compose(
+      Base base) const {
+    return {.base = std::move(base),
+            .regularizer = {.rho = rho, .alpha = alpha, .xi = xi, .alpha_schedule = alpha_schedule},
+            .options = {.on_nonfinite = on_nonfinite}};
+  }
 };
 
 template <class T, class Base, class Backend = default_backend>
@@ -41,8 +49,7 @@ using bar_t = sharpness_aware<T, Backend, perturb::none, mask::dense, Base, desc
 
 template <class Backend = default_backend, class T, class Base>
 bar_t<T, Base, Backend> bar(const param_set<T>& params, Base base, bar_options o = {}) {
-  return bar_t<T, Base, Backend>(params, std::move(base), {}, {}, {o.on_nonfinite}, {},
-                                 regularize::balancedness{o.rho, o.alpha, o.xi, std::move(o.alpha_schedule)});
+  return bar_t<T, Base, Backend>(params, o.compose(std::move(base)));
 }
 
 }  // namespace flatmin

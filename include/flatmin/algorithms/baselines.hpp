@@ -22,7 +22,7 @@ using plain_t = sharpness_aware<T, Backend, perturb::none, mask::dense, Base>;
 
 template <class Backend = default_backend, class T, class Base>
 plain_t<T, Base, Backend> plain(const param_set<T>& params, Base base, optimizer_options options = {}) {
-  return plain_t<T, Base, Backend>(params, std::move(base), {}, {}, options);
+  return plain_t<T, Base, Backend>(params, {.base = std::move(base), .options = options});
 }
 
 /// PyTorch-style SGD (momentum, dampening, Nesterov, coupled weight decay).

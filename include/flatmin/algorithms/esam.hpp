@@ -34,47 +34,43 @@
 
 namespace flatmin {
 
-struct esam_options {
-  double rho = 0.05;
-  double xi = 1e-12;
-  double beta = 0.5;
-  double gamma = 0.5;
-  mask::granularity unit = mask::granularity::tensor;
-  std::size_t block = 128;
-  std::uint64_t seed = 0;
-  nonfinite on_nonfinite = nonfinite::skip;
+/// ESAM's options, with the library's defaults (`esam_options`) or the official code's
+/// (`esam_official_options`: ξ = 1e-7 and the strict cutoff).
+template <preset P>
+struct esam_preset_options {
+  double rho = 0.05;                                   ///< perturb::l2::rho
+  double xi = P == preset::official ? 1e-7 : 1e-12;    ///< perturb::l2::xi
+  double beta = 0.5;                                   ///< mask::random::beta
+  double gamma = 0.5;                                  ///< select::sharpness_sensitive::gamma
+  mask::granularity unit = mask::granularity::tensor;  ///< mask::random::unit
+  std::size_t block = 128;                             ///< mask::random::block
+  std::uint64_t seed = 0;                              ///< mask::random::seed
+  nonfinite on_nonfinite = nonfinite::skip;            ///< optimizer_options::on_nonfinite
+
+  template <class Base>
+  composition<perturb::l2, mask::random, Base, select::sharpness_sensitive> compose(Base base) const {
+    return {.base = std::move(base),
+            .perturb = {.rho = rho, .xi = xi},
+            .mask = {.beta = beta, .unit = unit, .block = block, .seed = seed},
+            .descent = {.gamma = gamma, .strict_cutoff = P == preset::official},
+            .options = {.on_nonfinite = on_nonfinite}};
+  }
 };
+using esam_options = esam_preset_options<preset::library>;
+using esam_official_options = esam_preset_options<preset::official>;
 
 template <class T, class Base, class Backend = default_backend>
 using esam_t = sharpness_aware<T, Backend, perturb::l2, mask::random, Base, select::sharpness_sensitive>;
 
 template <class Backend = default_backend, class T, class Base>
 esam_t<T, Base, Backend> esam(const param_set<T>& params, Base base, esam_options o = {}) {
-  return esam_t<T, Base, Backend>(
-      params, std::move(base), perturb::l2{o.rho, o.xi},
-      mask::random{.beta = o.beta, .unit = o.unit, .block = o.block, .seed = o.seed}, {o.on_nonfinite},
-      select::sharpness_sensitive{.gamma = o.gamma});
+  return esam_t<T, Base, Backend>(params, o.compose(std::move(base)));
 }
-
-/// The official preset's options: the library's defaults but for ξ = 1e-7 and the strict cutoff.
-struct esam_official_options {
-  double rho = 0.05;
-  double xi = 1e-7;
-  double beta = 0.5;
-  double gamma = 0.5;
-  mask::granularity unit = mask::granularity::tensor;
-  std::size_t block = 128;
-  std::uint64_t seed = 0;
-  nonfinite on_nonfinite = nonfinite::skip;
-};
 
 template <class Backend = default_backend, class T, class Base>
 esam_t<T, Base, Backend> esam(const param_set<T>& params, Base base, official_t,
                               esam_official_options o = {}) {
-  return esam_t<T, Base, Backend>(
-      params, std::move(base), perturb::l2{o.rho, o.xi},
-      mask::random{.beta = o.beta, .unit = o.unit, .block = o.block, .seed = o.seed}, {o.on_nonfinite},
-      select::sharpness_sensitive{.gamma = o.gamma, .strict_cutoff = true});
+  return esam_t<T, Base, Backend>(params, o.compose(std::move(base)));
 }
 
 }  // namespace flatmin

@@ -15,7 +15,8 @@
 /// refresh steps); ξ = 1e-12 (official 1e-7); the official `fisher-sam` mode crashes and has no
 /// counterpart.
 ///
-/// Official preset, `flatmin::fsam(params, base, flatmin::official)` (`fsam_official_options`):
+/// Official preset, `flatmin::fsam(params, base, flatmin::official)` (`fsam_official_options`, the
+/// official preset of `fsam_preset_options`):
 /// WHU-ZQH/FSAM4PLM at 77d5b3b, whose FSAM is the `fisher-esam` mode (ESAM_Mask in
 /// fairseq-FSAM/optim/samsgd.py) run with β = γ = 1, i.e. SAM with the Fisher mask (β, γ < 1
 /// add ESAM's weight and data selection: no preset). Line numbers counted at that commit:
@@ -42,47 +43,47 @@
 
 namespace flatmin {
 
-struct fsam_options {
-  double rho = 0.05;
-  double xi = 1e-12;
-  double keep = 0.1;
-  std::size_t refresh_every = 100;
-  std::size_t block = 1;
-  mask::fisher_estimator source = mask::fisher_estimator::accumulated;
-  nonfinite on_nonfinite = nonfinite::skip;
+/// FSAM's options, with the library's defaults (`fsam_options`) or the official code's
+/// (`fsam_official_options`: ξ = 1e-7, the current-batch Fisher, unperturbed refresh steps).
+template <preset P>
+struct fsam_preset_options {
+  double rho = 0.05;                                 ///< perturb::l2::rho
+  double xi = P == preset::official ? 1e-7 : 1e-12;  ///< perturb::l2::xi
+  double keep = 0.1;                                 ///< mask::fisher::keep
+  std::size_t refresh_every = 100;                   ///< mask::fisher::refresh_every
+  std::size_t block = 1;                             ///< mask::fisher::block
+  mask::fisher_estimator source =
+      P == preset::official ? mask::fisher_estimator::current_batch : mask::fisher_estimator::accumulated;
+  nonfinite on_nonfinite = nonfinite::skip;  ///< optimizer_options::on_nonfinite
+
+  /// The official preset also fixes `mask::fisher::unperturbed_refresh`.
+  template <class Base>
+  composition<perturb::l2, mask::fisher, Base> compose(Base base) const {
+    return {.base = std::move(base),
+            .perturb = {.rho = rho, .xi = xi},
+            .mask = {.keep = keep,
+                     .refresh_every = refresh_every,
+                     .block = block,
+                     .source = source,
+                     .unperturbed_refresh = P == preset::official},
+            .options = {.on_nonfinite = on_nonfinite}};
+  }
 };
+using fsam_options = fsam_preset_options<preset::library>;
+using fsam_official_options = fsam_preset_options<preset::official>;
 
 template <class T, class Base, class Backend = default_backend>
 using fsam_t = sharpness_aware<T, Backend, perturb::l2, mask::fisher, Base>;
 
 template <class Backend = default_backend, class T, class Base>
 fsam_t<T, Base, Backend> fsam(const param_set<T>& params, Base base, fsam_options o = {}) {
-  return fsam_t<T, Base, Backend>(
-      params, std::move(base), perturb::l2{o.rho, o.xi},
-      mask::fisher{.keep = o.keep, .refresh_every = o.refresh_every, .block = o.block, .source = o.source},
-      {o.on_nonfinite});
+  return fsam_t<T, Base, Backend>(params, o.compose(std::move(base)));
 }
-
-/// The official preset's options: current-batch Fisher and unperturbed refresh steps are fixed.
-struct fsam_official_options {
-  double rho = 0.05;
-  double xi = 1e-7;
-  double keep = 0.1;
-  std::size_t refresh_every = 100;
-  std::size_t block = 1;
-  nonfinite on_nonfinite = nonfinite::skip;
-};
 
 template <class Backend = default_backend, class T, class Base>
 fsam_t<T, Base, Backend> fsam(const param_set<T>& params, Base base, official_t,
                               fsam_official_options o = {}) {
-  return fsam_t<T, Base, Backend>(params, std::move(base), perturb::l2{o.rho, o.xi},
-                                  mask::fisher{.keep = o.keep,
-                                               .refresh_every = o.refresh_every,
-                                               .block = o.block,
-                                               .source = mask::fisher_estimator::current_batch,
-                                               .unperturbed_refresh = true},
-                                  {o.on_nonfinite});
+  return fsam_t<T, Base, Backend>(params, o.compose(std::move(base)));
 }
 
 }  // namespace flatmin

@@ -24,14 +24,12 @@
 #include "../perturb/l2.hpp"
 #include "../perturb/preconditioned.hpp"
 #include "../regularize/none.hpp"
+#include "sam.hpp"
 
 namespace flatmin {
 
-struct functional_sam_options {
-  double rho = 0.05;
-  double xi = 1e-12;
-  nonfinite on_nonfinite = nonfinite::skip;
-};
+/// Functional-SAM's options are SAM's (ρ, ξ, on_nonfinite, with SAM's defaults).
+using functional_sam_options = sam_options;
 
 template <class T, class Base, class Backend = default_backend>
 using functional_sam_t = sharpness_aware<T, Backend, perturb::l2, mask::dense, Base, descent::functional>;
@@ -43,15 +41,15 @@ using preconditioned_functional_sam_t =
 template <class Backend = default_backend, class T, class Base>
 functional_sam_t<T, Base, Backend> functional_sam(const param_set<T>& params, Base base,
                                                   functional_sam_options o = {}) {
-  return functional_sam_t<T, Base, Backend>(params, std::move(base), perturb::l2{o.rho, o.xi}, {},
-                                            {o.on_nonfinite});
+  return functional_sam_t<T, Base, Backend>(params,
+                                            o.compose<perturb::l2, descent::functional>(std::move(base)));
 }
 
 template <class Backend = default_backend, class T, class Base>
 preconditioned_functional_sam_t<T, Base, Backend> preconditioned_functional_sam(
     const param_set<T>& params, Base base, functional_sam_options o = {}) {
   return preconditioned_functional_sam_t<T, Base, Backend>(
-      params, std::move(base), perturb::preconditioned{o.rho, o.xi}, {}, {o.on_nonfinite});
+      params, o.compose<perturb::preconditioned, descent::functional>(std::move(base)));
 }
 
 }  // namespace flatmin

@@ -16,14 +16,12 @@
 #include "../mask/dense.hpp"
 #include "../optimizer/sharpness_aware.hpp"
 #include "../perturb/preconditioned.hpp"
+#include "sam.hpp"
 
 namespace flatmin {
 
-struct preconditioned_sam_options {
-  double rho = 0.05;
-  double xi = 1e-12;
-  nonfinite on_nonfinite = nonfinite::skip;
-};
+/// Preconditioned SAM's options are SAM's (ρ, ξ, on_nonfinite, with SAM's defaults).
+using preconditioned_sam_options = sam_options;
 
 template <class T, class Base, class Backend = default_backend>
 using preconditioned_sam_t = sharpness_aware<T, Backend, perturb::preconditioned, mask::dense, Base>;
@@ -31,8 +29,7 @@ using preconditioned_sam_t = sharpness_aware<T, Backend, perturb::preconditioned
 template <class Backend = default_backend, class T, class Base>
 preconditioned_sam_t<T, Base, Backend> preconditioned_sam(const param_set<T>& params, Base base,
                                                           preconditioned_sam_options o = {}) {
-  return preconditioned_sam_t<T, Base, Backend>(params, std::move(base), perturb::preconditioned{o.rho, o.xi},
-                                                {}, {o.on_nonfinite});
+  return preconditioned_sam_t<T, Base, Backend>(params, o.compose<perturb::preconditioned>(std::move(base)));
 }
 
 }  // namespace flatmin

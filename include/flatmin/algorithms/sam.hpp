@@ -8,7 +8,8 @@
 /// Defaults: ρ = 0.05, ξ = 1e-12 (as davda54/sam). Any base optimizer; its state is updated once
 /// per step, with g_adv only.
 ///
-/// Official preset, `flatmin::sam(params, base, flatmin::official)` (`sam_official_options`):
+/// Official preset, `flatmin::sam(params, base, flatmin::official)` (`sam_official_options`, an
+/// alias of `sam_options`):
 /// davda54/sam, the PyTorch SAM most ports follow (sam.py at 87a9604): ε = ρ g / (‖g‖ + 1e-12),
 /// ξ added to the norm (lines 19 and 24; ‖g‖ is the norm of the per-tensor norms, line 53), w
 /// restored from a saved copy (line 34), then the base step. That is the library's default, so the
@@ -29,10 +30,23 @@
 
 namespace flatmin {
 
+/// SAM's options: ρ and ξ of the perturbation (perturb::l2, or the radius of functional_sam and
+/// preconditioned_sam, which share this struct), the optimizer's on_nonfinite.
 struct sam_options {
-  double rho = 0.05;
-  double xi = 1e-12;
-  nonfinite on_nonfinite = nonfinite::skip;
+  double rho = 0.05;                         ///< perturb::l2::rho
+  double xi = 1e-12;                         ///< perturb::l2::xi
+  nonfinite on_nonfinite = nonfinite::skip;  ///< optimizer_options::on_nonfinite
+
+  /// The composition these options stand for: `Perturb` is the radius's policy (perturb::l2,
+  /// perturb::preconditioned), `Descent` and `Schedule` the algorithm's.
+  template <class Perturb, class Descent = descent::standard, class Base, class Schedule = schedule::always>
+  composition<Perturb, mask::dense, Base, Descent, regularize::none, Schedule> compose(
+      Base base, Schedule schedule = {}) const {
+    return {.base = std::move(base),
+            .perturb = {.rho = rho, .xi = xi},
+            .schedule = std::move(schedule),
+            .options = {.on_nonfinite = on_nonfinite}};
+  }
 };
 
 template <class T, class Base, class Backend = default_backend, class Schedule = schedule::always>
@@ -41,7 +55,7 @@ using sam_t = sharpness_aware<T, Backend, perturb::l2, mask::dense, Base, descen
 
 template <class Backend = default_backend, class T, class Base>
 sam_t<T, Base, Backend> sam(const param_set<T>& params, Base base, sam_options o = {}) {
-  return sam_t<T, Base, Backend>(params, std::move(base), perturb::l2{o.rho, o.xi}, {}, {o.on_nonfinite});
+  return sam_t<T, Base, Backend>(params, o.compose<perturb::l2>(std::move(base)));
 }
 
 /// SAM on the steps `schedule` picks (schedule::every_k, schedule::from_step), the base step alone
@@ -49,20 +63,16 @@ sam_t<T, Base, Backend> sam(const param_set<T>& params, Base base, sam_options o
 template <class Backend = default_backend, class T, class Base, schedule_policy Schedule>
 sam_t<T, Base, Backend, Schedule> sam(const param_set<T>& params, Base base, Schedule schedule,
                                       sam_options o = {}) {
-  return sam_t<T, Base, Backend, Schedule>(params, std::move(base), perturb::l2{o.rho, o.xi}, {},
-                                           {o.on_nonfinite}, {}, {}, std::move(schedule));
+  return sam_t<T, Base, Backend, Schedule>(params,
+                                           o.compose<perturb::l2>(std::move(base), std::move(schedule)));
 }
 
-/// The official preset's options (davda54/sam's defaults, the library's as well).
-struct sam_official_options {
-  double rho = 0.05;
-  double xi = 1e-12;
-  nonfinite on_nonfinite = nonfinite::skip;
-};
+/// The official preset's options: davda54/sam's defaults are the library's, so they are the same struct.
+using sam_official_options = sam_options;
 
 template <class Backend = default_backend, class T, class Base>
 sam_t<T, Base, Backend> sam(const param_set<T>& params, Base base, official_t, sam_official_options o = {}) {
-  return sam_t<T, Base, Backend>(params, std::move(base), perturb::l2{o.rho, o.xi}, {}, {o.on_nonfinite});
+  return sam<Backend>(params, std::move(base), o);
 }
 
 }  // namespace flatmin

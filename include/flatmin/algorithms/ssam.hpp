@@ -44,16 +44,32 @@
 
 namespace flatmin {
 
+/// SSAM-F's options; the official preset fixes `xi` and `schedule` of the same struct.
 struct ssam_f_options {
-  double rho = 0.1;
-  double xi = 1e-12;
-  double sparsity = 0.5;  ///< s: fraction NOT perturbed
-  std::size_t examples = 16;
-  std::size_t refresh_every = 1000;
-  std::size_t block = 1;
-  bool empty_start = false;
-  mask::fisher_schedule schedule = mask::fisher_schedule::library;
-  nonfinite on_nonfinite = nonfinite::skip;
+  double rho = 0.1;                  ///< perturb::l2::rho
+  double xi = 1e-12;                 ///< perturb::l2::xi
+  double sparsity = 0.5;             ///< s, the fraction NOT perturbed: mask::fisher::keep = 1 − s
+  std::size_t examples = 16;         ///< mask::fisher::examples
+  std::size_t refresh_every = 1000;  ///< mask::fisher::refresh_every
+  std::size_t block = 1;             ///< mask::fisher::block
+  bool empty_start = false;          ///< mask::fisher::empty_start
+  mask::fisher_schedule schedule = mask::fisher_schedule::library;  ///< mask::fisher::schedule
+  nonfinite on_nonfinite = nonfinite::skip;                         ///< optimizer_options::on_nonfinite
+
+  /// SSAM-F fixes the per-example estimator (`source = per_example`).
+  template <class Base>
+  composition<perturb::l2, mask::fisher, Base> compose(Base base) const {
+    return {.base = std::move(base),
+            .perturb = {.rho = rho, .xi = xi},
+            .mask = {.keep = 1 - sparsity,
+                     .refresh_every = refresh_every,
+                     .block = block,
+                     .source = mask::fisher_estimator::per_example,
+                     .examples = examples,
+                     .empty_start = empty_start,
+                     .schedule = schedule},
+            .options = {.on_nonfinite = on_nonfinite}};
+  }
 };
 
 template <class T, class Base, class Backend = default_backend>
@@ -61,15 +77,7 @@ using ssam_f_t = sharpness_aware<T, Backend, perturb::l2, mask::fisher, Base>;
 
 template <class Backend = default_backend, class T, class Base>
 ssam_f_t<T, Base, Backend> ssam_f(const param_set<T>& params, Base base, ssam_f_options o = {}) {
-  return ssam_f_t<T, Base, Backend>(params, std::move(base), perturb::l2{o.rho, o.xi},
-                                    mask::fisher{.keep = 1 - o.sparsity,
-                                                 .refresh_every = o.refresh_every,
-                                                 .block = o.block,
-                                                 .source = mask::fisher_estimator::per_example,
-                                                 .examples = o.examples,
-                                                 .empty_start = o.empty_start,
-                                                 .schedule = o.schedule},
-                                    {o.on_nonfinite});
+  return ssam_f_t<T, Base, Backend>(params, o.compose(std::move(base)));
 }
 
 /// SSAM-F's official preset: `o` with ξ = 1e-7 and the official timing.
@@ -80,17 +88,32 @@ ssam_f_t<T, Base, Backend> ssam_f(const param_set<T>& params, Base base, officia
   return ssam_f<Backend>(params, std::move(base), o);
 }
 
+/// SSAM-D's options; the official preset fixes `xi` and `counts` of the same struct.
 struct ssam_d_options {
-  double rho = 0.1;
-  double xi = 1e-12;
-  double sparsity = 0.5;  ///< s: fraction NOT perturbed
-  double death_rate = 0.5;
-  std::size_t refresh_every = 1000;
-  std::size_t total_steps = 0;
-  std::size_t block = 1;
-  std::uint64_t seed = 0;
-  mask::dynamic_counts counts = mask::dynamic_counts::official;
-  nonfinite on_nonfinite = nonfinite::skip;
+  double rho = 0.1;                  ///< perturb::l2::rho
+  double xi = 1e-12;                 ///< perturb::l2::xi
+  double sparsity = 0.5;             ///< mask::dynamic::sparsity (s: the fraction NOT perturbed)
+  double death_rate = 0.5;           ///< mask::dynamic::death_rate
+  std::size_t refresh_every = 1000;  ///< mask::dynamic::refresh_every
+  std::size_t total_steps = 0;       ///< mask::dynamic::total_steps
+  std::size_t block = 1;             ///< mask::dynamic::block
+  std::uint64_t seed = 0;            ///< mask::dynamic::seed
+  mask::dynamic_counts counts = mask::dynamic_counts::official;  ///< mask::dynamic::counts
+  nonfinite on_nonfinite = nonfinite::skip;                      ///< optimizer_options::on_nonfinite
+
+  template <class Base>
+  composition<perturb::l2, mask::dynamic, Base> compose(Base base) const {
+    return {.base = std::move(base),
+            .perturb = {.rho = rho, .xi = xi},
+            .mask = {.sparsity = sparsity,
+                     .death_rate = death_rate,
+                     .refresh_every = refresh_every,
+                     .total_steps = total_steps,
+                     .block = block,
+                     .seed = seed,
+                     .counts = counts},
+            .options = {.on_nonfinite = on_nonfinite}};
+  }
 };
 
 template <class T, class Base, class Backend = default_backend>
@@ -98,15 +121,7 @@ using ssam_d_t = sharpness_aware<T, Backend, perturb::l2, mask::dynamic, Base>;
 
 template <class Backend = default_backend, class T, class Base>
 ssam_d_t<T, Base, Backend> ssam_d(const param_set<T>& params, Base base, ssam_d_options o = {}) {
-  return ssam_d_t<T, Base, Backend>(params, std::move(base), perturb::l2{o.rho, o.xi},
-                                    mask::dynamic{.sparsity = o.sparsity,
-                                                  .death_rate = o.death_rate,
-                                                  .refresh_every = o.refresh_every,
-                                                  .total_steps = o.total_steps,
-                                                  .block = o.block,
-                                                  .seed = o.seed,
-                                                  .counts = o.counts},
-                                    {o.on_nonfinite});
+  return ssam_d_t<T, Base, Backend>(params, o.compose(std::move(base)));
 }
 
 /// SSAM-D's official preset: `o` with ξ = 1e-7 and the official counts.

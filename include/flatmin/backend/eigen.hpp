@@ -9,10 +9,9 @@
 /// free of branches on run-time options for the same reason (kernels/sgd_update.hpp).
 /// Reductions sum each segment on its own, in a fixed order, into its own partial and then add
 /// the partials in segment order, so results are bitwise identical for any thread count, with or
-/// without OpenMP. Groups of `reduction_group` segments are summed by the functor's
-/// `segments(views, out)` when it has one (a SIMD form, kernels/sam_passes.hpp), else each segment
-/// element by element into `reduction_strands` interleaved accumulators (the order both forms
-/// share, layout.hpp).
+/// without OpenMP. Each segment is summed in the order of summation.hpp: by the pass's host group
+/// form over `reduction_group` segments when backend/host/ has one (a SIMD form), else element by
+/// element. Passes with a host segment form (backend/host/segment_forms.hpp) run by it.
 
 #include <algorithm>
 #include <bit>
@@ -22,7 +21,11 @@
 #include <new>
 #include <vector>
 
+#include "host/prefetch.hpp"
+#include "host/reduce_forms.hpp"
+#include "host/segment_forms.hpp"
 #include "layout.hpp"
+#include "summation.hpp"
 
 #if defined(_OPENMP)
 #include <omp.h>
@@ -56,9 +59,8 @@ struct aligned_allocator {
 /// The host backend. All functions are static; state lives in `vector<T>`.
 struct eigen {
   static constexpr const char* name = "eigen";
-  /// Elements per segment: large enough to amortise the per-segment set-up, small enough that
-  /// 10^6 parameters give hundreds of units of parallel work.
-  static constexpr std::size_t segment_size = 4096;
+  /// Elements per segment (summation.hpp).
+  static constexpr std::size_t segment_size = backend::segment_size;
   /// Passes smaller than this run on the calling thread.
   static constexpr std::size_t parallel_threshold = 1u << 16;
 
@@ -98,8 +100,9 @@ struct eigen {
     to.assign(from.begin(), from.end());
   }
 
-  /// Runs `f(elem<W, G>)` for every element of the range, or `f.segment(view, slot)` per segment
-  /// when the functor has that form (its saved slot of the segment's first element as `slot`).
+  /// Runs `f(elem<W, G>)` for every element of the range, or the pass's host segment form per
+  /// segment when it has one and W = G (backend/host/segment_forms.hpp; the saved slot of the
+  /// segment's first element as `slot`).
   template <class W, class G, class F>
   static void for_each(const pass_range<W, G>& r, const F& f) {
     const auto nseg = static_cast<std::ptrdiff_t>(r.count);
@@ -109,20 +112,19 @@ struct eigen {
 #pragma omp parallel for schedule(static) if (r.elements >= parallel_threshold)
 #endif
     for (std::ptrdiff_t s = 0; s < nseg; ++s) {
-      if (s + 1 < nseg) prefetch_segment(tensors, segs[s + 1]);
-      if constexpr (requires(const segment_view<W, G>& v, std::uint64_t slot) { f.segment(v, slot); }) {
-        // a kernel's own form over a whole segment (kernels/sam_passes.hpp: element bit masks)
-        const F fs = f;
-        fs.segment(view_of(tensors, segs[s], segs[s].len), segs[s].slot);
+      if (s + 1 < nseg) host::prefetch_segment(tensors, segs[s + 1]);
+      if constexpr (std::is_same_v<W, G> && host::has_segment_form<F, W>) {
+        const F fs = f;  // a local copy, as run_segment's
+        host::segment_form<F>::run(fs, view_of(tensors, segs[s], segs[s].len), segs[s].slot);
       } else {
         run_segment(tensors, segs[s], f);
       }
     }
   }
 
-  /// Segments a host fast path of a reduction reads side by side (kernels::check_pass::segments):
+  /// Segments a host group form of a reduction reads side by side (backend/host/reduce_forms.hpp):
   /// four read streams per core keep its hardware prefetchers busier than one (with the eight
-  /// strands of layout.hpp, bench_passes' global_norm at N = 10^7 on one core went from 8.3 to
+  /// strands of summation.hpp, bench_passes' global_norm at N = 10^7 on one core went from 8.3 to
   /// 4.3 ms: bench/RESULTS.md). It does not change any segment's summation order.
   static constexpr std::uint32_t reduction_group = 4;
 
@@ -134,10 +136,7 @@ struct eigen {
     const tensor_rec<W, G>* tensors = r.tensors;
     const segment* segs = r.segments;
     std::vector<R>& partial = scratch<R>(static_cast<std::size_t>(nseg));
-    if constexpr (requires(const segment_view<W, G>(&v)[reduction_group], R(&out)[reduction_group]) {
-                    f.segments(v, out);
-                  }) {
-      // a kernel may offer a form over a group of segments written for SIMD
+    if constexpr (std::is_same_v<W, G> && host::has_group_form<F, R, W, reduction_group>) {
       const std::ptrdiff_t ngroups = (nseg + reduction_group - 1) / reduction_group;
 #if defined(_OPENMP)
 #pragma omp parallel for schedule(static) if (r.elements >= parallel_threshold)
@@ -151,7 +150,7 @@ struct eigen {
           v[m] = view_of(tensors, segs[first + m < nseg ? first + m : first],
                          first + m < nseg ? segs[first + m].len : 0u);
         }
-        f.segments(v, out);
+        host::group_form<F>::run(f, v, out);
         for (std::uint32_t m = 0; m < reduction_group && first + m < nseg; ++m) partial[first + m] = out[m];
       }
     } else {
@@ -175,7 +174,8 @@ struct eigen {
     for (std::ptrdiff_t i = 0; i < nn; ++i) f(static_cast<std::size_t>(i));
   }
 
-  /// Sum of `f(i) -> R` for i in [0, n), in fixed blocks of `segment_size` (thread-count invariant).
+  /// Sum of `f(i) -> R` for i in [0, n), in fixed blocks of `segment_size` (summation.hpp;
+  /// thread-count invariant).
   template <class R, class F>
   static R reduce_index(std::size_t n, const F& f) {
     const std::size_t nb = (n + segment_size - 1) / segment_size;
@@ -184,12 +184,8 @@ struct eigen {
 #if defined(_OPENMP)
 #pragma omp parallel for schedule(static) if (n >= parallel_threshold)
 #endif
-    for (std::ptrdiff_t b = 0; b < nbb; ++b) {
-      R acc{};
-      const std::size_t lo = static_cast<std::size_t>(b) * segment_size, hi = std::min(n, lo + segment_size);
-      for (std::size_t i = lo; i < hi; ++i) acc = acc + f(i);
-      partial[b] = acc;
-    }
+    for (std::ptrdiff_t b = 0; b < nbb; ++b)
+      partial[b] = index_block_sum<R>(n, static_cast<std::size_t>(b), f);
     R total{};
     for (const R& p : partial) total = total + p;
     return total;
@@ -346,28 +342,6 @@ struct eigen {
     return {t.w + s.local, t.g + s.local, len, t.flags, s.index};
   }
 
-  /// Asks for the first lines of a segment's w and g before its turn: the active blocks of a
-  /// sparse mask are short runs scattered over memory, which the hardware prefetchers, starting
-  /// afresh at every run, would otherwise fetch one miss at a time.
-  template <class W, class G>
-  static void prefetch_segment(const tensor_rec<W, G>* tensors, const segment& s) {
-#if defined(__GNUC__)
-    const tensor_rec<W, G>& t = tensors[s.tensor];
-    const char* w = reinterpret_cast<const char*>(t.w + s.local);
-    const char* g = reinterpret_cast<const char*>(t.g + s.local);
-    // the wider type's extent (a prefetch past the end of the narrower run does not fault)
-    constexpr std::size_t size = sizeof(W) > sizeof(G) ? sizeof(W) : sizeof(G);
-    const std::size_t bytes = std::min<std::size_t>(std::size_t{s.len} * size, 1024);
-    for (std::size_t b = 0; b < bytes; b += 64) {
-      __builtin_prefetch(w + b, 1);
-      __builtin_prefetch(g + b, 0);
-    }
-#else
-    static_cast<void>(tensors);
-    static_cast<void>(s);
-#endif
-  }
-
   template <class W, class G, class F>
   static void run_segment(const tensor_rec<W, G>* tensors, const segment& s, const F& fn) {
     const F f =
@@ -388,14 +362,9 @@ struct eigen {
     G* g = t.g + s.local;
     const std::uint32_t flags = t.flags;
     const std::uint32_t len = s.len;
-    constexpr std::uint32_t K = reduction_strands;  // the shared summation order (layout.hpp)
-    R a[K]{};
-    std::uint32_t j = 0;
-    for (; j + K <= len; j += K)
-      for (std::uint32_t r = 0; r < K; ++r)
-        a[r] = a[r] + f(elem<W, G>{w[j + r], g[j + r], s.index + j + r, s.slot + j + r, s.tensor, flags});
-    for (; j < len; ++j) a[0] = a[0] + f(elem<W, G>{w[j], g[j], s.index + j, s.slot + j, s.tensor, flags});
-    return combine_strands<K>(a);
+    return strand_sum<R>(len, [&](std::uint32_t j) {
+      return f(elem<W, G>{w[j], g[j], s.index + j, s.slot + j, s.tensor, flags});
+    });
   }
 };
 

@@ -19,24 +19,6 @@
 
 namespace flatmin::backend {
 
-/// The summation order of every reduction over a segment, shared by all backends and by the
-/// kernels' SIMD segment forms so that their results are bitwise equal: the segment's first
-/// ⌊len/K⌋·K elements are dealt to K strands (element j to strand j mod K), the remaining
-/// len mod K elements are added to strand 0, each strand is summed in order, and the strands are
-/// combined pairwise by `combine_strands` (K = 8: ((a0+a1)+(a2+a3))+((a4+a5)+(a6+a7))).
-/// K = 8 lets a host compiler keep four SSE2 (or two AVX) double accumulators in flight, which
-/// takes the sum of squares from latency-bound to the read-bandwidth limit (bench/RESULTS.md).
-inline constexpr std::uint32_t reduction_strands = 8;
-
-/// Combines K partial sums (K a power of two) pairwise in place; returns a[0].
-template <std::uint32_t K, class R>
-FLATMIN_HD inline R combine_strands(R* a) {
-  static_assert(K >= 1 && (K & (K - 1)) == 0, "strand count must be a power of two");
-  for (std::uint32_t width = K; width > 1; width /= 2)
-    for (std::uint32_t r = 0; r < width / 2; ++r) a[r] = a[2 * r] + a[2 * r + 1];
-  return a[0];
-}
-
 /// Where a tensor lies in the global index space, without its memory: what a mask's unit lookups
 /// read (the same for every element type).
 struct tensor_extent {
@@ -81,8 +63,7 @@ struct elem {
   std::uint32_t flags;
 };
 
-/// One segment resolved to its tensor's memory, as a host fast path sees it
-/// (kernels::check_pass::segments).
+/// One segment resolved to its tensor's memory, as a host fast form sees it (backend/host/).
 template <class W, class G = W>
 struct segment_view {
   W* w;

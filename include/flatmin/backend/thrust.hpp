@@ -12,13 +12,12 @@
 /// no per-pass set-up and no search, and over one launch per tensor because that costs a launch
 /// per tensor.
 ///
-/// **Deterministic reductions.** `reduce` uses exactly the summation tree of `backend::eigen`
-/// (`reduction_strands` = K strands per segment, layout.hpp): element j of a segment's first
-/// ⌊len/K⌋·K goes to strand j mod K, the tail to strand 0, each strand is summed in order, the
-/// strands are combined pairwise, and the segment partials are added in segment order on the
-/// host. The tree depends only on the segment list, not on the device, the number of OpenMP
-/// threads or the launch configuration, so results are bitwise identical
-/// run to run, for any `OMP_NUM_THREADS`, and equal to `backend::eigen`'s (given the same
+/// **Deterministic reductions.** `reduce` uses the summation order of summation.hpp, which
+/// `backend::eigen` uses too: one thread per strand (`strand_partial`), the strands of a segment
+/// combined pairwise, and the segment partials added in segment order on the host. The tree
+/// depends only on the segment list, not on the device, the number of OpenMP threads or the
+/// launch configuration, so results are bitwise identical run to run, for any
+/// `OMP_NUM_THREADS`, and equal to `backend::eigen`'s (given the same
 /// floating-point contraction: CUDA builds of the tests use `-fmad=false`). `reduce_index` and
 /// `histogram` likewise (blocks of S; histogram counts are integers, hence exact).
 /// The price on a GPU is that a reduction runs one thread per strand (N / 512 threads, each
@@ -52,6 +51,7 @@
 
 #include "../params/thrust_views.hpp"
 #include "layout.hpp"
+#include "summation.hpp"
 
 #if THRUST_DEVICE_SYSTEM == THRUST_DEVICE_SYSTEM_CUDA
 #include <cuda_runtime_api.h>
@@ -65,14 +65,10 @@ namespace flatmin::backend {
 
 namespace thrust_detail {
 
-inline constexpr std::size_t log2_segment = 12;
-inline constexpr std::size_t segment_size = std::size_t{1} << log2_segment;
-static_assert(segment_size >= 1024, "mask blocks of up to 1024 elements must fit in a segment");
-
 // Strands per segment in reductions. The default, backend::reduction_strands, reproduces
 // backend::eigen's summation tree bit for bit (everywhere). A GPU may prefer 32 (a warp reads
 // consecutive elements) at the price of results that are still deterministic but no longer
-// bitwise equal to backend::eigen's.
+// bitwise equal to backend::eigen's: the same order (summation.hpp) with another K.
 #if defined(FLATMIN_THRUST_STRANDS)
 inline constexpr std::uint32_t strands = FLATMIN_THRUST_STRANDS;
 #else
@@ -88,7 +84,7 @@ struct segment_lanes {
   const segment* segs;
   F f;
   FLATMIN_HD void operator()(std::size_t v) const {
-    const segment& s = segs[v >> log2_segment];
+    const segment& s = segs[v >> log2_segment_size];
     const auto lane = static_cast<std::uint32_t>(v & (segment_size - 1));
     if (lane >= s.len) return;
     const tensor_rec<W, G>& t = tensors[s.tensor];
@@ -96,9 +92,8 @@ struct segment_lanes {
   }
 };
 
-/// Strand r = u % K of segment u / K (K = `strands`): the elements j ≡ r (mod K) of the segment's
-/// first ⌊len/K⌋·K elements, in order; strand 0 then adds the tail. With the default K these are
-/// exactly the accumulators of backend::eigen.
+/// Strand r = u % K of segment u / K (K = `strands`, summation.hpp's `strand_partial`). With the
+/// default K these are exactly the accumulators of backend::eigen.
 template <class R, class W, class G, class F>
 struct segment_strand {
   const tensor_rec<W, G>* tensors;
@@ -110,14 +105,9 @@ struct segment_strand {
     const tensor_rec<W, G>& t = tensors[s.tensor];
     W* w = t.w + s.local;
     G* g = t.g + s.local;
-    const std::uint32_t len = s.len, body = len - len % strands;
-    R a{};
-    for (std::uint32_t j = r; j < body; j += strands)
-      a = a + f(elem<W, G>{w[j], g[j], s.index + j, s.slot + j, s.tensor, t.flags});
-    if (r == 0)
-      for (std::uint32_t j = body; j < len; ++j)
-        a = a + f(elem<W, G>{w[j], g[j], s.index + j, s.slot + j, s.tensor, t.flags});
-    return a;
+    return strand_partial<R, strands>(s.len, r, [&](std::uint32_t j) {
+      return f(elem<W, G>{w[j], g[j], s.index + j, s.slot + j, s.tensor, t.flags});
+    });
   }
 };
 
@@ -132,17 +122,12 @@ struct combine_segment_strands {
   }
 };
 
-/// Sum of f(i) over block b = [b·S, min(n, (b+1)·S)), one accumulator, in order.
+/// Sum of f(i) over block b of [0, n) (summation.hpp's `index_block_sum`).
 template <class R, class F>
 struct index_block {
   std::size_t n;
   F f;
-  FLATMIN_HD R operator()(std::size_t b) const {
-    R acc{};
-    const std::size_t lo = b * segment_size, hi = lo + segment_size < n ? lo + segment_size : n;
-    for (std::size_t i = lo; i < hi; ++i) acc = acc + f(i);
-    return acc;
-  }
+  FLATMIN_HD R operator()(std::size_t b) const { return index_block_sum<R>(n, b, f); }
 };
 
 /// Counts of key(i) over one block into that block's own row (no two threads share a counter).
@@ -274,9 +259,9 @@ R sum_in_order(const R* partial, std::size_t n) {
 /// The Thrust backend. All functions are static; state lives in `vector<T>`.
 struct thrust {
   static constexpr const char* name = "thrust";
-  /// Elements per segment (a power of two): the same as backend::eigen, so that both backends
+  /// Elements per segment (summation.hpp): the same as backend::eigen's, so that both backends
   /// cut tensors identically and reduce in the same order.
-  static constexpr std::size_t segment_size = thrust_detail::segment_size;
+  static constexpr std::size_t segment_size = backend::segment_size;
   /// On the host device systems (OMP, CPP), passes over fewer elements than this run as plain
   /// loops on the calling thread (as in backend::eigen), with the same functors and the same
   /// summation tree, so that small problems do not pay for OpenMP regions and temporary vectors.

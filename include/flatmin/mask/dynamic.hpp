@@ -53,8 +53,8 @@
 #include <vector>
 
 #include "../backend/layout.hpp"
+#include "detail/sparse_base.hpp"
 #include "detail/top_k.hpp"
-#include "detail/units.hpp"
 
 namespace flatmin::mask {
 
@@ -118,173 +118,93 @@ struct dynamic {
   }
 
   template <class T, class Backend>
-  class state {
-   public:
-    using view = detail::bit_view<T>;
-    static constexpr bool norm_over_mask = false;
-    static constexpr bool compact = true;  ///< may be compact: see is_compact()
+  class state : public detail::sparse_state<state<T, Backend>, T, Backend> {
+    using base = detail::sparse_state<state, T, Backend>;
+    friend base;
 
-    state(const dynamic& m, const backend::layout<T, Backend>& l)
-        : units_(l, m.block > 1 ? detail::unit_kind::block : detail::unit_kind::element, m.block),
-          bits_(Backend::template make_vector<std::uint32_t>(units_.words(), 0u)),
-          bits_next_(Backend::template make_vector<std::uint32_t>(units_.words(), 0u)),
-          uview_(units_.view(l)) {
+   public:
+    static constexpr const char* where = "mask::dynamic";
+    static constexpr const char* unit_option = "block";
+    static constexpr const char* bits_entry = "dynamic.bits";
+    static constexpr bool bits_optional = false;
+    static constexpr bool norm_over_mask = false;
+    static detail::unit_spec spec(const dynamic& m) { return detail::block_units(m.block); }
+
+    state(const dynamic& m, const backend::layout<T, Backend>& l) : base(l, spec(m), true) {
       m.validate();
-      const std::size_t n = units_.eligible_units();
+      const std::size_t n = this->units_.eligible_units();
       const std::size_t a0 = m.start_count(n);
-      const detail::random_key<T> key{uview_, m.seed, 0};
-      const auto sel = detail::top_k<Backend>(units_.count(), a0, key, 32);
-      Backend::for_each_index(units_.words(),
-                              detail::fill_bits<decltype(sel)>{sel, Backend::data(bits_), units_.count()});
+      const detail::random_key<T> key{this->uview_, m.seed, 0};
+      const auto sel = detail::top_k<Backend>(this->units_.count(), a0, key, 32);
+      const std::size_t count = this->units_.count();
+      Backend::for_each_index(this->units_.words(),
+                              detail::fill_bits<decltype(sel)>{sel, Backend::data(this->bits_), count});
       active_ = a0;
       // Every refresh leaves at most ⌊x (1 − dr)⌋ + ⌊x dr⌋ ≤ ⌊x⌋ + 1 units (+ 1 for rounding).
       const double nd = static_cast<double>(n);
       bound_ = std::min(n, std::max(a0, static_cast<std::size_t>(nd - nd * m.sparsity) + 1));
-      if (is_compact()) rebuild_range();
+      if (this->is_compact()) this->range_.build_from_bits(this->units_, this->bits_);
     }
-
-    bool is_compact() const { return units_.kind() != detail::unit_kind::element; }
-
-    /// Throws std::invalid_argument if `block` changed since construction (the optimizer calls it
-    /// before anything is written).
-    void check(const dynamic& m) const {
-      const auto k = m.block > 1 ? detail::unit_kind::block : detail::unit_kind::element;
-      units_.check_unchanged("mask::dynamic", "block", k, m.block);
-    }
-
-    void begin_step(const dynamic&, std::size_t) {}
 
     /// On a refresh step, computes the next mask from g at w (pending until commit_step()). The
-    /// ascent of this step keeps the current mask, so this returns false.
+    /// ascent of this step keeps the current mask, so this returns false. The scores' buffer is
+    /// allocated at the first refresh and reused.
     bool refresh(const dynamic& m, const backend::layout<T, Backend>& l, std::size_t step, T inv_scale) {
-      pending_ = false;
+      this->abandon_step();
       if (!m.refreshes(step)) return false;
-      const std::size_t n = units_.eligible_units();
+      const std::size_t n = this->units_.eligible_units(), count = this->units_.count();
       const auto [kept_n, grow_n] = m.refresh_counts(n, m.rate(step));
       const std::size_t kept = std::min(kept_n, active_);
       const std::size_t grow = std::min(grow_n + (kept_n - kept), n - active_);
-      auto score = Backend::template make_vector<T>(units_.count(), T(0));
-      detail::add_scores(l, units_, Backend::data(score), static_cast<const T*>(nullptr), inv_scale,
+      if (score_.size() != count) score_ = Backend::template make_vector<T>(count, T(0));
+      detail::add_scores(l, this->units_, Backend::data(score_), static_cast<const T*>(nullptr), inv_scale,
                          detail::score_of::magnitude);
-      const std::uint32_t* old = Backend::data(bits_);
-      const detail::score_key<T> drop_key{Backend::data(score), old, true};
-      const detail::random_key<T> grow_key{uview_, m.seed, step, old, false};
-      const auto k = detail::top_k<Backend>(units_.count(), kept, drop_key, detail::float_key_bits<T>);
-      const auto g = detail::top_k<Backend>(units_.count(), grow, grow_key, 32);
-      Backend::for_each_index(units_.words(), detail::fill_bits<detail::either<decltype(k), decltype(g)>>{
-                                                  {k, g}, Backend::data(bits_next_), units_.count()});
+      const std::uint32_t* old = Backend::data(this->bits_);
+      const detail::score_key<T> drop_key{Backend::data(score_), old, true};
+      const detail::random_key<T> grow_key{this->uview_, m.seed, step, old, false};
+      const auto k = detail::top_k<Backend>(count, kept, drop_key, detail::float_key_bits<T>);
+      const auto g = detail::top_k<Backend>(count, grow, grow_key, 32);
+      using fill = detail::fill_bits<detail::either<decltype(k), decltype(g)>>;
+      Backend::for_each_index(this->units_.words(), fill{{k, g}, Backend::data(this->bits_next_), count});
       active_next_ = kept + grow;
-      pending_ = true;
-      if (is_compact()) range_next_.build_from_bits(units_, bits_next_);
+      this->stage_bits(false);
       return false;
     }
 
-    /// The optimizer applied the step: a pending refresh becomes the mask.
-    void commit_step() {
-      if (!pending_) return;
-      bits_.swap(bits_next_);
-      range_.swap(range_next_);
-      active_ = active_next_;
-      pending_ = false;
-    }
-    /// The step was skipped or cancelled: a pending refresh is dropped.
-    void abandon_step() { pending_ = false; }
-
-    view get_view() const { return {uview_, Backend::data(bits_)}; }
-    backend::range_of<T, Backend> range(const backend::layout<T, Backend>& l) const {
-      return is_compact() ? range_.range(l) : l.full();
-    }
-    /// Dense storage for element masks; for block masks a bound on the active blocks' entries over
-    /// every refresh (and on the current mask, which set_entry_mask() or load() may have made larger).
-    std::size_t saved_size(const backend::layout<T, Backend>& l) const {
-      if (!is_compact()) return l.numel();
-      const std::size_t bound =
-          units_.dense_elements() + std::min(bound_ * units_.block(), units_.eligible_elements());
-      return std::max({bound, range_.elements(), range_next_.elements()});
-    }
-    double radius_scale() const { return 1.0; }
-    /// Both bit buffers and segment lists (the second makes skipped steps free of side effects).
-    std::size_t bytes() const {
-      return (bits_.size() + bits_next_.size()) * sizeof(std::uint32_t) + units_.bytes() + range_.bytes() +
-             range_next_.bytes();
-    }
-    template <class F>
-    void visit(F&& f) {
-      f("dynamic.bits", bits_);
-      f("dynamic.bound", bound_);
-    }
     /// Checkpoint identity: the unit size fixes the buffers.
     std::string identity(const dynamic&) const {
-      return "dynamic(block=" + std::to_string(units_.block()) + ")";
+      return "dynamic(block=" + std::to_string(this->units_.block()) + ")";
     }
-    /// What a checked checkpoint leaves for after_load().
-    struct loaded {
-      detail::compact_range<T, Backend> range;
-      std::size_t active = 0;
-      std::size_t saved_size = 0;
-    };
-    /// Checks the loaded entries before anything is committed: no bit past the unit count or on
-    /// a unit that is not a candidate, active units ≤ bound ≤ eligible units. Throws std::invalid_argument.
-    template <class Staged>
-    loaded check_load(const Staged& s) const {
-      auto fail = [](const std::string& what) {
-        return std::invalid_argument("flatmin: load(): mask::dynamic: " + what);
-      };
-      const auto& bits = s.template buffer<std::uint32_t>("dynamic.bits");
-      const auto bound = s.template scalar<std::size_t>("dynamic.bound");
-      loaded l;
-      l.active = detail::check_loaded_bits(units_, bits, "mask::dynamic");
-      if (bound > units_.eligible_units() || l.active > bound)
-        throw fail(std::to_string(l.active) + " active units and a bound of " + std::to_string(bound) +
-                   ": need active <= bound <= " + std::to_string(units_.eligible_units()) +
-                   " (eligible units)");
-      if (is_compact())
-        l.range.build(units_, [&](std::size_t u) { return detail::test_bit(bits.data(), u); });
-      const std::size_t b =
-          units_.dense_elements() + std::min(bound * units_.block(), units_.eligible_elements());
-      l.saved_size = is_compact() ? std::max(b, l.range.elements()) : units_.count();  // element units: N
-      return l;
-    }
-    /// Commits what check_load() built, after the optimizer has swapped the entries in.
-    void after_load(loaded& l) noexcept {
-      range_.swap(l.range);
-      active_ = l.active;
-    }
-
-    /// The mask of tensor t, one byte per entry (introspection; see detail::entry_mask).
-    std::vector<std::uint8_t> entry_mask(const backend::layout<T, Backend>&, std::size_t t) const {
-      const auto h = Backend::to_host(bits_);
-      return detail::entry_mask(units_, t, [&](std::size_t u) { return detail::test_bit(h.data(), u); });
-    }
-    /// Sets the mask of tensor t (validated by detail::set_entry_mask). Later refreshes start from
-    /// it; set `frozen` for it to stay.
-    void set_entry_mask(const backend::layout<T, Backend>&, std::size_t t,
-                        const std::vector<std::uint8_t>& mask) {
-      auto h = Backend::to_host(bits_);
-      detail::set_entry_mask(units_, h, t, mask);
-      bits_ = Backend::from_host(h);
-      recount();
-      if (is_compact()) rebuild_range();
-    }
-
     /// Active units now.
     std::size_t active() const { return active_; }
-    const detail::units<T, Backend>& units() const { return units_; }
-    std::vector<std::uint32_t> host_bits() const { return Backend::to_host(bits_); }
 
    private:
-    void rebuild_range() { range_.build_from_bits(units_, bits_); }
-    void recount() {
-      active_ = static_cast<std::size_t>(Backend::template reduce_index<double>(
-          units_.words(), detail::popcount_word{Backend::data(bits_)}));
+    /// A bound on the active units over every refresh.
+    std::size_t active_bound() const { return bound_; }
+    void on_commit(bool refreshed) {
+      if (refreshed) active_ = active_next_;
     }
+    void on_bits_set(const std::vector<std::uint32_t>& h) { active_ = this->count_bits(h); }
+    std::size_t extra_bytes() const { return score_.size() * sizeof(T); }
+    template <class F>
+    void visit_more(F& f) {
+      f("dynamic.bound", bound_);
+    }
+    /// Active units ≤ bound ≤ eligible units; returns the bound.
+    template <class Staged>
+    std::size_t check_more(const Staged& s, std::size_t active) const {
+      const auto bound = s.template scalar<std::size_t>("dynamic.bound");
+      if (bound > this->units_.eligible_units() || active > bound)
+        throw std::invalid_argument("flatmin: load(): mask::dynamic: " + std::to_string(active) +
+                                    " active units and a bound of " + std::to_string(bound) +
+                                    ": need active <= bound <= " +
+                                    std::to_string(this->units_.eligible_units()) + " (eligible units)");
+      return bound;
+    }
+    void on_load(typename base::loaded& l) noexcept { active_ = l.active; }
 
-    detail::units<T, Backend> units_;
-    typename Backend::template vector<std::uint32_t> bits_, bits_next_;
-    detail::unit_view<T> uview_;
-    detail::compact_range<T, Backend> range_, range_next_;
+    typename Backend::template vector<T> score_;  ///< |g| per unit at a refresh (scratch)
     std::size_t active_ = 0, bound_ = 0, active_next_ = 0;
-    bool pending_ = false;
   };
 };
 

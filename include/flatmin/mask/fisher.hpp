@@ -68,7 +68,7 @@
 #include "../backend/layout.hpp"
 #include "../concepts/objective.hpp"
 #include "detail/score_top_k.hpp"
-#include "detail/units.hpp"
+#include "detail/sparse_base.hpp"
 
 namespace flatmin::mask {
 
@@ -114,38 +114,29 @@ struct fisher {
   }
 
   template <class T, class Backend>
-  class state {
+  class state : public detail::sparse_state<state<T, Backend>, T, Backend> {
+    using base = detail::sparse_state<state, T, Backend>;
+    friend base;
+
    public:
-    using view = detail::bit_view<T>;
+    static constexpr const char* where = "mask::fisher";
+    static constexpr const char* unit_option = "block";
+    static constexpr const char* bits_entry = "fisher.bits";
+    static constexpr bool bits_optional = false;
     static constexpr bool norm_over_mask = false;
-    static constexpr bool compact = true;  ///< may be compact: see is_compact()
+    static detail::unit_spec spec(const fisher& m) { return detail::block_units(m.block); }
 
     state(const fisher& m, const backend::layout<T, Backend>& l)
-        : units_(l, m.block > 1 ? detail::unit_kind::block : detail::unit_kind::element, m.block),
-          bits_(Backend::template make_vector<std::uint32_t>(units_.words(), 0u)),
-          bits_next_(Backend::template make_vector<std::uint32_t>(units_.words(), 0u)),
-          acc_(Backend::template make_vector<T>(units_.count(), T(0))),
-          acc_next_(Backend::template make_vector<T>(units_.count(), T(0))),
-          uview_(units_.view(l)) {
+        : base(l, spec(m), true),
+          acc_(Backend::template make_vector<T>(this->units_.count(), T(0))),
+          acc_next_(Backend::template make_vector<T>(this->units_.count(), T(0))) {
       m.validate();
       keep_ = m.keep;
-      detail::add_scores(l, units_, Backend::data(acc_), static_cast<const T*>(nullptr), T(1),
+      detail::add_scores(l, this->units_, Backend::data(acc_), static_cast<const T*>(nullptr), T(1),
                          detail::score_of::zero);  // 0 / −1
       Backend::copy(acc_, acc_next_);
-      if (is_compact()) rebuild_range();
+      if (this->is_compact()) this->range_.build_from_bits(this->units_, this->bits_);
     }
-
-    /// Block masks keep saved weights for the active blocks only; element masks use dense storage.
-    bool is_compact() const { return units_.kind() != detail::unit_kind::element; }
-
-    /// Throws std::invalid_argument if `block` changed since construction (the optimizer calls it
-    /// before anything is written).
-    void check(const fisher& m) const {
-      const auto k = m.block > 1 ? detail::unit_kind::block : detail::unit_kind::element;
-      units_.check_unchanged("mask::fisher", "block", k, m.block);
-    }
-
-    void begin_step(const fisher&, std::size_t) {}
 
     /// SSAM-F: on a refresh step, the optimizer's closure protocol hands the objective here before
     /// the batch gradient; with `example_gradient(n)` it collects N_s per-example squared gradients.
@@ -153,7 +144,7 @@ struct fisher {
     void before_gradient(const fisher& m, const backend::layout<T, Backend>& l, std::size_t step, O& obj) {
       if constexpr (example_objective<O>) {
         if (!wants_examples(m, step)) return;
-        abandon_step();  // a retried step (after an exception in the objective) collects afresh
+        this->abandon_step();  // a retried step (after an exception in the objective) collects afresh
         for (std::size_t n = 0; n < m.examples; ++n) {
           obj.example_gradient(n);
           add_example(m, l);
@@ -191,138 +182,26 @@ struct fisher {
           break;
       }
       if (!now) return false;
-      const auto k =
-          static_cast<std::size_t>(std::floor(m.keep * static_cast<double>(units_.eligible_units())));
       keep_next_ = m.keep;
       const T* f = Backend::data(acc_next_);
-      const auto sel = detail::score_top_k<Backend>(f, units_.count(), k);
-      Backend::for_each_index(units_.words(),
-                              detail::score_bits<T>{sel, Backend::data(bits_next_), units_.count()});
-      bits_pending_ = true;
+      const std::size_t n = this->units_.count();
+      const auto sel = detail::score_top_k<Backend>(f, n, keep_units(m.keep));
+      Backend::for_each_index(this->units_.words(),
+                              detail::score_bits<T>{sel, Backend::data(this->bits_next_), n});
       unperturbed_ = m.unperturbed_refresh;
-      if (is_compact()) range_next_.build_from_bits(units_, bits_next_);
+      this->stage_bits(true);
       return true;
     }
 
-    /// The optimizer applied the step: the pending sums and mask become the state.
-    void commit_step() {
-      if (acc_pending_) {
-        acc_.swap(acc_next_);
-        // The sums restart after a refresh: rather than a pass writing 0 (−1 for non-candidates),
-        // the next estimate overwrites them (the same values: 0 + h = h), and visit() clears them.
-        restart_ = bits_pending_;
-      }
-      if (bits_pending_) {
-        bits_.swap(bits_next_);
-        range_.swap(range_next_);
-        keep_ = keep_next_;
-      }
-      if (examples_now_) examples_seen_ = true;
-      abandon_step();
-    }
-    /// The step was skipped or cancelled: the pending sums and mask are dropped.
-    void abandon_step() { acc_pending_ = bits_pending_ = examples_now_ = collected_ = bad_examples_ = false; }
-
-    view get_view() const { return {uview_, Backend::data(bits_pending_ ? bits_next_ : bits_)}; }
-    backend::range_of<T, Backend> range(const backend::layout<T, Backend>& l) const {
-      return is_compact() ? (bits_pending_ ? range_next_ : range_).range(l) : l.full();
-    }
-    /// Dense storage for element masks; for block masks a bound on the active blocks' entries
-    /// (k full blocks, plus the ineligible tensors), so a reloaded mask always fits.
-    std::size_t saved_size(const backend::layout<T, Backend>& l) const {
-      if (!is_compact()) return l.numel();
-      const double keep = bits_pending_ ? keep_next_ : keep_;
-      const auto k =
-          static_cast<std::size_t>(std::floor(keep * static_cast<double>(units_.eligible_units())));
-      const std::size_t bound =
-          units_.dense_elements() + std::min(k * units_.block(), units_.eligible_elements());
-      return std::max(bound, (bits_pending_ ? range_next_ : range_).elements());
-    }
     /// 0 on a refresh step with `unperturbed_refresh` (ε = 0 everywhere), else 1.
-    double radius_scale() const { return bits_pending_ && unperturbed_ ? 0.0 : 1.0; }
-    /// Both buffers of bits and sums (the second makes skipped steps free of side effects) and
-    /// both segment lists.
-    std::size_t bytes() const {
-      return (bits_.size() + bits_next_.size()) * sizeof(std::uint32_t) +
-             (acc_.size() + acc_next_.size()) * sizeof(T) + units_.bytes() + range_.bytes() +
-             range_next_.bytes();
-    }
-    /// Checkpoint entries: the bits, the sums (stale while `restart`), and the step bookkeeping.
-    template <class F>
-    void visit(F&& f) {
-      f("fisher.bits", bits_);
-      f("fisher.acc", acc_);
-      f("fisher.keep", keep_);
-      f("fisher.restart", restart_);
-      f("fisher.examples_seen", examples_seen_);
-    }
+    double radius_scale() const { return this->pending() && unperturbed_ ? 0.0 : 1.0; }
     /// Checkpoint identity: the unit size fixes the buffers, the estimator what the sums mean.
     std::string identity(const fisher& m) const {
       static constexpr const char* sources[] = {"accumulated", "current_batch", "per_example"};
       const auto s = static_cast<std::size_t>(m.source);
-      return std::string("fisher(block=") + std::to_string(units_.block()) +
+      return std::string("fisher(block=") + std::to_string(this->units_.block()) +
              ", source=" + (s < 3 ? sources[s] : "?") + ")";
     }
-    /// What a checked checkpoint leaves for after_load(): the block list of the loaded bits and
-    /// the saved-weights size they need.
-    struct loaded {
-      detail::compact_range<T, Backend> range;
-      std::size_t saved_size = 0;
-    };
-    /// Checks the loaded entries (host copies in `s`) before anything is committed: no bit set
-    /// past the unit count or on a unit that is not a candidate, at most ⌊keep · eligible⌋ active
-    /// units, sums ≥ 0 on candidates and −1 elsewhere, keep in [0, 1]. Throws std::invalid_argument.
-    template <class Staged>
-    loaded check_load(const Staged& s) const {
-      const auto& bits = s.template buffer<std::uint32_t>("fisher.bits");
-      const auto& acc = s.template buffer<T>("fisher.acc");
-      const double keep = s.template scalar<double>("fisher.keep");
-      if (!(keep >= 0 && keep <= 1)) throw load_error("keep " + std::to_string(keep) + " is not in [0, 1]");
-      const auto k =
-          static_cast<std::size_t>(std::floor(keep * static_cast<double>(units_.eligible_units())));
-      const std::size_t active = detail::check_loaded_bits(units_, bits, "mask::fisher");
-      if (active > k)
-        throw load_error(std::to_string(active) + " active units, at most " + std::to_string(k) +
-                         " with keep " + std::to_string(keep));
-      const auto& ts = units_.host_tensors();
-      const auto& base = units_.host_base();
-      for (std::size_t t = 0; t < ts.size(); ++t) {
-        const bool cand = detail::candidate_flags(ts[t].flags);
-        for (std::uint64_t u = base[t]; u < base[t + 1]; ++u)
-          if (cand ? !(acc[u] >= T(0)) : acc[u] != T(-1))
-            throw load_error("the sum of unit " + std::to_string(u) + " is " + std::to_string(acc[u]) +
-                             (cand ? ", not >= 0" : ", not -1 (not a candidate)"));
-      }
-      loaded l;
-      if (is_compact())
-        l.range.build(units_, [&](std::size_t u) { return detail::test_bit(bits.data(), u); });
-      const std::size_t bound =
-          units_.dense_elements() + std::min(k * units_.block(), units_.eligible_elements());
-      l.saved_size = is_compact() ? std::max(bound, l.range.elements()) : units_.count();  // element units: N
-      return l;
-    }
-    /// Commits what check_load() built, after the optimizer has swapped the entries in.
-    void after_load(loaded& l) noexcept { range_.swap(l.range); }
-
-    /// The mask of tensor t, one byte per entry (introspection; see detail::entry_mask).
-    std::vector<std::uint8_t> entry_mask(const backend::layout<T, Backend>&, std::size_t t) const {
-      const auto h = Backend::to_host(bits_pending_ ? bits_next_ : bits_);
-      return detail::entry_mask(units_, t, [&](std::size_t u) { return detail::test_bit(h.data(), u); });
-    }
-    /// Sets the mask of tensor t (validated by detail::set_entry_mask); the sums are kept. Set
-    /// `frozen` for the mask to stay past the next refresh step.
-    void set_entry_mask(const backend::layout<T, Backend>&, std::size_t t,
-                        const std::vector<std::uint8_t>& mask) {
-      auto h = Backend::to_host(bits_);
-      detail::set_entry_mask(units_, h, t, mask);
-      bits_ = Backend::from_host(h);
-      if (is_compact()) rebuild_range();
-    }
-
-    /// The units (for tests and reports): element or block, counts.
-    const detail::units<T, Backend>& units() const { return units_; }
-    /// The mask bits, one per unit, in host memory.
-    std::vector<std::uint32_t> host_bits() const { return Backend::to_host(bits_); }
     /// The committed sums F, one per unit (−1: not a candidate), in host memory.
     std::vector<T> host_sums() const { return Backend::to_host(acc_); }
 
@@ -330,7 +209,53 @@ struct fisher {
     static std::invalid_argument load_error(const std::string& what) {
       return std::invalid_argument("flatmin: load(): mask::fisher: " + what);
     }
-    void rebuild_range() { range_.build_from_bits(units_, bits_); }
+    /// k = ⌊keep · eligible units⌋.
+    std::size_t keep_units(double keep) const {
+      return static_cast<std::size_t>(std::floor(keep * static_cast<double>(this->units_.eligible_units())));
+    }
+    std::size_t active_bound() const { return keep_units(this->pending() ? keep_next_ : keep_); }
+    /// The pending sums become the state; after a refresh they restart: rather than a pass writing
+    /// 0 (−1 for non-candidates), the next estimate overwrites them (the same values: 0 + h = h).
+    void on_commit(bool refreshed) {
+      if (acc_pending_) {
+        acc_.swap(acc_next_);
+        restart_ = refreshed;
+      }
+      if (refreshed) keep_ = keep_next_;
+      if (examples_now_) examples_seen_ = true;
+    }
+    void on_abandon() { acc_pending_ = examples_now_ = collected_ = bad_examples_ = false; }
+    std::size_t extra_bytes() const { return (acc_.size() + acc_next_.size()) * sizeof(T); }
+    /// Checkpoint entries after the bits: the sums (stale while `restart`), the step bookkeeping.
+    template <class F>
+    void visit_more(F& f) {
+      f("fisher.acc", acc_);
+      f("fisher.keep", keep_);
+      f("fisher.restart", restart_);
+      f("fisher.examples_seen", examples_seen_);
+    }
+    /// keep in [0, 1], at most ⌊keep · eligible⌋ active units, sums ≥ 0 on candidates and −1
+    /// elsewhere. Returns that bound.
+    template <class Staged>
+    std::size_t check_more(const Staged& s, std::size_t active) const {
+      const auto& acc = s.template buffer<T>("fisher.acc");
+      const double keep = s.template scalar<double>("fisher.keep");
+      if (!(keep >= 0 && keep <= 1)) throw load_error("keep " + std::to_string(keep) + " is not in [0, 1]");
+      const std::size_t k = keep_units(keep);
+      if (active > k)
+        throw load_error(std::to_string(active) + " active units, at most " + std::to_string(k) +
+                         " with keep " + std::to_string(keep));
+      const auto& ts = this->units_.host_tensors();
+      const auto& base = this->units_.host_base();
+      for (std::size_t t = 0; t < ts.size(); ++t) {
+        const bool cand = detail::candidate_flags(ts[t].flags);
+        for (std::uint64_t u = base[t]; u < base[t + 1]; ++u)
+          if (cand ? !(acc[u] >= T(0)) : acc[u] != T(-1))
+            throw load_error("the sum of unit " + std::to_string(u) + " is " + std::to_string(acc[u]) +
+                             (cand ? ", not >= 0" : ", not -1 (not a candidate)"));
+      }
+      return k;
+    }
     /// Pending F = committed F (or the pending F, when this step already wrote it) + (g / scale)²,
     /// or (g / scale)² alone; after a refresh the committed sums are stale and not read. Returns
     /// whether g had a non-finite entry.
@@ -340,20 +265,16 @@ struct fisher {
       if (accumulate)
         from = acc_pending_ ? Backend::data(acc_next_) : (restart_ ? nullptr : Backend::data(acc_));
       acc_pending_ = true;
-      return detail::add_scores(l, units_, Backend::data(acc_next_), from, inv_scale,
+      return detail::add_scores(l, this->units_, Backend::data(acc_next_), from, inv_scale,
                                 detail::score_of::square, check_all) > 0;
     }
 
-    detail::units<T, Backend> units_;
-    typename Backend::template vector<std::uint32_t> bits_, bits_next_;
     typename Backend::template vector<T> acc_, acc_next_;
-    detail::unit_view<T> uview_;
-    detail::compact_range<T, Backend> range_, range_next_;
     double keep_ = 0, keep_next_ = 0;
     bool examples_seen_ = false;
     bool restart_ = false;  ///< the sums in acc_ are stale: the next estimate overwrites them
     // pending (this step only, until commit_step() / abandon_step())
-    bool acc_pending_ = false, bits_pending_ = false, examples_now_ = false, collected_ = false;
+    bool acc_pending_ = false, examples_now_ = false, collected_ = false;
     bool bad_examples_ = false, unperturbed_ = false;
   };
 };

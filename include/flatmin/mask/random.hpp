@@ -18,7 +18,8 @@
 /// applies the step (`commit_step()`); a skipped or cancelled step leaves the last applied step's
 /// draw (step 0's before the first). A mask set with `set_entry_mask()` (the optimizer's
 /// `set_mask()`) replaces the draws: from then on every step uses it (one bit per unit in backend
-/// memory), still scaled by 1/β.
+/// memory), still scaled by 1/β. Checkpoints save it (entry "random.bits", present only once a mask
+/// is set); a checkpoint without it loads as drawing.
 ///
 /// Options: beta = 0.5 (β in (0, 1]), unit = tensor, block = 128, seed = 0.
 
@@ -28,12 +29,9 @@
 
 #include "../backend/layout.hpp"
 #include "../kernels/counter_hash.hpp"
-#include "detail/units.hpp"
+#include "detail/sparse_base.hpp"
 
 namespace flatmin::mask {
-
-/// The unit a sparse mask decides on.
-enum class granularity : std::uint8_t { element, block, tensor };
 
 struct random {
   static constexpr const char* name = "random";  ///< in checkpoints' composition identity
@@ -54,8 +52,20 @@ struct random {
   }
 
   template <class T, class Backend>
-  class state {
+  class state : public detail::sparse_state<state<T, Backend>, T, Backend> {
+    using base = detail::sparse_state<state, T, Backend>;
+    friend base;
+
    public:
+    static constexpr const char* where = "mask::random";
+    static constexpr const char* unit_option = "unit / block";
+    static constexpr const char* bits_entry = "random.bits";
+    static constexpr bool bits_optional = true;  ///< saved only once a mask is set
+    static constexpr bool norm_over_mask = true;
+    static detail::unit_spec spec(const random& m) {
+      return {m.unit, m.unit == granularity::block ? m.block : std::size_t{1}};
+    }
+
     /// m(i) = [hash(seed, t, unit(i)) < β] on eligible tensors, 1 elsewhere.
     struct view {
       detail::unit_view<T> units;
@@ -67,127 +77,49 @@ struct random {
         return kernels::bernoulli(kernels::counter_hash(seed, step, units(i)), threshold);
       }
     };
-    static constexpr bool norm_over_mask = true;
-    static constexpr bool compact = true;  ///< may be compact: see is_compact()
 
-    state(const random& m, const backend::layout<T, Backend>& l)
-        : units_(l, kind(m.unit), m.unit == granularity::block ? m.block : 1), uview_(units_.view(l)) {
+    state(const random& m, const backend::layout<T, Backend>& l) : base(l, spec(m), false) {
       m.validate();
-      beta_ = m.beta;
-      seed_ = m.seed;
-      threshold_ = kernels::bernoulli_threshold(m.beta);
-      next_ = {seed_, step_, threshold_, beta_};
+      now_ = next_ = {m.seed, 0, kernels::bernoulli_threshold(m.beta), m.beta};
     }
 
-    /// Tensor and block units run the ascent and restore over the kept units only.
-    bool is_compact() const { return units_.kind() != detail::unit_kind::element; }
-
-    /// Throws std::invalid_argument if `unit` or, with block units, `block` changed since
-    /// construction (the optimizer calls it before anything is written).
-    void check(const random& m) const {
-      units_.check_unchanged("mask::random", "unit / block", kind(m.unit), m.block);
-    }
-
-    /// Draws step t's mask (host side: only the compact segment list is built, from the same hash),
-    /// pending until commit_step().
+    /// Draws step t's mask, pending until commit_step(). With compact units the step's segment list
+    /// is built on the host from the same hash; a set mask's list does not change between steps.
     void begin_step(const random& m, std::size_t step) {
       next_ = {m.seed, step, kernels::bernoulli_threshold(m.beta), m.beta};
-      pending_ = true;
-      if (is_compact()) {
-        if (!fixed_.empty()) {
-          const auto h = Backend::to_host(fixed_);
-          range_next_.build(units_, [&](std::size_t u) { return detail::test_bit(h.data(), u); });
-        } else {
-          range_next_.build(units_, [&](std::size_t u) { return on(next_, u); });
-        }
-      }
+      draw_pending_ = true;
+      if (this->bits_.empty())
+        this->stage_range(true, [&] {
+          this->range_next_.build(this->units_, [&](std::size_t u) { return on(next_, u); });
+        });
     }
     bool refresh(const random&, const backend::layout<T, Backend>&, std::size_t, T) { return false; }
 
-    /// The optimizer applied the step: its draw becomes the state.
-    void commit_step() {
-      if (!pending_) return;
-      seed_ = next_.seed, step_ = next_.step, threshold_ = next_.threshold, beta_ = next_.beta;
-      range_.swap(range_next_);
-      pending_ = false;
-    }
-    /// The step was skipped or cancelled: its draw is dropped.
-    void abandon_step() { pending_ = false; }
-
     view get_view() const {
-      const draw& d = pending_ ? next_ : draw{seed_, step_, threshold_, beta_};
-      return {uview_, d.seed, d.step, d.threshold, fixed_.empty() ? nullptr : Backend::data(fixed_)};
+      const draw& d = draw_pending_ ? next_ : now_;
+      return {this->uview_, d.seed, d.step, d.threshold, fixed()};
     }
-    backend::range_of<T, Backend> range(const backend::layout<T, Backend>& l) const {
-      return is_compact() ? (pending_ ? range_next_ : range_).range(l) : l.full();
-    }
-    /// Every perturbed entry may be drawn.
-    std::size_t saved_size(const backend::layout<T, Backend>& l) const {
-      return is_compact() ? units_.dense_elements() + units_.eligible_elements() : l.numel();
-    }
-    double radius_scale() const { return 1.0 / (pending_ ? next_.beta : beta_); }
-    std::size_t bytes() const {
-      return units_.bytes() + range_.bytes() + range_next_.bytes() + fixed_.size() * sizeof(std::uint32_t);
-    }
-    /// No checkpoint entries: the draw of step t is a hash of (seed, t, unit), so the step count
-    /// is the generator's whole position. (A mask set with set_entry_mask() is not saved.)
-    template <class F>
-    void visit(F&&) {}
+    double radius_scale() const { return 1.0 / (draw_pending_ ? next_.beta : now_.beta); }
     /// Checkpoint identity: the unit kind and size.
     std::string identity(const random&) const {
-      switch (units_.kind()) {
-        case detail::unit_kind::element:
+      switch (this->units_.kind()) {
+        case granularity::element:
           return "random(unit=element)";
-        case detail::unit_kind::block:
-          return "random(unit=block, block=" + std::to_string(units_.block()) + ")";
-        case detail::unit_kind::tensor:
+        case granularity::block:
+          return "random(unit=block, block=" + std::to_string(this->units_.block()) + ")";
+        case granularity::tensor:
           break;
       }
       return "random(unit=tensor)";
     }
 
     /// The mask of tensor t, one byte per entry: the last applied step's draw, or the set mask.
-    std::vector<std::uint8_t> entry_mask(const backend::layout<T, Backend>&, std::size_t t) const {
-      if (!fixed_.empty()) {
-        const auto h = Backend::to_host(fixed_);
-        return detail::entry_mask(units_, t, [&](std::size_t u) { return detail::test_bit(h.data(), u); });
-      }
-      const draw d{seed_, step_, threshold_, beta_};
-      return detail::entry_mask(units_, t, [&](std::size_t u) { return on(d, u); });
+    std::vector<std::uint8_t> entry_mask(const backend::layout<T, Backend>& l, std::size_t t) const {
+      if (fixed()) return base::entry_mask(l, t);
+      return detail::entry_mask(this->units_, t, [&](std::size_t u) { return on(now_, u); });
     }
-    /// Sets the mask of tensor t; the first call fixes every tensor's mask to the current draw
-    /// first, and no step draws again.
-    void set_entry_mask(const backend::layout<T, Backend>&, std::size_t t,
-                        const std::vector<std::uint8_t>& mask) {
-      std::vector<std::uint32_t> h;
-      if (fixed_.empty()) {
-        h.assign(units_.words(), 0u);
-        const draw d{seed_, step_, threshold_, beta_};
-        for (std::size_t u = 0; u < units_.count(); ++u)
-          if (on(d, u)) h[u >> 5] |= 1u << (u & 31);
-      } else {
-        h = Backend::to_host(fixed_);
-      }
-      detail::set_entry_mask(units_, h, t, mask);
-      fixed_ = Backend::from_host(h);
-      if (is_compact()) range_.build(units_, [&](std::size_t u) { return detail::test_bit(h.data(), u); });
-    }
-
-    const detail::units<T, Backend>& units() const { return units_; }
 
    private:
-    static detail::unit_kind kind(granularity g) {
-      switch (g) {
-        case granularity::element:
-          return detail::unit_kind::element;
-        case granularity::block:
-          return detail::unit_kind::block;
-        case granularity::tensor:
-          return detail::unit_kind::tensor;
-      }
-      return detail::unit_kind::tensor;
-    }
-
     struct draw {
       std::uint64_t seed, step, threshold;
       double beta;
@@ -195,15 +127,35 @@ struct random {
     static bool on(const draw& d, std::size_t u) {
       return kernels::bernoulli(kernels::counter_hash(d.seed, d.step, u), d.threshold);
     }
+    const std::uint32_t* fixed() const { return this->bits_.empty() ? nullptr : Backend::data(this->bits_); }
 
-    detail::units<T, Backend> units_;
-    detail::unit_view<T> uview_;
-    detail::compact_range<T, Backend> range_, range_next_;
-    std::uint64_t seed_ = 0, step_ = 0, threshold_ = 0;
-    double beta_ = 1;
-    draw next_{};
-    bool pending_ = false;
-    typename Backend::template vector<std::uint32_t> fixed_;
+    /// Every unit may be drawn.
+    std::size_t active_bound() const { return this->units_.eligible_units(); }
+    void on_commit(bool) {
+      if (draw_pending_) now_ = next_;
+    }
+    void on_abandon() { draw_pending_ = false; }
+    /// The first set_entry_mask() starts from the last applied step's draw (no step draws again),
+    /// on the candidate units only (the others' bits are never read, and a load refuses them).
+    std::vector<std::uint32_t> initial_bits() const {
+      std::vector<std::uint32_t> h(this->units_.words(), 0u);
+      const auto& ts = this->units_.host_tensors();
+      const auto& first = this->units_.host_base();
+      for (std::size_t t = 0; t < ts.size(); ++t)
+        if (detail::candidate_flags(ts[t].flags))
+          for (std::uint64_t u = first[t]; u < first[t + 1]; ++u)
+            if (on(now_, u)) h[u >> 5] |= 1u << (u & 31);
+      return h;
+    }
+    /// The draws need no entry: the draw of step t is a hash of (seed, t, unit), so the step count
+    /// is the generator's whole position; it becomes the last applied step's draw here.
+    void on_load(typename base::loaded& l) noexcept {
+      now_.step = l.steps;
+      draw_pending_ = false;
+    }
+
+    draw now_{}, next_{};  ///< the last applied step's draw, and this step's
+    bool draw_pending_ = false;
   };
 };
 

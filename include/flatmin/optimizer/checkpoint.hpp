@@ -39,7 +39,9 @@
 /// (calls f(name, value) for each backend vector and each unsigned / double / bool scalar to
 /// save), `check_load(staged)` (throws std::invalid_argument on contents the state cannot have
 /// produced; a mask's returns what its `after_load(loaded&) noexcept` commits, and the
-/// saved-weights size as `saved_size`).
+/// saved-weights size as `saved_size`). An `optional_entry` (concepts/state_entry.hpp) is written
+/// only when its vector is not empty; a file without it loads and empties the vector, so adding
+/// one keeps the format at version 2 (older files, which never have it, still load).
 
 #include <algorithm>
 #include <any>
@@ -58,6 +60,8 @@
 #include <type_traits>
 #include <utility>
 #include <vector>
+
+#include "../concepts/state_entry.hpp"
 
 namespace flatmin::checkpoint {
 
@@ -178,6 +182,23 @@ constexpr char code_of() {
 
 template <class E>
 inline constexpr bool is_scalar_v = std::is_arithmetic_v<E>;
+
+/// Whether a visited entry goes into the file (an empty optional entry does not).
+template <class V>
+bool written(const V& v) {
+  if constexpr (is_optional_entry_v<V>)
+    return !v.value.empty();
+  else
+    return true;
+}
+/// The value a visited entry saves: the vector behind an optional entry, else the entry itself.
+template <class V>
+auto& vector_of(V& v) {
+  if constexpr (is_optional_entry_v<V>)
+    return v.value;
+  else
+    return v;
+}
 
 /// Converts n values between native and little-endian byte order (a no-op on little-endian hosts).
 inline void to_little_endian(unsigned char* p, std::size_t n, std::size_t size) {
@@ -317,6 +338,12 @@ class staged {
     if (!p) throw detail::error("state entry '" + std::string(name) + "' has another type");
     return *p;
   }
+  /// Whether the checkpoint holds entry `name` (false for an optional entry it left out).
+  bool has(std::string_view name) const {
+    for (const auto& e : entries_)
+      if (e.name == name) return e.host.has_value();
+    return false;
+  }
   std::uint64_t steps() const { return steps_; }
 
   /// Copies the buffers to the backend (allocates; may throw).
@@ -445,9 +472,11 @@ void write(std::ostream& os, const header& h, std::uint64_t steps, const Visit& 
   detail::write_header(w, h);
   w.uint(steps);
   std::uint32_t count = 0;
-  visit([&](const char*, auto&) { ++count; });
+  visit([&](const char*, auto& v) { count += detail::written(v); });
   w.uint(count);
-  visit([&](const char* name, auto& v) {
+  visit([&](const char* name, auto& entry) {
+    if (!detail::written(entry)) return;
+    auto& v = detail::vector_of(entry);
     using V = std::remove_cvref_t<decltype(v)>;
     w.str(name);
     if constexpr (detail::is_scalar_v<V>) {
@@ -480,25 +509,68 @@ staged<Backend> read(std::istream& is, const H& h, const Visit& visit) {
   st.steps_ = r.template uint<std::uint64_t>("the step count");
   if (st.steps_ > max_steps)
     throw detail::error("step count " + std::to_string(st.steps_) + " is out of range (at most 2^53)");
-  std::uint32_t expected = 0;
-  visit([&](const char*, auto&) { ++expected; });
+  std::uint32_t expected = 0, optionals = 0;
+  visit([&](const char*, auto& v) {
+    if constexpr (is_optional_entry_v<std::remove_cvref_t<decltype(v)>>)
+      ++optionals;
+    else
+      ++expected;
+  });
   const auto count = r.template uint<std::uint32_t>("the state entry count");
-  if (count != expected)
+  if (count < expected || count - expected > optionals)
     throw detail::error("the checkpoint has " + std::to_string(count) + " state entries, this optimizer " +
-                        std::to_string(expected) + " (another composition?)");
-  st.entries_.reserve(expected);
+                        std::to_string(expected) +
+                        (optionals ? " to " + std::to_string(expected + optionals) : std::string()) +
+                        " (another composition?)");
+  st.entries_.reserve(expected + optionals);
   std::size_t index = 0;
-  visit([&](const char* name, auto& v) {
+  // The next entry's name, read ahead: an optional entry the file lacks leaves it for the next
+  // visited entry. Name bytes are read only when their length is the one expected (bounded).
+  std::uint32_t left = count, next_len = 0;
+  bool have_len = false, have_name = false;
+  std::string next_name;
+  auto take = [&](std::string_view want, const std::string& at, bool may_lack) {
+    if (!have_len) {
+      if (left == 0) {
+        if (may_lack) return false;
+        throw detail::error(at + ": missing (the checkpoint has no more entries)");
+      }
+      next_len = r.template uint<std::uint32_t>("a state entry name");
+      have_len = true;
+    }
+    if (next_len != want.size()) {
+      if (may_lack) return false;
+      throw detail::error(at + ": the saved name is " + std::to_string(next_len) + " bytes long, expected " +
+                          std::to_string(want.size()));
+    }
+    if (!have_name) {
+      next_name.assign(next_len, '\0');
+      r.raw(next_name.data(), next_len, "a state entry name");
+      have_name = true;
+    }
+    if (next_name != want) {
+      if (may_lack) return false;
+      throw detail::error(at + ": saved under the name " + detail::printable(next_name));
+    }
+    have_len = have_name = false;
+    --left;
+    return true;
+  };
+  visit([&](const char* name, auto& entry) {
+    constexpr bool is_optional = is_optional_entry_v<std::remove_cvref_t<decltype(entry)>>;
+    auto& v = detail::vector_of(entry);
     using V = std::remove_cvref_t<decltype(v)>;
     const std::string_view want(name);
     const std::string at = "state entry " + std::to_string(index++) + " '" + std::string(want) + "'";
-    const auto n = r.template uint<std::uint32_t>("a state entry name");
-    if (n != want.size())
-      throw detail::error(at + ": the saved name is " + std::to_string(n) + " bytes long, expected " +
-                          std::to_string(want.size()));
-    std::string got(n, '\0');
-    r.raw(got.data(), n, "a state entry name");
-    if (got != want) throw detail::error(at + ": saved under the name " + detail::printable(got));
+    if (!take(want, at, is_optional)) {
+      if constexpr (is_optional) {  // left out: the vector becomes empty (no host value: has() is false)
+        auto& e = st.entries_.emplace_back();
+        e.name = want;
+        auto empty = std::make_shared<V>();
+        e.commit = [&v, empty] { v.swap(*empty); };
+      }
+      return;
+    }
     unsigned char type[4];
     r.raw(type, 4, "a state entry type");
     const auto size = r.template uint<std::uint64_t>("a state entry size");
@@ -517,10 +589,12 @@ staged<Backend> read(std::istream& is, const H& h, const Visit& visit) {
       if (type[0] != detail::code_of<E>() || type[1] != sizeof(E) || type[2] || type[3])
         throw detail::error(at + ": element type differs (element code " + std::to_string(type[0]) + ", " +
                             std::to_string(type[1]) + " bytes)");
-      if (size != v.size())
-        throw detail::error(at + " has " + std::to_string(v.size()) + " entries here, saved " +
+      std::size_t want_size = v.size();
+      if constexpr (is_optional) want_size = entry.size;
+      if (size != want_size)
+        throw detail::error(at + " has " + std::to_string(want_size) + " entries here, saved " +
                             std::to_string(size) + " (other options?)");
-      auto host = std::vector<E>(v.size());
+      auto host = std::vector<E>(want_size);
       r.values(host.data(), host.size(), at.c_str());
       e.host = std::move(host);
       auto built = std::make_shared<V>();
@@ -530,6 +604,9 @@ staged<Backend> read(std::istream& is, const H& h, const Visit& visit) {
       e.commit = [&v, built] { v.swap(*built); };
     }
   });
+  if (left != 0)
+    throw detail::error("the checkpoint has " + std::to_string(left) +
+                        " state entries this optimizer does not expect (another composition?)");
   r.check_crc();
   return st;
 }

@@ -42,25 +42,16 @@
 #include "../descent/standard.hpp"
 #include "../kernels/sam_passes.hpp"
 #include "../mask/dense.hpp"
+#include "../mask/detail/pass_target.hpp"
 #include "../params/param_set.hpp"
 #include "../params/precision.hpp"
 #include "../regularize/none.hpp"
 #include "../schedule/always.hpp"
 #include "checkpoint.hpp"
+#include "composition.hpp"
 #include "report.hpp"
 
 namespace flatmin {
-
-/// Options of the optimizer itself (not of a policy).
-struct optimizer_options {
-  nonfinite on_nonfinite = nonfinite::skip;  ///< skip the step (default) or throw
-
-  void validate() const {
-    detail::check_option(on_nonfinite == nonfinite::skip || on_nonfinite == nonfinite::raise,
-                         "optimizer_options", "on_nonfinite", static_cast<double>(on_nonfinite),
-                         "nonfinite::skip or nonfinite::raise");
-  }
-};
 
 template <class Precision, class UserBackend, class Perturb, class Mask, class Base,
           class Descent = descent::standard, class Regularizer = regularize::none,
@@ -112,21 +103,24 @@ class sharpness_aware {
   /// schedule may still leave a step unperturbed (`step_report::perturbed`).
   static constexpr bool perturbs = Perturb::perturbs;
 
+  /// The aggregate the optimizer is built from: one member per policy, plus `optimizer_options`.
+  using composition_type = composition<Perturb, Mask, Base, Descent, Regularizer, Schedule>;
+
   /// Binds the optimizer to `params` (the views are copied; the memory they point to must outlive
-  /// the optimizer). Throws std::invalid_argument for bad options (checked in T, before any state
-  /// is built) or an empty / overlapping set, usage_error for a view in a memory space the backend
-  /// cannot reach.
-  sharpness_aware(const param_set<W, G>& params, Base base, Perturb perturb = {}, Mask mask = {},
-                  optimizer_options options = {}, Descent descent = {}, Regularizer reg = {},
-                  Schedule schedule = {})
-      : base_((static_cast<void>(check_options(base, perturb, mask, options, descent, reg, schedule)),
-               std::move(base))),
-        perturb_(std::move(perturb)),
-        mask_(std::move(mask)),
-        descent_(std::move(descent)),
-        reg_(std::move(reg)),
-        schedule_(std::move(schedule)),
-        options_(options),
+  /// the optimizer) with the policies of `c`, e.g. `{.base = {.lr = 0.1}, .perturb = {.rho = 0.05}}`
+  /// (optimizer/composition.hpp; `.base` is required). Throws std::invalid_argument for bad options
+  /// (checked in T, before any state is built) or an empty / overlapping set, usage_error for a view
+  /// in a memory space the backend cannot reach.
+  sharpness_aware(const param_set<W, G>& params, composition_type c)
+      : base_((static_cast<void>(
+                   check_options(c.base, c.perturb, c.mask, c.options, c.descent, c.regularizer, c.schedule)),
+               std::move(c.base))),
+        perturb_(std::move(c.perturb)),
+        mask_(std::move(c.mask)),
+        descent_(std::move(c.descent)),
+        reg_(std::move(c.regularizer)),
+        schedule_(std::move(c.schedule)),
+        options_(c.options),
         layout_(checked(params)),
         base_state_(base_, layout_.numel()),
         mask_state_(mask_, layout_),
@@ -191,7 +185,7 @@ class sharpness_aware {
       if (!(scale <= static_cast<double>(std::numeric_limits<T>::max()))) scale = 0.0;
       const T step_scale = static_cast<T>(scale);
       on_ascent(s, scale, inv);
-      over_range([&](auto view) {
+      target().for_each([&](auto view) {
         return kernels::ascend_pass<T, term_type, decltype(view), W>{term(), view, step_scale, inv,
                                                                      Backend::data(saved_)};
       });
@@ -250,20 +244,7 @@ class sharpness_aware {
     const std::size_t t = steps_ + 1;
     auto adjust = reg_state_.prepare(reg_, layout_, t, inv);
     auto update = base_state_.prepare(base_, t);
-    // Dense storage: the restore is fused into the descend pass. Compact (block) storage: a
-    // restore pass over the active blocks first, then the descend pass without restore.
-    if constexpr (perturbs) {
-      if (!perturbed) {
-        descend_pass<0>(adjust, update, inv);
-      } else if (mask_compact()) {
-        restore();
-        descend_pass<0>(adjust, update, inv);
-      } else {
-        descend_pass<1>(adjust, update, inv);
-      }
-    } else {
-      descend_pass<0>(adjust, update, inv);
-    }
+    descend_pass(adjust, update, inv, perturbed);
     mask_commit();
     steps_ = t;
     phase_ = phase::idle;
@@ -332,6 +313,8 @@ class sharpness_aware {
   Descent& descent() { return descent_; }
   Schedule& schedule() { return schedule_; }
   const Schedule& schedule() const { return schedule_; }
+  optimizer_options& options() { return options_; }
+  const optimizer_options& options() const { return options_; }
   const backend::layout<T, Backend>& layout() const { return layout_; }
   const typename Base::template state<T, Backend>& base_state() const { return base_state_; }
   const typename Mask::template state<T, Backend>& mask_state() const { return mask_state_; }
@@ -428,7 +411,6 @@ class sharpness_aware {
   enum class phase { idle, ascended, skipped, unperturbed };  // unperturbed: the schedule's choice
   using mask_state_type = typename Mask::template state<T, Backend>;
   using mask_view = decltype(std::declval<const mask_state_type&>().get_view());
-  using all_view = typename mask::dense::template state<T, Backend>::view;  ///< m ≡ 1
   using term_type = decltype(std::declval<const Perturb&>().template term<T>(
       std::declval<const typename Base::template state<T, Backend>&>(), std::size_t{}));
 
@@ -524,64 +506,33 @@ class sharpness_aware {
     throw std::invalid_argument("flatmin: no tensor named " + detail::quote(std::string(name)));
   }
 
+  /// What the mask-dependent passes run over (mask/detail/pass_target.hpp).
+  mask::detail::pass_target<T, Backend, mask_state_type> target() const {
+    return {mask_state_, layout_};
+  }
+
   kernels::grad_stats stats(T inv) {
-    if (mask_compact()) {
-      // The masked entries are exactly the compact range (see over_range): the sums over the mask
-      // are taken over the range, those over all entries over the full layout, both with the
-      // all-true view, which lets the SAM term use the vectorised group form instead of a unit
-      // and bit lookup per entry (blocks of 128 at 10 % kept, N = 10^7: ascend() + cancel() 37 →
-      // 6.3 ms, bench_masks in bench/RESULTS.md). Deterministic and the same on every backend; the
-      // masked sums are added in the range's segment order. One extra pass, over the range only.
-      const kernels::stats_pass<T, term_type, all_view> pass{term(), all_view{}, inv, true};
-      kernels::grad_stats s = Backend::template reduce<kernels::grad_stats>(layout_.full(), pass);
-      const kernels::grad_stats m =
-          Backend::template reduce<kernels::grad_stats>(mask_state_.range(layout_), pass);
-      if (mask_state_type::norm_over_mask) s.n2 = m.n2;
-      s.d2 = m.d2;
-      s.kept = m.kept;
-      return s;
-    }
-    return Backend::template reduce<kernels::grad_stats>(
-        layout_.full(), kernels::stats_pass<T, term_type, mask_view>{term(), mask_state_.get_view(), inv,
-                                                                     mask_state_type::norm_over_mask});
-  }
-
-  /// Whether the saved weights are compact (restore over range(), then a dense descend): the
-  /// mask's static `compact`, refined at run time by its `is_compact()` when it has one.
-  bool mask_compact() const {
-    if constexpr (!mask_state_type::compact)
-      return false;
-    else if constexpr (requires { mask_state_.is_compact(); })
-      return mask_state_.is_compact();
-    else
-      return true;
-  }
-
-  /// The fused descend pass; `Restore` (0 or 1) fixed at compile time so the host loop vectorises.
-  template <int Restore, class Adjust, class Update>
-  void descend_pass(const Adjust& adjust, const Update& update, T inv) {
-    Backend::for_each(layout_.full(),
-                      kernels::descend_pass<T, mask_view, Adjust, Update, Restore, W>{
-                          mask_state_.get_view(), adjust, update, inv, Backend::data(saved_), Restore == 1});
-  }
-
-  void restore() {
-    over_range([&](auto view) {
-      return kernels::restore_pass<W, decltype(view)>{view, Backend::data(saved_)};
+    return target().stats([&](auto view, bool norm_over_mask) {
+      return kernels::stats_pass<T, term_type, decltype(view)>{term(), view, inv, norm_over_mask};
     });
   }
 
-  /// Runs the pass `make(view)` over the mask's range. A compact range holds masked-in entries only
-  /// (every compact mask's invariant: its range is its active units plus the ineligible tensors,
-  /// where the mask is 1), so there the all-true view of mask::dense replaces the per-entry unit and
-  /// bit lookup, which would otherwise cost more than the pass's memory traffic.
-  template <class Make>
-  void over_range(const Make& make) {
-    const auto range = mask_state_.range(layout_);
-    if (mask_compact())
-      Backend::for_each(range, make(all_view{}));
-    else
-      Backend::for_each(range, make(mask_state_.get_view()));
+  /// The descent, undoing the ascent first when `restore` (fused where the saved weights are dense).
+  template <class Adjust, class Update>
+  void descend_pass(const Adjust& adjust, const Update& update, T inv, bool restore) {
+    target().descend(restore, restore_pass(), [&](auto fused) {
+      constexpr int R = decltype(fused)::value;
+      const W* saved = Backend::data(saved_);
+      Backend::for_each(layout_.full(), kernels::descend_pass<T, mask_view, Adjust, Update, R, W>{
+                                            mask_state_.get_view(), adjust, update, inv, saved, R == 1});
+    });
+  }
+
+  void restore() { target().for_each(restore_pass()); }
+  auto restore_pass() const {
+    return [saved = Backend::data(saved_)](auto view) {
+      return kernels::restore_pass<W, decltype(view)>{view, saved};
+    };
   }
 
   /// Hands every checkpoint entry of the states to f(name, value).

@@ -25,10 +25,17 @@
 #include "../../kernels/counter_hash.hpp"
 #include "top_k.hpp"
 
+namespace flatmin::mask {
+
+/// The unit a sparse mask decides on: single entries, blocks of one tensor, or whole tensors (the
+/// one encoding of it: mask::random's `unit` option, and the kind of every mask's units).
+enum class granularity : std::uint8_t { element, block, tensor };
+
+}  // namespace flatmin::mask
+
 namespace flatmin::mask::detail {
 
-/// How a mask groups entries.
-enum class unit_kind : std::uint8_t { element, block, tensor };
+using unit_kind = granularity;
 
 inline constexpr unsigned chunk_shift = 12;
 

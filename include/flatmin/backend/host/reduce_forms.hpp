@@ -1,0 +1,95 @@
+#pragma once
+/// @file reduce_forms.hpp
+/// backend::eigen's group forms of the statistics reductions (kernels/sam_passes.hpp): the sums of
+/// a group of M segments read side by side and vectorised, in the order of summation.hpp, so that
+/// each segment's result is bitwise equal to the element path's (backend::thrust's). A pass
+/// without a form here is summed element by element.
+
+#include <cstdint>
+#include <type_traits>
+
+#include "../../kernels/sam_passes.hpp"
+#include "../summation.hpp"
+#include "mask_lanes.hpp"
+#include "strands.hpp"
+
+namespace flatmin::backend::host {
+
+/// `group_form<F>::run(f, views, out)` sums pass f over each of M segments; none by default.
+template <class F>
+struct group_form {};
+
+/// Whether pass F has a group form with results R (what backend::eigen::reduce asks).
+template <class F, class R, class T, std::uint32_t M>
+concept has_group_form = requires(const F& f, const segment_view<T> (&v)[M], R (&out)[M]) {
+  group_form<std::remove_cvref_t<F>>::run(f, v, out);
+};
+
+/// Σg² and the non-finite count. A non-finite entry makes Σg² non-finite (squares are ≥ 0), and
+/// only then are the entries counted.
+template <class T>
+struct group_form<kernels::check_pass<T>> {
+  template <std::uint32_t M>
+  static void run(const kernels::check_pass<T>& p, const segment_view<T> (&v)[M],
+                  kernels::grad_stats (&out)[M]) {
+    const T* g[M];
+    std::uint32_t len[M];
+    double g2[M];
+    for (std::uint32_t m = 0; m < M; ++m) {
+      g[m] = v[m].g;
+      len[m] = v[m].len;
+    }
+    sum_squares_strands(g, len, p.inv_scale, g2);
+    for (std::uint32_t m = 0; m < M; ++m) {
+      out[m] = kernels::grad_stats{};
+      out[m].g2 = g2[m];
+      if (!kernels::is_finite(g2[m]))
+        for (std::uint32_t j = 0; j < len[m]; ++j)
+          out[m].bad += kernels::is_finite(g[m][j] * p.inv_scale) ? 0.0 : 1.0;
+    }
+  }
+};
+
+/// SAM's statistics where the mask is all ones (Σn² = Σd² = Σg², kept = len on perturbed tensors:
+/// one vectorised sum gives all three), or an element bit mask (Σd² and the kept count from the
+/// masked strands, eight mask bits per lookup: the element path looked a unit and a bit up per
+/// entry, bench_masks `ascend_cancel`, bench/RESULTS.md). Other terms and masks have no form.
+template <class T, class Term, class Mask>
+  requires(kernels::stats_pass<T, Term, Mask>::sam_term &&
+           (kernels::mask_is_all<Mask> || element_bit_mask<Mask>))
+struct group_form<kernels::stats_pass<T, Term, Mask>> {
+  using pass = kernels::stats_pass<T, Term, Mask>;
+
+  template <std::uint32_t M>
+  static void run(const pass& p, const segment_view<T> (&v)[M], kernels::grad_stats (&out)[M]) {
+    group_form<kernels::check_pass<T>>::run(kernels::check_pass<T>{p.inv_scale}, v, out);
+    for (std::uint32_t m = 0; m < M; ++m) {
+      if (!(v[m].flags & tensor_flags::perturb)) continue;
+      if (kernels::mask_is_all<Mask> || !(v[m].flags & tensor_flags::mask_eligible)) {
+        out[m].n2 = out[m].g2;  // every entry is in: the mask is 1 here
+        out[m].d2 = out[m].g2;
+        out[m].kept = double(v[m].len);
+        continue;
+      }
+      if constexpr (!kernels::mask_is_all<Mask>) {
+        const std::uint64_t base = v[m].index;
+        const std::uint32_t flags = v[m].flags, len = v[m].len;
+        if (!p.mask.element_units()) {  // not eight bits per eight entries: the element path's sums
+          out[m] = strand_sum<kernels::grad_stats>(len, [&](std::uint32_t j) {
+            return p(elem<T>{v[m].w[j], v[m].g[j], base + j, 0, 0, flags});
+          });
+          continue;
+        }
+        double kept = 0;
+        const double d2 = masked_sum_squares_strands(
+            v[m].g, len, p.inv_scale, [&](std::uint32_t j) { return p.mask.bits8(base + j); },
+            [&](std::uint32_t j) { return p.mask(base + j, flags); }, kept);
+        out[m].d2 = d2;
+        out[m].kept = kept;
+        out[m].n2 = p.norm_over_mask ? d2 : out[m].g2;
+      }
+    }
+  }
+};
+
+}  // namespace flatmin::backend::host

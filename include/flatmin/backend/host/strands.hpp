@@ -1,0 +1,78 @@
+#pragma once
+/// @file strands.hpp
+/// Host SIMD forms of the sum of squares of gradients, in the summation order of summation.hpp,
+/// written as straight-line blocks of K so that the compiler vectorises the K strands as lanes (no
+/// reassociation: each lane is still summed in order), which makes each result bitwise equal to
+/// the element path's.
+
+#include <bit>
+#include <cstdint>
+
+#include "../../kernels/math.hpp"
+#include "../summation.hpp"
+#include "mask_lanes.hpp"
+
+namespace flatmin::backend::host {
+
+/// Σ (s·g)² over each of M runs of consecutive gradients (`g[m]`, `len[m]`). The M runs are read
+/// side by side (M streams keep a core's hardware prefetchers busier than one); each run's own
+/// order does not depend on M.
+template <class T, std::uint32_t M>
+inline void sum_squares_strands(const T* const (&g)[M], const std::uint32_t (&len)[M], T s,
+                                double (&out)[M]) {
+  constexpr std::uint32_t K = reduction_strands;
+  const auto sq = [s](T x) {
+    const double y = double(x * s);
+    return y * y;
+  };
+  double a[M][K] = {};
+  std::uint32_t common = len[0];
+  for (std::uint32_t m = 1; m < M; ++m) common = len[m] < common ? len[m] : common;
+  common -= common % K;
+  // add_block's and add_tail's dealing, written out: the loops the compiler vectorises as they were
+  for (std::uint32_t j = 0; j < common; j += K)
+    for (std::uint32_t m = 0; m < M; ++m)
+      for (std::uint32_t r = 0; r < K; ++r) a[m][r] = a[m][r] + sq(g[m][j + r]);
+  for (std::uint32_t m = 0; m < M; ++m) {  // what is left of each run, continuing its strands
+    std::uint32_t j = common;
+    for (; j + K <= len[m]; j += K)
+      for (std::uint32_t r = 0; r < K; ++r) a[m][r] = a[m][r] + sq(g[m][j + r]);
+    for (; j < len[m]; ++j) a[m][0] = a[m][0] + sq(g[m][j]);
+    out[m] = combine_strands<K>(a[m]);
+  }
+}
+
+/// Σ (s·g)² over the entries of one run whose mask bit is set, and their count, in the same order
+/// (an entry that is out adds +0 on the element path, which is what the AND with its bit's lane
+/// adds here). `bits8(j)` gives the bits of entries j … j + 7 of the run, `bit(j)` one entry's.
+template <class T, class Bits8, class Bit>
+inline double masked_sum_squares_strands(const T* g, std::uint32_t len, T s, const Bits8& bits8,
+                                         const Bit& bit, double& kept) {
+  constexpr std::uint32_t K = reduction_strands;
+  static_assert(K == 8, "eight strands: one byte of mask bits per block");
+  const auto sq = [s](T x) {
+    const double y = double(x * s);
+    return y * y;
+  };
+  double a[K] = {};
+  std::uint32_t count = 0, j = 0;
+  for (; j + K <= len; j += K) {  // add_block's dealing, the lanes of a byte of bits in two halves
+    const std::uint32_t b = bits8(j);
+    count += static_cast<std::uint32_t>(std::popcount(b));
+    const std::uint64_t* lo = nibble_table<std::uint64_t>.lane[b & 15u];
+    const std::uint64_t* hi = nibble_table<std::uint64_t>.lane[b >> 4];
+    for (std::uint32_t r = 0; r < 4; ++r)
+      a[r] = a[r] + kernels::blend_lanes<double>(lo[r], sq(g[j + r]), 0.0);
+    for (std::uint32_t r = 0; r < 4; ++r)
+      a[4 + r] = a[4 + r] + kernels::blend_lanes<double>(hi[r], sq(g[j + 4 + r]), 0.0);
+  }
+  for (; j < len; ++j)  // add_tail's, counting
+    if (bit(j)) {
+      a[0] = a[0] + sq(g[j]);
+      ++count;
+    }
+  kept = double(count);
+  return combine_strands<K>(a);
+}
+
+}  // namespace flatmin::backend::host

@@ -1,0 +1,249 @@
+// The one summation order (backend/summation.hpp) against a re-derivation written here from its
+// documented definition: K strands, element j of the first ⌊len/K⌋·K to strand j mod K, the tail
+// to strand 0, each strand in order, the strands combined as a balanced pairwise tree, segment
+// partials in segment order. Checked bitwise in float (where the order shows in the rounding) on
+// every length that hits a tail, for the scalar path of each backend and for each host fast form
+// of backend::eigen (backend/host/) against the scalar path.
+#include <doctest/doctest.h>
+#include <flatmin/flatmin.hpp>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "support/backends.hpp"
+
+namespace {
+
+namespace fb = flatmin::backend;
+
+// lengths around the strand count, a block of eight mask bits and the segment size
+std::vector<std::uint32_t> lengths() {
+  std::vector<std::uint32_t> l;
+  for (std::uint32_t n = 0; n <= 41; ++n) l.push_back(n);
+  for (std::uint32_t n : {63u, 64u, 65u, 1001u, 2047u, 4093u, 4094u, 4095u, 4096u}) l.push_back(n);
+  return l;
+}
+
+// values of mixed magnitudes (2^±spread), so that a float sum in another order rounds
+// differently; squares of floats are exact in double, and their sums in double round in another
+// order only once a strand is long, which spread 0 (similar magnitudes) makes likely
+template <class R>
+std::vector<R> mixed(std::size_t n, unsigned seed, int spread = 12) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<double> nd(0.0, 1.0);
+  std::uniform_int_distribution<int> ex(-spread, spread);
+  std::vector<R> v(n);
+  for (auto& x : v) x = static_cast<R>(std::ldexp(nd(rng), ex(rng)));
+  return v;
+}
+
+// The balanced pairwise tree over a[lo, hi), written as recursion on halves.
+template <class R>
+R tree(const std::vector<R>& a, std::size_t lo, std::size_t hi) {
+  if (hi - lo == 1) return a[lo];
+  const std::size_t mid = lo + (hi - lo) / 2;
+  return tree(a, lo, mid) + tree(a, mid, hi);
+}
+
+// The documented order over x[0, len), x(j) the j-th term.
+template <class R, class X>
+R reference(std::uint32_t len, std::uint32_t k, const X& x) {
+  std::vector<R> strand(k, R(0));
+  const std::uint32_t body = len / k * k;
+  for (std::uint32_t j = 0; j < body; ++j) strand[j % k] = strand[j % k] + x(j);
+  for (std::uint32_t j = body; j < len; ++j) strand[0] = strand[0] + x(j);
+  return tree(strand, 0, k);
+}
+
+template <class R>
+bool same_bits(R a, R b) {
+  return std::memcmp(&a, &b, sizeof a) == 0;
+}
+
+// Σ e.g over a pass, summed in R = float: the backends' scalar reduction path
+struct sum_g {
+  FLATMIN_HD float operator()(const fb::elem<float>& e) const { return e.g; }
+};
+
+}  // namespace
+
+TEST_CASE("summation order: strand_sum and strand_partial are the documented order") {
+  for (std::uint32_t len : lengths()) {
+    CAPTURE(len);
+    const auto v = mixed<float>(len, 3 + len);
+    const auto x = [&](std::uint32_t j) { return v[j]; };
+    const float want = reference<float>(len, fb::reduction_strands, x);
+    CHECK(same_bits(fb::strand_sum<float>(len, x), want));
+    // one strand at a time (backend::thrust: one thread per strand), then the same combine
+    float a[fb::reduction_strands];
+    for (std::uint32_t r = 0; r < fb::reduction_strands; ++r) a[r] = fb::strand_partial<float>(len, r, x);
+    CHECK(same_bits(fb::combine_strands<fb::reduction_strands>(a), want));
+    // another strand count (FLATMIN_THRUST_STRANDS=32 on a GPU): the same order with K = 32
+    float b[32];
+    for (std::uint32_t r = 0; r < 32; ++r) b[r] = fb::strand_partial<float, 32>(len, r, x);
+    CHECK(same_bits(fb::combine_strands<32>(b), reference<float>(len, 32, x)));
+    CHECK(same_bits(fb::strand_sum<float, 32>(len, x), reference<float>(len, 32, x)));
+  }
+}
+
+TEST_CASE("summation order: index blocks of segment_size, each in order") {
+  const std::size_t n = 2 * fb::segment_size + 37;
+  const auto v = mixed<float>(n, 9);
+  for (std::size_t b = 0; b < 3; ++b) {
+    float want = 0;
+    for (std::size_t i = b * 4096; i < std::min(n, (b + 1) * 4096); ++i) want += v[i];
+    CHECK(same_bits(fb::index_block_sum<float>(n, b, [&](std::size_t i) { return v[i]; }), want));
+  }
+  CHECK(fb::segment_size == 4096);  // the size test_differential's and the masks' tests were written for
+}
+
+TEST_CASE_TEMPLATE("summation order: each backend's reduction over a layout", Backend, FLATMIN_TEST_BACKENDS) {
+  // one segment per layout: the backend's result is that segment's sum, nothing rounds it after
+  for (std::uint32_t len : lengths()) {
+    CAPTURE(len);
+    if (len == 0) continue;  // a tensor has at least one entry
+    std::vector<float> w1(len, 0.f), g1 = mixed<float>(len, 500 + len);
+    flatmin::param_set<float> one;
+    one.add("t", w1, g1);
+    const fb::layout<float, Backend> l1(one);
+    const float want = reference<float>(len, fb::reduction_strands, [&](std::uint32_t j) { return g1[j]; });
+    CHECK(same_bits(Backend::template reduce<float>(l1.full(), sum_g{}), want));
+  }
+  // tensors cut into segments of segment_size, most of them with a tail; over 2^16 elements in
+  // all, so that both backends take their parallel paths too
+  const std::vector<std::uint32_t> sizes = {1, 3, 8, 9, 13, 21, 4095, 4096, 4099, 5003, 8195, 12285, 70001};
+  std::vector<std::vector<float>> w, g;
+  flatmin::param_set<float> ps;
+  for (std::size_t t = 0; t < sizes.size(); ++t) {
+    w.emplace_back(sizes[t], 0.f);
+    g.push_back(mixed<float>(sizes[t], 40 + unsigned(t)));
+  }
+  for (std::size_t t = 0; t < sizes.size(); ++t)
+    ps.add(std::to_string(t), w[t], g[t]);
+  const fb::layout<float, Backend> l(ps);
+  float want = 0;
+  for (const auto& t : g)
+    for (std::size_t lo = 0; lo < t.size(); lo += fb::segment_size) {
+      const auto len = static_cast<std::uint32_t>(std::min<std::size_t>(fb::segment_size, t.size() - lo));
+      want += reference<float>(len, fb::reduction_strands, [&](std::uint32_t j) { return t[lo + j]; });
+    }
+  CHECK(same_bits(Backend::template reduce<float>(l.full(), sum_g{}), want));
+}
+
+namespace {
+
+using be = fb::eigen;
+using flatmin::kernels::grad_stats;
+namespace md = flatmin::mask::detail;
+
+// the scalar path of a pass: no type backend/host has a form for
+template <class P>
+struct element_only {
+  P p;
+  grad_stats operator()(const fb::elem<float>& e) const { return p(e); }
+};
+
+double square(float g, float s) {
+  const double y = double(g * s);
+  return y * y;
+}
+
+}  // namespace
+
+TEST_CASE("host fast forms: Σ(s·g)² of runs read side by side, each run in the documented order") {
+  const float s = 0.75f;
+  // four runs of unequal lengths: the common part read side by side, then each run's own rest
+  std::vector<std::vector<std::uint32_t>> groups = {
+      {17, 3, 64, 9},         {8, 8, 8, 8},           {0, 5, 13, 41},         {4096, 4095, 1, 23},
+      {40, 41, 39, 38},       {0, 0, 0, 0},           {4093, 4094, 4095, 4089}, {1001, 2047, 4091, 517},
+      {4090, 4096, 3001, 4092}, {2045, 4087, 4085, 1003}};
+  std::mt19937 pick(29);  // and long runs of random lengths: a wrong strand shows in double only there
+  for (int q = 0; q < 24; ++q)
+    groups.push_back({pick() % 4097, pick() % 4097, pick() % 4097, pick() % 4097});
+  for (const auto& lens : groups) {
+    CAPTURE(lens[0]);
+    CAPTURE(lens[3]);
+    std::vector<std::vector<float>> runs;
+    const float* g[4];
+    std::uint32_t len[4];
+    for (std::uint32_t m = 0; m < 4; ++m) {
+      runs.push_back(mixed<float>(lens[m], 100 + m + lens[m], 0));
+      g[m] = runs[m].data();
+      len[m] = lens[m];
+    }
+    double out[4];
+    fb::host::sum_squares_strands(g, len, s, out);
+    for (std::uint32_t m = 0; m < 4; ++m)
+      CHECK(same_bits(out[m], reference<double>(len[m], fb::reduction_strands,
+                                                [&](std::uint32_t j) { return square(g[m][j], s); })));
+  }
+}
+
+TEST_CASE("host fast forms: masked Σ(s·g)² and count, eight mask bits at a time, the documented order") {
+  const float s = 0.5f;
+  for (std::uint32_t len : lengths()) {
+    CAPTURE(len);
+    const auto v = mixed<float>(len, 200 + len, 0);
+    std::mt19937 rng(len);
+    std::vector<std::uint8_t> in(len + 8);
+    for (auto& b : in) b = static_cast<std::uint8_t>(rng() % 3 == 0);
+    const auto bits8 = [&](std::uint32_t j) {
+      std::uint32_t b = 0;
+      for (std::uint32_t r = 0; r < 8; ++r) b |= std::uint32_t{in[j + r]} << r;
+      return b;
+    };
+    double kept = -1;
+    const double got = fb::host::masked_sum_squares_strands(
+        v.data(), len, s, bits8, [&](std::uint32_t j) { return in[j] != 0; }, kept);
+    // the element path adds +0 for an entry the mask leaves out
+    CHECK(same_bits(got, reference<double>(len, fb::reduction_strands,
+                                           [&](std::uint32_t j) { return in[j] ? square(v[j], s) : 0.0; })));
+    std::size_t count = 0;
+    for (std::uint32_t j = 0; j < len; ++j) count += in[j];
+    CHECK(kept == double(count));
+  }
+}
+
+TEST_CASE("host fast forms: SAM statistics under a bit mask of blocks fall back to the element path's sums") {
+  // a bit_view over block units cannot hand out eight entries' bits at once: the group form sums
+  // those segments element by element, which must be the scalar path's bits
+  const std::vector<std::size_t> sizes = {5, 300, 4095, 4097, 70000};
+  std::vector<std::vector<float>> w, g;
+  flatmin::param_set<float> ps;
+  for (std::size_t t = 0; t < sizes.size(); ++t) {
+    w.push_back(mixed<float>(sizes[t], 300 + unsigned(t)));
+    g.push_back(mixed<float>(sizes[t], 400 + unsigned(t)));
+  }
+  for (std::size_t t = 0; t < sizes.size(); ++t)
+    ps.add(std::to_string(t), w[t], g[t],
+           flatmin::tensor_options{.perturb = t != 1, .mask_eligible = t != 2});
+  const fb::layout<float, be> l(ps);
+  md::units<float, be> units(l, md::unit_kind::block, 128);
+  std::vector<std::uint32_t> bits(units.words());
+  std::mt19937 rng(17);
+  for (auto& b : bits) b = static_cast<std::uint32_t>(rng());
+  const md::bit_view<float> view{units.view(l), bits.data()};
+  REQUIRE(!view.element_units());
+  const float inv = 0.5f;
+  for (bool over_mask : {false, true}) {
+    CAPTURE(over_mask);
+    using pass_t = flatmin::kernels::stats_pass<float, flatmin::kernels::l2_term<float>, md::bit_view<float>>;
+    static_assert(fb::host::has_group_form<pass_t, grad_stats, float, be::reduction_group>);
+    const pass_t pass{{}, view, inv, over_mask};
+    const grad_stats got = be::reduce<grad_stats>(l.full(), pass);
+    const grad_stats want = be::reduce<grad_stats>(l.full(), element_only<pass_t>{pass});
+    CHECK(std::memcmp(&got, &want, sizeof got) == 0);
+    // and the masked sums are the masked entries' (a float64 re-derivation, the mask as oracle)
+    double d2 = 0, kept = 0;
+    for (std::size_t t = 0, i = 0; t < sizes.size(); ++t)
+      for (std::size_t j = 0; j < sizes[t]; ++j, ++i)
+        if (t != 1 && view(i, l.host_tensors()[t].flags)) {
+          d2 += square(g[t][j], inv);
+          kept += 1;
+        }
+    CHECK(got.kept == kept);
+    CHECK(got.d2 == doctest::Approx(d2).epsilon(1e-12));
+  }
+}
