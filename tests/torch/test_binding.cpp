@@ -239,6 +239,19 @@ TEST_CASE("every stale binding raises, names the tensor and leaves the weights; 
     CHECK_FALSE(opt.inner().ascended());
     rebind_and_step();
   }
+  SUBCASE("module->to() between ascend() and descend(): cancelled into the registered memory, kept alive") {
+    opt.zero_grad();
+    closure();
+    opt.ascend();
+    net->to(torch::kFloat);  // torch lets go of the storages flatmin points at; the binding holds them
+    const auto converted = snapshot(*net);
+    const std::string m = usage_message([&] { opt.descend(); });
+    CHECK_MESSAGE(m.find("'0.weight' changed dtype") != std::string::npos, m);
+    CHECK(same_values(*net, converted));  // the restore went to the old storage, not to torch's new one
+    CHECK_FALSE(opt.inner().ascended());
+    net->to(torch::kDouble);
+    rebind_and_step();
+  }
   SUBCASE("rebind() to other names or sizes is refused and changes nothing") {
     auto other = torch::nn::Sequential(torch::nn::Linear(3, 4), torch::nn::Tanh(), torch::nn::Linear(4, 2));
     other->to(torch::kDouble);
@@ -302,4 +315,26 @@ TEST_CASE("step(closure) zeroes the gradients before each backward: zeroing in t
   CHECK(same_values(*a, snapshot(*b)));
   CHECK(usage_message([&] { oa.step([] { return torch::zeros({2}); }); }).find("one-element tensor") !=
         std::string::npos);
+}
+
+TEST_CASE("the README's libtorch example runs and trains") {
+  torch::manual_seed(0);
+  // From README.md, section "libtorch" (the loop's body kept; the loss recorded).
+  torch::nn::Sequential net(torch::nn::Linear(4, 16), torch::nn::Tanh(), torch::nn::Linear(16, 1));
+  auto x = torch::randn({64, 4}), y = torch::randn({64, 1});
+  namespace fl = flatmin::libtorch;
+  fl::optimizer opt(fl::binding<float>(*net), [](const auto& params) {  // names: "0.weight", ...
+    return flatmin::sam(params, flatmin::base::adamw{.lr = 1e-3}, {.rho = 0.05});
+  });
+  double first = 0, last = 0;
+  for (int step = 0; step < 100; ++step) {
+    const auto r = opt.step([&] {  // forward + backward at w, then at w + ε; no zero_grad needed
+      auto loss = torch::mse_loss(net->forward(x), y);
+      loss.backward();
+      return loss;
+    });
+    (step == 0 ? first : last) = r.loss;
+  }
+  CHECK(opt.bound().name(0) == "0.weight");
+  CHECK(last < first);
 }
