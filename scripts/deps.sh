@@ -2,9 +2,10 @@
 # Installs flatmin's Debian build dependencies when any is missing (needs root or sudo).
 set -euo pipefail
 # clang-14, libclang-rt-14-dev (sanitizer / libFuzzer runtimes) and libomp-14-dev (OpenMP for
-# clang++-14): the clang and fuzzing stages of scripts/test.sh.
+# clang++-14): the clang and fuzzing stages of scripts/test.sh. libtorch-dev (Debian's libtorch 1.13,
+# CPU only): flatmin::torch and tests/torch (without it CMake leaves them out).
 pkgs=(cmake g++ make libeigen3-dev doctest-dev libbenchmark-dev libthrust-dev libomp-dev zlib1g-dev
-      clang-14 libclang-rt-14-dev libomp-14-dev)
+      clang-14 libclang-rt-14-dev libomp-14-dev libtorch-dev)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

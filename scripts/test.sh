@@ -59,6 +59,9 @@ fi
 
 if [ "${FLATMIN_CI_CLANG:-1}" != 0 ]; then
   stage clang
+  # libtorch 1.13 (Debian) does not compile under clang++-14 in C++20: CMake leaves flatmin::torch
+  # and tests/torch out of this stage (it says so in a warning); g++ stages build and run them.
+  echo "flatmin: with libtorch 1.x the clang stage has no flatmin::torch (its headers fail under clang in C++20)"
   cmake -S . -B build/clang -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_COMPILER=clang++-14 \
         -DFLATMIN_BUILD_TESTS=ON -DFLATMIN_BUILD_BENCHMARKS=OFF -DFLATMIN_BUILD_EXAMPLES=OFF
   cmake --build build/clang -j "$jobs"

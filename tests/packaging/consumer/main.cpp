@@ -1,6 +1,7 @@
 // Three SAM(SGD) steps on L(w) = ½‖w‖² from w = (3, 4), ρ = 0.5, lr = 0.1. There g = w, so each
 // step is w ← w − lr (w + ρ w/‖w‖) = w (1 − lr − lr ρ / ‖w‖): the first gives (2.67, 3.56).
-// The Thrust consumer also selects the default backend with FLATMIN_DEFAULT_BACKEND=thrust.
+// The Thrust consumer also selects the default backend with FLATMIN_DEFAULT_BACKEND=thrust; the
+// torch consumer (flatmin::torch) holds w in a libtorch tensor and takes g from its backward.
 #include <flatmin/flatmin.hpp>
 
 #include <cmath>
@@ -8,7 +9,10 @@
 #include <cstdio>
 #include <vector>
 
-#if defined(CONSUMER_THRUST)
+#if defined(CONSUMER_TORCH)
+#include <flatmin/torch.hpp>
+#include <torch/torch.h>
+#elif defined(CONSUMER_THRUST)
 #include <flatmin/backend/thrust.hpp>
 #include <flatmin/params/thrust_views.hpp>
 #include <thrust/device_vector.h>
@@ -19,6 +23,29 @@ using backend = flatmin::backend::eigen;
 using buffer = std::vector<float>;
 #endif
 
+#if defined(CONSUMER_TORCH)
+int main() {
+  torch::Tensor w = torch::tensor({3.0f, 4.0f}).requires_grad_();
+  flatmin::libtorch::optimizer opt(flatmin::libtorch::binding<float>({w}), [](const auto& params) {
+    return flatmin::sam(params, flatmin::base::sgd{.lr = 0.1}, {.rho = 0.5});
+  });
+  double r0 = 3, r1 = 4;
+  for (int s = 0; s < 3; ++s) {
+    opt.step([&] {
+      auto loss = 0.5 * (w * w).sum();
+      loss.backward();
+      return loss;
+    });
+    const double f = 1 - 0.1 - 0.1 * 0.5 / std::sqrt(r0 * r0 + r1 * r1);
+    r0 *= f;
+    r1 *= f;
+  }
+  const float w0 = w[0].item<float>(), w1 = w[1].item<float>();
+  const double e = std::fabs(w0 - r0) + std::fabs(w1 - r1);
+  std::printf("flatmin consumer (libtorch): w = (%.6f, %.6f), closed form (%.6f, %.6f)\n", w0, w1, r0, r1);
+  return e < 1e-5 ? 0 : 1;
+}
+#else
 int main() {
   buffer w(2), g(2);
   w[0] = 3.f;
@@ -45,3 +72,4 @@ int main() {
               float(w[1]), r0, r1);
   return e < 1e-5 ? 0 : 1;
 }
+#endif

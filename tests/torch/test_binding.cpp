@@ -1,0 +1,340 @@
+// The libtorch adapter's binding: what it registers and refuses, the stale-binding checks (each
+// case raises a usage_error naming the tensor and leaves the weights as they were; rebind() then
+// works and keeps the optimizer's state), and the in-place zeroing of step(closure).
+#include <flatmin/flatmin.hpp>
+#include <flatmin/torch.hpp>
+#include <torch/torch.h>
+
+#include <doctest/doctest.h>
+
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace {
+
+namespace fl = flatmin::libtorch;
+
+torch::nn::Sequential make_net(torch::Dtype dtype = torch::kDouble) {
+  torch::manual_seed(3);
+  torch::nn::Sequential net(torch::nn::Linear(3, 5), torch::nn::Tanh(), torch::nn::Linear(5, 2));
+  net->to(dtype);
+  return net;
+}
+
+torch::Tensor inputs(torch::Dtype dtype = torch::kDouble) {
+  torch::manual_seed(5);
+  return torch::randn({8, 3}, dtype);
+}
+
+/// A copy of every parameter's values.
+std::vector<torch::Tensor> snapshot(const torch::nn::Module& net) {
+  std::vector<torch::Tensor> out;
+  for (const auto& p : net.parameters()) out.push_back(p.detach().clone());
+  return out;
+}
+bool same_values(const torch::nn::Module& net, const std::vector<torch::Tensor>& s) {
+  const auto ps = net.parameters();
+  if (ps.size() != s.size()) return false;
+  for (std::size_t i = 0; i < ps.size(); ++i)
+    if (ps[i].scalar_type() != s[i].scalar_type() || !torch::equal(ps[i].detach(), s[i])) return false;
+  return true;
+}
+
+/// The usage_error message of f(), or "" if it did not throw one.
+template <class F>
+std::string usage_message(F&& f) {
+  try {
+    f();
+  } catch (const flatmin::usage_error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+auto sam_sgd = [](const auto& ps) {
+  return flatmin::sam(ps, flatmin::base::sgd{.lr = 0.1, .momentum = 0.9}, {.rho = 0.05});
+};
+auto sam_adam = [](const auto& ps) { return flatmin::sam(ps, flatmin::base::adam{.lr = 1e-2}, {.rho = 0.05}); };
+
+}  // namespace
+
+TEST_CASE("a binding registers the trainable parameters with their names, shapes and memory") {
+  auto net = make_net();
+  net[0]->as<torch::nn::Linear>()->bias.set_requires_grad(false);  // frozen: not registered
+  const fl::binding<double> b(*net, [](const std::string& name, const torch::Tensor&) {
+    return flatmin::tensor_options{.weight_decay = name.find("bias") == std::string::npos};
+  });
+  const auto& ps = b.params();
+  REQUIRE(ps.size() == 3);
+  const std::vector<std::string> names = {"0.weight", "2.weight", "2.bias"};
+  const auto all = net->named_parameters();
+  for (std::size_t i = 0; i < 3; ++i) {
+    const torch::Tensor& p = all[names[i]];
+    CHECK(ps[i].name == names[i]);
+    CHECK(ps[i].value == p.data_ptr<double>());
+    REQUIRE(p.grad().defined());  // allocated: zeros of the same dtype and device
+    CHECK(ps[i].grad == p.grad().data_ptr<double>());
+    CHECK((p.grad().scalar_type() == torch::kDouble));
+    CHECK(torch::equal(p.grad(), torch::zeros_like(p)));
+    CHECK(ps[i].size == static_cast<std::size_t>(p.numel()));
+    CHECK((ps[i].shape == std::vector<std::size_t>(p.sizes().begin(), p.sizes().end())));
+    CHECK(ps[i].options.weight_decay == (i < 2));
+  }
+  CHECK_FALSE(all["0.bias"].grad().defined());
+
+  // A list of tensors: named by position; a 0-dim tensor is one value; an existing gradient is kept.
+  auto a = torch::randn({2, 3}, torch::kFloat).requires_grad_();
+  auto s = torch::tensor(1.5f).requires_grad_();
+  a.mutable_grad() = torch::ones({2, 3});
+  const fl::binding<float> list({a, s});
+  CHECK(list.params()[0].name == "0");
+  CHECK(list.params()[1].name == "1");
+  CHECK((list.params()[1].shape == std::vector<std::size_t>{1}));
+  CHECK(list.params()[0].grad == a.grad().data_ptr<float>());
+  CHECK(a.grad().sum().item<float>() == 6.0f);
+}
+
+TEST_CASE("a binding refuses what flatmin cannot update, naming the tensor") {
+  SUBCASE("mixed dtypes: a parameter of each is named") {
+    auto net = make_net();
+    net[2]->to(torch::kFloat);
+    const std::string m = usage_message([&] { fl::binding<double>{*net}; });
+    CHECK(m.find("mixed dtypes") != std::string::npos);
+    CHECK(m.find("'0.weight' is double") != std::string::npos);
+    CHECK(m.find("'2.weight' is float") != std::string::npos);
+  }
+  SUBCASE("the other floating type, and bf16 / half") {
+    auto net = make_net(torch::kFloat);
+    CHECK(usage_message([&] { fl::binding<double>{*net}; }).find("use binding<float>") != std::string::npos);
+    auto h = torch::zeros({4}, torch::kHalf).requires_grad_();
+    CHECK(usage_message([&] { fl::binding<float>{{h}}; }).find("not yet") != std::string::npos);
+  }
+  SUBCASE("non-contiguous") {
+    auto t = torch::randn({3, 4}, torch::kDouble).t().requires_grad_();  // a transposed view
+    const std::string m = usage_message([&] { fl::binding<double>{fl::named_tensors{{"w_t", t}}}; });
+    CHECK(m.find("'w_t' is not contiguous") != std::string::npos);
+  }
+  SUBCASE("sparse") {
+    const auto idx = torch::tensor({0, 2}, torch::kLong).reshape({1, 2});
+    const auto val = torch::tensor({1.0, 2.0}, torch::kDouble);
+    const auto sp = torch::sparse_coo_tensor(idx, val, {4});
+    const std::string m = usage_message([&] { fl::binding<double>{fl::named_tensors{{"emb", sp}}}; });
+    CHECK(m.find("'emb' is not dense") != std::string::npos);
+  }
+  SUBCASE("mixed devices, and devices other than the CPU") {
+    auto cpu = torch::zeros({3}, torch::kDouble);
+    auto meta = torch::empty({3}, torch::TensorOptions().dtype(torch::kDouble).device(torch::kMeta));
+    const std::string m = usage_message([&] { fl::binding<double>{fl::named_tensors{{"a", cpu}, {"b", meta}}}; });
+    CHECK(m.find("mixed devices") != std::string::npos);
+    CHECK(m.find("'a' is on cpu") != std::string::npos);
+    CHECK(m.find("'b' is on meta") != std::string::npos);
+    CHECK(usage_message([&] { fl::binding<double>{fl::named_tensors{{"b", meta}}}; }).find("only CPU") !=
+          std::string::npos);
+  }
+  SUBCASE("a gradient of another dtype or shape") {
+    auto t = torch::zeros({3}, torch::kDouble).requires_grad_();
+    t.mutable_grad() = torch::zeros({3}, torch::kFloat);
+    CHECK(usage_message([&] { fl::binding<double>{fl::named_tensors{{"t", t}}}; }).find("the gradient of 't'") !=
+          std::string::npos);
+  }
+}
+
+TEST_CASE("every stale binding raises, names the tensor and leaves the weights; rebind() then works") {
+  auto net = make_net();
+  const auto x = inputs();
+  auto closure = [&] {
+    auto loss = net->forward(x).pow(2).mean();
+    loss.backward();
+    return loss;
+  };
+  fl::optimizer opt(fl::binding<double>(*net), sam_sgd);
+  opt.step(closure);
+  auto p0 = net->named_parameters()["0.weight"];
+  auto p2b = net->named_parameters()["2.bias"];
+
+  // Each case: the change, the name and words the error must hold. The weights are compared with a
+  // snapshot taken after the change (torch::load and .to() change them themselves).
+  auto expect_stale = [&](const std::string& name, const std::string& words) {
+    const auto before = snapshot(*net);
+    const std::string m = usage_message([&] { opt.step(closure); });
+    CHECK_MESSAGE(m.find("'" + name + "'") != std::string::npos, m);
+    CHECK_MESSAGE(m.find(words) != std::string::npos, m);
+    CHECK(same_values(*net, before));
+    const std::string m2 = usage_message([&] { opt.ascend(); });
+    CHECK_MESSAGE(m2.find("'" + name + "'") != std::string::npos, m2);
+    CHECK(same_values(*net, before));
+    CHECK_FALSE(opt.inner().ascended());
+  };
+  auto rebind_and_step = [&] {
+    opt.rebind();
+    const auto before = snapshot(*net);
+    const auto r = opt.step(closure);
+    CHECK_FALSE(r.skipped);
+    CHECK_FALSE(same_values(*net, before));
+  };
+
+  SUBCASE("module->zero_grad(set_to_none = true)") {
+    net->zero_grad(/*set_to_none=*/true);
+    expect_stale("0.weight", "undefined");
+    SUBCASE("rebind()") { rebind_and_step(); }
+    SUBCASE("the adapter's zero_grad() gives the registered gradients back") {
+      const void* g = opt.bound().params()[0].grad;
+      opt.zero_grad();
+      CHECK(p0.grad().data_ptr() == g);
+      const auto before = snapshot(*net);
+      CHECK_FALSE(opt.step(closure).skipped);
+      CHECK_FALSE(same_values(*net, before));
+    }
+  }
+  SUBCASE("p.mutable_grad() = Tensor()") {
+    p2b.mutable_grad() = torch::Tensor();
+    expect_stale("2.bias", "undefined");
+    rebind_and_step();
+  }
+  SUBCASE("a replaced .grad") {
+    p2b.mutable_grad() = torch::zeros_like(p2b);
+    expect_stale("2.bias", "not the tensor that was bound");
+    rebind_and_step();
+  }
+  SUBCASE("module->to(kFloat): rebind() refuses the dtype, converting back is still stale, rebind() works") {
+    net->to(torch::kFloat);
+    expect_stale("0.weight", "changed dtype from double to float");
+    CHECK(usage_message([&] { opt.rebind(); }).find("use binding<float>") != std::string::npos);
+    net->to(torch::kDouble);  // new storage again
+    expect_stale("0.weight", "new storage");
+    rebind_and_step();
+  }
+  SUBCASE("torch::load into the module") {
+    std::stringstream file;
+    torch::save(net, file);
+    torch::load(net, file);
+    expect_stale("0.weight", "new storage");
+    rebind_and_step();
+  }
+  SUBCASE("a closure that sets the gradients to none itself") {
+    const auto before = snapshot(*net);
+    const std::string m = usage_message([&] {
+      opt.step([&] {
+        net->zero_grad(/*set_to_none=*/true);
+        return closure();
+      });
+    });
+    CHECK_MESSAGE(m.find("'0.weight'") != std::string::npos, m);
+    CHECK(same_values(*net, before));
+    CHECK_FALSE(opt.inner().ascended());
+    rebind_and_step();
+  }
+  SUBCASE("stale between ascend() and descend(): the step is cancelled, w restored") {
+    const auto before = snapshot(*net);
+    opt.zero_grad();
+    closure();
+    opt.ascend();
+    CHECK_FALSE(same_values(*net, before));  // at w + ε
+    net->zero_grad(/*set_to_none=*/true);
+    closure();  // a new .grad
+    const std::string m = usage_message([&] { opt.descend(); });
+    CHECK_MESSAGE(m.find("'0.weight'") != std::string::npos, m);
+    CHECK(same_values(*net, before));
+    CHECK_FALSE(opt.inner().ascended());
+    rebind_and_step();
+  }
+  SUBCASE("module->to() between ascend() and descend(): cancelled into the registered memory, kept alive") {
+    opt.zero_grad();
+    closure();
+    opt.ascend();
+    net->to(torch::kFloat);  // torch lets go of the storages flatmin points at; the binding holds them
+    const auto converted = snapshot(*net);
+    const std::string m = usage_message([&] { opt.descend(); });
+    CHECK_MESSAGE(m.find("'0.weight' changed dtype") != std::string::npos, m);
+    CHECK(same_values(*net, converted));  // the restore went to the old storage, not to torch's new one
+    CHECK_FALSE(opt.inner().ascended());
+    net->to(torch::kDouble);
+    rebind_and_step();
+  }
+  SUBCASE("rebind() to other names or sizes is refused and changes nothing") {
+    auto other = torch::nn::Sequential(torch::nn::Linear(3, 4), torch::nn::Tanh(), torch::nn::Linear(4, 2));
+    other->to(torch::kDouble);
+    CHECK(usage_message([&] { opt.rebind(fl::trainable_parameters(*other)); }).find("'0.weight' has 12 elements") !=
+          std::string::npos);
+    fl::named_tensors renamed = fl::trainable_parameters(*net);
+    renamed[1].first = "bias0";
+    CHECK(usage_message([&] { opt.rebind(renamed); }).find("'bias0'") != std::string::npos);
+    const auto before = snapshot(*net);
+    CHECK_FALSE(opt.step(closure).skipped);
+    CHECK_FALSE(same_values(*net, before));
+  }
+}
+
+TEST_CASE("rebind() after torch::load carries the optimizer's state: the run goes on bit for bit") {
+  const auto x = inputs();
+  auto a = make_net(), b = make_net();
+  auto closure_of = [&](torch::nn::Sequential& net) {
+    return [&] {
+      auto loss = net->forward(x).pow(2).mean();
+      loss.backward();
+      return loss;
+    };
+  };
+  fl::optimizer oa(fl::binding<double>(*a), sam_adam), ob(fl::binding<double>(*b), sam_adam);
+  for (int s = 0; s < 3; ++s) {
+    oa.step(closure_of(a));
+    ob.step(closure_of(b));
+  }
+  oa.inner().base().lr = 5e-3;  // a schedule's change survives the rebind
+  ob.inner().base().lr = 5e-3;
+  std::stringstream file;
+  torch::save(a, file);
+  torch::load(a, file);  // the same values in new storage
+  oa.rebind();
+  for (int s = 0; s < 5; ++s) {
+    oa.step(closure_of(a));
+    ob.step(closure_of(b));
+  }
+  CHECK(oa.inner().steps() == 8);
+  CHECK(same_values(*a, snapshot(*b)));
+}
+
+TEST_CASE("step(closure) zeroes the gradients before each backward: zeroing in the closure changes nothing") {
+  const auto x = inputs();
+  auto a = make_net(), b = make_net();
+  fl::optimizer oa(fl::binding<double>(*a), sam_sgd), ob(fl::binding<double>(*b), sam_sgd);
+  for (int s = 0; s < 10; ++s) {
+    oa.step([&] {  // accumulates into .grad, as torch's backward does
+      auto loss = a->forward(x).pow(2).mean();
+      loss.backward();
+      return loss;
+    });
+    ob.step([&] {
+      ob.zero_grad();
+      auto loss = b->forward(x).pow(2).mean();
+      loss.backward();
+      return loss.item<double>();  // a number is a loss too
+    });
+  }
+  CHECK(same_values(*a, snapshot(*b)));
+  CHECK(usage_message([&] { oa.step([] { return torch::zeros({2}); }); }).find("one-element tensor") !=
+        std::string::npos);
+}
+
+TEST_CASE("the README's libtorch example runs and trains") {
+  torch::manual_seed(0);
+  // From README.md, section "libtorch" (the loop's body kept; the loss recorded).
+  torch::nn::Sequential net(torch::nn::Linear(4, 16), torch::nn::Tanh(), torch::nn::Linear(16, 1));
+  auto x = torch::randn({64, 4}), y = torch::randn({64, 1});
+  namespace fl = flatmin::libtorch;
+  fl::optimizer opt(fl::binding<float>(*net), [](const auto& params) {  // names: "0.weight", ...
+    return flatmin::sam(params, flatmin::base::adamw{.lr = 1e-3}, {.rho = 0.05});
+  });
+  double first = 0, last = 0;
+  for (int step = 0; step < 100; ++step) {
+    const auto r = opt.step([&] {  // forward + backward at w, then at w + ε; no zero_grad needed
+      auto loss = torch::mse_loss(net->forward(x), y);
+      loss.backward();
+      return loss;
+    });
+    (step == 0 ? first : last) = r.loss;
+  }
+  CHECK(opt.bound().name(0) == "0.weight");
+  CHECK(last < first);
+}
