@@ -265,6 +265,9 @@ def torch_cuda_section(gdir, med):
         if parts[0] == "bm_pass<pass::step>":
             unit = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0}[b.get("time_unit", "ns")]
             flat[(int(parts[1]), int(parts[2]))] = b["real_time"] * unit
+    # flatmin's step timed in the same device session as PyTorch, when the file carries it
+    if "flatmin_step" in tc:
+        flat = {tuple(int(x) for x in key.split("/")): v for key, v in tc["flatmin_step"].items()}
     t = {(r["what"], r["N"], r["K"]): r["median_s"] for r in tc["rows"]}
     body = []
     for (n, k), ft in sorted(flat.items()):
@@ -274,11 +277,17 @@ def torch_cuda_section(gdir, med):
             cells.append(f"{fmt_time(tv)} ({tv / ft:.2f}×)" if tv else "–")
         body.append(cells)
     info = tc.get("info", {})
+    later = tc.get("second_session")
+    if later:
+        lt = {(r["what"], r["N"], r["K"]): r["median_s"] for r in later["rows"]}
+        for cells, ((n, k), _) in zip(body, sorted(flat.items())):
+            tv = lt.get(("fused_item", n, k))
+            cells[-1] = f"{fmt_time(tv)} (later session)" if tv else "–"
     return ["### Side by side with PyTorch on the same GPU (one SAM-SGD step, optimizer side)", "",
             f"PyTorch {info.get('torch', '?')} on {info.get('gpu', '?')}, `python3 bench/gpu/torch_cuda_compare.py` "
-            "in the same device session as the table above: CUDA events around 50 steps, median of 7 rounds. "
-            "flatmin: the `step` row above (ascend() + descend() of flatmin::sam over SGD momentum 0.9, "
-            "found_inf given). PyTorch: ‖g‖, save, w += ρg/‖g‖, restore, SGD(momentum 0.9) step, written as "
+            "in an earlier device session than the table above (another H200): CUDA events around 50 steps, median of 7 rounds. "
+            f"flatmin: the `step` of bench_cuda_passes timed in the same session ({info.get('flatmin', 'the row above')}; "
+            "ascend() + descend() of flatmin::sam over SGD momentum 0.9, found_inf given). PyTorch: ‖g‖, save, w += ρg/‖g‖, restore, SGD(momentum 0.9) step, written as "
             "the per-tensor loop (davda54/sam's shape, SGD foreach=False), with foreach ops and SGD(foreach=True), "
             "with foreach ops and SGD(fused=True), and the same with the scale read to the host (`scale.item()`) so the ascent is one `_foreach_add_` with a float alpha. In brackets: PyTorch's time over flatmin's (above 1: "
             "flatmin is faster). copy: one device-to-device copy of N floats (torch `copy_`).", "",
