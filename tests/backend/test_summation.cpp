@@ -160,8 +160,8 @@ TEST_CASE("host fast forms: Σ(s·g)² of runs read side by side, each run in th
       {40, 41, 39, 38},       {0, 0, 0, 0},           {4093, 4094, 4095, 4089}, {1001, 2047, 4091, 517},
       {4090, 4096, 3001, 4092}, {2045, 4087, 4085, 1003}};
   std::mt19937 pick(29);  // and long runs of random lengths: a wrong strand shows in double only there
-  for (int q = 0; q < 24; ++q)
-    groups.push_back({pick() % 4097, pick() % 4097, pick() % 4097, pick() % 4097});
+  const auto len = [&pick] { return static_cast<std::uint32_t>(pick() % 4097); };
+  for (int q = 0; q < 24; ++q) groups.push_back({len(), len(), len(), len()});
   for (const auto& lens : groups) {
     CAPTURE(lens[0]);
     CAPTURE(lens[3]);
