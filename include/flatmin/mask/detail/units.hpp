@@ -418,7 +418,7 @@ struct bit_view {
     return test_bit(bits, units(i));
   }
   /// Element units: the unit of global index i is i, so the bits of eight consecutive entries are
-  /// eight consecutive bits (what the statistics pass's host fast path reads, kernels/sam_passes.hpp).
+  /// eight consecutive bits (what the statistics pass's host fast path reads, backend/host/mask_lanes.hpp).
   bool element_units() const { return units.identity; }
   /// Bits of units u … u + 7 (bit r: unit u + r); all eight must exist.
   std::uint32_t bits8(std::size_t u) const {
