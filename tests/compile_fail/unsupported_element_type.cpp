@@ -1,5 +1,6 @@
-// expect: the weight, gradient and state types must each be float or double
-// An element type other than float or double (here long double) must not compile, naming the rule.
+// expect: the weight and gradient types must each be float, double, flatmin::bfloat16 or flatmin::half
+// An element type other than float, double or the 16-bit storage types (here long double) must not
+// compile, naming the rule.
 #include <flatmin/flatmin.hpp>
 
 using opt = flatmin::sharpness_aware<long double, flatmin::backend::eigen, flatmin::perturb::l2,

@@ -27,17 +27,18 @@ FLATMIN_HD constexpr T finite_max() {
 /// memory traffic (bench_masks, element masks).
 /// The unsigned integer of T's width: the lanes of `blend_lanes`.
 template <class T>
-using lane_t = std::conditional_t<sizeof(T) == 4, std::uint32_t, std::uint64_t>;
+using lane_t = std::conditional_t<sizeof(T) == 2, std::uint16_t,
+                                  std::conditional_t<sizeof(T) == 4, std::uint32_t, std::uint64_t>>;
 
 /// a where the lane mask m is all ones, b where it is zero (bit-exact).
 template <class T>
 FLATMIN_HD inline T blend_lanes(lane_t<T> m, T a, T b) {
   using U = lane_t<T>;
-  static_assert(sizeof(T) == sizeof(U), "blend: float or double");
+  static_assert(sizeof(T) == sizeof(U), "blend: a 2-, 4- or 8-byte value");
   U ua, ub;
   std::memcpy(&ua, &a, sizeof ua);
   std::memcpy(&ub, &b, sizeof ub);
-  const U r = (ua & m) | (ub & ~m);
+  const U r = static_cast<U>((ua & m) | (ub & static_cast<U>(~m)));
   T out;
   std::memcpy(&out, &r, sizeof out);
   return out;
@@ -45,7 +46,7 @@ FLATMIN_HD inline T blend_lanes(lane_t<T> m, T a, T b) {
 
 template <class T>
 FLATMIN_HD inline T blend(bool in, T a, T b) {
-  return blend_lanes<T>(lane_t<T>(0) - static_cast<lane_t<T>>(in), a, b);
+  return blend_lanes<T>(static_cast<lane_t<T>>(lane_t<T>(0) - static_cast<lane_t<T>>(in)), a, b);
 }
 
 /// True for finite x. Written as a comparison so that it vectorises (and is false for NaN).

@@ -8,6 +8,7 @@
 
 #include "../backend/layout.hpp"
 #include "math.hpp"
+#include "weight_store.hpp"
 
 namespace flatmin::kernels {
 
@@ -71,14 +72,17 @@ struct stats_pass {
 };
 
 /// saved ← w;  w ← w + scale · dir(w, g)   on perturbed, masked entries. Computed in T, rounded
-/// once to the weight type W; the saved weights are W (an exact copy).
-template <class T, class Term, class Mask, class W = T>
+/// once to the weight type W; the saved weights are W (an exact copy). With master weights
+/// (`Store`, weight_store.hpp) the move starts from the master copy, while dir() reads the weights
+/// the model reads, as the statistics did.
+template <class T, class Term, class Mask, class W = T, class Store = nearest_store<W, T>>
 struct ascend_pass {
   Term term;
   Mask mask;
   T scale;
   T inv_scale;
   W* saved;
+  Store store{};
 
   /// Without a branch on the mask inside a perturbed tensor: w is saved for every entry the range
   /// holds (each has a slot: dense storage, or a compact range of masked-in entries; the restore
@@ -89,8 +93,12 @@ struct ascend_pass {
     const W x = e.w;
     saved[e.k] = x;
     const T w = static_cast<T>(x);
-    const T moved = w + scale * term.dir(w, static_cast<T>(e.g) * inv_scale, e.i, e.flags);
-    e.w = static_cast<W>(mask_is_all<Mask> ? moved : blend(mask(e.i, e.flags), moved, w));
+    const T from = Store::master ? store.read(e) : w;
+    const T moved = from + scale * term.dir(w, static_cast<T>(e.g) * inv_scale, e.i, e.flags);
+    if constexpr (Store::master)  // unmasked entries keep their bits (not round(master))
+      e.w = blend(mask(e.i, e.flags), static_cast<W>(moved), x);
+    else
+      e.w = static_cast<W>(mask_is_all<Mask> ? moved : blend(mask(e.i, e.flags), moved, w));
   }
 };
 
@@ -111,8 +119,11 @@ struct restore_pass {
 /// `Restore`: −1 reads the `restore` member at run time; 0 / 1 fix it at compile time, which the
 /// optimizer does (a run-time flag guarding the read of `saved` is control flow that keeps the
 /// host loop from vectorising once the body is too large for the compiler to unswitch).
-/// Computed in T; w is rounded once to the weight type W when written.
-template <class T, class Mask, class Adjust, class Base, int Restore = -1, class W = T>
+/// Computed in T; w is written through `Store` (weight_store.hpp): rounded once to the weight
+/// type W, stochastically, or into the master copy and from it to W. With master weights the
+/// step starts from the master copy, which the ascent never moved: nothing to restore.
+template <class T, class Mask, class Adjust, class Base, int Restore = -1, class W = T,
+          class Store = nearest_store<W, T>>
 struct descend_pass {
   Mask mask;
   Adjust adjust;
@@ -120,18 +131,19 @@ struct descend_pass {
   T inv_scale;
   const W* saved;
   bool restore;  ///< needs `saved` to hold a slot for every element of the range (dense storage)
+  Store store{};
 
   template <class G>
   FLATMIN_HD void operator()(const elem<W, G>& e) const {
-    T w = static_cast<T>(e.w);
-    if (Restore < 0 ? restore : Restore == 1) {
+    T w = store.read(e);
+    if (!Store::master && (Restore < 0 ? restore : Restore == 1)) {
       // read unconditionally and select, so that the host loop vectorises (see `restore`)
       const T s = static_cast<T>(saved[e.k]);
       w = ((e.flags & tensor_flags::perturb) && mask(e.i, e.flags)) ? s : w;
     }
     const T g = adjust(w, static_cast<T>(e.g) * inv_scale, e);
     base(w, g, e.i, e.flags);
-    e.w = static_cast<W>(w);
+    store.write(e, w);
   }
 };
 

@@ -9,8 +9,9 @@
 ///     4       format version (u32) = 2
 ///     1       element type: 'f' (IEEE 754 binary)
 ///     1       size of the state type S: 4 or 8
-///     1       size of the weight type W, 0 when W, G and S are one type
-///     1       size of the gradient type G, 0 when W, G and S are one type
+///     1       code of the weight type W, 0 when W, G and S are one type: its size in bytes for
+///             float (4) and double (8), 2 for IEEE binary16 (half), 0x82 for bfloat16
+///     1       code of the gradient type G, the same way
 ///     4 + n   composition identity, n <= 4096, e.g.
 ///             "sharpness_aware<l2, fisher(block=128, source=accumulated), adamw, standard, none>"
 ///     8       parameter count N (u64)
@@ -62,6 +63,7 @@
 #include <vector>
 
 #include "../concepts/state_entry.hpp"
+#include "../numeric/bfloat16.hpp"
 
 namespace flatmin::checkpoint {
 
@@ -119,12 +121,23 @@ struct tensor_entry {
 /// either age load into the other, and a build that predates them refuses a mixed one.
 struct header {
   std::uint8_t element_size = 0;  ///< sizeof(S), the state type (every state entry's 'f' size)
-  std::uint8_t weight_size = 0;   ///< sizeof(W); 0 means element_size
-  std::uint8_t grad_size = 0;     ///< sizeof(G); 0 means element_size
+  std::uint8_t weight_size = 0;   ///< type_code<W>(); 0 means element_size
+  std::uint8_t grad_size = 0;     ///< type_code<G>(); 0 means element_size
   std::string identity;
   std::uint64_t numel = 0;
   std::vector<tensor_entry> tensors;
 };
+
+/// The header's code of a weight or gradient type: the size of float and double (as before the
+/// 16-bit types existed), 2 for half, 0x82 for bfloat16 (bfloat16 and half are both 2 bytes; a
+/// checkpoint of one is refused by an optimizer of the other).
+template <class E>
+constexpr std::uint8_t type_code() {
+  if constexpr (std::is_same_v<E, bfloat16>)
+    return 0x82;
+  else
+    return static_cast<std::uint8_t>(sizeof(E));
+}
 
 /// A policy's name in the composition identity (its static `name`).
 template <class P>
@@ -403,6 +416,8 @@ inline void write_header(writer& w, const header& h) {
 inline std::string type_name(unsigned char code, unsigned size) {
   if (code == 'f' && size == 4) return "float";
   if (code == 'f' && size == 8) return "double";
+  if (code == 'f' && size == 2) return "half";
+  if (code == 'f' && size == 0x82) return "bfloat16";
   return std::string("element code ") + std::to_string(code) + " of " + std::to_string(size) + " bytes";
 }
 /// The element types of a header's type field {code, S, W, G} (W = G = 0: all S).

@@ -20,14 +20,38 @@
 
 namespace flatmin {
 
-/// Options of the optimizer itself (not of a policy).
+/// How the base step rounds 16-bit weights (bfloat16, half) it updates in place.
+enum class rounding : std::uint8_t {
+  nearest,    ///< to nearest, ties to even: an update under half a spacing is lost
+  stochastic  ///< up or down with probabilities that make the rounding unbiased
+};
+
+/// Options of the optimizer itself (not of a policy). The precision options are here rather than
+/// in `precision<W, G, S>` because they are run-time values (a seed; a mode a user switches per
+/// run without a new type), and they act on the optimizer's own writes of the weights, which no
+/// policy sees (params/precision.hpp describes the modes; both need 16-bit weights).
 struct optimizer_options {
   nonfinite on_nonfinite = nonfinite::skip;  ///< skip the step (default) or throw
+  /// Keep a copy of the weights in the state type, updated by the base step and rounded to nearest
+  /// into the 16-bit weights (checkpointed as "master_weights"; `reload_master()` after the
+  /// weights were overwritten). Fixed at construction.
+  bool master_weights = false;
+  /// The base step's rounding of 16-bit weights (without master weights).
+  rounding weight_rounding = rounding::nearest;
+  /// The key of the stochastic rounding: the draw of entry i at step t is a pure function of
+  /// (seed, t, i), the same on every backend and thread count, so a resumed run rounds the same.
+  std::uint64_t rounding_seed = 0;
 
   void validate() const {
     detail::check_option(on_nonfinite == nonfinite::skip || on_nonfinite == nonfinite::raise,
                          "optimizer_options", "on_nonfinite", static_cast<double>(on_nonfinite),
                          "nonfinite::skip or nonfinite::raise");
+    detail::check_option(weight_rounding == rounding::nearest || weight_rounding == rounding::stochastic,
+                         "optimizer_options", "weight_rounding", static_cast<double>(weight_rounding),
+                         "rounding::nearest or rounding::stochastic");
+    detail::check_option(!(master_weights && weight_rounding == rounding::stochastic), "optimizer_options",
+                         "weight_rounding (with master_weights)", static_cast<double>(weight_rounding),
+                         "rounding::nearest (the master copy keeps what rounding drops)");
   }
 };
 

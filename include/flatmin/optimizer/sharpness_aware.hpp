@@ -50,6 +50,7 @@
 #include "checkpoint.hpp"
 #include "composition.hpp"
 #include "report.hpp"
+#include "weight_store.hpp"
 
 namespace flatmin {
 
@@ -60,9 +61,9 @@ class sharpness_aware {
   using W = typename detail::precision_of_t<Precision>::weight_type;
   using G = typename detail::precision_of_t<Precision>::grad_type;
   using T = typename detail::precision_of_t<Precision>::state_type;  ///< state and arithmetic
-  static_assert(detail::supported_element<W> && detail::supported_element<G> && detail::supported_element<T>,
-                "flatmin::sharpness_aware: the weight, gradient and state types must each be float or double "
-                "(the 16-bit storage types bfloat16 and half come with the mixed-precision issue)");
+  static_assert(detail::supported_element<W> && detail::supported_element<G> && detail::supported_state<T>,
+                "flatmin::sharpness_aware: the weight and gradient types must each be float, double, "
+                "flatmin::bfloat16 or flatmin::half, and the state type float or double");
   static_assert(sizeof(T) >= sizeof(W),
                 "flatmin::sharpness_aware: the state type must be at least as wide as the weight type (a "
                 "double weight updated in float arithmetic would be rounded to float by every step)");
@@ -126,7 +127,8 @@ class sharpness_aware {
         mask_state_(mask_, layout_),
         reg_state_(reg_, layout_),
         saved_(Backend::template make_vector<W>(perturbs ? mask_state_.saved_size(layout_) : 0)),
-        names_(names_of(params)) {
+        names_(names_of(params)),
+        store_(options_, layout_) {
     validate();
     for (const auto& t : layout_.host_tensors())
       if (t.flags & tensor_flags::perturb) perturbable_ += t.size;
@@ -185,9 +187,11 @@ class sharpness_aware {
       if (!(scale <= static_cast<double>(std::numeric_limits<T>::max()))) scale = 0.0;
       const T step_scale = static_cast<T>(scale);
       on_ascent(s, scale, inv);
-      target().for_each([&](auto view) {
-        return kernels::ascend_pass<T, term_type, decltype(view), W>{term(), view, step_scale, inv,
-                                                                     Backend::data(saved_)};
+      store_.for_ascent([&](auto store) {
+        target().for_each([&](auto view) {
+          return kernels::ascend_pass<T, term_type, decltype(view), W, decltype(store)>{
+              term(), view, step_scale, inv, Backend::data(saved_), store};
+        });
       });
       report_.grad_norm = std::sqrt(s.g2);
       report_.perturbation_norm = scale * std::sqrt(s.d2);
@@ -322,8 +326,19 @@ class sharpness_aware {
   typename Mask::template state<T, Backend>& mask_state() { return mask_state_; }
   const typename Regularizer::template state<T, Backend>& regularizer_state() const { return reg_state_; }
 
-  /// Bytes of optimizer state beyond the base optimizer's (saved weights, mask state).
-  std::size_t extra_state_bytes() const { return saved_.size() * sizeof(W) + mask_state_.bytes(); }
+  /// Bytes of optimizer state beyond the base optimizer's (saved weights, mask state, master weights).
+  std::size_t extra_state_bytes() const {
+    return saved_.size() * sizeof(W) + mask_state_.bytes() + store_.bytes();
+  }
+
+  /// With `options().master_weights`: the master copy ← the user's (16-bit) weights. Call it after
+  /// overwriting the model's weights (loading them, editing them): the next step would otherwise
+  /// start from the old master and overwrite them. Between steps only (usage_error).
+  void reload_master() {
+    if (phase_ != phase::idle)
+      throw usage_error("flatmin: reload_master() called between ascend() and descend()");
+    store_.reload(layout_);
+  }
   /// Bytes of the base optimizer's state.
   std::size_t base_state_bytes() const { return base_state_.bytes(); }
 
@@ -461,6 +476,7 @@ class sharpness_aware {
     check_options(base_, perturb_, mask_, options_, descent_, reg_, schedule_);
     if constexpr (requires { base_state_.check(base_); }) base_state_.check(base_);
     if constexpr (requires { mask_state_.check(mask_); }) mask_state_.check(mask_);
+    store_.check(options_);
   }
 
   /// 1 / grad_scale in T; the scale and its inverse must both be normal numbers of T.
@@ -520,11 +536,14 @@ class sharpness_aware {
   /// The descent, undoing the ascent first when `restore` (fused where the saved weights are dense).
   template <class Adjust, class Update>
   void descend_pass(const Adjust& adjust, const Update& update, T inv, bool restore) {
-    target().descend(restore, restore_pass(), [&](auto fused) {
-      constexpr int R = decltype(fused)::value;
-      const W* saved = Backend::data(saved_);
-      Backend::for_each(layout_.full(), kernels::descend_pass<T, mask_view, Adjust, Update, R, W>{
-                                            mask_state_.get_view(), adjust, update, inv, saved, R == 1});
+    store_.for_descent(options_, steps_ + 1, [&](auto store) {
+      target().descend(restore, restore_pass(), [&](auto fused) {
+        constexpr int R = decltype(fused)::value;
+        const W* saved = Backend::data(saved_);
+        using pass = kernels::descend_pass<T, mask_view, Adjust, Update, R, W, decltype(store)>;
+        Backend::for_each(layout_.full(),
+                          pass{mask_state_.get_view(), adjust, update, inv, saved, R == 1, store});
+      });
     });
   }
 
@@ -541,14 +560,15 @@ class sharpness_aware {
     base_state_.visit(f);
     mask_state_.visit(f);
     if constexpr (requires { reg_state_.visit(f); }) reg_state_.visit(f);
+    store_.visit(f);
   }
 
   /// What a checkpoint must match: element type, composition identity, parameter table.
   checkpoint::header checkpoint_header() const {
     checkpoint::header h;
     h.element_size = sizeof(T);
-    h.weight_size = sizeof(W);
-    h.grad_size = sizeof(G);
+    h.weight_size = checkpoint::type_code<W>();
+    h.grad_size = checkpoint::type_code<G>();
     h.identity = "sharpness_aware<" + checkpoint::name_of(perturb_) + ", " +
                  checkpoint::name_of(mask_, mask_state_) + ", " + checkpoint::name_of(base_, base_state_) +
                  ", " + checkpoint::name_of(descent_) + ", " + checkpoint::name_of(reg_, reg_state_) + ">";
@@ -592,6 +612,7 @@ class sharpness_aware {
   typename Regularizer::template state<T, Backend> reg_state_;
   typename Backend::template vector<W> saved_;  ///< a copy of the perturbed weights, in W
   std::vector<std::string> names_;  ///< tensor names: the checkpoint's parameter table, lookups by name
+  detail::weight_store<W, T, Backend> store_;  ///< 16-bit weights: master copy, rounding (weight_store.hpp)
   std::size_t perturbable_ = 0;
   std::size_t steps_ = 0;
   phase phase_ = phase::idle;
