@@ -112,8 +112,8 @@ class model {
     w.resize(spec_.size());
     g.resize(spec_.size());
     for (std::size_t t = 0; t < spec_.size(); ++t) {
-      w[t].assign(spec_[t].numel(), T(0));
-      g[t].assign(spec_[t].numel(), T(0));
+      w[t].assign(spec_[t].numel(), T{});
+      g[t].assign(spec_[t].numel(), T{});
       offset.push_back(numel);
       numel += spec_[t].numel();
     }
@@ -249,7 +249,13 @@ struct quadratic {
     for (std::size_t t = 0; t < m.w.size(); ++t)
       for (std::size_t j = 0; j < m.w[t].size(); ++j, ++i) {
         const T wi = m.w[t][j];
-        m.g[t][j] = static_cast<T>(a[i]) * (wi - static_cast<T>(c[i])) + static_cast<T>(nu(calls, i));
+        if constexpr (std::is_floating_point_v<T>) {
+          m.g[t][j] = static_cast<T>(a[i]) * (wi - static_cast<T>(c[i])) + static_cast<T>(nu(calls, i));
+        } else {  // 16-bit storage: computed in float, stored rounded (a backward pass in bf16 / fp16)
+          const float x = static_cast<float>(wi);
+          m.g[t][j] = static_cast<T>(static_cast<float>(a[i]) * (x - static_cast<float>(c[i])) +
+                                     static_cast<float>(nu(calls, i)));
+        }
         const double d = double(wi) - c[i];
         l += 0.5 * a[i] * d * d;
       }
@@ -319,7 +325,7 @@ inline bool bitwise_equal(double a, double b) { return std::memcmp(&a, &b, sizeo
 template <class T>
 bool all_finite(const std::vector<T>& v) {
   for (T x : v)
-    if (!std::isfinite(x)) return false;
+    if (!std::isfinite(static_cast<double>(x))) return false;
   return true;
 }
 

@@ -39,7 +39,9 @@ FLATMIN_HD inline W stochastic_round(T x, std::uint64_t hash) {
 
 /// The stream of `counter_hash` the stochastic rounding of step t draws from: above the masks'
 /// streams (step numbers, < 2^53), so that a mask and the rounding with one seed are independent.
-FLATMIN_HD inline std::uint64_t rounding_stream(std::uint64_t step) { return step | (std::uint64_t{1} << 63); }
+FLATMIN_HD inline std::uint64_t rounding_stream(std::uint64_t step) {
+  return step | (std::uint64_t{1} << 63);
+}
 
 template <class W, class T>
 struct nearest_store {

@@ -28,7 +28,7 @@ To* storage_cast(From* p) {
   static_assert(std::is_same_v<std::remove_cv_t<To>, bfloat16> || std::is_same_v<std::remove_cv_t<To>, half>,
                 "flatmin::storage_cast: the target is flatmin::bfloat16 or flatmin::half");
   static_assert(sizeof(From) == 2 && alignof(From) <= alignof(To),
-                "flatmin::storage_cast: the source type must be a 2-byte value type (a bfloat16 or binary16)");
+                "flatmin::storage_cast: the source must be a 2-byte value type (a bfloat16 or binary16)");
   static_assert(std::is_trivially_copyable_v<From>,
                 "flatmin::storage_cast: the source type must be trivially copyable (its bits are the value)");
   static_assert(!std::is_const_v<From> || std::is_const_v<To>, "flatmin::storage_cast: casts away const");

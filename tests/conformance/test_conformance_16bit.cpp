@@ -1,0 +1,164 @@
+// The conformance checks with 16-bit weights and gradients (flatmin::bfloat16, flatmin::half;
+// state and arithmetic float, params/precision.hpp's mode 1) on every backend, for a
+// representative subset of compositions.hpp: one per perturbation, mask family, base optimizer,
+// regularizer and schedule. All 23 compositions × 2 types × 2 backends (and the base optimizer
+// alone for each) would add several minutes of compilation to a suite compiled four times in CI.
+//  - restores the weights bit-exactly after ascend() + cancel(), touches only masked-in entries,
+//    and descend() equals the base optimizer alone applied to the saved w with g_adv, bitwise;
+//  - never writes non-finite values: a NaN / ±inf in g or g_adv (an fp16 overflow) leaves the
+//    weights bitwise unchanged and the step skipped, and the optimizer goes on.
+// Convergence is not checked here: 16-bit weights rounded to nearest stall once an update is under
+// half a spacing (by design; tests/unit/test_mixed_precision.cpp checks every mode's arithmetic).
+#include <doctest/doctest.h>
+
+#include <cstring>
+#include <string>
+#include <tuple>
+
+#include "conformance/compositions.hpp"
+#include "support/backends.hpp"
+
+using namespace flatmin_test;
+namespace fc = flatmin_test::conformance;
+
+namespace {
+
+const layout_spec conf_layout = {
+    {"fc1.weight", {16, 12}},
+    {"fc1.bias", {16}, {.weight_decay = false, .adaptive = false, .mask_eligible = false}},
+    {"frozen", {10}, {.weight_decay = false, .perturb = false}},
+    {"fc2.weight", {4, 16}},
+};
+
+template <class Composition, class Backend, class E>
+struct case16 {
+  using comp = Composition;
+  using backend = Backend;
+  using elem = E;
+  using hooks = typename comp::hooks;
+  using opt = typename comp::template optimizer<E, Backend>;
+};
+
+// clang-format off
+using subset = std::tuple<
+    fc::composition<flatmin::perturb::l2,             flatmin::mask::dense,   flatmin::base::sgd>,
+    fc::composition<flatmin::perturb::adaptive,       flatmin::mask::dense,   flatmin::base::adamw>,
+    fc::composition<flatmin::perturb::l2,             flatmin::mask::fisher,  flatmin::base::adam>,
+    fc::composition<flatmin::perturb::l2,             flatmin::mask::dynamic, flatmin::base::sgd,
+                    flatmin::descent::standard, flatmin::regularize::none, fc::block_hooks<16>>,
+    fc::composition<flatmin::perturb::l2,             flatmin::mask::random,  flatmin::base::sgd>,
+    fc::composition<flatmin::perturb::preconditioned, flatmin::mask::dense,   flatmin::base::adam>,
+    fc::composition<flatmin::perturb::none,           flatmin::mask::dense,   flatmin::base::adamw,
+                    flatmin::descent::standard, flatmin::regularize::balancedness, fc::lora_pair_hooks>,
+    fc::composition<flatmin::perturb::l2,             flatmin::mask::dense,   flatmin::base::sgd,
+                    flatmin::descent::standard, flatmin::regularize::none, fc::plain_hooks,
+                    flatmin::schedule::every_k>>;
+// clang-format on
+
+template <class Comps, class Backends, class Elems>
+struct cross3;
+template <class... C, class... B, class... E>
+struct cross3<std::tuple<C...>, std::tuple<B...>, std::tuple<E...>> {
+  template <class X, class Y>
+  using row = std::tuple<case16<X, Y, E>...>;
+  template <class X>
+  using rows = decltype(std::tuple_cat(std::declval<row<X, B>>()...));
+  using type = decltype(std::tuple_cat(std::declval<rows<C>>()...));
+};
+
+template <class E>
+bool all_finite16(const std::vector<E>& v) {
+  for (E x : v)
+    if (!std::isfinite(static_cast<float>(x))) return false;
+  return true;
+}
+
+}  // namespace
+
+TEST_CASE_TEMPLATE_DEFINE("conformance 16-bit: restores bit-exactly; descend() is the base step at the saved w",
+                          X, conformance16_restores) {
+  using E = typename X::elem;
+  using B = typename X::backend;
+  model<E> m(conf_layout, test_space<B>), b(conf_layout, test_space<B>);
+  m.set_weights(random_vec(m.numel, 7));
+  b.set_raw_weights(m.raw_weights());
+  auto q = quadratic::random(m.numel, 7, 1.0, 10.0, 0.2);
+  auto opt = X::comp::template make<E, B>(m.params);
+  auto alone = X::comp::template make_base_alone<E, B>(b.params);
+  for (int s = 1; s <= 8; ++s) {
+    CAPTURE(s);
+    X::hooks::first_gradient(q, m);
+    const auto before = m.raw_weights();
+    const auto r0 = opt.ascend();
+    // only masked-in entries of perturbed tensors moved
+    const auto view = opt.mask_state().get_view();
+    const auto now = m.raw_weights();
+    std::size_t moved_outside = 0;
+    for (const auto& t : opt.layout().host_tensors())
+      for (std::size_t j = 0; j < t.size; ++j) {
+        const std::size_t i = t.offset + j;
+        const bool in = (t.flags & flatmin::tensor_flags::perturb) && view(i, t.flags);
+        if (!in && std::memcmp(&now[i], &before[i], sizeof(E)) != 0) ++moved_outside;
+      }
+    CHECK(moved_outside == 0);
+    opt.cancel();
+    CHECK(bitwise_equal(m.raw_weights(), before));
+    const auto r1 = opt.ascend();
+    CHECK_FALSE(r1.skipped);
+    if (X::opt::perturbs && r1.perturbed && r1.perturbation_norm > 1e-2)
+      CHECK_FALSE(bitwise_equal(m.raw_weights(), before));
+    static_cast<void>(r0);
+    X::hooks::second_gradient(q, m);
+    b.set_raw_grads(m.raw_grads());
+    CHECK_FALSE(opt.descend().skipped);
+    CHECK_FALSE(alone.descend().skipped);
+    CHECK(bitwise_equal(m.raw_weights(), b.raw_weights()));
+  }
+}
+
+TEST_CASE_TEMPLATE_DEFINE("conformance 16-bit: never writes non-finite values", X, conformance16_nonfinite) {
+  using E = typename X::elem;
+  using B = typename X::backend;
+  constexpr bool bf16 = std::is_same_v<E, flatmin::bfloat16>;
+  const E bad_values[] = {E::from_bits(bf16 ? 0x7fc0 : 0x7e00), E::from_bits(bf16 ? 0x7f80 : 0x7c00),
+                          E::from_bits(bf16 ? 0xff80 : 0xfc00)};
+  for (E v : bad_values)
+    for (int where : {0, 1})
+      for (std::size_t at : {std::size_t{0}, std::size_t{200}, std::size_t{210}}) {  // weight, bias, frozen
+        if (where == 1 && !X::opt::perturbs) continue;
+        CAPTURE(v.bits);
+        CAPTURE(where);
+        CAPTURE(at);
+        model<E> m(conf_layout, test_space<B>);
+        m.set_weights(random_vec(m.numel, 8));
+        auto q = quadratic::random(m.numel, 8);
+        auto opt = X::comp::template make<E, B>(m.params);
+        for (int s = 0; s < 2; ++s) opt.step(X::hooks::objective(q, m));
+        const auto before = m.raw_weights();
+        flatmin::step_report r;
+        X::hooks::first_gradient(q, m);
+        if (where == 0) {
+          m.gat(at) = v;
+          r = opt.ascend();
+          CHECK(bitwise_equal(m.raw_weights(), before));
+          r = opt.descend();
+        } else {
+          opt.ascend();
+          X::hooks::second_gradient(q, m);
+          m.gat(at) = v;
+          r = opt.descend();
+        }
+        // a step the schedule leaves unperturbed reads g once, in descend()
+        CHECK(r.skipped);
+        CHECK(bitwise_equal(m.raw_weights(), before));
+        CHECK(opt.steps() == 2);
+        CHECK_FALSE(opt.ascended());
+        CHECK_FALSE(opt.step(X::hooks::objective(q, m)).skipped);
+        CHECK(all_finite16(m.raw_weights()));
+      }
+}
+
+using conformance16_cases =
+    cross3<subset, std::tuple<FLATMIN_TEST_BACKENDS>, std::tuple<flatmin::bfloat16, flatmin::half>>::type;
+TEST_CASE_TEMPLATE_APPLY(conformance16_restores, conformance16_cases);
+TEST_CASE_TEMPLATE_APPLY(conformance16_nonfinite, conformance16_cases);
