@@ -80,9 +80,9 @@ using asam_t = sharpness_aware<T, Backend, perturb::adaptive, mask::dense, Base>
 namespace detail {
 /// A copy of `ps` (the same buffers) whose tensors' `adaptive` option is `scaled(view)`. The
 /// optimizer copies the views, so the copy may be a temporary.
-template <class T, class Pred>
-param_set<T> with_adaptive(const param_set<T>& ps, Pred scaled) {
-  param_set<T> out;
+template <class W, class G, class Pred>
+param_set<W, G> with_adaptive(const param_set<W, G>& ps, Pred scaled) {
+  param_set<W, G> out;
   for (const auto& v : ps.tensors()) {
     tensor_options o = v.options;
     o.adaptive = scaled(v);
@@ -92,8 +92,8 @@ param_set<T> with_adaptive(const param_set<T>& ps, Pred scaled) {
 }
 
 /// `asam_t` from `o`, with its `by_name` rule applied to `params`.
-template <class Backend, class T, class Base, preset P>
-asam_t<T, Base, Backend> make_asam(const param_set<T>& params, Base base, const asam_preset_options<P>& o) {
+template <class Backend, class W, class G, class Base, preset P, class T = detail::precision_for_t<W, G>>
+asam_t<T, Base, Backend> make_asam(const param_set<W, G>& params, Base base, const asam_preset_options<P>& o) {
   if (!o.by_name) return asam_t<T, Base, Backend>(params, o.compose(std::move(base)));
   auto weight = [](const tensor_view<T>& v) { return v.name.find("weight") != std::string::npos; };
   bool any = false;
@@ -106,21 +106,21 @@ asam_t<T, Base, Backend> make_asam(const param_set<T>& params, Base base, const 
 }
 }  // namespace detail
 
-template <class Backend = default_backend, class T, class Base>
-asam_t<T, Base, Backend> asam(const param_set<T>& params, Base base, asam_options o = {}) {
+template <class Backend = default_backend, class W, class G, class Base, class T = detail::precision_for_t<W, G>>
+asam_t<T, Base, Backend> asam(const param_set<W, G>& params, Base base, asam_options o = {}) {
   return detail::make_asam<Backend>(params, std::move(base), o);
 }
 
-template <class Backend = default_backend, class T, class Base>
-asam_t<T, Base, Backend> asam(const param_set<T>& params, Base base, official_t,
+template <class Backend = default_backend, class W, class G, class Base, class T = detail::precision_for_t<W, G>>
+asam_t<T, Base, Backend> asam(const param_set<W, G>& params, Base base, official_t,
                               asam_official_options o = {}) {
   return detail::make_asam<Backend>(params, std::move(base), o);
 }
 
 /// The davda54 flavour. `O` is deduced (never from a braced list), so that
 /// `asam(params, base, official, {.rho = 1})` still means the SamsungLabs preset, unambiguously.
-template <class Backend = default_backend, class T, class Base, std::same_as<asam_davda54_options> O>
-asam_t<T, Base, Backend> asam(const param_set<T>& params, Base base, official_t, O o) {
+template <class Backend = default_backend, class W, class G, class Base, std::same_as<asam_davda54_options> O, class T = detail::precision_for_t<W, G>>
+asam_t<T, Base, Backend> asam(const param_set<W, G>& params, Base base, official_t, O o) {
   auto all = [](const tensor_view<T>&) { return true; };
   return asam_t<T, Base, Backend>(detail::with_adaptive(params, all), o.compose(std::move(base)));
 }

@@ -62,6 +62,13 @@ struct precision_of<precision<W, G, S>> {
 template <class P>
 using precision_of_t = typename precision_of<P>::type;
 
+/// The precision the factories (algorithms/) give an optimizer over a `param_set<W, G>`: W itself
+/// when the weights and gradients share a type (so `flatmin::sam(params, ...)` over float views is
+/// `sharpness_aware<float, ...>` as before, and over bfloat16 views `precision<bfloat16>`), else
+/// `precision<W, G>` with its default state type.
+template <class W, class G>
+using precision_for_t = std::conditional_t<std::is_same_v<W, G>, W, precision<W, G>>;
+
 /// The element types of weights and gradients: float, double and the 16-bit storage types.
 template <class E>
 inline constexpr bool supported_element =
