@@ -35,6 +35,7 @@
 #include "mask/fisher.hpp"
 #include "mask/random.hpp"
 #include "optimizer/composition.hpp"
+#include "optimizer/loss_scaler.hpp"
 #include "optimizer/concepts.hpp"
 #include "optimizer/report.hpp"
 #include "optimizer/sharpness_aware.hpp"

@@ -15,6 +15,7 @@
 
 #include "../config.hpp"
 #include "../descent/standard.hpp"
+#include "loss_scaler.hpp"
 #include "../regularize/none.hpp"
 #include "../schedule/always.hpp"
 
@@ -23,11 +24,19 @@ namespace flatmin {
 /// Options of the optimizer itself (not of a policy).
 struct optimizer_options {
   nonfinite on_nonfinite = nonfinite::skip;  ///< skip the step (default) or throw
+  /// Dynamic loss scaling (optimizer/loss_scaler.hpp); switched on or off only at construction.
+  dynamic_loss_scale loss_scale{};
 
   void validate() const {
     detail::check_option(on_nonfinite == nonfinite::skip || on_nonfinite == nonfinite::raise,
                          "optimizer_options", "on_nonfinite", static_cast<double>(on_nonfinite),
                          "nonfinite::skip or nonfinite::raise");
+    if (!loss_scale.enabled) return;
+    loss_scale.validate();
+    // An overflow is how a dynamic scale finds its level: it must skip the step, not throw.
+    detail::check_option(on_nonfinite == nonfinite::skip, "optimizer_options",
+                         "on_nonfinite (with loss_scale.enabled)", static_cast<double>(on_nonfinite),
+                         "nonfinite::skip when the dynamic loss scaler is on");
   }
 };
 

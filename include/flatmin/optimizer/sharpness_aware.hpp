@@ -121,6 +121,8 @@ class sharpness_aware {
         reg_(std::move(c.regularizer)),
         schedule_(std::move(c.schedule)),
         options_(c.options),
+        scaling_(options_.loss_scale.enabled),
+        scaler_(scaling_ ? loss_scaler(options_.loss_scale) : loss_scaler()),
         layout_(checked(params)),
         base_state_(base_, layout_.numel()),
         mask_state_(mask_, layout_),
@@ -216,6 +218,7 @@ class sharpness_aware {
     validate();
     if (phase_ == phase::skipped) {  // g at w was non-finite: nothing was perturbed, nothing to apply
       phase_ = phase::idle;
+      scale_update(true);
       return report_;
     }
     const T inv = inverse_scale(args);
@@ -233,6 +236,7 @@ class sharpness_aware {
       if (perturbed) restore();
       mask_abandon();
       phase_ = phase::idle;
+      scale_update(true);
       report_.skipped = true;
       report_.reason = args.found_inf ? skip_reason::found_inf
                        : perturbed    ? skip_reason::nonfinite_perturbed_gradient
@@ -248,6 +252,7 @@ class sharpness_aware {
     mask_commit();
     steps_ = t;
     phase_ = phase::idle;
+    scale_update(false);
     return report_;
   }
 
@@ -315,6 +320,11 @@ class sharpness_aware {
   const Schedule& schedule() const { return schedule_; }
   optimizer_options& options() { return options_; }
   const optimizer_options& options() const { return options_; }
+  /// The factor to multiply the loss by before each backward pass: the dynamic loss scale when
+  /// `optimizer_options::loss_scale.enabled`, else 1 (pass your own scale in step_args then).
+  double loss_scale() const { return scaling_ ? static_cast<double>(scaler_.scale()) : 1.0; }
+  /// The dynamic loss scaler's state (scale, growth tracker).
+  const loss_scaler& scaler() const { return scaler_; }
   const backend::layout<T, Backend>& layout() const { return layout_; }
   const typename Base::template state<T, Backend>& base_state() const { return base_state_; }
   const typename Mask::template state<T, Backend>& mask_state() const { return mask_state_; }
@@ -399,11 +409,18 @@ class sharpness_aware {
     if (phase_ != phase::idle) throw usage_error("flatmin: load() called between ascend() and descend()");
     auto st = checkpoint::read<Backend>(is, checkpoint_header(), [&](auto&& f) { visit_state(f); });
     if constexpr (requires { base_state_.check_load(st); }) base_state_.check_load(st);
+    if (scaling_) loss_scaler::check_load(st);
+    const auto scaler_after = [&]() noexcept {
+      if (scaling_) scaler_.after_load();
+    };
     if constexpr (requires { mask_state_.check_load(st); }) {
       auto loaded = mask_state_.check_load(st);
-      commit_load(st, loaded.saved_size, [&]() noexcept { mask_state_.after_load(loaded); });
+      commit_load(st, loaded.saved_size, [&]() noexcept {
+        mask_state_.after_load(loaded);
+        scaler_after();
+      });
     } else {
-      commit_load(st, mask_state_.saved_size(layout_), []() noexcept {});
+      commit_load(st, mask_state_.saved_size(layout_), scaler_after);
     }
   }
 
@@ -459,15 +476,31 @@ class sharpness_aware {
   /// The options (mutable between steps) against the rules and against the state built from them.
   void validate() const {
     check_options(base_, perturb_, mask_, options_, descent_, reg_, schedule_);
+    if (options_.loss_scale.enabled != scaling_)
+      throw std::invalid_argument(
+          "flatmin: optimizer_options::loss_scale.enabled can only be set at construction (the scaler's "
+          "state and the checkpoint's entries are fixed then)");
     if constexpr (requires { base_state_.check(base_); }) base_state_.check(base_);
     if constexpr (requires { mask_state_.check(mask_); }) mask_state_.check(mask_);
   }
 
-  /// 1 / grad_scale in T; the scale and its inverse must both be normal numbers of T.
-  static T inverse_scale(const step_args& a) {
-    detail::check_option<T>("step_args", "grad_scale", a.grad_scale, detail::domain::positive);
-    detail::check_option<T>("step_args", "1 / grad_scale", 1.0 / a.grad_scale, detail::domain::positive);
-    return static_cast<T>(1.0 / a.grad_scale);
+  /// 1 / the gradients' scale in T (step_args::grad_scale, or the dynamic loss scale, which then
+  /// must not be given twice); the scale and its inverse must both be normal numbers of T.
+  T inverse_scale(const step_args& a) {
+    if (scaling_ && a.grad_scale != 1.0)
+      throw usage_error(
+          "flatmin: step_args::grad_scale given while the dynamic loss scaler is on "
+          "(optimizer_options::loss_scale): the optimizer divides its own scale out; leave grad_scale at 1");
+    const double scale = scaling_ ? static_cast<double>(scaler_.scale()) : a.grad_scale;
+    detail::check_option<T>("step_args", "grad_scale", scale, detail::domain::positive);
+    detail::check_option<T>("step_args", "1 / grad_scale", 1.0 / scale, detail::domain::positive);
+    report_.loss_scale = scale;
+    return static_cast<T>(1.0 / scale);
+  }
+
+  /// The dynamic loss scale follows the step's outcome (nothing when the scaler is off).
+  void scale_update(bool overflowed) {
+    if (scaling_) scaler_.update(overflowed, options_.loss_scale);
   }
 
   /// The ascent-time hooks (concepts/roles.hpp, `ascent_hook`) of the policies that have one, from
@@ -541,6 +574,7 @@ class sharpness_aware {
     base_state_.visit(f);
     mask_state_.visit(f);
     if constexpr (requires { reg_state_.visit(f); }) reg_state_.visit(f);
+    if (scaling_) scaler_.visit(f);
   }
 
   /// What a checkpoint must match: element type, composition identity, parameter table.
@@ -551,7 +585,8 @@ class sharpness_aware {
     h.grad_size = sizeof(G);
     h.identity = "sharpness_aware<" + checkpoint::name_of(perturb_) + ", " +
                  checkpoint::name_of(mask_, mask_state_) + ", " + checkpoint::name_of(base_, base_state_) +
-                 ", " + checkpoint::name_of(descent_) + ", " + checkpoint::name_of(reg_, reg_state_) + ">";
+                 ", " + checkpoint::name_of(descent_) + ", " + checkpoint::name_of(reg_, reg_state_) + ">" +
+                 (scaling_ ? " with dynamic_loss_scale" : "");
     h.numel = layout_.numel();
     const auto& ts = layout_.host_tensors();
     h.tensors.reserve(ts.size());
@@ -586,6 +621,8 @@ class sharpness_aware {
   Regularizer reg_;
   Schedule schedule_;
   optimizer_options options_;
+  bool scaling_;        ///< the dynamic loss scaler is on (fixed at construction)
+  loss_scaler scaler_;  ///< its scale and growth tracker
   backend::layout<T, Backend> layout_;
   typename Base::template state<T, Backend> base_state_;
   mask_state_type mask_state_;
