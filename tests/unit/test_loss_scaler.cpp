@@ -166,7 +166,7 @@ TEST_CASE("loss_scaler: the optimizer backs off on overflow, skips, grows, and m
   CHECK(grown >= 3);
 }
 
-TEST_CASE("loss_scaler: errors — a second scale, switching it after construction, raise, bad options") {
+TEST_CASE("loss_scaler: errors — a second scale, raise, bad options") {
   std::vector<float> w{1.0f, 2.0f}, g{0.5f, -0.5f};
   fm::param_set<float> ps;
   ps.add("w", w, g);
@@ -175,9 +175,6 @@ TEST_CASE("loss_scaler: errors — a second scale, switching it after constructi
   CHECK_THROWS_AS(opt.ascend({.grad_scale = 1024}), fm::usage_error);
   CHECK_FALSE(opt.ascended());
   CHECK(w == std::vector<float>{1.0f, 2.0f});
-  opt.options().loss_scale.enabled = false;
-  CHECK_THROWS_AS(opt.ascend(), std::invalid_argument);
-  opt.options().loss_scale.enabled = true;
   opt.options().loss_scale.growth_factor = 1.0;
   CHECK_THROWS_AS(opt.ascend(), std::invalid_argument);
   opt.options().loss_scale.growth_factor = 2.0;
@@ -240,4 +237,35 @@ TEST_CASE("loss_scaler: checkpoints carry the scale and tracker; a run resumes b
   c.save(plain);
   CHECK_THROWS_AS(b.load(plain), std::invalid_argument);
   CHECK(b.loss_scale() == a.loss_scale());
+}
+
+TEST_CASE("loss_scaler: switched on after construction (a factory's optimizer) and off again") {
+  std::vector<float> w{1.0f, -2.0f, 0.5f}, g(3);
+  fm::param_set<float> ps;
+  ps.add("w", w, g);
+  auto opt = fm::sam<fm::backend::eigen>(ps, fm::base::sgd{.lr = 0.1});
+  CHECK(opt.loss_scale() == 1.0);
+  opt.options().loss_scale = {.enabled = true, .init_scale = 512, .growth_interval = 1};
+  CHECK(opt.loss_scale() == 512.0);  // before its first step: the scale the first backward uses
+  auto obj = [&] {
+    for (std::size_t i = 0; i < 3; ++i) g[i] = static_cast<float>(opt.loss_scale() * (w[i] - 0.25));
+    return 0.0;
+  };
+  auto r = opt.step(obj);
+  CHECK(r.loss_scale == 512.0);
+  CHECK_FALSE(r.skipped);
+  CHECK(opt.loss_scale() == 1024.0);  // growth_interval 1: every applied step doubles it
+  std::stringstream on;
+  opt.save(on);
+  opt.options().loss_scale.enabled = false;
+  CHECK(opt.loss_scale() == 1.0);
+  r = opt.step(obj);
+  CHECK(r.loss_scale == 1.0);
+  std::stringstream off;
+  opt.save(off);
+  CHECK(off.str().size() < on.str().size());  // the scaler's entries left the checkpoint
+  opt.options().loss_scale.enabled = true;  // back on: a fresh scaler, at init_scale
+  CHECK(opt.loss_scale() == 512.0);
+  opt.load(on);  // and the file saved while it was on loads, scale included
+  CHECK(opt.loss_scale() == 1024.0);
 }

@@ -24,7 +24,7 @@ namespace flatmin {
 /// Options of the optimizer itself (not of a policy).
 struct optimizer_options {
   nonfinite on_nonfinite = nonfinite::skip;  ///< skip the step (default) or throw
-  /// Dynamic loss scaling (optimizer/loss_scaler.hpp); switched on or off only at construction.
+  /// Dynamic loss scaling (optimizer/loss_scaler.hpp); may be switched on or off between steps.
   dynamic_loss_scale loss_scale{};
 
   void validate() const {

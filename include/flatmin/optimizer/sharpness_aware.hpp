@@ -146,6 +146,7 @@ class sharpness_aware {
     if (phase_ != phase::idle)
       throw usage_error("flatmin: ascend() called twice without descend(); call descend() or cancel() first");
     validate();
+    sync_scaler();
     report_ = step_report{};
     report_.step = steps_ + 1;
     if constexpr (!perturbs) {
@@ -216,6 +217,7 @@ class sharpness_aware {
     }
     const cancel_on_throw guard(*this);
     validate();
+    if (phase_ == phase::idle) sync_scaler();  // a composition without ascent starts a step here
     if (phase_ == phase::skipped) {  // g at w was non-finite: nothing was perturbed, nothing to apply
       phase_ = phase::idle;
       scale_update(true);
@@ -274,6 +276,7 @@ class sharpness_aware {
       throw usage_error(
           "flatmin: step() called between ascend() and descend(); call descend() or cancel() first");
     validate();
+    sync_scaler();
     static_cast<void>(inverse_scale(args));
     // From here an exception leaves nothing behind: cancel() restores w if it moved and drops what
     // the mask collected for this step (per-example sums of an objective that threw, say).
@@ -322,7 +325,11 @@ class sharpness_aware {
   const optimizer_options& options() const { return options_; }
   /// The factor to multiply the loss by before each backward pass: the dynamic loss scale when
   /// `optimizer_options::loss_scale.enabled`, else 1 (pass your own scale in step_args then).
-  double loss_scale() const { return scaling_ ? static_cast<double>(scaler_.scale()) : 1.0; }
+  double loss_scale() const {
+    if (!options_.loss_scale.enabled) return 1.0;
+    return scaling_ ? static_cast<double>(scaler_.scale()) : static_cast<double>(static_cast<float>(
+                                                                 options_.loss_scale.init_scale));
+  }
   /// The dynamic loss scaler's state (scale, growth tracker).
   const loss_scaler& scaler() const { return scaler_; }
   const backend::layout<T, Backend>& layout() const { return layout_; }
@@ -394,6 +401,7 @@ class sharpness_aware {
   /// last β2 and ε), and a CRC-32C of all of it. Must be called between steps (usage_error).
   void save(std::ostream& os) {
     if (phase_ != phase::idle) throw usage_error("flatmin: save() called between ascend() and descend()");
+    sync_scaler();
     checkpoint::write<Backend>(os, checkpoint_header(), steps_, [&](auto&& f) { visit_state(f); });
   }
 
@@ -407,6 +415,7 @@ class sharpness_aware {
   /// checkpoints ("FLATMIN1") are refused: they lack state an exact resume needs.
   void load(std::istream& is) {
     if (phase_ != phase::idle) throw usage_error("flatmin: load() called between ascend() and descend()");
+    sync_scaler();
     auto st = checkpoint::read<Backend>(is, checkpoint_header(), [&](auto&& f) { visit_state(f); });
     if constexpr (requires { base_state_.check_load(st); }) base_state_.check_load(st);
     if (scaling_) loss_scaler::check_load(st);
@@ -476,10 +485,6 @@ class sharpness_aware {
   /// The options (mutable between steps) against the rules and against the state built from them.
   void validate() const {
     check_options(base_, perturb_, mask_, options_, descent_, reg_, schedule_);
-    if (options_.loss_scale.enabled != scaling_)
-      throw std::invalid_argument(
-          "flatmin: optimizer_options::loss_scale.enabled can only be set at construction (the scaler's "
-          "state and the checkpoint's entries are fixed then)");
     if constexpr (requires { base_state_.check(base_); }) base_state_.check(base_);
     if constexpr (requires { mask_state_.check(mask_); }) mask_state_.check(mask_);
   }
@@ -496,6 +501,14 @@ class sharpness_aware {
     detail::check_option<T>("step_args", "1 / grad_scale", 1.0 / scale, detail::domain::positive);
     report_.loss_scale = scale;
     return static_cast<T>(1.0 / scale);
+  }
+
+  /// The scaler follows `options().loss_scale.enabled` between steps: switched on, it starts at
+  /// init_scale; switched off, its state is dropped (and leaves the checkpoint).
+  void sync_scaler() {
+    if (options_.loss_scale.enabled == scaling_) return;
+    scaler_ = options_.loss_scale.enabled ? loss_scaler(options_.loss_scale) : loss_scaler();
+    scaling_ = options_.loss_scale.enabled;
   }
 
   /// The dynamic loss scale follows the step's outcome (nothing when the scaler is off).
@@ -621,7 +634,7 @@ class sharpness_aware {
   Regularizer reg_;
   Schedule schedule_;
   optimizer_options options_;
-  bool scaling_;        ///< the dynamic loss scaler is on (fixed at construction)
+  bool scaling_;        ///< the dynamic loss scaler is on (follows options_ between steps)
   loss_scaler scaler_;  ///< its scale and growth tracker
   backend::layout<T, Backend> layout_;
   typename Base::template state<T, Backend> base_state_;
