@@ -39,6 +39,7 @@
 #include "numeric/half.hpp"
 #include "numeric/reinterpret.hpp"
 #include "optimizer/composition.hpp"
+#include "optimizer/loss_scaler.hpp"
 #include "optimizer/concepts.hpp"
 #include "optimizer/report.hpp"
 #include "optimizer/sharpness_aware.hpp"

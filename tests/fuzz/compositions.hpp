@@ -70,7 +70,7 @@ std::unique_ptr<driver> wrap(Opt&& o) {
   return std::make_unique<driver_of<std::decay_t<Opt>>>(std::move(o));
 }
 
-inline constexpr int composition_count = 10;
+inline constexpr int composition_count = 11;
 
 /// Composition k over m's parameters.
 inline std::unique_ptr<driver> make(int k, model& m) {
@@ -101,6 +101,10 @@ inline std::unique_ptr<driver> make(int k, model& m) {
       o.set_mask("w", w);
       return wrap(std::move(o));
     }
+    case 10:  // the dynamic loss scaler: its scale and growth tracker are checkpoint entries
+      return wrap(sharpness_aware<float, eigen, perturb::l2, mask::dense, base::sgd>(
+          m.params, {.base = {.lr = 0.05, .momentum = 0.9},
+                     .options = {.loss_scale = {.enabled = true, .init_scale = 1024, .growth_interval = 2}}}));
     default: return wrap(asam<eigen>(m.params, base::sgd{.lr = 0.05, .momentum = 0.9}));
   }
 }

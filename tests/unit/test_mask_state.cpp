@@ -226,11 +226,15 @@ TEST_CASE_TEMPLATE("fisher unperturbed_refresh: eps = 0 everywhere on refresh st
   }
 }
 
-TEST_CASE_TEMPLATE("ssam_f: a NaN per-example gradient skips the step and leaves the state", B, FLATMIN_TEST_BACKENDS) {
+namespace {
+template <class B>
+void nan_example_skips(std::size_t block) {
+  CAPTURE(block);
   model m, m2;
   const std::size_t Ns = 3;
   auto make = [&](model& mm) {
-    return flatmin::ssam_f<B>(mm.ps, flatmin::base::sgd{.lr = 0.01}, {.examples = Ns, .refresh_every = 4});
+    return flatmin::ssam_f<B>(mm.ps, flatmin::base::sgd{.lr = 0.01},
+                              {.examples = Ns, .refresh_every = 4, .block = block});
   };
   auto opt = make(m);
   auto twin = make(m2);
@@ -268,6 +272,12 @@ TEST_CASE_TEMPLATE("ssam_f: a NaN per-example gradient skips the step and leaves
   m3.set_g(obj.Gadv);
   CHECK(opt3.descend().skipped);
   CHECK(!opt3.mask_state().nonfinite_examples());
+}
+}  // namespace
+
+TEST_CASE_TEMPLATE("ssam_f: a NaN per-example gradient skips the step and leaves the state", B, FLATMIN_TEST_BACKENDS) {
+  nan_example_skips<B>(1);
+  nan_example_skips<B>(4);  // block units count their non-finite units apart (count_index)
 }
 
 namespace {

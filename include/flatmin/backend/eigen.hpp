@@ -191,6 +191,19 @@ struct eigen {
     return total;
   }
 
+  /// Runs `f(i)` for i in [0, n) and counts the i where it returns non-zero (a count: exact in
+  /// any order, so the work is spread over every index, not over fixed blocks as in reduce_index).
+  template <class F>
+  static std::uint64_t count_index(std::size_t n, const F& f) {
+    const auto nn = static_cast<std::ptrdiff_t>(n);
+    std::uint64_t c = 0;
+#if defined(_OPENMP)
+#pragma omp parallel for schedule(static) reduction(+ : c) if (n >= parallel_threshold)
+#endif
+    for (std::ptrdiff_t i = 0; i < nn; ++i) c += f(static_cast<std::size_t>(i)) != 0 ? 1u : 0u;
+    return c;
+  }
+
   /// Counts of `key(i)` over i in [0, n): key returns a bin in [0, bins), or `bins` (or more) to
   /// leave i out. Integer counts, so the result is exact and thread-count invariant.
   template <class F>

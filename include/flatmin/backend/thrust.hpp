@@ -65,6 +65,16 @@ namespace flatmin::backend {
 
 namespace thrust_detail {
 
+/// 1 where f(i) is non-zero (count_index).
+template <class F>
+struct nonzero {
+  F f;
+  FLATMIN_HD std::uint64_t operator()(std::size_t i) const { return f(i) != 0 ? 1u : 0u; }
+};
+struct add_u64 {
+  FLATMIN_HD std::uint64_t operator()(std::uint64_t a, std::uint64_t b) const { return a + b; }
+};
+
 // Strands per segment in reductions. The default, backend::reduction_strands, reproduces
 // backend::eigen's summation tree bit for bit (everywhere). A GPU may prefer 32 (a warp reads
 // consecutive elements) at the price of results that are still deterministic but no longer
@@ -395,6 +405,17 @@ struct thrust {
 #endif
     ::thrust::counting_iterator<std::size_t> first(0);
     ::thrust::for_each(::thrust::device, first, first + n, f);
+  }
+
+  /// Runs `f(i)` for i in [0, n) and counts the i where it returns non-zero: one thread per index
+  /// (an integer count is exact in any order), where reduce_index runs one per block of S indices
+  /// — too few threads on a GPU when each f(i) is itself a loop (a block mask's unit scores).
+  template <class F>
+  static std::uint64_t count_index(std::size_t n, const F& f) {
+    if (n == 0) return 0;
+    ::thrust::counting_iterator<std::size_t> first(0);
+    return ::thrust::transform_reduce(::thrust::device, first, first + n, thrust_detail::nonzero<F>{f},
+                                      std::uint64_t{0}, thrust_detail::add_u64{});
   }
 
   /// Sum of `f(i) -> R` for i in [0, n), in blocks of `segment_size` (backend::eigen's order).

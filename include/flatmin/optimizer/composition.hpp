@@ -15,6 +15,7 @@
 
 #include "../config.hpp"
 #include "../descent/standard.hpp"
+#include "loss_scaler.hpp"
 #include "../regularize/none.hpp"
 #include "../schedule/always.hpp"
 
@@ -34,13 +35,16 @@ struct optimizer_options {
   nonfinite on_nonfinite = nonfinite::skip;  ///< skip the step (default) or throw
   /// Keep a copy of the weights in the state type, updated by the base step and rounded to nearest
   /// into the 16-bit weights (checkpointed as "master_weights"; `reload_master()` after the
-  /// weights were overwritten). Fixed at construction.
+  /// weights were overwritten). May be switched between steps: on, the copy is taken from the
+  /// weights as they are then.
   bool master_weights = false;
   /// The base step's rounding of 16-bit weights (without master weights).
   rounding weight_rounding = rounding::nearest;
   /// The key of the stochastic rounding: the draw of entry i at step t is a pure function of
   /// (seed, t, i), the same on every backend and thread count, so a resumed run rounds the same.
   std::uint64_t rounding_seed = 0;
+  /// Dynamic loss scaling (optimizer/loss_scaler.hpp); may be switched on or off between steps.
+  dynamic_loss_scale loss_scale{};
 
   void validate() const {
     detail::check_option(on_nonfinite == nonfinite::skip || on_nonfinite == nonfinite::raise,
@@ -52,6 +56,12 @@ struct optimizer_options {
     detail::check_option(!(master_weights && weight_rounding == rounding::stochastic), "optimizer_options",
                          "weight_rounding (with master_weights)", static_cast<double>(weight_rounding),
                          "rounding::nearest (the master copy keeps what rounding drops)");
+    if (!loss_scale.enabled) return;
+    loss_scale.validate();
+    // An overflow is how a dynamic scale finds its level: it must skip the step, not throw.
+    detail::check_option(on_nonfinite == nonfinite::skip, "optimizer_options",
+                         "on_nonfinite (with loss_scale.enabled)", static_cast<double>(on_nonfinite),
+                         "nonfinite::skip when the dynamic loss scaler is on");
   }
 };
 

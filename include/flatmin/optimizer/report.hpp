@@ -55,6 +55,8 @@ struct step_report {
   /// schedule leaves the step unperturbed (the base step then applies to g), or when g was non-finite.
   bool perturbed = false;
   bool skipped = false;
+  /// The factor this step's gradients carried (step_args::grad_scale, or the dynamic loss scale).
+  double loss_scale = 1.0;
   skip_reason reason = skip_reason::none;
 };
 

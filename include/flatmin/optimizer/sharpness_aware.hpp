@@ -122,6 +122,8 @@ class sharpness_aware {
         reg_(std::move(c.regularizer)),
         schedule_(std::move(c.schedule)),
         options_(c.options),
+        scaling_(options_.loss_scale.enabled),
+        scaler_(scaling_ ? loss_scaler(options_.loss_scale) : loss_scaler()),
         layout_(checked(params)),
         base_state_(base_, layout_.numel()),
         mask_state_(mask_, layout_),
@@ -146,6 +148,7 @@ class sharpness_aware {
     if (phase_ != phase::idle)
       throw usage_error("flatmin: ascend() called twice without descend(); call descend() or cancel() first");
     validate();
+    sync_scaler();
     report_ = step_report{};
     report_.step = steps_ + 1;
     if constexpr (!perturbs) {
@@ -218,8 +221,10 @@ class sharpness_aware {
     }
     const cancel_on_throw guard(*this);
     validate();
+    if (phase_ == phase::idle) sync_scaler();  // a composition without ascent starts a step here
     if (phase_ == phase::skipped) {  // g at w was non-finite: nothing was perturbed, nothing to apply
       phase_ = phase::idle;
+      scale_update(true);
       return report_;
     }
     const T inv = inverse_scale(args);
@@ -237,6 +242,7 @@ class sharpness_aware {
       if (perturbed) restore();
       mask_abandon();
       phase_ = phase::idle;
+      scale_update(true);
       report_.skipped = true;
       report_.reason = args.found_inf ? skip_reason::found_inf
                        : perturbed    ? skip_reason::nonfinite_perturbed_gradient
@@ -252,6 +258,7 @@ class sharpness_aware {
     mask_commit();
     steps_ = t;
     phase_ = phase::idle;
+    scale_update(false);
     return report_;
   }
 
@@ -273,6 +280,7 @@ class sharpness_aware {
       throw usage_error(
           "flatmin: step() called between ascend() and descend(); call descend() or cancel() first");
     validate();
+    sync_scaler();
     static_cast<void>(inverse_scale(args));
     // From here an exception leaves nothing behind: cancel() restores w if it moved and drops what
     // the mask collected for this step (per-example sums of an objective that threw, say).
@@ -319,6 +327,15 @@ class sharpness_aware {
   const Schedule& schedule() const { return schedule_; }
   optimizer_options& options() { return options_; }
   const optimizer_options& options() const { return options_; }
+  /// The factor to multiply the loss by before each backward pass: the dynamic loss scale when
+  /// `optimizer_options::loss_scale.enabled`, else 1 (pass your own scale in step_args then).
+  double loss_scale() const {
+    if (!options_.loss_scale.enabled) return 1.0;
+    return scaling_ ? static_cast<double>(scaler_.scale()) : static_cast<double>(static_cast<float>(
+                                                                 options_.loss_scale.init_scale));
+  }
+  /// The dynamic loss scaler's state (scale, growth tracker).
+  const loss_scaler& scaler() const { return scaler_; }
   const backend::layout<T, Backend>& layout() const { return layout_; }
   const typename Base::template state<T, Backend>& base_state() const { return base_state_; }
   const typename Mask::template state<T, Backend>& mask_state() const { return mask_state_; }
@@ -399,6 +416,7 @@ class sharpness_aware {
   /// last β2 and ε), and a CRC-32C of all of it. Must be called between steps (usage_error).
   void save(std::ostream& os) {
     if (phase_ != phase::idle) throw usage_error("flatmin: save() called between ascend() and descend()");
+    sync_scaler();
     checkpoint::write<Backend>(os, checkpoint_header(), steps_, [&](auto&& f) { visit_state(f); });
   }
 
@@ -412,13 +430,21 @@ class sharpness_aware {
   /// checkpoints ("FLATMIN1") are refused: they lack state an exact resume needs.
   void load(std::istream& is) {
     if (phase_ != phase::idle) throw usage_error("flatmin: load() called between ascend() and descend()");
+    sync_scaler();
     auto st = checkpoint::read<Backend>(is, checkpoint_header(), [&](auto&& f) { visit_state(f); });
     if constexpr (requires { base_state_.check_load(st); }) base_state_.check_load(st);
+    if (scaling_) loss_scaler::check_load(st);
+    const auto scaler_after = [&]() noexcept {
+      if (scaling_) scaler_.after_load();
+    };
     if constexpr (requires { mask_state_.check_load(st); }) {
       auto loaded = mask_state_.check_load(st);
-      commit_load(st, loaded.saved_size, [&]() noexcept { mask_state_.after_load(loaded); });
+      commit_load(st, loaded.saved_size, [&]() noexcept {
+        mask_state_.after_load(loaded);
+        scaler_after();
+      });
     } else {
-      commit_load(st, mask_state_.saved_size(layout_), []() noexcept {});
+      commit_load(st, mask_state_.saved_size(layout_), scaler_after);
     }
   }
 
@@ -479,11 +505,33 @@ class sharpness_aware {
     store_.check(options_);
   }
 
-  /// 1 / grad_scale in T; the scale and its inverse must both be normal numbers of T.
-  static T inverse_scale(const step_args& a) {
-    detail::check_option<T>("step_args", "grad_scale", a.grad_scale, detail::domain::positive);
-    detail::check_option<T>("step_args", "1 / grad_scale", 1.0 / a.grad_scale, detail::domain::positive);
-    return static_cast<T>(1.0 / a.grad_scale);
+  /// 1 / the gradients' scale in T (step_args::grad_scale, or the dynamic loss scale, which then
+  /// must not be given twice); the scale and its inverse must both be normal numbers of T.
+  T inverse_scale(const step_args& a) {
+    if (scaling_ && a.grad_scale != 1.0)
+      throw usage_error(
+          "flatmin: step_args::grad_scale given while the dynamic loss scaler is on "
+          "(optimizer_options::loss_scale): the optimizer divides its own scale out; leave grad_scale at 1");
+    const double scale = scaling_ ? static_cast<double>(scaler_.scale()) : a.grad_scale;
+    detail::check_option<T>("step_args", "grad_scale", scale, detail::domain::positive);
+    detail::check_option<T>("step_args", "1 / grad_scale", 1.0 / scale, detail::domain::positive);
+    report_.loss_scale = scale;
+    return static_cast<T>(1.0 / scale);
+  }
+
+  /// The scaler follows `options().loss_scale.enabled` between steps: switched on, it starts at
+  /// init_scale; switched off, its state is dropped (and leaves the checkpoint). The master
+  /// weights follow `options().master_weights` the same way.
+  void sync_scaler() {
+    store_.sync(options_, layout_);  // and the master weights likewise (weight_store.hpp)
+    if (options_.loss_scale.enabled == scaling_) return;
+    scaler_ = options_.loss_scale.enabled ? loss_scaler(options_.loss_scale) : loss_scaler();
+    scaling_ = options_.loss_scale.enabled;
+  }
+
+  /// The dynamic loss scale follows the step's outcome (nothing when the scaler is off).
+  void scale_update(bool overflowed) {
+    if (scaling_) scaler_.update(overflowed, options_.loss_scale);
   }
 
   /// The ascent-time hooks (concepts/roles.hpp, `ascent_hook`) of the policies that have one, from
@@ -561,6 +609,7 @@ class sharpness_aware {
     mask_state_.visit(f);
     if constexpr (requires { reg_state_.visit(f); }) reg_state_.visit(f);
     store_.visit(f);
+    if (scaling_) scaler_.visit(f);
   }
 
   /// What a checkpoint must match: element type, composition identity, parameter table.
@@ -571,7 +620,8 @@ class sharpness_aware {
     h.grad_size = checkpoint::type_code<G>();
     h.identity = "sharpness_aware<" + checkpoint::name_of(perturb_) + ", " +
                  checkpoint::name_of(mask_, mask_state_) + ", " + checkpoint::name_of(base_, base_state_) +
-                 ", " + checkpoint::name_of(descent_) + ", " + checkpoint::name_of(reg_, reg_state_) + ">";
+                 ", " + checkpoint::name_of(descent_) + ", " + checkpoint::name_of(reg_, reg_state_) + ">" +
+                 (scaling_ ? " with dynamic_loss_scale" : "");
     h.numel = layout_.numel();
     const auto& ts = layout_.host_tensors();
     h.tensors.reserve(ts.size());
@@ -606,6 +656,8 @@ class sharpness_aware {
   Regularizer reg_;
   Schedule schedule_;
   optimizer_options options_;
+  bool scaling_;        ///< the dynamic loss scaler is on (follows options_ between steps)
+  loss_scaler scaler_;  ///< its scale and growth tracker
   backend::layout<T, Backend> layout_;
   typename Base::template state<T, Backend> base_state_;
   mask_state_type mask_state_;

@@ -5,7 +5,6 @@
 /// kernels/weight_store.hpp a pass gets from the options.
 
 #include <cstdint>
-#include <string>
 
 #include "../backend/layout.hpp"
 #include "../kernels/weight_store.hpp"
@@ -26,13 +25,17 @@ class weight_store {
     if (on_) reload(l);
   }
 
-  /// Throws std::invalid_argument for a precision option the weight type W has no use for, and
-  /// usage_error for master weights switched after construction (there is no copy to use or drop).
-  void check(const optimizer_options& o) const {
-    check_rules(o);
-    if (o.master_weights != on_)
-      throw usage_error(std::string("flatmin: optimizer_options::master_weights was turned ") +
-                        (o.master_weights ? "on" : "off") + " after construction");
+  /// Throws std::invalid_argument for a precision option the weight type W has no use for.
+  void check(const optimizer_options& o) const { check_rules(o); }
+  /// Follows `o.master_weights` between steps: switched on, the copy is made from the user's
+  /// weights as they are (the factories' optimizers turn it on after construction); switched off,
+  /// it is dropped (the 16-bit weights hold the master rounded, as after every step).
+  void sync(const optimizer_options& o, const backend::layout<T, Backend>& l) {
+    if (o.master_weights == on_) return;
+    auto fresh = Backend::template make_vector<T>(o.master_weights ? l.numel() : 0);
+    master_.swap(fresh);
+    on_ = o.master_weights;
+    reload(l);
   }
   static void check_rules(const optimizer_options& o) {
     static_cast<void>(o);

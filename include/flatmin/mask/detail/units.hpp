@@ -367,13 +367,17 @@ struct block_scores {
 template <class T, class Backend>
 std::size_t add_scores(const backend::layout<T, Backend>& l, const units<T, Backend>& u, T* out,
                        const T* from, T inv_scale, score_of what, bool check_all = false) {
-  const double bad = u.kind() == unit_kind::element
-                         ? Backend::template reduce<double>(
-                               l.full(), element_scores<T>{out, from, inv_scale, what, check_all})
-                         : Backend::template reduce_index<double>(
-                               u.count(), block_scores<T, typename backend::layout<T, Backend>::rec_type>{
-                                              u.view(l), l.tensors(), out, from, inv_scale, what, check_all});
-  return static_cast<std::size_t>(bad);
+  if (u.kind() == unit_kind::element)
+    return static_cast<std::size_t>(Backend::template reduce<double>(
+        l.full(), element_scores<T>{out, from, inv_scale, what, check_all}));
+  const block_scores<T, typename backend::layout<T, Backend>::rec_type> f{
+      u.view(l), l.tensors(), out, from, inv_scale, what, check_all};
+  // One unit per thread where the backend can count (a block's score is itself a loop: blocks of
+  // S units per thread left a GPU with a few dozen threads); a count is exact in any order.
+  if constexpr (requires { Backend::count_index(u.count(), f); })
+    return static_cast<std::size_t>(Backend::count_index(u.count(), f));
+  else
+    return static_cast<std::size_t>(Backend::template reduce_index<double>(u.count(), f));
 }
 
 /// Top-k key: the unit's score, for candidate units (score ≥ 0), optionally only those whose bit
