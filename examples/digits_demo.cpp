@@ -13,7 +13,14 @@
 // every 100 steps; SSAM: 50 % sparse, SSAM-F's mask every epoch from 16 examples, SSAM-D's every
 // 5 epochs; ESAM: β = γ = 0.5, whole tensors).
 //
-//   digits_demo [--seeds N] [--epochs N] [--noise p] [--quick] [--data PATH] [--help]
+// --precision bf16 or fp16 trains the same model with 16-bit weights and gradients (the network
+// computes in float from the 16-bit weights, common/low_precision.hpp) and the optimizer's float
+// master weights; fp16 adds the optimizer's dynamic loss scaler. --check-precision runs fp32 and
+// the 16-bit precision on the same seeds and fails when a mean accuracy differs by more than
+// 0.5 points.
+//
+//   digits_demo [--seeds N] [--epochs N] [--noise p] [--precision fp32|bf16|fp16] [--quick]
+//               [--data PATH] [--help]
 //
 // Run with --help for the tuning flags.
 
@@ -30,9 +37,11 @@
 #include <numbers>
 #include <span>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "common/digits.hpp"
+#include "common/low_precision.hpp"
 #include "common/mlp.hpp"
 
 #ifndef FLATMIN_DIGITS_CSV
@@ -62,6 +71,8 @@ struct config {
   double eta_asam = 0.01;
   bool tune = false;       // hold out 20 % of the (noisy) training split and report on it instead
   bool quick = false;
+  std::string precision = "fp32";  // fp32, bf16 (master weights) or fp16 (master weights + loss scaling)
+  bool check_precision = false;    // also run fp32 and compare (|Δ mean accuracy| ≤ 0.5 points)
   std::vector<std::string> only;
 };
 
@@ -75,6 +86,9 @@ struct config {
       "  --quick          tiny run for a smoke test (1 seed, 8 epochs, 64 hidden units);\n"
       "                   exits non-zero unless every optimizer beats chance by a wide margin\n"
       "  --data PATH      digits.csv.gz (default: the copy in the source tree)\n"
+      "  --precision P    fp32 (default), bf16 (16-bit weights and gradients, float master weights)\n"
+      "                   or fp16 (the same with the optimizer's dynamic loss scaling)\n"
+      "  --check-precision  run fp32 too on the same seeds; fail if a mean accuracy moves > 0.5 points\n"
       "tuning:\n"
       "  --hidden N --batch N --lr x --momentum x --weight-decay x --rho-sam x --rho-asam x --eta-asam x\n"
       "  --only a,b       run only these of sgd,sam,asam,fsam,ssam_f,ssam_d,esam\n"
@@ -110,6 +124,8 @@ config parse(int argc, char** argv) {
     else if (a == "--eta-asam") c.eta_asam = std::atof(need(i));
     else if (a == "--tune") c.tune = true;
     else if (a == "--quick") c.quick = true;
+    else if (a == "--precision") c.precision = need(i);
+    else if (a == "--check-precision") c.check_precision = true;
     else if (a == "--only") {
       std::string s = need(i);
       for (std::size_t p = 0; p <= s.size();) {
@@ -127,6 +143,14 @@ config parse(int argc, char** argv) {
       std::fprintf(stderr, "digits_demo: --only takes sgd, sam, asam, fsam, ssam_f, ssam_d, esam; got %s\n", n.c_str());
       usage(2);
     }
+  if (c.precision != "fp32" && c.precision != "bf16" && c.precision != "fp16") {
+    std::fprintf(stderr, "digits_demo: --precision takes fp32, bf16 or fp16; got %s\n", c.precision.c_str());
+    usage(2);
+  }
+  if (c.check_precision && c.precision == "fp32") {
+    std::fprintf(stderr, "digits_demo: --check-precision needs --precision bf16 or fp16\n");
+    usage(2);
+  }
   if (c.quick) {
     c.seeds = 1;
     c.epochs = 8;
@@ -170,9 +194,9 @@ struct run_result {
 
 /// Trains `net` with `opt` for c.epochs; `step(x, y)` performs one optimizer step on a batch and
 /// returns the clean batch loss. Prints one line per epoch.
-template <class Opt, class Step>
-run_result train(const char* name, Opt& opt, examples::mlp& net, const problem& p, const config& c, std::uint64_t seed,
-                 Step&& step) {
+template <class Opt, class Glue, class Step>
+run_result train(const char* name, Opt& opt, examples::mlp& net, Glue& glue, const problem& p, const config& c,
+                 std::uint64_t seed, Step&& step) {
   const auto t0 = std::chrono::steady_clock::now();
   const std::size_t n = p.train.size();
   const std::size_t batches = (n + static_cast<std::size_t>(c.batch) - 1) / static_cast<std::size_t>(c.batch);
@@ -204,6 +228,7 @@ run_result train(const char* name, Opt& opt, examples::mlp& net, const problem& 
       step_index += 1;
       loss_sum += step(xb, yb) * static_cast<double>(hi - lo);
     }
+    glue.to_model();  // the network evaluates the weights as the optimizer left them
     acc = net.accuracy(p.eval.x, p.eval.y);
     std::printf("%-5s seed %d  epoch %3d/%d  train_loss %.4f  %s %.4f", name, static_cast<int>(seed), e, c.epochs,
                 loss_sum / static_cast<double>(n), c.tune ? "val_acc(noisy)" : "test_acc", acc);
@@ -219,33 +244,61 @@ std::size_t batches_per_epoch(const problem& p, const config& c) {
   return (p.train.size() + static_cast<std::size_t>(c.batch) - 1) / static_cast<std::size_t>(c.batch);
 }
 
+/// How the network meets the optimizer's memory: fp32 registers the network's float matrices
+/// themselves; examples::low_precision keeps 16-bit weights and gradients (common/low_precision.hpp).
+struct fp32_glue {
+  flatmin::param_set<float> ps;
+  explicit fp32_glue(examples::mlp& net) { net.register_params(ps); }
+  const flatmin::param_set<float>& params() const { return ps; }
+  void to_model() {}
+  void from_model(double) {}
+};
+
+/// The gradient as the optimizer reads it: forward from the weights as stored, backward, and the
+/// gradient written to the views times the loss scale (1 unless fp16's dynamic scaler is on).
+template <class Glue>
+struct gradient {
+  examples::mlp& net;
+  Glue& glue;
+  std::function<double()> scale;
+  double operator()(const Eigen::MatrixXf& x, const std::vector<int>& y) const {
+    glue.to_model();
+    const double loss = net.loss_and_gradient(x, y);
+    glue.from_model(scale());
+    return loss;
+  }
+};
+
 /// SSAM-F's objective: the batch gradient, and the gradient of single examples (here the first
 /// examples of the current batch, which is a random draw from the training split).
+template <class Grad>
 struct example_objective {
-  examples::mlp& net;
+  const Grad& grad;
   const Eigen::MatrixXf& x;
   const std::vector<int>& y;
-  double operator()() { return net.loss_and_gradient(x, y); }
+  double operator()() { return grad(x, y); }
   void example_gradient(std::size_t n) {
     const auto j = static_cast<Eigen::Index>(n % y.size());
     const Eigen::MatrixXf xj = x.col(j);
-    net.loss_and_gradient(xj, std::vector<int>{y[static_cast<std::size_t>(j)]});
+    grad(xj, std::vector<int>{y[static_cast<std::size_t>(j)]});
   }
 };
 
 /// ESAM's objective (flatmin::sample_objective): per-sample losses, forward-only losses at w + ε,
 /// and the gradient on the selected samples.
+template <class Grad>
 struct sample_objective {
-  examples::mlp& net;
+  const Grad& grad;
   const Eigen::MatrixXf& x;
   const std::vector<int>& y;
   std::size_t batch_size() const { return y.size(); }
   double losses_and_gradient(std::span<double> l) {
     losses(l);
-    return net.loss_and_gradient(x, y);
+    return grad(x, y);
   }
   void losses(std::span<double> l) {
-    const auto v = net.per_sample_losses(x, y);
+    grad.glue.to_model();
+    const auto v = grad.net.per_sample_losses(x, y);
     for (std::size_t i = 0; i < l.size(); ++i) l[i] = static_cast<double>(v[static_cast<Eigen::Index>(i)]);
   }
   void subset_gradient(std::span<const std::size_t> idx) {
@@ -255,9 +308,76 @@ struct sample_objective {
       xs.col(static_cast<Eigen::Index>(k)) = x.col(static_cast<Eigen::Index>(idx[k]));
       ys[k] = y[idx[k]];
     }
-    net.loss_and_gradient(xs, ys);
+    grad(xs, ys);
   }
 };
+
+/// One row of the table for one seed, with the network's weights and gradients held as Glue says.
+template <class Glue>
+run_result run_row(const std::string& name, examples::mlp& net, const problem& p, const config& c,
+                   std::uint64_t seed, const flatmin::base::sgd& base) {
+  Glue glue(net);
+  // 16-bit weights: the optimizer keeps float master weights; fp16 gradients: and a loss scale.
+  auto setup = [&](auto& opt) {
+    if constexpr (!std::is_same_v<Glue, fp32_glue>) opt.options().master_weights = true;
+    if (c.precision == "fp16") opt.options().loss_scale.enabled = true;
+    return gradient<Glue>{net, glue, [&opt] { return opt.loss_scale(); }};
+  };
+  using xs = Eigen::MatrixXf;
+  using ys = std::vector<int>;
+  if (name == "sgd") {
+    auto opt = flatmin::sgd(glue.params(), base);
+    const auto grad = setup(opt);
+    return train("sgd", opt, net, glue, p, c, seed,
+                 [&](const xs& x, const ys& y) { return opt.step([&] { return grad(x, y); }).loss; });
+  }
+  if (name == "sam") {
+    auto opt = flatmin::sam(glue.params(), base, {.rho = c.rho_sam});
+    const auto grad = setup(opt);
+    return train("sam", opt, net, glue, p, c, seed, [&](const xs& x, const ys& y) {
+      const double loss = grad(x, y);  // g at w
+      opt.ascend();                    // w ← w + ε
+      grad(x, y);                      // g_adv at w + ε
+      opt.descend();                   // w ← saved w, SGD step with g_adv
+      return loss;
+    });
+  }
+  if (name == "fsam") {
+    auto opt = flatmin::fsam(glue.params(), base, {.rho = c.rho_sam});
+    const auto grad = setup(opt);
+    return train("fsam", opt, net, glue, p, c, seed,
+                 [&](const xs& x, const ys& y) { return opt.step([&] { return grad(x, y); }).loss; });
+  }
+  if (name == "ssam_f") {
+    auto opt = flatmin::ssam_f(glue.params(), base, {.rho = c.rho_sam, .refresh_every = batches_per_epoch(p, c)});
+    const auto grad = setup(opt);
+    return train("ssam_f", opt, net, glue, p, c, seed, [&](const xs& x, const ys& y) {
+      return opt.step(example_objective<gradient<Glue>>{grad, x, y}).loss;
+    });
+  }
+  if (name == "ssam_d") {
+    const std::size_t per_epoch = batches_per_epoch(p, c);
+    auto opt = flatmin::ssam_d(glue.params(), base,
+                               {.rho = c.rho_sam,
+                                .refresh_every = 5 * per_epoch,
+                                .total_steps = per_epoch * static_cast<std::size_t>(c.epochs),
+                                .seed = seed});
+    const auto grad = setup(opt);
+    return train("ssam_d", opt, net, glue, p, c, seed,
+                 [&](const xs& x, const ys& y) { return opt.step([&] { return grad(x, y); }).loss; });
+  }
+  if (name == "esam") {
+    auto opt = flatmin::esam(glue.params(), base, {.rho = c.rho_sam, .seed = seed});
+    const auto grad = setup(opt);
+    return train("esam", opt, net, glue, p, c, seed, [&](const xs& x, const ys& y) {
+      return opt.step(sample_objective<gradient<Glue>>{grad, x, y}).loss;
+    });
+  }
+  auto opt = flatmin::asam(glue.params(), base, {.rho = c.rho_asam, .eta = c.eta_asam});
+  const auto grad = setup(opt);
+  return train("asam", opt, net, glue, p, c, seed,
+               [&](const xs& x, const ys& y) { return opt.step([&] { return grad(x, y); }).loss; });
+}
 
 struct summary {
   std::string name, how;
@@ -296,71 +416,42 @@ int main(int argc, char** argv) try {
   std::printf("FSAM, SSAM-F, SSAM-D, ESAM: rho %g (SAM's), their papers' sparsity and refresh defaults\n\n", c.rho_sam);
 
   const flatmin::base::sgd base{.lr = c.lr, .momentum = c.momentum, .weight_decay = c.weight_decay};
-  std::vector<summary> table = {{"sgd", "step(closure)", {}, 0},
-                                {"sam", "ascend/descend", {}, 0},
-                                {"asam", "step(closure)", {}, 0},
-                                {"fsam", "step(closure)", {}, 0},
-                                {"ssam_f", "step(examples)", {}, 0},
-                                {"ssam_d", "step(closure)", {}, 0},
-                                {"esam", "step(samples)", {}, 0}};
-  for (int s = 0; s < c.seeds; ++s) {
-    const auto seed = static_cast<std::uint64_t>(c.first_seed + s);
-    const problem p = make_problem(all, c, seed);
-    for (auto& row : table) {
-      if (!wanted(row.name)) continue;
-      examples::mlp net({examples::digits_pixels, c.hidden, examples::digits_classes}, examples::activation::relu, seed);
-      flatmin::param_set<float> params;
-      net.register_params(params);
-      run_result r;
-      if (row.name == "sgd") {
-        auto opt = flatmin::sgd(params, base);
-        r = train("sgd", opt, net, p, c, seed, [&](const Eigen::MatrixXf& x, const std::vector<int>& y) {
-          return opt.step([&] { return net.loss_and_gradient(x, y); }).loss;
-        });
-      } else if (row.name == "sam") {
-        auto opt = flatmin::sam(params, base, {.rho = c.rho_sam});
-        r = train("sam", opt, net, p, c, seed, [&](const Eigen::MatrixXf& x, const std::vector<int>& y) {
-          const double loss = net.loss_and_gradient(x, y);  // g at w
-          opt.ascend();                                      // w ← w + ε
-          net.loss_and_gradient(x, y);                       // g_adv at w + ε
-          opt.descend();                                     // w ← saved w, SGD step with g_adv
-          return loss;
-        });
-      } else if (row.name == "fsam") {
-        auto opt = flatmin::fsam(params, base, {.rho = c.rho_sam});
-        r = train("fsam", opt, net, p, c, seed, [&](const Eigen::MatrixXf& x, const std::vector<int>& y) {
-          return opt.step([&] { return net.loss_and_gradient(x, y); }).loss;
-        });
-      } else if (row.name == "ssam_f") {
-        auto opt = flatmin::ssam_f(params, base, {.rho = c.rho_sam, .refresh_every = batches_per_epoch(p, c)});
-        r = train("ssam_f", opt, net, p, c, seed, [&](const Eigen::MatrixXf& x, const std::vector<int>& y) {
-          return opt.step(example_objective{net, x, y}).loss;
-        });
-      } else if (row.name == "ssam_d") {
-        const std::size_t per_epoch = batches_per_epoch(p, c);
-        auto opt = flatmin::ssam_d(params, base,
-                                   {.rho = c.rho_sam,
-                                    .refresh_every = 5 * per_epoch,
-                                    .total_steps = per_epoch * static_cast<std::size_t>(c.epochs),
-                                    .seed = seed});
-        r = train("ssam_d", opt, net, p, c, seed, [&](const Eigen::MatrixXf& x, const std::vector<int>& y) {
-          return opt.step([&] { return net.loss_and_gradient(x, y); }).loss;
-        });
-      } else if (row.name == "esam") {
-        auto opt = flatmin::esam(params, base, {.rho = c.rho_sam, .seed = seed});
-        r = train("esam", opt, net, p, c, seed, [&](const Eigen::MatrixXf& x, const std::vector<int>& y) {
-          return opt.step(sample_objective{net, x, y}).loss;
-        });
-      } else {
-        auto opt = flatmin::asam(params, base, {.rho = c.rho_asam, .eta = c.eta_asam});
-        r = train("asam", opt, net, p, c, seed, [&](const Eigen::MatrixXf& x, const std::vector<int>& y) {
-          return opt.step([&] { return net.loss_and_gradient(x, y); }).loss;
-        });
+  // Every optimizer in `precision` (and, with --check-precision, in fp32 first on the same seeds).
+  auto run_table = [&](const std::string& precision) {
+    std::vector<summary> table = {{"sgd", "step(closure)", {}, 0},
+                                  {"sam", "ascend/descend", {}, 0},
+                                  {"asam", "step(closure)", {}, 0},
+                                  {"fsam", "step(closure)", {}, 0},
+                                  {"ssam_f", "step(examples)", {}, 0},
+                                  {"ssam_d", "step(closure)", {}, 0},
+                                  {"esam", "step(samples)", {}, 0}};
+    config cp = c;
+    cp.precision = precision;
+    if (precision != "fp32")
+      std::printf("precision %s: %s weights and gradients, float master weights in the optimizer%s\n",
+                  precision.c_str(), precision.c_str(), precision == "fp16" ? ", dynamic loss scaling" : "");
+    for (int s = 0; s < c.seeds; ++s) {
+      const auto seed = static_cast<std::uint64_t>(c.first_seed + s);
+      const problem p = make_problem(all, c, seed);
+      for (auto& row : table) {
+        if (!wanted(row.name)) continue;
+        examples::mlp net({examples::digits_pixels, c.hidden, examples::digits_classes}, examples::activation::relu,
+                          seed);
+        const run_result r =
+            precision == "bf16"   ? run_row<examples::low_precision<flatmin::bfloat16, flatmin::bfloat16>>(
+                                      row.name, net, p, cp, seed, base)
+            : precision == "fp16" ? run_row<examples::low_precision<flatmin::half, flatmin::half>>(row.name, net, p,
+                                                                                                cp, seed, base)
+                                  : run_row<fp32_glue>(row.name, net, p, cp, seed, base);
+        row.acc.push_back(r.final_acc);
+        row.seconds += r.seconds;
       }
-      row.acc.push_back(r.final_acc);
-      row.seconds += r.seconds;
     }
-  }
+    return table;
+  };
+  std::vector<summary> fp32_table;
+  if (c.check_precision) fp32_table = run_table("fp32");
+  const std::vector<summary> table = run_table(c.precision);
 
   const char* what = c.tune ? "val acc (noisy)" : "test acc";
   std::printf("\nfinal %s after %d epochs, %d seed%s (%d..%d), %.0f %% label noise\n", what, c.epochs, c.seeds,
@@ -393,6 +484,17 @@ int main(int argc, char** argv) try {
     }
   }
   std::printf("(std: sample standard deviation over seeds; paired: per-seed difference to sgd, and on how many seeds it won)\n");
+  if (c.check_precision) {
+    std::printf("\n%s against fp32, same seeds: mean %s (points)\n", c.precision.c_str(), what);
+    for (std::size_t k = 0; k < table.size(); ++k) {
+      if (table[k].acc.empty()) continue;
+      const double d = 100 * (mean(table[k].acc) - mean(fp32_table[k].acc));
+      const bool close = std::abs(d) <= 0.5;
+      std::printf("%-6s fp32 %.4f  %s %.4f  difference %+.2f  %s\n", table[k].name.c_str(), mean(fp32_table[k].acc),
+                  c.precision.c_str(), mean(table[k].acc), d, close ? "ok (within 0.5)" : "FAIL (more than 0.5)");
+      ok = ok && close;
+    }
+  }
   return ok ? 0 : 1;
 } catch (const std::exception& e) {
   std::fprintf(stderr, "digits_demo: %s\n", e.what());
