@@ -34,7 +34,11 @@ struct optimizer_options {
   nonfinite on_nonfinite = nonfinite::skip;  ///< skip the step (default) or throw
   /// Keep a copy of the weights in the state type, updated by the base step and rounded to nearest
   /// into the 16-bit weights (checkpointed as "master_weights"; `reload_master()` after the
-  /// weights were overwritten). Fixed at construction.
+  /// weights were overwritten). The ascent moves from the copy, the base step and a regularizer's
+  /// adjustment read it; the perturbation's terms (ASAM's |w|) and the statistics passes read the
+  /// 16-bit weights the model computes with. Fixed at
+  /// construction (the named algorithms' option structs do not carry it: build the optimizer from
+  /// a `composition` with `.options = {.master_weights = true}`).
   bool master_weights = false;
   /// The base step's rounding of 16-bit weights (without master weights).
   rounding weight_rounding = rounding::nearest;
