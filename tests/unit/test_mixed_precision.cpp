@@ -110,6 +110,17 @@ float from_fbits(std::uint32_t u) {
   return f;
 }
 
+// Comparisons in loops over millions of values: counted, the first failure kept for the message
+// (one doctest assertion per loop rather than per value keeps the run short).
+struct tally {
+  std::size_t failed = 0;
+  std::string first;
+  void operator()(bool ok, const char* what) {
+    if (!ok && failed++ == 0) first = what;
+  }
+};
+#define TALLY(t, ...) t(static_cast<bool>(__VA_ARGS__), #__VA_ARGS__)
+
 #if defined(FLATMIN_TEST_F16C)
 __attribute__((target("f16c"))) std::uint16_t hw_half_from_float(float f) {
   return static_cast<std::uint16_t>(_cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT));
@@ -160,6 +171,7 @@ std::vector<float> sample_floats() {
 
 TEST_CASE_TEMPLATE("numeric: every 16-bit pattern converts to float exactly, NaNs quieted", E, fm::bfloat16,
                    fm::half) {
+  tally t;
   std::size_t nans = 0;
   for (std::uint32_t b = 0; b < 0x10000; ++b) {
     const auto x = E::from_bits(static_cast<std::uint16_t>(b));
@@ -167,24 +179,26 @@ TEST_CASE_TEMPLATE("numeric: every 16-bit pattern converts to float exactly, NaN
     const double want = decode<E>(static_cast<std::uint16_t>(b));
     if (std::isnan(want)) {
       ++nans;
-      REQUIRE(std::isnan(f));
+      TALLY(t, std::isnan(f));
       // sign and payload kept (the pattern's fraction is the top of float's); a half NaN is
       // quieted as vcvtph2ps does, a bfloat16 is binary32's high half as it is
       const std::uint32_t frac = (b & (is_bf16<E> ? 0x7fu : 0x3ffu)) << (is_bf16<E> ? 16 : 13);
-      REQUIRE(fbits(f) == ((b & 0x8000u) << 16 | 0x7f800000u | (is_bf16<E> ? 0u : 0x400000u) | frac));
+      TALLY(t, fbits(f) == ((b & 0x8000u) << 16 | 0x7f800000u | (is_bf16<E> ? 0u : 0x400000u) | frac));
     } else {
-      REQUIRE(double(f) == want);
-      REQUIRE(std::signbit(f) == bool(b & 0x8000));
-      REQUIRE(static_cast<double>(x) == want);
+      TALLY(t, double(f) == want);
+      TALLY(t, std::signbit(f) == bool(b & 0x8000));
+      TALLY(t, static_cast<double>(x) == want);
       // and back: the same bits
-      REQUIRE(bits(E(f)) == b);
-      REQUIRE(bits(E(double(f))) == b);
+      TALLY(t, bits(E(f)) == b);
+      TALLY(t, bits(E(double(f))) == b);
     }
 #if defined(FLATMIN_TEST_F16C)
     if constexpr (!is_bf16<E>)
-      if (have_f16c()) REQUIRE(fbits(hw_half_to_float(static_cast<std::uint16_t>(b))) == fbits(f));
+      if (have_f16c()) TALLY(t, fbits(hw_half_to_float(static_cast<std::uint16_t>(b))) == fbits(f));
 #endif
   }
+  CAPTURE(t.first);
+  CHECK(t.failed == 0);
   CHECK(nans == (is_bf16<E> ? 2u * 127 : 2u * 1023));
 }
 
@@ -194,6 +208,7 @@ TEST_CASE_TEMPLATE("numeric: float and double round to nearest even, once", E, f
   const bool hw = !is_bf16<E> && have_f16c();
   if (!is_bf16<E> && !hw) MESSAGE("no F16C on this CPU: the hardware comparison is skipped");
 #endif
+  tally t;
   std::size_t checked = 0;
   for (const float f : s) {
     const std::uint16_t got = bits(E(f));
@@ -203,15 +218,15 @@ TEST_CASE_TEMPLATE("numeric: float and double round to nearest even, once", E, f
       const std::uint16_t want = is_bf16<E> ? static_cast<std::uint16_t>((u >> 16) | 0x40u)
                                             : static_cast<std::uint16_t>(((u >> 16) & 0x8000u) | 0x7e00u |
                                                                          ((u >> 13) & 0x3ffu));
-      REQUIRE(got == want);
-      REQUIRE(bits(E(double(f))) == want);  // double NaN: what float(d) keeps
+      TALLY(t, got == want);
+      TALLY(t, bits(E(double(f))) == want);  // double NaN: what float(d) keeps
     } else {
-      REQUIRE(got == ref_round<E>(f));
-      REQUIRE(bits(E(double(f))) == got);
+      TALLY(t, got == ref_round<E>(f));
+      TALLY(t, bits(E(double(f))) == got);
     }
 #if defined(FLATMIN_TEST_F16C)
     if constexpr (!is_bf16<E>)
-      if (hw) REQUIRE(hw_half_from_float(f) == got);
+      if (hw) TALLY(t, hw_half_from_float(f) == got);
 #endif
     ++checked;
   }
@@ -224,8 +239,8 @@ TEST_CASE_TEMPLATE("numeric: float and double round to nearest even, once", E, f
     const double mid = (v[k] + v[k + 1]) / 2;
     for (double x : {mid, mid * (1 + 0x1p-40), mid * (1 - 0x1p-40), std::nextafter(mid, 0.0),
                      std::nextafter(mid, 1e300)}) {
-      REQUIRE(bits(E(x)) == ref_round<E>(x));
-      REQUIRE(bits(E(-x)) == ref_round<E>(-x));
+      TALLY(t, bits(E(x)) == ref_round<E>(x));
+      TALLY(t, bits(E(-x)) == ref_round<E>(-x));
     }
   }
   for (int i = 0; i < 1 << 18; ++i) {
@@ -233,8 +248,10 @@ TEST_CASE_TEMPLATE("numeric: float and double round to nearest even, once", E, f
     const std::uint64_t u = gen();
     std::memcpy(&x, &u, 8);
     if (std::isnan(x)) continue;
-    REQUIRE(bits(E(x)) == ref_round<E>(x));
+    TALLY(t, bits(E(x)) == ref_round<E>(x));
   }
+  CAPTURE(t.first);
+  CHECK(t.failed == 0);
   CHECK(bits(E(1e300)) == ref_round<E>(INFINITY));
   CHECK(bits(E(-1e-300)) == 0x8000);
 }
@@ -262,15 +279,18 @@ TEST_CASE_TEMPLATE("numeric: stochastic rounding is unbiased and takes only the 
     CAPTURE(x);
     const std::uint16_t a = ref_round<E>(x);
     const std::size_t n = 200000;
+    tally t;
     double sum = 0;
     for (std::size_t i = 0; i < n; ++i) {
       const std::uint64_t h = fm::kernels::counter_hash(3, fm::kernels::rounding_stream(i % 97), i);
       const E r = fm::kernels::stochastic_round<E>(static_cast<float>(x), h);
       const std::uint16_t rb = bits(r);
-      REQUIRE((rb == a || rb == static_cast<std::uint16_t>(a + 1) || rb == static_cast<std::uint16_t>(a - 1)));
-      REQUIRE(rb == ref_stochastic<E>(static_cast<float>(x), h));
+      TALLY(t, (rb == a || rb == static_cast<std::uint16_t>(a + 1) || rb == static_cast<std::uint16_t>(a - 1)));
+      TALLY(t, rb == ref_stochastic<E>(static_cast<float>(x), h));
       sum += static_cast<double>(r);
     }
+    CAPTURE(t.first);
+    CHECK(t.failed == 0);
     // mean within 5 standard errors: per draw the spread is gap · √(p (1 − p)) ≤ gap / 2
     const double ad = decode<E>(a);
     const double gap = std::fabs(decode<E>(static_cast<std::uint16_t>(a + 1)) - ad);

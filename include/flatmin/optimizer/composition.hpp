@@ -35,8 +35,10 @@ struct optimizer_options {
   nonfinite on_nonfinite = nonfinite::skip;  ///< skip the step (default) or throw
   /// Keep a copy of the weights in the state type, updated by the base step and rounded to nearest
   /// into the 16-bit weights (checkpointed as "master_weights"; `reload_master()` after the
-  /// weights were overwritten). May be switched between steps: on, the copy is taken from the
-  /// weights as they are then.
+  /// weights were overwritten). The ascent moves from the copy, the base step and a regularizer's
+  /// adjustment read it; the perturbation's terms (ASAM's |w|) and the statistics passes read the
+  /// 16-bit weights the model computes with. May be switched between steps (a factory's optimizer:
+  /// `opt.options().master_weights = true`): on, the copy is taken from the weights as they are.
   bool master_weights = false;
   /// The base step's rounding of 16-bit weights (without master weights).
   rounding weight_rounding = rounding::nearest;

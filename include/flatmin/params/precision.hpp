@@ -30,16 +30,18 @@ using default_state_t = std::conditional_t<is_storage16<W>, float, W>;
 /// float by default when W is 16-bit (`precision<bfloat16>` is bf16 weights and gradients with
 /// float state). The three ways to train with them, and what each costs in precision:
 /// 1. `precision<bfloat16>` (or half): 16-bit weights updated in place, rounded to nearest even.
-///    The fewest bytes; an update smaller than half a weight's spacing (2^-9 relative for bf16)
-///    is lost, so small learning rates stall. `optimizer_options::weight_rounding =
-///    rounding::stochastic` makes the rounding unbiased (the update is kept in expectation).
+///    The fewest bytes; an update smaller than half a weight's spacing (2^-9 to 2^-8 of |w| for
+///    bf16, 2^-12 to 2^-11 for half) is lost, so small learning rates stall.
+///    `optimizer_options::weight_rounding = rounding::stochastic` makes the rounding unbiased (the
+///    update is kept in expectation).
 /// 2. The same with `optimizer_options::master_weights = true`: the optimizer keeps an S copy of
 ///    the weights, the base step updates it and rounds it into the 16-bit weights, the
 ///    perturbation w + ε is written to the 16-bit weights the model reads: full-precision
 ///    training at S bytes more per parameter.
 /// 3. `precision<float, bfloat16>` (or half): float weights and state, 16-bit gradients: the
-///    gradient reads of every pass halve; the gradients' own rounding (2^-9 or 2^-11 relative)
-///    is all that is lost, and half gradients need loss scaling (`step_args::grad_scale`).
+///    gradient reads of every pass halve; the gradients' own rounding (at most 2^-8 relative for
+///    bf16, 2^-11 for half) is all that is lost, and half gradients need loss scaling
+///    (`step_args::grad_scale`; an overflow to ±inf skips the step).
 template <class W, class G = W, class S = detail::default_state_t<W, G>>
 struct precision {
   using weight_type = W;

@@ -1,0 +1,107 @@
+// Mixed precision (params/precision.hpp) on backend::eigen: the gradient check pass and whole SAM
+// steps for (a) fp32 weights with bf16 gradients (mode 3), (b) bf16 weights with fp32 master
+// weights (mode 2), (c) fp32 throughout, against the copy bandwidth measured in this binary.
+// Minimal traffic per parameter (DESIGN.md §5 counted with 2-byte w16 / g16, 4-byte fp32):
+//   check_pass  fp32 g 4 B · bf16 g 2 B
+//   SAM + SGD-momentum step (norm + ascend + check + descend):
+//     (c) fp32       4 + 16 + 4 + 20                                      = 44 B
+//     (a) g bf16     2 + (w 4, g 2; w 4, saved 4) 14 + 2 + (saved 4, g 2, buf 4; w 4, buf 4) 18 = 36 B
+//     (b) master     2 + (w16 2, master 4, g 2; w16 2, saved 2) 12 + 2
+//                      + (master 4, g 2, buf 4; master 4, w16 2, buf 4) 20                 = 36 B
+//   SAM + AdamW step: (c) 52 B · (a) 2 + 14 + 2 + 26 = 44 B · (b) 2 + 12 + 2 + 28 = 44 B
+// No timing is asserted anywhere; bench/RESULTS.md records measured runs.
+#include "common.hpp"
+
+namespace {
+
+using namespace flatmin_bench;
+using be = flatmin::backend::eigen;
+using bf16 = flatmin::bfloat16;
+
+/// The shared float problem's values, stored as W and G (a model held in those types).
+template <class W, class G>
+struct typed_problem {
+  std::vector<std::vector<W>> w;
+  std::vector<std::vector<G>> g;
+  flatmin::param_set<W, G> params;
+  typed_problem(std::size_t n, std::size_t k) {
+    problem& p = shared_problem(n, k);
+    for (std::size_t t = 0; t < p.w.size(); ++t) {
+      w.emplace_back(p.w[t].size());
+      g.emplace_back(p.g[t].size());
+      for (std::size_t j = 0; j < p.w[t].size(); ++j) {
+        w[t][j] = static_cast<W>(p.w[t][j]);
+        g[t][j] = static_cast<G>(p.g[t][j]);
+      }
+    }
+    for (std::size_t t = 0; t < w.size(); ++t) params.add("t" + std::to_string(t), w[t].data(), g[t].data(), {w[t].size()});
+  }
+};
+
+struct args {
+  std::size_t n, k;
+  int threads;
+  explicit args(const benchmark::State& st)
+      : n(static_cast<std::size_t>(st.range(0))),
+        k(static_cast<std::size_t>(st.range(1))),
+        threads(use_threads(st.range(2))) {}
+};
+
+template <class G>
+void check_pass(benchmark::State& st) {
+  const args a(st);
+  typed_problem<float, G> p(a.n, a.k);
+  flatmin::backend::layout<float, flatmin::backend::with_elements<be, float, G>> l(p.params);
+  for (auto _ : st) {
+    auto s = be::reduce<flatmin::kernels::grad_stats>(l.full(), flatmin::kernels::check_pass<float>{1.0f});
+    benchmark::DoNotOptimize(s);
+  }
+  set_traffic(st, double(sizeof(G)) * a.n, a.n, a.threads);
+}
+
+template <class P, class Base>
+void sam_step(benchmark::State& st, Base base, bool master, double bytes) {
+  const args a(st);
+  typed_problem<typename P::weight_type, typename P::grad_type> p(a.n, a.k);
+  flatmin::sharpness_aware<P, be, flatmin::perturb::l2, flatmin::mask::dense, Base> opt(
+      p.params, {.base = base, .perturb = {.rho = 1e-3}, .options = {.master_weights = master}});
+  for (auto _ : st) {
+    auto r = opt.ascend();
+    r = opt.descend();
+    if (r.skipped) st.SkipWithError("step skipped");
+    benchmark::DoNotOptimize(r);
+  }
+  set_traffic(st, bytes * a.n, a.n, a.threads);
+}
+
+const flatmin::base::sgd sgd{.lr = 1e-6, .momentum = 0.9};
+const flatmin::base::adamw adamw{.lr = 1e-6};
+
+const bool registered = [] {
+  const std::vector<std::int64_t> one = {1};
+  grid(benchmark::RegisterBenchmark("check_pass/g_fp32", check_pass<float>), one);
+  grid(benchmark::RegisterBenchmark("check_pass/g_bf16", check_pass<bf16>), one);
+  grid(benchmark::RegisterBenchmark("sam_sgd/fp32", [](benchmark::State& st) {
+         sam_step<flatmin::precision<float>>(st, sgd, false, 44.0);
+       }), one);
+  grid(benchmark::RegisterBenchmark("sam_sgd/g_bf16", [](benchmark::State& st) {
+         sam_step<flatmin::precision<float, bf16>>(st, sgd, false, 36.0);
+       }), one);
+  grid(benchmark::RegisterBenchmark("sam_sgd/w_bf16_master", [](benchmark::State& st) {
+         sam_step<flatmin::precision<bf16>>(st, sgd, true, 36.0);
+       }), one);
+  grid(benchmark::RegisterBenchmark("sam_adamw/fp32", [](benchmark::State& st) {
+         sam_step<flatmin::precision<float>>(st, adamw, false, 52.0);
+       }), one);
+  grid(benchmark::RegisterBenchmark("sam_adamw/g_bf16", [](benchmark::State& st) {
+         sam_step<flatmin::precision<float, bf16>>(st, adamw, false, 44.0);
+       }), one);
+  grid(benchmark::RegisterBenchmark("sam_adamw/w_bf16_master", [](benchmark::State& st) {
+         sam_step<flatmin::precision<bf16>>(st, adamw, true, 44.0);
+       }), one);
+  return true;
+}();
+
+}  // namespace
+
+BENCHMARK_MAIN();
