@@ -40,6 +40,7 @@
 #include "../backend/layout.hpp"
 #include "../concepts/roles.hpp"
 #include "../descent/standard.hpp"
+#include "../descent/state.hpp"
 #include "../kernels/sam_passes.hpp"
 #include "../mask/dense.hpp"
 #include "../mask/detail/pass_target.hpp"
@@ -125,6 +126,7 @@ class sharpness_aware {
         base_state_(base_, layout_.numel()),
         mask_state_(mask_, layout_),
         reg_state_(reg_, layout_),
+        descent_state_(descent_, layout_),
         saved_(Backend::template make_vector<W>(perturbs ? mask_state_.saved_size(layout_) : 0)),
         names_(names_of(params)) {
     validate();
@@ -179,7 +181,7 @@ class sharpness_aware {
         s = stats(inv);
       }
       const double denom = std::sqrt(s.n2) + perturb_.xi;
-      double scale = denom > 0 ? perturb_.rho * mask_state_.radius_scale() / denom : 0.0;
+      double scale = denom > 0 ? radius() * mask_state_.radius_scale() / denom : 0.0;
       // With ξ = 0 a vanishing (subnormal) g makes ρ/‖g‖ overflow T: treat it as g = 0 (ε = 0)
       // rather than write an infinite ε into the weights.
       if (!(scale <= static_cast<double>(std::numeric_limits<T>::max()))) scale = 0.0;
@@ -244,7 +246,17 @@ class sharpness_aware {
     const std::size_t t = steps_ + 1;
     auto adjust = reg_state_.prepare(reg_, layout_, t, inv);
     auto update = base_state_.prepare(base_, t);
-    descend_pass(adjust, update, inv, perturbed);
+    if constexpr (requires { descent_state_.prepare(descent_, layout_, descent::step_context{}); }) {
+      // a descent rule with state (descent/state.hpp): its adjust first, then the regularizer's
+      const descent::step_context ctx{t, perturbed, descent::detail::lr_of(base_), static_cast<double>(inv)};
+      auto rule = descent_state_.prepare(descent_, layout_, ctx);
+      descend_pass(descent::detail::chained_adjust<T, decltype(rule), decltype(adjust)>{rule, adjust}, update,
+                   inv, perturbed);
+      if constexpr (requires { descent_state_.finish(descent_, layout_, ctx); })
+        descent_state_.finish(descent_, layout_, ctx);
+    } else {
+      descend_pass(adjust, update, inv, perturbed);
+    }
     mask_commit();
     steps_ = t;
     phase_ = phase::idle;
@@ -321,9 +333,15 @@ class sharpness_aware {
   /// Mutable mask state (e.g. `add_example()` of `mask::fisher` in the two-call protocol).
   typename Mask::template state<T, Backend>& mask_state() { return mask_state_; }
   const typename Regularizer::template state<T, Backend>& regularizer_state() const { return reg_state_; }
+  /// The descent rule's state (descent/state.hpp; `no_state` for a rule without one).
+  const descent::detail::state_of_t<Descent, T, Backend>& descent_state() const { return descent_state_; }
 
   /// Bytes of optimizer state beyond the base optimizer's (saved weights, mask state).
-  std::size_t extra_state_bytes() const { return saved_.size() * sizeof(W) + mask_state_.bytes(); }
+  std::size_t extra_state_bytes() const {
+    std::size_t d = 0;
+    if constexpr (requires { descent_state_.bytes(); }) d = descent_state_.bytes();
+    return saved_.size() * sizeof(W) + mask_state_.bytes() + d;
+  }
   /// Bytes of the base optimizer's state.
   std::size_t base_state_bytes() const { return base_state_.bytes(); }
 
@@ -399,6 +417,7 @@ class sharpness_aware {
     if (phase_ != phase::idle) throw usage_error("flatmin: load() called between ascend() and descend()");
     auto st = checkpoint::read<Backend>(is, checkpoint_header(), [&](auto&& f) { visit_state(f); });
     if constexpr (requires { base_state_.check_load(st); }) base_state_.check_load(st);
+    if constexpr (requires { descent_state_.check_load(st); }) descent_state_.check_load(st);
     if constexpr (requires { mask_state_.check_load(st); }) {
       auto loaded = mask_state_.check_load(st);
       commit_load(st, loaded.saved_size, [&]() noexcept { mask_state_.after_load(loaded); });
@@ -409,6 +428,7 @@ class sharpness_aware {
 
  private:
   enum class phase { idle, ascended, skipped, unperturbed };  // unperturbed: the schedule's choice
+  using descent_state_type = descent::detail::state_of_t<Descent, T, Backend>;
   using mask_state_type = typename Mask::template state<T, Backend>;
   using mask_view = decltype(std::declval<const mask_state_type&>().get_view());
   using term_type = decltype(std::declval<const Perturb&>().template term<T>(
@@ -459,6 +479,7 @@ class sharpness_aware {
   /// The options (mutable between steps) against the rules and against the state built from them.
   void validate() const {
     check_options(base_, perturb_, mask_, options_, descent_, reg_, schedule_);
+    static_cast<void>(radius());  // a bad ρ_t throws here, before the ascent changes anything
     if constexpr (requires { base_state_.check(base_); }) base_state_.check(base_);
     if constexpr (requires { mask_state_.check(mask_); }) mask_state_.check(mask_);
   }
@@ -475,8 +496,20 @@ class sharpness_aware {
   void on_ascent(const kernels::grad_stats& s, double scale, T inv) {
     const ascent_stats a{steps_ + 1, s.g2, s.n2, scale, scale * std::sqrt(s.d2)};
     if constexpr (ascent_hook<Descent, T, Backend>) descent_.on_ascent(layout_, a, inv);
+    if constexpr (ascent_hook<descent_state_type, T, Backend>) descent_state_.on_ascent(layout_, a, inv);
     if constexpr (ascent_hook<typename Regularizer::template state<T, Backend>, T, Backend>)
       reg_state_.on_ascent(layout_, a, inv);
+  }
+
+  /// This step's ρ: the perturbation's, or the descent rule's ρ_t (`radius`, descent/state.hpp).
+  double radius() const {
+    if constexpr (requires { descent_.radius(perturb_.rho, base_); }) {
+      const double r = descent_.radius(perturb_.rho, base_);
+      detail::check_option<T>("descent", "radius(rho, base)", r, detail::domain::non_negative);
+      return r;
+    } else {
+      return perturb_.rho;
+    }
   }
 
   term_type term() const { return perturb_.template term<T>(base_state_, steps_); }
@@ -541,6 +574,7 @@ class sharpness_aware {
     base_state_.visit(f);
     mask_state_.visit(f);
     if constexpr (requires { reg_state_.visit(f); }) reg_state_.visit(f);
+    if constexpr (requires { descent_state_.visit(f); }) descent_state_.visit(f);
   }
 
   /// What a checkpoint must match: element type, composition identity, parameter table.
@@ -551,7 +585,8 @@ class sharpness_aware {
     h.grad_size = sizeof(G);
     h.identity = "sharpness_aware<" + checkpoint::name_of(perturb_) + ", " +
                  checkpoint::name_of(mask_, mask_state_) + ", " + checkpoint::name_of(base_, base_state_) +
-                 ", " + checkpoint::name_of(descent_) + ", " + checkpoint::name_of(reg_, reg_state_) + ">";
+                 ", " + checkpoint::name_of(descent_, descent_state_) + ", " +
+                 checkpoint::name_of(reg_, reg_state_) + ">";
     h.numel = layout_.numel();
     const auto& ts = layout_.host_tensors();
     h.tensors.reserve(ts.size());
@@ -590,6 +625,7 @@ class sharpness_aware {
   typename Base::template state<T, Backend> base_state_;
   mask_state_type mask_state_;
   typename Regularizer::template state<T, Backend> reg_state_;
+  descent_state_type descent_state_;
   typename Backend::template vector<W> saved_;  ///< a copy of the perturbed weights, in W
   std::vector<std::string> names_;  ///< tensor names: the checkpoint's parameter table, lookups by name
   std::size_t perturbable_ = 0;
