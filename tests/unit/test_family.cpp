@@ -5,9 +5,11 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <limits>
 #include <sstream>
 #include <vector>
 
+#include <flatmin/algorithms/friendly_sam.hpp>
 #include <flatmin/algorithms/gsam.hpp>
 #include <flatmin/algorithms/looksam.hpp>
 #include <flatmin/algorithms/wsam.hpp>
@@ -122,6 +124,42 @@ void against(model<T>& m, Opt& opt, Ref step_ref, const quadratic& q, int steps,
     CHECK(ql.calls - before == calls_at(static_cast<std::size_t>(s)));
     FLATMIN_CHECK_CLOSE(m.weights(), w, tol);
   }
+}
+
+/// The float64 Friendly-SAM step, re-deriving nblt/F-SAM utils.py (at 0867879),
+/// FriendlySAM.first_step: m set to the first g (that step perturbs along g), afterwards
+/// d = g − σ·m, then m ← λ·m + (1−λ)·g with the RAW g; ε = ρ d/(‖d‖ + 1e-12); then SAM's descent.
+struct friendly_ref {
+  double rho, xi, sigma, lambda;
+  ref::vec m{};
+  template <class Base>
+  void step(ref::vec& w, const ref::opts_vec& o, Base& base, quadratic& q) {
+    const ref::vec g = q.grad(w);
+    const ref::vec d = m.empty() ? g : axpy(g, -sigma, m);
+    if (m.empty())
+      m = g;
+    else
+      for (std::size_t i = 0; i < m.size(); ++i) m[i] = lambda * m[i] + (1 - lambda) * g[i];
+    base.step(w, q.grad(axpy(w, 1, ref::sam_epsilon(d, o, rho, xi))), o);
+  }
+};
+
+template <class Backend, class T>
+void friendly_case(int steps, bool closure, std::uint64_t seed) {
+  const flatmin::base::sgd base{.lr = 0.05, .momentum = 0.9, .weight_decay = 0.01};
+  model<T> m(family_layout, test_space<Backend>);
+  m.set_weights(random_vec(m.numel, seed));
+  const auto q = quadratic::random(m.numel, seed, 0.5, 2.0, 0.3);
+  auto opt = flatmin::friendly_sam<Backend>(m.params, base, {.rho = 0.1, .sigma = 0.8, .lambda = 0.6});
+  ref::sgd rb = to_ref(base);
+  friendly_ref r{0.1, 1e-12, 0.8, 0.6};
+  against(
+      m, opt, [&](ref::vec& w, quadratic& qr) { r.step(w, m.opts, rb, qr); }, q, steps, closure,
+      [](std::size_t) { return 2u; }, std::is_same_v<T, float> ? 2e-5 : 1e-11);
+  CHECK(opt.perturbation_state().has_momentum());
+  const auto mom = opt.perturbation_state().momentum();
+  const double tol = std::is_same_v<T, float> ? 2e-5 : 1e-11;
+  FLATMIN_CHECK_CLOSE(ref::vec(mom.begin(), mom.end()), r.m, tol);
 }
 
 template <class Backend, class T>
@@ -266,7 +304,73 @@ TEST_CASE_TEMPLATE("LookSAM: g_v and its norm go through a checkpoint; the resum
   CHECK(bitwise_equal(m2.raw_weights(), want));
 }
 
-TEST_CASE("GSAM, WSAM, LookSAM: every option reaches its policy; the official presets") {
+TEST_CASE_TEMPLATE("Friendly-SAM: 1 and 20 steps against nblt/F-SAM's FriendlySAM re-derived in float64",
+                   Backend, FLATMIN_TEST_BACKENDS) {
+  friendly_case<Backend, float>(1, true, 1641);
+  friendly_case<Backend, double>(1, false, 1642);
+  friendly_case<Backend, float>(20, false, 1643);
+  friendly_case<Backend, double>(20, true, 1644);
+}
+
+TEST_CASE_TEMPLATE("Friendly-SAM: the EMA goes through a checkpoint; a skipped or cancelled step leaves it",
+                   Backend, FLATMIN_TEST_BACKENDS) {
+  using T = double;
+  const flatmin::base::sgd base{.lr = 0.05, .momentum = 0.9};
+  const flatmin::friendly_sam_options o{.rho = 0.1, .lambda = 0.6};
+  model<T> m(family_layout, test_space<Backend>);
+  m.set_weights(random_vec(m.numel, 1651));
+  auto q = quadratic::random(m.numel, 1651, 0.5, 2.0, 0.3);
+  auto opt = flatmin::friendly_sam<Backend>(m.params, base, o);
+  for (int s = 0; s < 3; ++s) opt.step(q.objective(m));
+  const auto m3 = opt.perturbation_state().momentum();
+  // a cancelled ascent and a step skipped for a non-finite g_adv leave m as it was
+  q.eval(m);
+  opt.ascend();
+  opt.cancel();
+  CHECK(bitwise_equal(opt.perturbation_state().momentum(), m3));
+  opt.ascend();
+  m.g[0][0] = std::numeric_limits<T>::quiet_NaN();
+  CHECK(opt.descend().skipped);
+  CHECK(bitwise_equal(opt.perturbation_state().momentum(), m3));
+
+  std::stringstream ck;
+  opt.save(ck);
+  const auto w3 = m.raw_weights();
+  const quadratic q3 = q;
+  for (int s = 0; s < 3; ++s) opt.step(q.objective(m));
+  const auto want = m.raw_weights();
+
+  model<T> m2(family_layout, test_space<Backend>);
+  m2.set_raw_weights(w3);
+  auto q2 = q3;
+  auto resumed = flatmin::friendly_sam<Backend>(m2.params, base, o);
+  resumed.load(ck);
+  CHECK(resumed.perturbation_state().has_momentum());
+  CHECK(bitwise_equal(resumed.perturbation_state().momentum(), m3));
+  for (int s = 0; s < 3; ++s) resumed.step(q2.objective(m2));
+  CHECK(bitwise_equal(m2.raw_weights(), want));
+}
+
+TEST_CASE_TEMPLATE("Friendly-SAM under a schedule: a step left unperturbed leaves the EMA", Backend,
+                   FLATMIN_TEST_BACKENDS) {
+  using T = double;
+  model<T> m(family_layout, test_space<Backend>);
+  m.set_weights(random_vec(m.numel, 1661));
+  auto q = quadratic::random(m.numel, 1661, 0.5, 2.0, 0.3);
+  const flatmin::friendly_sam_options o{.rho = 0.1, .lambda = 0.6};
+  flatmin::friendly_sam_t<T, flatmin::base::sgd, Backend, flatmin::schedule::every_k> opt(
+      m.params, o.compose(flatmin::base::sgd{.lr = 0.05}, flatmin::schedule::every_k{.k = 2}));
+  std::vector<std::vector<T>> ms;
+  for (int s = 1; s <= 4; ++s) {
+    CHECK(opt.step(q.objective(m)).perturbed == (s % 2 == 1));
+    ms.push_back(opt.perturbation_state().momentum());
+  }
+  CHECK(bitwise_equal(ms[1], ms[0]));  // step 2 is a base step: m_2 = m_1
+  CHECK_FALSE(bitwise_equal(ms[2], ms[1]));
+  CHECK(bitwise_equal(ms[3], ms[2]));
+}
+
+TEST_CASE("GSAM, WSAM, LookSAM, Friendly-SAM: every option reaches its policy; the official presets") {
   std::vector<double> w(6, 0.5), g(6, 0.0);
   flatmin::param_set<double> ps;
   ps.add("w", w, g);
@@ -308,6 +412,18 @@ TEST_CASE("GSAM, WSAM, LookSAM: every option reaches its policy; the official pr
     CHECK(off.descent().decouple);
     CHECK(off.perturbation().rho == 0.05);
     CHECK_THROWS_AS(flatmin::wsam(ps, sgd, {.gamma = 1.0}), std::invalid_argument);
+  }
+  {
+    auto o = flatmin::friendly_sam(ps, sgd, {.rho = 0.3, .xi = 1e-9, .sigma = 0.5, .lambda = 0.25});
+    CHECK(o.perturbation().rho == 0.3);
+    CHECK(o.perturbation().xi == 1e-9);
+    CHECK(o.perturbation().sigma == 0.5);
+    CHECK(o.perturbation().lambda == 0.25);
+    auto off = flatmin::friendly_sam(ps, sgd, flatmin::official);  // FriendlySAM.__init__ defaults
+    CHECK(off.perturbation().rho == 0.05);
+    CHECK(off.perturbation().sigma == 1.0);
+    CHECK(off.perturbation().lambda == 0.9);
+    CHECK_THROWS_AS(flatmin::friendly_sam(ps, sgd, {.lambda = 1.5}), std::invalid_argument);
   }
   {
     auto o = flatmin::looksam(ps, sgd, {.rho = 0.3, .xi = 1e-9, .k = 7, .alpha = 0.2});

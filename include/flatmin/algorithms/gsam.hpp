@@ -43,7 +43,7 @@ struct gsam_preset_options {
       Base base, Schedule schedule = {}) const {
     double hi = lr_max, lo = lr_min;
     if (lr_min_fraction > 0 && hi == 0 && lo == 0) {
-      hi = descent::detail::lr_of(base);
+      hi = flatmin::detail::lr_of(base);
       lo = lr_min_fraction * hi;
     }
     return {.base = std::move(base),

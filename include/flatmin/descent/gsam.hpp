@@ -70,7 +70,7 @@ struct gsam {
   template <class Base>
   double radius(double rho, const Base& base) const {
     if (lr_max == lr_min) return rho;
-    return rho_min + (rho - rho_min) * (detail::lr_of(base) - lr_min) / (lr_max - lr_min);
+    return rho_min + (rho - rho_min) * (flatmin::detail::lr_of(base) - lr_min) / (lr_max - lr_min);
   }
 
   template <class T, class Backend>

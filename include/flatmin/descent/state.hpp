@@ -22,7 +22,7 @@
 ///
 /// A descent policy may also give `radius(double rho, const Base&)`: the ρ of this step's ascent
 /// in place of the perturbation's (GSAM's ρ_t following the base learning rate).
-/// A descent rule without `state` gets `no_state`: the optimizer then runs exactly as before
+/// A descent rule without `state` gets `no_descent_state`: the optimizer then runs exactly as before
 /// (the same passes, the same bits).
 
 #include <cstddef>
@@ -41,25 +41,27 @@ struct step_context {
   double inv_scale = 1;    ///< 1 / grad_scale (the views hold the scaled gradient)
 };
 
-namespace detail {
+}  // namespace flatmin::descent
+
+namespace flatmin::detail {
 
 /// The state of a descent rule that has none.
 template <class D, class T, class Backend>
-struct no_state {
-  no_state(const D&, const backend::layout<T, Backend>&) {}
+struct no_descent_state {
+  no_descent_state(const D&, const backend::layout<T, Backend>&) {}
 };
 
 template <class D, class T, class Backend>
-struct state_of {
-  using type = no_state<D, T, Backend>;
+struct descent_state_of {
+  using type = no_descent_state<D, T, Backend>;
 };
 template <class D, class T, class Backend>
   requires requires { typename D::template state<T, Backend>; }
-struct state_of<D, T, Backend> {
+struct descent_state_of<D, T, Backend> {
   using type = typename D::template state<T, Backend>;
 };
 template <class D, class T, class Backend>
-using state_of_t = typename state_of<D, T, Backend>::type;
+using descent_state_of_t = typename descent_state_of<D, T, Backend>::type;
 
 /// The descent rule's adjust, then the regularizer's: g' = reg(w, rule(w, g, e), e).
 template <class T, class Rule, class Reg>
@@ -81,6 +83,4 @@ double lr_of(const Base& b) {
     return 0.0;
 }
 
-}  // namespace detail
-
-}  // namespace flatmin::descent
+}  // namespace flatmin::detail

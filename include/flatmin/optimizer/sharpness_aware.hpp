@@ -15,6 +15,9 @@
 /// The Schedule (schedule/) decides per step whether to perturb; on a step it leaves unperturbed
 /// the objective is called once and the base step applies to g. A descent rule or regularizer with
 /// an ascent-time hook (`ascent_hook`, concepts/roles.hpp) sees g and its statistics before w moves.
+/// A descent rule with state (descent/state.hpp: GSAM, WSAM, LookSAM) also adjusts the gradient the
+/// base step takes, in the same fused pass, and may set this step's ρ (`radius`). A perturbation
+/// with state (perturb/state.hpp: Friendly-SAM's EMA) builds the ascent's term from it.
 ///
 /// Two protocols: `ascend()` / `descend()` around the caller's own backward pass, or
 /// `step(objective)`. Misuse throws `usage_error` and leaves the weights as they were.
@@ -46,6 +49,7 @@
 #include "../mask/detail/pass_target.hpp"
 #include "../params/param_set.hpp"
 #include "../params/precision.hpp"
+#include "../perturb/state.hpp"
 #include "../regularize/none.hpp"
 #include "../schedule/always.hpp"
 #include "checkpoint.hpp"
@@ -127,6 +131,7 @@ class sharpness_aware {
         mask_state_(mask_, layout_),
         reg_state_(reg_, layout_),
         descent_state_(descent_, layout_),
+        perturb_state_(perturb_, layout_),
         saved_(Backend::template make_vector<W>(perturbs ? mask_state_.saved_size(layout_) : 0)),
         names_(names_of(params)) {
     validate();
@@ -248,15 +253,17 @@ class sharpness_aware {
     auto update = base_state_.prepare(base_, t);
     if constexpr (requires { descent_state_.prepare(descent_, layout_, descent::step_context{}); }) {
       // a descent rule with state (descent/state.hpp): its adjust first, then the regularizer's
-      const descent::step_context ctx{t, perturbed, descent::detail::lr_of(base_), static_cast<double>(inv)};
+      const descent::step_context ctx{t, perturbed, detail::lr_of(base_), static_cast<double>(inv)};
       auto rule = descent_state_.prepare(descent_, layout_, ctx);
-      descend_pass(descent::detail::chained_adjust<T, decltype(rule), decltype(adjust)>{rule, adjust}, update,
+      descend_pass(detail::chained_adjust<T, decltype(rule), decltype(adjust)>{rule, adjust}, update,
                    inv, perturbed);
       if constexpr (requires { descent_state_.finish(descent_, layout_, ctx); })
         descent_state_.finish(descent_, layout_, ctx);
     } else {
       descend_pass(adjust, update, inv, perturbed);
     }
+    if constexpr (requires { perturb_state_.commit_step(); })
+      if (perturbed) perturb_state_.commit_step();
     mask_commit();
     steps_ = t;
     phase_ = phase::idle;
@@ -333,13 +340,16 @@ class sharpness_aware {
   /// Mutable mask state (e.g. `add_example()` of `mask::fisher` in the two-call protocol).
   typename Mask::template state<T, Backend>& mask_state() { return mask_state_; }
   const typename Regularizer::template state<T, Backend>& regularizer_state() const { return reg_state_; }
-  /// The descent rule's state (descent/state.hpp; `no_state` for a rule without one).
-  const descent::detail::state_of_t<Descent, T, Backend>& descent_state() const { return descent_state_; }
+  /// The descent rule's state (descent/state.hpp; `no_descent_state` for a rule without one).
+  const detail::descent_state_of_t<Descent, T, Backend>& descent_state() const { return descent_state_; }
+  /// The perturbation's state (perturb/state.hpp; `no_perturb_state` for a perturbation without one).
+  const detail::perturb_state_of_t<Perturb, T, Backend>& perturbation_state() const { return perturb_state_; }
 
   /// Bytes of optimizer state beyond the base optimizer's (saved weights, mask state).
   std::size_t extra_state_bytes() const {
     std::size_t d = 0;
     if constexpr (requires { descent_state_.bytes(); }) d = descent_state_.bytes();
+    if constexpr (requires { perturb_state_.bytes(); }) d += perturb_state_.bytes();
     return saved_.size() * sizeof(W) + mask_state_.bytes() + d;
   }
   /// Bytes of the base optimizer's state.
@@ -418,6 +428,7 @@ class sharpness_aware {
     auto st = checkpoint::read<Backend>(is, checkpoint_header(), [&](auto&& f) { visit_state(f); });
     if constexpr (requires { base_state_.check_load(st); }) base_state_.check_load(st);
     if constexpr (requires { descent_state_.check_load(st); }) descent_state_.check_load(st);
+    if constexpr (requires { perturb_state_.check_load(st); }) perturb_state_.check_load(st);
     if constexpr (requires { mask_state_.check_load(st); }) {
       auto loaded = mask_state_.check_load(st);
       commit_load(st, loaded.saved_size, [&]() noexcept { mask_state_.after_load(loaded); });
@@ -428,11 +439,12 @@ class sharpness_aware {
 
  private:
   enum class phase { idle, ascended, skipped, unperturbed };  // unperturbed: the schedule's choice
-  using descent_state_type = descent::detail::state_of_t<Descent, T, Backend>;
+  using descent_state_type = detail::descent_state_of_t<Descent, T, Backend>;
   using mask_state_type = typename Mask::template state<T, Backend>;
   using mask_view = decltype(std::declval<const mask_state_type&>().get_view());
-  using term_type = decltype(std::declval<const Perturb&>().template term<T>(
-      std::declval<const typename Base::template state<T, Backend>&>(), std::size_t{}));
+  using perturb_state_type = detail::perturb_state_of_t<Perturb, T, Backend>;
+  using term_type =
+      typename detail::perturb_term_of<Perturb, T, Backend, typename Base::template state<T, Backend>>::type;
 
   /// Cancels the step (w restored bit-exactly, idle) when the scope it guards is left by an
   /// exception; a no-op when idle (a path that restored before throwing) or on a normal exit.
@@ -497,6 +509,8 @@ class sharpness_aware {
     const ascent_stats a{steps_ + 1, s.g2, s.n2, scale, scale * std::sqrt(s.d2)};
     if constexpr (ascent_hook<Descent, T, Backend>) descent_.on_ascent(layout_, a, inv);
     if constexpr (ascent_hook<descent_state_type, T, Backend>) descent_state_.on_ascent(layout_, a, inv);
+    if constexpr (requires { perturb_state_.on_ascent(perturb_, layout_, a, inv); })
+      perturb_state_.on_ascent(perturb_, layout_, a, inv);
     if constexpr (ascent_hook<typename Regularizer::template state<T, Backend>, T, Backend>)
       reg_state_.on_ascent(layout_, a, inv);
   }
@@ -512,7 +526,12 @@ class sharpness_aware {
     }
   }
 
-  term_type term() const { return perturb_.template term<T>(base_state_, steps_); }
+  term_type term() const {
+    if constexpr (requires { perturb_state_.term(perturb_, base_state_, steps_); })
+      return perturb_state_.term(perturb_, base_state_, steps_);  // a perturbation with state
+    else
+      return perturb_.template term<T>(base_state_, steps_);
+  }
 
   // A mask's step-local state (a refresh, Fisher sums) becomes its state only when a step is applied.
   void mask_commit() {
@@ -575,6 +594,7 @@ class sharpness_aware {
     mask_state_.visit(f);
     if constexpr (requires { reg_state_.visit(f); }) reg_state_.visit(f);
     if constexpr (requires { descent_state_.visit(f); }) descent_state_.visit(f);
+    if constexpr (requires { perturb_state_.visit(f); }) perturb_state_.visit(f);
   }
 
   /// What a checkpoint must match: element type, composition identity, parameter table.
@@ -583,7 +603,7 @@ class sharpness_aware {
     h.element_size = sizeof(T);
     h.weight_size = sizeof(W);
     h.grad_size = sizeof(G);
-    h.identity = "sharpness_aware<" + checkpoint::name_of(perturb_) + ", " +
+    h.identity = "sharpness_aware<" + checkpoint::name_of(perturb_, perturb_state_) + ", " +
                  checkpoint::name_of(mask_, mask_state_) + ", " + checkpoint::name_of(base_, base_state_) +
                  ", " + checkpoint::name_of(descent_, descent_state_) + ", " +
                  checkpoint::name_of(reg_, reg_state_) + ">";
@@ -626,6 +646,7 @@ class sharpness_aware {
   mask_state_type mask_state_;
   typename Regularizer::template state<T, Backend> reg_state_;
   descent_state_type descent_state_;
+  perturb_state_type perturb_state_;
   typename Backend::template vector<W> saved_;  ///< a copy of the perturbed weights, in W
   std::vector<std::string> names_;  ///< tensor names: the checkpoint's parameter table, lookups by name
   std::size_t perturbable_ = 0;
