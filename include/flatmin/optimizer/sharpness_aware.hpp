@@ -345,7 +345,8 @@ class sharpness_aware {
   /// The perturbation's state (perturb/state.hpp; `no_perturb_state` for a perturbation without one).
   const detail::perturb_state_of_t<Perturb, T, Backend>& perturbation_state() const { return perturb_state_; }
 
-  /// Bytes of optimizer state beyond the base optimizer's (saved weights, mask state).
+  /// Bytes of optimizer state beyond the base optimizer's (saved weights, mask state, the state
+  /// of a descent rule or perturbation that has one).
   std::size_t extra_state_bytes() const {
     std::size_t d = 0;
     if constexpr (requires { descent_state_.bytes(); }) d = descent_state_.bytes();
