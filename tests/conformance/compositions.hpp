@@ -61,6 +61,11 @@ struct config<perturb::adaptive> {
 };
 
 template <>
+struct config<perturb::friendly> {
+  static perturb::friendly make() { return {.rho = 0.02}; }
+};
+
+template <>
 struct config<schedule::every_k> {
   static schedule::every_k make() { return {.k = 3}; }
 };
@@ -81,6 +86,10 @@ struct plain_hooks {
   /// e.g. a mask's gradient accumulator, advanced by the abandoned ascend). A composition whose
   /// policy documents otherwise sets this to false.
   static constexpr bool cancel_leaves_no_trace = true;
+  /// descend() applies the base step to the gradient in the views (g_adv), as the base optimizer
+  /// alone would. False for a descent rule with state that changes that gradient (GSAM, WSAM,
+  /// LookSAM: tests/unit/test_family.cpp checks their descent against float64 instead).
+  static constexpr bool descent_is_base_on_g_adv = true;
   /// The objective of the closure protocol, step(objective).
   template <class T, class Problem>
   static auto objective(Problem& p, model<T>& m) {
@@ -219,6 +228,12 @@ struct functional_hooks : plain_hooks {
   static void second_gradient(Problem&, model<T>&) {}
 };
 
+/// A descent rule with state (descent/state.hpp): the base step is taken on the rule's gradient,
+/// not on g_adv, so the restore check compares the weights restored by cancel() only.
+struct rule_hooks : plain_hooks {
+  static constexpr bool descent_is_base_on_g_adv = false;
+};
+
 /// BAR (regularize::balancedness) needs LoRA pairs: the optimizer (and the base-alone optimizer it
 /// is compared with) is built over a copy of the views in which the model's first and last tensors
 /// (fc1.weight, fc2.weight in the conformance layout) are registered as one pair. The pair is not
@@ -308,7 +323,13 @@ using compositions = std::tuple<
     composition<perturb::none,           mask::dense, base::sgd,   descent::standard, regularize::balancedness, lora_pair_hooks>,
     composition<perturb::none,           mask::dense, base::adamw, descent::standard, regularize::balancedness, lora_pair_hooks>,
     // issue 11: a schedule (SAM on steps 1, 4, 7, ..., the base step alone in between)
-    composition<perturb::l2,             mask::dense, base::sgd,   descent::standard, regularize::none, plain_hooks, schedule::every_k>
+    composition<perturb::l2,             mask::dense, base::sgd,   descent::standard, regularize::none, plain_hooks, schedule::every_k>,
+    // issue 16: GSAM, WSAM (decoupled), LookSAM (SAM on steps 1, 4, 7, ..., one gradient in between)
+    composition<perturb::l2,             mask::dense, base::sgd,   descent::gsam,     regularize::none, rule_hooks>,
+    composition<perturb::l2,             mask::dense, base::adam,  descent::wsam,     regularize::none, rule_hooks>,
+    composition<perturb::l2,             mask::dense, base::sgd,   descent::looksam,  regularize::none, rule_hooks, schedule::every_k>,
+    // issue 16: Friendly-SAM (a perturbation with state)
+    composition<perturb::friendly,       mask::dense, base::sgd>
 >;
 // clang-format on
 

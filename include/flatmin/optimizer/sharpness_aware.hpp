@@ -15,6 +15,9 @@
 /// The Schedule (schedule/) decides per step whether to perturb; on a step it leaves unperturbed
 /// the objective is called once and the base step applies to g. A descent rule or regularizer with
 /// an ascent-time hook (`ascent_hook`, concepts/roles.hpp) sees g and its statistics before w moves.
+/// A descent rule with state (descent/state.hpp: GSAM, WSAM, LookSAM) also adjusts the gradient the
+/// base step takes, in the same fused pass, and may set this step's ρ (`radius`). A perturbation
+/// with state (perturb/state.hpp: Friendly-SAM's EMA) builds the ascent's term from it.
 ///
 /// Two protocols: `ascend()` / `descend()` around the caller's own backward pass, or
 /// `step(objective)`. Misuse throws `usage_error` and leaves the weights as they were.
@@ -40,11 +43,13 @@
 #include "../backend/layout.hpp"
 #include "../concepts/roles.hpp"
 #include "../descent/standard.hpp"
+#include "../descent/state.hpp"
 #include "../kernels/sam_passes.hpp"
 #include "../mask/dense.hpp"
 #include "../mask/detail/pass_target.hpp"
 #include "../params/param_set.hpp"
 #include "../params/precision.hpp"
+#include "../perturb/state.hpp"
 #include "../regularize/none.hpp"
 #include "../schedule/always.hpp"
 #include "checkpoint.hpp"
@@ -128,6 +133,8 @@ class sharpness_aware {
         base_state_(base_, layout_.numel()),
         mask_state_(mask_, layout_),
         reg_state_(reg_, layout_),
+        descent_state_(descent_, layout_),
+        perturb_state_(perturb_, layout_),
         saved_(Backend::template make_vector<W>(perturbs ? mask_state_.saved_size(layout_) : 0)),
         names_(names_of(params)),
         store_(options_, layout_) {
@@ -184,7 +191,7 @@ class sharpness_aware {
         s = stats(inv);
       }
       const double denom = std::sqrt(s.n2) + perturb_.xi;
-      double scale = denom > 0 ? perturb_.rho * mask_state_.radius_scale() / denom : 0.0;
+      double scale = denom > 0 ? radius() * mask_state_.radius_scale() / denom : 0.0;
       // With ξ = 0 a vanishing (subnormal) g makes ρ/‖g‖ overflow T: treat it as g = 0 (ε = 0)
       // rather than write an infinite ε into the weights.
       if (!(scale <= static_cast<double>(std::numeric_limits<T>::max()))) scale = 0.0;
@@ -254,7 +261,19 @@ class sharpness_aware {
     const std::size_t t = steps_ + 1;
     auto adjust = reg_state_.prepare(reg_, layout_, t, inv);
     auto update = base_state_.prepare(base_, t);
-    descend_pass(adjust, update, inv, perturbed);
+    if constexpr (requires { descent_state_.prepare(descent_, layout_, descent::step_context{}); }) {
+      // a descent rule with state (descent/state.hpp): its adjust first, then the regularizer's
+      const descent::step_context ctx{t, perturbed, detail::lr_of(base_), static_cast<double>(inv)};
+      auto rule = descent_state_.prepare(descent_, layout_, ctx);
+      descend_pass(detail::chained_adjust<T, decltype(rule), decltype(adjust)>{rule, adjust}, update,
+                   inv, perturbed);
+      if constexpr (requires { descent_state_.finish(descent_, layout_, ctx); })
+        descent_state_.finish(descent_, layout_, ctx);
+    } else {
+      descend_pass(adjust, update, inv, perturbed);
+    }
+    if constexpr (requires { perturb_state_.commit_step(); })
+      if (perturbed) perturb_state_.commit_step();
     mask_commit();
     steps_ = t;
     phase_ = phase::idle;
@@ -342,10 +361,18 @@ class sharpness_aware {
   /// Mutable mask state (e.g. `add_example()` of `mask::fisher` in the two-call protocol).
   typename Mask::template state<T, Backend>& mask_state() { return mask_state_; }
   const typename Regularizer::template state<T, Backend>& regularizer_state() const { return reg_state_; }
+  /// The descent rule's state (descent/state.hpp; `no_descent_state` for a rule without one).
+  const detail::descent_state_of_t<Descent, T, Backend>& descent_state() const { return descent_state_; }
+  /// The perturbation's state (perturb/state.hpp; `no_perturb_state` for a perturbation without one).
+  const detail::perturb_state_of_t<Perturb, T, Backend>& perturbation_state() const { return perturb_state_; }
 
-  /// Bytes of optimizer state beyond the base optimizer's (saved weights, mask state, master weights).
+  /// Bytes of optimizer state beyond the base optimizer's (saved weights, mask state, master weights,
+  /// the state of a descent rule or perturbation that has one).
   std::size_t extra_state_bytes() const {
-    return saved_.size() * sizeof(W) + mask_state_.bytes() + store_.bytes();
+    std::size_t d = 0;
+    if constexpr (requires { descent_state_.bytes(); }) d = descent_state_.bytes();
+    if constexpr (requires { perturb_state_.bytes(); }) d += perturb_state_.bytes();
+    return saved_.size() * sizeof(W) + mask_state_.bytes() + store_.bytes() + d;
   }
 
   /// With `options().master_weights`: the master copy ← the user's (16-bit) weights. Call it after
@@ -437,6 +464,8 @@ class sharpness_aware {
     const auto scaler_after = [&]() noexcept {
       if (scaling_) scaler_.after_load();
     };
+    if constexpr (requires { descent_state_.check_load(st); }) descent_state_.check_load(st);
+    if constexpr (requires { perturb_state_.check_load(st); }) perturb_state_.check_load(st);
     if constexpr (requires { mask_state_.check_load(st); }) {
       auto loaded = mask_state_.check_load(st);
       commit_load(st, loaded.saved_size, [&]() noexcept {
@@ -450,10 +479,12 @@ class sharpness_aware {
 
  private:
   enum class phase { idle, ascended, skipped, unperturbed };  // unperturbed: the schedule's choice
+  using descent_state_type = detail::descent_state_of_t<Descent, T, Backend>;
   using mask_state_type = typename Mask::template state<T, Backend>;
   using mask_view = decltype(std::declval<const mask_state_type&>().get_view());
-  using term_type = decltype(std::declval<const Perturb&>().template term<T>(
-      std::declval<const typename Base::template state<T, Backend>&>(), std::size_t{}));
+  using perturb_state_type = detail::perturb_state_of_t<Perturb, T, Backend>;
+  using term_type =
+      typename detail::perturb_term_of<Perturb, T, Backend, typename Base::template state<T, Backend>>::type;
 
   /// Cancels the step (w restored bit-exactly, idle) when the scope it guards is left by an
   /// exception; a no-op when idle (a path that restored before throwing) or on a normal exit.
@@ -500,6 +531,7 @@ class sharpness_aware {
   /// The options (mutable between steps) against the rules and against the state built from them.
   void validate() const {
     check_options(base_, perturb_, mask_, options_, descent_, reg_, schedule_);
+    static_cast<void>(radius());  // a bad ρ_t throws here, before the ascent changes anything
     if constexpr (requires { base_state_.check(base_); }) base_state_.check(base_);
     if constexpr (requires { mask_state_.check(mask_); }) mask_state_.check(mask_);
     store_.check(options_);
@@ -539,11 +571,30 @@ class sharpness_aware {
   void on_ascent(const kernels::grad_stats& s, double scale, T inv) {
     const ascent_stats a{steps_ + 1, s.g2, s.n2, scale, scale * std::sqrt(s.d2)};
     if constexpr (ascent_hook<Descent, T, Backend>) descent_.on_ascent(layout_, a, inv);
+    if constexpr (ascent_hook<descent_state_type, T, Backend>) descent_state_.on_ascent(layout_, a, inv);
+    if constexpr (requires { perturb_state_.on_ascent(perturb_, layout_, a, inv); })
+      perturb_state_.on_ascent(perturb_, layout_, a, inv);
     if constexpr (ascent_hook<typename Regularizer::template state<T, Backend>, T, Backend>)
       reg_state_.on_ascent(layout_, a, inv);
   }
 
-  term_type term() const { return perturb_.template term<T>(base_state_, steps_); }
+  /// This step's ρ: the perturbation's, or the descent rule's ρ_t (`radius`, descent/state.hpp).
+  double radius() const {
+    if constexpr (requires { descent_.radius(perturb_.rho, base_); }) {
+      const double r = descent_.radius(perturb_.rho, base_);
+      detail::check_option<T>("descent", "radius(rho, base)", r, detail::domain::non_negative);
+      return r;
+    } else {
+      return perturb_.rho;
+    }
+  }
+
+  term_type term() const {
+    if constexpr (requires { perturb_state_.term(perturb_, base_state_, steps_); })
+      return perturb_state_.term(perturb_, base_state_, steps_);  // a perturbation with state
+    else
+      return perturb_.template term<T>(base_state_, steps_);
+  }
 
   // A mask's step-local state (a refresh, Fisher sums) becomes its state only when a step is applied.
   void mask_commit() {
@@ -610,6 +661,8 @@ class sharpness_aware {
     if constexpr (requires { reg_state_.visit(f); }) reg_state_.visit(f);
     store_.visit(f);
     if (scaling_) scaler_.visit(f);
+    if constexpr (requires { descent_state_.visit(f); }) descent_state_.visit(f);
+    if constexpr (requires { perturb_state_.visit(f); }) perturb_state_.visit(f);
   }
 
   /// What a checkpoint must match: element type, composition identity, parameter table.
@@ -618,10 +671,10 @@ class sharpness_aware {
     h.element_size = sizeof(T);
     h.weight_size = checkpoint::type_code<W>();
     h.grad_size = checkpoint::type_code<G>();
-    h.identity = "sharpness_aware<" + checkpoint::name_of(perturb_) + ", " +
+    h.identity = "sharpness_aware<" + checkpoint::name_of(perturb_, perturb_state_) + ", " +
                  checkpoint::name_of(mask_, mask_state_) + ", " + checkpoint::name_of(base_, base_state_) +
-                 ", " + checkpoint::name_of(descent_) + ", " + checkpoint::name_of(reg_, reg_state_) + ">" +
-                 (scaling_ ? " with dynamic_loss_scale" : "");
+                 ", " + checkpoint::name_of(descent_, descent_state_) + ", " +
+                 checkpoint::name_of(reg_, reg_state_) + ">" + (scaling_ ? " with dynamic_loss_scale" : "");
     h.numel = layout_.numel();
     const auto& ts = layout_.host_tensors();
     h.tensors.reserve(ts.size());
@@ -662,6 +715,8 @@ class sharpness_aware {
   typename Base::template state<T, Backend> base_state_;
   mask_state_type mask_state_;
   typename Regularizer::template state<T, Backend> reg_state_;
+  descent_state_type descent_state_;
+  perturb_state_type perturb_state_;
   typename Backend::template vector<W> saved_;  ///< a copy of the perturbed weights, in W
   std::vector<std::string> names_;  ///< tensor names: the checkpoint's parameter table, lookups by name
   detail::weight_store<W, T, Backend> store_;  ///< 16-bit weights: master copy, rounding (weight_store.hpp)
