@@ -23,11 +23,16 @@ namespace flatmin {
 /// Options of the optimizer itself (not of a policy).
 struct optimizer_options {
   nonfinite on_nonfinite = nonfinite::skip;  ///< skip the step (default) or throw
+  /// Global-norm clipping of the descent gradient (optimizer/clip.hpp): 0 = off; else g_adv, after
+  /// unscaling, is scaled by min(1, clip_grad_norm / (‖g_adv‖ + 1e-6)) before the base step.
+  double clip_grad_norm = 0;
 
   void validate() const {
     detail::check_option(on_nonfinite == nonfinite::skip || on_nonfinite == nonfinite::raise,
                          "optimizer_options", "on_nonfinite", static_cast<double>(on_nonfinite),
                          "nonfinite::skip or nonfinite::raise");
+    detail::check_option<double>("optimizer_options", "clip_grad_norm", clip_grad_norm,
+                                 detail::domain::non_negative);
   }
 };
 
