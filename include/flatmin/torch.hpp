@@ -16,6 +16,9 @@
 /// half come with mixed precision; CUDA tensors are refused (`usage_error`): they need
 /// `backend::thrust` compiled by nvcc and the current CUDA stream, not bound here yet.
 ///
+/// The wrapper is a torch::optim::Optimizer: param groups (per-group lr and weight decay, as the
+/// core's per-tensor multipliers), LRSchedulers, and save / load through torch::serialize archives.
+///
 /// Safety: torch may free or replace the memory of a parameter or gradient behind flatmin's back
 /// (`zero_grad(set_to_none=true)`, `p.mutable_grad() = {}`, `module->to(...)`, `torch::load`, a
 /// backward with create_graph). The binding keeps a reference to every storage it registered, so
@@ -24,15 +27,22 @@
 /// device or layout changed. `rebind()` re-points after such a change (same names and sizes).
 
 #include <torch/nn/module.h>
+#include <torch/optim/optimizer.h>
+#include <torch/serialize/archive.h>
 #include <torch/types.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <memory>
 #include <functional>
 #include <map>
 #include <optional>
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -68,15 +78,34 @@ namespace detail {
 
 inline std::string quote(const std::string& s) { return flatmin::detail::quote(s); }
 
+/// The dtype mapping, in one place: flatmin element type T ↔ torch dtype. bf16 / half join here
+/// (with their names) when flatmin has 16-bit element types (mixed precision); nothing else
+/// in this file names a dtype.
+template <class T>
+struct dtype_of;  // undefined: T is not bindable
+template <>
+struct dtype_of<float> {
+  static constexpr c10::ScalarType value = c10::ScalarType::Float;
+  static constexpr const char* name = "float";
+};
+template <>
+struct dtype_of<double> {
+  static constexpr c10::ScalarType value = c10::ScalarType::Double;
+  static constexpr const char* name = "double";
+};
+template <class T>
+concept bindable = requires { dtype_of<T>::value; };
+
+/// Whether some bindable type maps to `t`, and its name then.
+inline const char* bindable_name(c10::ScalarType t) {
+  if (t == dtype_of<float>::value) return dtype_of<float>::name;
+  if (t == dtype_of<double>::value) return dtype_of<double>::name;
+  return nullptr;
+}
+
 inline std::string dtype_name(c10::ScalarType t) {
-  switch (t) {
-    case c10::ScalarType::Float:
-      return "float";
-    case c10::ScalarType::Double:
-      return "double";
-    default:
-      return c10::toString(t);
-  }
+  const char* n = bindable_name(t);
+  return n ? n : c10::toString(t);
 }
 
 inline std::string device_name(const c10::Device& d) { return d.str(); }
@@ -85,10 +114,7 @@ inline std::string device_name(const c10::Device& d) { return d.str(); }
 
 template <class T>
 constexpr c10::ScalarType scalar_type() {
-  if constexpr (std::is_same_v<T, float>)
-    return c10::ScalarType::Float;
-  else
-    return c10::ScalarType::Double;
+  return dtype_of<T>::value;
 }
 
 /// One dtype and one device over all tensors, and the ones flatmin can bind: otherwise a
@@ -116,7 +142,7 @@ void check_uniform(const named_tensors& tensors) {
   }
   for (const auto& [dtype, name] : dtypes)
     if (dtype != scalar_type<T>()) {
-      if (dtype == c10::ScalarType::Float || dtype == c10::ScalarType::Double)
+      if (bindable_name(dtype))
         fail("tensor " + quote(name) + " is " + dtype_name(dtype) + ", this binding is for " +
              dtype_name(scalar_type<T>()) + ": use binding<" + dtype_name(dtype) + ">");
       fail("tensor " + quote(name) + " has dtype " + dtype_name(dtype) +
@@ -142,7 +168,7 @@ void check_uniform(const named_tensors& tensors) {
 /// copies of it share them; keep one binding per optimizer.
 template <class T>
 class binding {
-  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>,
+  static_assert(detail::bindable<T>,
                 "flatmin::libtorch::binding: T must be float or double (bf16 / half: not yet supported)");
 
  public:
@@ -234,11 +260,53 @@ class binding {
                      std::to_string(tensors[i].second.numel()) + " elements, it had " +
                      std::to_string(entries_[i].numel));
     }
-    return binding(tensors, options_);
+    binding fresh(tensors, options_);
+    for (std::size_t i = 0; i < entries_.size(); ++i)  // param-group multipliers carry over
+      fresh.entries_[i].options = entries_[i].options;
+    fresh.pairs_ = pairs_;
+    fresh.build();
+    return fresh;
   }
   /// Re-points this binding (see rebound()). An optimizer built from the old params() still points
   /// at the old storages: `optimizer::rebind()` rebuilds it.
   void rebind() { *this = rebound(); }
+
+  /// Sets tensor i's `tensor_options::lr_scale` and `weight_decay_scale` (what `optimizer`'s param
+  /// groups use) for the params() built from now on; an optimizer already built keeps its own.
+  void set_scales(std::size_t i, double lr_scale, double weight_decay_scale) {
+    auto& o = entries_.at(i).options;
+    const tensor_options before = o;
+    o.lr_scale = lr_scale;
+    o.weight_decay_scale = weight_decay_scale;
+    try {
+      build();  // param_set::add checks the values
+    } catch (...) {
+      o = before;
+      throw;
+    }
+  }
+  const tensor_options& options(std::size_t i) const { return entries_.at(i).options; }
+
+  /// Registers the bound tensors named `a` and `b` as the factors of a LoRA pair (update = B·A),
+  /// as `param_set::add_lora_pair` does: `regularize::balancedness` (BAR) sees the pair, every other
+  /// policy two ordinary tensors. In params() they are `name + ".A"` / `".B"`, placed at A's
+  /// position, with A's tensor_options for both. usage_error for an unknown or already paired tensor.
+  void add_lora_pair(const std::string& name, const std::string& a, const std::string& b) {
+    const std::size_t ia = index_of(a), ib = index_of(b);
+    if (ia == ib) detail::fail("add_lora_pair(" + detail::quote(name) + "): A and B are the same tensor");
+    for (const auto& p : pairs_)
+      if (p.a == ia || p.b == ia || p.a == ib || p.b == ib)
+        detail::fail("add_lora_pair(" + detail::quote(name) + "): " + detail::quote(a) + " or " +
+                     detail::quote(b) +
+                     " is already in pair " + detail::quote(p.name));
+    pairs_.push_back({name, ia, ib});
+    try {
+      build();
+    } catch (...) {
+      pairs_.pop_back();
+      throw;
+    }
+  }
 
  private:
   struct entry {
@@ -288,15 +356,41 @@ class binding {
         p.device(), o};
   }
 
+  static std::vector<std::int64_t> shape_of(const entry& e) {
+    std::vector<std::int64_t> shape = e.param.sizes().vec();
+    if (shape.empty()) shape.push_back(1);  // a 0-dim tensor is one value
+    return shape;
+  }
+
   void build() {
     param_set<T> ps;
-    for (const auto& e : entries_) {
-      std::vector<std::int64_t> shape = e.param.sizes().vec();
-      if (shape.empty()) shape.push_back(1);  // a 0-dim tensor is one value
-      ps.add(e.name, e.param.template data_ptr<T>(), e.grad.template data_ptr<T>(), shape, e.options);
+    for (std::size_t i = 0; i < entries_.size(); ++i) {
+      const entry& e = entries_[i];
+      const auto pair =
+          std::find_if(pairs_.begin(), pairs_.end(), [&](const auto& p) { return p.a == i || p.b == i; });
+      if (pair == pairs_.end()) {
+        ps.add(e.name, e.param.template data_ptr<T>(), e.grad.template data_ptr<T>(), shape_of(e), e.options);
+      } else if (pair->a == i) {  // the pair at A's place; B is skipped where it comes
+        const entry& b = entries_[pair->b];
+        ps.add_lora_pair(pair->name, e.param.template data_ptr<T>(), e.grad.template data_ptr<T>(),
+                         shape_of(e), b.param.template data_ptr<T>(), b.grad.template data_ptr<T>(),
+                         shape_of(b), e.options);
+      }
     }
     params_ = std::move(ps);
   }
+
+  std::size_t index_of(const std::string& name) const {
+    for (std::size_t i = 0; i < entries_.size(); ++i)
+      if (entries_[i].name == name) return i;
+    detail::fail("no bound tensor is named " + detail::quote(name));
+  }
+
+  struct pair_entry {
+    std::string name;
+    std::size_t a, b;
+  };
+  std::vector<pair_entry> pairs_;
 
   std::vector<entry> entries_;
   options_fn options_;
@@ -319,46 +413,157 @@ double loss_value(R&& r) {
 }
 }  // namespace detail
 
-/// A flatmin optimizer over a `binding`, in torch::optim's shape. `make(params)` builds the
-/// optimizer from a `param_set<T>` (any factory: `flatmin::sam`, `fsam`, `adamw`, ...); it is called
-/// again by `rebind()`, which carries the optimizer's state and options over.
+/// A torch-style parameter group: tensors of the binding (the same tensor objects), with the
+/// group's learning rate and weight decay (unset: the flatmin optimizer's own).
+struct param_group {
+  std::vector<torch::Tensor> params;
+  std::optional<double> lr{};
+  std::optional<double> weight_decay{};
+};
+
+/// The options torch::optim sees for a group (`param_groups()[i].options()`): what an
+/// LRScheduler reads and sets through get_lr() / set_lr().
+struct group_options : torch::optim::OptimizerCloneableOptions<group_options> {
+  double lr = 0;
+  double weight_decay = 0;
+  group_options(double l, double wd) : lr(l), weight_decay(wd) {}
+  double get_lr() const override { return lr; }
+  void set_lr(const double l) override { lr = l; }
+};
+
+/// A flatmin optimizer over a `binding`, in torch::optim's shape, and a torch::optim::Optimizer
+/// (so that torch::optim::StepLR and other LRSchedulers, `torch::save(opt, ...)` and
+/// `torch::load(opt, ...)` work on it). `make(params)` builds the flatmin optimizer from a
+/// `param_set<T>` (any factory: `flatmin::sam`, `fsam`, `adamw`, ...); it is called again by
+/// `rebind()`, which carries the optimizer's state and options over.
 ///
 /// `step(closure)`: the closure runs forward and backward and returns the loss (a one-element
 /// tensor or a number). The gradients are zeroed in place before each backward, so the gradient
 /// at w cannot leak into the one at w + ε, whether or not the closure zeroes them itself.
+///
+/// Param groups: per-group lr and weight decay become per-tensor multipliers (`tensor_options::
+/// lr_scale`, `weight_decay_scale`) of the base optimizer's lr and weight decay, which are set
+/// to the largest group's. The multipliers are fixed when the optimizer is built: a scheduler
+/// (or the user) may change the groups' lr and weight decay between steps as long as every group
+/// keeps its ratio to the others (StepLR does: it multiplies each by the same γ); otherwise the
+/// next step throws usage_error. ρ (and the other perturbation options) are the optimizer's, not a
+/// group's: ε is normalised over all tensors at once, so a per-group ρ has no per-tensor form.
 template <class T, class Make>
-class optimizer {
+class optimizer : public torch::optim::Optimizer {
  public:
   using inner_type = std::invoke_result_t<Make&, const param_set<T>&>;
 
-  optimizer(binding<T> bound, Make make) : binding_(std::move(bound)), make_(std::move(make)) {
+  /// One group holding every bound tensor, with the flatmin optimizer's lr and weight decay.
+  optimizer(binding<T> bound, Make make) : optimizer(std::move(bound), {}, std::move(make)) {}
+
+  /// Param groups: every bound tensor in exactly one group (else usage_error naming it).
+  optimizer(binding<T> bound, std::vector<param_group> groups, Make make)
+      : torch::optim::Optimizer(std::vector<torch::optim::OptimizerParamGroup>{},
+                                std::make_unique<group_options>(0.0, 0.0)),
+        binding_(std::move(bound)),
+        make_(std::move(make)) {
     inner_.emplace(make_(binding_.params()));
+    const double lr0 = lr_of(*inner_), wd0 = wd_of(*inner_);
+    if (groups.empty()) {
+      param_group all;
+      for (std::size_t i = 0; i < binding_.size(); ++i) all.params.push_back(binding_.parameter(i));
+      groups.push_back(std::move(all));
+    }
+    // which group each bound tensor is in
+    std::vector<int> group_of(binding_.size(), -1);
+    for (std::size_t g = 0; g < groups.size(); ++g)
+      for (const auto& t : groups[g].params) {
+        std::size_t i = 0;
+        while (i < binding_.size() &&
+               binding_.parameter(i).unsafeGetTensorImpl() != t.unsafeGetTensorImpl())
+          ++i;
+        if (i == binding_.size())
+          detail::fail("param group " + std::to_string(g) + " holds a tensor the binding does not have");
+        if (group_of[i] >= 0)
+          detail::fail("tensor " + detail::quote(binding_.name(i)) + " is in param groups " +
+                       std::to_string(group_of[i]) + " and " + std::to_string(g));
+        group_of[i] = static_cast<int>(g);
+      }
+    for (std::size_t i = 0; i < binding_.size(); ++i)
+      if (group_of[i] < 0)
+        detail::fail("tensor " + detail::quote(binding_.name(i)) + " is in no param group");
+    // the base optimizer runs at the largest group's lr and weight decay; the others are multiples
+    double lr_max = 0, wd_max = 0;
+    for (const auto& g : groups) {
+      const double lr = g.lr.value_or(lr0), wd = g.weight_decay.value_or(wd0);
+      if (!(lr > 0 && std::isfinite(lr))) detail::fail("a param group's lr must be finite and > 0");
+      if (!(wd >= 0 && std::isfinite(wd)))
+        detail::fail("a param group's weight_decay must be finite and >= 0");
+      if (wd > 0 && !has_weight_decay) detail::fail("param group weight_decay: the base optimizer has none");
+      lr_max = std::max(lr_max, lr);
+      wd_max = std::max(wd_max, wd);
+    }
+    for (const auto& g : groups) {
+      const double lr = g.lr.value_or(lr0), wd = g.weight_decay.value_or(wd0);
+      lr_ratio_.push_back(lr / lr_max);
+      wd_ratio_.push_back(wd_max > 0 ? wd / wd_max : 1.0);
+      applied_.push_back({lr, wd});
+      torch::optim::OptimizerParamGroup pg(g.params, std::make_unique<group_options>(lr, wd));
+      add_param_group(pg);
+    }
+    for (std::size_t i = 0; i < binding_.size(); ++i)
+      binding_.set_scales(i, lr_ratio_[group_of[i]], wd_ratio_[group_of[i]]);
+    inner_type next = make_(binding_.params());
+    copy_options(next, *inner_);
+    set_base(next, lr_max, wd_max);
+    inner_.reset();
+    inner_.emplace(std::move(next));
   }
 
   /// Zeroes the gradients, calls the closure at w (and at w + ε when the step perturbs), then the
   /// base step. Returns the inner optimizer's report.
+  ///
+  /// A closure object that also has `functional_backward()` (forward at the current weights,
+  /// back-propagate the cotangent the clean pass saved: flatmin::functional_objective) drives
+  /// Functional-SAM; its gradients are zeroed before that backward too.
   template <class Closure>
   decltype(auto) step(Closure&& closure, const step_args& args = {}) {
     binding_.check();
-    auto objective = [&]() -> double {
-      binding_.zero_grad();
-      double loss = detail::loss_value(closure());
-      binding_.check();  // the closure may have replaced a .grad (its own zero_grad(set_to_none))
-      return loss;
-    };
-    return inner_->step(objective, args);
+    sync_groups();
+    guarded<std::remove_reference_t<Closure>> objective{binding_, closure};
+    if constexpr (requires { closure.functional_backward(); }) {
+      guarded_functional<std::remove_reference_t<Closure>> functional{objective};
+      return inner_->step(functional, args);
+    } else {
+      return inner_->step(objective, args);
+    }
+  }
+
+  /// torch::optim::Optimizer's step: the loss at w, as a tensor. The closure is required (the
+  /// two-call protocol is ascend() / descend()).
+  torch::Tensor step(LossClosure closure = nullptr) override {
+    if (!closure) detail::fail("step() needs the closure (or use ascend() / descend())");
+    if constexpr (needs_functional_objective) {
+      detail::fail("step(LossClosure) cannot drive Functional-SAM: pass step() an object with "
+                   "functional_backward() (a flatmin::functional_objective)");
+    }
+    torch::Tensor first;
+    if constexpr (!needs_functional_objective)
+      step([&]() -> torch::Tensor {
+        torch::Tensor loss = closure();
+        if (!first.defined()) first = loss.detach();
+        return loss;
+      });
+    return first;
   }
 
   /// The two-call protocol with the binding checked first. The caller zeroes the gradients
   /// (`zero_grad()`) before each backward.
   decltype(auto) ascend(const step_args& args = {}) {
     binding_.check();
+    sync_groups();
     return inner_->ascend(args);
   }
   /// A stale binding here cancels the step (w restored into the registered memory) and throws.
   decltype(auto) descend(const step_args& args = {}) {
     try {
       binding_.check();
+      if (!inner_->ascended()) sync_groups();
     } catch (...) {
       inner_->cancel();
       throw;
@@ -376,11 +581,149 @@ class optimizer {
   void rebind() { rebind_to(binding_.rebound()); }
   void rebind(const named_tensors& tensors) { rebind_to(binding_.rebound(tensors)); }
 
+  /// Writes the flatmin checkpoint (optimizer/checkpoint.hpp: state, step count, CRC) into the
+  /// archive as a uint8 tensor "flatmin.checkpoint", with the groups' lr and weight decay and the
+  /// base optimizer's (float64 tensors, exact). `torch::save(opt, path)` calls it.
+  void save(torch::serialize::OutputArchive& archive) const override {
+    std::stringstream bytes;
+    const_cast<inner_type&>(*inner_).save(bytes);  // writes nothing to the optimizer; usage_error mid-step
+    const std::string s = bytes.str();
+    auto t = torch::empty({static_cast<std::int64_t>(s.size())}, torch::kUInt8);
+    std::memcpy(t.data_ptr(), s.data(), s.size());
+    archive.write("flatmin.checkpoint", t);
+    std::vector<double> lr, wd;
+    for (const auto& g : param_groups()) {
+      const auto& o = static_cast<const group_options&>(g.options());
+      lr.push_back(o.lr);
+      wd.push_back(o.weight_decay);
+    }
+    archive.write("flatmin.group_lr", torch::tensor(lr, torch::kDouble));
+    archive.write("flatmin.group_weight_decay", torch::tensor(wd, torch::kDouble));
+    archive.write("flatmin.base",
+                  torch::tensor(std::vector<double>{lr_of(*inner_), wd_of(*inner_)},
+                                torch::kDouble));
+  }
+
+  /// Restores what save() wrote: all or nothing (std::invalid_argument from the checkpoint's own
+  /// checks for another composition, parameter table or a damaged stream; usage_error for an
+  /// archive without flatmin's entries or with another number of groups).
+  void load(torch::serialize::InputArchive& archive) override {
+    torch::Tensor t, lr, wd, base;
+    if (!archive.try_read("flatmin.checkpoint", t) || !archive.try_read("flatmin.group_lr", lr) ||
+        !archive.try_read("flatmin.group_weight_decay", wd) || !archive.try_read("flatmin.base", base))
+      detail::fail("load(): the archive holds no flatmin optimizer (flatmin.* entries missing)");
+    if (t.scalar_type() != torch::kUInt8 || lr.scalar_type() != torch::kDouble ||
+        wd.scalar_type() != torch::kDouble || base.scalar_type() != torch::kDouble || base.numel() != 2)
+      detail::fail("load(): the archive's flatmin entries have unexpected types");
+    if (lr.numel() != static_cast<std::int64_t>(param_groups().size()) || wd.numel() != lr.numel())
+      detail::fail("load(): the archive has " + std::to_string(lr.numel()) +
+                   " param groups, this optimizer " +
+                   std::to_string(param_groups().size()));
+    t = t.contiguous();
+    std::stringstream bytes(
+        std::string(static_cast<const char*>(t.data_ptr()), static_cast<std::size_t>(t.numel())));
+    inner_->load(bytes);  // all or nothing; from here nothing throws
+    lr = lr.contiguous();
+    wd = wd.contiguous();
+    base = base.contiguous();
+    for (std::size_t g = 0; g < param_groups().size(); ++g) {
+      auto& o = static_cast<group_options&>(param_groups()[g].options());
+      o.lr = lr.data_ptr<double>()[g];
+      o.weight_decay = wd.data_ptr<double>()[g];
+      applied_[g] = {o.lr, o.weight_decay};
+    }
+    set_base(*inner_, base.data_ptr<double>()[0], base.data_ptr<double>()[1]);
+  }
+
   inner_type& inner() { return *inner_; }
   const inner_type& inner() const { return *inner_; }
   const binding<T>& bound() const { return binding_; }
 
  private:
+  /// Descent policies whose clean pass needs the objective's saved cotangent (descent::functional).
+  static constexpr bool needs_functional_objective = [] {
+    if constexpr (requires { inner_type::descent_type::name; })
+      return std::string_view(inner_type::descent_type::name) == "functional";
+    else
+      return false;
+  }();
+
+  /// The user's closure with the gradients zeroed before and the binding checked after (the closure
+  /// may replace a .grad: its own zero_grad(set_to_none)).
+  template <class C>
+  struct guarded {
+    binding<T>& bound;
+    C& closure;
+    double operator()() {
+      bound.zero_grad();
+      const double loss = detail::loss_value(closure());
+      bound.check();
+      return loss;
+    }
+  };
+  template <class C>
+  struct guarded_functional {
+    guarded<C>& clean;
+    double operator()() { return clean(); }
+    void functional_backward() {
+      clean.bound.zero_grad();
+      clean.closure.functional_backward();
+      clean.bound.check();
+    }
+  };
+
+  static constexpr bool has_weight_decay = requires(inner_type& o) { o.base().weight_decay; };
+  static double lr_of(const inner_type& o) { return o.base().lr; }
+  static double wd_of(const inner_type& o) {
+    if constexpr (has_weight_decay)
+      return o.base().weight_decay;
+    else
+      return 0.0;
+  }
+  static void set_base(inner_type& o, double lr, double wd) {
+    o.base().lr = lr;
+    if constexpr (has_weight_decay) o.base().weight_decay = wd;
+  }
+
+  /// Applies the groups' lr and weight decay (changed by a scheduler or the user since the last
+  /// step) to the base optimizer: the same ratio for every group, else usage_error.
+  void sync_groups() {
+    if (param_groups().size() != applied_.size())
+      detail::fail("a param group was added after construction (add_param_group): flatmin's tensors are "
+                   "fixed when it is built; build the optimizer with every group");
+    bool changed = false;
+    for (std::size_t g = 0; g < applied_.size(); ++g) {
+      const auto& o = static_cast<const group_options&>(param_groups()[g].options());
+      changed = changed || o.lr != applied_[g].first || o.weight_decay != applied_[g].second;
+    }
+    if (!changed) return;
+    // the base values the groups' ratios (fixed at construction) imply, read off a group of ratio
+    // 1 (the largest: exact), then every group checked against them
+    const auto top = [&](const std::vector<double>& r) {
+      return static_cast<std::size_t>(std::max_element(r.begin(), r.end()) - r.begin());
+    };
+    const auto& lo = static_cast<const group_options&>(param_groups()[top(lr_ratio_)].options());
+    const auto& wo = static_cast<const group_options&>(param_groups()[top(wd_ratio_)].options());
+    const double lr = lo.lr / lr_ratio_[top(lr_ratio_)];
+    const double wd = wd_ratio_[top(wd_ratio_)] > 0 ? wo.weight_decay / wd_ratio_[top(wd_ratio_)] : 0.0;
+    const auto off = [](double want, double have) {
+      return std::abs(want - have) > 1e-12 * std::max(std::abs(want), std::abs(have));
+    };
+    for (std::size_t g = 0; g < applied_.size(); ++g) {
+      const auto& o = static_cast<const group_options&>(param_groups()[g].options());
+      if (off(lr * lr_ratio_[g], o.lr) || off(wd * wd_ratio_[g], o.weight_decay))
+        detail::fail("param group " + std::to_string(g) + "'s lr " + flatmin::detail::format_value(o.lr) +
+                     " / weight_decay " + flatmin::detail::format_value(o.weight_decay) +
+                     " breaks the ratios between groups fixed when the optimizer was built (a schedule "
+                     "must scale every group alike)");
+    }
+    set_base(*inner_, lr, wd);  // validated by the inner optimizer's next call
+    for (std::size_t g = 0; g < applied_.size(); ++g) {
+      const auto& o = static_cast<const group_options&>(param_groups()[g].options());
+      applied_[g] = {o.lr, o.weight_decay};
+    }
+  }
+
   void rebind_to(binding<T> fresh) {
     if (inner_->ascended()) detail::fail("rebind() between ascend() and descend(): call cancel() first");
     inner_type next = make_(fresh.params());
@@ -402,14 +745,19 @@ class optimizer {
     if constexpr (requires { to.schedule() = from.schedule(); }) to.schedule() = from.schedule();
     if constexpr (requires { to.regularizer() = from.regularizer(); }) to.regularizer() = from.regularizer();
     if constexpr (requires { to.descent() = from.descent(); }) to.descent() = from.descent();
+    if constexpr (requires { to.options() = from.options(); }) to.options() = from.options();
   }
 
   binding<T> binding_;
   Make make_;
   std::optional<inner_type> inner_;
+  std::vector<double> lr_ratio_, wd_ratio_;             ///< per group, fixed at construction
+  std::vector<std::pair<double, double>> applied_;      ///< the groups' (lr, wd) the base runs at
 };
 
 template <class T, class Make>
 optimizer(binding<T>, Make) -> optimizer<T, Make>;
+template <class T, class Make>
+optimizer(binding<T>, std::vector<param_group>, Make) -> optimizer<T, Make>;
 
 }  // namespace flatmin::libtorch

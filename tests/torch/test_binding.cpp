@@ -338,3 +338,98 @@ TEST_CASE("the README's libtorch example runs and trains") {
   CHECK(opt.bound().name(0) == "0.weight");
   CHECK(last < first);
 }
+
+TEST_CASE("save / load through torch::serialize archives resume bit for bit (state, step, group lrs)") {
+  const auto x = inputs();
+  auto closure_of = [&](torch::nn::Sequential& net) {
+    return [&] {
+      auto loss = net->forward(x).pow(2).mean();
+      loss.backward();
+      return loss;
+    };
+  };
+  auto groups_of = [](torch::nn::Sequential& net) {
+    auto ps = net->parameters();
+    return std::vector<fl::param_group>{{{ps[0], ps[1]}, 2e-3, 0.1}, {{ps[2], ps[3]}, 1e-2, 0.0}};
+  };
+  const auto make = [](const auto& ps) {
+    auto o = flatmin::sam(ps, flatmin::base::adamw{.lr = 1e-2}, {.rho = 0.05});
+    o.options().clip_grad_norm = 0.5;
+    return o;
+  };
+  auto a = make_net();
+  fl::optimizer oa(fl::binding<double>(*a), groups_of(a), make);
+  for (int s = 0; s < 3; ++s) oa.step(closure_of(a));
+  for (auto& g : oa.param_groups()) g.options().set_lr(g.options().get_lr() * 0.5);  // a schedule
+  oa.step(closure_of(a));
+
+  std::stringstream model_file, opt_file;
+  torch::save(a, model_file);
+  {
+    torch::serialize::OutputArchive archive;
+    oa.save(archive);
+    archive.save_to(opt_file);
+  }
+  for (int s = 0; s < 4; ++s) oa.step(closure_of(a));
+
+  auto c = make_net();
+  torch::load(c, model_file);
+  fl::optimizer oc(fl::binding<double>(*c), groups_of(c), make);  // fresh: step 0, the first lrs
+  torch::serialize::InputArchive in;
+  in.load_from(opt_file);
+  oc.load(in);
+  CHECK(oc.inner().steps() == 4);
+  CHECK(oc.param_groups()[0].options().get_lr() == 1e-3);
+  CHECK(oc.inner().base().lr == 5e-3);
+  for (int s = 0; s < 4; ++s) oc.step(closure_of(c));
+  CHECK(oc.inner().steps() == 8);
+  CHECK(same_values(*c, snapshot(*a)));
+
+  SUBCASE("an archive of another composition is refused, nothing changes") {
+    auto e = make_net();
+    fl::optimizer oe(fl::binding<double>(*e), groups_of(e), sam_sgd);
+    torch::serialize::InputArchive again;
+    opt_file.seekg(0);
+    again.load_from(opt_file);
+    CHECK_THROWS_AS(oe.load(again), std::invalid_argument);
+    CHECK(oe.inner().steps() == 0);
+  }
+  SUBCASE("an archive without flatmin's entries is refused") {
+    std::stringstream other;
+    {
+      torch::serialize::OutputArchive archive;
+      archive.write("something", torch::zeros({2}));
+      archive.save_to(other);
+    }
+    torch::serialize::InputArchive again;
+    again.load_from(other);
+    CHECK(usage_message([&] { oc.load(again); }).find("no flatmin optimizer") != std::string::npos);
+  }
+}
+
+TEST_CASE("add_lora_pair registers two bound tensors as a LoRA pair for BAR; mistakes name the tensor") {
+  auto net = make_net();  // "0.weight" (5x3) and "2.weight" (2x5) stand for A and B: B·A is 2x3
+  fl::binding<double> b(*net);
+  b.add_lora_pair("adapter", "0.weight", "2.weight");
+  const auto& ps = b.params();
+  REQUIRE(ps.lora_pairs().size() == 1);
+  CHECK(ps[ps.lora_pairs()[0].a].name == "adapter.A");
+  CHECK(ps[ps.lora_pairs()[0].b].name == "adapter.B");
+  CHECK(ps[ps.lora_pairs()[0].a].value == net->parameters()[0].data_ptr<double>());
+  CHECK(ps[ps.lora_pairs()[0].b].value == net->parameters()[2].data_ptr<double>());
+  CHECK(ps.size() == 4);
+  CHECK(usage_message([&] { b.add_lora_pair("again", "0.weight", "0.bias"); }).find("already in pair") !=
+        std::string::npos);
+  CHECK(usage_message([&] { b.add_lora_pair("x", "nope", "0.bias"); }).find("'nope'") != std::string::npos);
+  // the pair survives a rebind, and BAR trains through it
+  fl::optimizer opt(b, [](const auto& p) { return flatmin::bar(p, flatmin::base::sgd{.lr = 0.05}, {.rho = 0.1}); });
+  opt.rebind();
+  CHECK(opt.bound().params().lora_pairs().size() == 1);
+  const auto x = inputs();
+  const auto r = opt.step([&] {
+    auto loss = net->forward(x).pow(2).mean();
+    loss.backward();
+    return loss;
+  });
+  CHECK_FALSE(r.skipped);
+}

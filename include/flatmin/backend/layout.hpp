@@ -12,6 +12,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <stdexcept>
+#include <utility>
 #include <vector>
 
 #include "../config.hpp"
@@ -170,6 +172,7 @@ class layout {
         host_segments_(make_segments(host_tensors_, Backend::segment_size)),
         tensors_(Backend::from_host(host_tensors_)),
         segments_(Backend::from_host(host_segments_)) {
+    assign_scale_slots(ps);
     for (const auto& t : host_tensors_) {
       n_ += t.size;
       host_extents_.push_back({t.offset, t.size, t.flags, 0u});
@@ -192,6 +195,12 @@ class layout {
     return {Backend::data(tensors_), Backend::data(segments_), host_segments_.size(), n_};
   }
 
+  /// The table of distinct (lr_scale, weight_decay_scale) pairs, two T per slot (the slot is in
+  /// each tensor's flags, `tensor_flags::scale_shift`), in the backend's memory; null when every
+  /// tensor has the default (1, 1), so that the base updates then run as they did without it.
+  const T* scales() const { return host_scales_.size() > 2 ? Backend::data(scales_) : nullptr; }
+  const std::vector<T>& host_scales() const { return host_scales_; }
+
   /// A range over another segment list (in the backend's memory) of this layout.
   range_type over(const typename Backend::template vector<segment>& segs, std::size_t count,
                      std::size_t elements) const {
@@ -199,12 +208,38 @@ class layout {
   }
 
  private:
+  /// Gives each tensor the slot of its (lr_scale, weight_decay_scale) pair, slot 0 being (1, 1).
+  void assign_scale_slots(const param_set<weight_type, grad_type>& ps) {
+    host_scales_ = {T(1), T(1)};
+    std::vector<std::pair<double, double>> pairs{{1.0, 1.0}};
+    const auto& views = ps.tensors();
+    bool any = false;
+    for (std::size_t t = 0; t < views.size(); ++t) {
+      const std::pair<double, double> p{views[t].options.lr_scale, views[t].options.weight_decay_scale};
+      std::size_t slot = std::find(pairs.begin(), pairs.end(), p) - pairs.begin();
+      if (slot == pairs.size()) {
+        if (slot > 0xFFFFu)
+          throw std::invalid_argument(
+              "flatmin: more than 65535 distinct (lr_scale, weight_decay_scale) pairs");
+        pairs.push_back(p);
+        host_scales_.push_back(static_cast<T>(p.first));
+        host_scales_.push_back(static_cast<T>(p.second));
+      }
+      host_tensors_[t].flags |= static_cast<std::uint32_t>(slot) << tensor_flags::scale_shift;
+      any = any || slot != 0;
+    }
+    if (any) tensors_ = Backend::from_host(host_tensors_);
+    scales_ = Backend::from_host(host_scales_);
+  }
+
   std::vector<rec_type> host_tensors_;
   std::vector<segment> host_segments_;
   typename Backend::template vector<rec_type> tensors_;
   typename Backend::template vector<segment> segments_;
   std::vector<tensor_extent> host_extents_;
   typename Backend::template vector<tensor_extent> extents_;
+  std::vector<T> host_scales_;
+  typename Backend::template vector<T> scales_;
   std::size_t n_ = 0;
 };
 

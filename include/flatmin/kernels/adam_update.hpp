@@ -21,20 +21,30 @@ struct adam_update {
   bool decoupled;  ///< AdamW
   T* m;
   T* v;
+  /// Per-tensor (lr, weight decay) multipliers by the slot in `flags` (backend/layout.hpp's
+  /// scales()); null when every tensor has (1, 1). Set by the optimizer after prepare().
+  const T* scales = nullptr;
 
   // Weight decay by coefficients (0 and 1 leave a finite value unchanged) rather than branches,
   // so that the host loop runs the same arithmetic for every element and vectorises.
   FLATMIN_HD void operator()(T& w, T g, std::size_t i, std::uint32_t flags) const {
     const bool wd = (flags & tensor_flags::weight_decay) != 0;
-    const T coupled = (wd && !decoupled) ? weight_decay : T(0);
-    const T shrink = (wd && decoupled) ? T(1) - lr * weight_decay : T(1);
+    T rate = lr, size = step_size, lambda = weight_decay;
+    if (scales != nullptr) {  // per tensor: predictable; ×1 leaves the coefficients unchanged
+      const T* s = scales + 2 * (flags >> tensor_flags::scale_shift);
+      rate = lr * s[0];
+      size = step_size * s[0];
+      lambda = weight_decay * s[1];
+    }
+    const T coupled = (wd && !decoupled) ? lambda : T(0);
+    const T shrink = (wd && decoupled) ? T(1) - rate * lambda : T(1);
     g = g + coupled * w;
     w = w * shrink;
     const T mi = beta1 * m[i] + (T(1) - beta1) * g;
     const T vi = beta2 * v[i] + (T(1) - beta2) * g * g;
     m[i] = mi;
     v[i] = vi;
-    w = w - step_size * mi / (fm_sqrt(vi) / bc2_sqrt + eps);
+    w = w - size * mi / (fm_sqrt(vi) / bc2_sqrt + eps);
   }
 };
 

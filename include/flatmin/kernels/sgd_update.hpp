@@ -15,6 +15,9 @@ struct sgd_update {
   T lr, momentum, dampening, weight_decay;
   bool nesterov, first;
   T* buf;  ///< momentum buffer (global index), null when momentum == 0
+  /// Per-tensor (lr, weight decay) multipliers by the slot in `flags` (backend/layout.hpp's
+  /// scales()); null when every tensor has (1, 1). Set by the optimizer after prepare().
+  const T* scales = nullptr;
 
   // No branch on a run-time option inside the element loop: the options pick coefficients (a
   // zero factor leaves a finite value unchanged) and the loop runs the same arithmetic for every
@@ -22,7 +25,12 @@ struct sgd_update {
   // floating-point operation guarded by a branch). buf[i] is read on the first step too: it is
   // zero-initialised and its cache line is fetched for the write anyway.
   FLATMIN_HD void operator()(T& w, T g, std::size_t i, std::uint32_t flags) const {
-    const T wd = (flags & tensor_flags::weight_decay) ? weight_decay : T(0);
+    T rate = lr, wd = (flags & tensor_flags::weight_decay) ? weight_decay : T(0);
+    if (scales != nullptr) {  // per tensor: predictable; ×1 leaves lr and λ unchanged
+      const T* s = scales + 2 * (flags >> tensor_flags::scale_shift);
+      rate = lr * s[0];
+      wd = wd * s[1];
+    }
     g = g + wd * w;
     if (buf != nullptr) {
       const T mu = first ? T(0) : momentum;            // b ← g on the first step
@@ -31,7 +39,7 @@ struct sgd_update {
       buf[i] = b;
       g = (nesterov ? g : T(0)) + (nesterov ? momentum : T(1)) * b;
     }
-    w = w - lr * g;
+    w = w - rate * g;
   }
 };
 

@@ -47,6 +47,9 @@ struct optimizer_options {
   std::uint64_t rounding_seed = 0;
   /// Dynamic loss scaling (optimizer/loss_scaler.hpp); may be switched on or off between steps.
   dynamic_loss_scale loss_scale{};
+  /// Global-norm clipping of the descent gradient (optimizer/clip.hpp): 0 = off; else g_adv, after
+  /// unscaling, is scaled by min(1, clip_grad_norm / (‖g_adv‖ + 1e-6)) before the base step.
+  double clip_grad_norm = 0;
 
   void validate() const {
     detail::check_option(on_nonfinite == nonfinite::skip || on_nonfinite == nonfinite::raise,
@@ -58,6 +61,8 @@ struct optimizer_options {
     detail::check_option(!(master_weights && weight_rounding == rounding::stochastic), "optimizer_options",
                          "weight_rounding (with master_weights)", static_cast<double>(weight_rounding),
                          "rounding::nearest (the master copy keeps what rounding drops)");
+    detail::check_option<double>("optimizer_options", "clip_grad_norm", clip_grad_norm,
+                                 detail::domain::non_negative);
     if (!loss_scale.enabled) return;
     loss_scale.validate();
     // An overflow is how a dynamic scale finds its level: it must skip the step, not throw.

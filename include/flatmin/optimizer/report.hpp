@@ -51,6 +51,9 @@ struct step_report {
   double perturbed_grad_norm = std::numeric_limits<double>::quiet_NaN();  ///< ‖g_adv‖ at w + ε
   double perturbation_norm = 0;                                           ///< ‖ε‖
   double mask_density = 0;  ///< perturbed entries / perturbable entries
+  /// The factor the descent gradient was scaled by (`optimizer_options::clip_grad_norm`; 1 when
+  /// not clipped). The norms above are the pre-clip ones.
+  double clip_scale = 1;
   /// Whether w was moved to w + ε this step: false when the composition never perturbs, when its
   /// schedule leaves the step unperturbed (the base step then applies to g), or when g was non-finite.
   bool perturbed = false;

@@ -53,6 +53,7 @@
 #include "../regularize/none.hpp"
 #include "../schedule/always.hpp"
 #include "checkpoint.hpp"
+#include "clip.hpp"
 #include "composition.hpp"
 #include "report.hpp"
 #include "weight_store.hpp"
@@ -237,13 +238,14 @@ class sharpness_aware {
     const T inv = inverse_scale(args);
     const bool perturbed = perturbs && phase_ == phase::ascended;  // else the views hold g at w
     bool bad = false;
-    if (args.found_inf) {
-      bad = *args.found_inf;
-    } else {
+    double norm = 0;  // ‖g‖ or ‖g_adv‖, unscaled (what clipping reads)
+    if (args.found_inf) bad = *args.found_inf;
+    if (!args.found_inf || (!bad && options_.clip_grad_norm > 0)) {
       const auto c =
           Backend::template reduce<kernels::grad_stats>(layout_.full(), kernels::check_pass<T>{inv});
-      bad = c.bad > 0 || !std::isfinite(c.g2);
-      (perturbed ? report_.perturbed_grad_norm : report_.grad_norm) = std::sqrt(c.g2);
+      bad = bad || c.bad > 0 || !std::isfinite(c.g2);
+      norm = std::sqrt(c.g2);
+      (perturbed ? report_.perturbed_grad_norm : report_.grad_norm) = norm;
     }
     if (bad) {
       if (perturbed) restore();
@@ -251,7 +253,7 @@ class sharpness_aware {
       phase_ = phase::idle;
       scale_update(true);
       report_.skipped = true;
-      report_.reason = args.found_inf ? skip_reason::found_inf
+      report_.reason = (args.found_inf && *args.found_inf) ? skip_reason::found_inf
                        : perturbed    ? skip_reason::nonfinite_perturbed_gradient
                                       : skip_reason::nonfinite_gradient;
       if (options_.on_nonfinite == nonfinite::raise)
@@ -259,18 +261,20 @@ class sharpness_aware {
       return report_;
     }
     const std::size_t t = steps_ + 1;
-    auto adjust = reg_state_.prepare(reg_, layout_, t, inv);
+    const T clipped = clip(inv, norm);  // optimizer/clip.hpp: inv itself when not clipping
+    auto adjust = reg_state_.prepare(reg_, layout_, t, clipped);
     auto update = base_state_.prepare(base_, t);
+    if constexpr (requires { update.scales = layout_.scales(); }) update.scales = layout_.scales();
     if constexpr (requires { descent_state_.prepare(descent_, layout_, descent::step_context{}); }) {
       // a descent rule with state (descent/state.hpp): its adjust first, then the regularizer's
-      const descent::step_context ctx{t, perturbed, detail::lr_of(base_), static_cast<double>(inv)};
+      const descent::step_context ctx{t, perturbed, detail::lr_of(base_), static_cast<double>(clipped)};
       auto rule = descent_state_.prepare(descent_, layout_, ctx);
       descend_pass(detail::chained_adjust<T, decltype(rule), decltype(adjust)>{rule, adjust}, update,
-                   inv, perturbed);
+                   clipped, perturbed);
       if constexpr (requires { descent_state_.finish(descent_, layout_, ctx); })
         descent_state_.finish(descent_, layout_, ctx);
     } else {
-      descend_pass(adjust, update, inv, perturbed);
+      descend_pass(adjust, update, clipped, perturbed);
     }
     if constexpr (requires { perturb_state_.commit_step(); })
       if (perturbed) perturb_state_.commit_step();
@@ -566,6 +570,13 @@ class sharpness_aware {
     if (scaling_) scaler_.update(overflowed, options_.loss_scale);
   }
 
+  /// The descent's 1/grad_scale times the clipping factor (optimizer/clip.hpp), in T.
+  T clip(T inv, double norm) {
+    const double c = detail::clip_coefficient(options_.clip_grad_norm, norm);
+    report_.clip_scale = c;
+    return c < 1.0 ? static_cast<T>(static_cast<double>(inv) * c) : inv;
+  }
+
   /// The ascent-time hooks (concepts/roles.hpp, `ascent_hook`) of the policies that have one, from
   /// the statistics the ascent computed anyway: nothing is run when no policy has a hook.
   void on_ascent(const kernels::grad_stats& s, double scale, T inv) {
@@ -678,7 +689,8 @@ class sharpness_aware {
     h.numel = layout_.numel();
     const auto& ts = layout_.host_tensors();
     h.tensors.reserve(ts.size());
-    for (std::size_t t = 0; t < ts.size(); ++t) h.tensors.push_back({names_[t], ts[t].size, ts[t].flags});
+    for (std::size_t t = 0; t < ts.size(); ++t)  // the lr / weight-decay slot is not the state's identity
+      h.tensors.push_back({names_[t], ts[t].size, ts[t].flags & tensor_flags::option_bits});
     return h;
   }
 

@@ -6,6 +6,7 @@
 #include <concepts>
 #include <functional>
 #include <initializer_list>
+#include <limits>
 #include <span>
 #include <stdexcept>
 #include <string>
@@ -239,6 +240,12 @@ class param_set {
       if (value.data == nullptr) fail("has a null value pointer");
       if (grad.data == nullptr) fail("has a null gradient pointer");
       if (bytes(value.data) == bytes(grad.data)) fail("uses the same memory for value and gradient");
+      if (!(options.lr_scale >= 0 && options.lr_scale <= std::numeric_limits<double>::max()))
+        fail("has lr_scale " + detail::format_value(options.lr_scale) + ": it must be finite and >= 0");
+      const double top = std::numeric_limits<double>::max();
+      if (!(options.weight_decay_scale >= 0 && options.weight_decay_scale <= top))
+        fail("has weight_decay_scale " + detail::format_value(options.weight_decay_scale) +
+             ": it must be finite and >= 0");
       names_.insert(name);
       views_.push_back(view_type{std::move(name), value.data, grad.data, n, std::move(dims), options,
                                  value.space, 0u});

@@ -20,6 +20,11 @@ struct tensor_options {
   bool perturb = true;        ///< SAM perturbs this tensor (false: excluded from ε and its norm)
   bool adaptive = true;       ///< ASAM scales this tensor by |w| + η (false: T = 1, as for biases)
   bool mask_eligible = true;  ///< sparse masks may drop entries of this tensor (false: dense)
+  /// Per-tensor multipliers of the base optimizer's learning rate and weight decay (torch's param
+  /// groups): this tensor steps with lr · lr_scale and decays with weight_decay · weight_decay_scale.
+  /// Finite and >= 0 (0 freezes the tensor, resp. turns its decay off); fixed at construction.
+  double lr_scale = 1;
+  double weight_decay_scale = 1;
 };
 
 /// Bits of `tensor_options` as the kernels see them.
@@ -30,6 +35,10 @@ inline constexpr std::uint32_t adaptive = 1u << 2;
 inline constexpr std::uint32_t mask_eligible = 1u << 3;
 inline constexpr std::uint32_t lora_a = 1u << 4;  ///< first factor of a registered LoRA pair
 inline constexpr std::uint32_t lora_b = 1u << 5;  ///< second factor of a registered LoRA pair
+/// Bits from `scale_shift` up: the tensor's slot in the layout's table of distinct (lr_scale,
+/// weight_decay_scale) pairs (backend/layout.hpp); slot 0 is (1, 1). Not part of the option bits.
+inline constexpr std::uint32_t scale_shift = 16;
+inline constexpr std::uint32_t option_bits = (1u << scale_shift) - 1;
 }  // namespace tensor_flags
 
 inline std::uint32_t to_flags(const tensor_options& o) {
