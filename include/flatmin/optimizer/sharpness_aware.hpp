@@ -50,6 +50,7 @@
 #include "checkpoint.hpp"
 #include "composition.hpp"
 #include "report.hpp"
+#include "stats_reducer.hpp"
 
 namespace flatmin {
 
@@ -224,8 +225,7 @@ class sharpness_aware {
     if (args.found_inf) {
       bad = *args.found_inf;
     } else {
-      const auto c =
-          Backend::template reduce<kernels::grad_stats>(layout_.full(), kernels::check_pass<T>{inv});
+      const auto c = reduce_full(kernels::check_pass<T>{inv});
       bad = c.bad > 0 || !std::isfinite(c.g2);
       (perturbed ? report_.perturbed_grad_norm : report_.grad_norm) = std::sqrt(c.g2);
     }
@@ -321,6 +321,21 @@ class sharpness_aware {
   /// Mutable mask state (e.g. `add_example()` of `mask::fisher` in the two-call protocol).
   typename Mask::template state<T, Backend>& mask_state() { return mask_state_; }
   const typename Regularizer::template state<T, Backend>& regularizer_state() const { return reg_state_; }
+
+  /// Makes the step statistics global (optimizer/stats_reducer.hpp; set by data_parallel's sharded
+  /// mode): the ascent's statistics and descend()'s check are then per-segment partials handed to
+  /// `r`, and the mask density's denominator is `perturbable` (over every process). nullptr: this
+  /// process alone (the default). usage_error for a mask whose statistics are not one pass over the
+  /// layout (a compact range: mask::fisher, dynamic, random) or between ascend() and descend().
+  void set_stats_reducer(stats_reducer* r, std::size_t perturbable) {
+    if (phase_ != phase::idle)
+      throw usage_error("flatmin: set_stats_reducer() called between ascend() and descend()");
+    if (r && mask_state_type::compact)
+      throw usage_error("flatmin: set_stats_reducer(): only masks without a compact range (mask::dense) "
+                        "reduce per segment");
+    reducer_ = r;
+    perturbable_ = perturbable;
+  }
 
   /// Bytes of optimizer state beyond the base optimizer's (saved weights, mask state).
   std::size_t extra_state_bytes() const { return saved_.size() * sizeof(W) + mask_state_.bytes(); }
@@ -512,9 +527,28 @@ class sharpness_aware {
   }
 
   kernels::grad_stats stats(T inv) {
-    return target().stats([&](auto view, bool norm_over_mask) {
+    const auto make = [&](auto view, bool norm_over_mask) {
       return kernels::stats_pass<T, term_type, decltype(view)>{term(), view, inv, norm_over_mask};
-    });
+    };
+    if (reducer_) return reduce_full(make(mask_state_.get_view(), mask_state_type::norm_over_mask));
+    return target().stats(make);
+  }
+
+  /// A reduction over the whole layout: this process's, or with a reducer the sum over every
+  /// process of per-segment partials (stats_reducer.hpp).
+  template <class Pass>
+  kernels::grad_stats reduce_full(const Pass& pass) {
+    const auto full = layout_.full();
+    if (!reducer_) return Backend::template reduce<kernels::grad_stats>(full, pass);
+    std::vector<kernels::grad_stats> partial(full.count);
+    for (std::size_t s = 0; s < full.count; ++s) {
+      auto one = full;
+      one.segments += s;
+      one.count = 1;
+      one.elements = layout_.host_segments()[s].len;
+      partial[s] = Backend::template reduce<kernels::grad_stats>(one, pass);
+    }
+    return reducer_->combine(partial.data(), partial.size());
   }
 
   /// The descent, undoing the ascent first when `restore` (fused where the saved weights are dense).
@@ -593,6 +627,7 @@ class sharpness_aware {
   typename Backend::template vector<W> saved_;  ///< a copy of the perturbed weights, in W
   std::vector<std::string> names_;  ///< tensor names: the checkpoint's parameter table, lookups by name
   std::size_t perturbable_ = 0;
+  stats_reducer* reducer_ = nullptr;  ///< set_stats_reducer(): the statistics of a sharded run
   std::size_t steps_ = 0;
   phase phase_ = phase::idle;
   step_report report_;
