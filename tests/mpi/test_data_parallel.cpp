@@ -186,6 +186,23 @@ TEST_CASE("global perturbation: P ranks are one process on the rank-ordered aver
   }
 }
 
+TEST_CASE("comm::none (the default): the wrapper is the plain optimizer, bitwise") {
+  const int me = world_rank();
+  for (const auto mode : {flatmin::parallel_mode::global_perturbation, flatmin::parallel_mode::sharded}) {
+    model a, b;
+    flatmin::data_parallel<sam_adamw> dp(a.ps, sam_make(adamw)(), {}, {.mode = mode});
+    sam_adamw plain(b.ps, sam_make(adamw)());
+    for (int s = 0; s < 3; ++s) {
+      const auto ra = dp.step([&] { return a.fill(me); });
+      const auto rb = plain.step([&] { return b.fill(me); });
+      CHECK(same_norm(ra.grad_norm, rb.grad_norm));
+      CHECK(ra.loss == rb.loss);
+    }
+    CHECK(same_weights(a, b));
+    CHECK(dp.bytes_sent() == 0);
+  }
+}
+
 TEST_CASE("sharded (ZeRO-1): P shards are one process on the rank-ordered average, bitwise") {
   using M = flatmin::comm::mpi;
   SUBCASE("SAM + SGD momentum") {
@@ -283,6 +300,20 @@ TEST_CASE("faults: every rank takes the same decision, none hangs") {
     CHECK(dp.steps() == 2);
   }
 
+  SUBCASE("with nonfinite::raise every rank throws non_finite_error, weights untouched") {
+    model m;
+    auto c = sam_make(sgd_momentum)();
+    c.options.on_nonfinite = flatmin::nonfinite::raise;
+    flatmin::data_parallel<sam_sgd, M> dp(m.ps, c, M{},
+                                          {.mode = flatmin::parallel_mode::per_worker_perturbation});
+    const auto before = m.w;
+    m.fill(me);
+    if (me == last) m.g[0][3] = -std::numeric_limits<float>::infinity();
+    CHECK_THROWS_AS(dp.ascend(), flatmin::non_finite_error);
+    CHECK(m.w == before);
+    CHECK(!dp.ascended());
+  }
+
   SUBCASE("a non-finite g_adv on one rank skips the step on all (sharded)") {
     model m;
     flatmin::data_parallel<sam_sgd, M> dp(m.ps, sam_make(sgd_momentum)(), M{},
@@ -296,6 +327,17 @@ TEST_CASE("faults: every rank takes the same decision, none hangs") {
     CHECK(rd.skipped);
     CHECK(m.w == before);
     CHECK(dp.steps() == 0);
+  }
+
+  SUBCASE("bad options are refused on every rank, naming the option") {
+    model m;
+    std::string what;
+    try {
+      flatmin::data_parallel<sam_sgd, M> dp(m.ps, sam_make(sgd_momentum)(), M{}, {.bucket_bytes = 8});
+    } catch (const std::invalid_argument& e) {
+      what = e.what();
+    }
+    CHECK(what.find("bucket_bytes") != std::string::npos);
   }
 
   SUBCASE("parameter tables that differ are refused at construction, naming rank and tensor") {
