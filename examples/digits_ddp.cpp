@@ -11,10 +11,14 @@
 //
 //   mpirun -np 2 build/examples/example_digits_ddp [--seeds N] [--epochs N] [--quick]
 //
-// With -np 1 every mode is the one-process run (`digits_demo --only sam` for the same seed and
-// epochs prints the same accuracy, up to the order of the batch-mean sums in float). With P ranks
-// the average of the slice means equals the batch mean up to rounding, and exactly in weight
-// only when the slices are equal (the last, short batch of an epoch is cut unevenly).
+// With -np 1 every mode is the one-process run: seed 0, 60 epochs gave test_acc 0.9518 in all three
+// modes, as `digits_demo --only sam --seeds 1` (same machine, same build). With P ranks the average
+// of the slice means is the batch mean only up to float rounding (and the last, short batch of an
+// epoch is cut unevenly, so its samples are not weighted alike): -np 2 gave 0.9536 (global and
+// sharded, equal to each other bit for bit) and 0.9555 (per-worker), one and two test samples
+// away. Bytes sent per rank per step at -np 2: 154 kB global, 77 kB per-worker (only g_adv is
+// averaged), 197 kB sharded (two reduce-scatters and two weight all-gathers, each padded to the
+// widest shard: this model's 4 tensors give uneven shards).
 
 #include <mpi.h>
 
