@@ -57,6 +57,7 @@
 #include "composition.hpp"
 #include "report.hpp"
 #include "weight_store.hpp"
+#include "stats_reducer.hpp"
 
 namespace flatmin {
 
@@ -241,8 +242,7 @@ class sharpness_aware {
     double norm = 0;  // ‖g‖ or ‖g_adv‖, unscaled (what clipping reads)
     if (args.found_inf) bad = *args.found_inf;
     if (!args.found_inf || (!bad && options_.clip_grad_norm > 0)) {
-      const auto c =
-          Backend::template reduce<kernels::grad_stats>(layout_.full(), kernels::check_pass<T>{inv});
+      const auto c = reduce_full(kernels::check_pass<T>{inv});
       bad = bad || c.bad > 0 || !std::isfinite(c.g2);
       norm = std::sqrt(c.g2);
       (perturbed ? report_.perturbed_grad_norm : report_.grad_norm) = norm;
@@ -386,6 +386,27 @@ class sharpness_aware {
     if (phase_ != phase::idle)
       throw usage_error("flatmin: reload_master() called between ascend() and descend()");
     store_.reload(layout_);
+  }
+
+  /// Makes the step statistics global (optimizer/stats_reducer.hpp; set by data_parallel's sharded
+  /// mode): the ascent's statistics and descend()'s check are then per-segment partials handed to
+  /// `r`, and the mask density's denominator is `perturbable` (over every process). nullptr: this
+  /// process alone (the default). usage_error for a mask whose statistics are not one pass over the
+  /// layout (a compact range: mask::fisher, dynamic, random) or between ascend() and descend().
+  void set_stats_reducer(stats_reducer* r, std::size_t perturbable) {
+    if (phase_ != phase::idle)
+      throw usage_error("flatmin: set_stats_reducer() called between ascend() and descend()");
+    if (r && mask_state_type::compact)
+      throw usage_error("flatmin: set_stats_reducer(): only masks without a compact range (mask::dense) "
+                        "reduce per segment");
+    // A descent rule's or perturbation's own reductions (GSAM's ⟨g, g_adv⟩, …) are not routed
+    // through the reducer: sharded, they would see one shard.
+    if (r && (!std::is_same_v<descent_state_type, detail::no_descent_state<Descent, T, Backend>> ||
+              !std::is_same_v<perturb_state_type, detail::no_perturb_state<Perturb, T, Backend>>))
+      throw usage_error("flatmin: set_stats_reducer(): a descent rule or perturbation with state (GSAM, "
+                        "WSAM, LookSAM, Friendly-SAM, …) has reductions of its own, not sharded yet");
+    reducer_ = r;
+    perturbable_ = perturbable;
   }
   /// Bytes of the base optimizer's state.
   std::size_t base_state_bytes() const { return base_state_.bytes(); }
@@ -638,9 +659,28 @@ class sharpness_aware {
   }
 
   kernels::grad_stats stats(T inv) {
-    return target().stats([&](auto view, bool norm_over_mask) {
+    const auto make = [&](auto view, bool norm_over_mask) {
       return kernels::stats_pass<T, term_type, decltype(view)>{term(), view, inv, norm_over_mask};
-    });
+    };
+    if (reducer_) return reduce_full(make(mask_state_.get_view(), mask_state_type::norm_over_mask));
+    return target().stats(make);
+  }
+
+  /// A reduction over the whole layout: this process's, or with a reducer the sum over every
+  /// process of per-segment partials (stats_reducer.hpp).
+  template <class Pass>
+  kernels::grad_stats reduce_full(const Pass& pass) {
+    const auto full = layout_.full();
+    if (!reducer_) return Backend::template reduce<kernels::grad_stats>(full, pass);
+    std::vector<kernels::grad_stats> partial(full.count);
+    for (std::size_t s = 0; s < full.count; ++s) {
+      auto one = full;
+      one.segments += s;
+      one.count = 1;
+      one.elements = layout_.host_segments()[s].len;
+      partial[s] = Backend::template reduce<kernels::grad_stats>(one, pass);
+    }
+    return reducer_->combine(partial.data(), partial.size());
   }
 
   /// The descent, undoing the ascent first when `restore` (fused where the saved weights are dense).
@@ -733,6 +773,7 @@ class sharpness_aware {
   std::vector<std::string> names_;  ///< tensor names: the checkpoint's parameter table, lookups by name
   detail::weight_store<W, T, Backend> store_;  ///< 16-bit weights: master copy, rounding (weight_store.hpp)
   std::size_t perturbable_ = 0;
+  stats_reducer* reducer_ = nullptr;  ///< set_stats_reducer(): the statistics of a sharded run
   std::size_t steps_ = 0;
   phase phase_ = phase::idle;
   step_report report_;

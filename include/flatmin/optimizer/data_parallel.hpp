@@ -1,0 +1,679 @@
+#pragma once
+/// @file data_parallel.hpp
+/// `data_parallel<Optimizer, Comm>`: a `sharpness_aware` composition run by P processes on their own
+/// batches (SPMD: every rank builds the same object over the same parameter table and calls the same
+/// protocol), communicating through a `comm::communicator` (comm/communicator.hpp). Modes
+/// (`data_parallel_options::mode`):
+///
+/// - `global_perturbation`: g is averaged over the ranks before the ascent, so ε is SAM's on the
+///   global batch; g_adv is averaged before the descent. Every rank holds the whole optimizer state
+///   and computes the same step.
+/// - `per_worker_perturbation`: each rank forms ε from its own g (m-sharpness with m = the local
+///   batch, the SAM paper's distributed experiments and its official JAX code); only g_adv is
+///   averaged. Every rank holds the whole state; the weights agree again after each descent.
+/// - `sharded` (ZeRO-1): the flat parameter space of the one-process layout (backend/layout.hpp) is
+///   cut into P shards of whole segments, in rank order; rank r holds the optimizer state (moments,
+///   saved weights) of shard r only and updates only its weights, then the updated shards are
+///   all-gathered. g and g_adv are reduce-scattered (each rank receives the average over its shard).
+///   The step statistics (‖g‖, the non-finite count) are global through the optimizer's one hook
+///   (optimizer/stats_reducer.hpp), summed in the one-process order. Needs mask::dense,
+///   descent::standard and regularize::none (masks with a compact range, ESAM's data selection and
+///   BAR's balancedness reduce over the whole layout in ways not yet distributed).
+///
+/// "The average over ranks" is always `comm::rank_ordered_mean`: the ranks' values added in rank
+/// order in double, divided by P, rounded once. Hence the contract the tests check: in global and
+/// sharded mode P ranks produce, bit for bit, the weights and reports of one process whose
+/// gradient is that average (the gradient of the concatenated batch, if each rank's gradient is
+/// its batch mean and the batches are of equal size).
+///
+/// Averaging: with `average_gradients` (default) flatmin averages the gradient views itself, in
+/// buckets of at most `bucket_bytes` over its flat layout: an all-to-all moves each rank's slice of
+/// every bucket to the rank that owns it, which adds the P slices in rank order (a reduce-scatter
+/// whose result does not depend on the engine), and an all-gather brings the averages back (not in
+/// sharded mode, where a rank only needs its shard). Afterwards the gradient views hold the average
+/// (sharded: on the rank's own shard; the rest of the views is left as it was). Without it the
+/// caller averages (global: g and g_adv; per-worker: g_adv; sharded: at least the rank's shard) and
+/// flatmin only makes its statistics and decisions global.
+///
+/// Faults (no rank is left waiting in a collective): every call that can fail on one rank alone is
+/// followed by a vote (one small all-gather) so that all ranks leave it the same way.
+/// - A non-finite g or g_adv on any rank skips the step on every rank (weights restored bit-exactly,
+///   state untouched, `skipped`); with `nonfinite::raise` every rank throws non_finite_error.
+/// - Parameter tables that differ across ranks (count, name, size, flags) throw
+///   std::invalid_argument at construction on every rank, naming the first rank and tensor that
+///   differ from rank 0's.
+/// - An exception in the objective (closure protocol) or in the optimizer on some ranks cancels the
+///   step on all ranks (weights restored); the ranks where it was thrown rethrow it, the others throw
+///   `peer_error` naming the lowest such rank and its message.
+/// Options must be equal on every rank (they are not compared; grad_scale and found_inf are: a
+/// found_inf on any rank holds for all, and differing grad_scales throw std::invalid_argument).
+///
+/// Checkpoints: save() writes this rank's state (sharded: its shard's) after a small header (rank,
+/// rank count, mode); load() is collective and all-or-nothing across the ranks (a rank that fails
+/// makes the others roll back). A sharded checkpoint loads onto the same rank count only, each rank
+/// its own file; resuming is bit-exact. The weights are the caller's to save.
+///
+/// Memory: the parameter views must be in host memory (backend::eigen, or backend::thrust on a host
+/// device system); a `nccl` communicator over device memory is not implemented.
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <exception>
+#include <istream>
+#include <memory>
+#include <optional>
+#include <ostream>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "../backend/layout.hpp"
+#include "../comm/communicator.hpp"
+#include "../comm/none.hpp"
+#include "../descent/standard.hpp"
+#include "../mask/dense.hpp"
+#include "../regularize/none.hpp"
+#include "sharpness_aware.hpp"
+#include "stats_reducer.hpp"
+
+namespace flatmin {
+
+enum class parallel_mode { global_perturbation, per_worker_perturbation, sharded };
+
+inline const char* to_string(parallel_mode m) {
+  switch (m) {
+    case parallel_mode::global_perturbation:
+      return "global_perturbation";
+    case parallel_mode::per_worker_perturbation:
+      return "per_worker_perturbation";
+    case parallel_mode::sharded:
+      return "sharded";
+  }
+  return "?";
+}
+
+struct data_parallel_options {
+  parallel_mode mode = parallel_mode::global_perturbation;
+  bool average_gradients = true;  ///< flatmin averages the gradient views (else the caller)
+  std::size_t bucket_bytes = std::size_t{16} << 20;  ///< bound on one collective's send buffer
+
+  void validate() const {
+    detail::check_option(mode == parallel_mode::global_perturbation ||
+                             mode == parallel_mode::per_worker_perturbation || mode == parallel_mode::sharded,
+                         "data_parallel_options", "mode", static_cast<double>(mode),
+                         "global_perturbation, per_worker_perturbation or sharded");
+    detail::check_option(bucket_bytes >= 64 && bucket_bytes <= (std::size_t{1} << 30),
+                         "data_parallel_options", "bucket_bytes", static_cast<double>(bucket_bytes),
+                         "in [64, 2^30]");
+  }
+};
+
+/// Thrown on the ranks where nothing failed when another rank failed (`rank()`: the lowest such).
+class peer_error : public std::runtime_error {
+ public:
+  peer_error(int rank, const std::string& what) : std::runtime_error(what), rank_(rank) {}
+  int rank() const noexcept { return rank_; }
+
+ private:
+  int rank_;
+};
+
+template <class Optimizer, comm::communicator Comm = comm::none>
+class data_parallel {
+ public:
+  using optimizer_type = Optimizer;
+  using weight_type = typename Optimizer::weight_type;
+  using grad_type = typename Optimizer::grad_type;
+  using composition_type = typename Optimizer::composition_type;
+  using W = weight_type;
+  using G = grad_type;
+
+  /// Collective. Builds the rank's optimizer over `params` (sharded: over its shard of them).
+  /// Throws on every rank (see the file comment) for bad options, an invalid or mismatched
+  /// parameter table, a view outside host memory, or (sharded) fewer segments than ranks.
+  data_parallel(const param_set<W, G>& params, composition_type c, Comm comm = {},
+                data_parallel_options o = {})
+      : ctx_(std::make_unique<context>(std::move(comm))), options_(o) {
+    const int P = ctx_->comm.size();
+    run_agreed([&] {
+      options_.validate();
+      params.validate();
+      for (const auto& v : params.tensors())
+        if (v.space != memory_space::host)
+          throw usage_error(
+              "flatmin::data_parallel: tensor " + detail::quote(v.name) +
+              " is not in host memory (device memory needs a nccl communicator, not implemented)");
+    });
+    check_same_tables(params);
+    for (const auto& v : params.tensors()) {
+      views_.push_back({v.value, v.grad, numel_, v.size});
+      numel_ += v.size;
+    }
+    run_agreed([&] {
+      if (sharded()) {
+        if constexpr (!shardable) {
+          throw usage_error(
+              "flatmin::data_parallel: sharded mode needs mask::dense, descent::standard and "
+              "regularize::none");
+        } else {
+          make_shards(params);
+          opt_.emplace(shard_params_, std::move(c));
+        }
+      } else {
+        bounds_.resize(static_cast<std::size_t>(P) + 1);
+        for (int r = 0; r <= P; ++r)
+          bounds_[r] = numel_ * static_cast<std::size_t>(r) / static_cast<std::size_t>(P);
+        opt_.emplace(params, std::move(c));
+      }
+    });
+    if (sharded()) {
+      std::size_t perturbable = 0;
+      for (const auto& v : params.tensors())
+        if (v.flags() & tensor_flags::perturb) perturbable += v.size;
+      opt_->set_stats_reducer(ctx_.get(), perturbable);
+    }
+  }
+
+  /// First half of a step (collective), as `sharpness_aware::ascend` (with g in the views).
+  step_report ascend(const step_args& args = {}) {
+    if (phase_ != phase::idle)
+      throw usage_error("flatmin::data_parallel: ascend() called twice without descend()");
+    const step_args a = agree_args(args);
+    if (options_.average_gradients && options_.mode != parallel_mode::per_worker_perturbation)
+      average(!sharded());
+    std::exception_ptr err;
+    step_report r;
+    try {
+      r = opt_->ascend(a);
+    } catch (...) {
+      err = std::current_exception();
+    }
+    const auto v = exchange(err, r.skipped ? 1 : 0, 0.0);
+    const int failed = first_failed(v);
+    if (failed >= 0) {
+      opt_->cancel();
+      phase_ = phase::idle;
+      rethrow(err, v, failed, "ascend()");
+    }
+    int skipper = -1;
+    for (int q = 0; q < static_cast<int>(v.size()) && skipper < 0; ++q)
+      if (v[q].code) skipper = q;
+    if (skipper >= 0) {  // every rank skips the step a rank had to skip (per-worker mode: its own g)
+      opt_->cancel();
+      if (!r.skipped) {
+        r.skipped = true;
+        r.perturbed = false;
+        r.perturbation_norm = 0;
+        r.reason = skip_reason::nonfinite_gradient;
+      }
+      report_ = r;
+      phase_ = phase::skipped;
+      return r;
+    }
+    if (sharded() && r.perturbed) gather_weights();
+    report_ = r;
+    phase_ = phase::ascended;
+    return r;
+  }
+
+  /// Second half (collective), as `sharpness_aware::descend` (with g_adv, or g on an unperturbed
+  /// step, in the views).
+  step_report descend(const step_args& args = {}) {
+    if (phase_ == phase::idle && Optimizer::perturbs)
+      throw usage_error("flatmin::data_parallel: descend() called without a matching ascend()");
+    if (phase_ == phase::skipped) {
+      phase_ = phase::idle;
+      return report_;
+    }
+    const step_args a = agree_args(args);
+    if (options_.average_gradients) average(!sharded());
+    std::exception_ptr err;
+    step_report r;
+    try {
+      r = opt_->descend(a);
+    } catch (...) {
+      err = std::current_exception();
+    }
+    if (sharded()) gather_weights();  // the shards updated, or restored by a skip or an exception
+    phase_ = phase::idle;
+    const auto v = exchange(err, 0, 0.0);
+    const int failed = first_failed(v);
+    if (failed >= 0) rethrow(err, v, failed, "descend()");
+    report_ = r;
+    return r;
+  }
+
+  /// One whole step with the closure protocol (collective): `obj()` writes this rank's gradient at
+  /// the current weights and returns its loss (at w, then at w + ε). The report's `loss` is the
+  /// rank-ordered mean of the ranks' losses. If the objective throws on any rank, every rank
+  /// restores its weights and throws (the original exception there, peer_error elsewhere).
+  template <class O>
+  step_report step(O&& obj, const step_args& args = {}) {
+    static_assert(
+        !requires(Optimizer & o, std::remove_reference_t<O> & ob) {
+          o.mask_state().before_gradient(o.mask(), o.layout(), std::size_t{1}, ob);
+          ob.example_gradient(std::size_t{0});
+        },
+        "flatmin::data_parallel::step: per-example objectives for a mask's estimate (SSAM-F) are "
+        "not distributed (each rank would select its own mask)");
+    if (phase_ != phase::idle)
+      throw usage_error("flatmin::data_parallel: step() called between ascend() and descend()");
+    double loss = 0;
+    std::exception_ptr err;
+    try {
+      loss = opt_->descent().first_gradient(obj);
+    } catch (...) {
+      err = std::current_exception();
+    }
+    auto v = exchange(err, 0, loss);
+    int failed = first_failed(v);
+    if (failed >= 0) rethrow(err, v, failed, "the objective at w");
+    const double mean_loss = comm::rank_ordered_mean<double>(size(), [&](int q) { return v[q].value; });
+    step_report r = ascend(args);
+    if constexpr (Optimizer::perturbs) {
+      if (r.perturbed) {
+        try {
+          opt_->descent().second_gradient(obj);
+        } catch (...) {
+          err = std::current_exception();
+        }
+        v = exchange(err, 0, 0.0);
+        failed = first_failed(v);
+        if (failed >= 0) {
+          cancel();
+          rethrow(err, v, failed, "the objective at w + eps");
+        }
+      }
+    }
+    r = descend(args);
+    r.loss = mean_loss;
+    report_.loss = mean_loss;
+    return r;
+  }
+
+  /// Abandons an ascended step on every rank (collective in sharded mode): weights restored.
+  void cancel() {
+    const bool moved = phase_ == phase::ascended && report_.perturbed;
+    opt_->cancel();
+    if (sharded() && moved) gather_weights();
+    phase_ = phase::idle;
+  }
+
+  /// Writes this rank's optimizer state (sharded: its shard's) after a header: "FLATMIND", the
+  /// rank, the rank count and the mode. Not collective.
+  void save(std::ostream& os) {
+    if (phase_ != phase::idle) throw usage_error("flatmin::data_parallel: save() called between steps");
+    const std::uint32_t h[3] = {static_cast<std::uint32_t>(rank()), static_cast<std::uint32_t>(size()),
+                                static_cast<std::uint32_t>(options_.mode)};
+    os.write(magic, 8);
+    os.write(reinterpret_cast<const char*>(h), sizeof h);
+    opt_->save(os);
+  }
+
+  /// Collective: restores what save() wrote on this rank (sharded: the same rank of a run with as
+  /// many ranks). All or nothing over the ranks: if any rank fails, all keep their state and throw
+  /// (std::invalid_argument where it failed, peer_error elsewhere).
+  void load(std::istream& is) {
+    if (phase_ != phase::idle) throw usage_error("flatmin::data_parallel: load() called between steps");
+    std::stringstream before;
+    opt_->save(before);
+    std::exception_ptr err;
+    try {
+      char m[8] = {};
+      std::uint32_t h[3] = {};
+      is.read(m, 8);
+      is.read(reinterpret_cast<char*>(h), sizeof h);
+      if (!is || std::memcmp(m, magic, 8) != 0)
+        throw std::invalid_argument("flatmin::data_parallel::load: not a data_parallel checkpoint");
+      if (h[2] != static_cast<std::uint32_t>(options_.mode))
+        throw std::invalid_argument(std::string("flatmin::data_parallel::load: a checkpoint of mode ") +
+                                    to_string(static_cast<parallel_mode>(h[2])) + ", this run is " +
+                                    to_string(options_.mode));
+      if (sharded() &&
+          (h[0] != static_cast<std::uint32_t>(rank()) || h[1] != static_cast<std::uint32_t>(size())))
+        throw std::invalid_argument("flatmin::data_parallel::load: the shard of rank " +
+                                    std::to_string(h[0]) + " of " + std::to_string(h[1]) +
+                                    ", loaded on rank " + std::to_string(rank()) + " of " +
+                                    std::to_string(size()) + " (sharded checkpoints need the same ranks)");
+      opt_->load(is);
+    } catch (...) {
+      err = std::current_exception();
+    }
+    const auto v = exchange(err, 0, 0.0);
+    const int failed = first_failed(v);
+    if (failed >= 0) {
+      if (!err) opt_->load(before);
+      rethrow(err, v, failed, "load()");
+    }
+  }
+
+  int rank() const { return ctx_->comm.rank(); }
+  int size() const { return ctx_->comm.size(); }
+  bool ascended() const { return phase_ != phase::idle; }
+  std::size_t steps() const { return opt_->steps(); }
+  const step_report& last_report() const { return report_; }
+  const data_parallel_options& options() const { return options_; }
+  /// This rank's optimizer (sharded: over its shard). Options changed through it between steps
+  /// must be changed alike on every rank.
+  Optimizer& local() { return *opt_; }
+  const Optimizer& local() const { return *opt_; }
+  /// This rank's range [first, last) of the flat index space: its shard (sharded mode) or the slice
+  /// it adds up when averaging.
+  std::pair<std::size_t, std::size_t> owned() const {
+    return {bounds_[static_cast<std::size_t>(rank())], bounds_[static_cast<std::size_t>(rank()) + 1]};
+  }
+  /// Bytes this rank has sent to other ranks so far (payload of every collective, padding included).
+  std::uint64_t bytes_sent() const { return ctx_->sent; }
+
+ private:
+  enum class phase { idle, ascended, skipped };
+  static constexpr char magic[9] = "FLATMIND";
+  static constexpr bool shardable = std::is_same_v<typename Optimizer::mask_type, mask::dense> &&
+                                    std::is_same_v<typename Optimizer::descent_type, descent::standard> &&
+                                    std::is_same_v<typename Optimizer::regularizer_type, regularize::none>;
+
+  /// The communicator and the statistics hook, on the heap so that moving the wrapper keeps the
+  /// optimizer's pointer to the hook valid.
+  struct context final : stats_reducer {
+    explicit context(Comm c) : comm(std::move(c)) {}
+    kernels::grad_stats combine(const kernels::grad_stats* p, std::size_t count) override {
+      const int P = comm.size();
+      if (count != segments[static_cast<std::size_t>(comm.rank())])
+        throw std::logic_error(
+            "flatmin::data_parallel: a reduction over another segment list than the shard's");
+      const std::size_t most = *std::max_element(segments.begin(), segments.end());
+      std::vector<kernels::grad_stats> send(most), all(most * static_cast<std::size_t>(P));
+      std::copy(p, p + count, send.begin());
+      gather(send.data(), all.data(), most * sizeof(kernels::grad_stats));
+      kernels::grad_stats total{};
+      for (int r = 0; r < P; ++r)
+        for (std::size_t i = 0; i < segments[static_cast<std::size_t>(r)]; ++i)
+          total = total + all[static_cast<std::size_t>(r) * most + i];
+      return total;
+    }
+    void gather(const void* s, void* r, std::size_t n) {
+      comm.all_gather(s, r, n);
+      sent += static_cast<std::uint64_t>(n) * static_cast<std::uint64_t>(comm.size() - 1);
+    }
+    void to_all(const void* s, void* r, std::size_t n) {
+      comm.all_to_all(s, r, n);
+      sent += static_cast<std::uint64_t>(n) * static_cast<std::uint64_t>(comm.size() - 1);
+    }
+    Comm comm;
+    std::vector<std::size_t> segments;  ///< segments per rank (sharded mode)
+    std::uint64_t sent = 0;
+  };
+
+  /// What each rank tells the others after a call that may fail locally.
+  struct vote {
+    std::int32_t failed;  ///< 0: no exception; 1: an exception; 2: non_finite_error
+    std::int32_t code;    ///< the call's outcome (ascend: 1 = skipped)
+    double value;         ///< a number to share (the loss)
+    char what[112];       ///< the start of the exception's message
+  };
+
+  struct flat_view {
+    W* w;
+    G* g;
+    std::size_t offset;
+    std::size_t size;
+  };
+
+  bool sharded() const { return options_.mode == parallel_mode::sharded; }
+  /// A fixed-size field up to its first NUL.
+  static std::string text(const char* s, std::size_t n) { return std::string(s, std::find(s, s + n, '\0')); }
+
+  std::vector<vote> exchange(const std::exception_ptr& err, int code, double value) {
+    vote mine{};
+    mine.code = code;
+    mine.value = value;
+    if (err) {
+      mine.failed = 1;
+      try {
+        std::rethrow_exception(err);
+      } catch (const non_finite_error& e) {
+        mine.failed = 2;
+        std::strncpy(mine.what, e.what(), sizeof mine.what - 1);
+      } catch (const std::exception& e) {
+        std::strncpy(mine.what, e.what(), sizeof mine.what - 1);
+      } catch (...) {
+        std::strncpy(mine.what, "an exception not derived from std::exception", sizeof mine.what - 1);
+      }
+    }
+    std::vector<vote> all(static_cast<std::size_t>(size()));
+    ctx_->gather(&mine, all.data(), sizeof(vote));
+    return all;
+  }
+  static int first_failed(const std::vector<vote>& v) {
+    for (std::size_t q = 0; q < v.size(); ++q)
+      if (v[q].failed) return static_cast<int>(q);
+    return -1;
+  }
+  [[noreturn]] static void rethrow(const std::exception_ptr& err, const std::vector<vote>& v, int q,
+                                   const char* where) {
+    if (err) std::rethrow_exception(err);
+    const std::string msg = std::string("flatmin::data_parallel: ") + where + " failed on rank " +
+                            std::to_string(q) + ": " + text(v[q].what, sizeof v[q].what);
+    if (v[q].failed == 2) throw non_finite_error(msg);
+    throw peer_error(q, msg);
+  }
+  /// Runs `f` (local work that may throw), then votes: every rank throws if any did.
+  template <class F>
+  void run_agreed(const F& f) {
+    std::exception_ptr err;
+    try {
+      f();
+    } catch (...) {
+      err = std::current_exception();
+    }
+    const auto v = exchange(err, 0, 0.0);
+    const int q = first_failed(v);
+    if (q >= 0) rethrow(err, v, q, "construction");
+  }
+
+  /// found_inf on any rank holds for all (and is known to all only if every rank set it); the
+  /// grad_scale must be the same everywhere.
+  step_args agree_args(const step_args& a) {
+    struct flag {
+      double scale;
+      std::int32_t state;  // 0: unset, 1: false, 2: true
+      std::int32_t pad;
+    };
+    const flag mine{a.grad_scale, a.found_inf ? (*a.found_inf ? 2 : 1) : 0, 0};
+    std::vector<flag> all(static_cast<std::size_t>(size()));
+    ctx_->gather(&mine, all.data(), sizeof(flag));
+    step_args out = a;
+    bool any_true = false, all_set = true;
+    for (std::size_t q = 0; q < all.size(); ++q) {
+      if (std::memcmp(&all[q].scale, &all[0].scale, sizeof(double)) != 0)
+        throw std::invalid_argument("flatmin::data_parallel: step_args::grad_scale differs between rank 0 (" +
+                                    std::to_string(all[0].scale) + ") and rank " + std::to_string(q) + " (" +
+                                    std::to_string(all[q].scale) + ")");
+      any_true = any_true || all[q].state == 2;
+      all_set = all_set && all[q].state != 0;
+    }
+    if (any_true)
+      out.found_inf = true;
+    else if (all_set)
+      out.found_inf = false;
+    else
+      out.found_inf.reset();
+    return out;
+  }
+
+  /// Every rank's tensor table against rank 0's: count, then (name, size, flags) per tensor.
+  void check_same_tables(const param_set<W, G>& params) {
+    struct sig {
+      std::uint64_t size;
+      std::uint64_t name_hash;
+      std::uint32_t flags;
+      std::uint32_t name_len;
+      char name[48];
+    };
+    const std::uint64_t n = params.size();
+    std::vector<std::uint64_t> counts(static_cast<std::size_t>(size()));
+    ctx_->gather(&n, counts.data(), sizeof n);
+    for (std::size_t q = 1; q < counts.size(); ++q)
+      if (counts[q] != counts[0])
+        throw std::invalid_argument("flatmin::data_parallel: rank " + std::to_string(q) + " has " +
+                                    std::to_string(counts[q]) + " tensors, rank 0 has " +
+                                    std::to_string(counts[0]));
+    std::vector<sig> mine(n), all(n * counts.size());
+    for (std::size_t t = 0; t < n; ++t) {
+      const auto& v = params[t];
+      std::uint64_t h = 14695981039346656037ull;  // FNV-1a
+      for (unsigned char ch : v.name) h = (h ^ ch) * 1099511628211ull;
+      mine[t] = sig{v.size, h, v.flags(), static_cast<std::uint32_t>(v.name.size()), {}};
+      std::strncpy(mine[t].name, v.name.c_str(), sizeof mine[t].name - 1);
+    }
+    if (n) ctx_->gather(mine.data(), all.data(), n * sizeof(sig));
+    for (std::size_t q = 1; q < counts.size(); ++q)
+      for (std::size_t t = 0; t < n; ++t) {
+        const sig& a = all[t];
+        const sig& b = all[q * n + t];
+        if (a.size == b.size && a.name_hash == b.name_hash && a.flags == b.flags && a.name_len == b.name_len)
+          continue;
+        const auto describe = [](const sig& s) {
+          return detail::quote(text(s.name, sizeof s.name) + (s.name_len >= sizeof s.name ? "..." : "")) +
+                 ", " + std::to_string(s.size) + " elements, flags " + std::to_string(s.flags);
+        };
+        throw std::invalid_argument("flatmin::data_parallel: tensor " + std::to_string(t) + " of rank " +
+                                    std::to_string(q) + " (" + describe(b) + ") differs from rank 0's (" +
+                                    describe(a) + ")");
+      }
+  }
+
+  /// Shard r: segments [first_r, first_{r+1}) of the one-process segment list, about N/P elements
+  /// each, at least one each; the rank's optimizer runs over views of its shard's pieces, whose
+  /// segments are then exactly the one-process segments of the shard.
+  void make_shards(const param_set<W, G>& params) {
+    using backend_t = typename Optimizer::backend_type;
+    const auto table = backend::make_tensor_table(params);
+    const auto segs = backend::make_segments(table, backend_t::segment_size);
+    const std::size_t P = static_cast<std::size_t>(size()), ns = segs.size();
+    if (ns < P)
+      throw std::invalid_argument("flatmin::data_parallel: sharded mode needs a segment (" +
+                                  std::to_string(backend_t::segment_size) +
+                                  " elements of a tensor) per rank: " + std::to_string(ns) +
+                                  " segments for " + std::to_string(P) + " ranks");
+    std::vector<std::size_t> first(P + 1, ns);
+    first[0] = 0;
+    for (std::size_t r = 1; r < P; ++r) {
+      const std::size_t target = numel_ * r / P;
+      std::size_t s = first[r - 1] + 1;
+      while (s < ns - (P - r) && segs[s].index < target) ++s;
+      first[r] = s;
+    }
+    bounds_.assign(P + 1, numel_);
+    ctx_->segments.assign(P, 0);
+    for (std::size_t r = 0; r < P; ++r) {
+      bounds_[r] = segs[first[r]].index;
+      ctx_->segments[r] = first[r + 1] - first[r];
+    }
+    const std::size_t me = static_cast<std::size_t>(rank());
+    const std::size_t lo = bounds_[me], hi = bounds_[me + 1];
+    for (std::size_t t = 0; t < params.size(); ++t) {
+      const auto& v = params[t];
+      const std::size_t a = std::max(lo, views_[t].offset), b = std::min(hi, views_[t].offset + v.size);
+      if (a >= b) continue;
+      const std::size_t k = a - views_[t].offset;
+      auto& sv = shard_params_.add(v.name, v.value + k, v.grad + k, {b - a}, v.options, v.space);
+      sv.extra_flags = v.extra_flags;
+    }
+  }
+
+  /// Calls f(view, first element in the view, count, flat index) for the pieces of [a, b).
+  template <class F>
+  void pieces(std::size_t a, std::size_t b, const F& f) const {
+    if (a >= b) return;
+    std::size_t t = static_cast<std::size_t>(
+        std::upper_bound(views_.begin(), views_.end(), a,
+                         [](std::size_t x, const flat_view& v) { return x < v.offset; }) -
+        views_.begin() - 1);
+    while (a < b) {
+      const flat_view& v = views_[t];
+      const std::size_t n = std::min(b, v.offset + v.size) - a;
+      if (n) f(v, a - v.offset, n, a);
+      a += n;
+      ++t;
+    }
+  }
+
+  std::size_t widest() const {
+    std::size_t m = 1;
+    for (std::size_t r = 0; r + 1 < bounds_.size(); ++r) m = std::max(m, bounds_[r + 1] - bounds_[r]);
+    return m;
+  }
+  std::size_t bucket(std::size_t elem_bytes) const {
+    const std::size_t b = options_.bucket_bytes / (elem_bytes * static_cast<std::size_t>(size()));
+    return std::clamp<std::size_t>(b, 1, widest());
+  }
+
+  /// The gradient views ← their rank-ordered mean over the ranks: on this rank's slice (`owned`),
+  /// and on every slice when `everywhere`.
+  void average(bool everywhere) {
+    const std::size_t P = static_cast<std::size_t>(size()), me = static_cast<std::size_t>(rank());
+    const std::size_t B = bucket(sizeof(G));
+    std::vector<G> send(P * B), recv(P * B), mean(B);
+    for (std::size_t k = 0; k < widest(); k += B) {
+      std::fill(send.begin(), send.end(), G{});
+      for (std::size_t j = 0; j < P; ++j)
+        pieces(std::min(bounds_[j] + k, bounds_[j + 1]), std::min(bounds_[j] + k + B, bounds_[j + 1]),
+               [&](const flat_view& v, std::size_t at, std::size_t n, std::size_t flat) {
+                 std::copy(v.g + at, v.g + at + n, send.begin() + (j * B + flat - bounds_[j] - k));
+               });
+      ctx_->to_all(send.data(), recv.data(), B * sizeof(G));
+      for (std::size_t i = 0; i < B; ++i)
+        mean[i] = comm::rank_ordered_mean<G>(
+            size(), [&](int q) { return recv[static_cast<std::size_t>(q) * B + i]; });
+      if (everywhere) ctx_->gather(mean.data(), recv.data(), B * sizeof(G));
+      for (std::size_t j = 0; j < P; ++j) {
+        if (!everywhere && j != me) continue;
+        const G* src = everywhere ? recv.data() + j * B : mean.data();
+        pieces(std::min(bounds_[j] + k, bounds_[j + 1]), std::min(bounds_[j] + k + B, bounds_[j + 1]),
+               [&](const flat_view& v, std::size_t at, std::size_t n, std::size_t flat) {
+                 std::copy(src + (flat - bounds_[j] - k), src + (flat - bounds_[j] - k) + n, v.g + at);
+               });
+      }
+    }
+  }
+
+  /// The weight views ← every rank's shard (sharded mode, after this rank's shard changed).
+  void gather_weights() {
+    const std::size_t P = static_cast<std::size_t>(size()), me = static_cast<std::size_t>(rank());
+    const std::size_t B = bucket(sizeof(W));
+    std::vector<W> mine(B), all(P * B);
+    for (std::size_t k = 0; k < widest(); k += B) {
+      pieces(std::min(bounds_[me] + k, bounds_[me + 1]), std::min(bounds_[me] + k + B, bounds_[me + 1]),
+             [&](const flat_view& v, std::size_t at, std::size_t n, std::size_t flat) {
+               std::copy(v.w + at, v.w + at + n, mine.begin() + (flat - bounds_[me] - k));
+             });
+      ctx_->gather(mine.data(), all.data(), B * sizeof(W));
+      for (std::size_t j = 0; j < P; ++j) {
+        if (j == me) continue;
+        pieces(std::min(bounds_[j] + k, bounds_[j + 1]), std::min(bounds_[j] + k + B, bounds_[j + 1]),
+               [&](const flat_view& v, std::size_t at, std::size_t n, std::size_t flat) {
+                 const W* src = all.data() + j * B + (flat - bounds_[j] - k);
+                 std::copy(src, src + n, v.w + at);
+               });
+      }
+    }
+  }
+
+  std::unique_ptr<context> ctx_;
+  data_parallel_options options_;
+  std::vector<flat_view> views_;  ///< the user's tensors in the flat index space
+  std::size_t numel_ = 0;
+  std::vector<std::size_t> bounds_;  ///< rank r owns [bounds_[r], bounds_[r + 1])
+  param_set<W, G> shard_params_;     ///< sharded mode: views of this rank's shard
+  std::optional<Optimizer> opt_;
+  phase phase_ = phase::idle;
+  step_report report_;
+};
+
+}  // namespace flatmin

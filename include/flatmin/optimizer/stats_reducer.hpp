@@ -1,0 +1,35 @@
+#pragma once
+/// @file stats_reducer.hpp
+/// `stats_reducer`: the one hook through which a sharded run (optimizer/data_parallel.hpp) makes a
+/// `sharpness_aware`'s step statistics global. With none set (the default) nothing changes: the
+/// optimizer reduces over its own layout as before, bit for bit.
+///
+/// With one set, the optimizer computes each reduction of a step (the ascent's statistics, the
+/// non-finite check of descend()) as one partial per segment of its layout, in segment order, and
+/// hands them to `combine`, which returns the sum over the segments of every process. A shard of a
+/// sharded run is a run of whole segments of the one-process layout and the shards follow each
+/// other in rank order, so a combine that gathers every rank's partials and adds them left to right
+/// in rank order from zero repeats the one-process summation (backend/summation.hpp: segment
+/// partials added in segment order) exactly: the norms, and so ε and the step, are bitwise those of
+/// one process.
+
+#include <cstddef>
+
+#include "../kernels/math.hpp"
+
+namespace flatmin {
+
+class stats_reducer {
+ public:
+  /// The global sum of a reduction given this process's `count` segment partials (in order).
+  /// Collective: every process of the run calls it at the same point of the step.
+  virtual kernels::grad_stats combine(const kernels::grad_stats* partials, std::size_t count) = 0;
+
+ protected:
+  stats_reducer() = default;
+  stats_reducer(const stats_reducer&) = default;
+  stats_reducer& operator=(const stats_reducer&) = default;
+  ~stats_reducer() = default;
+};
+
+}  // namespace flatmin

@@ -1,0 +1,429 @@
+// flatmin::data_parallel over MPI (optimizer/data_parallel.hpp, comm/), run by ctest under mpiexec
+// with 1, 2 and 4 ranks. Every rank can compute every rank's gradient (a separable quadratic whose
+// coefficients are a hash of rank, tensor and index), so each rank also runs the one-process
+// reference in-process and compares:
+// - global and sharded mode against one process fed the rank-ordered average of the ranks'
+//   gradients (Σ_r g_r added in rank order in double, / P, rounded to float: written out here),
+//   bitwise, weights and reports;
+// - per-worker mode against a float64 re-derivation of m-sharpness (ε_r from rank r's own g);
+// - the faults: a non-finite gradient on one rank, tables that differ, an objective that throws on
+//   one rank (a hang is the ctest TIMEOUT).
+#define DOCTEST_CONFIG_IMPLEMENT
+#include <doctest/doctest.h>
+#include <mpi.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <flatmin/comm/callbacks.hpp>
+#include <flatmin/comm/mpi.hpp>
+#include <flatmin/flatmin.hpp>
+#include <flatmin/optimizer/data_parallel.hpp>
+#include <limits>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace {
+
+int world_rank() {
+  int r = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &r);
+  return r;
+}
+int world_size() {
+  int s = 1;
+  MPI_Comm_size(MPI_COMM_WORLD, &s);
+  return s;
+}
+
+// 7 segments of 4096 (5000 → 2, 300 → 1, 9000 → 3, 7 → 1): a shard each for up to 7 ranks, and
+// tensors split across shards inside (9000) and at their ends.
+const std::vector<std::size_t> sizes = {5000, 300, 9000, 7};
+const char* const names[] = {"w1", "b1", "w2", "b2"};
+
+std::uint64_t mix(std::uint64_t x) {  // splitmix64
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+double unit(std::uint64_t k) { return static_cast<double>(mix(k) >> 11) * 0x1p-53; }  // [0, 1)
+std::uint64_t key(int r, std::size_t t, std::size_t i, int what) {
+  return (static_cast<std::uint64_t>(r) << 56) ^ (static_cast<std::uint64_t>(t) << 48) ^ (i << 4) ^
+         static_cast<std::uint64_t>(what);
+}
+// Rank r's loss: ½ Σ a (w − c)², a in [0.5, 1.5), c in [-1, 1); its gradient in float.
+float coef_a(int r, std::size_t t, std::size_t i) { return static_cast<float>(0.5 + unit(key(r, t, i, 1))); }
+float coef_c(int r, std::size_t t, std::size_t i) {
+  return static_cast<float>(2 * unit(key(r, t, i, 2)) - 1);
+}
+float grad_of(int r, std::size_t t, std::size_t i, float w) {
+  return coef_a(r, t, i) * (w - coef_c(r, t, i));
+}
+
+struct model {
+  std::vector<std::vector<float>> w, g;
+  flatmin::param_set<float> ps;
+  explicit model(std::size_t odd_size = 0) : w(sizes.size()), g(sizes.size()) {
+    for (std::size_t t = 0; t < sizes.size(); ++t) {
+      const std::size_t n = (t == 1 && odd_size) ? odd_size : sizes[t];
+      w[t].resize(n);
+      g[t].assign(n, 0.f);
+      for (std::size_t i = 0; i < n; ++i) w[t][i] = static_cast<float>(unit(key(99, t, i, 3)) - 0.5);
+      flatmin::tensor_options o;
+      if (t == 1) o.weight_decay = false;
+      if (t == 3) o.perturb = false;
+      ps.add(names[t], w[t].data(), g[t].data(), {n}, o);
+    }
+  }
+  double loss(int r) const {
+    double l = 0;
+    for (std::size_t t = 0; t < w.size(); ++t)
+      for (std::size_t i = 0; i < w[t].size(); ++i) {
+        const double d = static_cast<double>(w[t][i]) - coef_c(r, t, i);
+        l += 0.5 * coef_a(r, t, i) * d * d;
+      }
+    return l;
+  }
+  double fill(int r) {  // this rank's gradient at w; returns its loss
+    for (std::size_t t = 0; t < w.size(); ++t)
+      for (std::size_t i = 0; i < w[t].size(); ++i) g[t][i] = grad_of(r, t, i, w[t][i]);
+    return loss(r);
+  }
+  void fill_average(int P) {  // the one-process gradient: rank-ordered mean, in double, rounded once
+    for (std::size_t t = 0; t < w.size(); ++t)
+      for (std::size_t i = 0; i < w[t].size(); ++i) {
+        double s = grad_of(0, t, i, w[t][i]);
+        for (int r = 1; r < P; ++r) s += grad_of(r, t, i, w[t][i]);
+        g[t][i] = static_cast<float>(s / P);
+      }
+  }
+};
+
+bool same_weights(const model& a, const model& b) {
+  for (std::size_t t = 0; t < a.w.size(); ++t)
+    if (std::memcmp(a.w[t].data(), b.w[t].data(), a.w[t].size() * sizeof(float)) != 0) return false;
+  return true;
+}
+bool same_norm(double a, double b) { return std::memcmp(&a, &b, sizeof a) == 0; }
+
+// `steps` steps of Opt built from make(), distributed in `mode` over `comm` (two-call protocol, or
+// the closure protocol when `closure`) and in one process on the average, compared bitwise.
+template <class Opt, bool closure = false, class Comm, class Make>
+void check_one_process(const Make& make, flatmin::parallel_mode mode, Comm comm, int steps) {
+  const int P = world_size(), me = world_rank();
+  model dist, ref;
+  flatmin::data_parallel<Opt, Comm> dp(dist.ps, make(), std::move(comm), {.mode = mode});
+  Opt one(ref.ps, make());
+  for (int s = 0; s < steps; ++s) {
+    flatmin::step_report rd, rr;
+    double loss_sum = dist.loss(0);  // the report's loss: the ranks' losses at w, in rank order
+    for (int r = 1; r < P; ++r) loss_sum += dist.loss(r);
+    if constexpr (closure) {
+      rd = dp.step([&] { return dist.fill(me); });
+    } else {
+      dist.fill(me);
+      rd = dp.ascend();
+      dist.fill(me);
+      rd = dp.descend();
+    }
+    ref.fill_average(P);
+    rr = one.ascend();
+    ref.fill_average(P);
+    rr = one.descend();
+    CHECK(same_norm(rd.grad_norm, rr.grad_norm));
+    CHECK(same_norm(rd.perturbed_grad_norm, rr.perturbed_grad_norm));
+    CHECK(same_norm(rd.perturbation_norm, rr.perturbation_norm));
+    CHECK(rd.mask_density == rr.mask_density);
+    CHECK_FALSE(rd.skipped);
+    if (closure) CHECK(rd.loss == loss_sum / P);
+  }
+  CHECK(same_weights(dist, ref));
+  CHECK(dp.steps() == one.steps());
+}
+
+template <class Base>
+auto sam_make(Base b) {
+  return [b] { return flatmin::sam_options{.rho = 0.05}.compose<flatmin::perturb::l2>(b); };
+}
+
+using sam_sgd = flatmin::sam_t<float, flatmin::base::sgd>;
+using sam_adamw = flatmin::sam_t<float, flatmin::base::adamw>;
+const flatmin::base::sgd sgd_momentum{.lr = 0.05, .momentum = 0.9, .weight_decay = 1e-3};
+const flatmin::base::adamw adamw{.lr = 1e-2, .weight_decay = 1e-2};
+
+}  // namespace
+
+TEST_CASE("global perturbation: P ranks are one process on the rank-ordered average, bitwise") {
+  using M = flatmin::comm::mpi;
+  SUBCASE("SAM + SGD momentum, two-call protocol") {
+    check_one_process<sam_sgd>(sam_make(sgd_momentum), flatmin::parallel_mode::global_perturbation, M{}, 4);
+  }
+  SUBCASE("SAM + SGD momentum, closure protocol") {
+    check_one_process<sam_sgd, true>(sam_make(sgd_momentum), flatmin::parallel_mode::global_perturbation, M{},
+                                     3);
+  }
+  SUBCASE("FSAM + Adam (Fisher mask refreshed every 2 steps)") {
+    using fsam = flatmin::fsam_t<float, flatmin::base::adam>;
+    const auto make = [] {
+      return flatmin::fsam_options{.keep = 0.25, .refresh_every = 2}.compose(flatmin::base::adam{.lr = 1e-2});
+    };
+    check_one_process<fsam>(make, flatmin::parallel_mode::global_perturbation, M{}, 4);
+  }
+  SUBCASE("ESAM + SGD (random tensor mask; the data selection is the caller's here)") {
+    using esam = flatmin::esam_t<float, flatmin::base::sgd>;
+    const auto make = [] { return flatmin::esam_options{.beta = 0.5, .gamma = 1.0}.compose(sgd_momentum); };
+    check_one_process<esam>(make, flatmin::parallel_mode::global_perturbation, M{}, 4);
+  }
+  SUBCASE("comm::callbacks over MPI_Allgather only (its all-to-all through the all-gather)") {
+    flatmin::comm::callbacks cb(world_rank(), world_size(), [](const void* s, void* r, std::size_t n) {
+      MPI_Allgather(s, static_cast<int>(n), MPI_BYTE, r, static_cast<int>(n), MPI_BYTE, MPI_COMM_WORLD);
+    });
+    check_one_process<sam_sgd>(sam_make(sgd_momentum), flatmin::parallel_mode::global_perturbation, cb, 3);
+  }
+}
+
+TEST_CASE("comm::none (the default): the wrapper is the plain optimizer, bitwise") {
+  const int me = world_rank();
+  for (const auto mode : {flatmin::parallel_mode::global_perturbation, flatmin::parallel_mode::sharded}) {
+    model a, b;
+    flatmin::data_parallel<sam_adamw> dp(a.ps, sam_make(adamw)(), {}, {.mode = mode});
+    sam_adamw plain(b.ps, sam_make(adamw)());
+    for (int s = 0; s < 3; ++s) {
+      const auto ra = dp.step([&] { return a.fill(me); });
+      const auto rb = plain.step([&] { return b.fill(me); });
+      CHECK(same_norm(ra.grad_norm, rb.grad_norm));
+      CHECK(ra.loss == rb.loss);
+    }
+    CHECK(same_weights(a, b));
+    CHECK(dp.bytes_sent() == 0);
+  }
+}
+
+TEST_CASE("sharded (ZeRO-1): P shards are one process on the rank-ordered average, bitwise") {
+  using M = flatmin::comm::mpi;
+  SUBCASE("SAM + SGD momentum") {
+    check_one_process<sam_sgd>(sam_make(sgd_momentum), flatmin::parallel_mode::sharded, M{}, 4);
+  }
+  SUBCASE("SAM + AdamW, closure protocol") {
+    check_one_process<sam_adamw, true>(sam_make(adamw), flatmin::parallel_mode::sharded, M{}, 3);
+  }
+  SUBCASE("the shards partition the flat space in rank order, and the state is the shard's") {
+    model m;
+    flatmin::data_parallel<sam_adamw, M> dp(m.ps, sam_make(adamw)(), M{},
+                                            {.mode = flatmin::parallel_mode::sharded});
+    const auto [lo, hi] = dp.owned();
+    std::size_t total = 0;
+    for (auto n : sizes) total += n;
+    std::uint64_t range[2] = {lo, hi}, all[8] = {};
+    MPI_Allgather(range, 2, MPI_UINT64_T, all, 2, MPI_UINT64_T, MPI_COMM_WORLD);
+    CHECK(all[0] == 0);
+    CHECK(all[2 * world_size() - 1] == total);
+    for (int r = 1; r < world_size(); ++r) CHECK(all[2 * r] == all[2 * r - 1]);
+    const std::vector<std::size_t> starts = {0, 4096, 5000, 5300, 9396, 13492, 14300};  // the segments'
+    CHECK(std::find(starts.begin(), starts.end(), lo) != starts.end());
+    CHECK(dp.local().layout().numel() == hi - lo);
+  }
+}
+
+TEST_CASE("per-worker perturbation equals a float64 m-sharpness reference") {
+  const int P = world_size(), me = world_rank();
+  const double rho = 0.05, lr = 0.1;
+  model dist;
+  flatmin::data_parallel<sam_sgd, flatmin::comm::mpi> dp(
+      dist.ps, flatmin::sam_options{.rho = rho}.compose<flatmin::perturb::l2>(flatmin::base::sgd{.lr = lr}),
+      flatmin::comm::mpi{}, {.mode = flatmin::parallel_mode::per_worker_perturbation});
+  std::vector<std::vector<double>> w(sizes.size());
+  for (std::size_t t = 0; t < sizes.size(); ++t) w[t].assign(dist.w[t].begin(), dist.w[t].end());
+  for (int s = 0; s < 3; ++s) {
+    dist.fill(me);
+    dp.ascend();
+    dist.fill(me);
+    dp.descend();
+    // ε_r = ρ g_r / ‖g_r‖ over the perturbed tensors (not b2), g_adv_r = ∇L_r(w + ε_r), w −= lr·mean_r
+    std::vector<std::vector<double>> mean(sizes.size());
+    for (std::size_t t = 0; t < sizes.size(); ++t) mean[t].assign(sizes[t], 0.0);
+    for (int r = 0; r < P; ++r) {
+      double n2 = 0;
+      for (std::size_t t = 0; t < 3; ++t)
+        for (std::size_t i = 0; i < sizes[t]; ++i) {
+          const double g = coef_a(r, t, i) * (w[t][i] - coef_c(r, t, i));
+          n2 += g * g;
+        }
+      const double k = rho / (std::sqrt(n2) + 1e-12);
+      for (std::size_t t = 0; t < sizes.size(); ++t)
+        for (std::size_t i = 0; i < sizes[t]; ++i) {
+          const double g = coef_a(r, t, i) * (w[t][i] - coef_c(r, t, i));
+          const double wp = w[t][i] + (t < 3 ? k * g : 0.0);
+          mean[t][i] += coef_a(r, t, i) * (wp - coef_c(r, t, i)) / P;
+        }
+    }
+    for (std::size_t t = 0; t < sizes.size(); ++t)
+      for (std::size_t i = 0; i < sizes[t]; ++i) w[t][i] -= lr * mean[t][i];
+  }
+  double worst = 0;
+  for (std::size_t t = 0; t < sizes.size(); ++t)
+    for (std::size_t i = 0; i < sizes[t]; ++i)
+      worst = std::max(worst, std::abs(dist.w[t][i] - w[t][i]) / (1 + std::abs(w[t][i])));
+  CHECK(worst < 2e-6);
+}
+
+TEST_CASE("faults: every rank takes the same decision, none hangs") {
+  using M = flatmin::comm::mpi;
+  const int P = world_size(), me = world_rank(), last = P - 1;
+
+  SUBCASE("a non-finite gradient on one rank skips the step on all (per-worker mode)") {
+    model m;
+    flatmin::data_parallel<sam_sgd, M> dp(m.ps, sam_make(sgd_momentum)(), M{},
+                                          {.mode = flatmin::parallel_mode::per_worker_perturbation});
+    m.fill(me);
+    dp.ascend();
+    m.fill(me);
+    dp.descend();
+    const auto before = m.w;
+    m.fill(me);
+    if (me == last) m.g[2][17] = std::numeric_limits<float>::quiet_NaN();
+    const auto ra = dp.ascend();
+    CHECK(ra.skipped);
+    CHECK(ra.reason == flatmin::skip_reason::nonfinite_gradient);
+    const auto rd = dp.descend();
+    CHECK(rd.skipped);
+    CHECK(m.w == before);
+    CHECK(dp.steps() == 1);
+    m.fill(me);
+    dp.ascend();
+    m.fill(me);
+    CHECK_FALSE(dp.descend().skipped);
+    CHECK(dp.steps() == 2);
+  }
+
+  SUBCASE("with nonfinite::raise every rank throws non_finite_error, weights untouched") {
+    model m;
+    auto c = sam_make(sgd_momentum)();
+    c.options.on_nonfinite = flatmin::nonfinite::raise;
+    flatmin::data_parallel<sam_sgd, M> dp(m.ps, c, M{},
+                                          {.mode = flatmin::parallel_mode::per_worker_perturbation});
+    const auto before = m.w;
+    m.fill(me);
+    if (me == last) m.g[0][3] = -std::numeric_limits<float>::infinity();
+    CHECK_THROWS_AS(dp.ascend(), flatmin::non_finite_error);
+    CHECK(m.w == before);
+    CHECK(!dp.ascended());
+  }
+
+  SUBCASE("a non-finite g_adv on one rank skips the step on all (sharded)") {
+    model m;
+    flatmin::data_parallel<sam_sgd, M> dp(m.ps, sam_make(sgd_momentum)(), M{},
+                                          {.mode = flatmin::parallel_mode::sharded});
+    const auto before = m.w;
+    m.fill(me);
+    dp.ascend();
+    m.fill(me);
+    if (me == last) m.g[0][4500] = std::numeric_limits<float>::infinity();
+    const auto rd = dp.descend();
+    CHECK(rd.skipped);
+    CHECK(m.w == before);
+    CHECK(dp.steps() == 0);
+  }
+
+  SUBCASE("bad options are refused on every rank, naming the option") {
+    model m;
+    std::string what;
+    try {
+      flatmin::data_parallel<sam_sgd, M> dp(m.ps, sam_make(sgd_momentum)(), M{}, {.bucket_bytes = 8});
+    } catch (const std::invalid_argument& e) {
+      what = e.what();
+    }
+    CHECK(what.find("bucket_bytes") != std::string::npos);
+  }
+
+  SUBCASE("parameter tables that differ are refused at construction, naming rank and tensor") {
+    if (P > 1) {
+      model m(me == last ? 301 : 0);
+      std::string what;
+      try {
+        flatmin::data_parallel<sam_sgd, M> dp(m.ps, sam_make(sgd_momentum)(), M{});
+      } catch (const std::invalid_argument& e) {
+        what = e.what();
+      }
+      CHECK(what.find("tensor 1 of rank " + std::to_string(last)) != std::string::npos);
+      CHECK(what.find("'b1', 301 elements") != std::string::npos);
+      CHECK(what.find("rank 0's ('b1', 300 elements") != std::string::npos);
+    }
+  }
+
+  SUBCASE("an objective that throws on one rank cancels the step on all, weights restored") {
+    for (const auto mode : {flatmin::parallel_mode::global_perturbation, flatmin::parallel_mode::sharded}) {
+      for (const int at_call : {1, 2}) {  // at w, at w + ε
+        model m;
+        flatmin::data_parallel<sam_sgd, M> dp(m.ps, sam_make(sgd_momentum)(), M{}, {.mode = mode});
+        dp.step([&] { return m.fill(me); });
+        const auto before = m.w;
+        int calls = 0;
+        bool own = false, peer = false;
+        try {
+          dp.step([&] {
+            if (++calls == at_call && me == last) throw std::runtime_error("boom");
+            return m.fill(me);
+          });
+        } catch (const flatmin::peer_error& e) {
+          peer = e.rank() == last && std::string(e.what()).find("boom") != std::string::npos;
+        } catch (const std::runtime_error& e) {
+          own = std::string(e.what()) == "boom";
+        }
+        CHECK((me == last ? own : peer));
+        CHECK(m.w == before);
+        CHECK(!dp.ascended());
+        dp.step([&] { return m.fill(me); });
+        CHECK(dp.steps() == 2);
+      }
+    }
+  }
+}
+
+TEST_CASE("sharded checkpoints: each rank its shard, resumed bit-exactly") {
+  using M = flatmin::comm::mpi;
+  const int me = world_rank();
+  const flatmin::data_parallel_options o{.mode = flatmin::parallel_mode::sharded};
+  model a;
+  flatmin::data_parallel<sam_adamw, M> dp(a.ps, sam_make(adamw)(), M{}, o);
+  const auto run = [&](auto& opt, model& m, int n) {
+    for (int s = 0; s < n; ++s) opt.step([&] { return m.fill(me); });
+  };
+  run(dp, a, 2);
+  std::stringstream file;
+  dp.save(file);
+  const auto saved_w = a.w;
+  run(dp, a, 2);
+
+  model b;
+  for (std::size_t t = 0; t < b.w.size(); ++t)
+    std::copy(saved_w[t].begin(), saved_w[t].end(), b.w[t].begin());
+  flatmin::data_parallel<sam_adamw, M> resumed(b.ps, sam_make(adamw)(), M{}, o);
+  resumed.load(file);
+  CHECK(resumed.steps() == 2);
+  run(resumed, b, 2);
+  CHECK(same_weights(a, b));
+
+  // A checkpoint of another mode is refused on every rank, and nothing is loaded.
+  model c;
+  flatmin::data_parallel<sam_adamw, M> other(c.ps, sam_make(adamw)(), M{}, {});
+  std::stringstream f2;
+  other.save(f2);
+  CHECK_THROWS_AS(resumed.load(f2), std::invalid_argument);
+  CHECK(resumed.steps() == 4);
+}
+
+int main(int argc, char** argv) {
+  MPI_Init(&argc, &argv);
+  doctest::Context ctx(argc, argv);
+  if (world_rank() != 0) ctx.setOption("out", "/dev/null");  // one rank's report; failures still count
+  int rc = ctx.run();
+  int worst = 0;
+  MPI_Allreduce(&rc, &worst, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+  MPI_Finalize();
+  return worst;
+}
