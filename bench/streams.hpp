@@ -62,13 +62,13 @@ inline std::uint32_t scalar_tail(std::uint32_t* const* a, std::uint32_t* f, std:
 }
 
 #if FLATMIN_BENCH_X86
-#define FLATMIN_BENCH_STREAM_KERNEL(NAME, ATTR, VEC, LANES, LOAD, XOR, STORE, STREAM, FIRST)         \
+#define FLATMIN_BENCH_STREAM_KERNEL(NAME, ATTR, VEC, LANES, ZERO, LOAD, XOR, STORE, STREAM, FIRST)   \
   template <int R, int IP, int FW, bool NT>                                                       \
   ATTR std::uint32_t NAME(std::uint32_t* const* arrays, std::uint32_t* f, std::size_t lo,         \
                           std::size_t hi) {                                                       \
     std::uint32_t* p[4] = {arrays[0], R > 1 ? arrays[1] : nullptr, R > 2 ? arrays[2] : nullptr,   \
                            R > 3 ? arrays[3] : nullptr};                                          \
-    VEC acc = XOR(LOAD(p[0] + lo), LOAD(p[0] + lo));                                              \
+    VEC acc = ZERO();                                                                             \
     std::size_t i = lo;                                                                           \
     for (; i + LANES <= hi; i += LANES) {                                                         \
       VEC v[4];                                                                                   \
@@ -96,23 +96,26 @@ inline std::uint32_t scalar_tail(std::uint32_t* const* a, std::uint32_t* f, std:
 #define FLATMIN_SSE_STORE(p, x) _mm_store_si128(reinterpret_cast<__m128i*>(p), x)
 #define FLATMIN_SSE_STREAM(p, x) _mm_stream_si128(reinterpret_cast<__m128i*>(p), x)
 #define FLATMIN_SSE_FIRST(x) static_cast<std::uint32_t>(_mm_cvtsi128_si32(x))
-FLATMIN_BENCH_STREAM_KERNEL(kernel_sse2, , __m128i, 4, FLATMIN_SSE_LOAD, _mm_xor_si128, FLATMIN_SSE_STORE,
-                            FLATMIN_SSE_STREAM, FLATMIN_SSE_FIRST)
+FLATMIN_BENCH_STREAM_KERNEL(kernel_sse2, , __m128i, 4, _mm_setzero_si128, FLATMIN_SSE_LOAD, _mm_xor_si128,
+                            FLATMIN_SSE_STORE, FLATMIN_SSE_STREAM, FLATMIN_SSE_FIRST)
 
 #define FLATMIN_AVX_LOAD(p) _mm256_load_si256(reinterpret_cast<const __m256i*>(p))
 #define FLATMIN_AVX_STORE(p, x) _mm256_store_si256(reinterpret_cast<__m256i*>(p), x)
 #define FLATMIN_AVX_STREAM(p, x) _mm256_stream_si256(reinterpret_cast<__m256i*>(p), x)
 #define FLATMIN_AVX_FIRST(x) static_cast<std::uint32_t>(_mm256_extract_epi32(x, 0))
-FLATMIN_BENCH_STREAM_KERNEL(kernel_avx2, __attribute__((target("avx2"))), __m256i, 8, FLATMIN_AVX_LOAD,
-                            _mm256_xor_si256, FLATMIN_AVX_STORE, FLATMIN_AVX_STREAM, FLATMIN_AVX_FIRST)
+#define FLATMIN_BENCH_AVX2 __attribute__((target("avx2")))
+FLATMIN_BENCH_STREAM_KERNEL(kernel_avx2, FLATMIN_BENCH_AVX2, __m256i, 8, _mm256_setzero_si256,
+                            FLATMIN_AVX_LOAD, _mm256_xor_si256, FLATMIN_AVX_STORE, FLATMIN_AVX_STREAM,
+                            FLATMIN_AVX_FIRST)
 
 #define FLATMIN_AVX512_LOAD(p) _mm512_load_si512(reinterpret_cast<const void*>(p))
 #define FLATMIN_AVX512_STORE(p, x) _mm512_store_si512(reinterpret_cast<void*>(p), x)
 #define FLATMIN_AVX512_STREAM(p, x) _mm512_stream_si512(reinterpret_cast<__m512i*>(p), x)
 #define FLATMIN_AVX512_FIRST(x) static_cast<std::uint32_t>(_mm512_cvtsi512_si32(x))
-FLATMIN_BENCH_STREAM_KERNEL(kernel_avx512, __attribute__((target("avx512f"))), __m512i, 16,
-                            FLATMIN_AVX512_LOAD, _mm512_xor_si512, FLATMIN_AVX512_STORE, FLATMIN_AVX512_STREAM,
-                            FLATMIN_AVX512_FIRST)
+#define FLATMIN_BENCH_AVX512 __attribute__((target("avx512f")))
+FLATMIN_BENCH_STREAM_KERNEL(kernel_avx512, FLATMIN_BENCH_AVX512, __m512i, 16, _mm512_setzero_si512,
+                            FLATMIN_AVX512_LOAD, _mm512_xor_si512, FLATMIN_AVX512_STORE,
+                            FLATMIN_AVX512_STREAM, FLATMIN_AVX512_FIRST)
 #endif
 
 /// Variant v: instruction set v / 2 (0 baseline, 1 AVX2, 2 AVX-512), streaming stores if v is odd.
