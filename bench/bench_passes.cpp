@@ -5,6 +5,8 @@
 // optimizer launches it; step-level benchmarks (opt_*) call the optimizer's public protocol and so
 // include every pass it runs (the statistics pass, the finiteness check of g_adv, ...).
 // Yardstick for the K = 1000 against K = 1 ratios: `copy_tensors`, the copy over K separate tensors.
+// Yardstick of each pass (stream_ratio, bench/streams.hpp): a kernel with its read and write
+// streams and no arithmetic; a step's is the sum of its passes' (the opt_* rows list them).
 // Minimal traffic per parameter (DESIGN.md §5, fp32):
 //   copy 8 B · copy_tensors 8 B · global_norm 4 B · ascend 16 B · descend_sgd 20 B · descend_adamw 28 B
 //   sgd 20 B · adamw 28 B (base step pass alone)
@@ -37,7 +39,7 @@ void copy(benchmark::State& st) {
     parallel_copy(src.data(), dst.data(), a.n, a.threads);
     benchmark::ClobberMemory();
   }
-  set_traffic(st, 8.0 * a.n, a.n, a.threads);
+  set_traffic(st, 8.0 * a.n, a.n, a.threads, {copy_streams});
 }
 
 /// `copy` over K tensors: each tensor's g copied into its own buffer (K separate allocations, as in
@@ -61,7 +63,7 @@ void copy_tensors(benchmark::State& st) {
     }
     benchmark::ClobberMemory();
   }
-  set_traffic(st, 8.0 * a.n, a.n, a.threads);
+  set_traffic(st, 8.0 * a.n, a.n, a.threads, {copy_streams});
 }
 
 void global_norm(benchmark::State& st) {
@@ -73,7 +75,7 @@ void global_norm(benchmark::State& st) {
     grad_stats s = be::reduce<grad_stats>(l.full(), pass);
     benchmark::DoNotOptimize(s);
   }
-  set_traffic(st, 4.0 * a.n, a.n, a.threads);
+  set_traffic(st, 4.0 * a.n, a.n, a.threads, {read_only});
 }
 
 void ascend(benchmark::State& st) {
@@ -88,11 +90,11 @@ void ascend(benchmark::State& st) {
     be::for_each(l.full(), pass);
     benchmark::ClobberMemory();
   }
-  set_traffic(st, 16.0 * a.n, a.n, a.threads);
+  set_traffic(st, 16.0 * a.n, a.n, a.threads, {ascend_streams});
 }
 
 template <class Base, bool restore>
-void descend(benchmark::State& st, double bytes) {
+void descend(benchmark::State& st, double bytes, streams yardstick) {
   const args a(st);
   problem& p = shared_problem(a.n, a.k);
   layout_t l(p.params);
@@ -108,16 +110,16 @@ void descend(benchmark::State& st, double bytes) {
     be::for_each(l.full(), pass);
     benchmark::ClobberMemory();
   }
-  set_traffic(st, bytes * a.n, a.n, a.threads);
+  set_traffic(st, bytes * a.n, a.n, a.threads, {yardstick});
 }
 
-void descend_sgd(benchmark::State& st) { descend<flatmin::base::sgd, true>(st, 20.0); }
-void descend_adamw(benchmark::State& st) { descend<flatmin::base::adamw, true>(st, 28.0); }
-void sgd(benchmark::State& st) { descend<flatmin::base::sgd, false>(st, 20.0); }
-void adamw(benchmark::State& st) { descend<flatmin::base::adamw, false>(st, 28.0); }
+void descend_sgd(benchmark::State& st) { descend<flatmin::base::sgd, true>(st, 20.0, descend_sgd_streams); }
+void descend_adamw(benchmark::State& st) { descend<flatmin::base::adamw, true>(st, 28.0, descend_adamw_streams); }
+void sgd(benchmark::State& st) { descend<flatmin::base::sgd, false>(st, 20.0, sgd_streams); }
+void adamw(benchmark::State& st) { descend<flatmin::base::adamw, false>(st, 28.0, adamw_streams); }
 
 template <class Make>
-void opt_step(benchmark::State& st, Make make, double bytes) {
+void opt_step(benchmark::State& st, Make make, double bytes, std::initializer_list<streams> passes) {
   const args a(st);
   problem& p = shared_problem(a.n, a.k);
   auto opt = make(p.params);
@@ -127,20 +129,23 @@ void opt_step(benchmark::State& st, Make make, double bytes) {
     if (r.skipped) st.SkipWithError("step skipped");
     benchmark::DoNotOptimize(r);
   }
-  set_traffic(st, bytes * a.n, a.n, a.threads);
+  set_traffic(st, bytes * a.n, a.n, a.threads, passes);
 }
 
 void opt_sam_sgd(benchmark::State& st) {
-  opt_step(st, [](auto& ps) { return flatmin::sam<be>(ps, flatmin::base::sgd{.lr = 1e-6, .momentum = 0.9}); }, 44.0);
+  opt_step(st, [](auto& ps) { return flatmin::sam<be>(ps, flatmin::base::sgd{.lr = 1e-6, .momentum = 0.9}); }, 44.0,
+           {read_only, ascend_streams, read_only, descend_sgd_streams});
 }
 void opt_sam_adamw(benchmark::State& st) {
-  opt_step(st, [](auto& ps) { return flatmin::sam<be>(ps, flatmin::base::adamw{.lr = 1e-6}); }, 52.0);
+  opt_step(st, [](auto& ps) { return flatmin::sam<be>(ps, flatmin::base::adamw{.lr = 1e-6}); }, 52.0,
+           {read_only, ascend_streams, read_only, descend_adamw_streams});
 }
 void opt_sgd(benchmark::State& st) {
-  opt_step(st, [](auto& ps) { return flatmin::sgd<be>(ps, {.lr = 1e-6, .momentum = 0.9}); }, 24.0);
+  opt_step(st, [](auto& ps) { return flatmin::sgd<be>(ps, {.lr = 1e-6, .momentum = 0.9}); }, 24.0,
+           {read_only, sgd_streams});
 }
 void opt_adamw(benchmark::State& st) {
-  opt_step(st, [](auto& ps) { return flatmin::adamw<be>(ps, {.lr = 1e-6}); }, 32.0);
+  opt_step(st, [](auto& ps) { return flatmin::adamw<be>(ps, {.lr = 1e-6}); }, 32.0, {read_only, adamw_streams});
 }
 
 const bool registered = [] {

@@ -9,15 +9,21 @@
 //   B_per_param       that minimal traffic per parameter
 //   copy_ratio        bytes_per_second ÷ the copy bandwidth of the same number of bytes, same
 //                     thread count, measured once in this binary (copy_bandwidth below)
+//   stream_ratio      the time the benchmark's passes take at their own yardsticks (streams.hpp:
+//                     the same read and write streams, no arithmetic) ÷ its time; stream_GBps the
+//                     yardstick's rate for the same bytes, stream_variant which kernel set it
 // Environment: FLATMIN_BENCH_LARGE=1 adds N = 10^8 to the grid; FLATMIN_BENCH_MAX_N=n caps it;
 // FLATMIN_BENCH_COPY_SECONDS sets how long each copy baseline is measured (default 0.2 s).
 #include <benchmark/benchmark.h>
 #include <flatmin/flatmin.hpp>
 
+#include "streams.hpp"
+
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <initializer_list>
 #include <map>
 #include <memory>
 #include <random>
@@ -168,6 +174,23 @@ inline void set_traffic(benchmark::State& st, double bytes_per_iter, std::size_t
   // a rate counter is divided by the (real) time: bytes / (time · bandwidth) = ratio
   st.counters["copy_ratio"] =
       benchmark::Counter(bytes_per_iter * static_cast<double>(st.iterations()) / bw, benchmark::Counter::kIsRate);
+}
+
+/// set_traffic with copy_ratio, plus the counters of the stream yardstick (streams.hpp): `passes`
+/// are the streams of each pass one iteration runs (a step's several), each measured on its own
+/// over N contiguous words with the same threads; their times add up.
+inline void set_traffic(benchmark::State& st, double bytes_per_iter, std::size_t n, int threads,
+                        std::initializer_list<streams> passes) {
+  set_traffic(st, bytes_per_iter, n, threads);
+  double seconds = 0;  // one iteration at the yardsticks' rates
+  for (const streams& s : passes) {
+    const stream_rate r = stream_bandwidth(s, n, threads);
+    seconds += s.bytes() * static_cast<double>(n) / r.bytes_per_second;
+    if (passes.size() == 1) st.counters["stream_variant"] = r.variant;
+  }
+  st.counters["stream_GBps"] = bytes_per_iter / seconds / 1e9;
+  st.counters["stream_ratio"] =
+      benchmark::Counter(seconds * static_cast<double>(st.iterations()), benchmark::Counter::kIsRate);
 }
 
 /// The N grid: 10^4 … 10^7, plus 10^8 when FLATMIN_BENCH_LARGE=1; FLATMIN_BENCH_MAX_N caps it.

@@ -4,13 +4,20 @@
     python3 bench/torch_compare.py                      # N = 10^5, 10^6, 10^7; K = 1, 100, 1000
     python3 bench/torch_compare.py --sizes 10000000 --tensors 1 --threads 0
 
-PyTorch side: the widely used copy-restore SAM (the algorithm of github.com/davda54/sam, written
-here from its description): first step ‖g‖ over all parameters, e_w = ρ g / (‖g‖ + 1e-12),
-old_p = p.clone(), p += e_w; second step p = old_p, then torch.optim.SGD(momentum=0.9) or
-torch.optim.AdamW() (defaults: lr 1e-3, weight decay 1e-2) `.step()`. CPU, float32, N parameters
-split into K tensors, gradients fixed random tensors (no forward / backward is timed: only the
-optimizer side, as for flatmin). Each configuration: warm-up steps, then the median of --steps
-timed steps.
+PyTorch side, two ways (--torch):
+- `loop`: the widely used copy-restore SAM (the algorithm of github.com/davda54/sam, written here
+  from its description): first step ‖g‖ over all parameters, e_w = ρ g / (‖g‖ + 1e-12),
+  old_p = p.clone(), p += e_w; second step p = old_p, then torch.optim.SGD(momentum=0.9) or
+  torch.optim.AdamW() (defaults: lr 1e-3, weight decay 1e-2) `.step()` with their default
+  per-tensor loops on the CPU.
+- `expert`: the fastest SAM step a PyTorch user can write on the CPU: the same algorithm with
+  multi-tensor ops, `torch._foreach_norm` for ‖g‖, `torch._foreach_copy_` into buffers allocated
+  once (save and restore), one `torch._foreach_add_(params, grads, alpha=scale)`, around
+  `torch.optim.AdamW(fused=True)` (torch >= 2.4 on the CPU; else foreach=True) or
+  `torch.optim.SGD(momentum=0.9, foreach=True)`. The variant that ran is recorded.
+CPU, float32, N parameters split into K tensors, gradients fixed random tensors (no forward /
+backward is timed: only the optimizer side, as for flatmin). Each configuration: warm-up steps,
+then the median of --steps timed steps.
 
 flatmin side: the `opt_sam_sgd` / `opt_sam_adamw` benchmarks of bench/bench_passes.cpp, which
 time `ascend()` + `descend()` of flatmin::sam with the same base optimizer and options on the same
@@ -78,6 +85,62 @@ def torch_sam_step_time(torch, n, k, base, threads, steps, rho=0.05):
     return statistics.median(times)
 
 
+def torch_expert_sam_step_time(torch, n, k, base, threads, steps, rho=0.05):
+    """The `expert` SAM step (module docstring); returns (median seconds, the optimizer variant)."""
+    torch.set_num_threads(threads)
+    gen = torch.Generator().manual_seed(1)
+    sizes = [n // k + (1 if t < n % k else 0) for t in range(k)]
+    params = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in sizes]
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=gen)
+    if base == "sgd":
+        opt, variant = torch.optim.SGD(params, lr=1e-3, momentum=0.9, foreach=True), "SGD(foreach=True)"
+    else:
+        try:  # fused AdamW on the CPU: torch >= 2.4
+            opt, variant = torch.optim.AdamW(params, lr=1e-3, fused=True), "AdamW(fused=True)"
+            opt.step()  # older versions refuse CPU tensors only here
+            opt = torch.optim.AdamW(params, lr=1e-3, fused=True)
+        except (RuntimeError, TypeError, ValueError):
+            opt, variant = torch.optim.AdamW(params, lr=1e-3, foreach=True), "AdamW(foreach=True)"
+    grads = [p.grad for p in params]
+    with torch.no_grad():
+        saved = [torch.empty_like(p) for p in params]  # allocated once, as an expert would
+    if hasattr(torch, "_foreach_copy_"):
+        copy_all = torch._foreach_copy_
+    else:  # torch < 2.1 (Debian's 1.13) has no multi-tensor copy
+        variant += ", copy_ per tensor"
+
+        def copy_all(dst, src):
+            for d, s in zip(dst, src):
+                d.copy_(s)
+
+    @torch.no_grad()
+    def first_step():
+        grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+        scale = rho / (grad_norm.item() + 1e-12)
+        copy_all(saved, params)
+        torch._foreach_add_(params, grads, alpha=scale)
+
+    @torch.no_grad()
+    def second_step():
+        copy_all(params, saved)
+        opt.step()
+
+    def step():
+        first_step()
+        # (the user's second forward/backward would write g_adv here)
+        second_step()
+
+    for _ in range(3):
+        step()
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), variant
+
+
 def flatmin_times(sizes, tensors, threads, reps):
     build = os.path.join(ROOT, "build", "bench-release")
     exe = os.path.join(build, "bench", "bench_passes")
@@ -116,6 +179,8 @@ def main():
     ap.add_argument("--tensors", type=int, nargs="+", default=[1, 100, 1000])
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 0], help="1, or 0 for all cores")
     ap.add_argument("--bases", nargs="+", default=["sgd", "adamw"], choices=["sgd", "adamw"])
+    ap.add_argument("--torch", nargs="+", default=["loop", "expert"], choices=["loop", "expert"],
+                    help="PyTorch SAM steps to time (module docstring)")
     ap.add_argument("--steps", type=int, default=10, help="timed PyTorch steps per configuration")
     ap.add_argument("--reps", type=int, default=5, help="flatmin benchmark repetitions")
     ap.add_argument("--out", default=os.path.join(ROOT, "build", "bench", "torch_compare.json"))
@@ -127,7 +192,7 @@ def main():
     cores = os.cpu_count() or 1
     fm = flatmin_times(a.sizes, a.tensors, a.threads, a.reps)
     results = []
-    print(f"{'base':6} {'N':>9} {'K':>5} {'thr':>4} {'PyTorch':>12} {'flatmin':>12} {'speed-up':>9}")
+    print(f"{'base':6} {'torch':22} {'N':>9} {'K':>5} {'thr':>4} {'PyTorch':>12} {'flatmin':>12} {'speed-up':>9}")
     for base in a.bases:
         for n in a.sizes:
             for k in a.tensors:
@@ -135,12 +200,20 @@ def main():
                     continue
                 for t in a.threads:
                     nthr = cores if t == 0 else t
-                    ts = torch_sam_step_time(torch, n, k, base, nthr, a.steps)
                     fs = fm.get((base, n, k, t))
-                    results.append({"base": base, "N": n, "K": k, "threads": nthr, "torch_s": ts, "flatmin_s": fs})
-                    sp = f"{ts / fs:8.1f}x" if fs else "        –"
-                    fs_ms = f"{fs * 1e3:10.3f}ms" if fs else "           –"
-                    print(f"{base:6} {n:9d} {k:5d} {nthr:4d} {ts * 1e3:10.3f}ms {fs_ms} {sp}", flush=True)
+                    for how in a.torch:
+                        if how == "loop":
+                            ts = torch_sam_step_time(torch, n, k, base, nthr, a.steps)
+                            variant = "per-tensor loop"
+                        else:
+                            ts, variant = torch_expert_sam_step_time(torch, n, k, base, nthr, a.steps)
+                            variant = "foreach SAM + " + variant
+                        results.append({"base": base, "torch": how, "torch_variant": variant, "N": n, "K": k,
+                                        "threads": nthr, "torch_s": ts, "flatmin_s": fs})
+                        sp = f"{ts / fs:8.1f}x" if fs else "        –"
+                        fs_ms = f"{fs * 1e3:10.3f}ms" if fs else "           –"
+                        print(f"{base:6} {variant[:22]:22} {n:9d} {k:5d} {nthr:4d} {ts * 1e3:10.3f}ms {fs_ms} {sp}",
+                              flush=True)
     os.makedirs(os.path.dirname(a.out), exist_ok=True)
     with open(a.out, "w") as f:
         json.dump({"command": "python3 bench/torch_compare.py " + " ".join(sys.argv[1:]),

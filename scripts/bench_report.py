@@ -9,8 +9,10 @@ Reads every <dir>/bench_*.json (run with --benchmark_repetitions and every repet
 
 Benchmark names are `pass/N:n/K:k/threads:t/real_time` (threads 0 = all cores). For each, over
 the repetitions: the median time, the median bytes/s of DESIGN.md's minimal traffic, the spread
-(max − min over median, in %) and the median `copy_ratio` counter: bytes/s over the copy
-bandwidth of the same number of bytes with the same threads, measured in the same binary.
+(max − min over median, in %), the median `copy_ratio` counter: bytes/s over the copy
+bandwidth of the same number of bytes with the same threads, measured in the same binary, and the
+median `stream_ratio`: the pass against a kernel with its own read and write streams
+(bench/streams.hpp).
 """
 
 import glob
@@ -26,6 +28,59 @@ PLOT_PASSES = ["copy", "global_norm", "ascend", "descend_sgd", "descend_adamw", 
 COLORS = ["#000000", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf",
           "#bcbd22", "#7f7f7f"]
 
+
+# The passes a step makes, by composition kind (issue #13): static text, kept true by hand when the
+# optimizer's passes change (include/flatmin/optimizer/sharpness_aware.hpp, mask/detail/pass_target.hpp).
+# B/param: the minimal count, fp32 (bit masks 1/8 B). The time column is filled in by hand from a
+# quiet run ("to measure" until then).
+PASSES_SECTION = [
+    "## The passes of a step, and why they are not fused", "",
+    "Every pass `ascend()` + `descend()` makes over the parameters, fp32, with its minimal bytes per "
+    "parameter (each stream read or written once; 1/8 B per mask bit). The user's gradient evaluation "
+    "at w + ε sits between the ascent and the check. Times: one thread, N = 10^7, one tensor (the "
+    "`opt_*` and pass rows of bench_passes; bench_masks for FSAM).", "",
+    "### Dense SAM over SGD (momentum) and over AdamW (`flatmin::sam`)", "",
+    "| # | pass | reads | writes | B/param | time | why it is a pass of its own |",
+    "|---|---|---|---|---|---|---|",
+    "| 1 | statistics (`stats_pass`: Σg², finiteness) | g | – | 4 | to measure | ε = ρ g / ‖g‖ needs the "
+    "global norm before any weight moves: a barrier over every tensor. The finiteness of g is counted "
+    "in the same pass. |",
+    "| 2 | ascent (`ascend_pass`: saved ← w, w ← w + ε) | w, g | w, saved | 16 | to measure | needs "
+    "pass 1's norm; the user's gradient at w + ε follows it. |",
+    "| 3 | finiteness of g_adv (`check_pass`, also ‖g_adv‖ for the report) | g_adv | – | 4 | to measure | "
+    "a non-finite g_adv must leave the optimizer state untouched and w restored, which is known only "
+    "after the last entry is read; fused into pass 4, the moments would be written first (undoing them "
+    "needs a copy of the state: more bytes than this pass). Left out (0 B) when the caller passes "
+    "`step_args::found_inf` (a GradScaler's unscale already checked g_adv). |",
+    "| 4 | restore + base step fused (`descend_pass`, R = 1) — SGD momentum | saved, g_adv, buf | w, buf "
+    "| 20 | to measure | – (the restore is fused: w is written, not read) |",
+    "| 4 | the same — AdamW | saved, g_adv, m, v | w, m, v | 28 | to measure | – |",
+    "", "Step totals: SAM-SGD 44 B/param (40 with found_inf), SAM-AdamW 52 (48). ASAM reads w in the "
+    "statistics too (the norm term |w| + η): 48 / 56.", "",
+    "### FSAM (`flatmin::fsam`, element units, accumulated Fisher estimate), over SGD or Adam", "",
+    "| # | pass | reads | writes | B/param | time | why it is a pass of its own |",
+    "|---|---|---|---|---|---|---|",
+    "| 1 | statistics under the mask (‖g‖ over every perturbed entry, Σ over the masked) | g, mask bits | – "
+    "| 4.125 | to measure | as SAM's pass 1 |",
+    "| 2 | Fisher estimate F' = F + g² (`add_scores`) | g, F | F' | 12 | to measure | could share pass 1's "
+    "read of g (neither needs the other's result): the estimate is mask::fisher's pass and the "
+    "statistics the optimizer's, and no seam lets a mask add to the statistics pass yet — the one "
+    "fusion left on the table (−4 B/param per step). |",
+    "| 3 | every T_m steps: top-k of F (radix select: histogram passes over F), new bits, statistics "
+    "again | F, g | bits | ≈ 4 per histogram pass + 4.125, amortised over T_m (100) | to measure | "
+    "the new mask depends on all of F; the statistics depend on the new mask. |",
+    "| 4 | ascent under the mask (segment form, 8 bits per lookup) | w, g, bits | w, saved | 16.125 | to "
+    "measure | needs pass 1's norm. saved has a slot per entry (element units are not compact), so the "
+    "descent can fuse the restore. |",
+    "| 5 | finiteness of g_adv | g_adv | – | 4 | to measure | as SAM's pass 3 |",
+    "| 6 | restore + base step fused (R = 1) | saved, w, g_adv, bits, state | w, state | SGD 24.125, "
+    "Adam 32.125 | to measure | the restore is a select by the mask, so w is read too (4 B more than "
+    "dense SAM). |",
+    "", "Step totals (no refresh): FSAM-SGD 60.375 B/param, FSAM-Adam 68.375. With block masks "
+    "(`block` > 1) the mask is compact: the ascent and the restore run over the kept blocks only, the "
+    "statistics add a pass over them (the masked sums), and the restore becomes a pass of its own "
+    "before the descent (bench_masks).", "",
+]
 
 def parse_name(run_name):
     parts = run_name.split("/")
@@ -82,13 +137,15 @@ def summarize(runs):
             row["spread"] = (max(bps) - min(bps)) / row["bps"] if row["bps"] else 0.0
         else:
             row["spread"] = (max(times) - min(times)) / row["time"] if row["time"] else 0.0
-        for c in ("copy_ratio", "copy_GBps", "B_per_param", "omp_threads"):
+        for c in ("copy_ratio", "copy_GBps", "B_per_param", "omp_threads", "stream_ratio", "stream_GBps",
+                  "stream_variant"):
             if all(c in r for r in good):
                 row[c] = statistics.median([r[c] for r in good])
         # counters a program reports beyond the standard ones (bench_masks: x_copy, touched)
         std = {"name", "run_name", "run_type", "family_index", "per_family_instance_index", "repetitions",
                "repetition_index", "threads", "iterations", "real_time", "cpu_time", "time_unit", "N", "K",
                "bytes_per_second", "copy_ratio", "copy_GBps", "B_per_param", "omp_threads", "label",
+               "stream_ratio", "stream_GBps", "stream_variant",
                "aggregate_name", "aggregate_unit", "error_occurred", "error_message"}
         extra = sorted(k for k in good[0] if k not in std and isinstance(good[0][k], (int, float)))
         row["counters"] = {k: statistics.median([r[k] for r in good if k in r]) for k in extra}
@@ -336,6 +393,13 @@ def main():
            "copy moves its own. A pass that writes a buffer it does not read (ascend's saved weights, "
            "descend's w) pays a read-for-ownership the minimal count leaves out, while glibc's large "
            "`memcpy` uses streaming stores that avoid it, so about 0.8 is the practical ceiling for such passes.",
+           "- **× stream** is the pass against its own yardstick (bench/streams.hpp): a kernel with the "
+           "pass's read and write streams (global_norm: 1 read; ascend: 2 reads, 1 in place, 1 written "
+           "only; Adam: 4 reads, 3 in place; …) and no arithmetic, the best of plain and streaming stores "
+           "and of the instruction sets the CPU has, measured once in the same binary: its time over the "
+           "pass's time, 1.0 = the machine's limit for those streams. An `opt_*` step's yardstick is the "
+           "sum of its passes' times. Measured on one contiguous buffer per stream, so K > 1 rows also pay "
+           "for the tensors' scattering (see the copy_tensors yardstick below).",
            "- **spread** is (max − min) / median of the GB/s over the repetitions.",
            "- `bench_masks` rows: `args=block/keep‰` (block 0 = dense SAM, 1 = element mask, 128 = blocks of 128; "
            "keep in thousandths), `touched` = fraction of parameters the ascend/restore passes visit, `x_copy` = "
@@ -345,6 +409,7 @@ def main():
            "optimizer's `ascend()` + `descend()` and so count every pass of a step (norm 4 + ascend 16 + "
            "finiteness check of g_adv 4 + descend 20 or 28 B/param; the plain `opt_sgd` / `opt_adamw` run the "
            "check and the base step).", ""]
+    md += PASSES_SECTION
 
     # summary: copy ratio of the dense passes, K = 1
     sumrows = [r for r in rows if r["program"] == "bench_passes" and r.get("K") == 1 and "copy_ratio" in r]
@@ -362,6 +427,22 @@ def main():
                     cells.append(f"{m[0]['copy_ratio']:.2f}" if m else "–")
             body.append([name, f"{bpp:g}" if bpp else "–"] + cells)
         md += ["## Summary: ratio to copy bandwidth (1 tensor, median)", "", table(header, body), ""]
+
+        # the same passes against their own stream yardsticks
+        srows = [r for r in sumrows if "stream_ratio" in r]
+        if srows:
+            body = []
+            for name in order([r["pass"] for r in srows]):
+                bpp = next((r.get("B_per_param") for r in srows if r["pass"] == name), None)
+                cells = []
+                for t in thr:
+                    for n in ns:
+                        m = [r for r in srows if r["pass"] == name and r["N"] == n and r["threads"] == t]
+                        cells.append(f"{m[0]['stream_ratio']:.2f}" if m else "–")
+                body.append([name, f"{bpp:g}" if bpp else "–"] + cells)
+            md += ["## Summary: ratio to each pass's stream yardstick (1 tensor, median)", "",
+                   "The target (issue #13): ≥ 0.85 for every dense pass at N ≥ 10^7, ≥ 0.8 for global_norm.", "",
+                   table(header, body), ""]
 
         # many tensors: time(K=1000)/time(K=1)
         krows = [r for r in rows if r["program"] == "bench_passes" and "time" in r]
@@ -398,11 +479,17 @@ def main():
                "and torch.optim.AdamW(); flatmin: `ascend()` + `descend()` of flatmin::sam with the same base "
                "optimizer (bench_passes' opt_sam_sgd / opt_sam_adamw). Gradients are fixed tensors; no "
                "forward/backward is timed.", ""]
+        md += ["PyTorch setups (`torch` column): `per-tensor loop` is the above with torch.optim's default "
+               "per-tensor loops; `foreach SAM + …` is the fastest step a PyTorch user can write on the CPU: "
+               "`torch._foreach_norm`, `_foreach_copy_` into buffers allocated once and one `_foreach_add_` "
+               "around AdamW(fused=True) (torch >= 2.4) or SGD(momentum=0.9, foreach=True). Older files "
+               "without the column timed the loop.", ""]
         body = []
         for r in tc.get("results", []):
-            body.append([r["base"], fmt_n(r["N"]), r["K"], r["threads"], fmt_time(r["torch_s"]), fmt_time(r.get("flatmin_s")),
+            body.append([r["base"], r.get("torch_variant", "per-tensor loop"), fmt_n(r["N"]), r["K"], r["threads"],
+                         fmt_time(r["torch_s"]), fmt_time(r.get("flatmin_s")),
                          f"{r['torch_s'] / r['flatmin_s']:.1f}×" if r.get("flatmin_s") else "–"])
-        md += [table(["base", "N", "K", "threads", "PyTorch", "flatmin", "speed-up"], body), ""]
+        md += [table(["base", "torch", "N", "K", "threads", "PyTorch", "flatmin", "speed-up"], body), ""]
 
     md += gpu_section(os.path.join(os.path.dirname(os.path.abspath(md_path)), "gpu"))
 
@@ -416,15 +503,18 @@ def main():
             label = r["pass"] + (" " + " ".join(f"{k}={v}" for k, v in extra.items()) if extra else "")
             if "error" in r:
                 body.append([label, fmt_n(r["N"]), r["K"], thr_label(r["threads"], cores), "error: " + r["error"],
-                             "", "", "", "", ""])
+                             "", "", "", "", "", "", ""])
                 continue
             body.append([label, fmt_n(r["N"]), r["K"] if r["K"] is not None else "–", thr_label(r["threads"], cores),
                          f"{r['B_per_param']:g}" if "B_per_param" in r else "–", fmt_time(r["time"]),
                          f"{r['bps'] / 1e9:.2f}" if "bps" in r else "–", f"{100 * r['spread']:.0f} %",
                          f"{r['copy_GBps']:.1f}" if "copy_GBps" in r else "–",
-                         f"{r['copy_ratio']:.2f}" if "copy_ratio" in r else "–"])
+                         f"{r['copy_ratio']:.2f}" if "copy_ratio" in r else "–",
+                         f"{r['stream_GBps']:.1f}" if "stream_GBps" in r else "–",
+                         f"{r['stream_ratio']:.2f}" if "stream_ratio" in r else "–"])
         md += [f"### {program}", "",
-               table(["pass", "N", "K", "threads", "B/param", "median time", "GB/s", "spread", "copy GB/s", "× copy"], body), ""]
+               table(["pass", "N", "K", "threads", "B/param", "median time", "GB/s", "spread", "copy GB/s", "× copy",
+                      "stream GB/s", "× stream"], body), ""]
 
     with open(md_path, "w") as f:
         f.write("\n".join(md))

@@ -11,7 +11,9 @@
 /// the partials in segment order, so results are bitwise identical for any thread count, with or
 /// without OpenMP. Each segment is summed in the order of summation.hpp: by the pass's host group
 /// form over `reduction_group` segments when backend/host/ has one (a SIMD form), else element by
-/// element. Passes with a host segment form (backend/host/segment_forms.hpp) run by it.
+/// element. Passes with a host segment form (backend/host/segment_forms.hpp) run by it. The hot
+/// passes run compiled for the CPU's widest instruction set, chosen once per process, with the same
+/// bits (backend/host/isa_clones.hpp; FLATMIN_ISA forces one).
 
 #include <algorithm>
 #include <bit>
@@ -21,6 +23,7 @@
 #include <new>
 #include <vector>
 
+#include "host/isa_clones.hpp"
 #include "host/prefetch.hpp"
 #include "host/reduce_forms.hpp"
 #include "host/segment_forms.hpp"
@@ -108,17 +111,17 @@ struct eigen {
     const auto nseg = static_cast<std::ptrdiff_t>(r.count);
     const tensor_rec<W, G>* tensors = r.tensors;
     const segment* segs = r.segments;
+    // a hot pass runs each segment on the process's instruction set (host/isa_clones.hpp)
+    const host::isa which = host::dispatched<F, W, G> ? host::active_isa() : host::isa::baseline;
 #if defined(_OPENMP)
 #pragma omp parallel for schedule(static) if (r.elements >= parallel_threshold)
 #endif
     for (std::ptrdiff_t s = 0; s < nseg; ++s) {
       if (s + 1 < nseg) host::prefetch_segment(tensors, segs[s + 1]);
-      if constexpr (std::is_same_v<W, G> && host::has_segment_form<F, W>) {
-        const F fs = f;  // a local copy, as run_segment's
-        host::segment_form<F>::run(fs, view_of(tensors, segs[s], segs[s].len), segs[s].slot);
-      } else {
-        run_segment(tensors, segs[s], f);
-      }
+      if constexpr (host::dispatched<F, W, G>)
+        host::run_on(which, [&] { segment_pass(tensors, segs[s], f); });
+      else
+        segment_pass(tensors, segs[s], f);
     }
   }
 
@@ -136,28 +139,30 @@ struct eigen {
     const tensor_rec<W, G>* tensors = r.tensors;
     const segment* segs = r.segments;
     std::vector<R>& partial = scratch<R>(static_cast<std::size_t>(nseg));
+    R* out = partial.data();
+    // a hot pass runs each group or segment on the process's instruction set (host/isa_clones.hpp)
+    const host::isa which = host::dispatched<F, W, G> ? host::active_isa() : host::isa::baseline;
     if constexpr (std::is_same_v<W, G> && host::has_group_form<F, R, W, reduction_group>) {
       const std::ptrdiff_t ngroups = (nseg + reduction_group - 1) / reduction_group;
 #if defined(_OPENMP)
 #pragma omp parallel for schedule(static) if (r.elements >= parallel_threshold)
 #endif
       for (std::ptrdiff_t q = 0; q < ngroups; ++q) {
-        segment_view<W, G> v[reduction_group];
-        R out[reduction_group];
-        const std::ptrdiff_t first = q * reduction_group;
-        for (std::uint32_t m = 0; m < reduction_group; ++m) {
-          // past the last segment: an empty run (its result is dropped)
-          v[m] = view_of(tensors, segs[first + m < nseg ? first + m : first],
-                         first + m < nseg ? segs[first + m].len : 0u);
-        }
-        host::group_form<F>::run(f, v, out);
-        for (std::uint32_t m = 0; m < reduction_group && first + m < nseg; ++m) partial[first + m] = out[m];
+        if constexpr (host::dispatched<F, W, G>)
+          host::run_on(which, [&] { reduce_group<R>(tensors, segs, nseg, q, f, out); });
+        else
+          reduce_group<R>(tensors, segs, nseg, q, f, out);
       }
     } else {
 #if defined(_OPENMP)
 #pragma omp parallel for schedule(static) if (r.elements >= parallel_threshold)
 #endif
-      for (std::ptrdiff_t s = 0; s < nseg; ++s) partial[s] = reduce_segment<R>(tensors, segs[s], f);
+      for (std::ptrdiff_t s = 0; s < nseg; ++s) {
+        if constexpr (host::dispatched<F, W, G>)
+          host::run_on(which, [&] { out[s] = reduce_segment<R>(tensors, segs[s], f); });
+        else
+          out[s] = reduce_segment<R>(tensors, segs[s], f);
+      }
     }
     R total{};
     for (const R& p : partial) total = total + p;
@@ -355,8 +360,36 @@ struct eigen {
     return {t.w + s.local, t.g + s.local, len, t.flags, s.index};
   }
 
+  /// One segment of a `for_each`: by the pass's host segment form when it has one, else element by
+  /// element.
   template <class W, class G, class F>
-  static void run_segment(const tensor_rec<W, G>* tensors, const segment& s, const F& fn) {
+  static FLATMIN_SUM_INLINE void segment_pass(const tensor_rec<W, G>* tensors, const segment& s, const F& f) {
+    if constexpr (std::is_same_v<W, G> && host::has_segment_form<F, W>) {
+      const F fs = f;  // a local copy, as run_segment's
+      host::segment_form<F>::run(fs, view_of(tensors, s, s.len), s.slot);
+    } else {
+      run_segment(tensors, s, f);
+    }
+  }
+
+  /// Group q of a reduction's segments by the pass's group form, into out[q·M …].
+  template <class R, class W, class G, class F>
+  static FLATMIN_SUM_INLINE void reduce_group(const tensor_rec<W, G>* tensors, const segment* segs,
+                                              std::ptrdiff_t nseg, std::ptrdiff_t q, const F& f, R* partial) {
+    segment_view<W, G> v[reduction_group];
+    R out[reduction_group];
+    const std::ptrdiff_t first = q * reduction_group;
+    for (std::uint32_t m = 0; m < reduction_group; ++m) {
+      // past the last segment: an empty run (its result is dropped)
+      v[m] = view_of(tensors, segs[first + m < nseg ? first + m : first],
+                     first + m < nseg ? segs[first + m].len : 0u);
+    }
+    host::group_form<F>::run(f, v, out);
+    for (std::uint32_t m = 0; m < reduction_group && first + m < nseg; ++m) partial[first + m] = out[m];
+  }
+
+  template <class W, class G, class F>
+  static FLATMIN_SUM_INLINE void run_segment(const tensor_rec<W, G>* tensors, const segment& s, const F& fn) {
     const F f =
         fn;  // a local copy: the stores through w / g cannot alias its fields, so they stay in registers
     const tensor_rec<W, G>& t = tensors[s.tensor];
@@ -369,7 +402,7 @@ struct eigen {
   }
 
   template <class R, class W, class G, class F>
-  static R reduce_segment(const tensor_rec<W, G>* tensors, const segment& s, const F& f) {
+  static FLATMIN_SUM_INLINE R reduce_segment(const tensor_rec<W, G>* tensors, const segment& s, const F& f) {
     const tensor_rec<W, G>& t = tensors[s.tensor];
     W* w = t.w + s.local;
     G* g = t.g + s.local;

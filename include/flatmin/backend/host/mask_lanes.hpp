@@ -10,6 +10,7 @@
 #include <cstdint>
 
 #include "../../kernels/math.hpp"
+#include "../summation.hpp"
 
 namespace flatmin::backend::host {
 
@@ -41,8 +42,8 @@ inline constexpr nibble_lanes<U> nibble_table = make_nibble_lanes<U>();
 /// tensor: lane is entry j's mask as an all-ones / zero integer of T's width, eight entries per
 /// `bits8` and their lanes from `nibble_table`, the tail entry by entry.
 template <class T, class Mask, class Body>
-inline void for_each_mask_lane(std::uint32_t len, std::uint64_t index, std::uint32_t flags, const Mask& mask,
-                               const Body& body) {
+FLATMIN_SUM_INLINE void for_each_mask_lane(std::uint32_t len, std::uint64_t index, std::uint32_t flags,
+                                           const Mask& mask, const Body& body) {
   using U = kernels::lane_t<T>;
   std::uint32_t j = 0;
   for (; j + 8 <= len; j += 8) {

@@ -30,8 +30,8 @@ concept has_group_form = requires(const F& f, const segment_view<T> (&v)[M], R (
 template <class T>
 struct group_form<kernels::check_pass<T>> {
   template <std::uint32_t M>
-  static void run(const kernels::check_pass<T>& p, const segment_view<T> (&v)[M],
-                  kernels::grad_stats (&out)[M]) {
+  static FLATMIN_SUM_INLINE void run(const kernels::check_pass<T>& p, const segment_view<T> (&v)[M],
+                                     kernels::grad_stats (&out)[M]) {
     const T* g[M];
     std::uint32_t len[M];
     double g2[M];
@@ -61,7 +61,8 @@ struct group_form<kernels::stats_pass<T, Term, Mask>> {
   using pass = kernels::stats_pass<T, Term, Mask>;
 
   template <std::uint32_t M>
-  static void run(const pass& p, const segment_view<T> (&v)[M], kernels::grad_stats (&out)[M]) {
+  static FLATMIN_SUM_INLINE void run(const pass& p, const segment_view<T> (&v)[M],
+                                     kernels::grad_stats (&out)[M]) {
     group_form<kernels::check_pass<T>>::run(kernels::check_pass<T>{p.inv_scale}, v, out);
     for (std::uint32_t m = 0; m < M; ++m) {
       if (!(v[m].flags & tensor_flags::perturb)) continue;

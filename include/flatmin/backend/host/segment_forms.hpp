@@ -28,7 +28,8 @@ concept has_segment_form = requires(const F& f, const segment_view<T>& v, std::u
 /// unperturbed tensor (nothing to do), of a tensor the mask does not cover, or of units that are
 /// not elements (entry by entry through `f`). True when it handled the segment.
 template <class T, class Mask, class F>
-inline bool by_elements(const F& f, const Mask& mask, const segment_view<T>& v, std::uint64_t slot) {
+FLATMIN_SUM_INLINE bool by_elements(const F& f, const Mask& mask, const segment_view<T>& v,
+                                    std::uint64_t slot) {
   if (!(v.flags & tensor_flags::perturb)) return true;
   if ((v.flags & tensor_flags::mask_eligible) && mask.element_units()) return false;
   for (std::uint32_t j = 0; j < v.len; ++j) f(elem<T>{v.w[j], v.g[j], v.index + j, slot + j, 0, v.flags});
@@ -38,7 +39,7 @@ inline bool by_elements(const F& f, const Mask& mask, const segment_view<T>& v, 
 /// saved ← w;  w ← w + scale · dir(w, g), blended in by the mask's lanes.
 template <class T, class Term, element_bit_mask Mask>
 struct segment_form<kernels::ascend_pass<T, Term, Mask>> {
-  static void run(const kernels::ascend_pass<T, Term, Mask>& p, const segment_view<T>& v,
+  static FLATMIN_SUM_INLINE void run(const kernels::ascend_pass<T, Term, Mask>& p, const segment_view<T>& v,
                   std::uint64_t slot) {
     if (by_elements(p, p.mask, v, slot)) return;
     T* FLATMIN_RESTRICT w = v.w;
@@ -56,7 +57,8 @@ struct segment_form<kernels::ascend_pass<T, Term, Mask>> {
 /// w ← saved, blended in by the mask's lanes.
 template <class T, element_bit_mask Mask>
 struct segment_form<kernels::restore_pass<T, Mask>> {
-  static void run(const kernels::restore_pass<T, Mask>& p, const segment_view<T>& v, std::uint64_t slot) {
+  static FLATMIN_SUM_INLINE void run(const kernels::restore_pass<T, Mask>& p, const segment_view<T>& v,
+                                     std::uint64_t slot) {
     if (by_elements(p, p.mask, v, slot)) return;
     T* FLATMIN_RESTRICT w = v.w;
     const T* FLATMIN_RESTRICT sv = p.saved + slot;

@@ -18,7 +18,7 @@ namespace flatmin::backend::host {
 /// side by side (M streams keep a core's hardware prefetchers busier than one); each run's own
 /// order does not depend on M.
 template <class T, std::uint32_t M>
-inline void sum_squares_strands(const T* const (&g)[M], const std::uint32_t (&len)[M], T s,
+FLATMIN_SUM_INLINE void sum_squares_strands(const T* const (&g)[M], const std::uint32_t (&len)[M], T s,
                                 double (&out)[M]) {
   constexpr std::uint32_t K = reduction_strands;
   const auto sq = [s](T x) {
@@ -46,7 +46,7 @@ inline void sum_squares_strands(const T* const (&g)[M], const std::uint32_t (&le
 /// (an entry that is out adds +0 on the element path, which is what the AND with its bit's lane
 /// adds here). `bits8(j)` gives the bits of entries j … j + 7 of the run, `bit(j)` one entry's.
 template <class T, class Bits8, class Bit>
-inline double masked_sum_squares_strands(const T* g, std::uint32_t len, T s, const Bits8& bits8,
+FLATMIN_SUM_INLINE double masked_sum_squares_strands(const T* g, std::uint32_t len, T s, const Bits8& bits8,
                                          const Bit& bit, double& kept) {
   constexpr std::uint32_t K = reduction_strands;
   static_assert(K == 8, "eight strands: one byte of mask bits per block");

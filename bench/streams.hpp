@@ -1,0 +1,223 @@
+#pragma once
+// The yardstick of each pass (bench_passes' `stream_ratio`): a kernel with the pass's read and
+// write streams and no arithmetic, each word the XOR of the words read at its index, measured in
+// the same binary as the pass. The best of plain and non-temporal (streaming) stores, and of the
+// instruction sets this CPU has (SSE2, AVX2, AVX-512F), written with intrinsics so that the
+// compiler's choices do not enter; the threads split [0, N) into one chunk each, as
+// parallel_copy does. `memcpy` (the copy_ratio yardstick) is one such kernel, one read and one
+// write stream; a pass with several read streams can move bytes faster than a copy can.
+#include <flatmin/backend/eigen.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <cstdlib>
+#include <map>
+#include <tuple>
+#include <vector>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define FLATMIN_BENCH_X86 1
+#else
+#define FLATMIN_BENCH_X86 0
+#endif
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+namespace flatmin_bench {
+
+/// A pass's streams of 4-byte words per parameter: `reads` arrays read, the first `inplace` of
+/// them written back, and `fresh` arrays (0 or 1) written without being read.
+struct streams {
+  int reads, inplace, fresh;
+  double bytes() const { return 4.0 * (reads + inplace + fresh); }
+};
+inline constexpr streams read_only{1, 0, 0};        // global_norm, the finiteness check: g
+inline constexpr streams copy_streams{1, 0, 1};     // copy, restore: saved -> w
+inline constexpr streams ascend_streams{2, 1, 1};   // w, g -> w, saved
+inline constexpr streams sgd_streams{3, 2, 0};      // w, g, buf -> w, buf
+inline constexpr streams descend_sgd_streams{3, 1, 1};    // saved, g, buf -> buf, w
+inline constexpr streams adamw_streams{4, 3, 0};          // w, g, m, v -> w, m, v
+inline constexpr streams descend_adamw_streams{4, 2, 1};  // saved, g, m, v -> m, v, w
+
+namespace stream_detail {
+
+// One chunk [lo, hi) of a stream kernel: R arrays read (the first IP written back with the XOR of
+// the others), FW (0 or 1) arrays written with the XOR of all; returns the XOR of everything read
+// when nothing is written (so that the reads cannot be dropped). The scalar tail is shared.
+template <int R, int IP, int FW>
+inline std::uint32_t scalar_tail(std::uint32_t* const* a, std::uint32_t* f, std::size_t i, std::size_t hi) {
+  std::uint32_t acc = 0;
+  for (; i < hi; ++i) {
+    std::uint32_t x = 0;
+    for (int r = 0; r < R; ++r) x ^= a[r][i];
+    for (int k = 0; k < IP; ++k) a[k][i] ^= x;
+    if constexpr (FW == 1) f[i] = x;
+    acc ^= x;
+  }
+  return acc;
+}
+
+#if FLATMIN_BENCH_X86
+#define FLATMIN_BENCH_STREAM_KERNEL(NAME, ATTR, VEC, LANES, ZERO, LOAD, XOR, STORE, STREAM, FIRST)   \
+  template <int R, int IP, int FW, bool NT>                                                       \
+  ATTR std::uint32_t NAME(std::uint32_t* const* arrays, std::uint32_t* f, std::size_t lo,         \
+                          std::size_t hi) {                                                       \
+    std::uint32_t* p[4] = {arrays[0], R > 1 ? arrays[1] : nullptr, R > 2 ? arrays[2] : nullptr,   \
+                           R > 3 ? arrays[3] : nullptr};                                          \
+    VEC acc = ZERO();                                                                             \
+    std::size_t i = lo;                                                                           \
+    for (; i + LANES <= hi; i += LANES) {                                                         \
+      VEC v[4];                                                                                   \
+      VEC x = v[0] = LOAD(p[0] + i);                                                              \
+      for (int r = 1; r < R; ++r) x = XOR(x, v[r] = LOAD(p[r] + i));                             \
+      for (int k = 0; k < IP; ++k) {                                                              \
+        if constexpr (NT)                                                                         \
+          STREAM(p[k] + i, XOR(v[k], x));                                                         \
+        else                                                                                      \
+          STORE(p[k] + i, XOR(v[k], x));                                                          \
+      }                                                                                           \
+      if constexpr (FW == 1) {                                                                    \
+        if constexpr (NT)                                                                         \
+          STREAM(f + i, x);                                                                       \
+        else                                                                                      \
+          STORE(f + i, x);                                                                        \
+      }                                                                                           \
+      if constexpr (IP == 0 && FW == 0) acc = XOR(acc, x);                                        \
+    }                                                                                             \
+    if constexpr (NT) _mm_sfence();                                                               \
+    return FIRST(acc) ^ scalar_tail<R, IP, FW>(p, f, i, hi);                                      \
+  }
+
+#define FLATMIN_SSE_LOAD(p) _mm_load_si128(reinterpret_cast<const __m128i*>(p))
+#define FLATMIN_SSE_STORE(p, x) _mm_store_si128(reinterpret_cast<__m128i*>(p), x)
+#define FLATMIN_SSE_STREAM(p, x) _mm_stream_si128(reinterpret_cast<__m128i*>(p), x)
+#define FLATMIN_SSE_FIRST(x) static_cast<std::uint32_t>(_mm_cvtsi128_si32(x))
+FLATMIN_BENCH_STREAM_KERNEL(kernel_sse2, , __m128i, 4, _mm_setzero_si128, FLATMIN_SSE_LOAD, _mm_xor_si128,
+                            FLATMIN_SSE_STORE, FLATMIN_SSE_STREAM, FLATMIN_SSE_FIRST)
+
+#define FLATMIN_AVX_LOAD(p) _mm256_load_si256(reinterpret_cast<const __m256i*>(p))
+#define FLATMIN_AVX_STORE(p, x) _mm256_store_si256(reinterpret_cast<__m256i*>(p), x)
+#define FLATMIN_AVX_STREAM(p, x) _mm256_stream_si256(reinterpret_cast<__m256i*>(p), x)
+#define FLATMIN_AVX_FIRST(x) static_cast<std::uint32_t>(_mm256_extract_epi32(x, 0))
+#define FLATMIN_BENCH_AVX2 __attribute__((target("avx2")))
+FLATMIN_BENCH_STREAM_KERNEL(kernel_avx2, FLATMIN_BENCH_AVX2, __m256i, 8, _mm256_setzero_si256,
+                            FLATMIN_AVX_LOAD, _mm256_xor_si256, FLATMIN_AVX_STORE, FLATMIN_AVX_STREAM,
+                            FLATMIN_AVX_FIRST)
+
+#define FLATMIN_AVX512_LOAD(p) _mm512_load_si512(reinterpret_cast<const void*>(p))
+#define FLATMIN_AVX512_STORE(p, x) _mm512_store_si512(reinterpret_cast<void*>(p), x)
+#define FLATMIN_AVX512_STREAM(p, x) _mm512_stream_si512(reinterpret_cast<__m512i*>(p), x)
+#define FLATMIN_AVX512_FIRST(x) static_cast<std::uint32_t>(_mm512_cvtsi512_si32(x))
+#define FLATMIN_BENCH_AVX512 __attribute__((target("avx512f")))
+FLATMIN_BENCH_STREAM_KERNEL(kernel_avx512, FLATMIN_BENCH_AVX512, __m512i, 16, _mm512_setzero_si512,
+                            FLATMIN_AVX512_LOAD, _mm512_xor_si512, FLATMIN_AVX512_STORE,
+                            FLATMIN_AVX512_STREAM, FLATMIN_AVX512_FIRST)
+#endif
+
+/// Variant v: instruction set v / 2 (0 baseline, 1 AVX2, 2 AVX-512), streaming stores if v is odd.
+template <int R, int IP, int FW>
+std::uint32_t chunk(int v, std::uint32_t* const* a, std::uint32_t* f, std::size_t lo, std::size_t hi) {
+#if FLATMIN_BENCH_X86
+  switch (v) {
+    case 0: return kernel_sse2<R, IP, FW, false>(a, f, lo, hi);
+    case 1: return kernel_sse2<R, IP, FW, true>(a, f, lo, hi);
+    case 2: return kernel_avx2<R, IP, FW, false>(a, f, lo, hi);
+    case 3: return kernel_avx2<R, IP, FW, true>(a, f, lo, hi);
+    case 4: return kernel_avx512<R, IP, FW, false>(a, f, lo, hi);
+    default: return kernel_avx512<R, IP, FW, true>(a, f, lo, hi);
+  }
+#else
+  static_cast<void>(v);
+  return scalar_tail<R, IP, FW>(a, f, lo, hi);
+#endif
+}
+
+template <int R, int IP, int FW>
+std::uint32_t run(int v, std::uint32_t* const* a, std::uint32_t* f, std::size_t n, int threads) {
+  std::uint32_t out = 0;
+#if defined(_OPENMP)
+  if (threads > 1 && n >= flatmin::backend::eigen::parallel_threshold) {
+#pragma omp parallel num_threads(threads) reduction(^ : out)
+    {
+      const std::size_t nt = static_cast<std::size_t>(omp_get_num_threads());
+      const std::size_t id = static_cast<std::size_t>(omp_get_thread_num());
+      // chunks of whole 64-byte lines: every thread starts aligned for every width
+      const std::size_t per = ((n + nt - 1) / nt + 15) / 16 * 16;
+      const std::size_t lo = std::min(n, id * per), hi = std::min(n, lo + per);
+      if (hi > lo) out ^= chunk<R, IP, FW>(v, a, f, lo, hi);
+    }
+    return out;
+  }
+#endif
+  static_cast<void>(threads);
+  return chunk<R, IP, FW>(v, a, f, 0, n);
+}
+
+inline std::uint32_t run(const streams& s, int v, std::uint32_t* const* a, std::uint32_t* f, std::size_t n,
+                         int threads) {
+  const auto key = std::make_tuple(s.reads, s.inplace, s.fresh);
+  if (key == std::make_tuple(1, 0, 0)) return run<1, 0, 0>(v, a, f, n, threads);
+  if (key == std::make_tuple(1, 0, 1)) return run<1, 0, 1>(v, a, f, n, threads);
+  if (key == std::make_tuple(2, 1, 1)) return run<2, 1, 1>(v, a, f, n, threads);
+  if (key == std::make_tuple(3, 2, 0)) return run<3, 2, 0>(v, a, f, n, threads);
+  if (key == std::make_tuple(3, 1, 1)) return run<3, 1, 1>(v, a, f, n, threads);
+  if (key == std::make_tuple(4, 3, 0)) return run<4, 3, 0>(v, a, f, n, threads);
+  return run<4, 2, 1>(v, a, f, n, threads);
+}
+
+}  // namespace stream_detail
+
+/// The yardstick's rate, bytes/s of `s.bytes()` per word, and the variant that gave it.
+struct stream_rate {
+  double bytes_per_second = 0;
+  /// instruction set: variant / 2 (0 baseline, 1 AVX2, 2 AVX-512); odd: streaming stores
+  int variant = 0;
+};
+
+/// The best rate of streams `s` over `n` words with `threads` threads, over every variant this CPU
+/// runs: after one warm-up run each, timed repetitions for FLATMIN_BENCH_COPY_SECONDS (0.2 s by
+/// default) shared among the variants, at least 3 each; the best (as copy_bandwidth: on a busy
+/// machine the median measures the other processes). Measured once per (s, n, threads).
+inline stream_rate stream_bandwidth(const streams& s, std::size_t n, int threads) {
+  static std::map<std::tuple<int, int, int, std::size_t, int>, stream_rate> memo;
+  const auto key = std::make_tuple(s.reads, s.inplace, s.fresh, n, threads);
+  if (auto it = memo.find(key); it != memo.end()) return it->second;
+  n = std::max<std::size_t>(n, 16);
+  std::vector<flatmin::backend::eigen::vector<std::uint32_t>> buf(5);
+  for (auto& b : buf) b.assign(n, 0x3f800000u);
+  std::uint32_t* a[4] = {buf[0].data(), buf[1].data(), buf[2].data(), buf[3].data()};
+  std::uint32_t* f = buf[4].data();
+  std::vector<int> variants = {0, 1};
+  namespace host = flatmin::backend::host;
+  if (FLATMIN_BENCH_X86 && host::isa_supported(host::isa::avx2)) variants.insert(variants.end(), {2, 3});
+  if (FLATMIN_BENCH_X86 && host::isa_supported(host::isa::avx512)) variants.insert(variants.end(), {4, 5});
+  static const double seconds = [] {
+    const char* e = std::getenv("FLATMIN_BENCH_COPY_SECONDS");
+    return e ? std::atof(e) : 0.2;
+  }();
+  using clock = std::chrono::steady_clock;
+  stream_rate best;
+  volatile std::uint32_t sink = 0;
+  for (int v : variants) {
+    sink = sink ^ stream_detail::run(s, v, a, f, n, threads);
+    const auto start = clock::now();
+    for (int reps = 0; reps < 3 || std::chrono::duration<double>(clock::now() - start).count() <
+                                       seconds / static_cast<double>(variants.size());
+         ++reps) {
+      const std::size_t inner = std::max<std::size_t>(1, (1u << 20) / n);
+      const auto t0 = clock::now();
+      for (std::size_t r = 0; r < inner; ++r) sink = sink ^ stream_detail::run(s, v, a, f, n, threads);
+      const double sec = std::chrono::duration<double>(clock::now() - t0).count();
+      const double rate = s.bytes() * static_cast<double>(n) * static_cast<double>(inner) / sec;
+      if (rate > best.bytes_per_second) best = {rate, v};
+      if (reps >= 200) break;
+    }
+  }
+  return memo[key] = best;
+}
+
+}  // namespace flatmin_bench

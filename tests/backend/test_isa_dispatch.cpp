@@ -1,0 +1,202 @@
+// backend::eigen's runtime instruction-set dispatch (backend/host/isa_clones.hpp): whole SAM, ASAM
+// and FSAM steps over SGD (momentum) and Adam / AdamW give the same bits whichever clone runs. Each
+// instruction set this CPU has is forced in turn and compared with the unforced run (the
+// process's own choice), with the baseline clone, and, where the test is built with Thrust, with
+// backend::thrust, whose element-by-element passes share no code with the clones. Weights, every
+// state buffer (through save()) and the reported norms are compared as bytes. Also: the
+// FLATMIN_ISA parser and force_isa's refusals.
+#include <doctest/doctest.h>
+#include <flatmin/flatmin.hpp>
+
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "support/backends.hpp"
+#include "support/buffers.hpp"
+
+namespace {
+
+namespace fm = flatmin;
+namespace host = fm::backend::host;
+
+// Around the strand block (8), the reduction group (4 segments) and the segment (4096); the
+// total (> 2^16) takes the parallel path.
+const std::vector<std::size_t> sizes{1, 7, 63, 4097, 9000, 53000};
+fm::tensor_options options_of(std::size_t t) {
+  return {.weight_decay = t % 2 == 0, .perturb = t != 2, .adaptive = t % 3 != 1, .mask_eligible = t != 1};
+}
+
+// g_i = a_i (w_i − c_i) + b_i cos(w_i), evaluated on the host in T.
+template <class T>
+struct problem {
+  std::vector<std::vector<T>> w0, a, c, b;
+  problem() {
+    std::mt19937 rng(1312);
+    std::uniform_real_distribution<double> u(-1, 1);
+    for (std::size_t n : sizes) {
+      std::vector<T> w(n), aa(n), cc(n), bb(n);
+      for (std::size_t j = 0; j < n; ++j) {
+        w[j] = T(u(rng));
+        aa[j] = T(1.5 + u(rng));
+        cc[j] = T(0.5 * u(rng));
+        bb[j] = T(0.3 * u(rng));
+      }
+      w0.push_back(w), a.push_back(aa), c.push_back(cc), b.push_back(bb);
+    }
+  }
+};
+
+std::string bytes(const void* p, std::size_t n) { return std::string(static_cast<const char*>(p), n); }
+
+// "" when the two records are equal, else where they first differ (the records are bytes).
+std::string difference(const std::string& a, const std::string& b) {
+  if (a == b) return "";
+  std::size_t k = 0;
+  while (k < a.size() && k < b.size() && a[k] == b[k]) ++k;
+  return "sizes " + std::to_string(a.size()) + " / " + std::to_string(b.size()) +
+         ", first difference at byte " + std::to_string(k);
+}
+
+// Weights, save() blob and the reports' numbers of `steps` ascend / descend steps, as bytes.
+template <class Backend, class T, class Make>
+std::string run(const problem<T>& p, const Make& make, int steps) {
+  using buf = flatmin_test::buffer_of<Backend, T>;
+  std::vector<typename buf::type> w, g;
+  w.reserve(sizes.size());
+  g.reserve(sizes.size());
+  fm::param_set<T> ps;
+  for (std::size_t t = 0; t < sizes.size(); ++t) {
+    w.push_back(buf::make(p.w0[t]));
+    g.push_back(buf::make(std::vector<T>(sizes[t], T(0))));
+    ps.add("t" + std::to_string(t), w.back(), g.back(), options_of(t));
+  }
+  auto opt = make(ps, Backend{});
+  const auto gradient = [&] {
+    for (std::size_t t = 0; t < sizes.size(); ++t) {
+      const std::vector<T> hw = buf::host(w[t]);
+      std::vector<T> hg(hw.size());
+      for (std::size_t j = 0; j < hw.size(); ++j)
+        hg[j] = p.a[t][j] * (hw[j] - p.c[t][j]) + p.b[t][j] * std::cos(hw[j]);
+      buf::assign(g[t], hg);
+    }
+  };
+  std::string out;
+  double density = 1;
+  for (int s = 0; s < steps; ++s) {
+    gradient();
+    const fm::step_report a = opt.ascend();
+    REQUIRE(!a.skipped);
+    gradient();
+    const fm::step_report r = opt.descend();
+    REQUIRE(!r.skipped);
+    const double nums[] = {r.grad_norm, r.perturbed_grad_norm, r.perturbation_norm, r.mask_density};
+    out += bytes(nums, sizeof nums);
+    density = r.mask_density;
+  }
+  if (decltype(opt)::perturbs) CHECK(density > 0);
+  std::vector<T> w_end;
+  for (std::size_t t = 0; t < sizes.size(); ++t) {
+    const std::vector<T> hw = buf::host(w[t]);
+    out += bytes(hw.data(), hw.size() * sizeof(T));
+    if (t == 5) w_end = hw;
+  }
+  CHECK(w_end != p.w0[5]);  // the steps moved the weights: equality below is not vacuous
+  std::ostringstream os;
+  opt.save(os);
+  return out + os.str();
+}
+
+// Every instruction set this CPU and build have, forced, against the unforced run and the
+// baseline (and backend::thrust).
+template <class T, class Make>
+void same_bits(const std::string& name, const Make& make) {
+  CAPTURE(name);
+  CAPTURE(sizeof(T));
+  const problem<T> p;
+  const int steps = 3;
+  host::unforce_isa();
+  const std::string unforced = run<fm::backend::eigen>(p, make, steps);
+  host::force_isa(host::isa::baseline);
+  const std::string baseline = run<fm::backend::eigen>(p, make, steps);
+  CHECK(difference(unforced, baseline) == "");
+  for (host::isa i : {host::isa::avx2, host::isa::avx512}) {
+    if (!host::isa_supported(i)) {
+      MESSAGE("not on this CPU or build: " << std::string(host::isa_name(i)));
+      continue;
+    }
+    const std::string isa = host::isa_name(i);
+    CAPTURE(isa);
+    host::force_isa(i);
+    CHECK(host::active_isa() == i);
+    CHECK(difference(run<fm::backend::eigen>(p, make, steps), baseline) == "");
+  }
+  host::unforce_isa();
+#if defined(FLATMIN_TEST_WITH_THRUST)
+  CHECK(difference(run<fm::backend::thrust>(p, make, steps), baseline) == "");
+#endif
+}
+
+}  // namespace
+
+TEST_CASE("isa dispatch: SAM, ASAM and FSAM steps give the same bits on every instruction set") {
+  using fm::base::adam;
+  using fm::base::adamw;
+  using fm::base::sgd;
+  const sgd momentum{.lr = 0.05, .momentum = 0.9, .weight_decay = 1e-3};
+  const adam ad{.lr = 0.01, .weight_decay = 1e-3};
+  const adamw adw{.lr = 0.01, .weight_decay = 0.05};
+#define FLATMIN_SAME(T, name, ...) \
+  same_bits<T>(name, [&](const fm::param_set<T>& ps, auto b) { return __VA_ARGS__; })
+  FLATMIN_SAME(float, "sam-sgd", fm::sam<decltype(b)>(ps, momentum, {.rho = 0.1}));
+  FLATMIN_SAME(float, "sam-adamw", fm::sam<decltype(b)>(ps, adw, {.rho = 0.1}));
+  FLATMIN_SAME(double, "sam-adam", fm::sam<decltype(b)>(ps, ad, {.rho = 0.1}));
+  FLATMIN_SAME(float, "asam-sgd", fm::asam<decltype(b)>(ps, momentum, {.rho = 0.5, .eta = 0.01}));
+  FLATMIN_SAME(float, "asam-adam", fm::asam<decltype(b)>(ps, ad, {.rho = 0.5}));
+  // element units (block 1): the masked statistics, ascent and restore forms; refreshed at step 3
+  FLATMIN_SAME(float, "fsam-sgd", fm::fsam<decltype(b)>(ps, momentum, {.keep = 0.3, .refresh_every = 2}));
+  FLATMIN_SAME(float, "fsam-adam", fm::fsam<decltype(b)>(ps, ad, {.keep = 0.3, .refresh_every = 2}));
+#undef FLATMIN_SAME
+}
+
+TEST_CASE("isa dispatch: FLATMIN_ISA and force_isa") {
+  CHECK(host::isa_supported(host::isa::baseline));
+  CHECK(host::isa_supported(host::best_isa()));
+  const char* before = std::getenv("FLATMIN_ISA");
+  const std::string saved = before ? before : "";
+  const auto parse = [](const char* value) {
+    ::setenv("FLATMIN_ISA", value, 1);
+    return host::detail::read_isa_environment();
+  };
+  CHECK(parse("auto").value == host::best_isa());
+  CHECK(parse("").value == host::best_isa());
+  CHECK(parse("baseline").value == host::isa::baseline);
+  CHECK(parse("baseline").error.empty());
+  const auto bad = parse("sse9");
+  CHECK(bad.error.find("FLATMIN_ISA") != std::string::npos);
+  CHECK(bad.error.find("'sse9'") != std::string::npos);
+  for (host::isa i : {host::isa::avx2, host::isa::avx512}) {
+    const auto r = parse(host::isa_name(i));
+    CHECK(r.value == i);
+    CHECK(r.error.empty() == host::isa_supported(i));
+    if (!host::isa_supported(i)) {
+      // refused, and the choice in force is kept
+      const host::isa active = host::active_isa();
+      CHECK_THROWS_AS(host::force_isa(i), std::invalid_argument);
+      CHECK(host::active_isa() == active);
+    }
+  }
+  if (before)
+    ::setenv("FLATMIN_ISA", saved.c_str(), 1);
+  else
+    ::unsetenv("FLATMIN_ISA");
+  host::force_isa(host::isa::baseline);
+  CHECK(host::active_isa() == host::isa::baseline);
+  host::unforce_isa();
+  CHECK(host::active_isa() == host::detail::environment_isa().value);
+}
