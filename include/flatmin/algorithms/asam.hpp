@@ -93,7 +93,8 @@ param_set<W, G> with_adaptive(const param_set<W, G>& ps, Pred scaled) {
 
 /// `asam_t` from `o`, with its `by_name` rule applied to `params`.
 template <class Backend, class W, class G, class Base, preset P, class T = detail::precision_for_t<W, G>>
-asam_t<T, Base, Backend> make_asam(const param_set<W, G>& params, Base base, const asam_preset_options<P>& o) {
+asam_t<T, Base, Backend> make_asam(const param_set<W, G>& params, Base base,
+                                   const asam_preset_options<P>& o) {
   if (!o.by_name) return asam_t<T, Base, Backend>(params, o.compose(std::move(base)));
   auto weight = [](const tensor_view<T>& v) { return v.name.find("weight") != std::string::npos; };
   bool any = false;
@@ -106,12 +107,14 @@ asam_t<T, Base, Backend> make_asam(const param_set<W, G>& params, Base base, con
 }
 }  // namespace detail
 
-template <class Backend = default_backend, class W, class G, class Base, class T = detail::precision_for_t<W, G>>
+template <class Backend = default_backend, class W, class G, class Base,
+          class T = detail::precision_for_t<W, G>>
 asam_t<T, Base, Backend> asam(const param_set<W, G>& params, Base base, asam_options o = {}) {
   return detail::make_asam<Backend>(params, std::move(base), o);
 }
 
-template <class Backend = default_backend, class W, class G, class Base, class T = detail::precision_for_t<W, G>>
+template <class Backend = default_backend, class W, class G, class Base,
+          class T = detail::precision_for_t<W, G>>
 asam_t<T, Base, Backend> asam(const param_set<W, G>& params, Base base, official_t,
                               asam_official_options o = {}) {
   return detail::make_asam<Backend>(params, std::move(base), o);
@@ -119,7 +122,8 @@ asam_t<T, Base, Backend> asam(const param_set<W, G>& params, Base base, official
 
 /// The davda54 flavour. `O` is deduced (never from a braced list), so that
 /// `asam(params, base, official, {.rho = 1})` still means the SamsungLabs preset, unambiguously.
-template <class Backend = default_backend, class W, class G, class Base, std::same_as<asam_davda54_options> O, class T = detail::precision_for_t<W, G>>
+template <class Backend = default_backend, class W, class G, class Base, std::same_as<asam_davda54_options> O,
+          class T = detail::precision_for_t<W, G>>
 asam_t<T, Base, Backend> asam(const param_set<W, G>& params, Base base, official_t, O o) {
   auto all = [](const tensor_view<T>&) { return true; };
   return asam_t<T, Base, Backend>(detail::with_adaptive(params, all), o.compose(std::move(base)));

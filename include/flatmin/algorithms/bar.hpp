@@ -47,7 +47,8 @@ template <class T, class Base, class Backend = default_backend>
 using bar_t = sharpness_aware<T, Backend, perturb::none, mask::dense, Base, descent::standard,
                               regularize::balancedness>;
 
-template <class Backend = default_backend, class W, class G, class Base, class T = detail::precision_for_t<W, G>>
+template <class Backend = default_backend, class W, class G, class Base,
+          class T = detail::precision_for_t<W, G>>
 bar_t<T, Base, Backend> bar(const param_set<W, G>& params, Base base, bar_options o = {}) {
   return bar_t<T, Base, Backend>(params, o.compose(std::move(base)));
 }

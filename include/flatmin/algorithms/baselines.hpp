@@ -20,7 +20,8 @@ namespace flatmin {
 template <class T, class Base, class Backend = default_backend>
 using plain_t = sharpness_aware<T, Backend, perturb::none, mask::dense, Base>;
 
-template <class Backend = default_backend, class W, class G, class Base, class T = detail::precision_for_t<W, G>>
+template <class Backend = default_backend, class W, class G, class Base,
+          class T = detail::precision_for_t<W, G>>
 plain_t<T, Base, Backend> plain(const param_set<W, G>& params, Base base, optimizer_options options = {}) {
   return plain_t<T, Base, Backend>(params, {.base = std::move(base), .options = options});
 }

@@ -62,12 +62,14 @@ using esam_official_options = esam_preset_options<preset::official>;
 template <class T, class Base, class Backend = default_backend>
 using esam_t = sharpness_aware<T, Backend, perturb::l2, mask::random, Base, select::sharpness_sensitive>;
 
-template <class Backend = default_backend, class W, class G, class Base, class T = detail::precision_for_t<W, G>>
+template <class Backend = default_backend, class W, class G, class Base,
+          class T = detail::precision_for_t<W, G>>
 esam_t<T, Base, Backend> esam(const param_set<W, G>& params, Base base, esam_options o = {}) {
   return esam_t<T, Base, Backend>(params, o.compose(std::move(base)));
 }
 
-template <class Backend = default_backend, class W, class G, class Base, class T = detail::precision_for_t<W, G>>
+template <class Backend = default_backend, class W, class G, class Base,
+          class T = detail::precision_for_t<W, G>>
 esam_t<T, Base, Backend> esam(const param_set<W, G>& params, Base base, official_t,
                               esam_official_options o = {}) {
   return esam_t<T, Base, Backend>(params, o.compose(std::move(base)));

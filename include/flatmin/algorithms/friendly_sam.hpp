@@ -42,14 +42,16 @@ template <class T, class Base, class Backend = default_backend, class Schedule =
 using friendly_sam_t = sharpness_aware<T, Backend, perturb::friendly, mask::dense, Base, descent::standard,
                                        regularize::none, Schedule>;
 
-template <class Backend = default_backend, class T, class Base>
-friendly_sam_t<T, Base, Backend> friendly_sam(const param_set<T>& params, Base base,
+template <class Backend = default_backend, class W, class G, class Base,
+          class T = detail::precision_for_t<W, G>>
+friendly_sam_t<T, Base, Backend> friendly_sam(const param_set<W, G>& params, Base base,
                                               friendly_sam_options o = {}) {
   return friendly_sam_t<T, Base, Backend>(params, o.compose(std::move(base)));
 }
 
-template <class Backend = default_backend, class T, class Base>
-friendly_sam_t<T, Base, Backend> friendly_sam(const param_set<T>& params, Base base, official_t,
+template <class Backend = default_backend, class W, class G, class Base,
+          class T = detail::precision_for_t<W, G>>
+friendly_sam_t<T, Base, Backend> friendly_sam(const param_set<W, G>& params, Base base, official_t,
                                               friendly_sam_official_options o = {}) {
   return friendly_sam<Backend>(params, std::move(base), o);
 }

@@ -75,12 +75,14 @@ using fsam_official_options = fsam_preset_options<preset::official>;
 template <class T, class Base, class Backend = default_backend>
 using fsam_t = sharpness_aware<T, Backend, perturb::l2, mask::fisher, Base>;
 
-template <class Backend = default_backend, class W, class G, class Base, class T = detail::precision_for_t<W, G>>
+template <class Backend = default_backend, class W, class G, class Base,
+          class T = detail::precision_for_t<W, G>>
 fsam_t<T, Base, Backend> fsam(const param_set<W, G>& params, Base base, fsam_options o = {}) {
   return fsam_t<T, Base, Backend>(params, o.compose(std::move(base)));
 }
 
-template <class Backend = default_backend, class W, class G, class Base, class T = detail::precision_for_t<W, G>>
+template <class Backend = default_backend, class W, class G, class Base,
+          class T = detail::precision_for_t<W, G>>
 fsam_t<T, Base, Backend> fsam(const param_set<W, G>& params, Base base, official_t,
                               fsam_official_options o = {}) {
   return fsam_t<T, Base, Backend>(params, o.compose(std::move(base)));

@@ -38,14 +38,16 @@ template <class T, class Base, class Backend = default_backend>
 using preconditioned_functional_sam_t =
     sharpness_aware<T, Backend, perturb::preconditioned, mask::dense, Base, descent::functional>;
 
-template <class Backend = default_backend, class W, class G, class Base, class T = detail::precision_for_t<W, G>>
+template <class Backend = default_backend, class W, class G, class Base,
+          class T = detail::precision_for_t<W, G>>
 functional_sam_t<T, Base, Backend> functional_sam(const param_set<W, G>& params, Base base,
                                                   functional_sam_options o = {}) {
   return functional_sam_t<T, Base, Backend>(params,
                                             o.compose<perturb::l2, descent::functional>(std::move(base)));
 }
 
-template <class Backend = default_backend, class W, class G, class Base, class T = detail::precision_for_t<W, G>>
+template <class Backend = default_backend, class W, class G, class Base,
+          class T = detail::precision_for_t<W, G>>
 preconditioned_functional_sam_t<T, Base, Backend> preconditioned_functional_sam(
     const param_set<W, G>& params, Base base, functional_sam_options o = {}) {
   return preconditioned_functional_sam_t<T, Base, Backend>(

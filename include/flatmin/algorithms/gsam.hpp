@@ -60,13 +60,15 @@ template <class T, class Base, class Backend = default_backend, class Schedule =
 using gsam_t =
     sharpness_aware<T, Backend, perturb::l2, mask::dense, Base, descent::gsam, regularize::none, Schedule>;
 
-template <class Backend = default_backend, class T, class Base>
-gsam_t<T, Base, Backend> gsam(const param_set<T>& params, Base base, gsam_options o = {}) {
+template <class Backend = default_backend, class W, class G, class Base,
+          class T = detail::precision_for_t<W, G>>
+gsam_t<T, Base, Backend> gsam(const param_set<W, G>& params, Base base, gsam_options o = {}) {
   return gsam_t<T, Base, Backend>(params, o.compose(std::move(base)));
 }
 
-template <class Backend = default_backend, class T, class Base>
-gsam_t<T, Base, Backend> gsam(const param_set<T>& params, Base base, official_t,
+template <class Backend = default_backend, class W, class G, class Base,
+          class T = detail::precision_for_t<W, G>>
+gsam_t<T, Base, Backend> gsam(const param_set<W, G>& params, Base base, official_t,
                               gsam_official_options o = {}) {
   return gsam_t<T, Base, Backend>(params, o.compose(std::move(base)));
 }

@@ -45,8 +45,9 @@ template <class T, class Base, class Backend = default_backend>
 using looksam_t = sharpness_aware<T, Backend, perturb::l2, mask::dense, Base, descent::looksam,
                                   regularize::none, schedule::every_k>;
 
-template <class Backend = default_backend, class T, class Base>
-looksam_t<T, Base, Backend> looksam(const param_set<T>& params, Base base, looksam_options o = {}) {
+template <class Backend = default_backend, class W, class G, class Base,
+          class T = detail::precision_for_t<W, G>>
+looksam_t<T, Base, Backend> looksam(const param_set<W, G>& params, Base base, looksam_options o = {}) {
   return looksam_t<T, Base, Backend>(params, o.compose(std::move(base)));
 }
 

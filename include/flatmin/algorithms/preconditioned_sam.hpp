@@ -26,7 +26,8 @@ using preconditioned_sam_options = sam_options;
 template <class T, class Base, class Backend = default_backend>
 using preconditioned_sam_t = sharpness_aware<T, Backend, perturb::preconditioned, mask::dense, Base>;
 
-template <class Backend = default_backend, class W, class G, class Base, class T = detail::precision_for_t<W, G>>
+template <class Backend = default_backend, class W, class G, class Base,
+          class T = detail::precision_for_t<W, G>>
 preconditioned_sam_t<T, Base, Backend> preconditioned_sam(const param_set<W, G>& params, Base base,
                                                           preconditioned_sam_options o = {}) {
   return preconditioned_sam_t<T, Base, Backend>(params, o.compose<perturb::preconditioned>(std::move(base)));

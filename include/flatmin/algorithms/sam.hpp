@@ -53,14 +53,16 @@ template <class T, class Base, class Backend = default_backend, class Schedule =
 using sam_t = sharpness_aware<T, Backend, perturb::l2, mask::dense, Base, descent::standard, regularize::none,
                               Schedule>;
 
-template <class Backend = default_backend, class W, class G, class Base, class T = detail::precision_for_t<W, G>>
+template <class Backend = default_backend, class W, class G, class Base,
+          class T = detail::precision_for_t<W, G>>
 sam_t<T, Base, Backend> sam(const param_set<W, G>& params, Base base, sam_options o = {}) {
   return sam_t<T, Base, Backend>(params, o.compose<perturb::l2>(std::move(base)));
 }
 
 /// SAM on the steps `schedule` picks (schedule::every_k, schedule::from_step), the base step alone
 /// on the others.
-template <class Backend = default_backend, class W, class G, class Base, schedule_policy Schedule, class T = detail::precision_for_t<W, G>>
+template <class Backend = default_backend, class W, class G, class Base, schedule_policy Schedule,
+          class T = detail::precision_for_t<W, G>>
 sam_t<T, Base, Backend, Schedule> sam(const param_set<W, G>& params, Base base, Schedule schedule,
                                       sam_options o = {}) {
   return sam_t<T, Base, Backend, Schedule>(params,
@@ -70,8 +72,10 @@ sam_t<T, Base, Backend, Schedule> sam(const param_set<W, G>& params, Base base, 
 /// The official preset's options: davda54/sam's defaults are the library's, so they are the same struct.
 using sam_official_options = sam_options;
 
-template <class Backend = default_backend, class W, class G, class Base, class T = detail::precision_for_t<W, G>>
-sam_t<T, Base, Backend> sam(const param_set<W, G>& params, Base base, official_t, sam_official_options o = {}) {
+template <class Backend = default_backend, class W, class G, class Base,
+          class T = detail::precision_for_t<W, G>>
+sam_t<T, Base, Backend> sam(const param_set<W, G>& params, Base base, official_t,
+                            sam_official_options o = {}) {
   return sam<Backend>(params, std::move(base), o);
 }
 

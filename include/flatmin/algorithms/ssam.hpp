@@ -75,14 +75,17 @@ struct ssam_f_options {
 template <class T, class Base, class Backend = default_backend>
 using ssam_f_t = sharpness_aware<T, Backend, perturb::l2, mask::fisher, Base>;
 
-template <class Backend = default_backend, class W, class G, class Base, class T = detail::precision_for_t<W, G>>
+template <class Backend = default_backend, class W, class G, class Base,
+          class T = detail::precision_for_t<W, G>>
 ssam_f_t<T, Base, Backend> ssam_f(const param_set<W, G>& params, Base base, ssam_f_options o = {}) {
   return ssam_f_t<T, Base, Backend>(params, o.compose(std::move(base)));
 }
 
 /// SSAM-F's official preset: `o` with ξ = 1e-7 and the official timing.
-template <class Backend = default_backend, class W, class G, class Base, class T = detail::precision_for_t<W, G>>
-ssam_f_t<T, Base, Backend> ssam_f(const param_set<W, G>& params, Base base, official_t, ssam_f_options o = {}) {
+template <class Backend = default_backend, class W, class G, class Base,
+          class T = detail::precision_for_t<W, G>>
+ssam_f_t<T, Base, Backend> ssam_f(const param_set<W, G>& params, Base base, official_t,
+                                  ssam_f_options o = {}) {
   o.xi = 1e-7;
   o.schedule = mask::fisher_schedule::ssam_official;
   return ssam_f<Backend>(params, std::move(base), o);
@@ -119,14 +122,17 @@ struct ssam_d_options {
 template <class T, class Base, class Backend = default_backend>
 using ssam_d_t = sharpness_aware<T, Backend, perturb::l2, mask::dynamic, Base>;
 
-template <class Backend = default_backend, class W, class G, class Base, class T = detail::precision_for_t<W, G>>
+template <class Backend = default_backend, class W, class G, class Base,
+          class T = detail::precision_for_t<W, G>>
 ssam_d_t<T, Base, Backend> ssam_d(const param_set<W, G>& params, Base base, ssam_d_options o = {}) {
   return ssam_d_t<T, Base, Backend>(params, o.compose(std::move(base)));
 }
 
 /// SSAM-D's official preset: `o` with ξ = 1e-7 and the official counts.
-template <class Backend = default_backend, class W, class G, class Base, class T = detail::precision_for_t<W, G>>
-ssam_d_t<T, Base, Backend> ssam_d(const param_set<W, G>& params, Base base, official_t, ssam_d_options o = {}) {
+template <class Backend = default_backend, class W, class G, class Base,
+          class T = detail::precision_for_t<W, G>>
+ssam_d_t<T, Base, Backend> ssam_d(const param_set<W, G>& params, Base base, official_t,
+                                  ssam_d_options o = {}) {
   o.xi = 1e-7;
   o.counts = mask::dynamic_counts::official;
   return ssam_d<Backend>(params, std::move(base), o);

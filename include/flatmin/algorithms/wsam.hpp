@@ -47,13 +47,15 @@ template <class T, class Base, class Backend = default_backend, class Schedule =
 using wsam_t =
     sharpness_aware<T, Backend, perturb::l2, mask::dense, Base, descent::wsam, regularize::none, Schedule>;
 
-template <class Backend = default_backend, class T, class Base>
-wsam_t<T, Base, Backend> wsam(const param_set<T>& params, Base base, wsam_options o = {}) {
+template <class Backend = default_backend, class W, class G, class Base,
+          class T = detail::precision_for_t<W, G>>
+wsam_t<T, Base, Backend> wsam(const param_set<W, G>& params, Base base, wsam_options o = {}) {
   return wsam_t<T, Base, Backend>(params, o.compose(std::move(base)));
 }
 
-template <class Backend = default_backend, class T, class Base>
-wsam_t<T, Base, Backend> wsam(const param_set<T>& params, Base base, official_t,
+template <class Backend = default_backend, class W, class G, class Base,
+          class T = detail::precision_for_t<W, G>>
+wsam_t<T, Base, Backend> wsam(const param_set<W, G>& params, Base base, official_t,
                               wsam_official_options o = {}) {
   return wsam_t<T, Base, Backend>(params, o.compose(std::move(base)));
 }
