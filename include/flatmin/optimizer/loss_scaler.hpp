@@ -28,17 +28,17 @@ namespace flatmin {
 
 /// Options of the dynamic loss scaler (torch.amp.GradScaler's defaults).
 struct dynamic_loss_scale {
-  bool enabled = false;          ///< off: grad_scale comes from step_args, as before
-  double init_scale = 65536.0;   ///< 2^16
-  double growth_factor = 2.0;    ///< > 1
-  double backoff_factor = 0.5;   ///< in (0, 1)
+  bool enabled = false;                  ///< off: grad_scale comes from step_args, as before
+  double init_scale = 65536.0;           ///< 2^16
+  double growth_factor = 2.0;            ///< > 1
+  double backoff_factor = 0.5;           ///< in (0, 1)
   std::uint64_t growth_interval = 2000;  ///< applied steps in a row before the scale grows, ≥ 1
 
   void validate() const {
     constexpr const char* w = "dynamic_loss_scale";
     detail::check_option<float>(w, "init_scale", init_scale, detail::domain::positive);
-    detail::check_option(detail::finite(growth_factor) && growth_factor > 1.0, w, "growth_factor", growth_factor,
-                         "finite and > 1");
+    detail::check_option(detail::finite(growth_factor) && growth_factor > 1.0, w, "growth_factor",
+                         growth_factor, "finite and > 1");
     detail::check_option(backoff_factor > 0.0 && backoff_factor < 1.0, w, "backoff_factor", backoff_factor,
                          "in (0, 1)");
     detail::check_option(growth_interval >= 1, w, "growth_interval", static_cast<double>(growth_interval),
@@ -50,7 +50,9 @@ struct dynamic_loss_scale {
 class loss_scaler {
  public:
   loss_scaler() = default;
-  explicit loss_scaler(const dynamic_loss_scale& o) : scale_(static_cast<float>(o.init_scale)) { o.validate(); }
+  explicit loss_scaler(const dynamic_loss_scale& o) : scale_(static_cast<float>(o.init_scale)) {
+    o.validate();
+  }
 
   /// The factor the loss is multiplied by before backward.
   float scale() const { return scale_; }
