@@ -339,6 +339,7 @@ class sharpness_aware {
       throw usage_error("flatmin: reload_master() called between ascend() and descend()");
     store_.reload(layout_);
   }
+
   /// Bytes of the base optimizer's state.
   std::size_t base_state_bytes() const { return base_state_.bytes(); }
 
