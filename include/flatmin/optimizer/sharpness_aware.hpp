@@ -331,6 +331,9 @@ class sharpness_aware {
     return saved_.size() * sizeof(W) + mask_state_.bytes() + store_.bytes();
   }
 
+  /// Bytes of the base optimizer's state.
+  std::size_t base_state_bytes() const { return base_state_.bytes(); }
+
   /// With `options().master_weights`: the master copy ← the user's (16-bit) weights. Call it after
   /// overwriting the model's weights (loading them, editing them): the next step would otherwise
   /// start from the old master and overwrite them. Between steps only (usage_error).
@@ -339,9 +342,6 @@ class sharpness_aware {
       throw usage_error("flatmin: reload_master() called between ascend() and descend()");
     store_.reload(layout_);
   }
-
-  /// Bytes of the base optimizer's state.
-  std::size_t base_state_bytes() const { return base_state_.bytes(); }
 
   /// Mask introspection, per tensor (by index in the parameter set, or by name): one byte per
   /// entry, 1 where ε may be non-zero (entries of dense-perturbed tensors 1, of tensors that are
