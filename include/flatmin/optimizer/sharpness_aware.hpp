@@ -330,7 +330,6 @@ class sharpness_aware {
   std::size_t extra_state_bytes() const {
     return saved_.size() * sizeof(W) + mask_state_.bytes() + store_.bytes();
   }
-
   /// Bytes of the base optimizer's state.
   std::size_t base_state_bytes() const { return base_state_.bytes(); }
 
