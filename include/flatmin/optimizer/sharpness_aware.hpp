@@ -378,6 +378,8 @@ class sharpness_aware {
     if constexpr (requires { perturb_state_.bytes(); }) d += perturb_state_.bytes();
     return saved_.size() * sizeof(W) + mask_state_.bytes() + store_.bytes() + d;
   }
+  /// Bytes of the base optimizer's state.
+  std::size_t base_state_bytes() const { return base_state_.bytes(); }
 
   /// With `options().master_weights`: the master copy ← the user's (16-bit) weights. Call it after
   /// overwriting the model's weights (loading them, editing them): the next step would otherwise
@@ -408,8 +410,6 @@ class sharpness_aware {
     reducer_ = r;
     perturbable_ = perturbable;
   }
-  /// Bytes of the base optimizer's state.
-  std::size_t base_state_bytes() const { return base_state_.bytes(); }
 
   /// Mask introspection, per tensor (by index in the parameter set, or by name): one byte per
   /// entry, 1 where ε may be non-zero (entries of dense-perturbed tensors 1, of tensors that are
