@@ -65,6 +65,14 @@ gsam_t<T, Base, Backend> gsam(const param_set<T>& params, Base base, gsam_option
   return gsam_t<T, Base, Backend>(params, o.compose(std::move(base)));
 }
 
+/// GSAM on the steps `schedule` picks (schedule::every_k, schedule::from_step), the base step
+/// alone on the others.
+template <class Backend = default_backend, class T, class Base, schedule_policy Schedule>
+gsam_t<T, Base, Backend, Schedule> gsam(const param_set<T>& params, Base base, Schedule schedule,
+                                        gsam_options o = {}) {
+  return gsam_t<T, Base, Backend, Schedule>(params, o.compose(std::move(base), std::move(schedule)));
+}
+
 template <class Backend = default_backend, class T, class Base>
 gsam_t<T, Base, Backend> gsam(const param_set<T>& params, Base base, official_t,
                               gsam_official_options o = {}) {

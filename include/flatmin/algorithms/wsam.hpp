@@ -52,6 +52,14 @@ wsam_t<T, Base, Backend> wsam(const param_set<T>& params, Base base, wsam_option
   return wsam_t<T, Base, Backend>(params, o.compose(std::move(base)));
 }
 
+/// WSAM on the steps `schedule` picks (schedule::every_k, schedule::from_step), the base step
+/// alone on the others.
+template <class Backend = default_backend, class T, class Base, schedule_policy Schedule>
+wsam_t<T, Base, Backend, Schedule> wsam(const param_set<T>& params, Base base, Schedule schedule,
+                                        wsam_options o = {}) {
+  return wsam_t<T, Base, Backend, Schedule>(params, o.compose(std::move(base), std::move(schedule)));
+}
+
 template <class Backend = default_backend, class T, class Base>
 wsam_t<T, Base, Backend> wsam(const param_set<T>& params, Base base, official_t,
                               wsam_official_options o = {}) {
