@@ -60,6 +60,12 @@ struct config<perturb::adaptive> {
   static perturb::adaptive make() { return {.rho = 0.05, .eta = 0.01}; }
 };
 
+/// LookSAM's reuse adds α‖g‖ along a stale unit g_v: with SGD momentum 0.9 on the κ = 100 problem
+/// α = 0.7 (the default) diverges (loss ×455 over 400 steps at k = 3); α ≤ 0.5 converges.
+template <>
+struct config<descent::looksam> {
+  static descent::looksam make() { return {.alpha = 0.3}; }
+};
 template <>
 struct config<perturb::friendly> {
   static perturb::friendly make() { return {.rho = 0.02}; }

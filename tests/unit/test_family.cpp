@@ -370,6 +370,46 @@ TEST_CASE_TEMPLATE("Friendly-SAM under a schedule: a step left unperturbed leave
   CHECK(bitwise_equal(ms[3], ms[2]));
 }
 
+TEST_CASE_TEMPLATE("WSAM and GSAM under schedules: one objective call on the steps left unperturbed", Backend,
+                   FLATMIN_TEST_BACKENDS) {
+  using T = double;
+  const flatmin::base::sgd base{.lr = 0.05, .momentum = 0.9};
+  model<T> m(family_layout, test_space<Backend>);
+  m.set_weights(random_vec(m.numel, 1671));
+  const auto q = quadratic::random(m.numel, 1671);
+  {  // WSAM every 3 steps from step 1; float64: its rule on steps 1, 4, 7, the base step on g between
+    auto opt = flatmin::wsam<Backend>(m.params, base, flatmin::schedule::every_k{.k = 3}, {.rho = 0.1});
+    ref::sgd rb = to_ref(base);
+    const wsam_ref r{0.1, 1e-12, 0.9, true};
+    std::size_t t = 0;
+    against(
+        m, opt,
+        [&](ref::vec& w, quadratic& qr) {
+          if (t++ % 3 == 0)
+            r.step(w, m.opts, rb, qr);
+          else
+            rb.step(w, qr.grad(w), m.opts);
+        },
+        q, 8, true, [](std::size_t s) { return (s - 1) % 3 == 0 ? 2u : 1u; });
+  }
+  {  // GSAM from step 4 on (late phase)
+    m.set_weights(random_vec(m.numel, 1672));
+    auto opt = flatmin::gsam<Backend>(m.params, base, flatmin::schedule::from_step{.step = 4}, {.rho = 0.1});
+    ref::sgd rb = to_ref(base);
+    const gsam_ref g{0.1, 1e-12, 0.4};
+    std::size_t t = 0;
+    against(
+        m, opt,
+        [&](ref::vec& w, quadratic& qr) {
+          if (++t >= 4)
+            g.step(w, m.opts, rb, qr);
+          else
+            rb.step(w, qr.grad(w), m.opts);
+        },
+        q, 6, false, [](std::size_t s) { return s >= 4 ? 2u : 1u; });
+  }
+}
+
 TEST_CASE("GSAM, WSAM, LookSAM, Friendly-SAM: every option reaches its policy; the official presets") {
   std::vector<double> w(6, 0.5), g(6, 0.0);
   flatmin::param_set<double> ps;

@@ -49,6 +49,15 @@ friendly_sam_t<T, Base, Backend> friendly_sam(const param_set<W, G>& params, Bas
   return friendly_sam_t<T, Base, Backend>(params, o.compose(std::move(base)));
 }
 
+/// Friendly-SAM on the steps `schedule` picks (schedule::every_k, schedule::from_step), the base
+/// step alone on the others (m is left as it was there).
+template <class Backend = default_backend, class W, class G, class Base, schedule_policy Schedule,
+          class T = detail::precision_for_t<W, G>>
+friendly_sam_t<T, Base, Backend, Schedule> friendly_sam(const param_set<W, G>& params, Base base,
+                                                        Schedule schedule, friendly_sam_options o = {}) {
+  return friendly_sam_t<T, Base, Backend, Schedule>(params, o.compose(std::move(base), std::move(schedule)));
+}
+
 template <class Backend = default_backend, class W, class G, class Base,
           class T = detail::precision_for_t<W, G>>
 friendly_sam_t<T, Base, Backend> friendly_sam(const param_set<W, G>& params, Base base, official_t,

@@ -66,6 +66,15 @@ gsam_t<T, Base, Backend> gsam(const param_set<W, G>& params, Base base, gsam_opt
   return gsam_t<T, Base, Backend>(params, o.compose(std::move(base)));
 }
 
+/// GSAM on the steps `schedule` picks (schedule::every_k, schedule::from_step), the base step
+/// alone on the others.
+template <class Backend = default_backend, class W, class G, class Base, schedule_policy Schedule,
+          class T = detail::precision_for_t<W, G>>
+gsam_t<T, Base, Backend, Schedule> gsam(const param_set<W, G>& params, Base base, Schedule schedule,
+                                        gsam_options o = {}) {
+  return gsam_t<T, Base, Backend, Schedule>(params, o.compose(std::move(base), std::move(schedule)));
+}
+
 template <class Backend = default_backend, class W, class G, class Base,
           class T = detail::precision_for_t<W, G>>
 gsam_t<T, Base, Backend> gsam(const param_set<W, G>& params, Base base, official_t,

@@ -53,6 +53,15 @@ wsam_t<T, Base, Backend> wsam(const param_set<W, G>& params, Base base, wsam_opt
   return wsam_t<T, Base, Backend>(params, o.compose(std::move(base)));
 }
 
+/// WSAM on the steps `schedule` picks (schedule::every_k, schedule::from_step), the base step
+/// alone on the others.
+template <class Backend = default_backend, class W, class G, class Base, schedule_policy Schedule,
+          class T = detail::precision_for_t<W, G>>
+wsam_t<T, Base, Backend, Schedule> wsam(const param_set<W, G>& params, Base base, Schedule schedule,
+                                        wsam_options o = {}) {
+  return wsam_t<T, Base, Backend, Schedule>(params, o.compose(std::move(base), std::move(schedule)));
+}
+
 template <class Backend = default_backend, class W, class G, class Base,
           class T = detail::precision_for_t<W, G>>
 wsam_t<T, Base, Backend> wsam(const param_set<W, G>& params, Base base, official_t,

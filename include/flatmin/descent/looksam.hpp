@@ -18,6 +18,9 @@
 /// Official code: none was published. The two public ports read restore a stale copy of the
 /// weights between full steps and evaluate the objective on every step; here a cheap step really
 /// costs one gradient, one reduction (‖g‖) and one fused pass.
+/// The reused term has norm α‖g‖ along a stale direction: with heavy momentum on an ill-conditioned
+/// problem a large α can diverge (SGD with momentum 0.9 on a κ = 100 quadratic: α = 0.7 does,
+/// α ≤ 0.5 does not; tests/conformance/compositions.hpp).
 /// State (checkpointed): g_v (N values of T), ‖g_v‖ and whether g_v exists; scratch: the clean g
 /// (N values of T) kept at the ascent. Options: α = `alpha` (0.7, ≥ 0), the common default of the
 /// public ports (k = 5 is `flatmin::looksam`'s).
