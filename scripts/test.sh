@@ -10,6 +10,8 @@
 #   sanitize  build/asan: g++ with AddressSanitizer + UndefinedBehaviorSanitizer (-O1, any UB is
 #             an error), the tests only, the whole ctest suite             (FLATMIN_CI_SANITIZE=0)
 #   clang     build/clang: clang++-14, the tests only, compiled and run    (FLATMIN_CI_CLANG=0)
+#             Both with FLATMIN_TEST_ISA_CLONES=OFF: the host passes' per-ISA clones (a third more
+#             compile time) only in test_isa_dispatch there; the main stage compiles them everywhere.
 #   fuzz      scripts/fuzz.sh 60 (libFuzzer on load()), when that script exists (FLATMIN_CI_FUZZ=0)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -47,7 +49,7 @@ if [ "${FLATMIN_CI_SANITIZE:-1}" != 0 ]; then
   san="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer"
   cmake -S . -B build/asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_COMPILER=g++ \
         -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g" -DCMAKE_CXX_FLAGS="$san" \
-        -DCMAKE_EXE_LINKER_FLAGS="$san" -DFLATMIN_BUILD_TESTS=ON \
+        -DCMAKE_EXE_LINKER_FLAGS="$san" -DFLATMIN_BUILD_TESTS=ON -DFLATMIN_TEST_ISA_CLONES=OFF \
         -DFLATMIN_BUILD_BENCHMARKS=OFF -DFLATMIN_BUILD_EXAMPLES=OFF
   cmake --build build/asan -j "$jobs"
   # FLATMIN_CI_SANITIZE_EXCLUDE: a ctest -E regex, should the stage need trimming to fit CI's budget.
@@ -63,7 +65,8 @@ if [ "${FLATMIN_CI_CLANG:-1}" != 0 ]; then
   # and tests/torch out of this stage (it says so in a warning); g++ stages build and run them.
   echo "flatmin: with libtorch 1.x the clang stage has no flatmin::torch (its headers fail under clang in C++20)"
   cmake -S . -B build/clang -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_COMPILER=clang++-14 \
-        -DFLATMIN_BUILD_TESTS=ON -DFLATMIN_BUILD_BENCHMARKS=OFF -DFLATMIN_BUILD_EXAMPLES=OFF
+        -DFLATMIN_BUILD_TESTS=ON -DFLATMIN_TEST_ISA_CLONES=OFF -DFLATMIN_BUILD_BENCHMARKS=OFF \
+        -DFLATMIN_BUILD_EXAMPLES=OFF
   cmake --build build/clang -j "$jobs"
   ctest --test-dir build/clang --output-on-failure -j "$jobs"
   stage_done clang
