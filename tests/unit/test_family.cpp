@@ -5,6 +5,7 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <sstream>
 #include <vector>
@@ -474,4 +475,20 @@ TEST_CASE("GSAM, WSAM, LookSAM, Friendly-SAM: every option reaches its policy; t
     CHECK(o.descent().alpha == 0.2);
     CHECK_THROWS_AS(flatmin::looksam(ps, sgd, {.alpha = -1}), std::invalid_argument);
   }
+}
+
+TEST_CASE("WSAM: the decoupled form refuses master weights (it writes w after the base step)") {
+  std::vector<flatmin::bfloat16> w(6, flatmin::bfloat16(1.0f)), g(6, flatmin::bfloat16(0.25f));
+  flatmin::param_set<flatmin::bfloat16> ps;
+  ps.add("w", w, g);
+  auto decoupled = flatmin::wsam<flatmin::backend::eigen>(ps, flatmin::base::sgd{.lr = 0.1}, {.decouple = true});
+  decoupled.options().master_weights = true;
+  const auto before = w;
+  CHECK_THROWS_AS(decoupled.step([] { return 0.0; }), std::invalid_argument);
+  CHECK(std::memcmp(w.data(), before.data(), sizeof(flatmin::bfloat16) * w.size()) == 0);
+  decoupled.options().master_weights = false;  // in place: the base step and the term both round to bf16
+  CHECK_FALSE(decoupled.step([] { return 0.0; }).skipped);
+  auto coupled = flatmin::wsam<flatmin::backend::eigen>(ps, flatmin::base::sgd{.lr = 0.1}, {.decouple = false});
+  coupled.options().master_weights = true;
+  CHECK_FALSE(coupled.step([] { return 0.0; }).skipped);
 }

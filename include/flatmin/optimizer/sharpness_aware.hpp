@@ -560,6 +560,19 @@ class sharpness_aware {
     if constexpr (requires { base_state_.check(base_); }) base_state_.check(base_);
     if constexpr (requires { mask_state_.check(mask_); }) mask_state_.check(mask_);
     store_.check(options_);
+    // A descent rule that writes the weights after the base step (WSAM's decoupled form) would
+    // bypass the master copy, which the next step starts from.
+    if constexpr (requires { descent_state_.finish(descent_, layout_, descent::step_context{}); })
+      if (options_.master_weights && descent_writes_weights())
+        throw std::invalid_argument(std::string("flatmin: optimizer_options::master_weights with descent rule ") +
+                                    Descent::name +
+                                    " writing the weights after the base step (WSAM: use .decouple = false)");
+  }
+  bool descent_writes_weights() const {
+    if constexpr (requires { descent_.decouple; })
+      return descent_.decouple;
+    else
+      return true;
   }
 
   /// 1 / the gradients' scale in T (step_args::grad_scale, or the dynamic loss scale, which then
