@@ -562,11 +562,13 @@ class sharpness_aware {
     store_.check(options_);
     // A descent rule that writes the weights after the base step (WSAM's decoupled form) would
     // bypass the master copy, which the next step starts from.
-    if constexpr (requires { descent_state_.finish(descent_, layout_, descent::step_context{}); })
+    if constexpr (requires(descent_state_type& st) {
+                    st.finish(descent_, layout_, descent::step_context{});
+                  })
       if (options_.master_weights && descent_writes_weights())
         throw std::invalid_argument(std::string("flatmin: optimizer_options::master_weights with descent rule ") +
-                                    Descent::name +
-                                    " writing the weights after the base step (WSAM: use .decouple = false)");
+                                    Descent::name + " writing the weights after the base step (WSAM: use "
+                                    ".decouple = false)");
   }
   bool descent_writes_weights() const {
     if constexpr (requires { descent_.decouple; })
