@@ -566,7 +566,8 @@ class sharpness_aware {
                     st.finish(descent_, layout_, descent::step_context{});
                   })
       if (options_.master_weights && descent_writes_weights())
-        throw std::invalid_argument(std::string("flatmin: optimizer_options::master_weights with descent rule ") +
+        throw std::invalid_argument(std::string("flatmin: optimizer_options::master_weights with descent "
+                                                "rule ") +
                                     Descent::name + " writing the weights after the base step (WSAM: use "
                                     ".decouple = false)");
   }
