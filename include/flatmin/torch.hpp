@@ -146,7 +146,7 @@ void check_uniform(const named_tensors& tensors) {
         fail("tensor " + quote(name) + " is " + dtype_name(dtype) + ", this binding is for " +
              dtype_name(scalar_type<T>()) + ": use binding<" + dtype_name(dtype) + ">");
       fail("tensor " + quote(name) + " has dtype " + dtype_name(dtype) +
-           ": the adapter binds float and double tensors (bf16 / half: not yet, they need mixed precision)");
+           ": the adapter binds float and double tensors (bf16 / half: not yet in the adapter)");
     }
   if (tensors.empty()) return;
   const auto& [name, t] = tensors.front();
