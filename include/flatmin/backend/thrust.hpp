@@ -74,6 +74,18 @@ struct nonzero {
 struct add_u64 {
   FLATMIN_HD std::uint64_t operator()(std::uint64_t a, std::uint64_t b) const { return a + b; }
 };
+/// The count of non-zero f(i) over block b of `block` indices (count_index on the host systems).
+template <class F>
+struct block_count {
+  std::size_t n, block;
+  F f;
+  FLATMIN_HD std::uint64_t operator()(std::size_t b) const {
+    const std::size_t end = (b + 1) * block < n ? (b + 1) * block : n;
+    std::uint64_t c = 0;
+    for (std::size_t i = b * block; i < end; ++i) c += f(i) != 0 ? 1u : 0u;
+    return c;
+  }
+};
 
 // Strands per segment in reductions. The default, backend::reduction_strands, reproduces
 // backend::eigen's summation tree bit for bit (everywhere). A GPU may prefer 32 (a warp reads
@@ -414,8 +426,26 @@ struct thrust {
   static std::uint64_t count_index(std::size_t n, const F& f) {
     if (n == 0) return 0;
     ::thrust::counting_iterator<std::size_t> first(0);
+#if defined(FLATMIN_THRUST_IS_CUDA)
     return ::thrust::transform_reduce(::thrust::device, first, first + n, thrust_detail::nonzero<F>{f},
                                       std::uint64_t{0}, thrust_detail::add_u64{});
+#else
+    // Host systems: blocks of indices counted apart, then added (as count_and_collect: Thrust's own
+    // OMP reduce binds a null execution-policy reference, which UBSan reports).
+    std::uint64_t total = 0;
+    if (n < parallel_threshold) {
+      for (std::size_t i = 0; i < n; ++i) total += f(i) != 0 ? 1u : 0u;
+      return total;
+    }
+    const std::size_t nb = (n + segment_size - 1) / segment_size;
+    ::thrust::device_vector<std::uint64_t> per(nb);
+    ::thrust::transform(::thrust::device, first, first + nb, per.begin(),
+                        thrust_detail::block_count<F>{n, segment_size, f});
+    std::vector<std::uint64_t> h(nb);
+    ::thrust::copy(per.begin(), per.end(), h.begin());
+    for (const std::uint64_t c : h) total += c;
+    return total;
+#endif
   }
 
   /// Sum of `f(i) -> R` for i in [0, n), in blocks of `segment_size` (backend::eigen's order).
