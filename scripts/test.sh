@@ -1,18 +1,23 @@
 #!/usr/bin/env bash
 # Builds every test (and, so that they cannot rot, the benchmarks and examples) and runs them
 # with ctest, then the checking stages below. Fails on the first error. Each stage can be turned
-# off with its variable (e.g. FLATMIN_CI_SANITIZE=0 FLATMIN_CI_CLANG=0 FLATMIN_CI_FUZZ=0 for the
-# fast part alone); CI (.ci/run) runs them all. Each stage prints its wall time.
-#   main      build/test: g++ RelWithDebInfo, tests + benchmarks + examples, ctest
+# off with its variable (e.g. FLATMIN_CI_SANITIZE=0 FLATMIN_CI_FUZZ=0 for the fast part alone);
+# CI (.ci/run) runs them all. Each stage prints its wall time.
+#   main      build/test: g++ -O2 without debug information, tests + benchmarks + examples, ctest
 #   cuda      build/cuda: when nvcc is found (on PATH or in /usr/local/cuda/bin), compiles and links
-#             the CUDA tests and benchmarks (no GPU is assumed: on a GPU run `ctest --test-dir
-#             build/cuda`)                                                  (FLATMIN_SKIP_CUDA=1)
-#   sanitize  build/asan: g++ with AddressSanitizer + UndefinedBehaviorSanitizer (-O1, any UB is
-#             an error), the tests only, the whole ctest suite             (FLATMIN_CI_SANITIZE=0)
-#   clang     build/clang: clang++-14, the tests only, compiled and run    (FLATMIN_CI_CLANG=0)
-#             Both with FLATMIN_TEST_ISA_CLONES=OFF: the host passes' per-ISA clones (a third more
-#             compile time) only in test_isa_dispatch there; the main stage compiles them everywhere.
+#             the CUDA tests (no GPU is assumed: on a GPU run `ctest --test-dir build/cuda`); the
+#             CUDA benchmark and test_precision's twin too with FLATMIN_CI_CUDA_FULL=1
+#                                                                          (FLATMIN_SKIP_CUDA=1)
+#   sanitize  build/asan: clang++-14 with AddressSanitizer + UndefinedBehaviorSanitizer (-O1, any
+#             UB is an error), the tests only, the whole ctest suite but the headers-alone parse
+#             (the main stage runs it). This is also the clang stage: the tests compiled and run
+#             by a second compiler (FLATMIN_CI_SANITIZE=0). Without libtorch's tests: Debian's
+#             libtorch 1.13 headers do not compile under clang++ in C++20.
 #   fuzz      scripts/fuzz.sh 60 (libFuzzer on load()), when that script exists (FLATMIN_CI_FUZZ=0)
+# Every stage compiles the tests with FLATMIN_TEST_ISA_CLONES=OFF: the host passes' per-ISA clones
+# (a third of a test's compile time) only in tests/backend/test_isa_dispatch, which runs whole steps
+# of every clone this CPU has and compares them bit for bit with the baseline. Benchmarks and
+# examples keep the clones (as a user's build does).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh
@@ -23,8 +28,10 @@ stage() { stage_start=$(date +%s); echo "flatmin: stage $1"; }
 stage_done() { echo "flatmin: stage $1 took $(( $(date +%s) - stage_start )) s"; }
 
 stage main
-cmake -S . -B build/test -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFLATMIN_BUILD_TESTS=ON \
-      -DFLATMIN_BUILD_BENCHMARKS=ON -DFLATMIN_BUILD_EXAMPLES=ON
+# -O2 as users build; no -g: debug information is a third of the compile time here.
+cmake -S . -B build/test -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_FLAGS_RELEASE="-O2 -DNDEBUG" \
+      -DFLATMIN_BUILD_TESTS=ON -DFLATMIN_TEST_ISA_CLONES=OFF -DFLATMIN_BUILD_BENCHMARKS=ON \
+      -DFLATMIN_BUILD_EXAMPLES=ON
 cmake --build build/test -j "$jobs"
 ctest --test-dir build/test --output-on-failure -j "$jobs"
 stage_done main
@@ -34,10 +41,21 @@ nvcc_bin=$(command -v nvcc || true)
 if [ -n "$nvcc_bin" ] && [ "${FLATMIN_SKIP_CUDA:-0}" != 1 ]; then
   stage cuda
   echo "flatmin: compiling the CUDA build with $nvcc_bin (compile and link only)"
+  # Without a GPU this is a compile check, so by default only the CUDA tests that cover every
+  # composition on the device (test_differential), the primitives and top-k: about 3 minutes on
+  # 2 cores. FLATMIN_CI_CUDA_FULL=1 adds test_precision's twin and the CUDA benchmark (ptxas needs
+  # 6 and over 11 minutes for those two; run it where the binaries will be run, on a GPU machine).
+  cuda_tests="backend/test_differential.cpp;backend/test_thrust_primitives.cpp;unit/test_top_k.cpp"
+  cuda_targets=flatmin_cuda_tests
+  if [ "${FLATMIN_CI_CUDA_FULL:-0}" = 1 ]; then
+    cuda_tests="$cuda_tests;unit/test_precision.cpp"
+    cuda_targets="flatmin_cuda_tests flatmin_cuda_benchmarks"
+  fi
   cmake -S . -B build/cuda -DCMAKE_BUILD_TYPE=Release -DFLATMIN_ENABLE_CUDA=ON \
-        -DCMAKE_CUDA_COMPILER="$nvcc_bin" -DCMAKE_CUDA_ARCHITECTURES=90 \
+        -DCMAKE_CUDA_COMPILER="$nvcc_bin" -DCMAKE_CUDA_ARCHITECTURES=90 -DFLATMIN_CUDA_TESTS="$cuda_tests" \
         -DFLATMIN_BUILD_TESTS=ON -DFLATMIN_BUILD_BENCHMARKS=ON -DFLATMIN_BUILD_EXAMPLES=OFF
-  cmake --build build/cuda -j "$jobs" --target flatmin_cuda_tests flatmin_cuda_benchmarks
+  # shellcheck disable=SC2086
+  cmake --build build/cuda -j "$jobs" --target $cuda_targets
   stage_done cuda
 else
   echo "flatmin: nvcc not found, CUDA build not compiled"
@@ -45,31 +63,22 @@ fi
 
 if [ "${FLATMIN_CI_SANITIZE:-1}" != 0 ]; then
   stage sanitize
-  # -O1 keeps the instrumented build and run affordable; RelWithDebInfo for file:line in reports.
+  # clang++ rather than g++: the same checks at about 0.6 of g++'s instrumented compile time, and a
+  # second compiler for the whole suite. -O1 keeps the run affordable; line tables for file:line.
   san="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer"
-  cmake -S . -B build/asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_COMPILER=g++ \
-        -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g" -DCMAKE_CXX_FLAGS="$san" \
+  cmake -S . -B build/asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_COMPILER=clang++-14 \
+        -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -gline-tables-only" -DCMAKE_CXX_FLAGS="$san" \
         -DCMAKE_EXE_LINKER_FLAGS="$san" -DFLATMIN_BUILD_TESTS=ON -DFLATMIN_TEST_ISA_CLONES=OFF \
         -DFLATMIN_BUILD_BENCHMARKS=OFF -DFLATMIN_BUILD_EXAMPLES=OFF
   cmake --build build/asan -j "$jobs"
-  # FLATMIN_CI_SANITIZE_EXCLUDE: a ctest -E regex, should the stage need trimming to fit CI's budget.
+  # FLATMIN_CI_SANITIZE_EXCLUDE: a ctest -E regex added to the headers-alone parse, should the
+  # stage need trimming to fit CI's budget (e.g. '\.thrust$').
+  exclude='^headers\.each_alone$'
+  [ -z "${FLATMIN_CI_SANITIZE_EXCLUDE:-}" ] || exclude="$exclude|$FLATMIN_CI_SANITIZE_EXCLUDE"
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:strict_string_checks=1 \
   UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-    ctest --test-dir build/asan --output-on-failure -j "$jobs" ${FLATMIN_CI_SANITIZE_EXCLUDE:+-E "$FLATMIN_CI_SANITIZE_EXCLUDE"}
+    ctest --test-dir build/asan --output-on-failure -j "$jobs" -E "$exclude"
   stage_done sanitize
-fi
-
-if [ "${FLATMIN_CI_CLANG:-1}" != 0 ]; then
-  stage clang
-  # libtorch 1.13 (Debian) does not compile under clang++-14 in C++20: CMake leaves flatmin::torch
-  # and tests/torch out of this stage (it says so in a warning); g++ stages build and run them.
-  echo "flatmin: with libtorch 1.x the clang stage has no flatmin::torch (its headers fail under clang in C++20)"
-  cmake -S . -B build/clang -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_COMPILER=clang++-14 \
-        -DFLATMIN_BUILD_TESTS=ON -DFLATMIN_TEST_ISA_CLONES=OFF -DFLATMIN_BUILD_BENCHMARKS=OFF \
-        -DFLATMIN_BUILD_EXAMPLES=OFF
-  cmake --build build/clang -j "$jobs"
-  ctest --test-dir build/clang --output-on-failure -j "$jobs"
-  stage_done clang
 fi
 
 if [ "${FLATMIN_CI_FUZZ:-1}" != 0 ]; then
