@@ -12,9 +12,14 @@
 /// The namespace is `flatmin::libtorch`, not `flatmin::torch`: inside namespace flatmin an unqualified
 /// `torch::Tensor` would then name flatmin's namespace instead of libtorch's.
 ///
-/// Scope: float and double tensors on the CPU (host memory, as `backend::eigen` reads it). bf16 /
-/// half come with mixed precision; CUDA tensors are refused (`usage_error`): they need
-/// `backend::thrust` compiled by nvcc and the current CUDA stream, not bound here yet.
+/// Scope: float, double, bfloat16 and half tensors on the CPU (host memory, as `backend::eigen`
+/// reads it): `binding<float>`, `<double>`, `<flatmin::bfloat16>`, `<flatmin::half>`. A 16-bit
+/// binding gives a `param_set<bfloat16>` (weights and gradients 16-bit, as torch keeps them); the
+/// factories then keep the optimizer state in float (params/precision.hpp), and
+/// `optimizer_options::master_weights` / `loss_scale` (fp16) work as on any 16-bit param_set: with
+/// the loss scaler the closure multiplies the loss by `opt.inner().loss_scale()` before `backward()`.
+/// CUDA tensors are refused (`usage_error`): they need `backend::thrust` compiled by nvcc and the
+/// current CUDA stream, not bound here yet.
 ///
 /// The wrapper is a torch::optim::Optimizer: param groups (per-group lr and weight decay, as the
 /// core's per-tensor multipliers), LRSchedulers, and save / load through torch::serialize archives.
@@ -48,6 +53,7 @@
 #include <vector>
 
 #include "config.hpp"
+#include "numeric/reinterpret.hpp"
 #include "optimizer/report.hpp"
 #include "params/param_set.hpp"
 
@@ -78,33 +84,71 @@ namespace detail {
 
 inline std::string quote(const std::string& s) { return flatmin::detail::quote(s); }
 
-/// The dtype mapping, in one place: flatmin element type T ↔ torch dtype. bf16 / half join here
-/// (with their names) when flatmin has 16-bit element types (mixed precision); nothing else
-/// in this file names a dtype.
+/// The dtype mapping, in one place: flatmin element type T ↔ torch dtype, its name in messages,
+/// and the c10 type torch's `data_ptr<>` is asked for (the 16-bit ones are viewed through
+/// `storage_cast`: the same bits, no copy). Nothing else in this file names a dtype.
 template <class T>
 struct dtype_of;  // undefined: T is not bindable
 template <>
 struct dtype_of<float> {
   static constexpr c10::ScalarType value = c10::ScalarType::Float;
   static constexpr const char* name = "float";
+  static constexpr const char* cpp = "float";
+  using c10_type = float;
 };
 template <>
 struct dtype_of<double> {
   static constexpr c10::ScalarType value = c10::ScalarType::Double;
   static constexpr const char* name = "double";
+  static constexpr const char* cpp = "double";
+  using c10_type = double;
+};
+template <>
+struct dtype_of<flatmin::bfloat16> {
+  static constexpr c10::ScalarType value = c10::ScalarType::BFloat16;
+  static constexpr const char* name = "bfloat16";
+  static constexpr const char* cpp = "flatmin::bfloat16";
+  using c10_type = c10::BFloat16;
+};
+template <>
+struct dtype_of<flatmin::half> {
+  static constexpr c10::ScalarType value = c10::ScalarType::Half;
+  static constexpr const char* name = "half";
+  static constexpr const char* cpp = "flatmin::half";
+  using c10_type = c10::Half;
 };
 template <class T>
 concept bindable = requires { dtype_of<T>::value; };
 
-/// Whether some bindable type maps to `t`, and its name then.
-inline const char* bindable_name(c10::ScalarType t) {
-  if (t == dtype_of<float>::value) return dtype_of<float>::name;
-  if (t == dtype_of<double>::value) return dtype_of<double>::name;
-  return nullptr;
+/// The bindable type that maps to `t`: its dtype name and its C++ name (else nullptrs).
+struct bindable_names {
+  const char* name = nullptr;
+  const char* cpp = nullptr;
+};
+inline bindable_names bindable_of(c10::ScalarType t) {
+  const auto names = [](auto tag) {
+    using D = dtype_of<typename decltype(tag)::type>;
+    return std::pair{D::value, bindable_names{D::name, D::cpp}};
+  };
+  for (const auto& [type, n] : {names(std::type_identity<float>{}), names(std::type_identity<double>{}),
+                                names(std::type_identity<flatmin::bfloat16>{}),
+                                names(std::type_identity<flatmin::half>{})})
+    if (t == type) return n;
+  return {};
+}
+
+/// A dense tensor's elements as T (its dtype checked by the caller).
+template <class T>
+T* elements(const torch::Tensor& t) {
+  using C = typename dtype_of<T>::c10_type;
+  if constexpr (std::is_same_v<C, T>)
+    return t.data_ptr<T>();
+  else
+    return flatmin::storage_cast<T>(t.data_ptr<C>());
 }
 
 inline std::string dtype_name(c10::ScalarType t) {
-  const char* n = bindable_name(t);
+  const char* n = bindable_of(t).name;
   return n ? n : c10::toString(t);
 }
 
@@ -142,11 +186,11 @@ void check_uniform(const named_tensors& tensors) {
   }
   for (const auto& [dtype, name] : dtypes)
     if (dtype != scalar_type<T>()) {
-      if (bindable_name(dtype))
+      if (const char* cpp = bindable_of(dtype).cpp)
         fail("tensor " + quote(name) + " is " + dtype_name(dtype) + ", this binding is for " +
-             dtype_name(scalar_type<T>()) + ": use binding<" + dtype_name(dtype) + ">");
+             dtype_name(scalar_type<T>()) + ": use binding<" + cpp + ">");
       fail("tensor " + quote(name) + " has dtype " + dtype_name(dtype) +
-           ": the adapter binds float and double tensors (bf16 / half: not yet in the adapter)");
+           ": the adapter binds float, double, bfloat16 and half tensors");
     }
   if (tensors.empty()) return;
   const auto& [name, t] = tensors.front();
@@ -160,7 +204,8 @@ void check_uniform(const named_tensors& tensors) {
 
 }  // namespace detail
 
-/// A `param_set<T>` over libtorch tensors that knows what it registered. T is float or double.
+/// A `param_set<T>` over libtorch tensors that knows what it registered. T is float, double,
+/// flatmin::bfloat16 (torch's kBFloat16) or flatmin::half (kHalf).
 ///
 /// Each tensor must be dense (strided), contiguous, of dtype T and on the CPU; all of one dtype and
 /// device. An undefined gradient is allocated (zeros, same dtype and device) and set as `.grad`.
@@ -169,7 +214,7 @@ void check_uniform(const named_tensors& tensors) {
 template <class T>
 class binding {
   static_assert(detail::bindable<T>,
-                "flatmin::libtorch::binding: T must be float or double (bf16 / half: not yet supported)");
+                "flatmin::libtorch::binding: T must be float, double, flatmin::bfloat16 or flatmin::half");
 
  public:
   using value_type = T;
@@ -369,12 +414,11 @@ class binding {
       const auto pair =
           std::find_if(pairs_.begin(), pairs_.end(), [&](const auto& p) { return p.a == i || p.b == i; });
       if (pair == pairs_.end()) {
-        ps.add(e.name, e.param.template data_ptr<T>(), e.grad.template data_ptr<T>(), shape_of(e), e.options);
+        ps.add(e.name, detail::elements<T>(e.param), detail::elements<T>(e.grad), shape_of(e), e.options);
       } else if (pair->a == i) {  // the pair at A's place; B is skipped where it comes
         const entry& b = entries_[pair->b];
-        ps.add_lora_pair(pair->name, e.param.template data_ptr<T>(), e.grad.template data_ptr<T>(),
-                         shape_of(e), b.param.template data_ptr<T>(), b.grad.template data_ptr<T>(),
-                         shape_of(b), e.options);
+        ps.add_lora_pair(pair->name, detail::elements<T>(e.param), detail::elements<T>(e.grad), shape_of(e),
+                         detail::elements<T>(b.param), detail::elements<T>(b.grad), shape_of(b), e.options);
       }
     }
     params_ = std::move(ps);

@@ -7,8 +7,10 @@
 
 #include <doctest/doctest.h>
 
+#include <cstring>
 #include <sstream>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -108,7 +110,14 @@ TEST_CASE("a binding refuses what flatmin cannot update, naming the tensor") {
     auto net = make_net(torch::kFloat);
     CHECK(usage_message([&] { fl::binding<double>{*net}; }).find("use binding<float>") != std::string::npos);
     auto h = torch::zeros({4}, torch::kHalf).requires_grad_();
-    CHECK(usage_message([&] { fl::binding<float>{{h}}; }).find("not yet") != std::string::npos);
+    CHECK(usage_message([&] { fl::binding<float>{{h}}; }).find("'0' is half, this binding is for float: use "
+                                                             "binding<flatmin::half>") != std::string::npos);
+    auto bf = torch::zeros({4}, torch::kBFloat16).requires_grad_();
+    CHECK(usage_message([&] { fl::binding<flatmin::half>{{bf}}; })
+              .find("is bfloat16, this binding is for half: use binding<flatmin::bfloat16>") != std::string::npos);
+    auto i = torch::zeros({4}, torch::kInt);
+    CHECK(usage_message([&] { fl::binding<float>{{i}}; })
+              .find("binds float, double, bfloat16 and half tensors") != std::string::npos);
   }
   SUBCASE("non-contiguous") {
     auto t = torch::randn({3, 4}, torch::kDouble).t().requires_grad_();  // a transposed view
@@ -432,4 +441,188 @@ TEST_CASE("add_lora_pair registers two bound tensors as a LoRA pair for BAR; mis
     return loss;
   });
   CHECK_FALSE(r.skipped);
+}
+
+// ---- 16-bit tensors ---------------------------------------------------------------------------
+// The binding's part of a bf16 / half run is the mapping: the registered memory seen as
+// flatmin::bfloat16 / half with the same bits, no copy. The reference is the core optimizer on
+// 16-bit buffers of its own holding the same bits and fed the same gradients (the core's 16-bit
+// arithmetic is checked against a float64 re-derivation in tests/unit/test_mixed_precision.cpp).
+// The gradient of ½ Σ a_i w_i², scaled by s, is formed in float and rounded once to the 16-bit type,
+// by torch's conversion on one side and flatmin's on the other (both round to nearest even).
+namespace {
+
+template <class T>
+constexpr torch::Dtype torch_dtype = std::is_same_v<T, flatmin::bfloat16> ? torch::kBFloat16 : torch::kHalf;
+
+struct quadratic16 {
+  std::vector<torch::Tensor> a;  ///< float coefficients, one tensor per parameter
+};
+
+template <class T>
+std::vector<torch::Tensor> params16(int seed) {
+  torch::manual_seed(seed);
+  return {torch::randn({3, 4}).to(torch_dtype<T>).requires_grad_(),
+          torch::randn({4}).to(torch_dtype<T>).requires_grad_()};
+}
+
+quadratic16 coefficients() {
+  torch::manual_seed(11);
+  return {{torch::rand({3, 4}) * 2 + 0.5, torch::rand({4}) * 2 + 0.5}};
+}
+
+/// The 16-bit values of a tensor as flatmin's type (a copy of the bits).
+template <class T>
+std::vector<T> bits_of(const torch::Tensor& t) {
+  std::vector<T> out(static_cast<std::size_t>(t.numel()));
+  std::memcpy(out.data(), t.data_ptr(), out.size() * sizeof(T));
+  return out;
+}
+
+/// Runs both for `steps` steps and compares the weights' bits; returns how many steps were skipped.
+template <class T, class Make>
+int check_against_core(const Make& make, int steps, double scale_of_loss = 1.0) {
+  const quadratic16 q = coefficients();
+  // through the binding and the torch wrapper
+  auto ts = params16<T>(21);
+  fl::optimizer opt(fl::binding<T>(ts), make);
+  auto closure = [&] {
+    const double s = opt.inner().options().loss_scale.enabled ? opt.inner().loss_scale() : scale_of_loss;
+    double loss = 0;
+    for (std::size_t i = 0; i < ts.size(); ++i) {
+      const auto w = ts[i].detach().to(torch::kFloat);
+      ts[i].mutable_grad().copy_((q.a[i] * w * static_cast<float>(s)).to(torch_dtype<T>));
+      loss += 0.5 * (q.a[i].to(torch::kDouble) * w.to(torch::kDouble).pow(2)).sum().template item<double>();
+    }
+    return loss;
+  };
+  // the core optimizer on buffers of its own with the same bits
+  std::vector<std::vector<T>> w, g;
+  std::vector<std::vector<float>> a;
+  auto start = params16<T>(21);
+  flatmin::param_set<T> ps;
+  for (std::size_t i = 0; i < start.size(); ++i) {
+    w.push_back(bits_of<T>(start[i]));
+    g.emplace_back(w.back().size());
+    const auto ai = q.a[i].contiguous();
+    a.emplace_back(ai.data_ptr<float>(), ai.data_ptr<float>() + ai.numel());
+  }
+  for (std::size_t i = 0; i < w.size(); ++i)
+    ps.add(std::to_string(i), w[i].data(), g[i].data(), start[i].sizes().vec());
+  auto core = make(ps);
+  auto objective = [&] {
+    const double s = core.options().loss_scale.enabled ? core.loss_scale() : scale_of_loss;
+    for (std::size_t i = 0; i < w.size(); ++i)
+      for (std::size_t j = 0; j < w[i].size(); ++j)
+        g[i][j] = T(a[i][j] * static_cast<float>(w[i][j]) * static_cast<float>(s));
+    return 0.0;
+  };
+  int skipped = 0;
+  for (int k = 0; k < steps; ++k) {
+    const auto r1 = opt.step(closure, {.grad_scale = opt.inner().options().loss_scale.enabled ? 1.0 : scale_of_loss});
+    const auto r2 = core.step(objective, {.grad_scale = core.options().loss_scale.enabled ? 1.0 : scale_of_loss});
+    REQUIRE(r1.skipped == r2.skipped);
+    skipped += r1.skipped ? 1 : 0;
+  }
+  CHECK(opt.inner().steps() == core.steps());
+  for (std::size_t i = 0; i < w.size(); ++i) {
+    const auto now = bits_of<T>(ts[i]);
+    REQUIRE(now.size() == w[i].size());
+    CHECK(std::memcmp(now.data(), w[i].data(), now.size() * sizeof(T)) == 0);
+    CHECK((ts[i].scalar_type() == torch_dtype<T>));
+  }
+  // the steps moved the weights (the comparison is not between two untouched copies)
+  const auto before = params16<T>(21);
+  CHECK_FALSE(torch::equal(before[0], ts[0].detach()));
+  return skipped;
+}
+
+}  // namespace
+
+TEST_CASE_TEMPLATE("bf16 / half tensors bind in place: steps equal the core optimizer's on the same bits", T,
+                   flatmin::bfloat16, flatmin::half) {
+  SUBCASE("in place, SAM over SGD with momentum (state in float)") {
+    check_against_core<T>(sam_sgd, 6);
+  }
+  SUBCASE("master weights, SAM over AdamW") {
+    check_against_core<T>(
+        [](const auto& ps) {
+          auto o = flatmin::sam(ps, flatmin::base::adamw{.lr = 1e-2, .weight_decay = 0.1}, {.rho = 0.05});
+          o.options().master_weights = true;
+          return o;
+        },
+        6);
+  }
+  SUBCASE("dynamic loss scaling (the closure scales by opt.loss_scale()), with an overflow at the start") {
+    const int skipped = check_against_core<T>(
+        [](const auto& ps) {
+          auto o = flatmin::sam(ps, flatmin::base::sgd{.lr = 0.1}, {.rho = 0.05});
+          o.options().master_weights = true;
+          // 2^17 overflows half (max 65504) on the first step: skipped, backed off, then applied
+          o.options().loss_scale = {.enabled = true, .init_scale = 0x1p17, .growth_interval = 2};
+          return o;
+        },
+        6);
+    // half overflows at 2^17 (and again after each growth back to it); bf16 has float's range
+    if (std::is_same_v<T, flatmin::half>)
+      CHECK(skipped >= 1);
+    else
+      CHECK(skipped == 0);
+  }
+}
+
+TEST_CASE("a bf16 optimizer with master weights saves and loads through an archive and resumes bit for bit") {
+  using T = flatmin::bfloat16;
+  const quadratic16 q = coefficients();
+  const auto make = [](const auto& ps) {
+    auto o = flatmin::sam(ps, flatmin::base::adamw{.lr = 1e-2}, {.rho = 0.05});
+    o.options().master_weights = true;
+    return o;
+  };
+  auto closure_for = [&](std::vector<torch::Tensor>& ts) {
+    return [&] {
+      for (std::size_t i = 0; i < ts.size(); ++i)
+        ts[i].mutable_grad().copy_((q.a[i] * ts[i].detach().to(torch::kFloat)).to(torch::kBFloat16));
+      return 0.0;
+    };
+  };
+  auto ta = params16<T>(21);
+  fl::optimizer oa(fl::binding<T>(ta), make);
+  for (int s = 0; s < 3; ++s) oa.step(closure_for(ta));
+  std::stringstream opt_file;
+  {
+    torch::serialize::OutputArchive archive;
+    oa.save(archive);
+    archive.save_to(opt_file);
+  }
+  std::vector<torch::Tensor> tc;
+  for (const auto& t : ta) tc.push_back(t.detach().clone().requires_grad_());
+  for (int s = 0; s < 4; ++s) oa.step(closure_for(ta));
+
+  fl::optimizer oc(fl::binding<T>(tc), make);
+  torch::serialize::InputArchive in;
+  in.load_from(opt_file);
+  oc.load(in);
+  for (int s = 0; s < 4; ++s) oc.step(closure_for(tc));
+  CHECK(oc.inner().steps() == 7);
+  for (std::size_t i = 0; i < ta.size(); ++i) CHECK(torch::equal(ta[i].detach(), tc[i].detach()));
+
+  SUBCASE("without the archive the master copy is taken from the bf16 weights: the runs part") {
+    std::vector<torch::Tensor> td;
+    auto t0 = params16<T>(21);
+    fl::optimizer od(fl::binding<T>(t0), make);
+    for (int s = 0; s < 3; ++s) od.step(closure_for(t0));
+    for (const auto& t : t0) td.push_back(t.detach().clone().requires_grad_());
+    fl::optimizer oe(fl::binding<T>(td), make);  // fresh: no moments, master = rounded weights
+    for (int s = 0; s < 4; ++s) oe.step(closure_for(td));
+    CHECK_FALSE(torch::equal(ta[0].detach(), td[0].detach()));
+  }
+  SUBCASE("an archive of a half optimizer is refused by a bf16 one") {
+    auto th = params16<flatmin::half>(21);
+    fl::optimizer oh(fl::binding<flatmin::half>(th), make);
+    torch::serialize::InputArchive again;
+    opt_file.seekg(0);
+    again.load_from(opt_file);
+    CHECK_THROWS_AS(oh.load(again), std::invalid_argument);
+  }
 }
