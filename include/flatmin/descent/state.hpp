@@ -22,13 +22,13 @@
 ///
 /// A descent policy may also give `radius(double rho, const Base&)`: the ρ of this step's ascent
 /// in place of the perturbation's (GSAM's ρ_t following the base learning rate).
-/// A descent rule without `state` gets `no_descent_state`: the optimizer then runs exactly as before
-/// (the same passes, the same bits).
+/// A descent rule without `state` gets `detail::no_state` (concepts/policy_state.hpp): the optimizer then
+/// runs exactly as before (the same passes, the same bits).
 
 #include <cstddef>
-#include <type_traits>
 
 #include "../backend/layout.hpp"
+#include "../concepts/policy_state.hpp"
 #include "../config.hpp"
 
 namespace flatmin::descent {
@@ -44,24 +44,6 @@ struct step_context {
 }  // namespace flatmin::descent
 
 namespace flatmin::detail {
-
-/// The state of a descent rule that has none.
-template <class D, class T, class Backend>
-struct no_descent_state {
-  no_descent_state(const D&, const backend::layout<T, Backend>&) {}
-};
-
-template <class D, class T, class Backend>
-struct descent_state_of {
-  using type = no_descent_state<D, T, Backend>;
-};
-template <class D, class T, class Backend>
-  requires requires { typename D::template state<T, Backend>; }
-struct descent_state_of<D, T, Backend> {
-  using type = typename D::template state<T, Backend>;
-};
-template <class D, class T, class Backend>
-using descent_state_of_t = typename descent_state_of<D, T, Backend>::type;
 
 /// The descent rule's adjust, then the regularizer's: g' = reg(w, rule(w, g, e), e).
 template <class T, class Rule, class Reg>

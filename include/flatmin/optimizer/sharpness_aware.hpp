@@ -365,10 +365,10 @@ class sharpness_aware {
   /// Mutable mask state (e.g. `add_example()` of `mask::fisher` in the two-call protocol).
   typename Mask::template state<T, Backend>& mask_state() { return mask_state_; }
   const typename Regularizer::template state<T, Backend>& regularizer_state() const { return reg_state_; }
-  /// The descent rule's state (descent/state.hpp; `no_descent_state` for a rule without one).
-  const detail::descent_state_of_t<Descent, T, Backend>& descent_state() const { return descent_state_; }
-  /// The perturbation's state (perturb/state.hpp; `no_perturb_state` for a perturbation without one).
-  const detail::perturb_state_of_t<Perturb, T, Backend>& perturbation_state() const { return perturb_state_; }
+  /// The descent rule's state (descent/state.hpp; `detail::no_state` for a rule without one).
+  const detail::state_of_t<Descent, T, Backend>& descent_state() const { return descent_state_; }
+  /// The perturbation's state (perturb/state.hpp; `detail::no_state` for a perturbation without one).
+  const detail::state_of_t<Perturb, T, Backend>& perturbation_state() const { return perturb_state_; }
 
   /// Bytes of optimizer state beyond the base optimizer's (saved weights, mask state, master weights,
   /// the state of a descent rule or perturbation that has one).
@@ -403,8 +403,7 @@ class sharpness_aware {
                         "reduce per segment");
     // A descent rule's or perturbation's own reductions (GSAM's ⟨g, g_adv⟩, …) are not routed
     // through the reducer: sharded, they would see one shard.
-    if (r && (!std::is_same_v<descent_state_type, detail::no_descent_state<Descent, T, Backend>> ||
-              !std::is_same_v<perturb_state_type, detail::no_perturb_state<Perturb, T, Backend>>))
+    if (r && (detail::has_state<Descent, T, Backend> || detail::has_state<Perturb, T, Backend>))
       throw usage_error("flatmin: set_stats_reducer(): a descent rule or perturbation with state (GSAM, "
                         "WSAM, LookSAM, Friendly-SAM, …) has reductions of its own, not sharded yet");
     reducer_ = r;
@@ -504,10 +503,10 @@ class sharpness_aware {
 
  private:
   enum class phase { idle, ascended, skipped, unperturbed };  // unperturbed: the schedule's choice
-  using descent_state_type = detail::descent_state_of_t<Descent, T, Backend>;
+  using descent_state_type = detail::state_of_t<Descent, T, Backend>;
   using mask_state_type = typename Mask::template state<T, Backend>;
   using mask_view = decltype(std::declval<const mask_state_type&>().get_view());
-  using perturb_state_type = detail::perturb_state_of_t<Perturb, T, Backend>;
+  using perturb_state_type = detail::state_of_t<Perturb, T, Backend>;
   using term_type =
       typename detail::perturb_term_of<Perturb, T, Backend, typename Base::template state<T, Backend>>::type;
 

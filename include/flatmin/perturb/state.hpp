@@ -8,32 +8,16 @@
 /// ascent_stats, inv_scale)` (the ascent hook of concepts/roles.hpp with the options first: g is in
 /// the views; what it computes is scratch for the step), `commit_step()` once a perturbed step is applied
 /// (never for a skipped, cancelled or unperturbed step), and `visit(f)`, `check_load(staged)`, `bytes()` for
-/// checkpoints. A perturbation without `state` runs exactly as before.
+/// checkpoints. A perturbation without `state` gets `detail::no_state` (concepts/policy_state.hpp) and
+/// runs exactly as before.
 
 #include <cstddef>
 #include <utility>
 
 #include "../backend/layout.hpp"
+#include "../concepts/policy_state.hpp"
 
 namespace flatmin::detail {
-
-/// The state of a perturbation that has none.
-template <class P, class T, class Backend>
-struct no_perturb_state {
-  no_perturb_state(const P&, const backend::layout<T, Backend>&) {}
-};
-
-template <class P, class T, class Backend>
-struct perturb_state_of {
-  using type = no_perturb_state<P, T, Backend>;
-};
-template <class P, class T, class Backend>
-  requires requires { typename P::template state<T, Backend>; }
-struct perturb_state_of<P, T, Backend> {
-  using type = typename P::template state<T, Backend>;
-};
-template <class P, class T, class Backend>
-using perturb_state_of_t = typename perturb_state_of<P, T, Backend>::type;
 
 /// The type of the per-element term of the ascent: the state's, else the policy's.
 template <class P, class T, class Backend, class BaseState>
@@ -42,7 +26,7 @@ struct perturb_term_of {
       decltype(std::declval<const P&>().template term<T>(std::declval<const BaseState&>(), std::size_t{}));
 };
 template <class P, class T, class Backend, class BaseState>
-  requires requires { typename P::template state<T, Backend>; }
+  requires has_state<P, T, Backend>
 struct perturb_term_of<P, T, Backend, BaseState> {
   using type = decltype(std::declval<const typename P::template state<T, Backend>&>().term(
       std::declval<const P&>(), std::declval<const BaseState&>(), std::size_t{}));
