@@ -4,7 +4,8 @@
 // is on the last 20 %), in full and with LoRA adapters (rank r on every attention projection,
 // registered as LoRA pairs with binding::add_lora_pair). Fine-tuning methods, each from the same
 // pretrained weights per seed (so differences are paired): AdamW, SAM, FSAM, Functional-SAM,
-// preconditioned SAM, preconditioned Functional-SAM, and BAR (LoRA only), all over AdamW.
+// preconditioned SAM, preconditioned Functional-SAM, Momentum-SAM (one gradient per step, the
+// same ρ) and BAR (LoRA only), all over AdamW.
 //
 // Model: token + position embeddings (d), L pre-norm blocks (causal self-attention with h heads,
 // GELU MLP of 4d), final LayerNorm, linear head; defaults d = 64, L = 2, h = 4, context 32, batch
@@ -15,7 +16,7 @@
 //   build:  cmake --build build --target example_torch_gpt   (needs libtorch: flatmin::torch)
 //   run:    ./build/examples/example_torch_gpt [--quick] [--seeds 3] [--pretrain-steps 800]
 //           [--finetune-steps 100] [--rho 0.05] [--methods adamw,sam,fsam,functional_sam,
-//           preconditioned_sam,preconditioned_functional_sam,bar] [--modes full,lora] [--data DIR]
+//           preconditioned_sam,preconditioned_functional_sam,msam,bar] [--modes full,lora] [--data DIR]
 //
 // Prints, per mode and method, the held-out loss (mean ± std over seeds), its paired difference to
 // AdamW and to SAM (mean ± std over seeds), and the wall time per fine-tuning step. --quick (a few
@@ -48,7 +49,7 @@ struct config {
   double pretrain_lr = 3e-3, finetune_lr = 1e-3, lora_lr = 3e-3, rho = 0.05;
   std::vector<int> seeds{1, 2, 3};
   std::vector<std::string> methods{"adamw",           "sam", "fsam", "functional_sam", "preconditioned_sam",
-                                   "preconditioned_functional_sam", "bar"};
+                                   "preconditioned_functional_sam", "msam", "bar"};
   std::vector<std::string> modes{"full", "lora"};
   std::string data = std::string(FLATMIN_EXAMPLE_DATA_DIR) + "/fsf-licenses";
   bool quick = false;
@@ -293,6 +294,8 @@ outcome finetune(const std::string& method, bool lora, gpt& m, const corpus& dat
   if (method == "preconditioned_functional_sam")
     return train(m, tr, va, steps, seed, c,
                  [&](const auto& ps) { return flatmin::preconditioned_functional_sam(ps, base, so); });
+  if (method == "msam")  // Momentum-SAM: one gradient per step, ε along AdamW's first moment
+    return train(m, tr, va, steps, seed, c, [&](const auto& ps) { return flatmin::msam(ps, base, {.rho = c.rho}); });
   if (method == "bar" && lora)
     return train(
         m, tr, va, steps, seed, c, [&](const auto& ps) { return flatmin::bar(ps, base, {.rho = c.rho}); },

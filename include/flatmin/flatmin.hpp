@@ -11,6 +11,7 @@
 #include "algorithms/functional_sam.hpp"
 #include "algorithms/gsam.hpp"
 #include "algorithms/looksam.hpp"
+#include "algorithms/msam.hpp"
 #include "algorithms/official.hpp"
 #include "algorithms/preconditioned_sam.hpp"
 #include "algorithms/sam.hpp"

@@ -19,6 +19,7 @@
 
 #include "support/backends.hpp"
 #include "support/buffers.hpp"
+#include "support/sine_problem.hpp"
 
 namespace {
 
@@ -32,24 +33,10 @@ fm::tensor_options options_of(std::size_t t) {
   return {.weight_decay = t % 2 == 0, .perturb = t != 2, .adaptive = t % 3 != 1, .mask_eligible = t != 1};
 }
 
-// g_i = a_i (w_i − c_i) + b_i cos(w_i), evaluated on the host in T.
+// The loss of support/sine_problem.hpp over `sizes`, evaluated on the host in T.
 template <class T>
-struct problem {
-  std::vector<std::vector<T>> w0, a, c, b;
-  problem() {
-    std::mt19937 rng(1312);
-    std::uniform_real_distribution<double> u(-1, 1);
-    for (std::size_t n : sizes) {
-      std::vector<T> w(n), aa(n), cc(n), bb(n);
-      for (std::size_t j = 0; j < n; ++j) {
-        w[j] = T(u(rng));
-        aa[j] = T(1.5 + u(rng));
-        cc[j] = T(0.5 * u(rng));
-        bb[j] = T(0.3 * u(rng));
-      }
-      w0.push_back(w), a.push_back(aa), c.push_back(cc), b.push_back(bb);
-    }
-  }
+struct problem : flatmin_test::sine_problem<T> {
+  problem() : flatmin_test::sine_problem<T>(sizes, 1312) {}
 };
 
 std::string bytes(const void* p, std::size_t n) { return std::string(static_cast<const char*>(p), n); }

@@ -56,6 +56,10 @@ struct config<regularize::balancedness> {
   static regularize::balancedness make() { return {.rho = 0.05}; }
 };
 template <>
+struct config<perturb::momentum> {
+  static perturb::momentum make() { return {.rho = 0.05}; }
+};
+template <>
 struct config<perturb::adaptive> {
   static perturb::adaptive make() { return {.rho = 0.05, .eta = 0.01}; }
 };
@@ -96,6 +100,9 @@ struct plain_hooks {
   /// alone would. False for a descent rule with state that changes that gradient (GSAM, WSAM,
   /// LookSAM: tests/unit/test_family.cpp checks their descent against float64 instead).
   static constexpr bool descent_is_base_on_g_adv = true;
+  /// ascend() reads the gradient at w (and skips on a non-finite one). False for a perturbation
+  /// that needs none (Momentum-SAM): a non-finite entry there is found in g_adv by descend().
+  static constexpr bool ascent_reads_gradient = true;
   /// The objective of the closure protocol, step(objective).
   template <class T, class Problem>
   static auto objective(Problem& p, model<T>& m) {
@@ -240,6 +247,11 @@ struct rule_hooks : plain_hooks {
   static constexpr bool descent_is_base_on_g_adv = false;
 };
 
+/// Momentum-SAM (perturb::momentum): ascend() takes no gradient at w.
+struct no_clean_gradient_hooks : plain_hooks {
+  static constexpr bool ascent_reads_gradient = false;
+};
+
 /// BAR (regularize::balancedness) needs LoRA pairs: the optimizer (and the base-alone optimizer it
 /// is compared with) is built over a copy of the views in which the model's first and last tensors
 /// (fc1.weight, fc2.weight in the conformance layout) are registered as one pair. The pair is not
@@ -334,8 +346,9 @@ using compositions = std::tuple<
     composition<perturb::l2,             mask::dense, base::sgd,   descent::gsam,     regularize::none, rule_hooks>,
     composition<perturb::l2,             mask::dense, base::adam,  descent::wsam,     regularize::none, rule_hooks>,
     composition<perturb::l2,             mask::dense, base::sgd,   descent::looksam,  regularize::none, rule_hooks, schedule::every_k>,
-    // issue 16: Friendly-SAM (a perturbation with state)
-    composition<perturb::friendly,       mask::dense, base::sgd>
+    // issue 16: Friendly-SAM (a perturbation with state); Momentum-SAM (no gradient at w)
+    composition<perturb::friendly,       mask::dense, base::sgd>,
+    composition<perturb::momentum,       mask::dense, base::adamw, descent::standard, regularize::none, no_clean_gradient_hooks>
 >;
 // clang-format on
 

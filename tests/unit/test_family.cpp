@@ -13,6 +13,7 @@
 #include <flatmin/algorithms/friendly_sam.hpp>
 #include <flatmin/algorithms/gsam.hpp>
 #include <flatmin/algorithms/looksam.hpp>
+#include <flatmin/algorithms/msam.hpp>
 #include <flatmin/algorithms/wsam.hpp>
 
 #include "support/backends.hpp"
@@ -102,10 +103,12 @@ struct looksam_ref {
 
 /// Runs `steps` steps of the library (closure protocol when `closure`, else ascend / descend
 /// around the caller's gradients) against the reference, checking the weights after each step
-/// and the objective calls per step (`calls_at(t)`).
+/// and the objective calls per step (`calls_at(t)`). `gradient_first == false`: the composition
+/// takes no gradient at w (Momentum-SAM), so the two-call protocol is ascend(), one gradient,
+/// descend().
 template <class T, class Opt, class Ref, class Calls>
 void against(model<T>& m, Opt& opt, Ref step_ref, const quadratic& q, int steps, bool closure,
-             const Calls& calls_at, double tol = rtol<T>) {
+             const Calls& calls_at, double tol = rtol<T>, bool gradient_first = true) {
   quadratic ql = q, qr = q;
   ref::vec w = m.weights();
   for (int s = 1; s <= steps; ++s) {
@@ -116,9 +119,9 @@ void against(model<T>& m, Opt& opt, Ref step_ref, const quadratic& q, int steps,
     if (closure) {
       r = opt.step(ql.objective(m));
     } else {
-      ql.eval(m);
+      if (gradient_first) ql.eval(m);
       const auto a = opt.ascend();
-      if (a.perturbed) ql.eval(m);
+      if (a.perturbed || !gradient_first) ql.eval(m);
       r = opt.descend();
     }
     CHECK_FALSE(r.skipped);
@@ -161,6 +164,54 @@ void friendly_case(int steps, bool closure, std::uint64_t seed) {
   const auto mom = opt.perturbation_state().momentum();
   const double tol = std::is_same_v<T, float> ? 2e-5 : 1e-11;
   FLATMIN_CHECK_CLOSE(ref::vec(mom.begin(), mom.end()), r.m, tol);
+}
+
+/// The float64 Momentum-SAM step, re-deriving MarlonBecker/MSAM (at 780fa4f), optimizer/msam.py
+/// `MSAM.step`: the weights rest at w − ρ·v·inv, inv = 1/(‖v‖ + 1e-12) of the previous step's v (0
+/// before the first step), where the gradient is taken; they move back by +ρ·v·inv, torch's SGD
+/// momentum step follows (buffer from zeros: v = μv + g), then the new rest point along the new v
+/// (`param.sub_(buf, alpha=rho*inverse_norm_buffer)`). adamW_msam.py does the same along exp_avg.
+/// Kept here in that resting form: `eps` is the rest point's offset from w. The official SGD adds
+/// weight decay at the rest point (flatmin: at w), so the SGD case runs without weight decay.
+struct msam_ref {
+  double rho, xi;
+  ref::vec eps{};
+  template <class Base, class Moment>
+  void step(ref::vec& w, const ref::opts_vec& o, Base& base, quadratic& q, Moment moment) {
+    const ref::vec g = q.grad(eps.empty() ? w : axpy(w, 1, eps));  // the one gradient, at the rest point
+    base.step(w, g, o);                                             // moved back, then the base step
+    ref::vec minus_v = moment(base);
+    for (double& x : minus_v) x = -x;
+    eps = ref::sam_epsilon(minus_v, o, rho, xi);  // the next rest point, over the perturbed tensors
+  }
+};
+
+template <class Backend, class T>
+void msam_sgd_case(int steps, bool closure, std::uint64_t seed) {
+  const flatmin::base::sgd base{.lr = 0.05, .momentum = 0.9};
+  model<T> m(family_layout, test_space<Backend>);
+  m.set_weights(random_vec(m.numel, seed));
+  const auto q = quadratic::random(m.numel, seed, 0.5, 2.0, 0.3);
+  auto opt = flatmin::msam<Backend>(m.params, base, {.rho = 0.3});
+  ref::sgd rb = to_ref(base);
+  msam_ref r{0.3, 1e-12};
+  against(
+      m, opt, [&](ref::vec& w, quadratic& qr) { r.step(w, m.opts, rb, qr, [](const ref::sgd& b) { return b.buf; }); },
+      q, steps, closure, [](std::size_t) { return 1u; }, std::is_same_v<T, float> ? 2e-5 : 1e-11, false);
+}
+
+template <class Backend, class T>
+void msam_adamw_case(int steps, bool closure, std::uint64_t seed) {
+  const flatmin::base::adamw base{.lr = 0.01, .weight_decay = 0.01};
+  model<T> m(family_layout, test_space<Backend>);
+  m.set_weights(random_vec(m.numel, seed));
+  const auto q = quadratic::random(m.numel, seed, 0.5, 2.0, 0.3);
+  auto opt = flatmin::msam<Backend>(m.params, base, {.rho = 1.0});
+  ref::adam rb = to_ref(base);
+  msam_ref r{1.0, 1e-12};
+  against(
+      m, opt, [&](ref::vec& w, quadratic& qr) { r.step(w, m.opts, rb, qr, [](const ref::adam& b) { return b.m; }); },
+      q, steps, closure, [](std::size_t) { return 1u; }, std::is_same_v<T, float> ? 2e-5 : 1e-11, false);
 }
 
 template <class Backend, class T>
@@ -409,6 +460,72 @@ TEST_CASE_TEMPLATE("WSAM and GSAM under schedules: one objective call on the ste
         },
         q, 6, false, [](std::size_t s) { return s >= 4 ? 2u : 1u; });
   }
+}
+
+TEST_CASE_TEMPLATE("Momentum-SAM: 1 and 20 steps against MarlonBecker/MSAM's msam.py / adamW_msam.py in float64, "
+                   "one objective call per step", Backend, FLATMIN_TEST_BACKENDS) {
+  msam_sgd_case<Backend, float>(1, true, 1711);
+  msam_sgd_case<Backend, double>(1, false, 1712);
+  msam_sgd_case<Backend, float>(20, false, 1713);
+  msam_sgd_case<Backend, double>(20, true, 1714);
+  msam_adamw_case<Backend, double>(1, true, 1715);
+  msam_adamw_case<Backend, float>(20, true, 1716);
+  msam_adamw_case<Backend, double>(20, false, 1717);
+}
+
+TEST_CASE_TEMPLATE("Momentum-SAM: ascend() reads no gradient; a non-finite g_adv skips and leaves w and v; "
+                   "checkpoints resume bit for bit", Backend, FLATMIN_TEST_BACKENDS) {
+  using T = double;
+  const flatmin::base::sgd base{.lr = 0.05, .momentum = 0.9};
+  model<T> m(family_layout, test_space<Backend>);
+  m.set_weights(random_vec(m.numel, 1721));
+  auto q = quadratic::random(m.numel, 1721);
+  auto opt = flatmin::msam<Backend>(m.params, base);
+  for (int s = 0; s < 3; ++s) opt.step(q.objective(m));
+  // the views hold NaN (no gradient yet): ascend() must not read them
+  for (std::size_t i = 0; i < m.numel; ++i) m.gat(i) = std::numeric_limits<T>::quiet_NaN();
+  const auto w0 = m.raw_weights();
+  const auto a = opt.ascend();
+  CHECK_FALSE(a.skipped);
+  CHECK(a.perturbed);
+  CHECK(a.perturbation_norm > 0.29);  // ρ = 0.3 along v (the frozen tensor is not perturbed)
+  CHECK(a.perturbation_norm < 0.3 + 1e-12);
+  CHECK_FALSE(bitwise_equal(m.raw_weights(), w0));
+  // a non-finite g_adv: skipped, w restored, the momentum (hence the next ε) unchanged
+  q.eval(m);
+  m.gat(3) = std::numeric_limits<T>::infinity();
+  const auto r = opt.descend();
+  CHECK(r.skipped);
+  CHECK(bitwise_equal(m.raw_weights(), w0));
+  CHECK(opt.steps() == 3);
+
+  std::stringstream ck;
+  opt.save(ck);
+  const auto w3 = m.raw_weights();
+  auto q2 = q;  // the same gradient noise from here on
+  for (int s = 0; s < 4; ++s) opt.step(q.objective(m));
+  const auto want = m.raw_weights();
+
+  model<T> m2(family_layout, test_space<Backend>);
+  m2.set_raw_weights(w3);
+  auto resumed = flatmin::msam<Backend>(m2.params, base);
+  resumed.load(ck);
+  for (int s = 0; s < 4; ++s) resumed.step(q2.objective(m2));
+  CHECK(bitwise_equal(m2.raw_weights(), want));
+}
+
+TEST_CASE("Momentum-SAM: the base must keep a momentum") {
+  model<double> m(family_layout, test_space<flatmin::backend::eigen>);
+  try {
+    flatmin::msam<flatmin::backend::eigen>(m.params, flatmin::base::sgd{.lr = 0.1});
+    FAIL("base::sgd without momentum was accepted");
+  } catch (const std::invalid_argument& e) {
+    CHECK(std::string(e.what()).find("momentum") != std::string::npos);
+  }
+  auto opt = flatmin::msam<flatmin::backend::eigen>(m.params, flatmin::base::sgd{.lr = 0.1, .momentum = 0.9});
+  opt.base().momentum = 0;  // turned off between steps: refused before anything moves
+  CHECK_THROWS_AS(opt.step([] { return 0.0; }), std::invalid_argument);
+  CHECK(opt.steps() == 0);
 }
 
 TEST_CASE("GSAM, WSAM, LookSAM, Friendly-SAM: every option reaches its policy; the official presets") {

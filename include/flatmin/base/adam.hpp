@@ -84,6 +84,8 @@ struct adam {
               Backend::data(m_),
               Backend::data(v_)};
     }
+    /// m (first moment, not bias-corrected), in the backend's memory, global index.
+    const T* first_moment() const { return Backend::data(m_); }
     /// v (second moment, not bias-corrected), in the backend's memory, global index.
     const T* second_moment() const { return Backend::data(v_); }
     /// β2 and ε of the last applied step (of the options at construction before the first step):

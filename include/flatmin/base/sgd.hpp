@@ -63,6 +63,8 @@ struct sgd {
               // momentum set to 0 between steps: plain SGD (no dampening), the buffer kept as is
               o.momentum > 0 && buf_.size() ? Backend::data(buf_) : nullptr};
     }
+    /// The momentum buffer (global index; nullptr without momentum), for perturb::momentum.
+    const T* first_moment() const { return buf_.size() ? Backend::data(buf_) : nullptr; }
     std::size_t bytes() const { return buf_.size() * sizeof(T); }
     template <class F>
     void visit(F&& f) {

@@ -48,13 +48,18 @@ struct stats_pass {
   static constexpr bool sam_term = requires { requires Term::is_gradient; };
   /// SAM's term with every entry masked in.
   static constexpr bool gradient_only = sam_term && mask_is_all<Mask>;
+  /// A term that reads no gradient (Momentum-SAM's: the ascent comes before any gradient): no
+  /// finiteness count and no ‖g‖ then, the views hold no gradient of this step.
+  static constexpr bool reads_gradient = !requires { requires !Term::reads_gradient; };
 
   template <class W, class G>
   FLATMIN_HD grad_stats operator()(const elem<W, G>& e) const {
-    const T g = static_cast<T>(e.g) * inv_scale;
+    const T g = reads_gradient ? static_cast<T>(e.g) * inv_scale : T(0);
     grad_stats s;
-    s.bad = is_finite(g) ? 0.0 : 1.0;
-    s.g2 = double(g) * double(g);
+    if constexpr (reads_gradient) {
+      s.bad = is_finite(g) ? 0.0 : 1.0;
+      s.g2 = double(g) * double(g);
+    }
     if (e.flags & tensor_flags::perturb) {
       const bool in = mask(e.i, e.flags);
       if (in || !norm_over_mask) {

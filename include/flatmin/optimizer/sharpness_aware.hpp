@@ -93,6 +93,14 @@ class sharpness_aware {
       "flatmin::sharpness_aware: this perturbation (perturb::preconditioned) needs a base optimizer with a "
       "second moment (has_second_moment == true: base::adam or base::adamw), and Base has none (e.g. "
       "base::sgd)");
+  /// A perturbation that needs no gradient at w (perturb::momentum) leaves nothing for the policies
+  /// that read it at the ascent: masks that score g, descent rules and regularizers with an ascent hook.
+  static constexpr bool needs_clean_gradient = !requires { requires !Perturb::needs_clean_gradient; };
+  static_assert(needs_clean_gradient || (std::is_same_v<Mask, mask::dense> &&
+                                         std::is_same_v<Descent, descent::standard> &&
+                                         std::is_same_v<Regularizer, regularize::none>),
+                "flatmin::sharpness_aware: this perturbation (perturb::momentum, Momentum-SAM) takes no "
+                "gradient at w, so it composes with mask::dense, descent::standard and regularize::none only");
 
  public:
   using precision_type = detail::precision_of_t<Precision>;
@@ -149,7 +157,9 @@ class sharpness_aware {
   sharpness_aware& operator=(const sharpness_aware&) = delete;
   sharpness_aware(sharpness_aware&&) = default;
 
-  /// First half of a step: with g = ∇L(w) in the gradient views, w ← w + ε (w saved).
+  /// First half of a step: with g = ∇L(w) in the gradient views, w ← w + ε (w saved). A
+  /// perturbation that needs no gradient at w (`needs_clean_gradient == false`: Momentum-SAM) reads
+  /// none: call ascend() before the (only) backward, which is then at w + ε.
   /// For compositions that do not perturb (`perturbs == false`) it does nothing and may be left out.
   /// On a step the schedule leaves unperturbed it does nothing either (no pass, the mask is left
   /// alone) and reports `perturbed == false`; descend() then applies the base step to g.
@@ -287,7 +297,7 @@ class sharpness_aware {
 
   /// One whole step with the closure protocol: `obj()` writes ∇L at the current weights and
   /// returns the loss; it is called at w, then (if the composition and its schedule perturb this
-  /// step) at w + ε. Options and the protocol state are checked before the objective runs; if
+  /// step) at w + ε; once, at w + ε, for a perturbation that needs no gradient at w. Options and the protocol state are checked before the objective runs; if
   /// anything throws after the ascent (the objective at w + ε, a policy, a schedule), the weights
   /// are restored bit-exactly and the optimizer is idle before the exception propagates.
   template <class O>
@@ -311,11 +321,17 @@ class sharpness_aware {
     // A mask may ask the objective for more before the batch gradient (SSAM-F's per-example Fisher).
     if constexpr (requires { mask_state_.before_gradient(mask_, layout_, steps_ + 1, obj); })
       if (schedule_.perturbs_at(steps_ + 1)) mask_state_.before_gradient(mask_, layout_, steps_ + 1, obj);
-    const double loss = descent_.first_gradient(obj);
+    double loss = 0;
     step_report r;
-    if constexpr (perturbs) {
-      r = ascend(args);
-      if (r.perturbed) descent_.second_gradient(obj);
+    if constexpr (perturbs && !needs_clean_gradient) {
+      r = ascend(args);                    // ε needs no gradient (a skipped ascent: found_inf)
+      if (!r.skipped) loss = descent_.first_gradient(obj);  // the one gradient: at w + ε, or at w
+    } else {
+      loss = descent_.first_gradient(obj);
+      if constexpr (perturbs) {
+        r = ascend(args);
+        if (r.perturbed) descent_.second_gradient(obj);
+      }
     }
     r = descend(args);
     r.loss = loss;
@@ -537,6 +553,7 @@ class sharpness_aware {
     detail::validate_as<T>(d);
     detail::validate_as<T>(r);
     detail::validate_as<T>(sc);
+    if constexpr (requires { p.check_base(b); }) p.check_base(b);  // a perturbation's demand on the base
     return true;
   }
 
