@@ -186,32 +186,18 @@ struct msam_ref {
   }
 };
 
-template <class Backend, class T>
-void msam_sgd_case(int steps, bool closure, std::uint64_t seed) {
-  const flatmin::base::sgd base{.lr = 0.05, .momentum = 0.9};
+/// `moment(ref_base)`: the reference base's momentum (ref::sgd::buf, ref::adam::m).
+template <class Backend, class T, class Base, class Moment>
+void msam_case(const Base& base, double rho, Moment moment, int steps, bool closure, std::uint64_t seed) {
   model<T> m(family_layout, test_space<Backend>);
   m.set_weights(random_vec(m.numel, seed));
   const auto q = quadratic::random(m.numel, seed, 0.5, 2.0, 0.3);
-  auto opt = flatmin::msam<Backend>(m.params, base, {.rho = 0.3});
-  ref::sgd rb = to_ref(base);
-  msam_ref r{0.3, 1e-12};
+  auto opt = flatmin::msam<Backend>(m.params, base, {.rho = rho});
+  auto rb = to_ref(base);
+  msam_ref r{rho, 1e-12};
   against(
-      m, opt, [&](ref::vec& w, quadratic& qr) { r.step(w, m.opts, rb, qr, [](const ref::sgd& b) { return b.buf; }); },
-      q, steps, closure, [](std::size_t) { return 1u; }, std::is_same_v<T, float> ? 2e-5 : 1e-11, false);
-}
-
-template <class Backend, class T>
-void msam_adamw_case(int steps, bool closure, std::uint64_t seed) {
-  const flatmin::base::adamw base{.lr = 0.01, .weight_decay = 0.01};
-  model<T> m(family_layout, test_space<Backend>);
-  m.set_weights(random_vec(m.numel, seed));
-  const auto q = quadratic::random(m.numel, seed, 0.5, 2.0, 0.3);
-  auto opt = flatmin::msam<Backend>(m.params, base, {.rho = 1.0});
-  ref::adam rb = to_ref(base);
-  msam_ref r{1.0, 1e-12};
-  against(
-      m, opt, [&](ref::vec& w, quadratic& qr) { r.step(w, m.opts, rb, qr, [](const ref::adam& b) { return b.m; }); },
-      q, steps, closure, [](std::size_t) { return 1u; }, std::is_same_v<T, float> ? 2e-5 : 1e-11, false);
+      m, opt, [&](ref::vec& w, quadratic& qr) { r.step(w, m.opts, rb, qr, moment); }, q, steps, closure,
+      [](std::size_t) { return 1u; }, std::is_same_v<T, float> ? 2e-5 : 1e-11, false);
 }
 
 template <class Backend, class T>
@@ -464,13 +450,19 @@ TEST_CASE_TEMPLATE("WSAM and GSAM under schedules: one objective call on the ste
 
 TEST_CASE_TEMPLATE("Momentum-SAM: 1 and 20 steps against MarlonBecker/MSAM's msam.py / adamW_msam.py in float64, "
                    "one objective call per step", Backend, FLATMIN_TEST_BACKENDS) {
-  msam_sgd_case<Backend, float>(1, true, 1711);
-  msam_sgd_case<Backend, double>(1, false, 1712);
-  msam_sgd_case<Backend, float>(20, false, 1713);
-  msam_sgd_case<Backend, double>(20, true, 1714);
-  msam_adamw_case<Backend, double>(1, true, 1715);
-  msam_adamw_case<Backend, float>(20, true, 1716);
-  msam_adamw_case<Backend, double>(20, false, 1717);
+  // SGD without weight decay: the official code adds it at the rest point, flatmin at w
+  const flatmin::base::sgd sgd{.lr = 0.05, .momentum = 0.9};
+  const auto buf = [](const ref::sgd& b) { return b.buf; };
+  msam_case<Backend, float>(sgd, 0.3, buf, 1, true, 1711);
+  msam_case<Backend, double>(sgd, 0.3, buf, 1, false, 1712);
+  msam_case<Backend, float>(sgd, 0.3, buf, 20, false, 1713);
+  msam_case<Backend, double>(sgd, 0.3, buf, 20, true, 1714);
+  // AdamW (decay before the update, as torch.optim.AdamW) along exp_avg, adamW_msam.py's ρ = 1
+  const flatmin::base::adamw adamw{.lr = 0.01, .weight_decay = 0.01};
+  const auto exp_avg = [](const ref::adam& b) { return b.m; };
+  msam_case<Backend, double>(adamw, 1.0, exp_avg, 1, true, 1715);
+  msam_case<Backend, float>(adamw, 1.0, exp_avg, 20, true, 1716);
+  msam_case<Backend, double>(adamw, 1.0, exp_avg, 20, false, 1717);
 }
 
 TEST_CASE_TEMPLATE("Momentum-SAM: ascend() reads no gradient; a non-finite g_adv skips and leaves w and v; "
