@@ -100,7 +100,8 @@ class sharpness_aware {
                                          std::is_same_v<Descent, descent::standard> &&
                                          std::is_same_v<Regularizer, regularize::none>),
                 "flatmin::sharpness_aware: this perturbation (perturb::momentum, Momentum-SAM) takes no "
-                "gradient at w, so it composes with mask::dense, descent::standard and regularize::none only");
+                "gradient at w, so it composes with mask::dense, descent::standard and regularize::none "
+                "only");
 
  public:
   using precision_type = detail::precision_of_t<Precision>;
@@ -297,9 +298,10 @@ class sharpness_aware {
 
   /// One whole step with the closure protocol: `obj()` writes ∇L at the current weights and
   /// returns the loss; it is called at w, then (if the composition and its schedule perturb this
-  /// step) at w + ε; once, at w + ε, for a perturbation that needs no gradient at w. Options and the protocol state are checked before the objective runs; if
-  /// anything throws after the ascent (the objective at w + ε, a policy, a schedule), the weights
-  /// are restored bit-exactly and the optimizer is idle before the exception propagates.
+  /// step) at w + ε; once, at w + ε, for a perturbation that needs no gradient at w. Options and
+  /// the protocol state are checked before the objective runs; if anything throws after the
+  /// ascent (the objective at w + ε, a policy, a schedule), the weights are restored bit-exactly
+  /// and the optimizer is idle before the exception propagates.
   template <class O>
   step_report step(O&& obj, const step_args& args = {}) {
     static_assert(

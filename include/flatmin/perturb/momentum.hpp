@@ -44,7 +44,9 @@ template <class T>
 struct momentum_term {
   const T* v;  ///< the base's momentum, global index; nullptr before the first applied step
   static constexpr bool reads_gradient = false;
-  FLATMIN_HD T norm(T /*w*/, T /*g*/, std::size_t i, std::uint32_t /*flags*/) const { return v ? -v[i] : T(0); }
+  FLATMIN_HD T norm(T /*w*/, T /*g*/, std::size_t i, std::uint32_t /*flags*/) const {
+    return v ? -v[i] : T(0);
+  }
   FLATMIN_HD T dir(T w, T g, std::size_t i, std::uint32_t flags) const { return norm(w, g, i, flags); }
 };
 
