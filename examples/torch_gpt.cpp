@@ -295,7 +295,8 @@ outcome finetune(const std::string& method, bool lora, gpt& m, const corpus& dat
     return train(m, tr, va, steps, seed, c,
                  [&](const auto& ps) { return flatmin::preconditioned_functional_sam(ps, base, so); });
   if (method == "msam")  // Momentum-SAM: one gradient per step, ε along AdamW's first moment
-    return train(m, tr, va, steps, seed, c, [&](const auto& ps) { return flatmin::msam(ps, base, {.rho = c.rho}); });
+    return train(m, tr, va, steps, seed, c,
+                 [&](const auto& ps) { return flatmin::msam(ps, base, {.rho = c.rho}); });
   if (method == "bar" && lora)
     return train(
         m, tr, va, steps, seed, c, [&](const auto& ps) { return flatmin::bar(ps, base, {.rho = c.rho}); },
