@@ -19,6 +19,7 @@ import glob
 import json
 import math
 import os
+import re
 import statistics
 import sys
 
@@ -31,8 +32,9 @@ COLORS = ["#000000", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c
 
 # The passes a step makes, by composition kind (issue #13): static text, kept true by hand when the
 # optimizer's passes change (include/flatmin/optimizer/sharpness_aware.hpp, mask/detail/pass_target.hpp).
-# B/param: the minimal count, fp32 (bit masks 1/8 B). The time column is filled in by hand from a
-# quiet run ("to measure" until then).
+# B/param: the minimal count, fp32 (bit masks 1/8 B). A time cell "{time:PROGRAM:PASS[/ARG]}" is
+# filled from this run's median at N = 10^7, one tensor, one thread ("to measure" when the run has
+# no such row); the FSAM rows are "to measure" until bench_masks has per-pass rows.
 PASSES_SECTION = [
     "## The passes of a step, and why they are not fused", "",
     "Every pass `ascend()` + `descend()` makes over the parameters, fp32, with its minimal bytes per "
@@ -42,19 +44,20 @@ PASSES_SECTION = [
     "### Dense SAM over SGD (momentum) and over AdamW (`flatmin::sam`)", "",
     "| # | pass | reads | writes | B/param | time | why it is a pass of its own |",
     "|---|---|---|---|---|---|---|",
-    "| 1 | statistics (`stats_pass`: Σg², finiteness) | g | – | 4 | to measure | ε = ρ g / ‖g‖ needs the "
+    "| 1 | statistics (`stats_pass`: Σg², finiteness) | g | – | 4 | {time:bench_passes:global_norm} | ε = ρ g / ‖g‖ needs the "
     "global norm before any weight moves: a barrier over every tensor. The finiteness of g is counted "
     "in the same pass. |",
-    "| 2 | ascent (`ascend_pass`: saved ← w, w ← w + ε) | w, g | w, saved | 16 | to measure | needs "
+    "| 2 | ascent (`ascend_pass`: saved ← w, w ← w + ε) | w, g | w, saved | 16 | {time:bench_passes:ascend} | needs "
     "pass 1's norm; the user's gradient at w + ε follows it. |",
-    "| 3 | finiteness of g_adv (`check_pass`, also ‖g_adv‖ for the report) | g_adv | – | 4 | to measure | "
+    "| 3 | finiteness of g_adv (`check_pass`, also ‖g_adv‖ for the report) | g_adv | – | 4 | "
+    "{time:bench_mixed:check_pass/g_fp32} | "
     "a non-finite g_adv must leave the optimizer state untouched and w restored, which is known only "
     "after the last entry is read; fused into pass 4, the moments would be written first (undoing them "
     "needs a copy of the state: more bytes than this pass). Left out (0 B) when the caller passes "
     "`step_args::found_inf` (a GradScaler's unscale already checked g_adv). |",
     "| 4 | restore + base step fused (`descend_pass`, R = 1) — SGD momentum | saved, g_adv, buf | w, buf "
-    "| 20 | to measure | – (the restore is fused: w is written, not read) |",
-    "| 4 | the same — AdamW | saved, g_adv, m, v | w, m, v | 28 | to measure | – |",
+    "| 20 | {time:bench_passes:descend_sgd} | – (the restore is fused: w is written, not read) |",
+    "| 4 | the same — AdamW | saved, g_adv, m, v | w, m, v | 28 | {time:bench_passes:descend_adamw} | – |",
     "", "Step totals: SAM-SGD 44 B/param (40 with found_inf), SAM-AdamW 52 (48). ASAM reads w in the "
     "statistics too (the norm term |w| + η): 48 / 56.", "",
     "### FSAM (`flatmin::fsam`, element units, accumulated Fisher estimate), over SGD or Adam", "",
@@ -152,6 +155,22 @@ def summarize(runs):
         rows.append(row)
     rows.sort(key=lambda r: (r["program"], r["pass"], r["N"] or 0, r["K"] or 0, r["threads"] if r["threads"] else 99))
     return rows
+
+
+TIME_CELL = re.compile(r"\{time:(\w+):([\w/]+)\}")
+
+
+def fill_times(lines, rows):
+    """The PASSES_SECTION time cells from this run: the median at N = 10^7, K = 1, one thread."""
+    def cell(m):
+        program, name = m.group(1), m.group(2)
+        base, _, pos = name.partition("/")
+        for r in rows:
+            if (r["program"] == program and r["pass"] == base and r.get("N") == 10**7 and r.get("K") in (1, None)
+                    and r.get("threads") == 1 and (not pos or r["args"].get("args") == pos) and "time" in r):
+                return fmt_time(r["time"])
+        return "to measure"
+    return [TIME_CELL.sub(cell, line) for line in lines]
 
 
 def order(names):
@@ -409,7 +428,7 @@ def main():
            "optimizer's `ascend()` + `descend()` and so count every pass of a step (norm 4 + ascend 16 + "
            "finiteness check of g_adv 4 + descend 20 or 28 B/param; the plain `opt_sgd` / `opt_adamw` run the "
            "check and the base step).", ""]
-    md += PASSES_SECTION
+    md += fill_times(PASSES_SECTION, rows)
 
     # summary: copy ratio of the dense passes, K = 1
     sumrows = [r for r in rows if r["program"] == "bench_passes" and r.get("K") == 1 and "copy_ratio" in r]
