@@ -10,7 +10,8 @@
 #                                                                          (FLATMIN_SKIP_CUDA=1)
 #   sanitize  build/asan: clang++-14 with AddressSanitizer + UndefinedBehaviorSanitizer (-O1, any
 #             UB is an error), the tests only, the whole ctest suite but the headers-alone parse
-#             (the main stage runs it). This is also the clang stage: the tests compiled and run
+#             (the main stage runs it) and the Thrust twins of the policy tests (whose
+#             backend-generic bodies run on backend::thrust in every test anyway). This is also the clang stage: the tests compiled and run
 #             by a second compiler (FLATMIN_CI_SANITIZE=0). Without libtorch's tests: Debian's
 #             libtorch 1.13 headers do not compile under clang++ in C++20.
 #   fuzz      scripts/fuzz.sh 60 (libFuzzer on load()), when that script exists (FLATMIN_CI_FUZZ=0)
@@ -69,7 +70,7 @@ if [ "${FLATMIN_CI_SANITIZE:-1}" != 0 ]; then
   cmake -S . -B build/asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_COMPILER=clang++-14 \
         -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -gline-tables-only" -DCMAKE_CXX_FLAGS="$san" \
         -DCMAKE_EXE_LINKER_FLAGS="$san" -DFLATMIN_BUILD_TESTS=ON -DFLATMIN_TEST_ISA_CLONES=OFF \
-        -DFLATMIN_BUILD_BENCHMARKS=OFF -DFLATMIN_BUILD_EXAMPLES=OFF
+        -DFLATMIN_TEST_THRUST_TWINS=OFF -DFLATMIN_BUILD_BENCHMARKS=OFF -DFLATMIN_BUILD_EXAMPLES=OFF
   cmake --build build/asan -j "$jobs"
   # FLATMIN_CI_SANITIZE_EXCLUDE: a ctest -E regex added to the headers-alone parse, should the
   # stage need trimming to fit CI's budget (e.g. '\.thrust$').
