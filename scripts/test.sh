@@ -76,7 +76,9 @@ if [ "${FLATMIN_CI_SANITIZE:-1}" != 0 ]; then
   # stage need trimming to fit CI's budget (e.g. '^mpi\.').
   exclude='^headers\.each_alone$'
   [ -z "${FLATMIN_CI_SANITIZE_EXCLUDE:-}" ] || exclude="$exclude|$FLATMIN_CI_SANITIZE_EXCLUDE"
+  # tests/lsan.supp: libomp's per-thread allocations kept until exit (the MPI tests set their own).
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:strict_string_checks=1 \
+  LSAN_OPTIONS="suppressions=$PWD/tests/lsan.supp" \
   UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
     ctest --test-dir build/asan --output-on-failure -j "$jobs" -E "$exclude"
   stage_done sanitize
