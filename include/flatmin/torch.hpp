@@ -125,16 +125,15 @@ struct bindable_names {
   const char* name = nullptr;
   const char* cpp = nullptr;
 };
+template <class... Ts>
+bindable_names bindable_among(c10::ScalarType t) {
+  bindable_names n;
+  const auto found = [&](const auto& d) { return t == d.value && (n = {d.name, d.cpp}, true); };
+  static_cast<void>((found(dtype_of<Ts>{}) || ...));
+  return n;
+}
 inline bindable_names bindable_of(c10::ScalarType t) {
-  const auto names = [](auto tag) {
-    using D = dtype_of<typename decltype(tag)::type>;
-    return std::pair{D::value, bindable_names{D::name, D::cpp}};
-  };
-  for (const auto& [type, n] : {names(std::type_identity<float>{}), names(std::type_identity<double>{}),
-                                names(std::type_identity<flatmin::bfloat16>{}),
-                                names(std::type_identity<flatmin::half>{})})
-    if (t == type) return n;
-  return {};
+  return bindable_among<float, double, flatmin::bfloat16, flatmin::half>(t);
 }
 
 /// A dense tensor's elements as T (its dtype checked by the caller).
