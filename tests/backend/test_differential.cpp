@@ -22,11 +22,18 @@ namespace {
 
 namespace fm = flatmin;
 
-// Tensor sizes straddle the segment size (4096) and include 1-element tensors; options vary. The
-// total (> 2^16) puts every pass of backend::thrust on its parallel path.
+// Tensor sizes straddle the segment size (4096) and include 1-element tensors; options vary, per-
+// tensor lr / weight-decay multipliers included (the host backend resolves them once per segment,
+// backend/layout.hpp's for_tensor; backend::thrust per element). The total (> 2^16) puts every pass
+// of backend::thrust on its parallel path.
 const std::vector<std::size_t> sizes{1, 7, 4096, 4097, 10000, 3, 300, 50000};
 fm::tensor_options options_of(std::size_t t) {
-  return {.weight_decay = t % 2 == 0, .perturb = t != 5, .adaptive = t % 3 != 1, .mask_eligible = t != 1};
+  return {.weight_decay = t % 2 == 0,
+          .perturb = t != 5,
+          .adaptive = t % 3 != 1,
+          .mask_eligible = t != 1,
+          .lr_scale = t == 3 ? 0.5 : t == 7 ? 0.3 : 1.0,
+          .weight_decay_scale = t == 2 ? 0.25 : t == 7 ? 3.0 : 1.0};
 }
 
 // The loss of support/sine_problem.hpp over `sizes`, evaluated on the host in T.

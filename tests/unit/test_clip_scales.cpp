@@ -227,6 +227,28 @@ TEST_CASE_TEMPLATE("lr_scale / weight_decay_scale: SGD with momentum and AdamW a
     }
     for (std::size_t i = 0; i < n; ++i) CHECK(m.w[i] == doctest::Approx(w[i]).epsilon(1e-12));
   }
+  SUBCASE("adam (coupled decay): a scaled tensor with its decay off keeps it off") {
+    // torch: a param group with weight_decay = 0; the multiplier of a tensor without decay is moot
+    model m(n);
+    const double lr = 0.02, b1 = 0.9, b2 = 0.999, eps = 1e-8, wd = 0.1;
+    flatmin::tensor_options no_decay = first;
+    no_decay.weight_decay = false;
+    auto opt = flatmin::adam<B>(m.params(no_decay), {.lr = lr, .weight_decay = wd});
+    std::vector<double> w = m.w0, mo(n), v(n);
+    for (int t = 1; t <= 10; ++t) {
+      const auto g = p.grad(w);
+      for (std::size_t i = 0; i < n; ++i) {
+        const double d = g[i] + (i < 5 ? 0.0 : wd) * w[i];
+        mo[i] = b1 * mo[i] + (1 - b1) * d;
+        v[i] = b2 * v[i] + (1 - b2) * d * d;
+        const double bc1 = 1 - std::pow(b1, t), bc2 = 1 - std::pow(b2, t);
+        w[i] -= lr_of(i, lr) / bc1 * mo[i] / (std::sqrt(v[i]) / std::sqrt(bc2) + eps);
+      }
+      m.set_grad(p);
+      opt.descend();
+    }
+    for (std::size_t i = 0; i < n; ++i) CHECK(m.w[i] == doctest::Approx(w[i]).epsilon(1e-12));
+  }
 }
 
 TEST_CASE("lr_scale / weight_decay_scale: explicit 1 is bit-identical; the checkpoint ignores the scales") {

@@ -4,7 +4,8 @@
 ///
 /// Elementwise passes are plain `restrict` loops over each segment (they measured at least as fast
 /// as the equivalent Eigen array expressions and accept any functor), parallelised over segments
-/// with OpenMP when the pass is large enough. The functor is copied into each segment's loop so
+/// with OpenMP when the pass is large enough. The functor is copied into each segment's loop, in
+/// its form for that tensor (layout.hpp's `for_tensor`: per-tensor lr multipliers resolved), so
 /// that the compiler keeps its fields in registers and can vectorise; kernels keep their bodies
 /// free of branches on run-time options for the same reason (kernels/sgd_update.hpp).
 /// Reductions sum each segment on its own, in a fixed order, into its own partial and then add
@@ -365,7 +366,7 @@ struct eigen {
   template <class W, class G, class F>
   static FLATMIN_SUM_INLINE void segment_pass(const tensor_rec<W, G>* tensors, const segment& s, const F& f) {
     if constexpr (std::is_same_v<W, G> && host::has_segment_form<F, W>) {
-      const F fs = f;  // a local copy, as run_segment's
+      const F fs = for_tensor(f, tensors[s.tensor].flags);  // a local copy, as run_segment's
       host::segment_form<F>::run(fs, view_of(tensors, s, s.len), s.slot);
     } else {
       run_segment(tensors, s, f);
@@ -390,9 +391,10 @@ struct eigen {
 
   template <class W, class G, class F>
   static FLATMIN_SUM_INLINE void run_segment(const tensor_rec<W, G>* tensors, const segment& s, const F& fn) {
-    const F f =
-        fn;  // a local copy: the stores through w / g cannot alias its fields, so they stay in registers
+    // a local copy, resolved for this tensor (layout.hpp's for_tensor): the stores through w / g
+    // cannot alias its fields, so they stay in registers, and no per-tensor lookup is left in the loop
     const tensor_rec<W, G>& t = tensors[s.tensor];
+    const F f = for_tensor(fn, t.flags);
     W* FLATMIN_RESTRICT w = t.w + s.local;
     G* FLATMIN_RESTRICT g = t.g + s.local;
     const std::uint32_t flags = t.flags;

@@ -11,6 +11,7 @@
 /// its active blocks only (a shorter segment list).
 
 #include <algorithm>
+#include <concepts>
 #include <cstdint>
 #include <stdexcept>
 #include <utility>
@@ -64,6 +65,21 @@ struct elem {
   std::uint32_t tensor;
   std::uint32_t flags;
 };
+
+/// A pass functor's form for the elements of one tensor: `f.for_tensor(flags)` when the functor
+/// has it (the base updates resolve their per-tensor lr / weight-decay multipliers there, and the
+/// descent pass forwards to its base update), else `f` itself. The result computes bit for bit
+/// what `f` computes on that tensor's elements. The host backend calls it once per segment, so
+/// that the element loop holds no per-tensor lookup and vectorises; the Thrust backend runs `f`
+/// as it is, which resolves per element.
+template <class F>
+FLATMIN_HD F for_tensor(const F& f, std::uint32_t flags) {
+  if constexpr (requires { { f.for_tensor(flags) } -> std::same_as<F>; }) {
+    return f.for_tensor(flags);
+  } else {
+    return f;
+  }
+}
 
 /// One segment resolved to its tensor's memory, as a host fast form sees it (backend/host/).
 template <class W, class G = W>

@@ -24,27 +24,51 @@ struct adam_update {
   /// Per-tensor (lr, weight decay) multipliers by the slot in `flags` (backend/layout.hpp's
   /// scales()); null when every tensor has (1, 1). Set by the optimizer after prepare().
   const T* scales = nullptr;
+  /// True in the copy `for_tensor` makes: lr, step_size and weight_decay are that tensor's.
+  bool resolved = false;
 
-  // Weight decay by coefficients (0 and 1 leave a finite value unchanged) rather than branches,
-  // so that the host loop runs the same arithmetic for every element and vectorises.
-  FLATMIN_HD void operator()(T& w, T g, std::size_t i, std::uint32_t flags) const {
-    const bool wd = (flags & tensor_flags::weight_decay) != 0;
-    T rate = lr, size = step_size, lambda = weight_decay;
-    if (scales != nullptr) {  // per tensor: predictable; ×1 leaves the coefficients unchanged
+  /// This update for the elements of one tensor (backend/layout.hpp's `for_tensor`): lr,
+  /// step_size and weight_decay multiplied by the tensor's multipliers, and weight_decay 0 when
+  /// the tensor has no decay, so that the element loop depends on no per-tensor bit or table and
+  /// vectorises (`resolved` is set unconditionally, so the compiler knows it in that loop). Bit
+  /// for bit the same update: a zero λ gives coupled = 0 and shrink = 1 exactly. Idempotent.
+  FLATMIN_HD adam_update for_tensor(std::uint32_t flags) const {
+    adam_update r = *this;
+    T lambda = weight_decay;
+    if (scales != nullptr) {
       const T* s = scales + 2 * (flags >> tensor_flags::scale_shift);
-      rate = lr * s[0];
-      size = step_size * s[0];
+      r.lr = lr * s[0];
+      r.step_size = step_size * s[0];
       lambda = weight_decay * s[1];
     }
-    const T coupled = (wd && !decoupled) ? lambda : T(0);
-    const T shrink = (wd && decoupled) ? T(1) - rate * lambda : T(1);
+    r.weight_decay = (flags & tensor_flags::weight_decay) != 0 ? lambda : T(0);
+    r.scales = nullptr;
+    r.resolved = true;
+    return r;
+  }
+
+  /// One element (the Thrust backend resolves the tensor's coefficients here, per element).
+  FLATMIN_HD void operator()(T& w, T g, std::size_t i, std::uint32_t flags) const {
+    if (resolved) {
+      apply(w, g, i);
+    } else {
+      for_tensor(flags).apply(w, g, i);
+    }
+  }
+
+ private:
+  // Weight decay by coefficients (0 and 1 leave a finite value unchanged) rather than branches,
+  // so that the host loop runs the same arithmetic for every element and vectorises.
+  FLATMIN_HD void apply(T& w, T g, std::size_t i) const {
+    const T coupled = decoupled ? T(0) : weight_decay;
+    const T shrink = decoupled ? T(1) - lr * weight_decay : T(1);
     g = g + coupled * w;
     w = w * shrink;
     const T mi = beta1 * m[i] + (T(1) - beta1) * g;
     const T vi = beta2 * v[i] + (T(1) - beta2) * g * g;
     m[i] = mi;
     v[i] = vi;
-    w = w - size * mi / (fm_sqrt(vi) / bc2_sqrt + eps);
+    w = w - step_size * mi / (fm_sqrt(vi) / bc2_sqrt + eps);
   }
 };
 

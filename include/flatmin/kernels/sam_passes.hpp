@@ -138,6 +138,12 @@ struct descend_pass {
   bool restore;  ///< needs `saved` to hold a slot for every element of the range (dense storage)
   Store store{};
 
+  /// For one tensor's elements: the same pass with the base update's per-tensor form
+  /// (backend/layout.hpp's `for_tensor`).
+  FLATMIN_HD descend_pass for_tensor(std::uint32_t flags) const {
+    return {mask, adjust, backend::for_tensor(base, flags), inv_scale, saved, restore, store};
+  }
+
   template <class G>
   FLATMIN_HD void operator()(const elem<W, G>& e) const {
     T w = store.read(e);
