@@ -168,6 +168,9 @@ void compositions() {
   FLATMIN_DIFF("asam-sgd-momentum", fm::asam<decltype(b)>(ps, momentum, {.rho = 0.5, .eta = 0.01}));
   FLATMIN_DIFF("asam-adam", fm::asam<decltype(b)>(ps, ad, {.rho = 0.5}));
   FLATMIN_DIFF("asam-adamw", fm::asam<decltype(b)>(ps, adw, {.rho = 0.5}));
+  // the statistics over the momentum (the host's vectorised form, reduce_forms.hpp) set ε's scale
+  FLATMIN_DIFF("msam-sgd-momentum", fm::msam<decltype(b)>(ps, momentum, {.rho = 0.3}));
+  FLATMIN_DIFF("msam-adamw", fm::msam<decltype(b)>(ps, adw, {.rho = 1}));
 #undef FLATMIN_DIFF
 }
 

@@ -51,6 +51,9 @@ struct stats_pass {
   /// A term that reads no gradient (Momentum-SAM's: the ascent comes before any gradient): no
   /// finiteness count and no ‖g‖ then, the views hold no gradient of this step.
   static constexpr bool reads_gradient = !requires { requires !Term::reads_gradient; };
+  /// A term whose norm and dir are ±buffer[i] for a buffer `term.v` (Momentum-SAM's momentum):
+  /// what backend/host/reduce_forms.hpp sums once for Σn² and Σd².
+  static constexpr bool buffer_term = requires { requires Term::reads_buffer; };
 
   template <class W, class G>
   FLATMIN_HD grad_stats operator()(const elem<W, G>& e) const {

@@ -44,6 +44,7 @@ template <class T>
 struct momentum_term {
   const T* v;  ///< the base's momentum, global index; nullptr before the first applied step
   static constexpr bool reads_gradient = false;
+  static constexpr bool reads_buffer = true;  ///< norm = dir = −v[i] (a host group form sums v²)
   FLATMIN_HD T norm(T /*w*/, T /*g*/, std::size_t i, std::uint32_t /*flags*/) const {
     return v ? -v[i] : T(0);
   }

@@ -93,4 +93,39 @@ struct group_form<kernels::stats_pass<T, Term, Mask>> {
   }
 };
 
+/// The statistics of a term that reads a buffer of the optimizer instead of the gradient
+/// (Momentum-SAM's: norm = dir = −m[i], `Term::reads_buffer`), every entry masked in: Σn² = Σd² =
+/// Σm² over perturbed tensors from one vectorised sum of the buffer's run (no gradient statistics:
+/// the views hold no gradient of this step), kept = len. Σ(−m)² is Σm² bit for bit.
+template <class T, class Term, class Mask>
+  requires(kernels::stats_pass<T, Term, Mask>::buffer_term && kernels::mask_is_all<Mask>)
+struct group_form<kernels::stats_pass<T, Term, Mask>> {
+  using pass = kernels::stats_pass<T, Term, Mask>;
+
+  template <std::uint32_t M>
+  static FLATMIN_SUM_INLINE void run(const pass& p, const segment_view<T> (&v)[M],
+                                     kernels::grad_stats (&out)[M]) {
+    for (std::uint32_t m = 0; m < M; ++m) out[m] = kernels::grad_stats{};
+    if (p.term.v == nullptr) {  // no momentum yet: every norm is 0, the count is still kept
+      for (std::uint32_t m = 0; m < M; ++m)
+        if (v[m].flags & tensor_flags::perturb) out[m].kept = double(v[m].len);
+      return;
+    }
+    const T* b[M];
+    std::uint32_t len[M];
+    double b2[M];
+    for (std::uint32_t m = 0; m < M; ++m) {
+      const bool in = (v[m].flags & tensor_flags::perturb) != 0;
+      b[m] = p.term.v + v[m].index;
+      len[m] = in ? v[m].len : 0u;  // a tensor that is not perturbed adds nothing
+    }
+    sum_squares_strands(b, len, T(1), b2);
+    for (std::uint32_t m = 0; m < M; ++m) {
+      out[m].n2 = b2[m];
+      out[m].d2 = b2[m];
+      out[m].kept = double(len[m]);
+    }
+  }
+};
+
 }  // namespace flatmin::backend::host
