@@ -14,6 +14,8 @@
 //   opt_sam_adamw = norm 4 + ascend 16 + check 4 + descend 28 = 52 B
 //   opt_msam_adamw = the same passes over the first moment m instead of g (its norm 4, the ascent
 //   reads w and m: 16 B): 52 B, and no extra gradient evaluation, which these rows do not time
+//   opt_rwp_sgd = check of g 4 + row norms of w 4 + copy of g 8 + ascend 16 (the draws are computed,
+//   not read) + check 4 + descend with the mix 20 + 4 (reads the kept g) = 60 B
 //   opt_sgd / opt_adamw (plain compositions: check 4 + base) = 24 B / 32 B
 #include "common.hpp"
 
@@ -146,6 +148,11 @@ void opt_msam_adamw(benchmark::State& st) {
   opt_step(st, [](auto& ps) { return flatmin::msam<be>(ps, flatmin::base::adamw{.lr = 1e-6}, {.rho = 1}); }, 52.0,
            {read_only, ascend_streams, read_only, descend_adamw_streams});
 }
+constexpr streams descend_mix_sgd_streams{4, 1, 1};  // saved, g_adv, kept g, buf -> buf, w
+void opt_rwp_sgd(benchmark::State& st) {
+  opt_step(st, [](auto& ps) { return flatmin::rwp<be>(ps, flatmin::base::sgd{.lr = 1e-6, .momentum = 0.9}); }, 60.0,
+           {read_only, read_only, copy_streams, ascend_streams, read_only, descend_mix_sgd_streams});
+}
 void opt_sgd(benchmark::State& st) {
   opt_step(st, [](auto& ps) { return flatmin::sgd<be>(ps, {.lr = 1e-6, .momentum = 0.9}); }, 24.0,
            {read_only, sgd_streams});
@@ -166,6 +173,7 @@ const bool registered = [] {
   grid(benchmark::RegisterBenchmark("opt_sam_sgd", opt_sam_sgd));
   grid(benchmark::RegisterBenchmark("opt_sam_adamw", opt_sam_adamw));
   grid(benchmark::RegisterBenchmark("opt_msam_adamw", opt_msam_adamw));
+  grid(benchmark::RegisterBenchmark("opt_rwp_sgd", opt_rwp_sgd));
   grid(benchmark::RegisterBenchmark("opt_sgd", opt_sgd));
   grid(benchmark::RegisterBenchmark("opt_adamw", opt_adamw));
   return true;

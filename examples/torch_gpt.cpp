@@ -17,6 +17,7 @@
 //   run:    ./build/examples/example_torch_gpt [--quick] [--seeds 3] [--pretrain-steps 800]
 //           [--finetune-steps 100] [--rho 0.05] [--methods adamw,sam,fsam,functional_sam,
 //           preconditioned_sam,preconditioned_functional_sam,msam,bar] [--modes full,lora] [--data DIR]
+//           (`rwp` is accepted by --methods too; it is not in the default set the study ran)
 //
 // Prints, per mode and method, the held-out loss (mean ± std over seeds), its paired difference to
 // AdamW and to SAM (mean ± std over seeds), and the wall time per fine-tuning step. --quick (a few
@@ -297,6 +298,8 @@ outcome finetune(const std::string& method, bool lora, gpt& m, const corpus& dat
   if (method == "msam")  // Momentum-SAM: one gradient per step, ε along AdamW's first moment
     return train(m, tr, va, steps, seed, c,
                  [&](const auto& ps) { return flatmin::msam(ps, base, {.rho = c.rho}); });
+  if (method == "rwp")  // RWP: filter-wise Gaussian ε (σ 0.01 of each row's norm), (1 − λ) g + λ g_ε
+    return train(m, tr, va, steps, seed, c, [&](const auto& ps) { return flatmin::rwp(ps, base); });
   if (method == "bar" && lora)
     return train(
         m, tr, va, steps, seed, c, [&](const auto& ps) { return flatmin::bar(ps, base, {.rho = c.rho}); },

@@ -171,6 +171,8 @@ void compositions() {
   // the statistics over the momentum (the host's vectorised form, reduce_forms.hpp) set ε's scale
   FLATMIN_DIFF("msam-sgd-momentum", fm::msam<decltype(b)>(ps, momentum, {.rho = 0.3}));
   FLATMIN_DIFF("msam-adamw", fm::msam<decltype(b)>(ps, adw, {.rho = 1}));
+  // the draws and the row norms (kernels/gaussian.hpp, perturb/gaussian.hpp) on both backends
+  FLATMIN_DIFF("rwp-sgd-momentum", fm::rwp<decltype(b)>(ps, momentum, {.sigma = 0.05, .seed = 3}));
 #undef FLATMIN_DIFF
 }
 

@@ -348,7 +348,9 @@ using compositions = std::tuple<
     composition<perturb::l2,             mask::dense, base::sgd,   descent::looksam,  regularize::none, rule_hooks, schedule::every_k>,
     // issue 16: Friendly-SAM (a perturbation with state); Momentum-SAM (no gradient at w)
     composition<perturb::friendly,       mask::dense, base::sgd>,
-    composition<perturb::momentum,       mask::dense, base::adamw, descent::standard, regularize::none, no_clean_gradient_hooks>
+    composition<perturb::momentum,       mask::dense, base::adamw, descent::standard, regularize::none, no_clean_gradient_hooks>,
+    // issue 16: RWP (a random perturbation, not rescaled; the λ-mix of the two gradients)
+    composition<perturb::gaussian,       mask::dense, base::sgd,   descent::mix,      regularize::none, rule_hooks>
 >;
 // clang-format on
 

@@ -1,5 +1,5 @@
 // The SAM family beyond the seeds (issue 16): the descent rules with state (descent/state.hpp) —
-// GSAM, WSAM (coupled and decoupled), LookSAM — each against a float64 re-derivation written here,
+// GSAM, WSAM (coupled and decoupled), LookSAM — and Friendly-SAM, Momentum-SAM and RWP, each against a float64 re-derivation written here,
 // for 1 and 20 steps, on every backend, in both protocols; the gradient evaluations per step
 // counted; their state through a checkpoint; their option structs and official presets.
 #include <doctest/doctest.h>
@@ -8,12 +8,14 @@
 #include <cstring>
 #include <limits>
 #include <sstream>
+#include <string>
 #include <vector>
 
 #include <flatmin/algorithms/friendly_sam.hpp>
 #include <flatmin/algorithms/gsam.hpp>
 #include <flatmin/algorithms/looksam.hpp>
 #include <flatmin/algorithms/msam.hpp>
+#include <flatmin/algorithms/rwp.hpp>
 #include <flatmin/algorithms/wsam.hpp>
 
 #include "support/backends.hpp"
@@ -504,6 +506,124 @@ TEST_CASE_TEMPLATE("Momentum-SAM: ascend() reads no gradient; a non-finite g_adv
   resumed.load(ck);
   for (int s = 0; s < 4; ++s) resumed.step(q2.objective(m2));
   CHECK(bitwise_equal(m2.raw_weights(), want));
+}
+
+/// The float64 m-RWP step, re-deriving nblt/mARWP (at f12df73) train_mrwp_parallel.py `train`: a
+/// parameter of two or more dimensions gets noise N(0, (σ‖W_row‖)²) per row of its first dimension
+/// (`mp.view(sh[0], -1).norm(dim=1)`), a one-dimensional one N(0, (σ(‖W‖ + 1e-16))²); the two
+/// gradients mix as the 2λ- and 2(1 − λ)-weighted losses averaged over the ranks, (1 − λ) g + λ g_ε;
+/// then torch SGD. The draws z_i are the library's generator (kernels::standard_normal of
+/// counter_hash(seed, noise_stream(t), i); checked against N(0, 1) in test_gaussian.cpp), laid
+/// out here by hand for family_layout: fc.weight 7 rows of 5, fc.bias one row of 7, frozen none.
+struct rwp_ref {
+  double sigma, lambda;
+  std::uint64_t seed;
+  std::size_t t = 0;
+  double expected_norm = 0;  ///< σ·√(Σ_r len_r ‖W_r‖²), what the report gives
+  template <class Base>
+  void step(ref::vec& w, const ref::opts_vec& o, Base& base, quadratic& q) {
+    ++t;
+    const ref::vec g = q.grad(w);
+    ref::vec eps(w.size(), 0.0);
+    const auto noise = [&](std::size_t first, std::size_t len, double tiny) {
+      double s = 0;
+      for (std::size_t j = 0; j < len; ++j) s += w[first + j] * w[first + j];
+      const double sd = sigma * (std::sqrt(s) + tiny);
+      expected_norm += static_cast<double>(len) * (std::sqrt(s) + tiny) * (std::sqrt(s) + tiny);
+      for (std::size_t j = 0; j < len; ++j)
+        eps[first + j] = sd * flatmin::kernels::standard_normal(flatmin::kernels::counter_hash(
+                                  seed, flatmin::kernels::noise_stream(t), first + j));
+    };
+    expected_norm = 0;
+    for (std::size_t r = 0; r < 7; ++r) noise(5 * r, 5, 0.0);  // fc.weight {7, 5}
+    noise(35, 7, 1e-16);                                       // fc.bias {7}
+    expected_norm = sigma * std::sqrt(expected_norm);
+    const ref::vec ge = q.grad(axpy(w, 1, eps));
+    ref::vec d(w.size());
+    for (std::size_t i = 0; i < w.size(); ++i) d[i] = (1 - lambda) * g[i] + lambda * ge[i];
+    base.step(w, d, o);
+  }
+};
+
+template <class Backend, class T>
+void rwp_case(int steps, bool closure, std::uint64_t seed) {
+  const flatmin::base::sgd base{.lr = 0.05, .momentum = 0.9, .weight_decay = 1e-3};
+  model<T> m(family_layout, test_space<Backend>);
+  m.set_weights(random_vec(m.numel, seed));
+  const auto q = quadratic::random(m.numel, seed, 0.5, 2.0, 0.3);
+  // σ well above the official 0.01, so that a misplaced row or σ shows beyond the tolerance
+  auto opt = flatmin::rwp<Backend>(m.params, base, {.sigma = 0.2, .lambda = 0.3, .seed = seed});
+  ref::sgd rb = to_ref(base);
+  rwp_ref r{0.2, 0.3, seed};
+  against(
+      m, opt, [&](ref::vec& w, quadratic& qr) { r.step(w, m.opts, rb, qr); }, q, steps, closure,
+      [](std::size_t) { return 2u; }, std::is_same_v<T, float> ? 2e-5 : 1e-11);
+  // the report's ‖ε‖ is the expected norm at the last ascent
+  CHECK(opt.last_report().perturbation_norm == doctest::Approx(r.expected_norm).epsilon(1e-6));
+}
+
+TEST_CASE_TEMPLATE("RWP: 1 and 20 steps against nblt/mARWP's train_mrwp_parallel.py re-derived in float64, "
+                   "two objective calls per step", Backend, FLATMIN_TEST_BACKENDS) {
+  rwp_case<Backend, double>(1, true, 1731);
+  rwp_case<Backend, float>(1, false, 1732);
+  rwp_case<Backend, double>(20, false, 1733);
+  rwp_case<Backend, float>(20, true, 1734);
+}
+
+TEST_CASE_TEMPLATE("RWP: the noise is regenerated from (seed, step): a resumed run is bitwise the same; "
+                   "a non-finite g at w skips before w moves", Backend, FLATMIN_TEST_BACKENDS) {
+  using T = double;
+  const flatmin::base::adamw base{.lr = 0.01, .weight_decay = 0.01};
+  model<T> m(family_layout, test_space<Backend>);
+  m.set_weights(random_vec(m.numel, 1741));
+  auto q = quadratic::random(m.numel, 1741);
+  auto opt = flatmin::rwp<Backend>(m.params, base, {.sigma = 0.05, .seed = 11});
+  for (int s = 0; s < 3; ++s) opt.step(q.objective(m));
+  // g at w non-finite: ascend() skips and leaves w (the descent would have mixed it in)
+  q.eval(m);
+  m.gat(2) = std::numeric_limits<T>::quiet_NaN();
+  const auto w0 = m.raw_weights();
+  const auto a = opt.ascend();
+  CHECK(a.skipped);
+  CHECK(bitwise_equal(m.raw_weights(), w0));
+  opt.cancel();
+  std::stringstream ck;
+  opt.save(ck);
+  auto q2 = q;
+  for (int s = 0; s < 4; ++s) opt.step(q.objective(m));
+  const auto want = m.raw_weights();
+  model<T> m2(family_layout, test_space<Backend>);
+  m2.set_raw_weights(w0);
+  auto resumed = flatmin::rwp<Backend>(m2.params, base, {.sigma = 0.05, .seed = 11});
+  const std::string blob = ck.str();
+  std::istringstream in(blob);
+  resumed.load(in);
+  for (int s = 0; s < 4; ++s) resumed.step(q2.objective(m2));
+  CHECK(bitwise_equal(m2.raw_weights(), want));
+  // another seed draws another noise
+  model<T> m3(family_layout, test_space<Backend>);
+  m3.set_raw_weights(w0);
+  auto other = flatmin::rwp<Backend>(m3.params, base, {.sigma = 0.05, .seed = 12});
+  std::istringstream in2(blob);
+  other.load(in2);
+  auto q3 = q2;
+  for (int s = 0; s < 4; ++s) other.step(q3.objective(m3));
+  CHECK_FALSE(bitwise_equal(m3.raw_weights(), want));
+}
+
+TEST_CASE("RWP: options are checked and reach their policies") {
+  model<double> m(family_layout, test_space<flatmin::backend::eigen>);
+  const flatmin::base::sgd base{.lr = 0.1};
+  auto opt = flatmin::rwp<flatmin::backend::eigen>(m.params, base, {.sigma = 0.03, .lambda = 0.25, .seed = 5});
+  CHECK(opt.perturbation().sigma == 0.03);
+  CHECK(opt.perturbation().seed == 5);
+  CHECK(opt.descent().lambda == 0.25);
+  CHECK_THROWS_AS(flatmin::rwp<flatmin::backend::eigen>(m.params, base, {.sigma = -0.1}), std::invalid_argument);
+  CHECK_THROWS_AS(flatmin::rwp<flatmin::backend::eigen>(m.params, base, {.lambda = 1.5}), std::invalid_argument);
+  opt.descent().lambda = std::numeric_limits<double>::quiet_NaN();  // between steps: refused before w moves
+  const auto w0 = m.raw_weights();
+  CHECK_THROWS_AS(opt.step([] { return 0.0; }), std::invalid_argument);
+  CHECK(bitwise_equal(m.raw_weights(), w0));
 }
 
 TEST_CASE("Momentum-SAM: the base must keep a momentum") {

@@ -366,7 +366,7 @@ struct eigen {
   template <class W, class G, class F>
   static FLATMIN_SUM_INLINE void segment_pass(const tensor_rec<W, G>* tensors, const segment& s, const F& f) {
     if constexpr (std::is_same_v<W, G> && host::has_segment_form<F, W>) {
-      const F fs = for_tensor(f, tensors[s.tensor].flags);  // a local copy, as run_segment's
+      const F fs = for_tensor(f, tensors[s.tensor].flags, s.tensor);  // a local copy, as run_segment's
       host::segment_form<F>::run(fs, view_of(tensors, s, s.len), s.slot);
     } else {
       run_segment(tensors, s, f);
@@ -394,7 +394,7 @@ struct eigen {
     // a local copy, resolved for this tensor (layout.hpp's for_tensor): the stores through w / g
     // cannot alias its fields, so they stay in registers, and no per-tensor lookup is left in the loop
     const tensor_rec<W, G>& t = tensors[s.tensor];
-    const F f = for_tensor(fn, t.flags);
+    const F f = for_tensor(fn, t.flags, s.tensor);
     W* FLATMIN_RESTRICT w = t.w + s.local;
     G* FLATMIN_RESTRICT g = t.g + s.local;
     const std::uint32_t flags = t.flags;

@@ -66,15 +66,18 @@ struct elem {
   std::uint32_t flags;
 };
 
-/// A pass functor's form for the elements of one tensor: `f.for_tensor(flags)` when the functor
-/// has it (the base updates resolve their per-tensor lr / weight-decay multipliers there, and the
-/// descent pass forwards to its base update), else `f` itself. The result computes bit for bit
-/// what `f` computes on that tensor's elements. The host backend calls it once per segment, so
-/// that the element loop holds no per-tensor lookup and vectorises; the Thrust backend runs `f`
-/// as it is, which resolves per element.
+/// A pass functor's form for the elements of one tensor (index `tensor`, its `flags`):
+/// `f.for_tensor(flags, tensor)` or `f.for_tensor(flags)` when the functor has one (the base
+/// updates resolve their per-tensor lr / weight-decay multipliers there, the descent pass forwards
+/// to its base update, the ascent pass to its term), else `f` itself. The result computes bit for
+/// bit what `f` computes on that tensor's elements. The host backend calls it once per segment,
+/// so that the element loop holds no per-tensor lookup and vectorises; the Thrust backend runs
+/// `f` as it is, which resolves per element.
 template <class F>
-FLATMIN_HD F for_tensor(const F& f, std::uint32_t flags) {
-  if constexpr (requires { { f.for_tensor(flags) } -> std::same_as<F>; }) {
+FLATMIN_HD F for_tensor(const F& f, std::uint32_t flags, std::uint32_t tensor) {
+  if constexpr (requires { { f.for_tensor(flags, tensor) } -> std::same_as<F>; }) {
+    return f.for_tensor(flags, tensor);
+  } else if constexpr (requires { { f.for_tensor(flags) } -> std::same_as<F>; }) {
     return f.for_tensor(flags);
   } else {
     return f;
@@ -189,6 +192,8 @@ class layout {
         tensors_(Backend::from_host(host_tensors_)),
         segments_(Backend::from_host(host_segments_)) {
     assign_scale_slots(ps);
+    for (const auto& v : ps.tensors())
+      host_row_lengths_.push_back(v.shape.size() > 1 && v.shape[0] > 0 ? v.size / v.shape[0] : v.size);
     for (const auto& t : host_tensors_) {
       n_ += t.size;
       host_extents_.push_back({t.offset, t.size, t.flags, 0u});
@@ -205,6 +210,11 @@ class layout {
   /// The tensors' extents, in the backend's memory and on the host.
   const tensor_extent* extents() const { return Backend::data(extents_); }
   const std::vector<tensor_extent>& host_extents() const { return host_extents_; }
+
+  /// Per tensor, the length of one row along its first dimension (a filter: an output channel of a
+  /// convolution, an output row of a linear layer's weight): size / shape[0] for a tensor of two or
+  /// more dimensions, the whole size otherwise. Row-major tensors hold each row contiguously.
+  const std::vector<std::uint64_t>& host_row_lengths() const { return host_row_lengths_; }
 
   /// Every element of every tensor, dense slots.
   range_type full() const {
@@ -254,6 +264,7 @@ class layout {
   typename Backend::template vector<segment> segments_;
   std::vector<tensor_extent> host_extents_;
   typename Backend::template vector<tensor_extent> extents_;
+  std::vector<std::uint64_t> host_row_lengths_;
   std::vector<T> host_scales_;
   typename Backend::template vector<T> scales_;
   std::size_t n_ = 0;

@@ -74,9 +74,19 @@ concept perturbation_has_perturbs_flag = requires {
   { P::perturbs } -> std::convertible_to<bool>;
 };
 
-/// A perturbation: radius options, validate(), and a per-element term built from the base state.
+/// A perturbation added as drawn, not rescaled to a radius (perturb::gaussian): `normalised ==
+/// false` and the ascent's fixed scale `scale()`.
 template <class P>
-concept perturbation = has_validate<P> && perturbation_has_perturbs_flag<P> && perturbation_has_radius<P>;
+concept perturbation_has_fixed_scale = requires(const P& p) {
+  requires !P::normalised;
+  { p.scale() } -> std::convertible_to<double>;
+};
+
+/// A perturbation: radius options (or a fixed scale), validate(), and a per-element term built
+/// from the base state.
+template <class P>
+concept perturbation = has_validate<P> && perturbation_has_perturbs_flag<P> &&
+    (perturbation_has_radius<P> || perturbation_has_fixed_scale<P>);
 
 // ---- mask ----------------------------------------------------------------------------------------
 
@@ -219,8 +229,9 @@ constexpr bool check_perturbation() {
   static_assert(has_validate<P>, "flatmin: the Perturb policy has no `validate() const`");
   static_assert(perturbation_has_perturbs_flag<P>,
                 "flatmin: the Perturb policy has no `static constexpr bool perturbs`");
-  static_assert(perturbation_has_radius<P>,
-                "flatmin: the Perturb policy has no radius options `rho` and `xi`");
+  static_assert(perturbation_has_radius<P> || perturbation_has_fixed_scale<P>,
+                "flatmin: the Perturb policy has no radius options `rho` and `xi` (nor `normalised == false` "
+                "with a fixed `scale()`)");
   return true;
 }
 

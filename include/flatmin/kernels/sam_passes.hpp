@@ -34,6 +34,16 @@ struct check_pass {
   }
 };
 
+/// term.dir for entry e: with the entry's tensor index when the term takes it (a term that looks
+/// up per-tensor data, perturb::gaussian's), else by global index and flags.
+template <class Term, class T, class W, class G>
+FLATMIN_HD T term_dir(const Term& term, T w, T g, const elem<W, G>& e) {
+  if constexpr (requires { term.dir(w, g, e.i, e.flags, e.tensor); })
+    return term.dir(w, g, e.i, e.flags, e.tensor);
+  else
+    return term.dir(w, g, e.i, e.flags);
+}
+
 /// Reduction over g (scaled by 1/grad_scale): Σg², Σ(norm term)² over the norm's support,
 /// Σ(direction)² and count over the perturbed support, and the count of non-finite entries.
 template <class T, class Term, class Mask>
@@ -54,6 +64,8 @@ struct stats_pass {
   /// A term whose norm and dir are ±buffer[i] for a buffer `term.v` (Momentum-SAM's momentum):
   /// what backend/host/reduce_forms.hpp sums once for Σn² and Σd².
   static constexpr bool buffer_term = requires { requires Term::reads_buffer; };
+  /// A term whose ε is not rescaled to a radius (perturb::gaussian's): no Σn², Σd² are taken.
+  static constexpr bool normalised = !requires { requires !Term::normalised; };
 
   template <class W, class G>
   FLATMIN_HD grad_stats operator()(const elem<W, G>& e) const {
@@ -63,17 +75,21 @@ struct stats_pass {
       s.bad = is_finite(g) ? 0.0 : 1.0;
       s.g2 = double(g) * double(g);
     }
-    if (e.flags & tensor_flags::perturb) {
-      const bool in = mask(e.i, e.flags);
-      if (in || !norm_over_mask) {
-        const double n = term.norm(static_cast<T>(e.w), g, e.i, e.flags);
-        s.n2 = n * n;
+    if constexpr (normalised) {
+      if (e.flags & tensor_flags::perturb) {
+        const bool in = mask(e.i, e.flags);
+        if (in || !norm_over_mask) {
+          const double n = term.norm(static_cast<T>(e.w), g, e.i, e.flags);
+          s.n2 = n * n;
+        }
+        if (in) {
+          const double d = term.dir(static_cast<T>(e.w), g, e.i, e.flags);
+          s.d2 = d * d;
+          s.kept = 1.0;
+        }
       }
-      if (in) {
-        const double d = term.dir(static_cast<T>(e.w), g, e.i, e.flags);
-        s.d2 = d * d;
-        s.kept = 1.0;
-      }
+    } else if (e.flags & tensor_flags::perturb) {
+      s.kept = mask(e.i, e.flags) ? 1.0 : 0.0;
     }
     return s;
   }
@@ -95,6 +111,14 @@ struct ascend_pass {
   /// Without a branch on the mask inside a perturbed tensor: w is saved for every entry the range
   /// holds (each has a slot: dense storage, or a compact range of masked-in entries; the restore
   /// selects by the same mask) and the move is blended in by the mask bit.
+  /// For one tensor's elements: the same pass with its term's per-tensor form
+  /// (backend/layout.hpp's `for_tensor`: perturb::gaussian's row table entry).
+  FLATMIN_HD ascend_pass for_tensor(std::uint32_t flags, std::uint32_t tensor) const {
+    ascend_pass r = *this;
+    r.term = backend::for_tensor(term, flags, tensor);
+    return r;
+  }
+
   template <class G>
   FLATMIN_HD void operator()(const elem<W, G>& e) const {
     if (!(e.flags & tensor_flags::perturb)) return;  // per tensor: predictable
@@ -102,7 +126,7 @@ struct ascend_pass {
     saved[e.k] = x;
     const T w = static_cast<T>(x);
     const T from = Store::master ? store.read(e) : w;
-    const T moved = from + scale * term.dir(w, static_cast<T>(e.g) * inv_scale, e.i, e.flags);
+    const T moved = from + scale * term_dir(term, w, static_cast<T>(e.g) * inv_scale, e);
     if constexpr (Store::master)  // unmasked entries keep their bits (not round(master))
       e.w = blend(mask(e.i, e.flags), static_cast<W>(moved), x);
     else
@@ -144,7 +168,7 @@ struct descend_pass {
   /// For one tensor's elements: the same pass with the base update's per-tensor form
   /// (backend/layout.hpp's `for_tensor`).
   FLATMIN_HD descend_pass for_tensor(std::uint32_t flags) const {
-    return {mask, adjust, backend::for_tensor(base, flags), inv_scale, saved, restore, store};
+    return {mask, adjust, backend::for_tensor(base, flags, 0u), inv_scale, saved, restore, store};
   }
 
   template <class G>

@@ -102,6 +102,9 @@ class sharpness_aware {
                 "flatmin::sharpness_aware: this perturbation (perturb::momentum, Momentum-SAM) takes no "
                 "gradient at w, so it composes with mask::dense, descent::standard and regularize::none "
                 "only");
+  static_assert(!perturbation_has_fixed_scale<Perturb> || std::is_same_v<Mask, mask::dense>,
+                "flatmin::sharpness_aware: a perturbation added as drawn (perturb::gaussian, RWP) composes "
+                "with mask::dense only");
 
  public:
   using precision_type = detail::precision_of_t<Precision>;
@@ -203,8 +206,13 @@ class sharpness_aware {
         if (saved_.size() < need) saved_ = Backend::template make_vector<W>(need);
         s = stats(inv);
       }
-      const double denom = std::sqrt(s.n2) + perturb_.xi;
-      double scale = denom > 0 ? radius() * mask_state_.radius_scale() / denom : 0.0;
+      double scale = 0.0;
+      if constexpr (perturbation_has_fixed_scale<Perturb>) {
+        scale = radius();  // ε is added as the term draws it (perturb::gaussian)
+      } else {
+        const double denom = std::sqrt(s.n2) + perturb_.xi;
+        scale = denom > 0 ? radius() * mask_state_.radius_scale() / denom : 0.0;
+      }
       // With ξ = 0 a vanishing (subnormal) g makes ρ/‖g‖ overflow T: treat it as g = 0 (ε = 0)
       // rather than write an infinite ε into the weights.
       if (!(scale <= static_cast<double>(std::numeric_limits<T>::max()))) scale = 0.0;
@@ -217,7 +225,10 @@ class sharpness_aware {
         });
       });
       report_.grad_norm = std::sqrt(s.g2);
-      report_.perturbation_norm = scale * std::sqrt(s.d2);
+      if constexpr (requires { perturb_state_.perturbation_norm(); })
+        report_.perturbation_norm = perturb_state_.perturbation_norm();  // its statistics are not taken
+      else
+        report_.perturbation_norm = scale * std::sqrt(s.d2);
       report_.mask_density = perturbable_ ? s.kept / static_cast<double>(perturbable_) : 0.0;
       report_.perturbed = true;
       phase_ = phase::ascended;
@@ -646,7 +657,9 @@ class sharpness_aware {
 
   /// This step's ρ: the perturbation's, or the descent rule's ρ_t (`radius`, descent/state.hpp).
   double radius() const {
-    if constexpr (requires { descent_.radius(perturb_.rho, base_); }) {
+    if constexpr (perturbation_has_fixed_scale<Perturb>) {
+      return perturb_.scale();
+    } else if constexpr (requires { descent_.radius(perturb_.rho, base_); }) {
       const double r = descent_.radius(perturb_.rho, base_);
       detail::check_option<T>("descent", "radius(rho, base)", r, detail::domain::non_negative);
       return r;

@@ -128,4 +128,21 @@ struct group_form<kernels::stats_pass<T, Term, Mask>> {
   }
 };
 
+/// The statistics of a term that is not rescaled to a radius (perturb::gaussian's), every entry
+/// masked in: the gradient's Σg² and non-finite count (check_pass's form), kept = len on
+/// perturbed tensors; no Σn², Σd².
+template <class T, class Term, class Mask>
+  requires(!kernels::stats_pass<T, Term, Mask>::normalised && kernels::mask_is_all<Mask>)
+struct group_form<kernels::stats_pass<T, Term, Mask>> {
+  using pass = kernels::stats_pass<T, Term, Mask>;
+
+  template <std::uint32_t M>
+  static FLATMIN_SUM_INLINE void run(const pass& p, const segment_view<T> (&v)[M],
+                                     kernels::grad_stats (&out)[M]) {
+    group_form<kernels::check_pass<T>>::run(kernels::check_pass<T>{p.inv_scale}, v, out);
+    for (std::uint32_t m = 0; m < M; ++m)
+      if (v[m].flags & tensor_flags::perturb) out[m].kept = double(v[m].len);
+  }
+};
+
 }  // namespace flatmin::backend::host

@@ -1,0 +1,208 @@
+#pragma once
+/// @file gaussian.hpp
+/// Standard normal draws from `counter_hash` words (Box–Muller), computed with +, −, ×, ÷ and √
+/// only: no libm `log` / `cos`, whose last bits differ between a host's C library and CUDA's, so
+/// that backend::eigen and backend::thrust (host or device, built with -fmad=false) draw the same
+/// bits. The logarithm and the cosine are polynomial (series) evaluations accurate to a few units
+/// in the last place of a double over the ranges used (tests/unit/test_gaussian.cpp checks them
+/// against the C library and the draws' moments against N(0, 1)); their selects work on the bits,
+/// so that the host loop vectorises (about 8 ns per draw on AVX2, 36 ns scalar). Also the passes
+/// of perturb::gaussian (RWP's filter-wise noise): the row norms and the ascent's term.
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+#include "../config.hpp"
+#include "counter_hash.hpp"
+#include "math.hpp"
+
+namespace flatmin::kernels {
+
+namespace gaussian_detail {
+
+FLATMIN_HD inline std::uint64_t bits(double d) {
+  std::uint64_t u;
+  std::memcpy(&u, &d, sizeof u);
+  return u;
+}
+FLATMIN_HD inline double from_bits(std::uint64_t u) {
+  double d;
+  std::memcpy(&d, &u, sizeof d);
+  return d;
+}
+
+/// c ? a : b on the bits: both values computed, no branch for the compiler to turn the
+/// arithmetic of one arm into (it does so for a floating-point select, and then the host loop
+/// does not vectorise: under -ftrapping-math a floating-point operation is not speculated).
+FLATMIN_HD inline double select(bool c, double a, double b) {
+  const std::uint64_t m = std::uint64_t{0} - static_cast<std::uint64_t>(c);
+  return from_bits((bits(a) & m) | (bits(b) & ~m));
+}
+
+/// ln u for a normal double u in (0, 1]: u = m · 2ᵉ with m in [√½, √2) (exponent and mantissa
+/// taken from the bits), ln m = 2 atanh(s), s = (m − 1)/(m + 1), |s| ≤ 0.1716 (the series to s²¹:
+/// truncation below 1e-18).
+FLATMIN_HD inline double log_unit(double u) {
+  const std::uint64_t b = bits(u);
+  // m = mantissa in [1, 2), halved (its exponent field one lower) when above √2: integer work
+  const std::uint64_t mb = (b & 0x000fffffffffffffull) | 0x3ff0000000000000ull;
+  const bool high = mb > 0x3ff6a09e667f3bcdull;  // m > √2 (the double 1.4142135623730951)
+  const double m = from_bits(mb - (static_cast<std::uint64_t>(high) << 52));
+  const double exponent =
+      static_cast<double>(static_cast<int>((b >> 52) & 0x7ffu) - 1023 + static_cast<int>(high));
+  const double s = (m - 1.0) / (m + 1.0);
+  const double s2 = s * s;
+  double p = 1.0 / 21;
+  p = p * s2 + 1.0 / 19;
+  p = p * s2 + 1.0 / 17;
+  p = p * s2 + 1.0 / 15;
+  p = p * s2 + 1.0 / 13;
+  p = p * s2 + 1.0 / 11;
+  p = p * s2 + 1.0 / 9;
+  p = p * s2 + 1.0 / 7;
+  p = p * s2 + 1.0 / 5;
+  p = p * s2 + 1.0 / 3;
+  p = p * s2 + 1.0;
+  return 2.0 * s * p + exponent * 0.6931471805599453;  // + e ln 2
+}
+
+/// The 52 high bits of a word as a double in [1, 2) (integer operations only).
+FLATMIN_HD inline double one_to_two(std::uint64_t h) { return from_bits((h >> 12) | 0x3ff0000000000000ull); }
+
+/// cos(2π v) for v in [0, 1): folded to an angle θ in [0, π/4] of a cosine or a sine (Taylor
+/// series to θ¹⁶ / θ¹⁷: truncation below 3e-18), with the sign of the quadrant; every arm is
+/// computed and chosen by `select`.
+FLATMIN_HD inline double cos_two_pi(double v) {
+  const double t = select(v < 0.5, v, v - 1.0);                        // [−½, ½): cos(2πt) = cos(2πv)
+  const double a = select(t < 0, -t, t);                               // |t| in [0, ½]
+  const bool flip = a > 0.25;                                          // cos(2πa) = −cos(2π(½ − a))
+  const double b = select(flip, 0.5 - a, a);                           // [0, ¼]
+  const bool as_sine = b > 0.125;                                      // cos(2πb) = sin(2π(¼ − b))
+  const double th = 6.283185307179586 * select(as_sine, 0.25 - b, b);  // [0, π/4]
+  const double x2 = th * th;
+  // cos: Σ (−1)ⁿ θ²ⁿ/(2n)!, n ≤ 8;  sin: θ Σ (−1)ⁿ θ²ⁿ/(2n+1)!, n ≤ 8 (Horner)
+  double c = 1.0 / 20922789888000.0;  // 1/16!
+  c = c * x2 - 1.0 / 87178291200.0;   // 1/14!
+  c = c * x2 + 1.0 / 479001600.0;     // 1/12!
+  c = c * x2 - 1.0 / 3628800.0;       // 1/10!
+  c = c * x2 + 1.0 / 40320.0;         // 1/8!
+  c = c * x2 - 1.0 / 720.0;           // 1/6!
+  c = c * x2 + 1.0 / 24.0;            // 1/4!
+  c = c * x2 - 0.5;                   // 1/2!
+  c = c * x2 + 1.0;
+  double s = 1.0 / 355687428096000.0;  // 1/17!
+  s = s * x2 - 1.0 / 1307674368000.0;  // 1/15!
+  s = s * x2 + 1.0 / 6227020800.0;     // 1/13!
+  s = s * x2 - 1.0 / 39916800.0;       // 1/11!
+  s = s * x2 + 1.0 / 362880.0;         // 1/9!
+  s = s * x2 - 1.0 / 5040.0;           // 1/7!
+  s = s * x2 + 1.0 / 120.0;            // 1/5!
+  s = s * x2 - 1.0 / 6.0;              // 1/3!
+  s = s * x2 + 1.0;
+  s = s * th;
+  const double r = select(as_sine, s, c);
+  return select(flip, -r, r);
+}
+
+}  // namespace gaussian_detail
+
+/// A standard normal draw from one 64-bit hash word: Box–Muller's √(−2 ln u₁) cos(2π u₂) with
+/// u₁ = 2 − (1 + 52 bits · 2⁻⁵²) in (0, 1] (so |z| ≤ 8.49) and u₂ in [0, 1) from a second word
+/// mixed from the first; the uniforms are built from bits, not converted from integers, so the
+/// host loop vectorises. Deterministic: the same word gives the same bits on every backend.
+FLATMIN_HD inline double standard_normal(std::uint64_t hash) {
+  const double u1 = 2.0 - gaussian_detail::one_to_two(hash);
+  const double u2 = gaussian_detail::one_to_two(mix64(hash ^ 0x6a09e667f3bcc909ull)) - 1.0;
+  return fm_sqrt(-2.0 * gaussian_detail::log_unit(u1)) * gaussian_detail::cos_two_pi(u2);
+}
+
+/// The stream of `counter_hash` random perturbations of step t draw from: apart from the masks'
+/// (step numbers) and the stochastic rounding's (`rounding_stream`, bit 63).
+FLATMIN_HD inline std::uint64_t noise_stream(std::uint64_t step) { return step | (std::uint64_t{1} << 62); }
+
+/// Where a tensor's rows are: its global offset, the length of one row and the index of its
+/// first row in the row-norm buffer.
+struct row_table_entry {
+  std::uint64_t offset;
+  std::uint64_t row_length;
+  std::uint64_t first_row;
+};
+
+/// ‖W_r‖ for every row r, + `tiny` for whole-tensor rows. Each row is summed in double over eight
+/// strands (entry j into strand j mod 8, then the strands pairwise), a fixed order the host
+/// vectorises and every backend repeats.
+template <class T, class W>
+struct row_norm_pass {
+  const W* const* values;  ///< per row's tensor: its weights
+  const std::uint64_t* row_tensor;
+  const row_table_entry* table;
+  const double* tiny;  ///< per tensor: 1e-16 for a one-dimensional tensor, else 0
+  T* norms;
+  FLATMIN_HD void operator()(std::size_t r) const {
+    const std::uint64_t t = row_tensor[r];
+    const row_table_entry e = table[t];
+    const W* w = values[t] + (r - e.first_row) * e.row_length;
+    double a[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    std::uint64_t j = 0;
+    for (; j + 8 <= e.row_length; j += 8)
+      for (int k = 0; k < 8; ++k) {
+        const double x = static_cast<double>(static_cast<T>(w[j + k]));
+        a[k] = a[k] + x * x;
+      }
+    for (; j < e.row_length; ++j) {
+      const double x = static_cast<double>(static_cast<T>(w[j]));
+      a[0] = a[0] + x * x;
+    }
+    const double s = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+    norms[r] = static_cast<T>(fm_sqrt(s) + tiny[t]);
+  }
+};
+
+/// The random term: dir = ‖W_r(i)‖ · z_i (the ascent's scale is σ). Its statistics are not taken
+/// (`normalised == false`); the statistics pass still checks the gradient at w, which the descent
+/// mixes in. The row of entry i is first_row + (i − offset) / row_length for its tensor's entry of
+/// the table: looked up per element (backend::thrust), or once per segment by `for_tensor`
+/// (backend::eigen), with the quotient from a double reciprocal corrected to the exact one.
+template <class T>
+struct gaussian_term {
+  const row_table_entry* table;
+  const T* norms;
+  std::uint64_t seed;
+  std::uint64_t stream;
+  // set by for_tensor: this copy serves one tensor
+  bool resolved = false;
+  std::uint64_t offset = 0, row_length = 1, first_row = 0;
+  double inv_length = 1;
+  static constexpr bool normalised = false;
+
+  FLATMIN_HD gaussian_term for_tensor(std::uint32_t, std::uint32_t tensor) const {
+    gaussian_term r = *this;
+    const row_table_entry e = table[tensor];
+    r.offset = e.offset;
+    r.row_length = e.row_length;
+    r.first_row = e.first_row;
+    r.inv_length = 1.0 / static_cast<double>(e.row_length);
+    r.resolved = true;
+    return r;
+  }
+  FLATMIN_HD T dir(T, T, std::size_t i, std::uint32_t flags, std::uint32_t tensor) const {
+    return resolved ? draw(i) : for_tensor(flags, tensor).draw(i);
+  }
+
+ private:
+  FLATMIN_HD T draw(std::size_t i) const {
+    // x < 2⁵²: x and the rounded quotient go through doubles by their bits (x + 2⁵², exact), which
+    // the host vectorises; the quotient from the reciprocal is off by at most 1, then corrected
+    const std::uint64_t x = i - offset;
+    constexpr std::uint64_t two52 = 0x4330000000000000ull;  // the bits of 2⁵²
+    const double xd = gaussian_detail::from_bits(x | two52) - 4503599627370496.0;
+    std::uint64_t q = gaussian_detail::bits(xd * inv_length + 4503599627370496.0) - two52;
+    q = q * row_length > x ? q - 1 : q;
+    q = (q + 1) * row_length <= x ? q + 1 : q;
+    const T n = norms[first_row + q];
+    return static_cast<T>(static_cast<double>(n) * standard_normal(counter_hash(seed, stream, i)));
+  }
+};
+
+}  // namespace flatmin::kernels
