@@ -14,6 +14,7 @@
 #include <cstring>
 
 #include "../config.hpp"
+#include "../numeric/bits.hpp"
 #include "counter_hash.hpp"
 #include "math.hpp"
 
@@ -21,34 +22,26 @@ namespace flatmin::kernels {
 
 namespace gaussian_detail {
 
-FLATMIN_HD inline std::uint64_t bits(double d) {
-  std::uint64_t u;
-  std::memcpy(&u, &d, sizeof u);
-  return u;
-}
-FLATMIN_HD inline double from_bits(std::uint64_t u) {
-  double d;
-  std::memcpy(&d, &u, sizeof d);
-  return d;
-}
+using numeric::detail::bits_of;
+using numeric::detail::double_of;
 
 /// c ? a : b on the bits: both values computed, no branch for the compiler to turn the
 /// arithmetic of one arm into (it does so for a floating-point select, and then the host loop
 /// does not vectorise: under -ftrapping-math a floating-point operation is not speculated).
 FLATMIN_HD inline double select(bool c, double a, double b) {
   const std::uint64_t m = std::uint64_t{0} - static_cast<std::uint64_t>(c);
-  return from_bits((bits(a) & m) | (bits(b) & ~m));
+  return double_of((bits_of(a) & m) | (bits_of(b) & ~m));
 }
 
 /// ln u for a normal double u in (0, 1]: u = m · 2ᵉ with m in [√½, √2) (exponent and mantissa
 /// taken from the bits), ln m = 2 atanh(s), s = (m − 1)/(m + 1), |s| ≤ 0.1716 (the series to s²¹:
 /// truncation below 1e-18).
 FLATMIN_HD inline double log_unit(double u) {
-  const std::uint64_t b = bits(u);
+  const std::uint64_t b = bits_of(u);
   // m = mantissa in [1, 2), halved (its exponent field one lower) when above √2: integer work
   const std::uint64_t mb = (b & 0x000fffffffffffffull) | 0x3ff0000000000000ull;
   const bool high = mb > 0x3ff6a09e667f3bcdull;  // m > √2 (the double 1.4142135623730951)
-  const double m = from_bits(mb - (static_cast<std::uint64_t>(high) << 52));
+  const double m = double_of(mb - (static_cast<std::uint64_t>(high) << 52));
   const double exponent =
       static_cast<double>(static_cast<int>((b >> 52) & 0x7ffu) - 1023 + static_cast<int>(high));
   const double s = (m - 1.0) / (m + 1.0);
@@ -68,7 +61,7 @@ FLATMIN_HD inline double log_unit(double u) {
 }
 
 /// The 52 high bits of a word as a double in [1, 2) (integer operations only).
-FLATMIN_HD inline double one_to_two(std::uint64_t h) { return from_bits((h >> 12) | 0x3ff0000000000000ull); }
+FLATMIN_HD inline double one_to_two(std::uint64_t h) { return double_of((h >> 12) | 0x3ff0000000000000ull); }
 
 /// cos(2π v) for v in [0, 1): folded to an angle θ in [0, π/4] of a cosine or a sine (Taylor
 /// series to θ¹⁶ / θ¹⁷: truncation below 3e-18), with the sign of the quadrant; every arm is
@@ -196,8 +189,8 @@ struct gaussian_term {
     // the host vectorises; the quotient from the reciprocal is off by at most 1, then corrected
     const std::uint64_t x = i - offset;
     constexpr std::uint64_t two52 = 0x4330000000000000ull;  // the bits of 2⁵²
-    const double xd = gaussian_detail::from_bits(x | two52) - 4503599627370496.0;
-    std::uint64_t q = gaussian_detail::bits(xd * inv_length + 4503599627370496.0) - two52;
+    const double xd = gaussian_detail::double_of(x | two52) - 4503599627370496.0;
+    std::uint64_t q = gaussian_detail::bits_of(xd * inv_length + 4503599627370496.0) - two52;
     q = q * row_length > x ? q - 1 : q;
     q = (q + 1) * row_length <= x ? q + 1 : q;
     const T n = norms[first_row + q];

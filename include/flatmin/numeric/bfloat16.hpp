@@ -24,6 +24,7 @@
 #include <type_traits>
 
 #include "../config.hpp"
+#include "bits.hpp"
 
 // The 16-bit types are read and written through pointers to the user's own 16-bit types
 // (numeric/reinterpret.hpp): exempt them from type-based alias analysis where the compiler can.
@@ -36,22 +37,6 @@
 namespace flatmin {
 
 namespace numeric::detail {
-
-FLATMIN_HD inline std::uint32_t bits_of(float f) {
-  std::uint32_t u;
-  std::memcpy(&u, &f, sizeof u);
-  return u;
-}
-FLATMIN_HD inline float float_of(std::uint32_t u) {
-  float f;
-  std::memcpy(&f, &u, sizeof f);
-  return f;
-}
-FLATMIN_HD inline std::uint64_t bits_of(double d) {
-  std::uint64_t u;
-  std::memcpy(&u, &d, sizeof u);
-  return u;
-}
 
 /// d rounded to float with round to odd (toward zero, the last bit set when inexact): a float
 /// with at least two more significant bits than the 16-bit format at every scale, from which one
