@@ -173,6 +173,8 @@ void compositions() {
   FLATMIN_DIFF("msam-adamw", fm::msam<decltype(b)>(ps, adw, {.rho = 1}));
   // the draws and the row norms (kernels/gaussian.hpp, perturb/gaussian.hpp) on both backends
   FLATMIN_DIFF("rwp-sgd-momentum", fm::rwp<decltype(b)>(ps, momentum, {.sigma = 0.05, .seed = 3}));
+  // the row means of g and the centralised term (perturb::centralized)
+  FLATMIN_DIFF("gcsam-adamw", fm::gcsam<decltype(b)>(ps, adw, {.rho = 0.1}));
 #undef FLATMIN_DIFF
 }
 

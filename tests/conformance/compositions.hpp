@@ -48,6 +48,10 @@ struct config<perturb::l2> {
   static perturb::l2 make() { return {.rho = 0.02}; }
 };
 template <>
+struct config<perturb::centralized<perturb::l2>> {
+  static perturb::centralized<perturb::l2> make() { return {{.rho = 0.02}}; }
+};
+template <>
 struct config<perturb::preconditioned> {
   static perturb::preconditioned make() { return {.rho = 0.02}; }
 };
@@ -350,7 +354,9 @@ using compositions = std::tuple<
     composition<perturb::friendly,       mask::dense, base::sgd>,
     composition<perturb::momentum,       mask::dense, base::adamw, descent::standard, regularize::none, no_clean_gradient_hooks>,
     // issue 16: RWP (a random perturbation, not rescaled; the λ-mix of the two gradients)
-    composition<perturb::gaussian,       mask::dense, base::sgd,   descent::mix,      regularize::none, rule_hooks>
+    composition<perturb::gaussian,       mask::dense, base::sgd,   descent::mix,      regularize::none, rule_hooks>,
+    // issue 16: GCSAM (the ascent's gradient centralised row by row)
+    composition<perturb::centralized<perturb::l2>, mask::dense, base::sgd>
 >;
 // clang-format on
 

@@ -1,5 +1,5 @@
 // The SAM family beyond the seeds (issue 16): the descent rules with state (descent/state.hpp) —
-// GSAM, WSAM (coupled and decoupled), LookSAM — and Friendly-SAM, Momentum-SAM and RWP, each against a float64 re-derivation written here,
+// GSAM, WSAM (coupled and decoupled), LookSAM — and Friendly-SAM, Momentum-SAM, RWP and GCSAM, each against a float64 re-derivation written here,
 // for 1 and 20 steps, on every backend, in both protocols; the gradient evaluations per step
 // counted; their state through a checkpoint; their option structs and official presets.
 #include <doctest/doctest.h>
@@ -12,6 +12,7 @@
 #include <vector>
 
 #include <flatmin/algorithms/friendly_sam.hpp>
+#include <flatmin/algorithms/gcsam.hpp>
 #include <flatmin/algorithms/gsam.hpp>
 #include <flatmin/algorithms/looksam.hpp>
 #include <flatmin/algorithms/msam.hpp>
@@ -623,6 +624,85 @@ TEST_CASE("RWP: options are checked and reach their policies") {
   opt.descent().lambda = std::numeric_limits<double>::quiet_NaN();  // between steps: refused before w moves
   const auto w0 = m.raw_weights();
   CHECK_THROWS_AS(opt.step([] { return 0.0; }), std::invalid_argument);
+  CHECK(bitwise_equal(m.raw_weights(), w0));
+}
+
+/// Gradient centralisation over family_layout's rows by hand: fc.weight {7, 5} row by row (the
+/// mean over every dimension but the first: kozistr/pytorch_optimizer gradient_centralization.py,
+/// `grad.mean(dim=tuple(range(1, size)))`), fc.bias {7} and frozen {3} (one dimension) untouched.
+ref::vec centralise(ref::vec g) {
+  for (std::size_t r = 0; r < 7; ++r) {
+    double m = 0;
+    for (std::size_t j = 0; j < 5; ++j) m += g[5 * r + j];
+    m /= 5;
+    for (std::size_t j = 0; j < 5; ++j) g[5 * r + j] -= m;
+  }
+  return g;
+}
+
+/// The float64 GCSAM step (the paper's ε = ρ GC(g)/‖GC(g)‖, the norm over the perturbed tensors as
+/// perturb::l2; `adaptive`: ASAM's ε from GC(g), perturb::centralized<perturb::adaptive>), then
+/// SAM's descent on g_adv.
+struct gcsam_ref {
+  double rho, xi, eta = 0;
+  bool adaptive = false;
+  double last_norm = 0;
+  template <class Base>
+  void step(ref::vec& w, const ref::opts_vec& o, Base& base, quadratic& q) {
+    const ref::vec gc = centralise(q.grad(w));
+    const ref::vec eps = adaptive ? ref::asam_epsilon(w, gc, o, rho, eta, xi) : ref::sam_epsilon(gc, o, rho, xi);
+    last_norm = ref::norm(eps);
+    base.step(w, q.grad(axpy(w, 1, eps)), o);
+  }
+};
+
+template <class Backend, class T>
+void gcsam_case(int steps, bool closure, std::uint64_t seed) {
+  const flatmin::base::sgd base{.lr = 0.05, .momentum = 0.9, .weight_decay = 1e-3};
+  model<T> m(family_layout, test_space<Backend>);
+  m.set_weights(random_vec(m.numel, seed));
+  const auto q = quadratic::random(m.numel, seed, 0.5, 2.0, 0.3);
+  auto opt = flatmin::gcsam<Backend>(m.params, base, {.rho = 0.1});
+  ref::sgd rb = to_ref(base);
+  gcsam_ref r{0.1, 1e-12};
+  against(
+      m, opt, [&](ref::vec& w, quadratic& qr) { r.step(w, m.opts, rb, qr); }, q, steps, closure,
+      [](std::size_t) { return 2u; }, std::is_same_v<T, float> ? 2e-5 : 1e-11);
+  CHECK(opt.last_report().perturbation_norm == doctest::Approx(r.last_norm).epsilon(1e-5));
+}
+
+TEST_CASE_TEMPLATE("GCSAM: 1 and 20 steps against the float64 re-derivation (rows of the first dimension "
+                   "centralised, biases not), two objective calls per step", Backend, FLATMIN_TEST_BACKENDS) {
+  gcsam_case<Backend, double>(1, true, 1751);
+  gcsam_case<Backend, float>(1, false, 1752);
+  gcsam_case<Backend, double>(20, false, 1753);
+  gcsam_case<Backend, float>(20, true, 1754);
+}
+
+TEST_CASE_TEMPLATE("GCSAM: centralized<adaptive> (an ASAM ε from GC(g)) against float64; the checkpoint "
+                   "identity names the inner perturbation", Backend, FLATMIN_TEST_BACKENDS) {
+  using T = double;
+  using namespace flatmin;
+  const base::sgd base{.lr = 0.05, .momentum = 0.9};
+  model<T> m(family_layout, test_space<Backend>);
+  m.set_weights(random_vec(m.numel, 1761));
+  const auto q = quadratic::random(m.numel, 1761, 0.5, 2.0, 0.3);
+  using opt_t = sharpness_aware<T, Backend, perturb::centralized<perturb::adaptive>, mask::dense, base::sgd>;
+  opt_t opt(m.params, {.base = base, .perturb = {{.rho = 0.3, .eta = 0.01}}});
+  ref::sgd rb = to_ref(base);
+  gcsam_ref r{0.3, 1e-12, 0.01, true};
+  against(
+      m, opt, [&](ref::vec& w, quadratic& qr) { r.step(w, m.opts, rb, qr); }, q, 6, true,
+      [](std::size_t) { return 2u; }, 1e-11);
+  std::stringstream ck;
+  opt.save(ck);
+  const std::string blob = ck.str();
+  CHECK(blob.find("centralized<adaptive>") != std::string::npos);
+  // a plain ASAM optimizer refuses it (another composition), and leaves its weights
+  auto asam = flatmin::asam<Backend>(m.params, base, {.rho = 0.3, .eta = 0.01});
+  const auto w0 = m.raw_weights();
+  std::istringstream in(blob);
+  CHECK_THROWS(asam.load(in));
   CHECK(bitwise_equal(m.raw_weights(), w0));
 }
 

@@ -13,10 +13,12 @@
 #include <cstdint>
 #include <cstring>
 
+#include "../backend/layout.hpp"
 #include "../config.hpp"
 #include "../numeric/bits.hpp"
 #include "counter_hash.hpp"
 #include "math.hpp"
+#include "rows.hpp"
 
 namespace flatmin::kernels {
 
@@ -114,68 +116,44 @@ FLATMIN_HD inline double standard_normal(std::uint64_t hash) {
 /// (step numbers) and the stochastic rounding's (`rounding_stream`, bit 63).
 FLATMIN_HD inline std::uint64_t noise_stream(std::uint64_t step) { return step | (std::uint64_t{1} << 62); }
 
-/// Where a tensor's rows are: its global offset, the length of one row and the index of its
-/// first row in the row-norm buffer.
-struct row_table_entry {
-  std::uint64_t offset;
-  std::uint64_t row_length;
-  std::uint64_t first_row;
-};
-
-/// ‖W_r‖ for every row r, + `tiny` for whole-tensor rows. Each row is summed in double over eight
-/// strands (entry j into strand j mod 8, then the strands pairwise), a fixed order the host
-/// vectorises and every backend repeats.
-template <class T, class W>
+/// ‖W_r‖ for every row r (kernels/rows.hpp), + 1e-16 for a whole-tensor row (a tensor of one
+/// dimension, as the official RWP code), in double over row_sum's strands. `tensors`: the layout's
+/// table (weights per tensor).
+template <class T, class W, class G>
 struct row_norm_pass {
-  const W* const* values;  ///< per row's tensor: its weights
+  const backend::tensor_rec<W, G>* tensors;
   const std::uint64_t* row_tensor;
   const row_table_entry* table;
-  const double* tiny;  ///< per tensor: 1e-16 for a one-dimensional tensor, else 0
   T* norms;
   FLATMIN_HD void operator()(std::size_t r) const {
     const std::uint64_t t = row_tensor[r];
     const row_table_entry e = table[t];
-    const W* w = values[t] + (r - e.first_row) * e.row_length;
-    double a[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    std::uint64_t j = 0;
-    for (; j + 8 <= e.row_length; j += 8)
-      for (int k = 0; k < 8; ++k) {
-        const double x = static_cast<double>(static_cast<T>(w[j + k]));
-        a[k] = a[k] + x * x;
-      }
-    for (; j < e.row_length; ++j) {
+    const W* w = tensors[t].w + (r - e.first_row) * e.row_length;
+    const double s = row_sum(e.row_length, [&](std::uint64_t j) {
       const double x = static_cast<double>(static_cast<T>(w[j]));
-      a[0] = a[0] + x * x;
-    }
-    const double s = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
-    norms[r] = static_cast<T>(fm_sqrt(s) + tiny[t]);
+      return x * x;
+    });
+    norms[r] = static_cast<T>(fm_sqrt(s) + (e.row_length == tensors[t].size ? 1e-16 : 0.0));
   }
 };
 
 /// The random term: dir = ‖W_r(i)‖ · z_i (the ascent's scale is σ). Its statistics are not taken
 /// (`normalised == false`); the statistics pass still checks the gradient at w, which the descent
-/// mixes in. The row of entry i is first_row + (i − offset) / row_length for its tensor's entry of
-/// the table: looked up per element (backend::thrust), or once per segment by `for_tensor`
-/// (backend::eigen), with the quotient from a double reciprocal corrected to the exact one.
+/// mixes in. The row of entry i is looked up per element (backend::thrust) or its tensor's entry
+/// resolved once per segment by `for_tensor` (backend::eigen).
 template <class T>
 struct gaussian_term {
   const row_table_entry* table;
   const T* norms;
   std::uint64_t seed;
   std::uint64_t stream;
-  // set by for_tensor: this copy serves one tensor
-  bool resolved = false;
-  std::uint64_t offset = 0, row_length = 1, first_row = 0;
-  double inv_length = 1;
+  bool resolved = false;  ///< set by for_tensor: this copy serves one tensor, `at`
+  row_locator at{};
   static constexpr bool normalised = false;
 
   FLATMIN_HD gaussian_term for_tensor(std::uint32_t, std::uint32_t tensor) const {
     gaussian_term r = *this;
-    const row_table_entry e = table[tensor];
-    r.offset = e.offset;
-    r.row_length = e.row_length;
-    r.first_row = e.first_row;
-    r.inv_length = 1.0 / static_cast<double>(e.row_length);
+    r.at = row_locator::of(table[tensor]);
     r.resolved = true;
     return r;
   }
@@ -185,15 +163,7 @@ struct gaussian_term {
 
  private:
   FLATMIN_HD T draw(std::size_t i) const {
-    // x < 2⁵²: x and the rounded quotient go through doubles by their bits (x + 2⁵², exact), which
-    // the host vectorises; the quotient from the reciprocal is off by at most 1, then corrected
-    const std::uint64_t x = i - offset;
-    constexpr std::uint64_t two52 = 0x4330000000000000ull;  // the bits of 2⁵²
-    const double xd = gaussian_detail::double_of(x | two52) - 4503599627370496.0;
-    std::uint64_t q = gaussian_detail::bits_of(xd * inv_length + 4503599627370496.0) - two52;
-    q = q * row_length > x ? q - 1 : q;
-    q = (q + 1) * row_length <= x ? q + 1 : q;
-    const T n = norms[first_row + q];
+    const T n = norms[at.row(i)];
     return static_cast<T>(static_cast<double>(n) * standard_normal(counter_hash(seed, stream, i)));
   }
 };

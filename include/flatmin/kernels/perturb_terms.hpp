@@ -33,4 +33,22 @@ struct adaptive_term {
   }
 };
 
+/// term.norm / term.dir of entry i of tensor `tensor`: with the tensor index when the term takes
+/// it (a term that looks up per-tensor data: perturb::gaussian's, perturb::centralized's), else by
+/// global index and flags.
+template <class Term, class T>
+FLATMIN_HD T call_norm(const Term& term, T w, T g, std::size_t i, std::uint32_t flags, std::uint32_t tensor) {
+  if constexpr (requires { term.norm(w, g, i, flags, tensor); })
+    return term.norm(w, g, i, flags, tensor);
+  else
+    return term.norm(w, g, i, flags);
+}
+template <class Term, class T>
+FLATMIN_HD T call_dir(const Term& term, T w, T g, std::size_t i, std::uint32_t flags, std::uint32_t tensor) {
+  if constexpr (requires { term.dir(w, g, i, flags, tensor); })
+    return term.dir(w, g, i, flags, tensor);
+  else
+    return term.dir(w, g, i, flags);
+}
+
 }  // namespace flatmin::kernels

@@ -8,6 +8,7 @@
 
 #include "../backend/layout.hpp"
 #include "math.hpp"
+#include "perturb_terms.hpp"
 #include "weight_store.hpp"
 
 namespace flatmin::kernels {
@@ -34,14 +35,14 @@ struct check_pass {
   }
 };
 
-/// term.dir for entry e: with the entry's tensor index when the term takes it (a term that looks
-/// up per-tensor data, perturb::gaussian's), else by global index and flags.
+/// term.dir / term.norm for entry e (perturb_terms.hpp's call_dir / call_norm, with its tensor).
 template <class Term, class T, class W, class G>
 FLATMIN_HD T term_dir(const Term& term, T w, T g, const elem<W, G>& e) {
-  if constexpr (requires { term.dir(w, g, e.i, e.flags, e.tensor); })
-    return term.dir(w, g, e.i, e.flags, e.tensor);
-  else
-    return term.dir(w, g, e.i, e.flags);
+  return call_dir(term, w, g, e.i, e.flags, e.tensor);
+}
+template <class Term, class T, class W, class G>
+FLATMIN_HD T term_norm(const Term& term, T w, T g, const elem<W, G>& e) {
+  return call_norm(term, w, g, e.i, e.flags, e.tensor);
 }
 
 /// Reduction over g (scaled by 1/grad_scale): Σg², Σ(norm term)² over the norm's support,
@@ -79,11 +80,11 @@ struct stats_pass {
       if (e.flags & tensor_flags::perturb) {
         const bool in = mask(e.i, e.flags);
         if (in || !norm_over_mask) {
-          const double n = term.norm(static_cast<T>(e.w), g, e.i, e.flags);
+          const double n = term_norm(term, static_cast<T>(e.w), g, e);
           s.n2 = n * n;
         }
         if (in) {
-          const double d = term.dir(static_cast<T>(e.w), g, e.i, e.flags);
+          const double d = term_dir(term, static_cast<T>(e.w), g, e);
           s.d2 = d * d;
           s.kept = 1.0;
         }

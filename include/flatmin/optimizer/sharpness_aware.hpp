@@ -102,9 +102,9 @@ class sharpness_aware {
                 "flatmin::sharpness_aware: this perturbation (perturb::momentum, Momentum-SAM) takes no "
                 "gradient at w, so it composes with mask::dense, descent::standard and regularize::none "
                 "only");
-  static_assert(!perturbation_has_fixed_scale<Perturb> || std::is_same_v<Mask, mask::dense>,
-                "flatmin::sharpness_aware: a perturbation added as drawn (perturb::gaussian, RWP) composes "
-                "with mask::dense only");
+  static_assert(!requires { requires Perturb::dense_mask_only; } || std::is_same_v<Mask, mask::dense>,
+                "flatmin::sharpness_aware: this perturbation looks each entry's row up (perturb::gaussian, "
+                "RWP; perturb::centralized, GCSAM) and composes with mask::dense only");
 
  public:
   using precision_type = detail::precision_of_t<Precision>;
@@ -184,6 +184,8 @@ class sharpness_aware {
         return report_;
       }
       mask_state_.begin_step(mask_, steps_ + 1);
+      if constexpr (requires { perturb_state_.before_statistics(perturb_, layout_, inv); })
+        perturb_state_.before_statistics(perturb_, layout_, inv);  // perturb::centralized's row means
       kernels::grad_stats s = stats(inv);
       const bool bad_example = mask_nonfinite_examples();
       if (s.bad > 0 || !std::isfinite(s.n2) || !std::isfinite(s.g2) || (args.found_inf && *args.found_inf) ||

@@ -34,6 +34,7 @@
 #include "../concepts/roles.hpp"
 #include "../config.hpp"
 #include "../kernels/gaussian.hpp"
+#include "rows.hpp"
 
 namespace flatmin::perturb {
 
@@ -43,7 +44,8 @@ struct gaussian {
   std::uint64_t seed = 0;  ///< the draws' seed (kernels::counter_hash)
 
   static constexpr bool perturbs = true;
-  static constexpr bool normalised = false;  ///< ε is added as drawn (no radius ρ)
+  static constexpr bool normalised = false;      ///< ε is added as drawn (no radius ρ)
+  static constexpr bool dense_mask_only = true;  ///< the ascent's element path looks the row up
 
   template <class T = double>
   void validate() const {
@@ -56,65 +58,33 @@ struct gaussian {
   template <class T, class Backend>
   class state {
    public:
-    state(const gaussian&, const backend::layout<T, Backend>& l) {
-      using W = typename backend::layout<T, Backend>::weight_type;
-      const auto& rec = l.host_tensors();
-      const auto& lens = l.host_row_lengths();
-      std::vector<kernels::row_table_entry> table;
-      std::vector<std::uint64_t> row_tensor;
-      std::vector<const W*> values;
-      std::vector<double> tiny;
-      std::uint64_t rows = 0;
-      for (std::size_t t = 0; t < rec.size(); ++t) {
-        const std::uint64_t len = lens[t] > 0 ? lens[t] : 1;
-        table.push_back({rec[t].offset, len, rows});
-        values.push_back(rec[t].w);
-        tiny.push_back(len == rec[t].size ? 1e-16 : 0.0);
-        const std::uint64_t n = rec[t].size / len;
-        row_tensor.insert(row_tensor.end(), n, t);
-        rows += n;
-      }
-      row_weight_.resize(rows);  // len_r on a perturbed tensor's rows, 0 elsewhere
-      for (std::uint64_t r = 0; r < rows; ++r)
-        row_weight_[r] = (rec[row_tensor[r]].flags & tensor_flags::perturb)
-                             ? static_cast<double>(table[row_tensor[r]].row_length)
-                             : 0.0;
-      rows_ = rows;
-      table_ = Backend::from_host(table);
-      row_tensor_ = Backend::from_host(row_tensor);
-      values_ = Backend::from_host(values);
-      tiny_ = Backend::from_host(tiny);
-      norms_ = Backend::template make_vector<T>(rows);
-    }
+    state(const gaussian&, const backend::layout<T, Backend>& l)
+        : rows_(l), norms_(Backend::template make_vector<T>(rows_.rows())) {}
 
     template <class BaseState>
     kernels::gaussian_term<T> term(const gaussian& o, const BaseState&, std::size_t steps_done) const {
-      return {Backend::data(table_), Backend::data(norms_), o.seed, kernels::noise_stream(steps_done + 1)};
+      return {rows_.table(), Backend::data(norms_), o.seed, kernels::noise_stream(steps_done + 1)};
     }
 
     /// The row norms of w (the weights the ascent perturbs), and the expected ‖ε‖.
-    void on_ascent(const gaussian& o, const backend::layout<T, Backend>&, const ascent_stats&, T) {
-      using W = typename backend::layout<T, Backend>::weight_type;
-      Backend::for_each_index(rows_, kernels::row_norm_pass<T, W>{
-                                         Backend::data(values_), Backend::data(row_tensor_),
-                                         Backend::data(table_), Backend::data(tiny_), Backend::data(norms_)});
+    void on_ascent(const gaussian& o, const backend::layout<T, Backend>& l, const ascent_stats&, T) {
+      using L = backend::layout<T, Backend>;
+      Backend::for_each_index(rows_.rows(),
+                              kernels::row_norm_pass<T, typename L::weight_type, typename L::grad_type>{
+                                  l.tensors(), rows_.row_tensor(), rows_.table(), Backend::data(norms_)});
       const std::vector<T> n = Backend::to_host(norms_);
+      const std::vector<double>& len = rows_.perturbed_lengths();
       double e2 = 0;  // over the perturbed tensors' rows, in row order
-      for (std::uint64_t r = 0; r < rows_; ++r)
-        e2 += row_weight_[r] * static_cast<double>(n[r]) * static_cast<double>(n[r]);
+      for (std::uint64_t r = 0; r < rows_.rows(); ++r)
+        e2 += len[r] * static_cast<double>(n[r]) * static_cast<double>(n[r]);
       expected_norm_ = o.sigma * std::sqrt(e2);
     }
     /// σ·√(Σ_r len_r ‖W_r‖²) over the perturbed tensors at the last ascent.
     double perturbation_norm() const { return expected_norm_; }
-    std::size_t bytes() const { return rows_ * sizeof(T); }
+    std::size_t bytes() const { return rows_.rows() * sizeof(T); }
 
    private:
-    std::uint64_t rows_ = 0;
-    std::vector<double> row_weight_;
-    typename Backend::template vector<kernels::row_table_entry> table_;
-    typename Backend::template vector<std::uint64_t> row_tensor_;
-    typename Backend::template vector<const typename backend::layout<T, Backend>::weight_type*> values_;
-    typename Backend::template vector<double> tiny_;
+    row_table<T, Backend> rows_;
     typename Backend::template vector<T> norms_;
     double expected_norm_ = 0;
   };

@@ -72,12 +72,13 @@ struct segment_form<kernels::ascend_pass<T, kernels::gaussian_term<T>, Mask, T, 
     const T scale = p.scale;
     const std::uint64_t seed = term.seed, stream = term.stream, index = v.index;
     std::uint32_t j = 0;
+    const kernels::row_locator& at = term.at;
     while (j < v.len) {
-      const std::uint64_t x = index + j - term.offset;  // the entry's place in its tensor
-      const std::uint64_t row = x / term.row_length;
-      const std::uint64_t left = (row + 1) * term.row_length - x;  // entries of this row from j on
+      const std::uint64_t x = index + j - at.offset;  // the entry's place in its tensor
+      const std::uint64_t row = x / at.row_length;
+      const std::uint64_t left = (row + 1) * at.row_length - x;  // entries of this row from j on
       const std::uint32_t stop = left < v.len - j ? j + static_cast<std::uint32_t>(left) : v.len;
-      const double n = static_cast<double>(term.norms[term.first_row + row]);
+      const double n = static_cast<double>(term.norms[at.first_row + row]);
       for (; j < stop; ++j) {
         const T w0 = w[j];
         sv[j] = w0;
