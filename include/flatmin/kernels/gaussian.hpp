@@ -137,6 +137,18 @@ struct row_norm_pass {
   }
 };
 
+/// len_r ‖W_r‖² of row r (len_r 0 on a tensor that is not perturbed): summed by reduce_index into
+/// the expected ‖ε‖² / σ² (perturb::gaussian's report), in the backend's memory.
+template <class T>
+struct row_energy {
+  const double* length;
+  const T* norms;
+  FLATMIN_HD double operator()(std::size_t r) const {
+    const double n = static_cast<double>(norms[r]);
+    return length[r] * n * n;
+  }
+};
+
 /// The random term: dir = ‖W_r(i)‖ · z_i (the ascent's scale is σ). Its statistics are not taken
 /// (`normalised == false`); the statistics pass still checks the gradient at w, which the descent
 /// mixes in. The row of entry i is looked up per element (backend::thrust) or its tensor's entry

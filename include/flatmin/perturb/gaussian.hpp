@@ -72,11 +72,9 @@ struct gaussian {
       Backend::for_each_index(rows_.rows(),
                               kernels::row_norm_pass<T, typename L::weight_type, typename L::grad_type>{
                                   l.tensors(), rows_.row_tensor(), rows_.table(), Backend::data(norms_)});
-      const std::vector<T> n = Backend::to_host(norms_);
-      const std::vector<double>& len = rows_.perturbed_lengths();
-      double e2 = 0;  // over the perturbed tensors' rows, in row order
-      for (std::uint64_t r = 0; r < rows_.rows(); ++r)
-        e2 += len[r] * static_cast<double>(n[r]) * static_cast<double>(n[r]);
+      // on the backend, in its fixed order: no copy of the norms to the host inside the step
+      const double e2 = Backend::template reduce_index<double>(
+          rows_.rows(), kernels::row_energy<T>{rows_.perturbed_lengths(), Backend::data(norms_)});
       expected_norm_ = o.sigma * std::sqrt(e2);
     }
     /// σ·√(Σ_r len_r ‖W_r‖²) over the perturbed tensors at the last ascent.

@@ -32,20 +32,22 @@ class row_table {
     }
     table_ = Backend::from_host(table);
     row_tensor_ = Backend::from_host(row_tensor);
+    device_perturbed_length_ = Backend::from_host(perturbed_length_);
   }
 
   std::uint64_t rows() const { return rows_; }
   /// Per tensor, its entry; per row, its tensor (in the backend's memory).
   const kernels::row_table_entry* table() const { return Backend::data(table_); }
   const std::uint64_t* row_tensor() const { return Backend::data(row_tensor_); }
-  /// Per row, its length on a perturbed tensor, 0 on another (host).
-  const std::vector<double>& perturbed_lengths() const { return perturbed_length_; }
+  /// Per row, its length on a perturbed tensor, 0 on another (in the backend's memory).
+  const double* perturbed_lengths() const { return Backend::data(device_perturbed_length_); }
 
  private:
   std::uint64_t rows_ = 0;
   std::vector<double> perturbed_length_;
   typename Backend::template vector<kernels::row_table_entry> table_;
   typename Backend::template vector<std::uint64_t> row_tensor_;
+  typename Backend::template vector<double> device_perturbed_length_;
 };
 
 }  // namespace flatmin::perturb
