@@ -9,6 +9,9 @@
 //     (b) master     2 + (w16 2, master 4, g 2; w16 2, saved 2) 12 + 2
 //                      + (master 4, g 2, buf 4; master 4, w16 2, buf 4) 20                 = 36 B
 //   SAM + AdamW step: (c) 52 B · (a) 2 + 14 + 2 + 26 = 44 B · (b) 2 + 12 + 2 + 28 = 44 B
+//     (d) bf16 weights and gradients in place (mode 1), no master copy: 2 + (w 2, g 2; w 2,
+//         saved 2) 8 + 2 + (saved 2, g 2, m 4, v 4; w 2, m 4, v 4) 22 = 34 B
+// fp16 rows (`g_fp16`) have the bf16 rows' bytes; their conversions are more work.
 // No timing is asserted anywhere; bench/RESULTS.md records measured runs.
 #include "common.hpp"
 
@@ -17,6 +20,7 @@ namespace {
 using namespace flatmin_bench;
 using be = flatmin::backend::eigen;
 using bf16 = flatmin::bfloat16;
+using fp16 = flatmin::half;
 
 /// The shared float problem's values, stored as W and G (a model held in those types).
 template <class W, class G>
@@ -81,6 +85,7 @@ const bool registered = [] {
   const std::vector<std::int64_t> one = {1};
   grid(benchmark::RegisterBenchmark("check_pass/g_fp32", check_pass<float>), one);
   grid(benchmark::RegisterBenchmark("check_pass/g_bf16", check_pass<bf16>), one);
+  grid(benchmark::RegisterBenchmark("check_pass/g_fp16", check_pass<fp16>), one);
   grid(benchmark::RegisterBenchmark("sam_sgd/fp32", [](benchmark::State& st) {
          sam_step<flatmin::precision<float>>(st, sgd, false, 44.0);
        }), one);
@@ -98,6 +103,12 @@ const bool registered = [] {
        }), one);
   grid(benchmark::RegisterBenchmark("sam_adamw/w_bf16_master", [](benchmark::State& st) {
          sam_step<flatmin::precision<bf16>>(st, adamw, true, 44.0);
+       }), one);
+  grid(benchmark::RegisterBenchmark("sam_adamw/w_bf16", [](benchmark::State& st) {
+         sam_step<flatmin::precision<bf16>>(st, adamw, false, 34.0);
+       }), one);
+  grid(benchmark::RegisterBenchmark("sam_adamw/g_fp16", [](benchmark::State& st) {
+         sam_step<flatmin::precision<float, fp16>>(st, adamw, false, 44.0);
        }), one);
   return true;
 }();

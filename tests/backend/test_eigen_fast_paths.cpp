@@ -327,7 +327,7 @@ TEST_CASE("eigen: SAM statistics under an element bit mask: eight bits at a time
   for (bool over_mask : {false, true}) {
     CAPTURE(over_mask);
     const flatmin::kernels::stats_pass<float, flatmin::kernels::l2_term<float>, bits_view> pass{{}, view, inv, over_mask};
-    static_assert(flatmin::backend::host::has_group_form<decltype(pass), grad_stats, float, be::reduction_group> &&
+    static_assert(flatmin::backend::host::has_group_form<decltype(pass), grad_stats, float, float, be::reduction_group> &&
                   !decltype(pass)::gradient_only);
     // float64 reference: Σg² over all, Σd² and count over the masked perturbed entries, Σn² over
     // the perturbed entries (or the masked ones with over_mask)

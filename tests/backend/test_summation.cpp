@@ -230,7 +230,7 @@ TEST_CASE("host fast forms: SAM statistics under a bit mask of blocks fall back 
   for (bool over_mask : {false, true}) {
     CAPTURE(over_mask);
     using pass_t = flatmin::kernels::stats_pass<float, flatmin::kernels::l2_term<float>, md::bit_view<float>>;
-    static_assert(fb::host::has_group_form<pass_t, grad_stats, float, be::reduction_group>);
+    static_assert(fb::host::has_group_form<pass_t, grad_stats, float, float, be::reduction_group>);
     const pass_t pass{{}, view, inv, over_mask};
     const grad_stats got = be::reduce<grad_stats>(l.full(), pass);
     const grad_stats want = be::reduce<grad_stats>(l.full(), element_only<pass_t>{pass});

@@ -143,7 +143,7 @@ struct eigen {
     R* out = partial.data();
     // a hot pass runs each group or segment on the process's instruction set (host/isa_clones.hpp)
     const host::isa which = host::dispatched<F, W, G> ? host::active_isa() : host::isa::baseline;
-    if constexpr (std::is_same_v<W, G> && host::has_group_form<F, R, W, reduction_group>) {
+    if constexpr (host::has_group_form<F, R, W, G, reduction_group>) {
       const std::ptrdiff_t ngroups = (nseg + reduction_group - 1) / reduction_group;
 #if defined(_OPENMP)
 #pragma omp parallel for schedule(static) if (r.elements >= parallel_threshold)
@@ -397,10 +397,12 @@ struct eigen {
     const F f = for_tensor(fn, t.flags, s.tensor);
     W* FLATMIN_RESTRICT w = t.w + s.local;
     G* FLATMIN_RESTRICT g = t.g + s.local;
-    const std::uint32_t flags = t.flags;
-    const std::uint32_t len = s.len;
-    for (std::uint32_t j = 0; j < len; ++j)
-      f(elem<W, G>{w[j], g[j], s.index + j, s.slot + j, s.tensor, flags});
+    // the segment's fields as locals too: a store through a 16-bit weight type (which may alias
+    // anything, numeric/bfloat16.hpp) would otherwise make the loop reload them at every entry,
+    // which keeps it from vectorising
+    const std::uint32_t flags = t.flags, len = s.len, tensor = s.tensor;
+    const std::uint64_t index = s.index, slot = s.slot;
+    for (std::uint32_t j = 0; j < len; ++j) f(elem<W, G>{w[j], g[j], index + j, slot + j, tensor, flags});
   }
 
   template <class R, class W, class G, class F>

@@ -24,8 +24,15 @@ struct adam_update {
   /// Per-tensor (lr, weight decay) multipliers by the slot in `flags` (backend/layout.hpp's
   /// scales()); null when every tensor has (1, 1). Set by the optimizer after prepare().
   const T* scales = nullptr;
-  /// True in the copy `for_tensor` makes: lr, step_size and weight_decay are that tensor's.
+  /// True in the copy `for_tensor` makes: lr, step_size and weight_decay are that tensor's, and
+  /// so are the two coefficients below.
   bool resolved = false;
+  /// The decay's coefficients, set by `for_tensor`: λ in the gradient (Adam) or 0, and the
+  /// shrink factor 1 − lr λ (AdamW) or 1. Chosen there, once per tensor: a choice between two
+  /// floating-point values inside the element loop is control flow GCC may sink into the loop
+  /// (it did with 16-bit weights), which keeps the loop from vectorising.
+  T coupled = T(0);
+  T shrink = T(1);
 
   /// This update for the elements of one tensor (backend/layout.hpp's `for_tensor`): lr,
   /// step_size and weight_decay multiplied by the tensor's multipliers, and weight_decay 0 when
@@ -42,6 +49,8 @@ struct adam_update {
       lambda = weight_decay * s[1];
     }
     r.weight_decay = (flags & tensor_flags::weight_decay) != 0 ? lambda : T(0);
+    r.coupled = decoupled ? T(0) : r.weight_decay;
+    r.shrink = decoupled ? T(1) - r.lr * r.weight_decay : T(1);
     r.scales = nullptr;
     r.resolved = true;
     return r;
@@ -58,10 +67,9 @@ struct adam_update {
 
  private:
   // Weight decay by coefficients (0 and 1 leave a finite value unchanged) rather than branches,
-  // so that the host loop runs the same arithmetic for every element and vectorises.
+  // so that the host loop runs the same arithmetic for every element and vectorises. Only on a
+  // copy `for_tensor` made (the coefficients are its).
   FLATMIN_HD void apply(T& w, T g, std::size_t i) const {
-    const T coupled = decoupled ? T(0) : weight_decay;
-    const T shrink = decoupled ? T(1) - lr * weight_decay : T(1);
     g = g + coupled * w;
     w = w * shrink;
     const T mi = beta1 * m[i] + (T(1) - beta1) * g;

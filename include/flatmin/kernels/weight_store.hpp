@@ -46,6 +46,7 @@ FLATMIN_HD inline std::uint64_t rounding_stream(std::uint64_t step) {
 template <class W, class T>
 struct nearest_store {
   static constexpr bool master = false;
+  static constexpr bool stochastic = false;
   template <class G>
   FLATMIN_HD T read(const backend::elem<W, G>& e) const {
     return static_cast<T>(e.w);
@@ -59,6 +60,7 @@ struct nearest_store {
 template <class W, class T>
 struct stochastic_store {
   static constexpr bool master = false;
+  static constexpr bool stochastic = true;
   std::uint64_t seed;
   std::uint64_t stream;  ///< rounding_stream(step)
   template <class G>
@@ -74,6 +76,7 @@ struct stochastic_store {
 template <class W, class T>
 struct master_store {
   static constexpr bool master = true;
+  static constexpr bool stochastic = false;
   T* copy;  ///< the master weights, global index
   template <class G>
   FLATMIN_HD T read(const backend::elem<W, G>& e) const {

@@ -1,10 +1,13 @@
 #pragma once
 /// @file isa_clones.hpp
 /// backend::eigen's hot passes (the statistics and finiteness reductions, the ascent, the restore
-/// and the fused descent of kernels/sam_passes.hpp, over weights and gradients of one type, float
-/// or double) compiled three times in the same header-only build, for the baseline, AVX2 and
-/// AVX-512 (F, BW, VL), and run on the instruction set `active_isa()` names (isa.hpp): a plain -O2
-/// build gets the wide kernels without -march.
+/// and the fused descent of kernels/sam_passes.hpp, over weights and gradients of float, double,
+/// bfloat16 or half, written to nearest or through master weights) compiled three times in the
+/// same header-only build, for the baseline, AVX2 and AVX-512 (F, BW, VL), and run on the
+/// instruction set `active_isa()` names (isa.hpp): a plain -O2 build gets the wide kernels without
+/// -march. The 16-bit conversions are integer code without branches (numeric/), which vectorises
+/// in every clone and gives the same bits; the baseline's SSE2 has no 16-to-32-bit widening or
+/// unsigned narrowing, so 16-bit passes gain the most from the wider clones.
 ///
 /// Each clone is a function template with a `target` attribute and `flatten`, so that everything
 /// it calls (the segment loop, the pass's functor and its policies' pieces) is inlined into it and
@@ -28,6 +31,8 @@
 #include <type_traits>
 
 #include "../../kernels/sam_passes.hpp"
+#include "../../numeric/bfloat16.hpp"
+#include "../../numeric/half.hpp"
 #include "isa.hpp"
 
 #if FLATMIN_ISA_DISPATCH
@@ -54,19 +59,23 @@ template <class T>
 inline constexpr bool hot_pass<kernels::check_pass<T>> = true;
 template <class T, class Term, class Mask>
 inline constexpr bool hot_pass<kernels::stats_pass<T, Term, Mask>> = true;
-template <class T, class Term, class Mask, class W>
-inline constexpr bool hot_pass<kernels::ascend_pass<T, Term, Mask, W>> = true;
+template <class T, class Term, class Mask, class W, class Store>
+inline constexpr bool hot_pass<kernels::ascend_pass<T, Term, Mask, W, Store>> = !Store::stochastic;
 template <class T, class Mask>
 inline constexpr bool hot_pass<kernels::restore_pass<T, Mask>> = true;
-template <class T, class Mask, class Adjust, class Base, int Restore, class W>
-inline constexpr bool hot_pass<kernels::descend_pass<T, Mask, Adjust, Base, Restore, W>> = true;
+template <class T, class Mask, class Adjust, class Base, int Restore, class W, class Store>
+inline constexpr bool hot_pass<kernels::descend_pass<T, Mask, Adjust, Base, Restore, W, Store>> =
+    !Store::stochastic;  // stochastic rounding draws and compares per entry: it stays scalar
 
-/// Whether backend::eigen runs pass F over weights W and gradients G by the clones: a hot pass over
-/// one type, float or double (the conditions of the host fast forms).
+/// The element types the clones are compiled for.
+template <class T>
+inline constexpr bool cloned_type = std::is_same_v<T, float> || std::is_same_v<T, double> ||
+                                    std::is_same_v<T, bfloat16> || std::is_same_v<T, half>;
+
+/// Whether backend::eigen runs pass F over weights W and gradients G by the clones.
 template <class F, class W, class G>
-inline constexpr bool dispatched = FLATMIN_ISA_DISPATCH && std::is_same_v<W, G> &&
-                                   (std::is_same_v<W, float> || std::is_same_v<W, double>) &&
-                                   hot_pass<std::remove_cvref_t<F>>;
+inline constexpr bool dispatched =
+    FLATMIN_ISA_DISPATCH&& cloned_type<W>&& cloned_type<G>&& hot_pass<std::remove_cvref_t<F>>;
 
 #if FLATMIN_ISA_DISPATCH
 template <class Body>

@@ -2,8 +2,10 @@
 /// @file reduce_forms.hpp
 /// backend::eigen's group forms of the statistics reductions (kernels/sam_passes.hpp): the sums of
 /// a group of M segments read side by side and vectorised, in the order of summation.hpp, so that
-/// each segment's result is bitwise equal to the element path's (backend::thrust's). A pass
-/// without a form here is summed element by element.
+/// each segment's result is bitwise equal to the element path's (backend::thrust's). The forms
+/// read the gradients (and the optimizer's buffers), never the weights, so they serve any weight
+/// and gradient types (a 16-bit gradient is converted to the compute type T as the element path
+/// does). A pass without a form here is summed element by element.
 
 #include <cstdint>
 #include <type_traits>
@@ -19,9 +21,10 @@ namespace flatmin::backend::host {
 template <class F>
 struct group_form {};
 
-/// Whether pass F has a group form with results R (what backend::eigen::reduce asks).
-template <class F, class R, class T, std::uint32_t M>
-concept has_group_form = requires(const F& f, const segment_view<T> (&v)[M], R (&out)[M]) {
+/// Whether pass F has a group form with results R over segments of weights W and gradients G
+/// (what backend::eigen::reduce asks).
+template <class F, class R, class W, class G, std::uint32_t M>
+concept has_group_form = requires(const F& f, const segment_view<W, G> (&v)[M], R (&out)[M]) {
   group_form<std::remove_cvref_t<F>>::run(f, v, out);
 };
 
@@ -29,10 +32,10 @@ concept has_group_form = requires(const F& f, const segment_view<T> (&v)[M], R (
 /// only then are the entries counted.
 template <class T>
 struct group_form<kernels::check_pass<T>> {
-  template <std::uint32_t M>
-  static FLATMIN_SUM_INLINE void run(const kernels::check_pass<T>& p, const segment_view<T> (&v)[M],
+  template <class W, class G, std::uint32_t M>
+  static FLATMIN_SUM_INLINE void run(const kernels::check_pass<T>& p, const segment_view<W, G> (&v)[M],
                                      kernels::grad_stats (&out)[M]) {
-    const T* g[M];
+    const G* g[M];
     std::uint32_t len[M];
     double g2[M];
     for (std::uint32_t m = 0; m < M; ++m) {
@@ -45,7 +48,7 @@ struct group_form<kernels::check_pass<T>> {
       out[m].g2 = g2[m];
       if (!kernels::is_finite(g2[m]))
         for (std::uint32_t j = 0; j < len[m]; ++j)
-          out[m].bad += kernels::is_finite(g[m][j] * p.inv_scale) ? 0.0 : 1.0;
+          out[m].bad += kernels::is_finite(static_cast<T>(g[m][j]) * p.inv_scale) ? 0.0 : 1.0;
     }
   }
 };
@@ -60,8 +63,8 @@ template <class T, class Term, class Mask>
 struct group_form<kernels::stats_pass<T, Term, Mask>> {
   using pass = kernels::stats_pass<T, Term, Mask>;
 
-  template <std::uint32_t M>
-  static FLATMIN_SUM_INLINE void run(const pass& p, const segment_view<T> (&v)[M],
+  template <class W, class G, std::uint32_t M>
+  static FLATMIN_SUM_INLINE void run(const pass& p, const segment_view<W, G> (&v)[M],
                                      kernels::grad_stats (&out)[M]) {
     group_form<kernels::check_pass<T>>::run(kernels::check_pass<T>{p.inv_scale}, v, out);
     for (std::uint32_t m = 0; m < M; ++m) {
@@ -77,7 +80,7 @@ struct group_form<kernels::stats_pass<T, Term, Mask>> {
         const std::uint32_t flags = v[m].flags, len = v[m].len;
         if (!p.mask.element_units()) {  // not eight bits per eight entries: the element path's sums
           out[m] = strand_sum<kernels::grad_stats>(len, [&](std::uint32_t j) {
-            return p(elem<T>{v[m].w[j], v[m].g[j], base + j, 0, 0, flags});
+            return p(elem<W, G>{v[m].w[j], v[m].g[j], base + j, 0, 0, flags});
           });
           continue;
         }
@@ -98,12 +101,12 @@ struct group_form<kernels::stats_pass<T, Term, Mask>> {
 /// Σm² over perturbed tensors from one vectorised sum of the buffer's run (no gradient statistics:
 /// the views hold no gradient of this step), kept = len. Σ(−m)² is Σm² bit for bit.
 template <class T, class Term, class Mask>
-  requires(kernels::stats_pass<T, Term, Mask>::buffer_term && kernels::mask_is_all<Mask>)
+  requires(kernels::stats_pass<T, Term, Mask>::buffer_term&& kernels::mask_is_all<Mask>)
 struct group_form<kernels::stats_pass<T, Term, Mask>> {
   using pass = kernels::stats_pass<T, Term, Mask>;
 
-  template <std::uint32_t M>
-  static FLATMIN_SUM_INLINE void run(const pass& p, const segment_view<T> (&v)[M],
+  template <class W, class G, std::uint32_t M>
+  static FLATMIN_SUM_INLINE void run(const pass& p, const segment_view<W, G> (&v)[M],
                                      kernels::grad_stats (&out)[M]) {
     for (std::uint32_t m = 0; m < M; ++m) out[m] = kernels::grad_stats{};
     if (p.term.v == nullptr) {  // no momentum yet: every norm is 0, the count is still kept
@@ -136,8 +139,8 @@ template <class T, class Term, class Mask>
 struct group_form<kernels::stats_pass<T, Term, Mask>> {
   using pass = kernels::stats_pass<T, Term, Mask>;
 
-  template <std::uint32_t M>
-  static FLATMIN_SUM_INLINE void run(const pass& p, const segment_view<T> (&v)[M],
+  template <class W, class G, std::uint32_t M>
+  static FLATMIN_SUM_INLINE void run(const pass& p, const segment_view<W, G> (&v)[M],
                                      kernels::grad_stats (&out)[M]) {
     group_form<kernels::check_pass<T>>::run(kernels::check_pass<T>{p.inv_scale}, v, out);
     for (std::uint32_t m = 0; m < M; ++m)

@@ -14,15 +14,16 @@
 
 namespace flatmin::backend::host {
 
-/// Σ (s·g)² over each of M runs of consecutive gradients (`g[m]`, `len[m]`). The M runs are read
-/// side by side (M streams keep a core's hardware prefetchers busier than one); each run's own
-/// order does not depend on M.
-template <class T, std::uint32_t M>
-FLATMIN_SUM_INLINE void sum_squares_strands(const T* const (&g)[M], const std::uint32_t (&len)[M], T s,
-                                double (&out)[M]) {
+/// Σ (s·g)² over each of M runs of consecutive gradients (`g[m]`, `len[m]`), each g converted to
+/// the compute type T first (a 16-bit gradient: exactly, numeric/). The M runs are read side by
+/// side (M streams keep a core's hardware prefetchers busier than one); each run's own order does
+/// not depend on M.
+template <class G, class T, std::uint32_t M>
+FLATMIN_SUM_INLINE void sum_squares_strands(const G* const (&g)[M], const std::uint32_t (&len)[M], T s,
+                                            double (&out)[M]) {
   constexpr std::uint32_t K = reduction_strands;
-  const auto sq = [s](T x) {
-    const double y = double(x * s);
+  const auto sq = [s](G x) {
+    const double y = double(static_cast<T>(x) * s);
     return y * y;
   };
   double a[M][K] = {};
@@ -45,13 +46,14 @@ FLATMIN_SUM_INLINE void sum_squares_strands(const T* const (&g)[M], const std::u
 /// Σ (s·g)² over the entries of one run whose mask bit is set, and their count, in the same order
 /// (an entry that is out adds +0 on the element path, which is what the AND with its bit's lane
 /// adds here). `bits8(j)` gives the bits of entries j … j + 7 of the run, `bit(j)` one entry's.
-template <class T, class Bits8, class Bit>
-FLATMIN_SUM_INLINE double masked_sum_squares_strands(const T* g, std::uint32_t len, T s, const Bits8& bits8,
-                                         const Bit& bit, double& kept) {
+/// g is converted to the compute type T first, as in sum_squares_strands.
+template <class G, class T, class Bits8, class Bit>
+FLATMIN_SUM_INLINE double masked_sum_squares_strands(const G* g, std::uint32_t len, T s, const Bits8& bits8,
+                                                     const Bit& bit, double& kept) {
   constexpr std::uint32_t K = reduction_strands;
   static_assert(K == 8, "eight strands: one byte of mask bits per block");
-  const auto sq = [s](T x) {
-    const double y = double(x * s);
+  const auto sq = [s](G x) {
+    const double y = double(static_cast<T>(x) * s);
     return y * y;
   };
   double a[K] = {};
