@@ -13,6 +13,8 @@
 //         saved 2) 8 + 2 + (saved 2, g 2, m 4, v 4; w 2, m 4, v 4) 22 = 34 B
 // fp16 rows (`g_fp16`) have the bf16 rows' bytes; their conversions are more work.
 // No timing is asserted anywhere; bench/RESULTS.md records measured runs.
+#include <array>
+
 #include "common.hpp"
 
 namespace {
@@ -38,7 +40,8 @@ struct typed_problem {
         g[t][j] = static_cast<G>(p.g[t][j]);
       }
     }
-    for (std::size_t t = 0; t < w.size(); ++t) params.add("t" + std::to_string(t), w[t].data(), g[t].data(), {w[t].size()});
+    for (std::size_t t = 0; t < w.size(); ++t)
+      params.add("t" + std::to_string(t), w[t].data(), g[t].data(), {w[t].size()});
   }
 };
 
@@ -60,7 +63,27 @@ void check_pass(benchmark::State& st) {
     auto s = be::reduce<flatmin::kernels::grad_stats>(l.full(), flatmin::kernels::check_pass<float>{1.0f});
     benchmark::DoNotOptimize(s);
   }
-  set_traffic(st, double(sizeof(G)) * a.n, a.n, a.threads);
+  set_traffic(st, double(sizeof(G)) * a.n, a.n, a.threads, {{1, 0, 0, double(sizeof(G))}});
+}
+
+/// The streams of a SAM step's four passes (statistics, ascent, check, descent) and their bytes per
+/// parameter: w and g of the precision, the saved copy of w's type, the state and master fp32.
+template <class P, class Base>
+std::array<streams, 4> step_streams(bool master) {
+  constexpr double w = sizeof(typename P::weight_type), g = sizeof(typename P::grad_type);
+  constexpr bool adam = !std::is_same_v<Base, flatmin::base::sgd>;
+  constexpr int state = adam ? 2 : 1;  // m, v or the momentum buffer, each read and written
+  const std::array<streams, 4> plain = {
+      {{1, 0, 0, g},
+       {2, 1, 1, w + g + w + w},  // w, g -> w, saved
+       {1, 0, 0, g},
+       {2 + state, state, 1, w + g + 8.0 * state + w}}};  // saved, g, state -> state, w
+  const std::array<streams, 4> with_master = {
+      {{1, 0, 0, g},
+       {3, 1, 1, w + 4 + g + w + w},  // w16, master, g -> w16, saved
+       {1, 0, 0, g},
+       {2 + state, 1 + state, 1, 4 + g + 8.0 * state + 4 + w}}};  // master, g, state -> master, state, w16
+  return master ? with_master : plain;
 }
 
 template <class P, class Base>
@@ -75,7 +98,10 @@ void sam_step(benchmark::State& st, Base base, bool master, double bytes) {
     if (r.skipped) st.SkipWithError("step skipped");
     benchmark::DoNotOptimize(r);
   }
-  set_traffic(st, bytes * a.n, a.n, a.threads);
+  const std::array<streams, 4> s = step_streams<P, Base>(master);
+  if (s[0].pass_bytes() + s[1].pass_bytes() + s[2].pass_bytes() + s[3].pass_bytes() != bytes)
+    st.SkipWithError("the passes' bytes do not add up to the step's");
+  set_traffic(st, bytes * a.n, a.n, a.threads, {s[0], s[1], s[2], s[3]});
 }
 
 const flatmin::base::sgd sgd{.lr = 1e-6, .momentum = 0.9};
@@ -86,30 +112,38 @@ const bool registered = [] {
   grid(benchmark::RegisterBenchmark("check_pass/g_fp32", check_pass<float>), one);
   grid(benchmark::RegisterBenchmark("check_pass/g_bf16", check_pass<bf16>), one);
   grid(benchmark::RegisterBenchmark("check_pass/g_fp16", check_pass<fp16>), one);
-  grid(benchmark::RegisterBenchmark("sam_sgd/fp32", [](benchmark::State& st) {
-         sam_step<flatmin::precision<float>>(st, sgd, false, 44.0);
-       }), one);
-  grid(benchmark::RegisterBenchmark("sam_sgd/g_bf16", [](benchmark::State& st) {
-         sam_step<flatmin::precision<float, bf16>>(st, sgd, false, 36.0);
-       }), one);
-  grid(benchmark::RegisterBenchmark("sam_sgd/w_bf16_master", [](benchmark::State& st) {
-         sam_step<flatmin::precision<bf16>>(st, sgd, true, 36.0);
-       }), one);
-  grid(benchmark::RegisterBenchmark("sam_adamw/fp32", [](benchmark::State& st) {
-         sam_step<flatmin::precision<float>>(st, adamw, false, 52.0);
-       }), one);
-  grid(benchmark::RegisterBenchmark("sam_adamw/g_bf16", [](benchmark::State& st) {
-         sam_step<flatmin::precision<float, bf16>>(st, adamw, false, 44.0);
-       }), one);
-  grid(benchmark::RegisterBenchmark("sam_adamw/w_bf16_master", [](benchmark::State& st) {
-         sam_step<flatmin::precision<bf16>>(st, adamw, true, 44.0);
-       }), one);
-  grid(benchmark::RegisterBenchmark("sam_adamw/w_bf16", [](benchmark::State& st) {
-         sam_step<flatmin::precision<bf16>>(st, adamw, false, 34.0);
-       }), one);
-  grid(benchmark::RegisterBenchmark("sam_adamw/g_fp16", [](benchmark::State& st) {
-         sam_step<flatmin::precision<float, fp16>>(st, adamw, false, 44.0);
-       }), one);
+  grid(benchmark::RegisterBenchmark(
+           "sam_sgd/fp32",
+           [](benchmark::State& st) { sam_step<flatmin::precision<float>>(st, sgd, false, 44.0); }),
+       one);
+  grid(benchmark::RegisterBenchmark(
+           "sam_sgd/g_bf16",
+           [](benchmark::State& st) { sam_step<flatmin::precision<float, bf16>>(st, sgd, false, 36.0); }),
+       one);
+  grid(benchmark::RegisterBenchmark(
+           "sam_sgd/w_bf16_master",
+           [](benchmark::State& st) { sam_step<flatmin::precision<bf16>>(st, sgd, true, 36.0); }),
+       one);
+  grid(benchmark::RegisterBenchmark(
+           "sam_adamw/fp32",
+           [](benchmark::State& st) { sam_step<flatmin::precision<float>>(st, adamw, false, 52.0); }),
+       one);
+  grid(benchmark::RegisterBenchmark(
+           "sam_adamw/g_bf16",
+           [](benchmark::State& st) { sam_step<flatmin::precision<float, bf16>>(st, adamw, false, 44.0); }),
+       one);
+  grid(benchmark::RegisterBenchmark(
+           "sam_adamw/w_bf16_master",
+           [](benchmark::State& st) { sam_step<flatmin::precision<bf16>>(st, adamw, true, 44.0); }),
+       one);
+  grid(benchmark::RegisterBenchmark(
+           "sam_adamw/w_bf16",
+           [](benchmark::State& st) { sam_step<flatmin::precision<bf16>>(st, adamw, false, 34.0); }),
+       one);
+  grid(benchmark::RegisterBenchmark(
+           "sam_adamw/g_fp16",
+           [](benchmark::State& st) { sam_step<flatmin::precision<float, fp16>>(st, adamw, false, 44.0); }),
+       one);
   return true;
 }();
 

@@ -185,7 +185,7 @@ inline void set_traffic(benchmark::State& st, double bytes_per_iter, std::size_t
   double seconds = 0;  // one iteration at the yardsticks' rates
   for (const streams& s : passes) {
     const stream_rate r = stream_bandwidth(s, n, threads);
-    seconds += s.bytes() * static_cast<double>(n) / r.bytes_per_second;
+    seconds += s.pass_bytes() * static_cast<double>(n) / r.bytes_per_second;
     if (passes.size() == 1) st.counters["stream_variant"] = r.variant;
   }
   st.counters["stream_GBps"] = bytes_per_iter / seconds / 1e9;

@@ -30,10 +30,15 @@
 namespace flatmin_bench {
 
 /// A pass's streams of 4-byte words per parameter: `reads` arrays read, the first `inplace` of
-/// them written back, and `fresh` arrays (0 or 1) written without being read.
+/// them written back, and `fresh` arrays (0 or 1) written without being read. A pass whose streams
+/// are not all 4-byte (16-bit weights or gradients, bench_mixed) gives its real bytes per parameter
+/// in `actual`: its yardstick is then those bytes at the rate of the 4-byte kernel with the same
+/// streams (an approximation: the same number of streams, each narrower).
 struct streams {
   int reads, inplace, fresh;
+  double actual = 0;
   double bytes() const { return 4.0 * (reads + inplace + fresh); }
+  double pass_bytes() const { return actual > 0 ? actual : bytes(); }
 };
 inline constexpr streams read_only{1, 0, 0};        // global_norm, the finiteness check: g
 inline constexpr streams copy_streams{1, 0, 1};     // copy, restore: saved -> w

@@ -209,8 +209,8 @@ struct sample_hooks : plain_hooks {
       double ms = 0;
       for (std::size_t i : idx) ms += s(i) / static_cast<double>(idx.size());
       std::size_t k = 0;
-      for (auto& t : m->g)
-        for (T& x : t) x += static_cast<T>(ms * u(k++));
+      for (auto& t : m->g)  // in double, rounded once to T (T may be a 16-bit storage type)
+        for (T& x : t) x = static_cast<T>(static_cast<double>(x) + ms * u(k++));
     }
   };
   template <class T, class Problem>
