@@ -463,6 +463,45 @@ def main():
                    "The target (issue #13): ≥ 0.85 for every dense pass at N ≥ 10^7, ≥ 0.8 for global_norm.", "",
                    table(header, body), ""]
 
+        # mixed precision (issue #12): each bench_mixed step against the fp32 step of the same kind
+        mrows = [r for r in rows if r["program"] == "bench_mixed" and r.get("K") == 1 and "time" in r]
+        if mrows:
+            mns = [n for n in sorted({r["N"] for r in mrows}) if n >= 10**6]
+            mthr = sorted({r["threads"] for r in mrows}, key=lambda t: (t == 0, t))
+            header = ["step", "precision", "B/param"] + [f"N={fmt_n(n)}, {thr_label(t, cores)} thr"
+                                                          for t in mthr for n in mns]
+            body = []
+            kinds = sorted({r["pass"] for r in mrows})
+            for kind in kinds:
+                for prec in sorted({r["args"].get("args") for r in mrows if r["pass"] == kind},
+                                   key=lambda a: (a != "g_fp32" and a != "fp32", a)):
+                    bpp = next((r.get("B_per_param") for r in mrows if r["pass"] == kind
+                                and r["args"].get("args") == prec), None)
+                    cells = []
+                    for t in mthr:
+                        for n in mns:
+                            m = [r for r in mrows if r["pass"] == kind and r["args"].get("args") == prec
+                                 and r["N"] == n and r["threads"] == t]
+                            f = [r for r in mrows if r["pass"] == kind and r["args"].get("args") in ("fp32", "g_fp32")
+                                 and r["N"] == n and r["threads"] == t]
+                            if not m:
+                                cells.append("–")
+                                continue
+                            c = fmt_time(m[0]["time"])
+                            if f and f[0] is not m[0]:
+                                c += f", {m[0]['time'] / f[0]['time']:.2f}× fp32"
+                            if "stream_ratio" in m[0]:
+                                c += f", {m[0]['stream_ratio']:.2f} stream"
+                            cells.append(c)
+                    body.append([kind, prec or "–", f"{bpp:g}" if bpp else "–"] + cells)
+            md += ["## Mixed precision: 16-bit steps against the fp32 step (bench_mixed, 1 tensor, median)", "",
+                   "Each cell: the median time, its ratio to the fp32 row of the same step in the same run, and the "
+                   "× stream ratio (16-bit streams' real bytes at the rate of the 4-byte kernel with the same "
+                   "streams: bench/streams.hpp). `g_bf16` / `g_fp16`: fp32 weights, 16-bit gradients (mode 3); "
+                   "`w_bf16_master`: bf16 weights and gradients with fp32 master weights (mode 2); `w_bf16`: "
+                   "bf16 weights and gradients updated in place (mode 1). Below 1.00× fp32, the 16-bit step saves "
+                   "that fraction of the fp32 step's time.", "", table(header, body), ""]
+
         # many tensors: time(K=1000)/time(K=1)
         krows = [r for r in rows if r["program"] == "bench_passes" and "time" in r]
         header = ["pass"] + [f"N={fmt_n(n)}, {thr_label(t, cores)} thr" for t in thr for n in ns]
