@@ -1,6 +1,8 @@
-// Mixed precision (params/precision.hpp) on backend::eigen: the gradient check pass and whole SAM
-// steps for (a) fp32 weights with bf16 gradients (mode 3), (b) bf16 weights with fp32 master
-// weights (mode 2), (c) fp32 throughout, against the copy bandwidth measured in this binary.
+// Mixed precision (params/precision.hpp) on backend::eigen: the gradient check pass, the ascent
+// and AdamW descent passes alone, and whole SAM steps for (a) fp32 weights with bf16 gradients
+// (mode 3), (b) bf16 weights with fp32 master weights (mode 2), (c) fp32 throughout, (d) bf16
+// weights in place (mode 1), against the copy bandwidth and the stream yardsticks measured in this
+// binary.
 // Minimal traffic per parameter (DESIGN.md §5 counted with 2-byte w16 / g16, 4-byte fp32):
 //   check_pass  fp32 g 4 B · bf16 g 2 B
 //   SAM + SGD-momentum step (norm + ascend + check + descend):
@@ -54,6 +56,9 @@ struct args {
         threads(use_threads(st.range(2))) {}
 };
 
+const flatmin::base::sgd sgd{.lr = 1e-6, .momentum = 0.9};
+const flatmin::base::adamw adamw{.lr = 1e-6};
+
 template <class G>
 void check_pass(benchmark::State& st) {
   const args a(st);
@@ -64,6 +69,64 @@ void check_pass(benchmark::State& st) {
     benchmark::DoNotOptimize(s);
   }
   set_traffic(st, double(sizeof(G)) * a.n, a.n, a.threads, {{1, 0, 0, double(sizeof(G))}});
+}
+
+/// The ascent pass alone over weights W and gradients G (w + ε rounded to W, saved ← w), to
+/// nearest or, with `master`, from the fp32 master copy (mode 2). Bytes: w, g read; w, saved written
+/// (saved has W's type); the master read too.
+template <class W, class G, bool master>
+void ascend16(benchmark::State& st) {
+  const args a(st);
+  typed_problem<W, G> p(a.n, a.k);
+  using B = flatmin::backend::with_elements<be, W, G>;
+  flatmin::backend::layout<float, B> l(p.params);
+  using view = typename flatmin::mask::dense::state<float, B>::view;
+  using store = std::conditional_t<master, flatmin::kernels::master_store<W, float>,
+                                   flatmin::kernels::nearest_store<W, float>>;
+  be::vector<W> saved(a.n);
+  be::vector<float> copy(a.n, 0.5f);
+  store s{};
+  if constexpr (master) s.copy = copy.data();
+  // a tiny radius: repeated ascents drift w by 1e-7·g per iteration (nothing at all in bf16)
+  const flatmin::kernels::ascend_pass<float, flatmin::kernels::l2_term<float>, view, W, store> pass{
+      {}, {}, 1e-7f, 1.0f, saved.data(), s};
+  for (auto _ : st) {
+    be::for_each(l.full(), pass);
+    benchmark::ClobberMemory();
+  }
+  constexpr double w = sizeof(W), g = sizeof(G);
+  constexpr double bytes = w + g + w + w + (master ? 4.0 : 0.0);
+  set_traffic(st, bytes * a.n, a.n, a.threads, {{master ? 3 : 2, 1, 1, bytes}});
+}
+
+/// The fused restore + AdamW descent pass alone over W and G: the saved w restored and stepped
+/// (modes 1 and 3), or the master copy stepped and rounded into w (mode 2: nothing to restore).
+template <class W, class G, bool master>
+void descend16_adamw(benchmark::State& st) {
+  const args a(st);
+  typed_problem<W, G> p(a.n, a.k);
+  using B = flatmin::backend::with_elements<be, W, G>;
+  flatmin::backend::layout<float, B> l(p.params);
+  using view = typename flatmin::mask::dense::state<float, B>::view;
+  using store = std::conditional_t<master, flatmin::kernels::master_store<W, float>,
+                                   flatmin::kernels::nearest_store<W, float>>;
+  be::vector<W> saved(a.n, static_cast<W>(0.5f));
+  be::vector<float> copy(a.n, 0.5f);
+  store s{};
+  if constexpr (master) s.copy = copy.data();
+  flatmin::base::adamw::state<float, be> bs(adamw, a.n);
+  const auto update = bs.prepare(adamw, 2);
+  typename flatmin::regularize::none::state<float, B>::view adjust{};
+  const flatmin::kernels::descend_pass<float, view, decltype(adjust), decltype(update), master ? 0 : 1, W,
+                                       store>
+      pass{{}, adjust, update, 1.0f, saved.data(), !master, s};
+  for (auto _ : st) {
+    be::for_each(l.full(), pass);
+    benchmark::ClobberMemory();
+  }
+  constexpr double w = sizeof(W), g = sizeof(G);
+  constexpr double bytes = master ? 4 + g + 16 + 4 + w : w + g + 16 + w;
+  set_traffic(st, bytes * a.n, a.n, a.threads, {{4, master ? 3 : 2, 1, bytes}});
 }
 
 /// The streams of a SAM step's four passes (statistics, ascent, check, descent) and their bytes per
@@ -104,14 +167,19 @@ void sam_step(benchmark::State& st, Base base, bool master, double bytes) {
   set_traffic(st, bytes * a.n, a.n, a.threads, {s[0], s[1], s[2], s[3]});
 }
 
-const flatmin::base::sgd sgd{.lr = 1e-6, .momentum = 0.9};
-const flatmin::base::adamw adamw{.lr = 1e-6};
-
 const bool registered = [] {
   const std::vector<std::int64_t> one = {1};
   grid(benchmark::RegisterBenchmark("check_pass/g_fp32", check_pass<float>), one);
   grid(benchmark::RegisterBenchmark("check_pass/g_bf16", check_pass<bf16>), one);
   grid(benchmark::RegisterBenchmark("check_pass/g_fp16", check_pass<fp16>), one);
+  grid(benchmark::RegisterBenchmark("ascend/fp32", ascend16<float, float, false>), one);
+  grid(benchmark::RegisterBenchmark("ascend/g_bf16", ascend16<float, bf16, false>), one);
+  grid(benchmark::RegisterBenchmark("ascend/w_bf16_master", ascend16<bf16, bf16, true>), one);
+  grid(benchmark::RegisterBenchmark("ascend/w_bf16", ascend16<bf16, bf16, false>), one);
+  grid(benchmark::RegisterBenchmark("descend_adamw/fp32", descend16_adamw<float, float, false>), one);
+  grid(benchmark::RegisterBenchmark("descend_adamw/g_bf16", descend16_adamw<float, bf16, false>), one);
+  grid(benchmark::RegisterBenchmark("descend_adamw/w_bf16_master", descend16_adamw<bf16, bf16, true>), one);
+  grid(benchmark::RegisterBenchmark("descend_adamw/w_bf16", descend16_adamw<bf16, bf16, false>), one);
   grid(benchmark::RegisterBenchmark(
            "sam_sgd/fp32",
            [](benchmark::State& st) { sam_step<flatmin::precision<float>>(st, sgd, false, 44.0); }),
