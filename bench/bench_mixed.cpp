@@ -71,27 +71,39 @@ void check_pass(benchmark::State& st) {
   set_traffic(st, double(sizeof(G)) * a.n, a.n, a.threads, {{1, 0, 0, double(sizeof(G))}});
 }
 
+/// What a pass-level row over weights W and gradients G needs: the problem in those types, its
+/// layout, the dense mask's view, and the weight store (to nearest, or through an fp32 master copy
+/// when `master`: params/precision.hpp's mode 2), with its copy.
+template <class W, class G, bool master>
+struct pass_setup {
+  using B = flatmin::backend::with_elements<be, W, G>;
+  using view = typename flatmin::mask::dense::state<float, B>::view;
+  using store = std::conditional_t<master, flatmin::kernels::master_store<W, float>,
+                                   flatmin::kernels::nearest_store<W, float>>;
+  typed_problem<W, G> p;
+  flatmin::backend::layout<float, B> l;
+  be::vector<float> copy;
+  store s{};
+  explicit pass_setup(const args& a) : p(a.n, a.k), l(p.params), copy(a.n, 0.5f) {
+    if constexpr (master) s.copy = copy.data();
+  }
+};
+
 /// The ascent pass alone over weights W and gradients G (w + ε rounded to W, saved ← w), to
 /// nearest or, with `master`, from the fp32 master copy (mode 2). Bytes: w, g read; w, saved written
 /// (saved has W's type); the master read too.
 template <class W, class G, bool master>
 void ascend16(benchmark::State& st) {
   const args a(st);
-  typed_problem<W, G> p(a.n, a.k);
-  using B = flatmin::backend::with_elements<be, W, G>;
-  flatmin::backend::layout<float, B> l(p.params);
-  using view = typename flatmin::mask::dense::state<float, B>::view;
-  using store = std::conditional_t<master, flatmin::kernels::master_store<W, float>,
-                                   flatmin::kernels::nearest_store<W, float>>;
+  using setup = pass_setup<W, G, master>;
+  setup f(a);
   be::vector<W> saved(a.n);
-  be::vector<float> copy(a.n, 0.5f);
-  store s{};
-  if constexpr (master) s.copy = copy.data();
   // a tiny radius: repeated ascents drift w by 1e-7·g per iteration (nothing at all in bf16)
-  const flatmin::kernels::ascend_pass<float, flatmin::kernels::l2_term<float>, view, W, store> pass{
-      {}, {}, 1e-7f, 1.0f, saved.data(), s};
+  const flatmin::kernels::ascend_pass<float, flatmin::kernels::l2_term<float>, typename setup::view, W,
+                                      typename setup::store>
+      pass{{}, {}, 1e-7f, 1.0f, saved.data(), f.s};
   for (auto _ : st) {
-    be::for_each(l.full(), pass);
+    be::for_each(f.l.full(), pass);
     benchmark::ClobberMemory();
   }
   constexpr double w = sizeof(W), g = sizeof(G);
@@ -104,24 +116,17 @@ void ascend16(benchmark::State& st) {
 template <class W, class G, bool master>
 void descend16_adamw(benchmark::State& st) {
   const args a(st);
-  typed_problem<W, G> p(a.n, a.k);
-  using B = flatmin::backend::with_elements<be, W, G>;
-  flatmin::backend::layout<float, B> l(p.params);
-  using view = typename flatmin::mask::dense::state<float, B>::view;
-  using store = std::conditional_t<master, flatmin::kernels::master_store<W, float>,
-                                   flatmin::kernels::nearest_store<W, float>>;
+  using setup = pass_setup<W, G, master>;
+  setup f(a);
   be::vector<W> saved(a.n, static_cast<W>(0.5f));
-  be::vector<float> copy(a.n, 0.5f);
-  store s{};
-  if constexpr (master) s.copy = copy.data();
   flatmin::base::adamw::state<float, be> bs(adamw, a.n);
   const auto update = bs.prepare(adamw, 2);
-  typename flatmin::regularize::none::state<float, B>::view adjust{};
-  const flatmin::kernels::descend_pass<float, view, decltype(adjust), decltype(update), master ? 0 : 1, W,
-                                       store>
-      pass{{}, adjust, update, 1.0f, saved.data(), !master, s};
+  typename flatmin::regularize::none::state<float, typename setup::B>::view adjust{};
+  const flatmin::kernels::descend_pass<float, typename setup::view, decltype(adjust), decltype(update),
+                                       master ? 0 : 1, W, typename setup::store>
+      pass{{}, adjust, update, 1.0f, saved.data(), !master, f.s};
   for (auto _ : st) {
-    be::for_each(l.full(), pass);
+    be::for_each(f.l.full(), pass);
     benchmark::ClobberMemory();
   }
   constexpr double w = sizeof(W), g = sizeof(G);
@@ -167,6 +172,16 @@ void sam_step(benchmark::State& st, Base base, bool master, double bytes) {
   set_traffic(st, bytes * a.n, a.n, a.threads, {s[0], s[1], s[2], s[3]});
 }
 
+/// A whole SAM step over SGD-momentum or AdamW (`adam`), with master weights or not; `bytes`: the
+/// minimal count of the file comment.
+template <class P, bool adam, bool master, int bytes>
+void step(benchmark::State& st) {
+  if constexpr (adam)
+    sam_step<P>(st, adamw, master, bytes);
+  else
+    sam_step<P>(st, sgd, master, bytes);
+}
+
 const bool registered = [] {
   const std::vector<std::int64_t> one = {1};
   grid(benchmark::RegisterBenchmark("check_pass/g_fp32", check_pass<float>), one);
@@ -180,38 +195,18 @@ const bool registered = [] {
   grid(benchmark::RegisterBenchmark("descend_adamw/g_bf16", descend16_adamw<float, bf16, false>), one);
   grid(benchmark::RegisterBenchmark("descend_adamw/w_bf16_master", descend16_adamw<bf16, bf16, true>), one);
   grid(benchmark::RegisterBenchmark("descend_adamw/w_bf16", descend16_adamw<bf16, bf16, false>), one);
-  grid(benchmark::RegisterBenchmark(
-           "sam_sgd/fp32",
-           [](benchmark::State& st) { sam_step<flatmin::precision<float>>(st, sgd, false, 44.0); }),
-       one);
-  grid(benchmark::RegisterBenchmark(
-           "sam_sgd/g_bf16",
-           [](benchmark::State& st) { sam_step<flatmin::precision<float, bf16>>(st, sgd, false, 36.0); }),
-       one);
-  grid(benchmark::RegisterBenchmark(
-           "sam_sgd/w_bf16_master",
-           [](benchmark::State& st) { sam_step<flatmin::precision<bf16>>(st, sgd, true, 36.0); }),
-       one);
-  grid(benchmark::RegisterBenchmark(
-           "sam_adamw/fp32",
-           [](benchmark::State& st) { sam_step<flatmin::precision<float>>(st, adamw, false, 52.0); }),
-       one);
-  grid(benchmark::RegisterBenchmark(
-           "sam_adamw/g_bf16",
-           [](benchmark::State& st) { sam_step<flatmin::precision<float, bf16>>(st, adamw, false, 44.0); }),
-       one);
-  grid(benchmark::RegisterBenchmark(
-           "sam_adamw/w_bf16_master",
-           [](benchmark::State& st) { sam_step<flatmin::precision<bf16>>(st, adamw, true, 44.0); }),
-       one);
-  grid(benchmark::RegisterBenchmark(
-           "sam_adamw/w_bf16",
-           [](benchmark::State& st) { sam_step<flatmin::precision<bf16>>(st, adamw, false, 34.0); }),
-       one);
-  grid(benchmark::RegisterBenchmark(
-           "sam_adamw/g_fp16",
-           [](benchmark::State& st) { sam_step<flatmin::precision<float, fp16>>(st, adamw, false, 44.0); }),
-       one);
+  using fp32 = flatmin::precision<float>;
+  using g_bf16 = flatmin::precision<float, bf16>;
+  using w_bf16 = flatmin::precision<bf16>;
+  using g_fp16 = flatmin::precision<float, fp16>;
+  grid(benchmark::RegisterBenchmark("sam_sgd/fp32", step<fp32, false, false, 44>), one);
+  grid(benchmark::RegisterBenchmark("sam_sgd/g_bf16", step<g_bf16, false, false, 36>), one);
+  grid(benchmark::RegisterBenchmark("sam_sgd/w_bf16_master", step<w_bf16, false, true, 36>), one);
+  grid(benchmark::RegisterBenchmark("sam_adamw/fp32", step<fp32, true, false, 52>), one);
+  grid(benchmark::RegisterBenchmark("sam_adamw/g_bf16", step<g_bf16, true, false, 44>), one);
+  grid(benchmark::RegisterBenchmark("sam_adamw/w_bf16_master", step<w_bf16, true, true, 44>), one);
+  grid(benchmark::RegisterBenchmark("sam_adamw/w_bf16", step<w_bf16, true, false, 34>), one);
+  grid(benchmark::RegisterBenchmark("sam_adamw/g_fp16", step<g_fp16, true, false, 44>), one);
   return true;
 }();
 

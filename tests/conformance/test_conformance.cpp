@@ -23,6 +23,7 @@
 #include <omp.h>
 #endif
 
+#include "conformance/checks.hpp"
 #include "conformance/compositions.hpp"
 #include "support/backends.hpp"
 
@@ -157,46 +158,8 @@ TEST_CASE_TEMPLATE_DEFINE("conformance: restores bit-exactly; descend() is the b
 
 TEST_CASE_TEMPLATE_DEFINE("conformance: never writes non-finite values", TC, conformance_nonfinite) {
   using X = types<TC>;
-  using T = float;
   INFO(type_name<typename X::comp>() << " on " << std::string(X::backend::name));
-  constexpr bool perturbs = X::template opt<T>::perturbs;
-  const T bad_values[] = {std::numeric_limits<T>::quiet_NaN(), std::numeric_limits<T>::infinity(),
-                          -std::numeric_limits<T>::infinity()};
-  for (T v : bad_values)
-    for (int where : {0, 1})
-      for (std::size_t at : {std::size_t{0}, std::size_t{200}, std::size_t{210}}) {  // weight, bias, frozen
-        if (where == 1 && !perturbs) continue;
-        CAPTURE(v);
-        CAPTURE(where);
-        CAPTURE(at);
-        model<T> m(conf_layout, test_space<typename X::backend>);
-        m.set_weights(random_vec(m.numel, 8));
-        auto q = quadratic::random(m.numel, 8);
-        auto opt = X::comp::template make<T, typename X::backend>(m.params);
-        for (int s = 0; s < 2; ++s) opt.step(X::hooks::objective(q, m));
-        const auto before = m.raw_weights();
-        flatmin::step_report r;
-        X::hooks::first_gradient(q, m);
-        if (where == 0) {
-          m.gat(at) = v;
-          r = opt.ascend();
-          // a perturbation without a gradient at w moves w; descend() finds v in g_adv and restores
-          if constexpr (X::hooks::ascent_reads_gradient) CHECK(bitwise_equal(m.raw_weights(), before));
-          r = opt.descend();
-        } else {
-          opt.ascend();
-          X::hooks::second_gradient(q, m);
-          m.gat(at) = v;
-          r = opt.descend();
-        }
-        CHECK(r.skipped);
-        CHECK(bitwise_equal(m.raw_weights(), before));
-        CHECK(opt.steps() == 2);
-        CHECK_FALSE(opt.ascended());
-        // and the optimizer goes on normally
-        CHECK_FALSE(opt.step(X::hooks::objective(q, m)).skipped);
-        CHECK(all_finite(m.raw_weights()));
-      }
+  fc::check_never_writes_nonfinite<typename X::comp, typename X::backend, float>(conf_layout);
 }
 
 TEST_CASE_TEMPLATE_DEFINE("conformance: the same result for 1 and 2 threads", TC, conformance_threads) {
