@@ -49,14 +49,8 @@ FLATMIN_HD inline float round_to_odd(double d) {
   if (back == d) return f;
   std::uint32_t u = bits_of(f);
   const bool away = (back < 0 ? -back : back) > (d < 0 ? -d : d);  // |f| > |d|: step back toward 0
-  if (away) u -= 1;                                                // f ≠ 0 here; from +inf this is FLT_MAX
+  if (away) u -= 1;                         // f ≠ 0 here; from +inf this is FLT_MAX
   return float_of(u | 1u);
-}
-
-/// `a` where `c`, else `b`, by integer masks: no branch, so that a host loop that converts
-/// vectorises (a conversion's early return is control flow GCC does not always if-convert).
-FLATMIN_HD inline std::uint32_t select_bits(bool c, std::uint32_t a, std::uint32_t b) {
-  return b ^ ((a ^ b) & (0u - static_cast<std::uint32_t>(c)));
 }
 
 FLATMIN_HD inline std::uint16_t bf16_from_float(float f) {

@@ -32,4 +32,11 @@ FLATMIN_HD inline double double_of(std::uint64_t u) {
   return d;
 }
 
+/// `a` where `c`, else `b`, by integer masks: no branch, so that a host loop that converts
+/// vectorises (a conversion's early return is control flow GCC does not always if-convert).
+/// kernels::blend is the same select for the compute types; numeric/ sits below kernels/.
+FLATMIN_HD inline std::uint32_t select_bits(bool c, std::uint32_t a, std::uint32_t b) {
+  return b ^ ((a ^ b) & (0u - static_cast<std::uint32_t>(c)));
+}
+
 }  // namespace flatmin::numeric::detail

@@ -74,8 +74,8 @@ inline constexpr bool cloned_type = std::is_same_v<T, float> || std::is_same_v<T
 
 /// Whether backend::eigen runs pass F over weights W and gradients G by the clones.
 template <class F, class W, class G>
-inline constexpr bool dispatched =
-    FLATMIN_ISA_DISPATCH&& cloned_type<W>&& cloned_type<G>&& hot_pass<std::remove_cvref_t<F>>;
+inline constexpr bool dispatched = (FLATMIN_ISA_DISPATCH != 0) && cloned_type<W> && cloned_type<G> &&
+                                   hot_pass<std::remove_cvref_t<F>>;
 
 #if FLATMIN_ISA_DISPATCH
 template <class Body>

@@ -101,7 +101,7 @@ struct group_form<kernels::stats_pass<T, Term, Mask>> {
 /// Σm² over perturbed tensors from one vectorised sum of the buffer's run (no gradient statistics:
 /// the views hold no gradient of this step), kept = len. Σ(−m)² is Σm² bit for bit.
 template <class T, class Term, class Mask>
-  requires(kernels::stats_pass<T, Term, Mask>::buffer_term&& kernels::mask_is_all<Mask>)
+  requires(kernels::stats_pass<T, Term, Mask>::buffer_term && kernels::mask_is_all<Mask>)
 struct group_form<kernels::stats_pass<T, Term, Mask>> {
   using pass = kernels::stats_pass<T, Term, Mask>;
 
