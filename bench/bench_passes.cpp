@@ -16,6 +16,9 @@
 //   reads w and m: 16 B): 52 B, and no extra gradient evaluation, which these rows do not time
 //   opt_rwp_sgd = check of g 4 + row norms of w 4 + copy of g 8 + ascend 16 (the draws are computed,
 //   not read) + check 4 + descend with the mix 20 + 4 (reads the kept g) = 60 B
+//   opt_sampa_sgd = norm of the kept g_y 4 + ascend 16 + check of g̃ 4 + copy of g̃ 8 + look-ahead
+//   (saved, g_y, buf -> w) 16 + check 4 + descend with the mix and the new g_y (saved, g, g̃, buf ->
+//   buf, w, g_y) 28 = 80 B (SAMPa; the two gradient evaluations are not timed)
 //   opt_sgd / opt_adamw (plain compositions: check 4 + base) = 24 B / 32 B
 #include "common.hpp"
 
@@ -153,6 +156,23 @@ void opt_rwp_sgd(benchmark::State& st) {
   opt_step(st, [](auto& ps) { return flatmin::rwp<be>(ps, flatmin::base::sgd{.lr = 1e-6, .momentum = 0.9}); }, 60.0,
            {read_only, read_only, copy_streams, ascend_streams, read_only, descend_mix_sgd_streams});
 }
+constexpr streams lookahead_sgd_streams{3, 0, 1};  // saved, g_y, buf -> w
+constexpr streams descend_sampa_sgd_streams{4, 1, 2};  // saved, g, g̃, buf -> buf, w, g_y
+void opt_sampa_sgd(benchmark::State& st) {
+  const args a(st);
+  problem& p = shared_problem(a.n, a.k);
+  auto opt = flatmin::sampa<be>(p.params, flatmin::base::sgd{.lr = 1e-6, .momentum = 0.9});
+  for (auto _ : st) {
+    auto r = opt.ascend();
+    r = opt.second_point();
+    r = opt.descend();
+    if (r.skipped) st.SkipWithError("step skipped");
+    benchmark::DoNotOptimize(r);
+  }
+  set_traffic(st, 80.0 * a.n, a.n, a.threads,
+              {read_only, ascend_streams, read_only, copy_streams, lookahead_sgd_streams, read_only,
+               descend_sampa_sgd_streams});
+}
 void opt_sgd(benchmark::State& st) {
   opt_step(st, [](auto& ps) { return flatmin::sgd<be>(ps, {.lr = 1e-6, .momentum = 0.9}); }, 24.0,
            {read_only, sgd_streams});
@@ -174,6 +194,7 @@ const bool registered = [] {
   grid(benchmark::RegisterBenchmark("opt_sam_adamw", opt_sam_adamw));
   grid(benchmark::RegisterBenchmark("opt_msam_adamw", opt_msam_adamw));
   grid(benchmark::RegisterBenchmark("opt_rwp_sgd", opt_rwp_sgd));
+  grid(benchmark::RegisterBenchmark("opt_sampa_sgd", opt_sampa_sgd));
   grid(benchmark::RegisterBenchmark("opt_sgd", opt_sgd));
   grid(benchmark::RegisterBenchmark("opt_adamw", opt_adamw));
   return true;

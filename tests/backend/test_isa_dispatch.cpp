@@ -4,7 +4,8 @@
 // process's own choice), with the baseline clone, and, where the test is built with Thrust, with
 // backend::thrust, whose element-by-element passes share no code with the clones. Weights, every
 // state buffer (through save()) and the reported norms are compared as bytes. Also: the
-// FLATMIN_ISA parser and force_isa's refusals.
+// FLATMIN_ISA parser and force_isa's refusals. Flat-LoRA's row kernel (an index pass with clones)
+// likewise.
 #include <doctest/doctest.h>
 #include <flatmin/flatmin.hpp>
 
@@ -149,6 +150,55 @@ TEST_CASE("isa dispatch: SAM, ASAM and FSAM steps give the same bits on every in
   FLATMIN_SAME(float, "fsam-sgd", fm::fsam<decltype(b)>(ps, momentum, {.keep = 0.3, .refresh_every = 2}));
   FLATMIN_SAME(float, "fsam-adam", fm::fsam<decltype(b)>(ps, ad, {.keep = 0.3, .refresh_every = 2}));
 #undef FLATMIN_SAME
+}
+
+/// Flat-LoRA's rows (kernels/flat_lora.hpp, an `isa_cloned` index pass): the bases after the
+/// noise, after its removal, and the adapters after three steps, as bytes.
+template <class Backend>
+std::string flat_lora_run(bool exact) {
+  const std::size_t out = 37, in = 300, r = 3;  // rows of 300: vector loops and their remainders
+  std::vector<float> W(out * in), A(r * in), gA(r * in), B(out * r), gB(out * r);
+  for (std::size_t i = 0; i < W.size(); ++i) W[i] = static_cast<float>(std::sin(0.37 * double(i)));
+  for (std::size_t i = 0; i < A.size(); ++i) A[i] = static_cast<float>(0.3 * std::cos(0.11 * double(i)));
+  for (std::size_t i = 0; i < B.size(); ++i) B[i] = static_cast<float>(0.2 * std::sin(1.3 * double(i)));
+  fm::param_set<float> ps;
+  ps.add_lora_pair("p", A.data(), gA.data(), {r, in}, B.data(), gB.data(), {out, r},
+                   fm::lora_base<float>{W.data(), 0.75});
+  auto opt = fm::flat_lora<Backend>(ps, fm::base::adamw{.lr = 0.01}, {.rho = 0.2, .exact_restore = exact});
+  std::string bytes;
+  const auto keep = [&](const std::vector<float>& v) {
+    bytes.append(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(float));
+  };
+  for (int s = 0; s < 3; ++s) {
+    opt.ascend();
+    keep(W);
+    for (std::size_t i = 0; i < gA.size(); ++i) gA[i] = static_cast<float>(std::sin(double(i) + s) * 0.1);
+    for (std::size_t i = 0; i < gB.size(); ++i) gB[i] = W[i] * 0.01f;  // reads the perturbed base
+    opt.descend();
+    keep(W);
+  }
+  keep(A);
+  keep(B);
+  return bytes;
+}
+
+TEST_CASE("isa dispatch: Flat-LoRA's noise and its removal give the same bits on every instruction set") {
+  for (bool exact : {false, true}) {
+    CAPTURE(exact);
+    host::force_isa(host::isa::baseline);
+    const std::string baseline = flat_lora_run<fm::backend::eigen>(exact);
+    for (host::isa i : {host::isa::avx2, host::isa::avx512}) {
+      if (!host::isa_supported(i)) continue;
+      const std::string isa = host::isa_name(i);
+      CAPTURE(isa);
+      host::force_isa(i);
+      CHECK(flat_lora_run<fm::backend::eigen>(exact) == baseline);
+    }
+    host::unforce_isa();
+#if defined(FLATMIN_TEST_WITH_THRUST)
+    CHECK(flat_lora_run<fm::backend::thrust>(exact) == baseline);
+#endif
+  }
 }
 
 TEST_CASE("isa dispatch: FLATMIN_ISA and force_isa") {

@@ -54,10 +54,13 @@ void check_never_writes_nonfinite(const layout_spec& layout) {
           r = opt.ascend();
           // a perturbation without a gradient at w moves w; descend() finds v in g_adv and restores
           if constexpr (hooks::ascent_reads_gradient) CHECK(bitwise_equal(m.raw_weights(), before));
+          // with two points (SAMPa) the gradient after ascend() is read by second_point()
+          if constexpr (C::template optimizer<T, Backend>::two_points) r = opt.second_point();
           r = opt.descend();
         } else {
           opt.ascend();
           hooks::second_gradient(q, m);
+          second_point<hooks>(opt, q, m);
           m.gat(at) = v;
           r = opt.descend();
         }

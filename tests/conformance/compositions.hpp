@@ -15,6 +15,8 @@
 
 #include <flatmin/flatmin.hpp>
 
+#include <deque>
+#include <numeric>
 #include <span>
 #include <tuple>
 #include <utility>
@@ -73,6 +75,14 @@ struct config<perturb::adaptive> {
 template <>
 struct config<descent::looksam> {
   static descent::looksam make() { return {.alpha = 0.3}; }
+};
+template <>
+struct config<perturb::flat_lora> {
+  static perturb::flat_lora make() { return {.rho = 0.05, .exact_restore = true}; }
+};
+template <>
+struct config<perturb::sampa> {
+  static perturb::sampa make() { return {.rho = 0.02}; }
 };
 template <>
 struct config<perturb::friendly> {
@@ -284,6 +294,55 @@ struct lora_pair_hooks : plain_hooks {
   }
 };
 
+/// SAMPa (perturb::sampa): no gradient at w, and the descent mixes its two gradients.
+struct sampa_hooks : no_clean_gradient_hooks {
+  static constexpr bool descent_is_base_on_g_adv = false;
+};
+
+/// What the two-call protocol needs between the perturbed gradient and descend() for a
+/// composition with two gradient points (SAMPa: second_point(), then the gradient there); nothing
+/// for the others.
+template <class Hooks, class Opt, class T, class Problem>
+void second_point(Opt& opt, Problem& q, model<T>& m) {
+  if constexpr (Opt::two_points) {
+    opt.second_point();
+    Hooks::second_gradient(q, m);
+  }
+}
+
+/// Flat-LoRA (perturb::flat_lora) perturbs the frozen base weight of LoRA pairs: the model's first
+/// and last tensors are registered as one pair, A {r, a/r} and B {b/r, r} with r = gcd(a, b) (a, b
+/// their sizes), over a frozen base W {b/r, a/r} held here. The conformance objectives do not read
+/// W, so the suite checks the mechanics (no trained entry perturbed, restore, non-finite, threads);
+/// tests/unit/test_flat_lora.cpp checks the noise and the gradient it changes against float64.
+struct flat_lora_hooks : no_clean_gradient_hooks {
+  template <class T>
+  static param_set<T> paired(const param_set<T>& ps) {
+    static std::deque<std::vector<T>> bases;  // alive as long as any optimizer built here
+    param_set<T> out;
+    const auto& ts = ps.tensors();
+    const auto& x = ts.front();
+    const auto& y = ts.back();
+    const std::size_t r = std::gcd(x.size, y.size);
+    auto& w = bases.emplace_back();
+    for (std::size_t j = 0; j < (x.size / r) * (y.size / r); ++j)
+      w.push_back(static_cast<T>(0.25 * static_cast<double>(j % 7) - 0.75));
+    out.add_lora_pair("pair", x.value, x.grad, {r, x.size / r}, y.value, y.grad, {y.size / r, r},
+                      lora_base<T>{w.data(), 0.5}, x.options, x.space);
+    for (std::size_t t = 1; t + 1 < ts.size(); ++t)
+      out.add(ts[t].name, ts[t].value, ts[t].grad, ts[t].shape, ts[t].options, ts[t].space);
+    return out;
+  }
+  template <class Opt, class C, class T>
+  static Opt make(const param_set<T>& ps) {
+    return plain_hooks::make<Opt, C, T>(paired(ps));
+  }
+  template <class Opt, class C, class T>
+  static Opt make_base_alone(const param_set<T>& ps) {
+    return Opt(paired(ps), {.base = config<typename C::base>::make()});
+  }
+};
+
 template <class Perturb, class Mask, class Base, class Descent = descent::standard, class Regularizer = regularize::none,
           class Hooks = plain_hooks, class Schedule = schedule::always>
 struct composition {
@@ -356,7 +415,11 @@ using compositions = std::tuple<
     // issue 16: RWP (a random perturbation, not rescaled; the λ-mix of the two gradients)
     composition<perturb::gaussian,       mask::dense, base::sgd,   descent::mix,      regularize::none, rule_hooks>,
     // issue 16: GCSAM (the ascent's gradient centralised row by row)
-    composition<perturb::centralized<perturb::l2>, mask::dense, base::sgd>
+    composition<perturb::centralized<perturb::l2>, mask::dense, base::sgd>,
+    // issue 16: Flat-LoRA (noise on the frozen bases of LoRA pairs, one gradient per step)
+    composition<perturb::flat_lora,      mask::dense, base::adamw, descent::standard, regularize::none, flat_lora_hooks>,
+    // issue 16: SAMPa (two independent gradients: at x + ε from the kept g_y, and at the look-ahead y)
+    composition<perturb::sampa,          mask::dense, base::sgd,   descent::standard, regularize::none, sampa_hooks>
 >;
 // clang-format on
 

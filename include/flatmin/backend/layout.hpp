@@ -42,6 +42,23 @@ struct tensor_rec {
   std::uint32_t pad;
 };
 
+/// The frozen base weight W (rows × cols, row-major) of a LoRA pair registered with one
+/// (`param_set::add_lora_pair` with a `lora_base`): its merged weight is W + scale·B·A, A and B the
+/// layout's tensors `a` ({rank, cols}) and `b` ({rows, rank}). `first_row` / `first_entry` number
+/// its rows and entries across every base of the layout, in registration order.
+template <class W>
+struct lora_base_rec {
+  W* w;
+  std::uint64_t rows;
+  std::uint64_t cols;
+  std::uint64_t rank;
+  std::uint64_t first_row;
+  std::uint64_t first_entry;
+  double scale;
+  std::uint32_t a;
+  std::uint32_t b;
+};
+
 /// A run of `len` elements of tensor `tensor`, starting at element `local` of that tensor
 /// (global index `index`). `slot` is where the run's first element lives in compact per-run
 /// storage (equal to `index` for dense storage).
@@ -194,6 +211,15 @@ class layout {
     assign_scale_slots(ps);
     for (const auto& v : ps.tensors())
       host_row_lengths_.push_back(v.shape.size() > 1 && v.shape[0] > 0 ? v.size / v.shape[0] : v.size);
+    std::uint64_t rows = 0, entries = 0;
+    for (const auto& p : ps.lora_pairs()) {
+      if (p.base == lora_pair::no_base) continue;
+      const auto& f = ps.frozen()[p.base];
+      host_lora_bases_.push_back({f.value, f.rows, f.cols, ps[p.a].shape[0], rows, entries, p.scale,
+                                  static_cast<std::uint32_t>(p.a), static_cast<std::uint32_t>(p.b)});
+      rows += f.rows;
+      entries += f.rows * f.cols;
+    }
     for (const auto& t : host_tensors_) {
       n_ += t.size;
       host_extents_.push_back({t.offset, t.size, t.flags, 0u});
@@ -215,6 +241,10 @@ class layout {
   /// convolution, an output row of a linear layer's weight): size / shape[0] for a tensor of two or
   /// more dimensions, the whole size otherwise. Row-major tensors hold each row contiguously.
   const std::vector<std::uint64_t>& host_row_lengths() const { return host_row_lengths_; }
+
+  /// The frozen base weights of the LoRA pairs registered with one, host copy (their memory is
+  /// the user's, in the tensors' memory space). Not trained: no pass over the layout reads them.
+  const std::vector<lora_base_rec<weight_type>>& host_lora_bases() const { return host_lora_bases_; }
 
   /// Every element of every tensor, dense slots.
   range_type full() const {
@@ -265,6 +295,7 @@ class layout {
   std::vector<tensor_extent> host_extents_;
   typename Backend::template vector<tensor_extent> extents_;
   std::vector<std::uint64_t> host_row_lengths_;
+  std::vector<lora_base_rec<weight_type>> host_lora_bases_;
   std::vector<T> host_scales_;
   typename Backend::template vector<T> scales_;
   std::size_t n_ = 0;

@@ -65,17 +65,31 @@ struct adam_update {
     }
   }
 
+  /// The w this update would give for g, m and v left as they are (SAMPa's look-ahead point,
+  /// perturb/sampa.hpp): the same arithmetic as the update, without the moments' writes.
+  FLATMIN_HD T peek(T w, T g, std::size_t i, std::uint32_t flags) const {
+    if (resolved) {
+      apply<false>(w, g, i);
+    } else {
+      for_tensor(flags).template apply<false>(w, g, i);
+    }
+    return w;
+  }
+
  private:
   // Weight decay by coefficients (0 and 1 leave a finite value unchanged) rather than branches,
   // so that the host loop runs the same arithmetic for every element and vectorises. Only on a
   // copy `for_tensor` made (the coefficients are its).
+  template <bool Commit = true>
   FLATMIN_HD void apply(T& w, T g, std::size_t i) const {
     g = g + coupled * w;
     w = w * shrink;
     const T mi = beta1 * m[i] + (T(1) - beta1) * g;
     const T vi = beta2 * v[i] + (T(1) - beta2) * g * g;
-    m[i] = mi;
-    v[i] = vi;
+    if constexpr (Commit) {
+      m[i] = mi;
+      v[i] = vi;
+    }
     w = w - step_size * mi / (fm_sqrt(vi) / bc2_sqrt + eps);
   }
 };

@@ -48,19 +48,31 @@ struct sgd_update {
     }
   }
 
+  /// The w this update would give for g, its state left as it is (SAMPa's look-ahead point,
+  /// perturb/sampa.hpp): the same arithmetic as the update, without the buffer's write.
+  FLATMIN_HD T peek(T w, T g, std::size_t i, std::uint32_t flags) const {
+    if (resolved) {
+      apply<false>(w, g, i);
+    } else {
+      for_tensor(flags).template apply<false>(w, g, i);
+    }
+    return w;
+  }
+
  private:
   // No branch on a run-time option inside the element loop: the options pick coefficients (a
   // zero factor leaves a finite value unchanged) and the loop runs the same arithmetic for every
   // element, which the host compiler vectorises (with -ftrapping-math it does not speculate a
   // floating-point operation guarded by a branch). buf[i] is read on the first step too: it is
   // zero-initialised and its cache line is fetched for the write anyway.
+  template <bool Commit = true>
   FLATMIN_HD void apply(T& w, T g, std::size_t i) const {
     g = g + weight_decay * w;
     if (buf != nullptr) {
       const T mu = first ? T(0) : momentum;            // b ← g on the first step
       const T damp = first ? T(1) : T(1) - dampening;  // else μ b + (1 − τ) g
       const T b = mu * buf[i] + damp * g;
-      buf[i] = b;
+      if constexpr (Commit) buf[i] = b;
       g = (nesterov ? g : T(0)) + (nesterov ? momentum : T(1)) * b;
     }
     w = w - lr * g;

@@ -45,6 +45,7 @@
 #include "../descent/standard.hpp"
 #include "../descent/state.hpp"
 #include "../kernels/sam_passes.hpp"
+#include "../kernels/sampa.hpp"
 #include "../mask/dense.hpp"
 #include "../mask/detail/pass_target.hpp"
 #include "../params/param_set.hpp"
@@ -122,6 +123,13 @@ class sharpness_aware {
   /// Whether a step takes a second gradient (false for plain base optimizers and BAR); the
   /// schedule may still leave a step unperturbed (`step_report::perturbed`).
   static constexpr bool perturbs = Perturb::perturbs;
+  /// Whether the perturbation moves the trained tensors. False for one that perturbs memory outside
+  /// them (perturb::flat_lora: the frozen bases of LoRA pairs): no pass over the layout then, its
+  /// state applies and undoes it, and the report's mask density is 0 (no trained entry perturbed).
+  static constexpr bool perturbs_layout = !requires { requires !Perturb::perturbs_layout; };
+  /// Whether a step has a second gradient point after the perturbed one (perturb::sampa, SAMPa):
+  /// the protocol is ascend(), backward, second_point(), backward, descend().
+  static constexpr bool two_points = requires { requires Perturb::second_point; };
 
   /// The aggregate the optimizer is built from: one member per policy, plus `optimizer_options`.
   using composition_type = composition<Perturb, Mask, Base, Descent, Regularizer, Schedule>;
@@ -149,7 +157,8 @@ class sharpness_aware {
         reg_state_(reg_, layout_),
         descent_state_(descent_, layout_),
         perturb_state_(perturb_, layout_),
-        saved_(Backend::template make_vector<W>(perturbs ? mask_state_.saved_size(layout_) : 0)),
+        saved_(Backend::template make_vector<W>(perturbs && perturbs_layout ? mask_state_.saved_size(layout_)
+                                                                              : 0)),
         names_(names_of(params)),
         store_(options_, layout_) {
     validate();
@@ -181,6 +190,23 @@ class sharpness_aware {
       const T inv = inverse_scale(args);
       if (!schedule_.perturbs_at(steps_ + 1)) {
         phase_ = phase::unperturbed;
+        return report_;
+      }
+      if constexpr (!perturbs_layout) {  // perturb::flat_lora: no pass over the layout, no g read
+        if (args.found_inf && *args.found_inf) {
+          report_.skipped = true;
+          report_.reason = skip_reason::found_inf;
+          if (options_.on_nonfinite == nonfinite::raise) {
+            phase_ = phase::idle;
+            throw non_finite_error(std::string("flatmin: ascend(): ") + to_string(report_.reason));
+          }
+          phase_ = phase::skipped;
+          return report_;
+        }
+        perturb_state_.apply(perturb_, layout_, steps_ + 1);
+        report_.perturbation_norm = perturb_state_.perturbation_norm();
+        report_.perturbed = true;
+        phase_ = phase::ascended;
         return report_;
       }
       mask_state_.begin_step(mask_, steps_ + 1);
@@ -238,6 +264,56 @@ class sharpness_aware {
     }
   }
 
+  /// The middle call of a composition with two gradient points (`two_points`: perturb::sampa,
+  /// SAMPa): with the gradient at the perturbed point in the views (the backward after ascend()),
+  /// checks it and keeps it, then moves the weights to the second point (SAMPa's look-ahead y);
+  /// one more backward there, then descend(). A non-finite gradient skips the step here (the
+  /// weights restored bit-exactly; descend() then only returns the report), or throws
+  /// `non_finite_error` after the same restore with `nonfinite::raise`. On a step the schedule
+  /// leaves unperturbed, or after a skipped ascent, it does nothing. usage_error without a
+  /// matching ascend() or when called twice.
+  step_report second_point(const step_args& args = {})
+    requires two_points
+  {
+    if (phase_ == phase::unperturbed || phase_ == phase::skipped) return report_;
+    if (phase_ != phase::ascended)
+      throw usage_error(phase_ == phase::second
+                            ? "flatmin: second_point() called twice; call descend() or cancel()"
+                            : "flatmin: second_point() called without a matching ascend()");
+    const cancel_on_throw guard(*this);
+    validate();
+    const T inv = inverse_scale(args);
+    const auto c = reduce_full(kernels::check_pass<T>{inv});
+    report_.perturbed_grad_norm = std::sqrt(c.g2);
+    const bool found_inf = args.found_inf && *args.found_inf;
+    if (found_inf || c.bad > 0 || !std::isfinite(c.g2)) {
+      restore();
+      report_.skipped = true;
+      report_.reason = found_inf ? skip_reason::found_inf : skip_reason::nonfinite_perturbed_gradient;
+      if (options_.on_nonfinite == nonfinite::raise) {
+        phase_ = phase::idle;
+        scale_update(true);
+        throw non_finite_error(std::string("flatmin: second_point(): ") + to_string(report_.reason));
+      }
+      phase_ = phase::skipped;
+      return report_;
+    }
+    perturb_state_.on_second_point(perturb_, layout_, inv);
+    if (perturb_state_.has_point()) {
+      auto update = base_state_.prepare(base_, steps_ + 1);
+      if constexpr (requires { update.scales = layout_.scales(); }) update.scales = layout_.scales();
+      const T* gy = perturb_state_.point_gradient();
+      store_.for_ascent([&](auto store) {
+        using pass = kernels::lookahead_pass<T, decltype(update), W, decltype(store)>;
+        Backend::for_each(layout_.full(), pass{update, gy, Backend::data(saved_), store});
+      });
+    } else {
+      restore();  // no g_y yet: the second point is x itself
+    }
+    phase_ = phase::second;
+    return report_;
+  }
+
   /// Second half: with g_adv in the gradient views, restores w exactly and applies the base step.
   /// On a step the schedule left unperturbed the views hold g and nothing is restored.
   /// Returns the step's report (`skipped` if g or g_adv was non-finite). Any exception after the
@@ -252,6 +328,10 @@ class sharpness_aware {
         report_.step = steps_ + 1;
       }
     }
+    if constexpr (two_points)
+      if (phase_ == phase::ascended)
+        throw usage_error("flatmin: descend() called before second_point(): this composition (SAMPa) takes "
+                          "its second gradient at the look-ahead point");
     const cancel_on_throw guard(*this);
     validate();
     if (phase_ == phase::idle) sync_scaler();  // a composition without ascent starts a step here
@@ -261,7 +341,8 @@ class sharpness_aware {
       return report_;
     }
     const T inv = inverse_scale(args);
-    const bool perturbed = perturbs && phase_ == phase::ascended;  // else the views hold g at w
+    // else the views hold g at w
+    const bool perturbed = perturbs && (phase_ == phase::ascended || phase_ == phase::second);
     bool bad = false;
     double norm = 0;  // ‖g‖ or ‖g_adv‖, unscaled (what clipping reads)
     if (args.found_inf) bad = *args.found_inf;
@@ -285,8 +366,10 @@ class sharpness_aware {
       return report_;
     }
     const std::size_t t = steps_ + 1;
+    if constexpr (!perturbs_layout)
+      if (perturbed) perturb_state_.undo(layout_);  // the trained tensors were not perturbed
     const T clipped = clip(inv, norm);  // optimizer/clip.hpp: inv itself when not clipping
-    auto adjust = reg_state_.prepare(reg_, layout_, t, clipped);
+    auto adjust = perturbation_adjust(reg_state_.prepare(reg_, layout_, t, clipped), perturbed);
     auto update = base_state_.prepare(base_, t);
     if constexpr (requires { update.scales = layout_.scales(); }) update.scales = layout_.scales();
     if constexpr (requires { descent_state_.prepare(descent_, layout_, descent::step_context{}); }) {
@@ -294,11 +377,11 @@ class sharpness_aware {
       const descent::step_context ctx{t, perturbed, detail::lr_of(base_), static_cast<double>(clipped)};
       auto rule = descent_state_.prepare(descent_, layout_, ctx);
       descend_pass(detail::chained_adjust<T, decltype(rule), decltype(adjust)>{rule, adjust}, update,
-                   clipped, perturbed);
+                   clipped, perturbed && perturbs_layout);
       if constexpr (requires { descent_state_.finish(descent_, layout_, ctx); })
         descent_state_.finish(descent_, layout_, ctx);
     } else {
-      descend_pass(adjust, update, clipped, perturbed);
+      descend_pass(adjust, update, clipped, perturbed && perturbs_layout);
     }
     if constexpr (requires { perturb_state_.commit_step(); })
       if (perturbed) perturb_state_.commit_step();
@@ -311,10 +394,11 @@ class sharpness_aware {
 
   /// One whole step with the closure protocol: `obj()` writes ∇L at the current weights and
   /// returns the loss; it is called at w, then (if the composition and its schedule perturb this
-  /// step) at w + ε; once, at w + ε, for a perturbation that needs no gradient at w. Options and
-  /// the protocol state are checked before the objective runs; if anything throws after the
-  /// ascent (the objective at w + ε, a policy, a schedule), the weights are restored bit-exactly
-  /// and the optimizer is idle before the exception propagates.
+  /// step) at w + ε; once, at w + ε, for a perturbation that needs no gradient at w; twice, at
+  /// w + ε and at the second point, for a composition with two points (SAMPa: `second_point()`
+  /// between). Options and the protocol state are checked before the objective runs; if anything
+  /// throws after the ascent (the objective at w + ε, a policy, a schedule), the weights are
+  /// restored bit-exactly and the optimizer is idle before the exception propagates.
   template <class O>
   step_report step(O&& obj, const step_args& args = {}) {
     static_assert(
@@ -348,6 +432,8 @@ class sharpness_aware {
         if (r.perturbed) descent_.second_gradient(obj);
       }
     }
+    if constexpr (two_points)
+      if (r.perturbed && !r.skipped && !second_point(args).skipped) descent_.second_gradient(obj);  // at y
     r = descend(args);
     r.loss = loss;
     report_.loss = loss;
@@ -356,7 +442,7 @@ class sharpness_aware {
 
   /// Abandons an ascended step: restores w bit-exactly and returns to the idle state.
   void cancel() {
-    if (phase_ == phase::ascended && perturbs) restore();
+    if ((phase_ == phase::ascended || phase_ == phase::second) && perturbs) restore();
     mask_abandon();
     phase_ = phase::idle;
   }
@@ -533,7 +619,8 @@ class sharpness_aware {
   }
 
  private:
-  enum class phase { idle, ascended, skipped, unperturbed };  // unperturbed: the schedule's choice
+  // unperturbed: the schedule's choice; second: at the second point (two_points)
+  enum class phase { idle, ascended, skipped, unperturbed, second };
   using descent_state_type = detail::state_of_t<Descent, T, Backend>;
   using mask_state_type = typename Mask::template state<T, Backend>;
   using mask_view = decltype(std::declval<const mask_state_type&>().get_view());
@@ -581,6 +668,11 @@ class sharpness_aware {
                           Backend::name + " cannot use");
       if constexpr (requires { Backend::check_view(v); }) Backend::check_view(v);
     }
+    for (const auto& f : ps.frozen())
+      if (!Backend::accepts(f.space))
+        throw usage_error("flatmin: frozen tensor " + detail::quote(f.name) + " is in " +
+                          (f.space == memory_space::host ? "host" : "device") + " memory, which backend " +
+                          Backend::name + " cannot use");
     return ps;
   }
 
@@ -655,6 +747,18 @@ class sharpness_aware {
       perturb_state_.on_ascent(perturb_, layout_, a, inv);
     if constexpr (ascent_hook<typename Regularizer::template state<T, Backend>, T, Backend>)
       reg_state_.on_ascent(layout_, a, inv);
+  }
+
+  /// The descent gradient's adjust: the regularizer's, after a perturbation state's own when it has
+  /// one (perturb::sampa's mix of its two gradients).
+  template <class Adjust>
+  auto perturbation_adjust(const Adjust& reg, bool perturbed) {
+    if constexpr (requires { perturb_state_.descent_adjust(perturb_, perturbed); }) {
+      auto own = perturb_state_.descent_adjust(perturb_, perturbed);
+      return detail::chained_adjust<T, decltype(own), Adjust>{own, reg};
+    } else {
+      return reg;
+    }
   }
 
   /// This step's ρ: the perturbation's, or the descent rule's ρ_t (`radius`, descent/state.hpp).
@@ -746,7 +850,12 @@ class sharpness_aware {
     });
   }
 
-  void restore() { target().for_each(restore_pass()); }
+  void restore() {
+    if constexpr (perturbs_layout)
+      target().for_each(restore_pass());
+    else
+      perturb_state_.undo(layout_);
+  }
   auto restore_pass() const {
     return [saved = Backend::data(saved_)](auto view) {
       return kernels::restore_pass<W, decltype(view)>{view, saved};
@@ -789,7 +898,7 @@ class sharpness_aware {
   void commit_load(checkpoint::staged<Backend>& st, std::size_t need, const After& after) {
     st.build();
     typename Backend::template vector<W> grown;
-    if (perturbs && need > saved_.size()) grown = Backend::template make_vector<W>(need);
+    if (perturbs && perturbs_layout && need > saved_.size()) grown = Backend::template make_vector<W>(need);
     st.commit();
     after();
     if (grown.size()) saved_.swap(grown);

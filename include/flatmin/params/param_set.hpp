@@ -3,6 +3,7 @@
 /// `param_set<T>`: the user's parameters and gradients as named, shaped, non-owning views.
 
 #include <algorithm>
+#include <cmath>
 #include <concepts>
 #include <functional>
 #include <initializer_list>
@@ -41,11 +42,34 @@ concept foreign_buffer_of = requires(C& c) {
   { buffer_traits<std::remove_cv_t<C>>::space } -> std::convertible_to<memory_space>;
 };
 
-/// Indices of the two factors of a LoRA pair (update = B·A or x·yᵀ) in a `param_set`.
+/// Indices of the two factors of a LoRA pair (update = B·A or x·yᵀ) in a `param_set`, and its
+/// frozen base weight when one was registered (`param_set::frozen()[base]`).
 struct lora_pair {
+  static constexpr std::size_t no_base = static_cast<std::size_t>(-1);
   std::string name;
-  std::size_t a = 0;  ///< index of the first factor (x)
-  std::size_t b = 0;  ///< index of the second factor (y)
+  std::size_t a = 0;        ///< index of the first factor (x)
+  std::size_t b = 0;        ///< index of the second factor (y)
+  std::size_t base = no_base;  ///< index of the frozen base weight W in `param_set::frozen()`
+  double scale = 1;         ///< s of the merged weight W + s·B·A (the LoRA α / r)
+};
+
+/// The frozen base weight W (out × in, row-major) of a LoRA pair, as `add_lora_pair` takes it:
+/// the merged weight is W + scale·B·A. Not trained (no gradient, no optimizer state); only a
+/// perturbation that works on the merged weight writes it (perturb::flat_lora, Flat-LoRA).
+template <class T>
+struct lora_base {
+  T* value = nullptr;
+  double scale = 1;
+};
+
+/// A non-trainable view: a frozen base weight of a LoRA pair (`param_set::frozen()`).
+template <class T>
+struct frozen_view {
+  std::string name;  ///< the pair's name + ".base"
+  T* value = nullptr;
+  std::size_t rows = 0;  ///< out: B's rows
+  std::size_t cols = 0;  ///< in: A's columns
+  memory_space space = memory_space::host;
 };
 
 /// A buffer `param_set::add` takes: contiguous host memory or a `buffer_traits` specialisation.
@@ -134,8 +158,41 @@ class param_set {
       return pairs_.back();
     }
 
+    /// Registers a LoRA pair with its frozen base weight W (shape {out, in} with A {r, in} and
+    /// B {out, r}): the pair as above, and W as a non-trainable view named `name + ".base"` (no
+    /// gradient; `frozen()`), which perturb::flat_lora (Flat-LoRA) perturbs around the backward
+    /// pass. W must not overlap any other tensor; `base.scale` (s of W + s·B·A) must be finite.
+    const lora_pair& add_lora_pair(const std::string& name, T* a, Grad* grad_a, tensor_shape shape_a, T* b,
+                                   Grad* grad_b, tensor_shape shape_b, lora_base<T> base,
+                                   tensor_options options = {}, memory_space space = memory_space::host) {
+      const auto fail = [&](const std::string& what) {
+        throw std::invalid_argument("flatmin::param_set: LoRA pair " + detail::quote(name) + " " + what);
+      };
+      const auto& da = shape_a.dims();
+      const auto& db = shape_b.dims();
+      if (da.size() != 2 || db.size() != 2 || shape_a.has_negative() || shape_b.has_negative())
+        fail("with a frozen base needs A of shape {r, in} and B of shape {out, r}");
+      if (db[1] != da[0])
+        fail("has A of " + std::to_string(da[0]) + " rows but B of " + std::to_string(db[1]) + " columns");
+      if (base.value == nullptr) fail("has a null frozen base pointer");
+      if (!(std::abs(base.scale) <= std::numeric_limits<double>::max()))
+        fail("has scale " + detail::format_value(base.scale) + ": it must be finite");
+      if (names_.count(name + ".base")) fail("has a base name " + detail::quote(name + ".base") + " in use");
+      const std::size_t rows = db[0], cols = da[1];
+      if (cols != 0 && rows > static_cast<std::size_t>(-1) / cols)
+        fail("has a base whose size overflows size_t");
+      add_lora_pair(name, a, grad_a, std::move(shape_a), b, grad_b, std::move(shape_b), options, space);
+      frozen_.push_back({name + ".base", base.value, rows, cols, space});
+      names_.insert(frozen_.back().name);
+      pairs_.back().base = frozen_.size() - 1;
+      pairs_.back().scale = base.scale;
+      return pairs_.back();
+    }
+
     const std::vector<view_type>& tensors() const { return views_; }
     const std::vector<lora_pair>& lora_pairs() const { return pairs_; }
+    /// The non-trainable views (frozen base weights of LoRA pairs), in registration order.
+    const std::vector<frozen_view<T>>& frozen() const { return frozen_; }
     const view_type& operator[](std::size_t i) const { return views_.at(i); }
     std::size_t size() const { return views_.size(); }
     bool empty() const { return views_.empty(); }
@@ -161,6 +218,7 @@ class param_set {
         r.push_back({bytes(v.value), bytes(v.value + v.size), &v.name});
         r.push_back({bytes(v.grad), bytes(v.grad + v.size), &v.name});
       }
+      for (const auto& f : frozen_) r.push_back({bytes(f.value), bytes(f.value + f.rows * f.cols), &f.name});
       std::sort(r.begin(), r.end(),
                 [](const range& x, const range& y) { return std::less<const char*>{}(x.lo, y.lo); });
       for (std::size_t i = 1; i < r.size(); ++i)
@@ -286,6 +344,7 @@ class param_set {
 
     std::vector<view_type> views_;
     std::vector<lora_pair> pairs_;
+    std::vector<frozen_view<T>> frozen_;
     std::unordered_set<std::string> names_;
 };
 
