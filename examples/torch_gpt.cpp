@@ -17,7 +17,8 @@
 //   run:    ./build/examples/example_torch_gpt [--quick] [--seeds 3] [--pretrain-steps 800]
 //           [--finetune-steps 100] [--rho 0.05] [--methods adamw,sam,fsam,functional_sam,
 //           preconditioned_sam,preconditioned_functional_sam,msam,bar] [--modes full,lora] [--data DIR]
-//           (`rwp` is accepted by --methods too; it is not in the default set the study ran)
+//           (`rwp`, `sampa` and, with LoRA, `flat_lora` are accepted by --methods too; they are not
+//           in the default set the study ran)
 //
 // Prints, per mode and method, the held-out loss (mean ± std over seeds), its paired difference to
 // AdamW and to SAM (mean ± std over seeds), and the wall time per fine-tuning step. --quick (a few
@@ -272,6 +273,18 @@ void pair_adapters(flatmin::libtorch::binding<float>& b) {
   }
 }
 
+/// LoRA pairs with their frozen base weights (each adapter's `base.weight`), for Flat-LoRA.
+void pair_adapters_with_base(flatmin::libtorch::binding<float>& b, gpt& m, const config& c) {
+  auto all = m->named_parameters(true);  // the frozen base weights too
+  for (std::size_t i = 0; i < b.size(); ++i) {
+    const std::string& n = b.name(i);
+    const auto at = n.find("lora_A");
+    if (at == std::string::npos) continue;
+    const std::string prefix = n.substr(0, at);
+    b.add_lora_pair(n.substr(0, at - 1), n, prefix + "lora_B", all[prefix + "base.weight"], 2.0 / c.rank);
+  }
+}
+
 outcome finetune(const std::string& method, bool lora, gpt& m, const corpus& data, std::uint64_t seed,
                  const config& c) {
   const int steps = c.finetune_steps;
@@ -300,6 +313,15 @@ outcome finetune(const std::string& method, bool lora, gpt& m, const corpus& dat
                  [&](const auto& ps) { return flatmin::msam(ps, base, {.rho = c.rho}); });
   if (method == "rwp")  // RWP: filter-wise Gaussian ε (σ 0.01 of each row's norm), (1 − λ) g + λ g_ε
     return train(m, tr, va, steps, seed, c, [&](const auto& ps) { return flatmin::rwp(ps, base); });
+  if (method == "sampa")  // SAMPa: ε from the kept look-ahead gradient, (1 − λ) g̃ + λ ∇L(y)
+    return train(m, tr, va, steps, seed, c, [&](const auto& ps) { return flatmin::sampa(ps, base, {.rho = c.rho}); });
+  if (method == "flat_lora" && lora)  // Flat-LoRA: noise on the frozen base weights, cosine ramp
+    return train(
+        m, tr, va, steps, seed, c,
+        [&](const auto& ps) {
+          return flatmin::flat_lora(ps, base, {.ramp_steps = static_cast<std::size_t>(steps), .seed = seed});
+        },
+        [&](auto& b) { pair_adapters_with_base(b, m, c); });
   if (method == "bar" && lora)
     return train(
         m, tr, va, steps, seed, c, [&](const auto& ps) { return flatmin::bar(ps, base, {.rho = c.rho}); },
@@ -388,7 +410,7 @@ int main(int argc, char** argv) {
     for (const auto& mode : c.modes)
       for (const auto& method : c.methods) {
         const bool lora = mode == "lora";
-        if (method == "bar" && !lora) continue;  // BAR regularises LoRA pairs
+        if ((method == "bar" || method == "flat_lora") && !lora) continue;  // they work on LoRA pairs
         gpt m(c, data.vocab);
         {
           const torch::NoGradGuard no_grad;

@@ -270,6 +270,15 @@ class binding {
                      "create_graph?)" +
                      again);
     }
+    for (const auto& p : pairs_) {
+      if (!p.base.defined()) continue;
+      const std::string who = "the base weight of LoRA pair " + detail::quote(p.name);
+      const torch::Tensor& w = p.base;
+      if (w.scalar_type() != entries_[p.a].dtype || w.device() != entries_[p.a].device ||
+          w.layout() != torch::kStrided || !w.is_contiguous() || w.data_ptr() != p.base_ptr)
+        detail::fail(who + " has new storage, dtype, device or layout" + since_bound() +
+                     ": call rebind() (flatmin did not touch it)");
+    }
   }
 
   /// Zeroes every registered gradient in place. A parameter whose `.grad` was set to none gets its
@@ -308,6 +317,17 @@ class binding {
     for (std::size_t i = 0; i < entries_.size(); ++i)  // param-group multipliers carry over
       fresh.entries_[i].options = entries_[i].options;
     fresh.pairs_ = pairs_;
+    for (auto& p : fresh.pairs_)  // the same tensor handles: their current storage
+      if (p.base.defined()) {
+        const torch::Tensor& w = p.base;
+        if (w.scalar_type() != fresh.entries_[p.a].dtype || w.device() != fresh.entries_[p.a].device ||
+            w.layout() != torch::kStrided || !w.is_contiguous() || w.dim() != 2 ||
+            w.size(0) != fresh.entries_[p.b].param.size(0) || w.size(1) != fresh.entries_[p.a].param.size(1))
+          detail::fail("rebind(): the base weight of LoRA pair " + detail::quote(p.name) +
+                       " is no longer a dense, contiguous {out, in} tensor of the pair's dtype and device");
+        p.keep_base = p.base.storage();
+        p.base_ptr = p.base.data_ptr();
+      }
     fresh.build();
     return fresh;
   }
@@ -336,6 +356,24 @@ class binding {
   /// policy two ordinary tensors. In params() they are `name + ".A"` / `".B"`, placed at A's
   /// position, with A's tensor_options for both. usage_error for an unknown or already paired tensor.
   void add_lora_pair(const std::string& name, const std::string& a, const std::string& b) {
+    add_pair(name, a, b, torch::Tensor(), 1.0);
+  }
+
+  /// The same with the pair's frozen base weight W (not bound: no gradient, not trained), for
+  /// Flat-LoRA (perturb::flat_lora), which perturbs W around the backward: the merged weight is
+  /// W + scale·B·A with A {r, in}, B {out, r}, W {out, in} (torch::nn::Linear's weight and a LoRA
+  /// adapter's lora_A, lora_B). W must be dense, contiguous, of dtype T and on the binding's device
+  /// (usage_error naming it otherwise); `check()` then guards it like the bound tensors.
+  void add_lora_pair(const std::string& name, const std::string& a, const std::string& b,
+                     const torch::Tensor& base, double scale) {
+    if (!base.defined())
+      detail::fail("add_lora_pair(" + detail::quote(name) + "): the base weight is undefined");
+    add_pair(name, a, b, base, scale);
+  }
+
+ private:
+  void add_pair(const std::string& name, const std::string& a, const std::string& b,
+                const torch::Tensor& base, double scale) {
     const std::size_t ia = index_of(a), ib = index_of(b);
     if (ia == ib) detail::fail("add_lora_pair(" + detail::quote(name) + "): A and B are the same tensor");
     for (const auto& p : pairs_)
@@ -343,7 +381,25 @@ class binding {
         detail::fail("add_lora_pair(" + detail::quote(name) + "): " + detail::quote(a) + " or " +
                      detail::quote(b) +
                      " is already in pair " + detail::quote(p.name));
-    pairs_.push_back({name, ia, ib});
+    pair_entry pe{name, ia, ib, base, scale, {}, nullptr};
+    if (base.defined()) {
+      const std::string who = "add_lora_pair(" + detail::quote(name) + "): the base weight";
+      const auto& ea = entries_[ia];
+      const auto& eb = entries_[ib];
+      if (base.layout() != torch::kStrided || !base.is_contiguous())
+        detail::fail(who + " is not dense and contiguous");
+      if (base.scalar_type() != ea.dtype || base.device() != ea.device)
+        detail::fail(who + " is " + detail::dtype_name(base.scalar_type()) + " on " +
+                     detail::device_name(base.device()) + ", the pair " + detail::dtype_name(ea.dtype) +
+                     " on " + detail::device_name(ea.device));
+      if (ea.param.dim() != 2 || eb.param.dim() != 2 || base.dim() != 2 ||
+          base.size(0) != eb.param.size(0) || base.size(1) != ea.param.size(1) ||
+          eb.param.size(1) != ea.param.size(0))
+        detail::fail(who + " must be {out, in} with A {r, in} and B {out, r}");
+      pe.keep_base = base.storage();
+      pe.base_ptr = base.data_ptr();
+    }
+    pairs_.push_back(std::move(pe));
     try {
       build();
     } catch (...) {
@@ -352,7 +408,6 @@ class binding {
     }
   }
 
- private:
   struct entry {
     std::string name;
     torch::Tensor param;                 ///< the user's tensor (same TensorImpl: sees set_data, set_, .to())
@@ -416,8 +471,13 @@ class binding {
         ps.add(e.name, detail::elements<T>(e.param), detail::elements<T>(e.grad), shape_of(e), e.options);
       } else if (pair->a == i) {  // the pair at A's place; B is skipped where it comes
         const entry& b = entries_[pair->b];
-        ps.add_lora_pair(pair->name, detail::elements<T>(e.param), detail::elements<T>(e.grad), shape_of(e),
-                         detail::elements<T>(b.param), detail::elements<T>(b.grad), shape_of(b), e.options);
+        if (pair->base.defined())
+          ps.add_lora_pair(pair->name, detail::elements<T>(e.param), detail::elements<T>(e.grad), shape_of(e),
+                           detail::elements<T>(b.param), detail::elements<T>(b.grad), shape_of(b),
+                           lora_base<T>{detail::elements<T>(pair->base), pair->scale}, e.options);
+        else
+          ps.add_lora_pair(pair->name, detail::elements<T>(e.param), detail::elements<T>(e.grad), shape_of(e),
+                           detail::elements<T>(b.param), detail::elements<T>(b.grad), shape_of(b), e.options);
       }
     }
     params_ = std::move(ps);
@@ -432,6 +492,10 @@ class binding {
   struct pair_entry {
     std::string name;
     std::size_t a, b;
+    torch::Tensor base;       ///< the frozen base weight (undefined: none)
+    double scale = 1;         ///< s of W + s·B·A
+    c10::Storage keep_base;   ///< its registered memory stays allocated while bound
+    const void* base_ptr;     ///< where it was registered
   };
   std::vector<pair_entry> pairs_;
 
@@ -601,6 +665,20 @@ class optimizer : public torch::optim::Optimizer {
     binding_.check();
     sync_groups();
     return inner_->ascend(args);
+  }
+  /// SAMPa's middle call (flatmin::sampa: between the backward at w + ε and the one at the
+  /// look-ahead point; the caller zeroes the gradients before each). A stale binding here cancels
+  /// the step and throws.
+  decltype(auto) second_point(const step_args& args = {})
+    requires inner_type::two_points
+  {
+    try {
+      binding_.check();
+    } catch (...) {
+      inner_->cancel();
+      throw;
+    }
+    return inner_->second_point(args);
   }
   /// A stale binding here cancels the step (w restored into the registered memory) and throws.
   decltype(auto) descend(const step_args& args = {}) {

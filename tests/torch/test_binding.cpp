@@ -626,3 +626,75 @@ TEST_CASE("a bf16 optimizer with master weights saves and loads through an archi
     CHECK_THROWS_AS(oh.load(again), std::invalid_argument);
   }
 }
+
+TEST_CASE("add_lora_pair with a frozen base weight: Flat-LoRA perturbs it around the one backward and puts it "
+          "back; SAMPa's middle call; mistakes and a replaced base are named") {
+  // a LoRA linear layer: W {4, 3} frozen, A {2, 3}, B {4, 2}; the output (W + 0.5·B·A)·x
+  torch::manual_seed(11);
+  auto W = torch::randn({4, 3}, torch::kDouble);
+  auto A = torch::randn({2, 3}, torch::kDouble).set_requires_grad(true);
+  auto B = torch::randn({4, 2}, torch::kDouble).set_requires_grad(true);
+  fl::binding<double> b(fl::named_tensors{{"lora_A", A}, {"lora_B", B}});
+  b.add_lora_pair("layer", "lora_A", "lora_B", W, 0.5);
+  const auto& ps = b.params();
+  REQUIRE(ps.frozen().size() == 1);
+  CHECK(ps.frozen()[0].value == W.data_ptr<double>());
+  CHECK(ps.frozen()[0].rows == 4);
+  CHECK(ps.frozen()[0].cols == 3);
+  CHECK(ps.lora_pairs()[0].scale == 0.5);
+  const auto x = inputs().t();  // {3, 8}
+  const torch::Tensor W0 = W.clone();
+  fl::optimizer opt(b, [](const auto& p) {
+    return flatmin::flat_lora(p, flatmin::base::adamw{.lr = 1e-2}, {.rho = 0.5, .exact_restore = true});
+  });
+  int calls = 0;
+  double seen = 0;
+  opt.step([&] {
+    ++calls;
+    seen = (W - W0).abs().max().item<double>();  // the closure runs at the perturbed base
+    auto loss = torch::matmul(W + 0.5 * torch::matmul(B, A), x).pow(2).mean();
+    loss.backward();
+    return loss;
+  });
+  CHECK(calls == 1);
+  CHECK(seen > 0);
+  CHECK(torch::equal(W, W0));  // put back bit for bit
+  // a replaced base is named before anything is touched
+  {
+    const torch::NoGradGuard ng;
+    W.set_data(W.clone());
+  }
+  CHECK(usage_message([&] { opt.step([&] { return torch::tensor(0.0); }); }).find("base weight of LoRA pair 'layer'") !=
+        std::string::npos);
+  opt.rebind();
+  CHECK(opt.bound().params().frozen()[0].value == W.data_ptr<double>());
+  // mistakes at registration
+  auto A2 = torch::randn({2, 3}, torch::kDouble).set_requires_grad(true);
+  auto B2 = torch::randn({4, 2}, torch::kDouble).set_requires_grad(true);
+  fl::binding<double> b2(fl::named_tensors{{"A", A2}, {"B", B2}});
+  CHECK(usage_message([&] { b2.add_lora_pair("p", "A", "B", torch::randn({3, 4}, torch::kDouble), 1.0); })
+            .find("{out, in}") != std::string::npos);
+  CHECK(usage_message([&] { b2.add_lora_pair("p", "A", "B", torch::randn({4, 3}, torch::kFloat), 1.0); })
+            .find("the base weight is float") != std::string::npos);
+  CHECK(usage_message([&] { b2.add_lora_pair("p", "A", "B", torch::randn({3, 4}, torch::kDouble).t(), 1.0); })
+            .find("contiguous") != std::string::npos);
+  CHECK(b2.params().lora_pairs().empty());
+  // SAMPa through the wrapper: the two-call protocol with its middle call, and step(closure)
+  fl::optimizer sp(b2, [](const auto& p) { return flatmin::sampa(p, flatmin::base::sgd{.lr = 0.05, .momentum = 0.9}); });
+  auto loss_of = [&] { return torch::matmul(torch::matmul(B2, A2), x).pow(2).mean(); };
+  int sp_calls = 0;
+  sp.step([&] {
+    ++sp_calls;
+    auto l = loss_of();
+    l.backward();
+    return l;
+  });
+  CHECK(sp_calls == 2);
+  sp.ascend();
+  sp.zero_grad();
+  loss_of().backward();
+  sp.second_point();
+  sp.zero_grad();
+  loss_of().backward();
+  CHECK_FALSE(sp.descend().skipped);
+}
