@@ -1,13 +1,16 @@
 // A small character-level language model on real English text (the FSF license documents in
 // examples/data/fsf-licenses/, redistributed verbatim), trained with AdamW, SAM, Functional-SAM,
-// preconditioned SAM and preconditioned Functional-SAM; compared by held-out loss.
+// preconditioned SAM and preconditioned Functional-SAM (and, with --methods family or by name, the
+// rest of the family: GSAM, WSAM, LookSAM, Friendly-SAM, Momentum-SAM, GCSAM, RWP, SAMPa);
+// compared by held-out loss, with the time per step beside it.
 //
 // Model (written here with Eigen, float): the previous K characters → embeddings (D each) →
 // tanh layer (H) → softmax over the vocabulary. Held-out split: the last 10 % of every document.
 //
 //   build:  cmake --build build --target example_char_lm
 //   run:    ./build/examples/example_char_lm [--steps 2000] [--seeds 1,2] [--rho 0.05] [--methods all | comma list of adamw,sam,functional_sam,
-//           preconditioned_sam,preconditioned_functional_sam] [--lr 1e-2]
+//           preconditioned_sam,preconditioned_functional_sam | family | gsam,wsam,looksam,friendly_sam,msam,
+//           gcsam,rwp,sampa] [--lr 1e-2]   ("all": AdamW and the seeds' four; "family": AdamW and the eight)
 //           (data directory: --data DIR, default the source tree's examples/data/fsf-licenses)
 //
 // Functional-SAM needs the objective to save the output cotangent on the clean pass and
@@ -258,6 +261,13 @@ int main(int argc, char** argv) {
     key += ',';
     return methods == "all" || list.find(key) != std::string::npos;
   };
+  // The rest of the family: by name, or all of them (and AdamW) with --methods family.
+  auto want_family = [&](const char* n) {
+    std::string key(",");
+    key += n;
+    key += ',';
+    return methods == "family" || list.find(key) != std::string::npos;
+  };
   auto record = [&](const char* name, const run_result& r, unsigned seed) {
     auto it = std::find_if(rows.begin(), rows.end(), [&](const row& x) { return std::string(x.name) == name; });
     if (it == rows.end()) {
@@ -272,7 +282,7 @@ int main(int argc, char** argv) {
     std::fflush(stdout);
   };
   for (unsigned seed : seeds) {
-    if (want("adamw")) {
+    if (want("adamw") || methods == "family") {
       model m(c.vocab, seed);
       auto ps = m.params();
       auto opt = flatmin::adamw(ps, base);
@@ -302,6 +312,23 @@ int main(int argc, char** argv) {
       auto opt = flatmin::preconditioned_functional_sam(ps, base, {.rho = rho});
       record("preconditioned_functional_sam", train(m, opt, c, steps, seed, functional), seed);
     }
+    // The family over the same AdamW, SAM's ρ where the method has a radius, otherwise the
+    // official defaults (Momentum-SAM: its AdamW radius 1; RWP: σ 0.01, λ 0.5).
+    auto family = [&](const char* name, auto make) {
+      if (!want_family(name)) return;
+      model m(c.vocab, seed);
+      auto ps = m.params();
+      auto opt = make(ps);
+      record(name, train(m, opt, c, steps, seed, plain), seed);
+    };
+    family("gsam", [&](auto& ps) { return flatmin::gsam(ps, base, {.rho = rho}); });
+    family("wsam", [&](auto& ps) { return flatmin::wsam(ps, base, {.rho = rho}); });
+    family("looksam", [&](auto& ps) { return flatmin::looksam(ps, base, {.rho = rho}); });
+    family("friendly_sam", [&](auto& ps) { return flatmin::friendly_sam(ps, base, {.rho = rho}); });
+    family("msam", [&](auto& ps) { return flatmin::msam(ps, base, {.rho = 1.0}); });
+    family("gcsam", [&](auto& ps) { return flatmin::gcsam(ps, base, {.rho = rho}); });
+    family("rwp", [&](auto& ps) { return flatmin::rwp(ps, base, {.seed = seed}); });
+    family("sampa", [&](auto& ps) { return flatmin::sampa(ps, base, {.rho = rho}); });
   }
   auto mean = [](const std::vector<double>& v) {
     double s = 0;
@@ -318,7 +345,7 @@ int main(int argc, char** argv) {
   // Paired by seed: every method starts from the same initialisation and sees the same batches.
   const std::vector<double>* ref = rows.empty() || std::string(rows[0].name) != "adamw" ? nullptr : &rows[0].valid;
   std::printf("\n| method | held-out loss (nats/char), mean ± sd over %zu seeds | minus AdamW's, same seed: mean "
-              "(min, max) | train loss (last 200 steps) | seconds per run |\n|---|---|---|---|---|\n",
+              "(min, max) | train loss (last 200 steps) | seconds per run | ms per step |\n|---|---|---|---|---|---|\n",
               seeds.size());
   for (const auto& r : rows) {
     std::string paired = "—";
@@ -330,8 +357,8 @@ int main(int argc, char** argv) {
                     *std::max_element(d.begin(), d.end()));
       paired = buf;
     }
-    std::printf("| %s | %.4f ± %.4f | %s | %.4f | %.1f |\n", r.name, mean(r.valid), sd(r.valid), paired.c_str(),
-                mean(r.train), mean(r.secs));
+    std::printf("| %s | %.4f ± %.4f | %s | %.4f | %.1f | %.2f |\n", r.name, mean(r.valid), sd(r.valid),
+                paired.c_str(), mean(r.train), mean(r.secs), 1e3 * mean(r.secs) / steps);
   }
   return 0;
 }

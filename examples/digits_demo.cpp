@@ -13,6 +13,10 @@
 // every 100 steps; SSAM: 50 % sparse, SSAM-F's mask every epoch from 16 examples, SSAM-D's every
 // 5 epochs; ESAM: β = γ = 0.5, whole tensors).
 //
+// --family adds the rest of the family over the same SGD (step(closure), SAM's ρ where the method
+// has a radius, the papers' other defaults): GSAM, WSAM, LookSAM, Friendly-SAM, Momentum-SAM, GCSAM,
+// RWP and SAMPa; the table's ms/step column shows what each costs per step.
+//
 // --precision bf16 or fp16 trains the same model with 16-bit weights and gradients (the network
 // computes in float from the 16-bit weights, common/low_precision.hpp) and the optimizer's float
 // master weights; fp16 adds the optimizer's dynamic loss scaler. --check-precision runs fp32 and
@@ -20,7 +24,7 @@
 // 0.5 points.
 //
 //   digits_demo [--seeds N] [--epochs N] [--noise p] [--precision fp32|bf16|fp16] [--quick]
-//               [--data PATH] [--help]
+//               [--family] [--data PATH] [--help]
 //
 // Run with --help for the tuning flags.
 
@@ -73,8 +77,18 @@ struct config {
   bool quick = false;
   std::string precision = "fp32";  // fp32, bf16 (master weights) or fp16 (master weights + loss scaling)
   bool check_precision = false;    // also run fp32 and compare (|Δ mean accuracy| ≤ 0.5 points)
+  bool family = false;             // also the rest of the family (family_rows)
   std::vector<std::string> only;
 };
+
+/// The rows --family adds, in table order.
+const std::vector<std::string> family_rows = {"gsam", "wsam", "looksam", "friendly", "msam", "gcsam", "rwp", "sampa"};
+/// Every row name --only accepts.
+bool known_row(const std::string& n) {
+  for (const char* k : {"sgd", "sam", "asam", "fsam", "ssam_f", "ssam_d", "esam"})
+    if (n == k) return true;
+  return std::find(family_rows.begin(), family_rows.end(), n) != family_rows.end();
+}
 
 [[noreturn]] void usage(int rc) {
   std::fprintf(rc ? stderr : stdout,
@@ -89,9 +103,11 @@ struct config {
       "  --precision P    fp32 (default), bf16 (16-bit weights and gradients, float master weights)\n"
       "                   or fp16 (the same with the optimizer's dynamic loss scaling)\n"
       "  --check-precision  run fp32 too on the same seeds; fail if a mean accuracy moves > 0.5 points\n"
+      "  --family         also GSAM, WSAM, LookSAM, Friendly-SAM, Momentum-SAM, GCSAM, RWP and SAMPa\n"
       "tuning:\n"
       "  --hidden N --batch N --lr x --momentum x --weight-decay x --rho-sam x --rho-asam x --eta-asam x\n"
-      "  --only a,b       run only these of sgd,sam,asam,fsam,ssam_f,ssam_d,esam\n"
+      "  --only a,b       run only these of sgd,sam,asam,fsam,ssam_f,ssam_d,esam (and, with --family,\n"
+      "                   gsam,wsam,looksam,friendly,msam,gcsam,rwp,sampa)\n"
       "  --tune           train on 80 %% of the noisy training split, report accuracy on the other\n"
       "                   20 %% (noisy labels, as a practitioner would have): never looks at the test split\n");
   std::exit(rc);
@@ -126,6 +142,7 @@ config parse(int argc, char** argv) {
     else if (a == "--quick") c.quick = true;
     else if (a == "--precision") c.precision = need(i);
     else if (a == "--check-precision") c.check_precision = true;
+    else if (a == "--family") c.family = true;
     else if (a == "--only") {
       std::string s = need(i);
       for (std::size_t p = 0; p <= s.size();) {
@@ -139,8 +156,11 @@ config parse(int argc, char** argv) {
     }
   }
   for (const auto& n : c.only)
-    if (n != "sgd" && n != "sam" && n != "asam" && n != "fsam" && n != "ssam_f" && n != "ssam_d" && n != "esam") {
-      std::fprintf(stderr, "digits_demo: --only takes sgd, sam, asam, fsam, ssam_f, ssam_d, esam; got %s\n", n.c_str());
+    if (!known_row(n)) {
+      std::fprintf(stderr,
+                   "digits_demo: --only takes sgd, sam, asam, fsam, ssam_f, ssam_d, esam, gsam, wsam, looksam, "
+                   "friendly, msam, gcsam, rwp, sampa; got %s\n",
+                   n.c_str());
       usage(2);
     }
   if (c.precision != "fp32" && c.precision != "bf16" && c.precision != "fp16") {
@@ -373,6 +393,44 @@ run_result run_row(const std::string& name, examples::mlp& net, const problem& p
       return opt.step(sample_objective<gradient<Glue>>{grad, x, y}).loss;
     });
   }
+  // The family (--family): one closure step each, SAM's ρ where the method has a radius.
+  auto closure = [&](const std::string& n, auto& opt) {
+    const auto grad = setup(opt);
+    return train(n.c_str(), opt, net, glue, p, c, seed,
+                 [&](const xs& x, const ys& y) { return opt.step([&] { return grad(x, y); }).loss; });
+  };
+  if (name == "gsam") {
+    auto opt = flatmin::gsam(glue.params(), base, {.rho = c.rho_sam});
+    return closure(name, opt);
+  }
+  if (name == "wsam") {
+    auto opt = flatmin::wsam(glue.params(), base, {.rho = c.rho_sam});
+    return closure(name, opt);
+  }
+  if (name == "looksam") {
+    auto opt = flatmin::looksam(glue.params(), base, {.rho = c.rho_sam});
+    return closure(name, opt);
+  }
+  if (name == "friendly") {
+    auto opt = flatmin::friendly_sam(glue.params(), base, {.rho = c.rho_sam});
+    return closure(name, opt);
+  }
+  if (name == "msam") {  // its official SGD radius (the momentum's direction, not the gradient's)
+    auto opt = flatmin::msam(glue.params(), base);
+    return closure(name, opt);
+  }
+  if (name == "gcsam") {
+    auto opt = flatmin::gcsam(glue.params(), base, {.rho = c.rho_sam});
+    return closure(name, opt);
+  }
+  if (name == "rwp") {  // σ and λ: the official defaults
+    auto opt = flatmin::rwp(glue.params(), base, {.seed = seed});
+    return closure(name, opt);
+  }
+  if (name == "sampa") {
+    auto opt = flatmin::sampa(glue.params(), base, {.rho = c.rho_sam});
+    return closure(name, opt);
+  }
   auto opt = flatmin::asam(glue.params(), base, {.rho = c.rho_asam, .eta = c.eta_asam});
   const auto grad = setup(opt);
   return train("asam", opt, net, glue, p, c, seed,
@@ -383,6 +441,7 @@ struct summary {
   std::string name, how;
   std::vector<double> acc;
   double seconds = 0;
+  std::size_t steps = 0;
 };
 
 double mean(const std::vector<double>& v) {
@@ -425,6 +484,8 @@ int main(int argc, char** argv) try {
                                   {"ssam_f", "step(examples)", {}, 0},
                                   {"ssam_d", "step(closure)", {}, 0},
                                   {"esam", "step(samples)", {}, 0}};
+    if (c.family)
+      for (const auto& n : family_rows) table.push_back({n, "step(closure)", {}, 0});
     config cp = c;
     cp.precision = precision;
     if (precision != "fp32")
@@ -445,6 +506,7 @@ int main(int argc, char** argv) try {
                                   : run_row<fp32_glue>(row.name, net, p, cp, seed, base);
         row.acc.push_back(r.final_acc);
         row.seconds += r.seconds;
+        row.steps += batches_per_epoch(p, cp) * static_cast<std::size_t>(cp.epochs);
       }
     }
     return table;
@@ -456,7 +518,8 @@ int main(int argc, char** argv) try {
   const char* what = c.tune ? "val acc (noisy)" : "test acc";
   std::printf("\nfinal %s after %d epochs, %d seed%s (%d..%d), %.0f %% label noise\n", what, c.epochs, c.seeds,
               c.seeds > 1 ? "s" : "", c.first_seed, c.first_seed + c.seeds - 1, 100 * c.noise);
-  std::printf("%-6s %-15s %-20s %-22s %s\n", "opt", "protocol", "mean ± std", "vs sgd (paired)", "time");
+  std::printf("%-8s %-15s %-20s %-22s %-8s %s\n", "opt", "protocol", "mean ± std", "vs sgd (paired)", "time",
+              "ms/step");
   const summary* ref = nullptr;
   for (const auto& row : table)
     if (row.name == "sgd" && !row.acc.empty()) ref = &row;
@@ -473,8 +536,9 @@ int main(int argc, char** argv) try {
       }
       std::snprintf(vs, sizeof vs, "%+.4f ± %.4f (%d/%zu)", mean(d), stddev(d), wins, d.size());
     }
-    std::printf("%-6s %-15s %.4f ± %.4f      %-22s %.1f s   per seed:", row.name.c_str(), row.how.c_str(), mean(row.acc),
-                stddev(row.acc), vs, row.seconds);
+    std::printf("%-8s %-15s %.4f ± %.4f      %-22s %5.1f s  %6.3f   per seed:", row.name.c_str(), row.how.c_str(),
+                mean(row.acc), stddev(row.acc), vs, row.seconds,
+                row.steps ? 1e3 * row.seconds / static_cast<double>(row.steps) : 0.0);
     for (double a : row.acc) std::printf(" %.4f", a);
     std::printf("\n");
     for (double a : row.acc) ok = ok && std::isfinite(a);

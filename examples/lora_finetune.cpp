@@ -1,16 +1,19 @@
 // LoRA fine-tuning on real data (the UCI handwritten digits, examples/data/digits.csv.gz):
 // pretrain a small MLP on half of the images, freeze it, then train ONLY rank-r LoRA adapters on a
 // shifted task (the other half, images translated by one pixel right and down, 20 % of the
-// training labels replaced by a random other class), with AdamW, SAM over AdamW and BAR over
-// AdamW (or the same three over SGD with --base sgd). Reports test accuracy on the clean-labelled shifted test images, wall time per epoch and
-// the final balancedness |B| = ½|‖A‖² − ‖B‖²| of the adapters.
+// training labels replaced by a random other class), with AdamW, SAM over AdamW, BAR over AdamW
+// and Flat-LoRA over AdamW (or the same four over SGD with --base sgd). Reports test accuracy on
+// the clean-labelled shifted test images, wall time per epoch and the final balancedness
+// |B| = ½|‖A‖² − ‖B‖²| of the adapters.
 //
 //   build:  cmake --build build --target example_lora_finetune
 //   run:    ./build/examples/example_lora_finetune [--rank 4] [--epochs 40] [--seeds 1,2,3,4,5]
-//           [--rho 0.05] [--lr 1e-2] [--base adamw|sgd] [--noise 0.2] [--data examples/data/digits.csv.gz]
+//           [--rho 0.05] [--flat-rho 0.05] [--lr 1e-2] [--base adamw|sgd] [--noise 0.2] [--data examples/data/digits.csv.gz]
 //           (--base sgd: SGD with momentum 0.9 instead of AdamW; pass a larger --lr, e.g. 0.1)
 //
-// The adapters are registered with param_set::add_lora_pair, which is all BAR needs to find them.
+// The adapters are registered with param_set::add_lora_pair, which is all BAR needs to find them,
+// each with its frozen base weight (flatmin::lora_base), which Flat-LoRA perturbs. The weights
+// and adapters are row-major, as the shapes given to add_lora_pair say.
 #include <flatmin/flatmin.hpp>
 
 #include <Eigen/Dense>
@@ -34,6 +37,7 @@
 namespace {
 
 using mat = Eigen::MatrixXf;
+using rmat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;  // W, A, B
 using vec = Eigen::VectorXf;
 
 struct dataset {
@@ -87,11 +91,11 @@ double cross_entropy(const mat& logits, const std::vector<int>& y, const std::ve
 
 /// The frozen MLP (64 → 64 tanh → 10) with LoRA adapters W + B·A on both layers.
 struct mlp {
-  mat W1, W2;
+  rmat W1, W2;
   vec b1, b2;
-  mat A1, B1, A2, B2;      // adapters: A (r × in), B (out × r); B = 0 at the start
-  mat gA1, gB1, gA2, gB2;  // their gradients
-  mat gW1, gW2;            // used in pretraining only
+  rmat A1, B1, A2, B2;      // adapters: A (r × in), B (out × r); B = 0 at the start
+  rmat gA1, gB1, gA2, gB2;  // their gradients
+  rmat gW1, gW2;            // used in pretraining only
   vec gb1, gb2;
 
   mat forward(const mat& X, mat& h) const {
@@ -196,12 +200,13 @@ result finetune(const mlp& base_model, const dataset& train, const dataset& test
   m.gB1 = mat::Zero(Hid, rank);
   m.gB2 = mat::Zero(Out, rank);
   const auto r = static_cast<std::size_t>(rank);
-  flatmin::param_set<float> ps;  // only the adapters are trained
+  flatmin::param_set<float> ps;  // only the adapters are trained; W1, W2 frozen (W + 1·B·A)
   ps.add_lora_pair("hidden", m.A1.data(), m.gA1.data(), {r, std::size_t(In)}, m.B1.data(), m.gB1.data(),
-                   {std::size_t(Hid), r});
+                   {std::size_t(Hid), r}, flatmin::lora_base<float>{m.W1.data(), 1.0});
   ps.add_lora_pair("out", m.A2.data(), m.gA2.data(), {r, std::size_t(Hid)}, m.B2.data(), m.gB2.data(),
-                   {std::size_t(Out), r});
-  auto opt = make(ps);
+                   {std::size_t(Out), r}, flatmin::lora_base<float>{m.W2.data(), 1.0});
+  const std::size_t steps = static_cast<std::size_t>(epochs) * (train.y.size() / 16);
+  auto opt = make(ps, steps);
   std::vector<int> order(train.y.size());
   std::iota(order.begin(), order.end(), 0);
   double seconds = 0;
@@ -229,7 +234,7 @@ std::vector<unsigned> parse_list(const std::string& s) {
 
 int main(int argc, char** argv) {
   int rank = 4, epochs = 40;
-  double rho = 0.05, lr = 1e-2, noise = 0.2;
+  double rho = 0.05, flat_rho = 0.05, lr = 1e-2, noise = 0.2;
   std::vector<unsigned> seeds{1, 2, 3, 4, 5};
   std::string path = std::string(FLATMIN_DIGITS_CSV), base_name = "adamw";
   for (int i = 1; i + 1 < argc; i += 2) {
@@ -237,6 +242,7 @@ int main(int argc, char** argv) {
     if (a == "--rank") rank = std::stoi(v);
     else if (a == "--epochs") epochs = std::stoi(v);
     else if (a == "--rho") rho = std::stod(v);
+    else if (a == "--flat-rho") flat_rho = std::stod(v);
     else if (a == "--lr") lr = std::stod(v);
     else if (a == "--noise") noise = std::stod(v);
     else if (a == "--seeds") seeds = parse_list(v);
@@ -274,8 +280,8 @@ int main(int argc, char** argv) {
   std::printf("pretrained MLP 64-%d-10: test accuracy %.3f on the original images, %.3f on the shifted ones\n", Hid,
               base_model.accuracy(pre_test), base_model.accuracy(test));
   std::printf("fine-tuning rank-%d LoRA adapters only (%d trainable parameters), %d epochs, batch 16, %s lr %g, "
-              "rho %g\n\n",
-              rank, rank * (In + Hid) + rank * (Hid + Out), epochs, base_name.c_str(), lr, rho);
+              "rho %g (Flat-LoRA %g, cosine ramp over the run)\n\n",
+              rank, rank * (In + Hid) + rank * (Hid + Out), epochs, base_name.c_str(), lr, rho, flat_rho);
 
   struct row {
     std::string name;
@@ -284,16 +290,20 @@ int main(int argc, char** argv) {
   std::vector<row> rows;
   // The same three runs over either base optimizer.
   auto compare = [&](auto base, const std::string& b) {
-    rows = {{b, {}}, {"sam (" + b + ")", {}}, {"bar (" + b + ")", {}}};
+    rows = {{b, {}}, {"sam (" + b + ")", {}}, {"bar (" + b + ")", {}}, {"flat-lora (" + b + ")", {}}};
     for (unsigned seed : seeds) {
       rows[0].r.push_back(finetune(base_model, ft, test, rank, epochs, seed,
-                                   [&](auto& ps) { return flatmin::plain(ps, base); }));
+                                   [&](auto& ps, std::size_t) { return flatmin::plain(ps, base); }));
       rows[1].r.push_back(finetune(base_model, ft, test, rank, epochs, seed,
-                                   [&](auto& ps) { return flatmin::sam(ps, base, {.rho = rho}); }));
+                                   [&](auto& ps, std::size_t) { return flatmin::sam(ps, base, {.rho = rho}); }));
       rows[2].r.push_back(finetune(base_model, ft, test, rank, epochs, seed,
-                                   [&](auto& ps) { return flatmin::bar(ps, base, {.rho = rho}); }));
-      std::printf("  seed %u: accuracy %s %.3f, sam %.3f, bar %.3f\n", seed, b.c_str(), rows[0].r.back().acc,
-                  rows[1].r.back().acc, rows[2].r.back().acc);
+                                   [&](auto& ps, std::size_t) { return flatmin::bar(ps, base, {.rho = rho}); }));
+      // the official cosine ramp over the whole run
+      rows[3].r.push_back(finetune(base_model, ft, test, rank, epochs, seed, [&](auto& ps, std::size_t steps) {
+        return flatmin::flat_lora(ps, base, {.rho = flat_rho, .ramp_steps = steps, .seed = seed});
+      }));
+      std::printf("  seed %u: accuracy %s %.3f, sam %.3f, bar %.3f, flat-lora %.3f\n", seed, b.c_str(),
+                  rows[0].r.back().acc, rows[1].r.back().acc, rows[2].r.back().acc, rows[3].r.back().acc);
     }
   };
   if (base_name == "sgd")

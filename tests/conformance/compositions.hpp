@@ -266,11 +266,33 @@ struct no_clean_gradient_hooks : plain_hooks {
   static constexpr bool ascent_reads_gradient = false;
 };
 
+/// Hooks that build the optimizer (and the base-alone one it is compared with) over a copy of the
+/// views in which `Derived::paired` registers the model's first and last tensors as a LoRA pair;
+/// the tensors between keep their place after it (`add_middle`).
+template <class Derived, class Hooks>
+struct repaired_hooks : Hooks {
+  template <class T>
+  static void add_middle(param_set<T>& out, const param_set<T>& ps) {
+    const auto& ts = ps.tensors();
+    for (std::size_t t = 1; t + 1 < ts.size(); ++t)
+      out.add(ts[t].name, ts[t].value, ts[t].grad, ts[t].shape, ts[t].options, ts[t].space);
+  }
+  template <class Opt, class C, class T>
+  static Opt make(const param_set<T>& ps) {
+    return plain_hooks::make<Opt, C, T>(Derived::paired(ps));
+  }
+  template <class Opt, class C, class T>
+  static Opt make_base_alone(const param_set<T>& ps) {
+    return Opt(Derived::paired(ps), {.base = config<typename C::base>::make(),
+                                     .regularizer = config<typename C::regularizer>::make()});
+  }
+};
+
 /// BAR (regularize::balancedness) needs LoRA pairs: the optimizer (and the base-alone optimizer it
 /// is compared with) is built over a copy of the views in which the model's first and last tensors
 /// (fc1.weight, fc2.weight in the conformance layout) are registered as one pair. The pair is not
 /// a real factorisation; the suite checks the mechanics (convergence, restore, non-finite, threads).
-struct lora_pair_hooks : plain_hooks {
+struct lora_pair_hooks : repaired_hooks<lora_pair_hooks, plain_hooks> {
   template <class T>
   static param_set<T> paired(const param_set<T>& ps) {
     param_set<T> out;
@@ -279,18 +301,8 @@ struct lora_pair_hooks : plain_hooks {
     const auto& x = ts.front();
     const auto& y = ts.back();
     out.add_lora_pair("pair", x.value, x.grad, x.shape, y.value, y.grad, y.shape, x.options, x.space);
-    for (std::size_t t = 1; t + 1 < ts.size(); ++t)
-      out.add(ts[t].name, ts[t].value, ts[t].grad, ts[t].shape, ts[t].options, ts[t].space);
+    add_middle(out, ps);
     return out;
-  }
-  template <class Opt, class C, class T>
-  static Opt make(const param_set<T>& ps) {
-    return plain_hooks::make<Opt, C, T>(paired(ps));
-  }
-  template <class Opt, class C, class T>
-  static Opt make_base_alone(const param_set<T>& ps) {
-    return Opt(paired(ps), {.base = config<typename C::base>::make(),
-                            .regularizer = config<typename C::regularizer>::make()});
   }
 };
 
@@ -315,7 +327,7 @@ void second_point(Opt& opt, Problem& q, model<T>& m) {
 /// their sizes), over a frozen base W {b/r, a/r} held here. The conformance objectives do not read
 /// W, so the suite checks the mechanics (no trained entry perturbed, restore, non-finite, threads);
 /// tests/unit/test_flat_lora.cpp checks the noise and the gradient it changes against float64.
-struct flat_lora_hooks : no_clean_gradient_hooks {
+struct flat_lora_hooks : repaired_hooks<flat_lora_hooks, no_clean_gradient_hooks> {
   template <class T>
   static param_set<T> paired(const param_set<T>& ps) {
     static std::deque<std::vector<T>> bases;  // alive as long as any optimizer built here
@@ -329,17 +341,8 @@ struct flat_lora_hooks : no_clean_gradient_hooks {
       w.push_back(static_cast<T>(0.25 * static_cast<double>(j % 7) - 0.75));
     out.add_lora_pair("pair", x.value, x.grad, {r, x.size / r}, y.value, y.grad, {y.size / r, r},
                       lora_base<T>{w.data(), 0.5}, x.options, x.space);
-    for (std::size_t t = 1; t + 1 < ts.size(); ++t)
-      out.add(ts[t].name, ts[t].value, ts[t].grad, ts[t].shape, ts[t].options, ts[t].space);
+    add_middle(out, ps);
     return out;
-  }
-  template <class Opt, class C, class T>
-  static Opt make(const param_set<T>& ps) {
-    return plain_hooks::make<Opt, C, T>(paired(ps));
-  }
-  template <class Opt, class C, class T>
-  static Opt make_base_alone(const param_set<T>& ps) {
-    return Opt(paired(ps), {.base = config<typename C::base>::make()});
   }
 };
 
