@@ -1,5 +1,5 @@
-// backend::eigen's runtime instruction-set dispatch (backend/host/isa_clones.hpp): whole SAM, ASAM
-// and FSAM steps over SGD (momentum) and Adam / AdamW give the same bits whichever clone runs. Each
+// backend::eigen's runtime instruction-set dispatch (backend/host/isa_clones.hpp): whole SAM, ASAM,
+// FSAM and SAMPa steps over SGD (momentum) and Adam / AdamW give the same bits whichever clone runs. Each
 // instruction set this CPU has is forced in turn and compared with the unforced run (the
 // process's own choice), with the baseline clone, and, where the test is built with Thrust, with
 // backend::thrust, whose element-by-element passes share no code with the clones. Weights, every
@@ -81,6 +81,10 @@ std::string run(const problem<T>& p, const Make& make, int steps) {
     const fm::step_report a = opt.ascend();
     REQUIRE(!a.skipped);
     gradient();
+    if constexpr (decltype(opt)::two_points) {  // SAMPa: the look-ahead point and its gradient
+      REQUIRE(!opt.second_point().skipped);
+      gradient();
+    }
     const fm::step_report r = opt.descend();
     REQUIRE(!r.skipped);
     const double nums[] = {r.grad_norm, r.perturbed_grad_norm, r.perturbation_norm, r.mask_density};
@@ -149,6 +153,9 @@ TEST_CASE("isa dispatch: SAM, ASAM and FSAM steps give the same bits on every in
   // element units (block 1): the masked statistics, ascent and restore forms; refreshed at step 3
   FLATMIN_SAME(float, "fsam-sgd", fm::fsam<decltype(b)>(ps, momentum, {.keep = 0.3, .refresh_every = 2}));
   FLATMIN_SAME(float, "fsam-adam", fm::fsam<decltype(b)>(ps, ad, {.keep = 0.3, .refresh_every = 2}));
+  // SAMPa: the kept gradient's copy, the look-ahead pass and the mix in the descent
+  FLATMIN_SAME(float, "sampa-sgd", fm::sampa<decltype(b)>(ps, momentum, {.rho = 0.1}));
+  FLATMIN_SAME(double, "sampa-adamw", fm::sampa<decltype(b)>(ps, adw, {.rho = 0.1}));
 #undef FLATMIN_SAME
 }
 

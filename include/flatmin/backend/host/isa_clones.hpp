@@ -30,7 +30,9 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "../../kernels/descent_terms.hpp"
 #include "../../kernels/sam_passes.hpp"
+#include "../../kernels/sampa.hpp"
 #include "../../numeric/bfloat16.hpp"
 #include "../../numeric/half.hpp"
 #include "isa.hpp"
@@ -66,6 +68,10 @@ inline constexpr bool hot_pass<kernels::restore_pass<T, Mask>> = true;
 template <class T, class Mask, class Adjust, class Base, int Restore, class W, class Store>
 inline constexpr bool hot_pass<kernels::descend_pass<T, Mask, Adjust, Base, Restore, W, Store>> =
     !Store::stochastic;  // stochastic rounding draws and compares per entry: it stays scalar
+template <class T>
+inline constexpr bool hot_pass<kernels::copy_gradient_pass<T>> = true;  // a kept gradient (mix, SAMPa, ...)
+template <class T, class Update, class W, class Store>
+inline constexpr bool hot_pass<kernels::lookahead_pass<T, Update, W, Store>> = !Store::stochastic;  // SAMPa
 
 /// The element types the clones are compiled for.
 template <class T>
