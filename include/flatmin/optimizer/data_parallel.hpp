@@ -125,6 +125,16 @@ class peer_error : public std::runtime_error {
 
 template <class Optimizer, comm::communicator Comm = comm::none>
 class data_parallel {
+  // Its protocol averages g before the ascent and g_adv before the descent: a composition whose
+  // ascent reads no gradient at w, or that takes a gradient at a second point, would run the wrong
+  // number of gradients or none where it averages.
+  static_assert(!requires { requires !Optimizer::perturb_type::needs_clean_gradient; },
+                "flatmin::data_parallel: compositions whose ascent takes no gradient at w (Momentum-SAM, "
+                "Flat-LoRA, SAMPa) are not distributed yet");
+  static_assert(!requires { requires Optimizer::two_points; },
+                "flatmin::data_parallel: compositions with a second gradient point (SAMPa) are not "
+                "distributed yet");
+
  public:
   using optimizer_type = Optimizer;
   using weight_type = typename Optimizer::weight_type;

@@ -100,12 +100,13 @@ class sharpness_aware {
   static_assert(needs_clean_gradient || (std::is_same_v<Mask, mask::dense> &&
                                          std::is_same_v<Descent, descent::standard> &&
                                          std::is_same_v<Regularizer, regularize::none>),
-                "flatmin::sharpness_aware: this perturbation (perturb::momentum, Momentum-SAM) takes no "
-                "gradient at w, so it composes with mask::dense, descent::standard and regularize::none "
-                "only");
+                "flatmin::sharpness_aware: this perturbation (perturb::momentum, Momentum-SAM; "
+                "perturb::flat_lora, Flat-LoRA; perturb::sampa, SAMPa) takes no gradient at w, so it "
+                "composes with mask::dense, descent::standard and regularize::none only");
   static_assert(!requires { requires Perturb::dense_mask_only; } || std::is_same_v<Mask, mask::dense>,
                 "flatmin::sharpness_aware: this perturbation looks each entry's row up (perturb::gaussian, "
-                "RWP; perturb::centralized, GCSAM) and composes with mask::dense only");
+                "RWP; perturb::centralized, GCSAM) or has passes of its own (perturb::flat_lora, "
+                "perturb::sampa) and composes with mask::dense only");
 
  public:
   using precision_type = detail::precision_of_t<Precision>;
