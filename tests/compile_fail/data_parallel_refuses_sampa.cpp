@@ -1,4 +1,4 @@
-// expect: compositions with a second gradient point \(SAMPa\) are not distributed yet
+// expect: SAMPa\) are not distributed yet
 // data_parallel around SAMPa (whose protocol has a middle call it does not average around) must
 // not compile, with that message.
 #include <flatmin/flatmin.hpp>

@@ -1,4 +1,4 @@
-// expect: composes with mask::dense only
+// expect: composes with mask::dense
 // Flat-LoRA's perturbation (on the frozen bases, outside the trained tensors) under a sparse mask
 // must not compile, with that message.
 #include <flatmin/flatmin.hpp>
