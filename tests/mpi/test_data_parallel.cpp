@@ -64,40 +64,51 @@ float grad_of(int r, std::size_t t, std::size_t i, float w) {
   return coef_a(r, t, i) * (w - coef_c(r, t, i));
 }
 
+// The tied variant (mask selection with ties across shards): a = 1, c one of four values and w = 0
+// at the start, so the squared gradients take a few values, each shared by thousands of entries in
+// every shard, and the k-th largest Fisher score is tied across shard boundaries.
+float tied_c(int r, std::size_t i) { return 0.25f * static_cast<float>((i + static_cast<std::size_t>(r)) % 4) - 0.5f; }
+
 struct model {
   std::vector<std::vector<float>> w, g;
   flatmin::param_set<float> ps;
-  explicit model(std::size_t odd_size = 0) : w(sizes.size()), g(sizes.size()) {
+  bool tied = false;
+  explicit model(std::size_t odd_size = 0, bool tie = false) : w(sizes.size()), g(sizes.size()), tied(tie) {
     for (std::size_t t = 0; t < sizes.size(); ++t) {
       const std::size_t n = (t == 1 && odd_size) ? odd_size : sizes[t];
       w[t].resize(n);
       g[t].assign(n, 0.f);
-      for (std::size_t i = 0; i < n; ++i) w[t][i] = static_cast<float>(unit(key(99, t, i, 3)) - 0.5);
+      for (std::size_t i = 0; i < n; ++i) w[t][i] = tied ? 0.f : static_cast<float>(unit(key(99, t, i, 3)) - 0.5);
       flatmin::tensor_options o;
       if (t == 1) o.weight_decay = false;
       if (t == 3) o.perturb = false;
       ps.add(names[t], w[t].data(), g[t].data(), {n}, o);
     }
   }
+  float a_of(int r, std::size_t t, std::size_t i) const { return tied ? 1.f : coef_a(r, t, i); }
+  float c_of(int r, std::size_t t, std::size_t i) const { return tied ? tied_c(r, i) : coef_c(r, t, i); }
+  float grad(int r, std::size_t t, std::size_t i) const {
+    return tied ? w[t][i] - tied_c(r, i) : grad_of(r, t, i, w[t][i]);
+  }
   double loss(int r) const {
     double l = 0;
     for (std::size_t t = 0; t < w.size(); ++t)
       for (std::size_t i = 0; i < w[t].size(); ++i) {
-        const double d = static_cast<double>(w[t][i]) - coef_c(r, t, i);
-        l += 0.5 * coef_a(r, t, i) * d * d;
+        const double d = static_cast<double>(w[t][i]) - c_of(r, t, i);
+        l += 0.5 * a_of(r, t, i) * d * d;
       }
     return l;
   }
   double fill(int r) {  // this rank's gradient at w; returns its loss
     for (std::size_t t = 0; t < w.size(); ++t)
-      for (std::size_t i = 0; i < w[t].size(); ++i) g[t][i] = grad_of(r, t, i, w[t][i]);
+      for (std::size_t i = 0; i < w[t].size(); ++i) g[t][i] = grad(r, t, i);
     return loss(r);
   }
   void fill_average(int P) {  // the one-process gradient: rank-ordered mean, in double, rounded once
     for (std::size_t t = 0; t < w.size(); ++t)
       for (std::size_t i = 0; i < w[t].size(); ++i) {
-        double s = grad_of(0, t, i, w[t][i]);
-        for (int r = 1; r < P; ++r) s += grad_of(r, t, i, w[t][i]);
+        double s = grad(0, t, i);
+        for (int r = 1; r < P; ++r) s += grad(r, t, i);
         g[t][i] = static_cast<float>(s / P);
       }
   }
@@ -110,12 +121,33 @@ bool same_weights(const model& a, const model& b) {
 }
 bool same_norm(double a, double b) { return std::memcmp(&a, &b, sizeof a) == 0; }
 
+// Sharded: the mask of every piece of this rank's shard (the local optimizer's tensors, in order)
+// equals the one-process mask over the same entries.
+template <class DP, class Opt>
+void check_shard_masks(const DP& dp, const Opt& one) {
+  const auto [lo, hi] = dp.owned();
+  std::size_t offset = 0, local = 0;
+  for (std::size_t t = 0; t < sizes.size(); ++t) {
+    const std::size_t a = std::max(lo, offset), b = std::min(hi, offset + sizes[t]);
+    if (a < b) {
+      const auto whole = one.mask_bytes(t);
+      const std::vector<std::uint8_t> expect(whole.begin() + static_cast<std::ptrdiff_t>(a - offset),
+                                             whole.begin() + static_cast<std::ptrdiff_t>(b - offset));
+      CHECK(dp.local().mask_bytes(local) == expect);
+      ++local;
+    }
+    offset += sizes[t];
+  }
+  CHECK(local == dp.local().layout().tensor_count());
+}
+
 // `steps` steps of Opt built from make(), distributed in `mode` over `comm` (two-call protocol, or
-// the closure protocol when `closure`) and in one process on the average, compared bitwise.
+// the closure protocol when `closure`) and in one process on the average, compared bitwise (and,
+// sharded, the masks each step).
 template <class Opt, bool closure = false, class Comm, class Make>
-void check_one_process(const Make& make, flatmin::parallel_mode mode, Comm comm, int steps) {
+void check_one_process(const Make& make, flatmin::parallel_mode mode, Comm comm, int steps, bool tied = false) {
   const int P = world_size(), me = world_rank();
-  model dist, ref;
+  model dist(0, tied), ref(0, tied);
   flatmin::data_parallel<Opt, Comm> dp(dist.ps, make(), std::move(comm), {.mode = mode});
   Opt one(ref.ps, make());
   for (int s = 0; s < steps; ++s) {
@@ -140,6 +172,7 @@ void check_one_process(const Make& make, flatmin::parallel_mode mode, Comm comm,
     CHECK(rd.mask_density == rr.mask_density);
     CHECK_FALSE(rd.skipped);
     if (closure) CHECK(rd.loss == loss_sum / P);
+    if (mode == flatmin::parallel_mode::sharded) check_shard_masks(dp, one);
   }
   CHECK(same_weights(dist, ref));
   CHECK(dp.steps() == one.steps());
@@ -210,6 +243,76 @@ TEST_CASE("sharded (ZeRO-1): P shards are one process on the rank-ordered averag
   }
   SUBCASE("SAM + AdamW, closure protocol") {
     check_one_process<sam_adamw, true>(sam_make(adamw), flatmin::parallel_mode::sharded, M{}, 3);
+  }
+  SUBCASE("FSAM + Adam: the Fisher top-k is global over the shards (refreshed every 2 steps)") {
+    using fsam = flatmin::fsam_t<float, flatmin::base::adam>;
+    const auto make = [] {
+      return flatmin::fsam_options{.keep = 0.25, .refresh_every = 2}.compose(flatmin::base::adam{.lr = 1e-2});
+    };
+    check_one_process<fsam>(make, flatmin::parallel_mode::sharded, M{}, 5);
+  }
+  SUBCASE("FSAM + SGD, closure protocol, current-batch Fisher and the official unperturbed refresh") {
+    using fsam = flatmin::fsam_t<float, flatmin::base::sgd>;
+    const auto make = [] {
+      auto c = flatmin::fsam_options{.keep = 0.1, .refresh_every = 3}.compose(sgd_momentum);
+      c.mask.source = flatmin::mask::fisher_estimator::current_batch;
+      c.mask.unperturbed_refresh = true;
+      return c;
+    };
+    check_one_process<fsam, true>(make, flatmin::parallel_mode::sharded, M{}, 4);
+  }
+  SUBCASE("FSAM: the k-th largest Fisher score tied across shard boundaries (ties to the lower index)") {
+    using fsam = flatmin::fsam_t<float, flatmin::base::sgd>;
+    for (const double keep : {0.3, 0.55, 0.9}) {
+      const auto make = [keep] {
+        auto c = flatmin::fsam_options{.keep = keep, .refresh_every = 1}.compose(sgd_momentum);
+        c.mask.source = flatmin::mask::fisher_estimator::current_batch;
+        return c;
+      };
+      check_one_process<fsam>(make, flatmin::parallel_mode::sharded, M{}, 2, true);
+    }
+  }
+  SUBCASE("SSAM-D + SGD: the drop (top |g|) and the growth (random) are global over the shards") {
+    using ssamd = flatmin::ssam_d_t<float, flatmin::base::sgd>;
+    const auto make = [] {
+      auto c = flatmin::ssam_d_options{}.compose(sgd_momentum);
+      c.mask.sparsity = 0.6;
+      c.mask.death_rate = 0.4;
+      c.mask.refresh_every = 2;
+      c.mask.seed = 7;
+      return c;
+    };
+    check_one_process<ssamd>(make, flatmin::parallel_mode::sharded, M{}, 5);
+    const auto constant = [] {
+      auto c = flatmin::ssam_d_options{}.compose(sgd_momentum);
+      c.mask.counts = flatmin::mask::dynamic_counts::constant;
+      c.mask.refresh_every = 1;
+      c.mask.total_steps = 4;
+      return c;
+    };
+    check_one_process<ssamd, true>(constant, flatmin::parallel_mode::sharded, M{}, 4, true);
+  }
+  SUBCASE("what is not sharded is refused on every rank: blocks, per-example Fisher, ESAM") {
+    model m;
+    using fsam = flatmin::fsam_t<float, flatmin::base::sgd>;
+    auto blocks = flatmin::fsam_options{.keep = 0.25}.compose(sgd_momentum);
+    blocks.mask.block = 4;
+    CHECK_THROWS_WITH_AS((flatmin::data_parallel<fsam, M>(m.ps, blocks, M{}, {.mode = flatmin::parallel_mode::sharded})),
+                         doctest::Contains("block = 1"), flatmin::usage_error);
+    using esam = flatmin::esam_t<float, flatmin::base::sgd>;
+    CHECK_THROWS_WITH_AS(
+        (flatmin::data_parallel<esam, M>(m.ps, flatmin::esam_options{}.compose(sgd_momentum), M{},
+                                        {.mode = flatmin::parallel_mode::sharded})),
+        doctest::Contains("mask::dense, mask::fisher or mask::dynamic"), flatmin::usage_error);
+    auto per_example = flatmin::fsam_options{.keep = 0.25}.compose(sgd_momentum);
+    per_example.mask.source = flatmin::mask::fisher_estimator::per_example;
+    flatmin::data_parallel<fsam, M> dp(m.ps, per_example, M{}, {.mode = flatmin::parallel_mode::sharded});
+    const auto before = m.w;
+    m.fill(world_rank());
+    CHECK_THROWS_WITH_AS(dp.ascend(), doctest::Contains("per_example estimator is not sharded"),
+                         flatmin::usage_error);
+    CHECK(m.w == before);
+    CHECK(!dp.ascended());
   }
   SUBCASE("the shards partition the flat space in rank order, and the state is the shard's") {
     model m;
@@ -384,12 +487,14 @@ TEST_CASE("faults: every rank takes the same decision, none hangs") {
   }
 }
 
-TEST_CASE("sharded checkpoints: each rank its shard, resumed bit-exactly") {
+// Two steps, a checkpoint, two more; a fresh run loads it and takes the same two steps.
+template <class Opt, class Make>
+void check_sharded_resume(const Make& make) {
   using M = flatmin::comm::mpi;
   const int me = world_rank();
   const flatmin::data_parallel_options o{.mode = flatmin::parallel_mode::sharded};
   model a;
-  flatmin::data_parallel<sam_adamw, M> dp(a.ps, sam_make(adamw)(), M{}, o);
+  flatmin::data_parallel<Opt, M> dp(a.ps, make(), M{}, o);
   const auto run = [&](auto& opt, model& m, int n) {
     for (int s = 0; s < n; ++s) opt.step([&] { return m.fill(me); });
   };
@@ -402,11 +507,40 @@ TEST_CASE("sharded checkpoints: each rank its shard, resumed bit-exactly") {
   model b;
   for (std::size_t t = 0; t < b.w.size(); ++t)
     std::copy(saved_w[t].begin(), saved_w[t].end(), b.w[t].begin());
-  flatmin::data_parallel<sam_adamw, M> resumed(b.ps, sam_make(adamw)(), M{}, o);
+  flatmin::data_parallel<Opt, M> resumed(b.ps, make(), M{}, o);
   resumed.load(file);
   CHECK(resumed.steps() == 2);
   run(resumed, b, 2);
   CHECK(same_weights(a, b));
+}
+
+TEST_CASE("sharded checkpoints: each rank its shard, resumed bit-exactly") {
+  using M = flatmin::comm::mpi;
+  const flatmin::data_parallel_options o{.mode = flatmin::parallel_mode::sharded};
+  check_sharded_resume<sam_adamw>(sam_make(adamw));
+  // The masks that select across the shards, refreshed after the resume (step 3): the Fisher sums
+  // and SSAM-D's bits are each rank's part, and SSAM-D's active count is summed again.
+  check_sharded_resume<flatmin::fsam_t<float, flatmin::base::adam>>([] {
+    return flatmin::fsam_options{.keep = 0.25, .refresh_every = 2}.compose(flatmin::base::adam{.lr = 1e-2});
+  });
+  check_sharded_resume<flatmin::ssam_d_t<float, flatmin::base::sgd>>([] {
+    auto c = flatmin::ssam_d_options{}.compose(sgd_momentum);
+    c.mask.sparsity = 0.3;
+    c.mask.death_rate = 0.7;
+    c.mask.refresh_every = 2;
+    return c;
+  });
+  model b;
+  flatmin::data_parallel<sam_adamw, M> resumed(b.ps, sam_make(adamw)(), M{}, o);
+  std::stringstream file;
+  {
+    model a;
+    flatmin::data_parallel<sam_adamw, M> dp(a.ps, sam_make(adamw)(), M{}, o);
+    for (int s = 0; s < 2; ++s) dp.step([&] { return a.fill(world_rank()); });
+    dp.save(file);
+  }
+  resumed.load(file);
+  for (int s = 0; s < 2; ++s) resumed.step([&] { return b.fill(world_rank()); });
 
   // A checkpoint of another mode is refused on every rank, and nothing is loaded.
   model c;

@@ -8,8 +8,10 @@
 #include <flatmin/mask/detail/top_k.hpp>
 
 #include <algorithm>
+#include <barrier>
 #include <random>
 #include <set>
+#include <thread>
 #include <vector>
 
 #include "support/backends.hpp"
@@ -159,5 +161,112 @@ TEST_CASE_TEMPLATE("score_top_k: the sampled bracket and its fallbacks select ex
     if (k >= n / 10 && k < cand - 1) CHECK_FALSE(br);  // the band overflowed: radix selection
     CHECK(run_scores<B>(planted, k, br) == first_k(r_planted, k));
     if (k >= n / 10 && k < n - d::bracket_sample) CHECK_FALSE(br);
+  }
+}
+
+// A selection across processes (a `span`: mask::fisher / mask::dynamic in data_parallel's sharded
+// mode), with the processes played by threads whose gather meets at a barrier: every part's mask
+// words must be its part of the one-process selection over the concatenated scores, for the
+// score selection (the k-th score tied across the parts' boundaries, candidates and not) and for
+// the radix selection of keys.
+namespace {
+/// P threads' all-gather of counts: each writes its slot, all wait, all read.
+struct thread_gather {
+  std::size_t parts;
+  std::vector<std::vector<std::uint64_t>>* slots;
+  std::barrier<>* meet;
+  std::size_t me;
+  std::vector<std::uint64_t> operator()(const std::uint64_t* mine, std::size_t n) const {
+    (*slots)[me].assign(mine, mine + n);
+    meet->arrive_and_wait();
+    std::vector<std::uint64_t> all;
+    for (std::size_t q = 0; q < parts; ++q) all.insert(all.end(), (*slots)[q].begin(), (*slots)[q].end());
+    meet->arrive_and_wait();  // nobody overwrites a slot before everyone has read it
+    return all;
+  }
+};
+
+/// The one-process answer: the k largest candidates (score ≥ 0), ties to the lower index.
+std::vector<std::size_t> reference_scores(const std::vector<float>& s, std::size_t k) {
+  std::vector<std::size_t> idx;
+  for (std::size_t u = 0; u < s.size(); ++u)
+    if (s[u] >= 0) idx.push_back(u);
+  std::stable_sort(idx.begin(), idx.end(), [&](std::size_t a, std::size_t b) { return s[a] > s[b]; });
+  return first_k(idx, k);
+}
+
+/// Every part runs `select(part, span) -> selected global indices` in its own thread.
+template <class Select>
+std::vector<std::size_t> across_parts(const std::vector<std::size_t>& cuts, std::size_t eligible,
+                                      const Select& select) {
+  namespace d = flatmin::mask::detail;
+  const std::size_t P = cuts.size() - 1;
+  std::vector<std::vector<std::uint64_t>> slots(P);
+  std::barrier<> meet(static_cast<std::ptrdiff_t>(P));
+  std::vector<std::vector<std::size_t>> chosen(P);
+  std::vector<std::thread> threads;
+  for (std::size_t p = 0; p < P; ++p)
+    threads.emplace_back([&, p] {
+      const std::size_t n = cuts[p + 1] - cuts[p];
+      const d::span sp = d::make_span(n, eligible / P + (p == 0 ? eligible % P : 0), p,
+                                      thread_gather{P, &slots, &meet, p});
+      chosen[p] = select(p, sp);
+    });
+  for (auto& t : threads) t.join();
+  std::vector<std::size_t> out;
+  for (const auto& c : chosen) out.insert(out.end(), c.begin(), c.end());
+  return out;
+}
+}  // namespace
+
+TEST_CASE_TEMPLATE("score_top_k and top_k across processes: each part is its part of the one-process selection",
+                   B, FLATMIN_TEST_BACKENDS) {
+  namespace d = flatmin::mask::detail;
+  std::mt19937 rng(5);
+  const std::size_t n = 5003;
+  std::vector<float> s(n);
+  for (auto& x : s) {  // four values, thousands of ties each, and non-candidates (−1)
+    const unsigned r = rng() % 9;
+    x = r == 0 ? -1.f : 0.25f * static_cast<float>(r % 4);
+  }
+  std::size_t candidates = 0;
+  for (float x : s) candidates += x >= 0;
+  for (const auto& cuts : {std::vector<std::size_t>{0, n}, std::vector<std::size_t>{0, 700, 1900, n},
+                           std::vector<std::size_t>{0, 1, 2, 2500, n}}) {
+    for (const std::size_t k : {std::size_t{0}, std::size_t{1}, std::size_t{1000}, std::size_t{2345},
+                                candidates - 1, candidates, n}) {
+      CAPTURE(cuts.size() - 1);
+      CAPTURE(k);
+      const auto scores = across_parts(cuts, candidates, [&](std::size_t p, const d::span& sp) {
+        const std::vector<float> part(s.begin() + static_cast<std::ptrdiff_t>(cuts[p]),
+                                      s.begin() + static_cast<std::ptrdiff_t>(cuts[p + 1]));
+        const auto dev = B::from_host(part);
+        const std::size_t m = part.size();
+        const auto sel = d::score_top_k<B>(static_cast<const float*>(B::data(dev)), m, k, sp);
+        auto bits = B::template make_vector<std::uint32_t>((m + 31) / 32, 0u);
+        B::for_each_index((m + 31) / 32, d::score_bits<float>{sel, B::data(bits), m});
+        const auto h = B::to_host(bits);
+        std::vector<std::size_t> out;
+        for (std::size_t u = 0; u < m; ++u)
+          if (d::test_bit(h.data(), u)) out.push_back(cuts[p] + u);
+        return out;
+      });
+      CHECK(scores == reference_scores(s, k));
+      // The key form (mask::dynamic's drop and growth): the selection's own predicate.
+      const auto keys = across_parts(cuts, candidates, [&](std::size_t p, const d::span& sp) {
+        const std::vector<float> part(s.begin() + static_cast<std::ptrdiff_t>(cuts[p]),
+                                      s.begin() + static_cast<std::ptrdiff_t>(cuts[p + 1]));
+        const auto dev = B::from_host(part);
+        const d::score_key<float> key{static_cast<const float*>(B::data(dev))};
+        const auto sel = d::top_k<B>(part.size(), k, key, d::float_key_bits<float>, sp);
+        auto host_sel = sel;
+        host_sel.key = d::score_key<float>{part.data()};
+        std::vector<std::size_t> out;
+        for (std::size_t u = 0; u < part.size(); ++u)
+          if (host_sel(u)) out.push_back(cuts[p] + u);
+        return out;
+      });
+      CHECK(keys == reference_scores(s, k));
+    }
   }
 }

@@ -38,6 +38,11 @@
 /// segment list, which become the mask only when the optimizer applies the step (`commit_step()`);
 /// `abandon_step()` drops them. Memory: two bits per unit and two segment lists (see bytes()).
 ///
+/// Sharded data-parallel runs (optimizer/data_parallel.hpp, element units): N counts every
+/// process's eligible units, the start, the drop and the growth are selections over all of them
+/// (histograms summed across the processes) and the draws hash the global unit index, so each
+/// shard's mask is its part of the one-process mask.
+///
 /// Options: sparsity = 0.5 (s), death_rate = 0.5 (dr₀), refresh_every = 1000 steps (the paper:
 /// every 5 epochs — set it to 5 × steps per epoch), total_steps = 0 (T; 0 keeps dr = dr₀),
 /// block = 1, seed = 0, counts = official, frozen = false (no refreshes: the mask stays as it is,
@@ -130,16 +135,15 @@ struct dynamic {
     static constexpr bool norm_over_mask = false;
     static detail::unit_spec spec(const dynamic& m) { return detail::block_units(m.block); }
 
+    /// Selects across the processes of a sharded run (set_span): the counts are of every
+    /// process's eligible units, the drop and the growth are global top-k selections, and the
+    /// random keys hash the global unit index (element units).
+    static constexpr bool spans_processes = true;
+
     state(const dynamic& m, const backend::layout<T, Backend>& l) : base(l, spec(m), true) {
       m.validate();
       const std::size_t n = this->units_.eligible_units();
-      const std::size_t a0 = m.start_count(n);
-      const detail::random_key<T> key{this->uview_, m.seed, 0};
-      const auto sel = detail::top_k<Backend>(this->units_.count(), a0, key, 32);
-      const std::size_t count = this->units_.count();
-      Backend::for_each_index(this->units_.words(),
-                              detail::fill_bits<decltype(sel)>{sel, Backend::data(this->bits_), count});
-      active_ = a0;
+      const std::size_t a0 = draw_start(m);
       // Every refresh leaves at most ⌊x (1 − dr)⌋ + ⌊x dr⌋ ≤ ⌊x⌋ + 1 units (+ 1 for rounding).
       const double nd = static_cast<double>(n);
       bound_ = std::min(n, std::max(a0, static_cast<std::size_t>(nd - nd * m.sparsity) + 1));
@@ -148,11 +152,18 @@ struct dynamic {
 
     /// On a refresh step, computes the next mask from g at w (pending until commit_step()). The
     /// ascent of this step keeps the current mask, so this returns false. The scores' buffer is
-    /// allocated at the first refresh and reused.
+    /// allocated at the first refresh and reused. In a sharded run the active count is first
+    /// summed over the processes (a set mask or a loaded checkpoint counted only its shard).
     bool refresh(const dynamic& m, const backend::layout<T, Backend>& l, std::size_t step, T inv_scale) {
       this->abandon_step();
       if (!m.refreshes(step)) return false;
-      const std::size_t n = this->units_.eligible_units(), count = this->units_.count();
+      const detail::span& sp = this->span_;
+      if (sp.spans()) {
+        std::vector<std::uint64_t> a{this->count_bits(Backend::to_host(this->bits_))};
+        sp.sum(a);
+        active_ = static_cast<std::size_t>(a[0]);
+      }
+      const std::size_t n = eligible(), count = this->units_.count();
       const auto [kept_n, grow_n] = m.refresh_counts(n, m.rate(step));
       const std::size_t kept = std::min(kept_n, active_);
       const std::size_t grow = std::min(grow_n + (kept_n - kept), n - active_);
@@ -161,9 +172,9 @@ struct dynamic {
                          detail::score_of::magnitude);
       const std::uint32_t* old = Backend::data(this->bits_);
       const detail::score_key<T> drop_key{Backend::data(score_), old, true};
-      const detail::random_key<T> grow_key{this->uview_, m.seed, step, old, false};
-      const auto k = detail::top_k<Backend>(count, kept, drop_key, detail::float_key_bits<T>);
-      const auto g = detail::top_k<Backend>(count, grow, grow_key, 32);
+      const detail::random_key<T> grow_key{this->uview_, m.seed, step, old, false, sp.offset};
+      const auto k = detail::top_k<Backend>(count, kept, drop_key, detail::float_key_bits<T>, sp);
+      const auto g = detail::top_k<Backend>(count, grow, grow_key, 32, sp);
       using fill = detail::fill_bits<detail::either<decltype(k), decltype(g)>>;
       Backend::for_each_index(this->units_.words(), fill{{k, g}, Backend::data(this->bits_next_), count});
       active_next_ = kept + grow;
@@ -175,10 +186,30 @@ struct dynamic {
     std::string identity(const dynamic&) const {
       return "dynamic(block=" + std::to_string(this->units_.block()) + ")";
     }
-    /// Active units now.
+    /// Active units now (in a sharded run: of every process, as of the last refresh).
     std::size_t active() const { return active_; }
 
    private:
+    std::size_t eligible() const { return this->all_eligible_units(); }
+    /// The start mask: a₀ units of the eligible ones at random (hash of the global unit index).
+    std::size_t draw_start(const dynamic& m) {
+      const detail::span& sp = this->span_;
+      const std::size_t a0 = m.start_count(eligible()), count = this->units_.count();
+      const detail::random_key<T> key{this->uview_, m.seed, 0, nullptr, false, sp.offset};
+      const auto sel = detail::top_k<Backend>(count, a0, key, 32, sp);
+      Backend::for_each_index(this->units_.words(),
+                              detail::fill_bits<decltype(sel)>{sel, Backend::data(this->bits_), count});
+      active_ = a0;
+      return a0;
+    }
+    /// A sharded run: the start mask again, over every process's units. The bound of active units
+    /// becomes this shard's eligible units (a global selection may put more of them in one shard
+    /// than its share; element units, so the bound sizes nothing).
+    void on_span(const dynamic& m) {
+      draw_start(m);
+      if (this->span_.spans()) bound_ = this->units_.eligible_units();
+      if (this->is_compact()) this->range_.build_from_bits(this->units_, this->bits_);
+    }
     /// A bound on the active units over every refresh.
     std::size_t active_bound() const { return bound_; }
     void on_commit(bool refreshed) {

@@ -56,6 +56,11 @@
 /// between steps. `frozen = true` stops estimates and refreshes (a mask set with
 /// `set_entry_mask()` / the optimizer's `set_mask()`, or one frozen for an experiment, stays).
 ///
+/// Sharded data-parallel runs (optimizer/data_parallel.hpp, element units): each process scores
+/// its shard, k is ⌊keep · eligible units of every process⌋, and the top-k is one selection over
+/// all of them (histograms summed across the processes, ties to the lower global index), so each
+/// shard's mask is its part of the one-process mask. The per-example estimator is refused there.
+///
 /// Options: keep = 0.1, refresh_every = 100, block = 1, source = accumulated, examples = 16,
 /// empty_start = false, schedule = library, unperturbed_refresh = false, frozen = false.
 
@@ -124,6 +129,9 @@ struct fisher {
     static constexpr const char* bits_entry = "fisher.bits";
     static constexpr bool bits_optional = false;
     static constexpr bool norm_over_mask = false;
+    /// Selects across the processes of a sharded run (set_span): k is a fraction of every
+    /// process's eligible units, and the top-k is over all of them (element units).
+    static constexpr bool spans_processes = true;
     static detail::unit_spec spec(const fisher& m) { return detail::block_units(m.block); }
 
     state(const fisher& m, const backend::layout<T, Backend>& l)
@@ -169,6 +177,10 @@ struct fisher {
     /// The step's estimate and, on a refresh step, the new mask, both pending until commit_step().
     bool refresh(const fisher& m, const backend::layout<T, Backend>& l, std::size_t step, T inv_scale) {
       if (m.frozen) return false;
+      if (this->span_.spans() && m.source == fisher_estimator::per_example)
+        throw usage_error(
+            "flatmin: mask::fisher: the per_example estimator is not sharded (each process would add "
+            "its own examples); use accumulated or current_batch");
       const bool now = m.refreshes(step);
       switch (m.source) {
         case fisher_estimator::accumulated:
@@ -185,7 +197,7 @@ struct fisher {
       keep_next_ = m.keep;
       const T* f = Backend::data(acc_next_);
       const std::size_t n = this->units_.count();
-      const auto sel = detail::score_top_k<Backend>(f, n, keep_units(m.keep));
+      const auto sel = detail::score_top_k<Backend>(f, n, keep_units(m.keep), this->span_);
       Backend::for_each_index(this->units_.words(),
                               detail::score_bits<T>{sel, Backend::data(this->bits_next_), n});
       unperturbed_ = m.unperturbed_refresh;
@@ -209,9 +221,9 @@ struct fisher {
     static std::invalid_argument load_error(const std::string& what) {
       return std::invalid_argument("flatmin: load(): mask::fisher: " + what);
     }
-    /// k = ⌊keep · eligible units⌋.
+    /// k = ⌊keep · eligible units⌋ (of every process, in a sharded run).
     std::size_t keep_units(double keep) const {
-      return static_cast<std::size_t>(std::floor(keep * static_cast<double>(this->units_.eligible_units())));
+      return static_cast<std::size_t>(std::floor(keep * static_cast<double>(this->all_eligible_units())));
     }
     std::size_t active_bound() const { return keep_units(this->pending() ? keep_next_ : keep_); }
     /// The pending sums become the state; after a refresh they restart: rather than a pass writing

@@ -16,9 +16,15 @@
 ///   saved weights) of shard r only and updates only its weights, then the updated shards are
 ///   all-gathered. g and g_adv are reduce-scattered (each rank receives the average over its shard).
 ///   The step statistics (‖g‖, the non-finite count) are global through the optimizer's one hook
-///   (optimizer/stats_reducer.hpp), summed in the one-process order. Needs mask::dense,
-///   descent::standard and regularize::none (masks with a compact range, ESAM's data selection and
-///   BAR's balancedness reduce over the whole layout in ways not yet distributed).
+///   (optimizer/stats_reducer.hpp), summed in the one-process order. mask::fisher (FSAM, SSAM-F
+///   with the accumulated or current-batch estimate) and mask::dynamic (SSAM-D) select over every
+///   shard: each rank scores its shard's entries, and one radix selection on histograms summed
+///   over the ranks (mask/detail/top_k.hpp) finds the one-process threshold and tie; SSAM-D's
+///   random draws hash the global entry index. So the masks are the one-process masks cut into
+///   shards. Needs mask::dense, or mask::fisher / mask::dynamic with block = 1, and
+///   descent::standard and regularize::none (mask::random and block units run over compact
+///   ranges, ESAM's data selection and BAR's balancedness reduce over the whole layout in ways
+///   not yet distributed).
 ///
 /// "The average over ranks" is always `comm::rank_ordered_mean`: the ranks' values added in rank
 /// order in double, divided by P, rounded once. Hence the contract the tests check: in global and
@@ -53,6 +59,10 @@
 /// makes the others roll back). A sharded checkpoint loads onto the same rank count only, each rank
 /// its own file; resuming is bit-exact. The weights are the caller's to save.
 ///
+/// Buffers: the averaging and the weight gather keep their send and receive buffers between steps
+/// (about 2.5 · bucket_bytes + bucket_bytes / P for the gradients' and 2 · bucket_bytes / P for the
+/// weights', once the model is that large).
+///
 /// Memory: the parameter views must be in host memory (backend::eigen, or backend::thrust on a host
 /// device system); a `nccl` communicator over device memory is not implemented.
 
@@ -77,6 +87,8 @@
 #include "../comm/none.hpp"
 #include "../descent/standard.hpp"
 #include "../mask/dense.hpp"
+#include "../mask/dynamic.hpp"
+#include "../mask/fisher.hpp"
 #include "../regularize/none.hpp"
 #include "sharpness_aware.hpp"
 #include "stats_reducer.hpp"
@@ -168,9 +180,13 @@ class data_parallel {
       if (sharded()) {
         if constexpr (!shardable) {
           throw usage_error(
-              "flatmin::data_parallel: sharded mode needs mask::dense, descent::standard and "
-              "regularize::none");
+              "flatmin::data_parallel: sharded mode needs mask::dense, mask::fisher or mask::dynamic, "
+              "descent::standard and regularize::none");
         } else {
+          if constexpr (!std::is_same_v<typename Optimizer::mask_type, mask::dense>)
+            if (c.mask.block != 1)
+              throw usage_error("flatmin::data_parallel: sharded mode needs a mask with block = 1 "
+                                "(block units are not sharded yet)");
           make_shards(params);
           opt_.emplace(shard_params_, std::move(c));
         }
@@ -185,7 +201,7 @@ class data_parallel {
       std::size_t perturbable = 0;
       for (const auto& v : params.tensors())
         if (v.flags() & tensor_flags::perturb) perturbable += v.size;
-      opt_->set_stats_reducer(ctx_.get(), perturbable);
+      opt_->set_stats_reducer(ctx_.get(), perturbable);  // collective (the mask's span)
     }
   }
 
@@ -383,7 +399,9 @@ class data_parallel {
  private:
   enum class phase { idle, ascended, skipped };
   static constexpr char magic[9] = "FLATMIND";
-  static constexpr bool shardable = std::is_same_v<typename Optimizer::mask_type, mask::dense> &&
+  static constexpr bool shardable = (std::is_same_v<typename Optimizer::mask_type, mask::dense> ||
+                                     std::is_same_v<typename Optimizer::mask_type, mask::fisher> ||
+                                     std::is_same_v<typename Optimizer::mask_type, mask::dynamic>) &&
                                     std::is_same_v<typename Optimizer::descent_type, descent::standard> &&
                                     std::is_same_v<typename Optimizer::regularizer_type, regularize::none>;
 
@@ -406,6 +424,12 @@ class data_parallel {
           total = total + all[static_cast<std::size_t>(r) * most + i];
       return total;
     }
+    std::vector<std::uint64_t> gather_counts(const std::uint64_t* mine, std::size_t count) override {
+      std::vector<std::uint64_t> all(count * static_cast<std::size_t>(comm.size()));
+      if (count) gather(mine, all.data(), count * sizeof(std::uint64_t));
+      return all;
+    }
+    std::size_t position() const override { return static_cast<std::size_t>(comm.rank()); }
     void gather(const void* s, void* r, std::size_t n) {
       comm.all_gather(s, r, n);
       sent += static_cast<std::uint64_t>(n) * static_cast<std::uint64_t>(comm.size() - 1);
@@ -629,18 +653,35 @@ class data_parallel {
   void average(bool everywhere) {
     const std::size_t P = static_cast<std::size_t>(size()), me = static_cast<std::size_t>(rank());
     const std::size_t B = bucket(sizeof(G));
-    std::vector<G> send(P * B), recv(P * B), mean(B);
+    // Buffers kept between calls: a fresh allocation of this size is fresh pages, and faulting
+    // them in cost about as much as the averaging itself (bench_ddp).
+    auto& send = grad_send_;
+    auto& recv = grad_recv_;
+    auto& mean = grad_mean_;
+    auto& sum = grad_sum_;
+    send.resize(P * B);
+    recv.resize(P * B);
+    mean.resize(B);
+    sum.resize(B);
     for (std::size_t k = 0; k < widest(); k += B) {
-      std::fill(send.begin(), send.end(), G{});
-      for (std::size_t j = 0; j < P; ++j)
-        pieces(std::min(bounds_[j] + k, bounds_[j + 1]), std::min(bounds_[j] + k + B, bounds_[j + 1]),
-               [&](const flat_view& v, std::size_t at, std::size_t n, std::size_t flat) {
-                 std::copy(v.g + at, v.g + at + n, send.begin() + (j * B + flat - bounds_[j] - k));
-               });
+      for (std::size_t j = 0; j < P; ++j) {
+        const std::size_t a = std::min(bounds_[j] + k, bounds_[j + 1]);
+        const std::size_t b = std::min(bounds_[j] + k + B, bounds_[j + 1]);
+        pieces(a, b, [&](const flat_view& v, std::size_t at, std::size_t n, std::size_t flat) {
+          std::copy(v.g + at, v.g + at + n, send.begin() + (j * B + flat - bounds_[j] - k));
+        });
+        std::fill(send.begin() + (j * B + (b - a)), send.begin() + (j + 1) * B, G{});  // the padding
+      }
       ctx_->to_all(send.data(), recv.data(), B * sizeof(G));
-      for (std::size_t i = 0; i < B; ++i)
-        mean[i] = comm::rank_ordered_mean<G>(
-            size(), [&](int q) { return recv[static_cast<std::size_t>(q) * B + i]; });
+      // comm::rank_ordered_mean for every entry, written rank by rank over the bucket so that the
+      // loops vectorise: the same additions in the same order, hence the same bits.
+      for (std::size_t i = 0; i < B; ++i) sum[i] = static_cast<double>(recv[i]);
+      for (std::size_t q = 1; q < P; ++q) {
+        const G* r = recv.data() + q * B;
+        for (std::size_t i = 0; i < B; ++i) sum[i] += static_cast<double>(r[i]);
+      }
+      const double ranks = static_cast<double>(P);
+      for (std::size_t i = 0; i < B; ++i) mean[i] = static_cast<G>(sum[i] / ranks);
       if (everywhere) ctx_->gather(mean.data(), recv.data(), B * sizeof(G));
       for (std::size_t j = 0; j < P; ++j) {
         if (!everywhere && j != me) continue;
@@ -657,7 +698,10 @@ class data_parallel {
   void gather_weights() {
     const std::size_t P = static_cast<std::size_t>(size()), me = static_cast<std::size_t>(rank());
     const std::size_t B = bucket(sizeof(W));
-    std::vector<W> mine(B), all(P * B);
+    auto& mine = weight_send_;
+    auto& all = weight_recv_;
+    mine.resize(B);
+    all.resize(P * B);
     for (std::size_t k = 0; k < widest(); k += B) {
       pieces(std::min(bounds_[me] + k, bounds_[me + 1]), std::min(bounds_[me] + k + B, bounds_[me + 1]),
              [&](const flat_view& v, std::size_t at, std::size_t n, std::size_t flat) {
@@ -682,6 +726,9 @@ class data_parallel {
   std::vector<std::size_t> bounds_;  ///< rank r owns [bounds_[r], bounds_[r + 1])
   param_set<W, G> shard_params_;     ///< sharded mode: views of this rank's shard
   std::optional<Optimizer> opt_;
+  std::vector<G> grad_send_, grad_recv_, grad_mean_;  ///< average()'s buffers, kept between steps
+  std::vector<double> grad_sum_;
+  std::vector<W> weight_send_, weight_recv_;  ///< gather_weights()'s
   phase phase_ = phase::idle;
   step_report report_;
 };

@@ -48,6 +48,7 @@
 #include "../kernels/sampa.hpp"
 #include "../mask/dense.hpp"
 #include "../mask/detail/pass_target.hpp"
+#include "../mask/detail/top_k.hpp"
 #include "../params/param_set.hpp"
 #include "../params/precision.hpp"
 #include "../perturb/state.hpp"
@@ -510,20 +511,44 @@ class sharpness_aware {
 
   /// Makes the step statistics global (optimizer/stats_reducer.hpp; set by data_parallel's sharded
   /// mode): the ascent's statistics and descend()'s check are then per-segment partials handed to
-  /// `r`, and the mask density's denominator is `perturbable` (over every process). nullptr: this
-  /// process alone (the default). usage_error for a mask whose statistics are not one pass over the
-  /// layout (a compact range: mask::fisher, dynamic, random) or between ascend() and descend().
+  /// `r`, and the mask density's denominator is `perturbable` (over every process). A mask that
+  /// selects (mask::fisher, mask::dynamic) then selects over every process's units: its top-k is
+  /// global (its histograms summed through `r`). Collective when `r` is set and the mask selects.
+  /// nullptr: this process alone (the default). usage_error between ascend() and descend(), and for
+  /// what is not sharded: mask::random, block units (the ascent runs over a compact range of this
+  /// process's blocks), a descent rule or perturbation with state; with a selecting mask, after the
+  /// first step.
   void set_stats_reducer(stats_reducer* r, std::size_t perturbable) {
     if (phase_ != phase::idle)
       throw usage_error("flatmin: set_stats_reducer() called between ascend() and descend()");
-    if (r && mask_state_type::compact)
-      throw usage_error("flatmin: set_stats_reducer(): only masks without a compact range (mask::dense) "
-                        "reduce per segment");
+    if constexpr (mask_state_type::compact) {
+      if (r && !requires { mask_state_type::spans_processes; })
+        throw usage_error("flatmin: set_stats_reducer(): mask::" + std::string(Mask::name) +
+                          " is not sharded yet (mask::dense, mask::fisher and mask::dynamic are)");
+      if (r && mask_state_.is_compact())
+        throw usage_error("flatmin: set_stats_reducer(): a mask with block units runs over a compact range "
+                          "of this process's blocks, not sharded yet (use block = 1)");
+    }
     // A descent rule's or perturbation's own reductions (GSAM's ⟨g, g_adv⟩, …) are not routed
     // through the reducer: sharded, they would see one shard.
     if (r && (detail::has_state<Descent, T, Backend> || detail::has_state<Perturb, T, Backend>))
       throw usage_error("flatmin: set_stats_reducer(): a descent rule or perturbation with state (GSAM, "
                         "WSAM, LookSAM, Friendly-SAM, …) has reductions of its own, not sharded yet");
+    if constexpr (requires { mask_state_type::spans_processes; }) {
+      if (r && steps_ > 0)
+        throw usage_error("flatmin: set_stats_reducer(): a mask that selects (mask::" +
+                          std::string(Mask::name) +
+                          ") spans the processes from the first step on: set it before the first step");
+      mask::detail::span sp;
+      if (r) {
+        const auto& u = mask_state_.units();
+        sp = mask::detail::make_span(u.count(), u.eligible_units(), r->position(),
+                                     [r](const std::uint64_t* mine, std::size_t n) {
+                                       return r->gather_counts(mine, n);
+                                     });
+      }
+      mask_state_.set_span(mask_, std::move(sp));
+    }
     reducer_ = r;
     perturbable_ = perturbable;
   }

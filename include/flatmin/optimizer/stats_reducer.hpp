@@ -14,6 +14,8 @@
 /// one process.
 
 #include <cstddef>
+#include <cstdint>
+#include <vector>
 
 #include "../kernels/math.hpp"
 
@@ -24,6 +26,12 @@ class stats_reducer {
   /// The global sum of a reduction given this process's `count` segment partials (in order).
   /// Collective: every process of the run calls it at the same point of the step.
   virtual kernels::grad_stats combine(const kernels::grad_stats* partials, std::size_t count) = 0;
+  /// Every process's `count` integers, in process order (count · processes values). Collective.
+  /// A mask that selects across processes (mask::fisher's global top-k) sums its histograms and
+  /// numbers its units through it.
+  virtual std::vector<std::uint64_t> gather_counts(const std::uint64_t* mine, std::size_t count) = 0;
+  /// This process's position in that order.
+  virtual std::size_t position() const = 0;
 
  protected:
   stats_reducer() = default;

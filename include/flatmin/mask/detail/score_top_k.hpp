@@ -159,11 +159,18 @@ struct copy_one {
   FLATMIN_HD void operator()(std::size_t) const { *to = *from; }
 };
 
+/// The score predicate of a radix selection; its last tie, global with a span (offset ≠ 0), made
+/// local: ties before this process's units keep none of its own (s == t is then never kept, i.e.
+/// the threshold is the next value above t with every tie of it kept).
 template <class T, class Key>
 score_selection<T> from_radix(const T* score, const selection<Key>& sel) {
   if (sel.none) return {score};
   if (sel.all) return {score, T(0), ~std::uint64_t{0}, false};
-  return {score, value_of_key<T>(sel.threshold), sel.last_tie, false};
+  const T t = value_of_key<T>(sel.threshold);
+  if (sel.last_tie == ~std::uint64_t{0}) return {score, t, sel.last_tie, false};
+  if (sel.last_tie < sel.offset)
+    return {score, std::nextafter(t, std::numeric_limits<T>::infinity()), ~std::uint64_t{0}, false};
+  return {score, t, sel.last_tie - sel.offset, false};
 }
 
 /// Steps 1–3 of the file comment; nullopt when the bracket did not catch the k-th score.
@@ -220,9 +227,14 @@ std::optional<score_selection<T>> bracketed(const T* score, std::size_t n, std::
 }  // namespace score_topk_detail
 
 /// The k largest of `score[0, n)` among the candidates (score ≥ 0), ties to the lower index,
-/// exactly k of them (all candidates when k ≥ their count).
+/// exactly k of them (all candidates when k ≥ their count). With a span (top_k.hpp), the k largest
+/// over every process's scores: collective, by radix selection on summed histograms (the sampled
+/// bracket is this process's alone, so it is not tried).
 template <class Backend, class T>
-score_selection<T> score_top_k(const T* score, std::size_t n, std::size_t k) {
+score_selection<T> score_top_k(const T* score, std::size_t n, std::size_t k, const span& sp = {}) {
+  if (sp.spans())
+    return score_topk_detail::from_radix(score,
+                                         top_k<Backend>(n, k, score_key<T>{score}, float_key_bits<T>, sp));
   if (k == 0 || n == 0) return {score};
   if (n >= bracket_min_units)
     if (const auto s = score_topk_detail::bracketed<Backend>(score, n, k)) return *s;

@@ -29,10 +29,12 @@
 #include <bit>
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "../../backend/layout.hpp"
 #include "../../concepts/state_entry.hpp"
+#include "top_k.hpp"
 #include "units.hpp"
 
 namespace flatmin::mask::detail {
@@ -169,6 +171,22 @@ class sparse_state {
     self().on_bits_set(h);
   }
 
+  /// A sharded run (optimizer/data_parallel.hpp): this process's units are a part of units
+  /// numbered across the processes (`span`, top_k.hpp); a mask that declares `spans_processes`
+  /// selects over all of them (hook `on_span(mask)`: mask::dynamic draws its start mask again over
+  /// every process's units). An empty span (the default): this process alone. Before the first
+  /// step (the optimizer checks).
+  template <class Mask>
+  void set_span(const Mask& m, span s) {
+    span_ = std::move(s);
+    self().on_span(m);
+  }
+  const span& units_span() const { return span_; }
+  /// Eligible units of every process (with a span), else of this one.
+  std::size_t all_eligible_units() const {
+    return span_.spans() ? static_cast<std::size_t>(span_.eligible) : units_.eligible_units();
+  }
+
   /// The units (for tests and reports): element, block or tensor, counts.
   const detail::units<T, Backend>& units() const { return units_; }
   /// The committed mask bits, one per unit, in host memory (empty: mask::random draws).
@@ -227,6 +245,8 @@ class sparse_state {
     return units_.eligible_units();
   }
   void on_load(loaded&) noexcept {}
+  template <class Mask>
+  void on_span(const Mask&) {}
   std::size_t extra_bytes() const { return 0; }
   std::vector<std::uint32_t> initial_bits() const { return std::vector<std::uint32_t>(units_.words(), 0u); }
 
@@ -234,6 +254,7 @@ class sparse_state {
   unit_view<T> uview_;
   bit_vector bits_, bits_next_;
   compact_range<T, Backend> range_, range_next_;
+  span span_;  ///< set_span(): the units of every process of a sharded run
 
  private:
   Derived& self() { return static_cast<Derived&>(*this); }

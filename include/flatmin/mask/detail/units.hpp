@@ -404,10 +404,11 @@ struct random_key {
   std::uint64_t seed, stream;
   const std::uint32_t* among = nullptr;
   bool among_value = false;
+  std::uint64_t offset = 0;  ///< the hash is of the global unit index u + offset (a sharded run)
   FLATMIN_HD bool operator()(std::size_t u, std::uint64_t& k) const {
     if (!candidate_flags(units.tensors[units.tensor_of_unit(u)].flags)) return false;
     if (among && test_bit(among, u) != among_value) return false;
-    k = kernels::counter_hash(seed, stream, u) >> 32;
+    k = kernels::counter_hash(seed, stream, u + offset) >> 32;
     return true;
   }
 };
