@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the benchmarks in Release and runs every bench/bench_*.cpp program, writing one Google
 # Benchmark JSON file per program to build/bench/ (with every repetition, for medians and
-# spreads), then turns them into bench/RESULTS.md and bench/bytes_per_second.svg.
+# spreads), and bench_ddp on 2 MPI ranks when MPI is found (bench/ddp/results.md), then turns them
+# into bench/RESULTS.md and bench/bytes_per_second.svg.
 #
 #   scripts/bench.sh                 # default sizes N = 10^4 … 10^7 (about 5–10 minutes on 2 cores)
 #   FLATMIN_BENCH_LARGE=1 scripts/bench.sh     # adds N = 10^8 (needs ~6 GB of memory)
@@ -34,11 +35,26 @@ rm -f "$out"/bench_*.json  # keeps torch_compare.json (bench/torch_compare.py), 
 for exe in "$build"/bench/bench_*; do
   [ -x "$exe" ] || continue
   name=$(basename "$exe")
+  [ "$name" = bench_ddp ] && continue  # an MPI program, run below
   echo "flatmin: running $name" >&2
   "$exe" --benchmark_repetitions="${FLATMIN_BENCH_REPS:-5}" --benchmark_min_time="${FLATMIN_BENCH_MIN_TIME:-0.05}" \
          --benchmark_display_aggregates_only=true --benchmark_out="$out/$name.json" --benchmark_out_format=json \
          "$@" >/dev/null
 done
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" >> "$out/machine.txt"
+# bench_ddp (bench/ddp_comm.cpp, with flatmin::mpi): the data-parallel step on 2 ranks, one thread
+# each; its table goes to bench/ddp/results.md, which the report includes.
+ddp="$build/bench/bench_ddp"
+if [ -x "$ddp" ] && command -v mpiexec >/dev/null; then
+  echo "flatmin: running bench_ddp on 2 ranks" >&2
+  mkdir -p bench/ddp
+  extra=""; mpiexec --version 2>/dev/null | grep -q "Open MPI" && extra=--oversubscribe
+  {
+    echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC'); cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), $(nproc --all) cores"
+    echo "- command: \`OMP_NUM_THREADS=1 mpiexec -np 2 bench_ddp\` (load before: $(cut -d' ' -f1-3 /proc/loadavg))"
+    echo
+    OMP_NUM_THREADS=1 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 mpiexec $extra -np 2 "$ddp"
+  } > bench/ddp/results.md
+fi
 python3 scripts/bench_report.py "$out" bench/RESULTS.md bench/bytes_per_second.svg
 echo "flatmin: wrote bench/RESULTS.md and bench/bytes_per_second.svg from $out/*.json" >&2

@@ -280,6 +280,22 @@ def svg_plot(rows, path, cores):
     return True
 
 
+def ddp_section(path):
+    """The data-parallel section: bench/ddp/results.md as bench_ddp wrote it (scripts/bench.sh)."""
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        body = f.read().rstrip("\n")
+    return ["## Data-parallel steps (bench_ddp, MPI)", "",
+            "bench/ddp_comm.cpp: per mode of `flatmin::data_parallel` over `comm::mpi`, the median time of "
+            "ascend() + descend() (the gradient written between them is not timed), the part inside the "
+            "collectives (a stopwatch around the communicator: waiting for the other rank counts), the rest, "
+            "the mean step (FSAM's refresh steps show there) and the bytes one rank sends per step; beside "
+            "them the one-process step of the same composition on each rank alone, and an MPI_Allreduce "
+            "(MPI_SUM) of g for scale: what averaging in the engine's own order costs.", "",
+            body, ""]
+
+
 def gpu_section(gdir):
     """The GPU section from <bench>/gpu (written by scripts/bench_cuda.sh on a CUDA machine), if any."""
     jpath = os.path.join(gdir, "bench_cuda_passes.json")
@@ -550,6 +566,7 @@ def main():
         md += [table(["base", "torch", "N", "K", "threads", "PyTorch", "flatmin", "speed-up"], body), ""]
 
     md += gpu_section(os.path.join(os.path.dirname(os.path.abspath(md_path)), "gpu"))
+    md += ddp_section(os.path.join(os.path.dirname(os.path.abspath(md_path)), "ddp", "results.md"))
 
     md += ["## All results", ""]
     for program in sorted({r["program"] for r in rows}):
