@@ -212,10 +212,23 @@ struct dynamic {
     }
     /// A bound on the active units over every refresh.
     std::size_t active_bound() const { return bound_; }
-    void on_commit(bool refreshed) {
-      if (refreshed) active_ = active_next_;
+    /// The bound follows what the mask holds: a loaded checkpoint's bound (checked only against
+    /// its own bits) may be below what the next refresh's counts give, and a checkpoint saved after
+    /// that refresh must load again (found by fuzzing load()). Sharded, the shard's eligible units.
+    void raise_bound() {
+      bound_ = this->span_.spans() ? this->units_.eligible_units()
+                                   : std::max(bound_, std::min(active_, this->units_.eligible_units()));
     }
-    void on_bits_set(const std::vector<std::uint32_t>& h) { active_ = this->count_bits(h); }
+    void on_commit(bool refreshed) {
+      if (refreshed) {
+        active_ = active_next_;
+        raise_bound();
+      }
+    }
+    void on_bits_set(const std::vector<std::uint32_t>& h) {
+      active_ = this->count_bits(h);
+      raise_bound();
+    }
     std::size_t extra_bytes() const { return score_.size() * sizeof(T); }
     template <class F>
     void visit_more(F& f) {

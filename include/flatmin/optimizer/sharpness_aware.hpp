@@ -809,7 +809,15 @@ class sharpness_aware {
 
   // A mask's step-local state (a refresh, Fisher sums) becomes its state only when a step is applied.
   void mask_commit() {
-    if constexpr (requires { mask_state_.commit_step(); }) mask_state_.commit_step();
+    if constexpr (requires { mask_state_.commit_step(); }) {
+      mask_state_.commit_step();
+      // A committed mask may need more saved weights than the last bound (mask::dynamic's
+      // refresh after a checkpoint with a smaller bound): grow them before the next ascent.
+      if constexpr (perturbs && perturbs_layout) {
+        const std::size_t need = mask_state_.saved_size(layout_);
+        if (saved_.size() < need) saved_ = Backend::template make_vector<W>(need);
+      }
+    }
   }
   void mask_abandon() {
     if constexpr (requires { mask_state_.abandon_step(); }) mask_state_.abandon_step();
