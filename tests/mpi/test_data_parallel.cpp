@@ -21,6 +21,7 @@
 #include <flatmin/flatmin.hpp>
 #include <flatmin/optimizer/data_parallel.hpp>
 #include <limits>
+#include <span>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -188,6 +189,187 @@ using sam_adamw = flatmin::sam_t<float, flatmin::base::adamw>;
 const flatmin::base::sgd sgd_momentum{.lr = 0.05, .momentum = 0.9, .weight_decay = 1e-3};
 const flatmin::base::adamw adamw{.lr = 1e-2, .weight_decay = 1e-2};
 
+// ESAM's data selection over the ranks. Rank r holds n_r samples (3 on even ranks, 5 on odd ones:
+// the batches differ in size); sample j's loss is ½ Σ a (w − c − d_rj)² with rank 0's a and c for
+// every rank and an offset d_rj. With `ties` the offsets take three values shared by every rank,
+// so loss increases tie across ranks and the tie-break (the lower index of the concatenated batch)
+// decides which samples are kept.
+struct samples {
+  model& m;
+  bool ties = false;
+  static std::size_t count(int r) { return r % 2 ? 5 : 3; }
+  double offset(int r, std::size_t j) const {
+    if (ties) return 0.1 * static_cast<double>((static_cast<std::size_t>(r) + 2 * j) % 3) - 0.1;
+    return 0.3 * unit(key(r, 0, j, 7)) - 0.15;
+  }
+  // Rank r's per-sample losses at the current weights.
+  std::vector<double> losses(int r) const {
+    std::vector<double> out(count(r), 0.0);
+    for (std::size_t j = 0; j < out.size(); ++j) {
+      const double d = offset(r, j);
+      for (std::size_t t = 0; t < m.w.size(); ++t)
+        for (std::size_t i = 0; i < m.w[t].size(); ++i) {
+          const double e = static_cast<double>(m.w[t][i]) - coef_c(0, t, i) - d;
+          out[j] += 0.5 * coef_a(0, t, i) * e * e;
+        }
+    }
+    return out;
+  }
+  // The gradient of the mean loss over rank r's samples `idx`, in float, into `out`.
+  void subset_gradient(int r, std::span<const std::size_t> idx, std::vector<std::vector<float>>& out) const {
+    double mean = 0;
+    for (const std::size_t j : idx) mean += offset(r, j);
+    mean /= static_cast<double>(idx.size());
+    out.resize(m.w.size());
+    for (std::size_t t = 0; t < m.w.size(); ++t) {
+      out[t].resize(m.w[t].size());
+      for (std::size_t i = 0; i < m.w[t].size(); ++i)
+        out[t][i] = static_cast<float>(coef_a(0, t, i) * (static_cast<double>(m.w[t][i]) - coef_c(0, t, i) - mean));
+    }
+  }
+  static std::vector<std::size_t> all(int r) {
+    std::vector<std::size_t> idx(count(r));
+    for (std::size_t j = 0; j < idx.size(); ++j) idx[j] = j;
+    return idx;
+  }
+};
+
+// Rank r's sample objective (flatmin::sample_objective) over the model's gradient views.
+struct sample_objective {
+  samples& s;
+  int r;
+  std::size_t batch_size() const { return samples::count(r); }
+  double losses_and_gradient(std::span<double> out) {
+    const auto l = s.losses(r);
+    std::copy(l.begin(), l.end(), out.begin());
+    s.subset_gradient(r, samples::all(r), s.m.g);
+    double mean = 0;
+    for (double x : l) mean += x;
+    return mean / static_cast<double>(l.size());
+  }
+  void losses(std::span<double> out) {
+    const auto l = s.losses(r);
+    std::copy(l.begin(), l.end(), out.begin());
+  }
+  void subset_gradient(std::span<const std::size_t> idx) { s.subset_gradient(r, idx, s.m.g); }
+};
+
+// ESAM's selection distributed in `mode` (closure or two-call protocol) against one process on the
+// concatenated batch: the one-process policy selects over the concatenated increases; g is the
+// rank-ordered mean of the ranks' batch gradients (as in global mode) and g_adv the selected
+// ranks' subset gradients weighted by their counts, Σ k_r m_r / K in double, rounded once (written
+// out here). Compared bitwise: weights, reports, and each rank's part of the selection. The
+// weighted form is also checked against a float64 gradient of the mean over the selected samples.
+template <class Opt, bool closure, class Make>
+void check_selection(const Make& make, flatmin::parallel_mode mode, int steps, bool ties) {
+  const int P = world_size(), me = world_rank();
+  model dist, ref;
+  samples sd{dist, ties}, sr{ref, ties};
+  flatmin::data_parallel<Opt, flatmin::comm::mpi> dp(dist.ps, make(), flatmin::comm::mpi{}, {.mode = mode});
+  Opt one(ref.ps, make());
+  std::vector<std::vector<float>> part;
+  std::vector<std::vector<std::vector<float>>> m(static_cast<std::size_t>(P));
+  const auto set_ref_gradient = [&](const std::vector<double>& k, double total) {
+    for (std::size_t t = 0; t < sizes.size(); ++t)
+      for (std::size_t i = 0; i < sizes[t]; ++i) {
+        int only = -1;
+        for (int r = 0; r < P; ++r)
+          if (k[static_cast<std::size_t>(r)] == total) only = r;
+        if (only >= 0) {
+          ref.g[t][i] = m[static_cast<std::size_t>(only)][t][i];
+          continue;
+        }
+        double sum = 0;
+        for (int r = 0; r < P; ++r)
+          if (k[static_cast<std::size_t>(r)] > 0) sum += k[static_cast<std::size_t>(r)] * m[static_cast<std::size_t>(r)][t][i];
+        ref.g[t][i] = static_cast<float>(sum / total);
+      }
+  };
+  for (int s = 0; s < steps; ++s) {
+    flatmin::step_report rd, rr;
+    if constexpr (closure) {
+      sample_objective obj{sd, me};
+      rd = dp.step(obj);
+    } else {
+      const auto before = sd.losses(me);
+      sd.subset_gradient(me, samples::all(me), dist.g);
+      rd = dp.ascend();
+      const auto after = sd.losses(me);
+      const auto& idx = dp.select(before, after);
+      if (!idx.empty()) sd.subset_gradient(me, idx, dist.g);
+      rd = dp.descend();
+    }
+    const std::vector<std::size_t> got = dp.local().descent().selected();
+    // The one-process run on the concatenated batch.
+    std::vector<double> before, after;
+    std::vector<std::size_t> first(static_cast<std::size_t>(P) + 1, 0);
+    for (int r = 0; r < P; ++r) {
+      const auto l = sr.losses(r);
+      before.insert(before.end(), l.begin(), l.end());
+      first[static_cast<std::size_t>(r) + 1] = first[static_cast<std::size_t>(r)] + l.size();
+      sr.subset_gradient(r, samples::all(r), m[static_cast<std::size_t>(r)]);
+    }
+    set_ref_gradient(std::vector<double>(static_cast<std::size_t>(P), 1.0), P);  // the plain mean
+    rr = one.ascend();
+    for (int r = 0; r < P; ++r) {
+      const auto l = sr.losses(r);
+      after.insert(after.end(), l.begin(), l.end());
+    }
+    const std::vector<std::size_t> sel = one.descent().select(before, after);
+    std::vector<double> k(static_cast<std::size_t>(P), 0.0);
+    std::vector<std::size_t> expect;
+    for (int r = 0; r < P; ++r) {
+      std::vector<std::size_t> local;
+      for (const std::size_t i : sel)
+        if (i >= first[static_cast<std::size_t>(r)] && i < first[static_cast<std::size_t>(r) + 1])
+          local.push_back(i - first[static_cast<std::size_t>(r)]);
+      k[static_cast<std::size_t>(r)] = static_cast<double>(local.size());
+      if (r == me) expect = local;
+      if (!local.empty()) sr.subset_gradient(r, local, m[static_cast<std::size_t>(r)]);
+    }
+    set_ref_gradient(k, static_cast<double>(sel.size()));
+    // float64: the gradient of the mean over the selected samples of the concatenated batch.
+    double mean_offset = 0, worst = 0;
+    for (int r = 0; r < P; ++r)
+      for (const std::size_t i : sel)
+        if (i >= first[static_cast<std::size_t>(r)] && i < first[static_cast<std::size_t>(r) + 1])
+          mean_offset += sr.offset(r, i - first[static_cast<std::size_t>(r)]);
+    mean_offset /= static_cast<double>(sel.size());
+    for (std::size_t t = 0; t < sizes.size(); ++t)
+      for (std::size_t i = 0; i < sizes[t]; ++i) {
+        const double exact = coef_a(0, t, i) * (static_cast<double>(ref.w[t][i]) - coef_c(0, t, i) - mean_offset);
+        worst = std::max(worst, std::abs(ref.g[t][i] - exact) / (1e-3 + std::abs(exact)));
+      }
+    CHECK(worst < 1e-5);
+    rr = one.descend();
+    CHECK(got == expect);
+    CHECK(same_norm(rd.grad_norm, rr.grad_norm));
+    CHECK(same_norm(rd.perturbed_grad_norm, rr.perturbed_grad_norm));
+    CHECK_FALSE(rd.skipped);
+  }
+  CHECK(same_weights(dist, ref));
+}
+
+using esam_sgd = flatmin::esam_t<float, flatmin::base::sgd>;
+// ESAM's data selection over a dense perturbation (what sharded mode runs).
+using esam_dense =
+    flatmin::sharpness_aware<float, flatmin::default_backend, flatmin::perturb::l2, flatmin::mask::dense,
+                             flatmin::base::sgd, flatmin::select::sharpness_sensitive>;
+auto esam_make(double gamma, bool official) {
+  return [=] {
+    if (official) return flatmin::esam_official_options{.gamma = gamma}.compose(sgd_momentum);
+    return flatmin::esam_options{.gamma = gamma}.compose(sgd_momentum);
+  };
+}
+auto esam_dense_make(double gamma) {
+  return [=] {
+    flatmin::composition<flatmin::perturb::l2, flatmin::mask::dense, flatmin::base::sgd,
+                         flatmin::select::sharpness_sensitive>
+        c{.base = sgd_momentum, .perturb = {.rho = 0.05}, .descent = {.gamma = gamma}};
+    return c;
+  };
+}
+
 }  // namespace
 
 TEST_CASE("global perturbation: P ranks are one process on the rank-ordered average, bitwise") {
@@ -205,11 +387,6 @@ TEST_CASE("global perturbation: P ranks are one process on the rank-ordered aver
       return flatmin::fsam_options{.keep = 0.25, .refresh_every = 2}.compose(flatmin::base::adam{.lr = 1e-2});
     };
     check_one_process<fsam>(make, flatmin::parallel_mode::global_perturbation, M{}, 4);
-  }
-  SUBCASE("ESAM + SGD (random tensor mask; the data selection is the caller's here)") {
-    using esam = flatmin::esam_t<float, flatmin::base::sgd>;
-    const auto make = [] { return flatmin::esam_options{.beta = 0.5, .gamma = 1.0}.compose(sgd_momentum); };
-    check_one_process<esam>(make, flatmin::parallel_mode::global_perturbation, M{}, 4);
   }
   SUBCASE("comm::callbacks over MPI_Allgather only (its all-to-all through the all-gather)") {
     flatmin::comm::callbacks cb(world_rank(), world_size(), [](const void* s, void* r, std::size_t n) {
@@ -329,6 +506,47 @@ TEST_CASE("sharded (ZeRO-1): P shards are one process on the rank-ordered averag
     const std::vector<std::size_t> starts = {0, 4096, 5000, 5300, 9396, 13492, 14300};  // the segments'
     CHECK(std::find(starts.begin(), starts.end(), lo) != starts.end());
     CHECK(dp.local().layout().numel() == hi - lo);
+  }
+}
+
+TEST_CASE("ESAM: the data selection is global over the ranks, g_adv the count-weighted mean, bitwise") {
+  using flatmin::parallel_mode;
+  SUBCASE("ESAM + SGD (random tensor mask), global mode, two-call and closure") {
+    check_selection<esam_sgd, false>(esam_make(0.5, false), parallel_mode::global_perturbation, 4, false);
+    check_selection<esam_sgd, true>(esam_make(0.3, false), parallel_mode::global_perturbation, 3, false);
+  }
+  SUBCASE("the official strict cutoff, and increases tied across ranks") {
+    check_selection<esam_sgd, true>(esam_make(0.5, true), parallel_mode::global_perturbation, 3, false);
+    for (const double gamma : {0.2, 0.5, 0.75})
+      check_selection<esam_sgd, false>(esam_make(gamma, false), parallel_mode::global_perturbation, 2, true);
+    check_selection<esam_sgd, false>(esam_make(0.5, true), parallel_mode::global_perturbation, 2, true);
+  }
+  SUBCASE("sharded: the selection over a dense perturbation") {
+    check_selection<esam_dense, true>(esam_dense_make(0.5), parallel_mode::sharded, 3, false);
+    check_selection<esam_dense, false>(esam_dense_make(0.4), parallel_mode::sharded, 2, true);
+  }
+  SUBCASE("the two-call protocol needs select() once between a perturbed ascend() and descend()") {
+    model m;
+    samples sm{m, false};
+    const int me = world_rank();
+    flatmin::data_parallel<esam_sgd, flatmin::comm::mpi> dp(m.ps, esam_make(0.5, false)(), flatmin::comm::mpi{});
+    const auto w0 = m.w;
+    const auto before = sm.losses(me);
+    CHECK_THROWS_WITH_AS(dp.select(before, before), doctest::Contains("needs a perturbed ascend()"),
+                         flatmin::usage_error);
+    sm.subset_gradient(me, samples::all(me), m.g);
+    dp.ascend();
+    CHECK_THROWS_WITH_AS(dp.descend(), doctest::Contains("needs select() first"), flatmin::usage_error);
+    const std::vector<double> short_losses(me == 0 ? 1 : before.size(), 0.0);
+    if (me == 0)
+      CHECK_THROWS_WITH_AS(dp.select(before, short_losses), doctest::Contains("losses at w but"),
+                           std::invalid_argument);
+    else
+      CHECK_THROWS_AS(dp.select(before, short_losses), flatmin::peer_error);
+    dp.select(before, sm.losses(me));
+    CHECK_THROWS_WITH_AS(dp.select(before, before), doctest::Contains("twice"), flatmin::usage_error);
+    dp.cancel();
+    CHECK(m.w == w0);
   }
 }
 

@@ -40,4 +40,51 @@ E rank_ordered_mean(int ranks, const At& at) {
   return static_cast<E>(s / ranks);
 }
 
+/// Σ_r k_r x_r / K, K = Σ_r k_r > 0, over the ranks with k_r > 0 (a rank with k_r = 0 adds
+/// nothing, whatever its x_r), added in rank order in double from 0 and rounded once to E: the
+/// count-weighted average, where rank r's value is a mean over its k_r samples (ESAM's subset
+/// gradients: the mean over every rank's selected samples). When one rank holds all K samples the
+/// result is its x_r unchanged (the products would round for E = double).
+template <class E, class At>
+E rank_weighted_mean(int ranks, const double* k, double total, const At& at) {
+  for (int r = 0; r < ranks; ++r)
+    if (k[r] == total) return static_cast<E>(at(r));
+  double s = 0;
+  for (int r = 0; r < ranks; ++r)
+    if (k[r] > 0) s += k[r] * static_cast<double>(at(r));
+  return static_cast<E>(s / total);
+}
+
+/// `rank_ordered_mean` (or, with `k`, `rank_weighted_mean` with total K) of every entry of a
+/// bucket: `recv` holds the ranks' blocks of `n` values (rank r's at r·n), `sum` is scratch of n
+/// doubles, out[i] ← the mean of entry i. Written rank by rank so that the loops vectorise: the same
+/// additions in the same order as the definitions, hence the same bits.
+template <class E>
+void rank_ordered_mean_into(E* out, const E* recv, int ranks, std::size_t n, double* sum,
+                            const double* k = nullptr, double total = 0) {
+  if (!k) {
+    for (std::size_t i = 0; i < n; ++i) sum[i] = static_cast<double>(recv[i]);
+    for (int q = 1; q < ranks; ++q) {
+      const E* r = recv + static_cast<std::size_t>(q) * n;
+      for (std::size_t i = 0; i < n; ++i) sum[i] += static_cast<double>(r[i]);
+    }
+    total = static_cast<double>(ranks);
+  } else {
+    for (int q = 0; q < ranks; ++q)
+      if (k[q] == total) {  // one rank's mean is the mean
+        const E* r = recv + static_cast<std::size_t>(q) * n;
+        for (std::size_t i = 0; i < n; ++i) out[i] = r[i];
+        return;
+      }
+    for (std::size_t i = 0; i < n; ++i) sum[i] = 0;
+    for (int q = 0; q < ranks; ++q) {
+      if (!(k[q] > 0)) continue;
+      const E* r = recv + static_cast<std::size_t>(q) * n;
+      const double w = k[q];
+      for (std::size_t i = 0; i < n; ++i) sum[i] += w * static_cast<double>(r[i]);
+    }
+  }
+  for (std::size_t i = 0; i < n; ++i) out[i] = static_cast<E>(sum[i] / total);
+}
+
 }  // namespace flatmin::comm

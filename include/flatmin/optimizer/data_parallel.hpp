@@ -21,10 +21,18 @@
 ///   shard: each rank scores its shard's entries, and one radix selection on histograms summed
 ///   over the ranks (mask/detail/top_k.hpp) finds the one-process threshold and tie; SSAM-D's
 ///   random draws hash the global entry index. So the masks are the one-process masks cut into
-///   shards. Needs mask::dense, or mask::fisher / mask::dynamic with block = 1, and
-///   descent::standard and regularize::none (mask::random and block units run over compact
-///   ranges, ESAM's data selection and BAR's balancedness reduce over the whole layout in ways
-///   not yet distributed).
+///   shards. Needs mask::dense, or mask::fisher / mask::dynamic with block = 1;
+///   descent::standard or ESAM's data selection; and regularize::none (mask::random and block
+///   units run over compact ranges, BAR's balancedness and the descent rules with state reduce
+///   over the whole layout in ways not yet distributed).
+///
+/// ESAM's data selection (select::sharpness_sensitive), in every mode, is global: the ranks'
+/// per-sample loss increases are gathered and the ⌈γ·Σ|B_r|⌉ largest of the concatenated batch are
+/// kept (ties to the lower index of the concatenation, rank by rank), as one process would on the
+/// concatenated batch. Each rank then takes the gradient over its part of the selection (none when
+/// it has no selected sample), and g_adv is the count-weighted average (comm::rank_weighted_mean),
+/// the mean over every selected sample. The closure protocol does all of that in step(); the
+/// two-call protocol calls select() between ascend() and descend().
 ///
 /// "The average over ranks" is always `comm::rank_ordered_mean`: the ranks' values added in rank
 /// order in double, divided by P, rounded once. Hence the contract the tests check: in global and
@@ -75,6 +83,7 @@
 #include <memory>
 #include <optional>
 #include <ostream>
+#include <span>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -180,8 +189,8 @@ class data_parallel {
       if (sharded()) {
         if constexpr (!shardable) {
           throw usage_error(
-              "flatmin::data_parallel: sharded mode needs mask::dense, mask::fisher or mask::dynamic, "
-              "descent::standard and regularize::none");
+              "flatmin::data_parallel: sharded mode needs mask::dense, mask::fisher or mask::dynamic; "
+              "descent::standard or select::sharpness_sensitive; and regularize::none");
         } else {
           if constexpr (!std::is_same_v<typename Optimizer::mask_type, mask::dense>)
             if (c.mask.block != 1)
@@ -256,8 +265,18 @@ class data_parallel {
       phase_ = phase::idle;
       return report_;
     }
+    if constexpr (selects_samples)
+      if (phase_ == phase::ascended && report_.perturbed && !selection_)
+        throw usage_error("flatmin::data_parallel: descend() after a perturbed ascend() needs select() "
+                          "first (ESAM's data selection is global over the ranks)");
     const step_args a = agree_args(args);
-    if (options_.average_gradients) average(!sharded());
+    if (options_.average_gradients) {
+      if (selection_)
+        average(!sharded(), selection_->counts.data(), selection_->total);
+      else
+        average(!sharded());
+    }
+    selection_.reset();
     std::exception_ptr err;
     step_report r;
     try {
@@ -303,17 +322,10 @@ class data_parallel {
     step_report r = ascend(args);
     if constexpr (Optimizer::perturbs) {
       if (r.perturbed) {
-        try {
-          opt_->descent().second_gradient(obj);
-        } catch (...) {
-          err = std::current_exception();
-        }
-        v = exchange(err, 0, 0.0);
-        failed = first_failed(v);
-        if (failed >= 0) {
-          cancel();
-          rethrow(err, v, failed, "the objective at w + eps");
-        }
+        if constexpr (selects_samples)
+          second_selected_gradient(obj);
+        else
+          perturbed_call([&] { opt_->descent().second_gradient(obj); });
       }
     }
     r = descend(args);
@@ -328,6 +340,72 @@ class data_parallel {
     opt_->cancel();
     if (sharded() && moved) gather_weights();
     phase_ = phase::idle;
+    selection_.reset();
+  }
+
+  /// ESAM's data selection over every rank's batch (collective; two-call protocol, between ascend()
+  /// and descend(), which requires it after a perturbed ascent): `before` and `after` are this
+  /// rank's per-sample losses at w and at w + ε. The increases of every rank are gathered and
+  /// concatenated in rank order, and the descent policy selects over them as one process would over
+  /// the concatenated batch (ties to the lower index of the concatenation). Returns this rank's
+  /// part of the selection, as ascending indices into its batch (possibly empty: then the rank's
+  /// gradient views are not read). The caller then writes the gradient of the mean loss over those
+  /// samples into the views, and descend() averages the ranks' subset gradients weighted by their
+  /// counts (comm::rank_weighted_mean): the gradient of the mean over every selected sample.
+  /// Throws on every rank if the sizes of `before` and `after` differ on any rank, or if every batch
+  /// is empty.
+  const std::vector<std::size_t>& select(std::span<const double> before, std::span<const double> after)
+    requires selects_samples
+  {
+    if (phase_ != phase::ascended || !report_.perturbed)
+      throw usage_error("flatmin::data_parallel: select() needs a perturbed ascend() before it");
+    if (selection_) throw usage_error("flatmin::data_parallel: select() called twice in one step");
+    std::exception_ptr err;
+    try {
+      if (before.size() != after.size() || before.size() > std::size_t{1} << 30)
+        throw std::invalid_argument("flatmin::data_parallel::select: " + std::to_string(before.size()) +
+                                    " losses at w but " + std::to_string(after.size()) + " at w + eps");
+      Optimizer::descent_type::increases(before, after, increases_);
+    } catch (...) {
+      err = std::current_exception();
+    }
+    const auto v = exchange(err, static_cast<int>(increases_.size()), 0.0);
+    const int failed = first_failed(v);
+    if (failed >= 0) rethrow(err, v, failed, "select()");
+    const std::size_t P = v.size(), me = static_cast<std::size_t>(rank());
+    std::size_t most = 0, first = 0, total = 0;
+    for (std::size_t q = 0; q < P; ++q) {
+      const auto n = static_cast<std::size_t>(v[q].code);
+      most = std::max(most, n);
+      if (q < me) first += n;
+      total += n;
+    }
+    if (total == 0)
+      throw std::invalid_argument("flatmin::data_parallel::select: every rank's batch is empty");
+    std::vector<double> send(most, 0.0), all(most * P);
+    std::copy(increases_.begin(), increases_.end(), send.begin());
+    ctx_->gather(send.data(), all.data(), most * sizeof(double));
+    std::vector<double> concat;
+    concat.reserve(total);
+    for (std::size_t q = 0; q < P; ++q) {
+      const auto from = all.begin() + static_cast<std::ptrdiff_t>(q * most);
+      concat.insert(concat.end(), from, from + v[q].code);
+    }
+    auto& d = opt_->descent();
+    const std::vector<std::size_t> chosen = d.select_increases(concat);  // global indices, ascending
+    selection s;
+    s.counts.assign(P, 0.0);
+    std::vector<std::size_t> mine;
+    std::size_t q = 0, end = static_cast<std::size_t>(v[0].code);
+    for (const std::size_t i : chosen) {
+      while (i >= end) end += static_cast<std::size_t>(v[++q].code);
+      s.counts[q] += 1;
+      if (q == me) mine.push_back(i - first);
+    }
+    s.total = static_cast<double>(chosen.size());
+    d.selected_ = std::move(mine);
+    selection_ = std::move(s);
+    return d.selected_;
   }
 
   /// Writes this rank's optimizer state (sharded: its shard's) after a header: "FLATMIND", the
@@ -399,11 +477,18 @@ class data_parallel {
  private:
   enum class phase { idle, ascended, skipped };
   static constexpr char magic[9] = "FLATMIND";
-  static constexpr bool shardable = (std::is_same_v<typename Optimizer::mask_type, mask::dense> ||
-                                     std::is_same_v<typename Optimizer::mask_type, mask::fisher> ||
-                                     std::is_same_v<typename Optimizer::mask_type, mask::dynamic>) &&
-                                    std::is_same_v<typename Optimizer::descent_type, descent::standard> &&
-                                    std::is_same_v<typename Optimizer::regularizer_type, regularize::none>;
+  /// ESAM's data selection (select::sharpness_sensitive): select() chooses over every rank's batch.
+  static constexpr bool selects_samples = requires { requires Optimizer::descent_type::selects_samples; };
+  /// What sharded mode runs: a mask that is dense or selects over every process (the masks'
+  /// `spans_processes`), a descent rule without reductions of its own, no regularizer.
+  static constexpr bool shardable =
+      (std::is_same_v<typename Optimizer::mask_type, mask::dense> ||
+       requires {
+         Optimizer::mask_type::template state<typename Optimizer::value_type,
+                                              typename Optimizer::backend_type>::spans_processes;
+       }) &&
+      (std::is_same_v<typename Optimizer::descent_type, descent::standard> || selects_samples) &&
+      std::is_same_v<typename Optimizer::regularizer_type, regularize::none>;
 
   /// The communicator and the statistics hook, on the heap so that moving the wrapper keeps the
   /// optimizer's pointer to the hook valid.
@@ -496,6 +581,45 @@ class data_parallel {
     if (v[q].failed == 2) throw non_finite_error(msg);
     throw peer_error(q, msg);
   }
+  /// The closure protocol's gradient at w + ε (`f`), voted: on a failure anywhere every rank
+  /// cancels the step and throws.
+  template <class F>
+  void perturbed_call(const F& f) {
+    std::exception_ptr err;
+    try {
+      f();
+    } catch (...) {
+      err = std::current_exception();
+    }
+    const auto v = exchange(err, 0, 0.0);
+    const int failed = first_failed(v);
+    if (failed >= 0) {
+      cancel();
+      rethrow(err, v, failed, "the objective at w + eps");
+    }
+  }
+  /// ESAM's closure step at w + ε: the rank's losses, the global selection, the rank's subset
+  /// gradient (not asked for when the rank has no selected sample).
+  template <class O>
+  void second_selected_gradient(O& obj) {
+    auto& d = opt_->descent();
+    std::vector<double> after;
+    perturbed_call([&] {
+      after.assign(d.before_.size(), 0.0);
+      obj.losses(std::span<double>(after));
+    });
+    const std::vector<double> before = d.before_;
+    try {
+      select(before, after);
+    } catch (...) {  // thrown on every rank alike
+      cancel();
+      throw;
+    }
+    perturbed_call([&] {
+      if (!d.selected_.empty()) obj.subset_gradient(std::span<const std::size_t>(d.selected_));
+    });
+  }
+
   /// Runs `f` (local work that may throw), then votes: every rank throws if any did.
   template <class F>
   void run_agreed(const F& f) {
@@ -648,9 +772,10 @@ class data_parallel {
     return std::clamp<std::size_t>(b, 1, widest());
   }
 
-  /// The gradient views ← their rank-ordered mean over the ranks: on this rank's slice (`owned`),
-  /// and on every slice when `everywhere`.
-  void average(bool everywhere) {
+  /// The gradient views ← their rank-ordered mean over the ranks (with `weight`: the count-weighted
+  /// mean of total K, comm::rank_weighted_mean): on this rank's slice (`owned`), and on every slice
+  /// when `everywhere`.
+  void average(bool everywhere, const double* weight = nullptr, double total = 0) {
     const std::size_t P = static_cast<std::size_t>(size()), me = static_cast<std::size_t>(rank());
     const std::size_t B = bucket(sizeof(G));
     // Buffers kept between calls: a fresh allocation of this size is fresh pages, and faulting
@@ -673,15 +798,8 @@ class data_parallel {
         std::fill(send.begin() + (j * B + (b - a)), send.begin() + (j + 1) * B, G{});  // the padding
       }
       ctx_->to_all(send.data(), recv.data(), B * sizeof(G));
-      // comm::rank_ordered_mean for every entry, written rank by rank over the bucket so that the
-      // loops vectorise: the same additions in the same order, hence the same bits.
-      for (std::size_t i = 0; i < B; ++i) sum[i] = static_cast<double>(recv[i]);
-      for (std::size_t q = 1; q < P; ++q) {
-        const G* r = recv.data() + q * B;
-        for (std::size_t i = 0; i < B; ++i) sum[i] += static_cast<double>(r[i]);
-      }
-      const double ranks = static_cast<double>(P);
-      for (std::size_t i = 0; i < B; ++i) mean[i] = static_cast<G>(sum[i] / ranks);
+      comm::rank_ordered_mean_into(mean.data(), recv.data(), static_cast<int>(P), B, sum.data(), weight,
+                                   total);
       if (everywhere) ctx_->gather(mean.data(), recv.data(), B * sizeof(G));
       for (std::size_t j = 0; j < P; ++j) {
         if (!everywhere && j != me) continue;
@@ -729,6 +847,13 @@ class data_parallel {
   std::vector<G> grad_send_, grad_recv_, grad_mean_;  ///< average()'s buffers, kept between steps
   std::vector<double> grad_sum_;
   std::vector<W> weight_send_, weight_recv_;  ///< gather_weights()'s
+  /// The step's global data selection (select()): the selected samples per rank, and their total.
+  struct selection {
+    std::vector<double> counts;
+    double total = 0;
+  };
+  std::optional<selection> selection_;
+  std::vector<double> increases_;  ///< select()'s, this rank's
   phase phase_ = phase::idle;
   step_report report_;
 };

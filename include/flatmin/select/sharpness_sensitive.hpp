@@ -44,6 +44,8 @@ namespace flatmin::select {
 
 struct sharpness_sensitive {
   static constexpr const char* name = "sharpness_sensitive";  ///< in checkpoints' composition identity
+  /// Chooses samples of the batch for g_adv: a distributed run selects over every rank's batch.
+  static constexpr bool selects_samples = true;
   double gamma = 0.5;          ///< fraction of the batch kept for the second gradient
   bool strict_cutoff = false;  ///< the official selection: increases above the ⌊γ|B|⌋-th largest
 
@@ -96,13 +98,26 @@ struct sharpness_sensitive {
     if (before.size() != after.size())
       throw std::invalid_argument("flatmin::select::sharpness_sensitive: " + std::to_string(before.size()) +
                                   " losses at w but " + std::to_string(after.size()) + " at w + eps");
-    validate();
-    const std::size_t n = before.size(), k = kept(n);
-    std::vector<double> inc(n);
-    for (std::size_t i = 0; i < n; ++i) {
+    std::vector<double> inc;
+    increases(before, after, inc);
+    return select_increases(inc);
+  }
+
+  /// Δ_i = after_i − before_i, a NaN increase as +∞ (it ranks first). The sizes must agree.
+  static void increases(std::span<const double> before, std::span<const double> after,
+                        std::vector<double>& inc) {
+    inc.resize(before.size());
+    for (std::size_t i = 0; i < inc.size(); ++i) {
       inc[i] = after[i] - before[i];
       if (std::isnan(inc[i])) inc[i] = HUGE_VAL;
     }
+  }
+
+  /// The selection from the increases Δ (as `increases` writes them); ascending indices. A
+  /// distributed run (optimizer/data_parallel.hpp) calls it on every rank's increases in rank order.
+  const std::vector<std::size_t>& select_increases(std::span<const double> inc) {
+    validate();
+    const std::size_t n = inc.size(), k = kept(n);
     selected_.resize(n);
     std::iota(selected_.begin(), selected_.end(), std::size_t{0});
     auto first = [&](std::size_t a, std::size_t b) { return inc[a] > inc[b] || (inc[a] == inc[b] && a < b); };
@@ -121,7 +136,7 @@ struct sharpness_sensitive {
  private:
   /// The official cutoff: increases strictly above the p-th largest, p = ⌊γ n⌋ (see the file comment).
   template <class First>
-  const std::vector<std::size_t>& select_strict(const std::vector<double>& inc, const First& first) {
+  const std::vector<std::size_t>& select_strict(std::span<const double> inc, const First& first) {
     const std::size_t n = inc.size();
     const auto p = static_cast<std::size_t>(std::floor(gamma * static_cast<double>(n)));
     // selected_ holds 0 … n−1: its p-th element in the ranking carries the cutoff.
