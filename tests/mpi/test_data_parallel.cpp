@@ -343,6 +343,8 @@ void check_selection(const Make& make, flatmin::parallel_mode mode, int steps, b
     CHECK(worst < 1e-5);
     rr = one.descend();
     CHECK(got == expect);
+    if (mode == flatmin::parallel_mode::sharded) check_shard_masks(dp, one);
+    CHECK(rd.mask_density == rr.mask_density);
     CHECK(same_norm(rd.grad_norm, rr.grad_norm));
     CHECK(same_norm(rd.perturbed_grad_norm, rr.perturbed_grad_norm));
     CHECK_FALSE(rd.skipped);
@@ -355,10 +357,11 @@ using esam_sgd = flatmin::esam_t<float, flatmin::base::sgd>;
 using esam_dense =
     flatmin::sharpness_aware<float, flatmin::default_backend, flatmin::perturb::l2, flatmin::mask::dense,
                              flatmin::base::sgd, flatmin::select::sharpness_sensitive>;
-auto esam_make(double gamma, bool official) {
+auto esam_make(double gamma, bool official,
+               flatmin::mask::granularity unit = flatmin::mask::granularity::tensor) {
   return [=] {
-    if (official) return flatmin::esam_official_options{.gamma = gamma}.compose(sgd_momentum);
-    return flatmin::esam_options{.gamma = gamma}.compose(sgd_momentum);
+    if (official) return flatmin::esam_official_options{.gamma = gamma, .unit = unit}.compose(sgd_momentum);
+    return flatmin::esam_options{.gamma = gamma, .unit = unit, .seed = 3}.compose(sgd_momentum);
   };
 }
 auto esam_dense_make(double gamma) {
@@ -469,18 +472,17 @@ TEST_CASE("sharded (ZeRO-1): P shards are one process on the rank-ordered averag
     };
     check_one_process<ssamd, true>(constant, flatmin::parallel_mode::sharded, M{}, 4, true);
   }
-  SUBCASE("what is not sharded is refused on every rank: blocks, per-example Fisher, ESAM") {
+  SUBCASE("what is not sharded is refused on every rank: blocks, per-example Fisher") {
     model m;
     using fsam = flatmin::fsam_t<float, flatmin::base::sgd>;
     auto blocks = flatmin::fsam_options{.keep = 0.25}.compose(sgd_momentum);
     blocks.mask.block = 4;
     CHECK_THROWS_WITH_AS((flatmin::data_parallel<fsam, M>(m.ps, blocks, M{}, {.mode = flatmin::parallel_mode::sharded})),
                          doctest::Contains("block = 1"), flatmin::usage_error);
-    using esam = flatmin::esam_t<float, flatmin::base::sgd>;
     CHECK_THROWS_WITH_AS(
-        (flatmin::data_parallel<esam, M>(m.ps, flatmin::esam_options{}.compose(sgd_momentum), M{},
-                                        {.mode = flatmin::parallel_mode::sharded})),
-        doctest::Contains("mask::dense, mask::fisher or mask::dynamic"), flatmin::usage_error);
+        (flatmin::data_parallel<esam_sgd, M>(m.ps, esam_make(0.5, false, flatmin::mask::granularity::block)(), M{},
+                                             {.mode = flatmin::parallel_mode::sharded})),
+        doctest::Contains("entry or tensor units"), flatmin::usage_error);
     auto per_example = flatmin::fsam_options{.keep = 0.25}.compose(sgd_momentum);
     per_example.mask.source = flatmin::mask::fisher_estimator::per_example;
     flatmin::data_parallel<fsam, M> dp(m.ps, per_example, M{}, {.mode = flatmin::parallel_mode::sharded});
@@ -524,6 +526,12 @@ TEST_CASE("ESAM: the data selection is global over the ranks, g_adv the count-we
   SUBCASE("sharded: the selection over a dense perturbation") {
     check_selection<esam_dense, true>(esam_dense_make(0.5), parallel_mode::sharded, 3, false);
     check_selection<esam_dense, false>(esam_dense_make(0.4), parallel_mode::sharded, 2, true);
+  }
+  SUBCASE("sharded ESAM: the random mask draws the one-process tensors (w2 split across shards) and entries") {
+    check_selection<esam_sgd, true>(esam_make(0.5, false), parallel_mode::sharded, 5, false);
+    check_selection<esam_sgd, false>(esam_make(0.5, true), parallel_mode::sharded, 3, true);
+    check_selection<esam_sgd, true>(esam_make(0.5, false, flatmin::mask::granularity::element),
+                                    parallel_mode::sharded, 3, false);
   }
   SUBCASE("the two-call protocol needs select() once between a perturbed ascend() and descend()") {
     model m;
@@ -706,7 +714,7 @@ TEST_CASE("faults: every rank takes the same decision, none hangs") {
 }
 
 // Two steps, a checkpoint, two more; a fresh run loads it and takes the same two steps.
-template <class Opt, class Make>
+template <class Opt, bool by_sample = false, class Make>
 void check_sharded_resume(const Make& make) {
   using M = flatmin::comm::mpi;
   const int me = world_rank();
@@ -714,7 +722,15 @@ void check_sharded_resume(const Make& make) {
   model a;
   flatmin::data_parallel<Opt, M> dp(a.ps, make(), M{}, o);
   const auto run = [&](auto& opt, model& m, int n) {
-    for (int s = 0; s < n; ++s) opt.step([&] { return m.fill(me); });
+    for (int s = 0; s < n; ++s) {
+      if constexpr (by_sample) {  // ESAM: per-sample losses, the selection global
+        samples sm{m, false};
+        sample_objective obj{sm, me};
+        opt.step(obj);
+      } else {
+        opt.step([&] { return m.fill(me); });
+      }
+    }
   };
   run(dp, a, 2);
   std::stringstream file;
@@ -748,6 +764,8 @@ TEST_CASE("sharded checkpoints: each rank its shard, resumed bit-exactly") {
     c.mask.refresh_every = 2;
     return c;
   });
+  // ESAM: the random draws are the step count's (no state of their own); the selection global.
+  check_sharded_resume<esam_sgd, true>(esam_make(0.5, false));
   model b;
   flatmin::data_parallel<sam_adamw, M> resumed(b.ps, sam_make(adamw)(), M{}, o);
   std::stringstream file;

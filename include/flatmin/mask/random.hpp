@@ -21,6 +21,11 @@
 /// memory), still scaled by 1/β. Checkpoints save it (entry "random.bits", present only once a mask
 /// is set); a checkpoint without it loads as drawing.
 ///
+/// Sharded (optimizer/data_parallel.hpp): the draw hashes the one-process unit number (the global
+/// entry or tensor index, a tensor split between shards being one unit on both), through
+/// `set_origin`, so each shard's mask is its part of the one-process mask. Block units are not
+/// sharded.
+///
 /// Options: beta = 0.5 (β in (0, 1]), unit = tensor, block = 128, seed = 0.
 
 #include <cmath>
@@ -62,6 +67,8 @@ struct random {
     static constexpr const char* bits_entry = "random.bits";
     static constexpr bool bits_optional = true;  ///< saved only once a mask is set
     static constexpr bool norm_over_mask = true;
+    /// Draws over the one-process unit numbers when sharded (`set_origin`).
+    static constexpr bool numbers_globally = true;
     static detail::unit_spec spec(const random& m) {
       return {m.unit, m.unit == granularity::block ? m.block : std::size_t{1}};
     }
@@ -71,10 +78,11 @@ struct random {
       detail::unit_view<T> units;
       std::uint64_t seed, step, threshold;
       const std::uint32_t* fixed = nullptr;  ///< a set mask's bits (one per unit), or null: the draw
+      std::uint64_t origin = 0;              ///< this shard's first unit in the one-process numbering
       FLATMIN_HD bool operator()(std::size_t i, std::uint32_t flags) const {
         if (!(flags & tensor_flags::mask_eligible)) return true;
         if (fixed) return detail::test_bit(fixed, units(i));
-        return kernels::bernoulli(kernels::counter_hash(seed, step, units(i)), threshold);
+        return kernels::bernoulli(kernels::counter_hash(seed, step, units(i) + origin), threshold);
       }
     };
 
@@ -97,7 +105,29 @@ struct random {
 
     view get_view() const {
       const draw& d = draw_pending_ ? next_ : now_;
-      return {this->uview_, d.seed, d.step, d.threshold, fixed()};
+      return {this->uview_, d.seed, d.step, d.threshold, fixed(), origin_};
+    }
+
+    /// Sharded (data_parallel, through the optimizer's set_stats_reducer): this shard begins at
+    /// flat index `first_index` of the one-process layout, inside its tensor `first_tensor`; the
+    /// draws then hash the one-process unit numbers. Throws usage_error for block units at a
+    /// non-zero origin.
+    void set_origin(std::uint64_t first_index, std::uint64_t first_tensor) {
+      switch (this->units_.kind()) {
+        case granularity::element:
+          origin_ = first_index;
+          break;
+        case granularity::tensor:
+          origin_ = first_tensor;
+          break;
+        case granularity::block:
+          if (first_index == 0) {
+            origin_ = 0;
+            break;
+          }
+          throw usage_error("flatmin: mask::random with block units is not sharded yet (use unit = tensor "
+                            "or element)");
+      }
     }
     double radius_scale() const { return 1.0 / (draw_pending_ ? next_.beta : now_.beta); }
     /// Checkpoint identity: the unit kind and size.
@@ -124,8 +154,9 @@ struct random {
       std::uint64_t seed, step, threshold;
       double beta;
     };
-    static bool on(const draw& d, std::size_t u) {
-      return kernels::bernoulli(kernels::counter_hash(d.seed, d.step, u), d.threshold);
+    /// The draw of local unit u.
+    bool on(const draw& d, std::size_t u) const {
+      return kernels::bernoulli(kernels::counter_hash(d.seed, d.step, u + origin_), d.threshold);
     }
     const std::uint32_t* fixed() const { return this->bits_.empty() ? nullptr : Backend::data(this->bits_); }
 
@@ -156,6 +187,7 @@ struct random {
 
     draw now_{}, next_{};  ///< the last applied step's draw, and this step's
     bool draw_pending_ = false;
+    std::uint64_t origin_ = 0;  ///< set_origin(): the first unit's one-process number
   };
 };
 

@@ -21,10 +21,14 @@
 ///   shard: each rank scores its shard's entries, and one radix selection on histograms summed
 ///   over the ranks (mask/detail/top_k.hpp) finds the one-process threshold and tie; SSAM-D's
 ///   random draws hash the global entry index. So the masks are the one-process masks cut into
-///   shards. Needs mask::dense, or mask::fisher / mask::dynamic with block = 1;
-///   descent::standard or ESAM's data selection; and regularize::none (mask::random and block
-///   units run over compact ranges, BAR's balancedness and the descent rules with state reduce
-///   over the whole layout in ways not yet distributed).
+///   shards. mask::random (ESAM's stochastic weight perturbation) hashes the one-process entry or
+///   tensor number (a tensor split between shards is one unit in both; a tensor unit's compact
+///   range is its tensor's layout segments, so its sums are the one-process sums). Needs mask::dense,
+///   mask::fisher / mask::dynamic with block = 1 or mask::random with entry or tensor units;
+///   descent::standard or ESAM's data selection; and regularize::none (block units, BAR's
+///   balancedness and the descent rules with state are not distributed yet: a block mask's
+///   statistics are summed over its compact range, whose runs of blocks a shard boundary may cut,
+///   so the one-process sums would not be reproduced bit for bit).
 ///
 /// ESAM's data selection (select::sharpness_sensitive), in every mode, is global: the ranks'
 /// per-sample loss increases are gathered and the ⌈γ·Σ|B_r|⌉ largest of the concatenated batch are
@@ -189,13 +193,19 @@ class data_parallel {
       if (sharded()) {
         if constexpr (!shardable) {
           throw usage_error(
-              "flatmin::data_parallel: sharded mode needs mask::dense, mask::fisher or mask::dynamic; "
+              "flatmin::data_parallel: sharded mode needs mask::dense, mask::fisher, mask::dynamic or "
+              "mask::random; "
               "descent::standard or select::sharpness_sensitive; and regularize::none");
         } else {
-          if constexpr (!std::is_same_v<typename Optimizer::mask_type, mask::dense>)
+          if constexpr (requires { c.mask.unit; }) {
+            if (c.mask.unit == mask::granularity::block)
+              throw usage_error("flatmin::data_parallel: sharded mode needs entry or tensor units "
+                                "(block units are not sharded yet)");
+          } else if constexpr (!std::is_same_v<typename Optimizer::mask_type, mask::dense>) {
             if (c.mask.block != 1)
               throw usage_error("flatmin::data_parallel: sharded mode needs a mask with block = 1 "
                                 "(block units are not sharded yet)");
+          }
           make_shards(params);
           opt_.emplace(shard_params_, std::move(c));
         }
@@ -477,16 +487,15 @@ class data_parallel {
  private:
   enum class phase { idle, ascended, skipped };
   static constexpr char magic[9] = "FLATMIND";
+  using mask_state = typename Optimizer::mask_type::template state<typename Optimizer::value_type,
+                                                                    typename Optimizer::backend_type>;
   /// ESAM's data selection (select::sharpness_sensitive): select() chooses over every rank's batch.
   static constexpr bool selects_samples = requires { requires Optimizer::descent_type::selects_samples; };
   /// What sharded mode runs: a mask that is dense or selects over every process (the masks'
   /// `spans_processes`), a descent rule without reductions of its own, no regularizer.
   static constexpr bool shardable =
       (std::is_same_v<typename Optimizer::mask_type, mask::dense> ||
-       requires {
-         Optimizer::mask_type::template state<typename Optimizer::value_type,
-                                              typename Optimizer::backend_type>::spans_processes;
-       }) &&
+       requires { mask_state::spans_processes; } || requires { mask_state::numbers_globally; }) &&
       (std::is_same_v<typename Optimizer::descent_type, descent::standard> || selects_samples) &&
       std::is_same_v<typename Optimizer::regularizer_type, regularize::none>;
 
@@ -515,6 +524,7 @@ class data_parallel {
       return all;
     }
     std::size_t position() const override { return static_cast<std::size_t>(comm.rank()); }
+    origin_t origin() const override { return first; }
     void gather(const void* s, void* r, std::size_t n) {
       comm.all_gather(s, r, n);
       sent += static_cast<std::uint64_t>(n) * static_cast<std::uint64_t>(comm.size() - 1);
@@ -525,6 +535,7 @@ class data_parallel {
     }
     Comm comm;
     std::vector<std::size_t> segments;  ///< segments per rank (sharded mode)
+    origin_t first;                     ///< this rank's shard: its first flat index and tensor
     std::uint64_t sent = 0;
   };
 
@@ -735,6 +746,7 @@ class data_parallel {
     }
     const std::size_t me = static_cast<std::size_t>(rank());
     const std::size_t lo = bounds_[me], hi = bounds_[me + 1];
+    ctx_->first = {lo, segs[first[me]].tensor};
     for (std::size_t t = 0; t < params.size(); ++t) {
       const auto& v = params[t];
       const std::size_t a = std::max(lo, views_[t].offset), b = std::min(hi, views_[t].offset + v.size);

@@ -49,6 +49,7 @@
 #include "../mask/dense.hpp"
 #include "../mask/detail/pass_target.hpp"
 #include "../mask/detail/top_k.hpp"
+#include "../mask/detail/units.hpp"
 #include "../params/param_set.hpp"
 #include "../params/precision.hpp"
 #include "../perturb/state.hpp"
@@ -515,25 +516,37 @@ class sharpness_aware {
   /// selects (mask::fisher, mask::dynamic) then selects over every process's units: its top-k is
   /// global (its histograms summed through `r`). Collective when `r` is set and the mask selects.
   /// nullptr: this process alone (the default). usage_error between ascend() and descend(), and for
-  /// what is not sharded: mask::random, block units (the ascent runs over a compact range of this
-  /// process's blocks), a descent rule or perturbation with state; with a selecting mask, after the
-  /// first step.
+  /// what is not sharded: block units (their statistics are summed over a compact range of this
+  /// process's blocks), a descent rule or perturbation with state; with a selecting mask or
+  /// mask::random, after the first step. mask::random then draws over the one-process unit numbers
+  /// (`r->origin()`).
   void set_stats_reducer(stats_reducer* r, std::size_t perturbable) {
     if (phase_ != phase::idle)
       throw usage_error("flatmin: set_stats_reducer() called between ascend() and descend()");
     if constexpr (mask_state_type::compact) {
-      if (r && !requires { mask_state_type::spans_processes; })
+      constexpr bool shards = requires { mask_state_type::spans_processes; } ||
+                              requires { mask_state_type::numbers_globally; };
+      if (r && !shards)
         throw usage_error("flatmin: set_stats_reducer(): mask::" + std::string(Mask::name) +
-                          " is not sharded yet (mask::dense, mask::fisher and mask::dynamic are)");
-      if (r && mask_state_.is_compact())
-        throw usage_error("flatmin: set_stats_reducer(): a mask with block units runs over a compact range "
-                          "of this process's blocks, not sharded yet (use block = 1)");
+                          " is not sharded yet (mask::dense, fisher, dynamic and random are)");
+      if (r && mask_state_.units().kind() == mask::granularity::block)
+        throw usage_error("flatmin: set_stats_reducer(): a mask with block units sums its statistics over "
+                          "a compact range of this process's blocks, not sharded yet (use entry or tensor "
+                          "units)");
     }
     // A descent rule's or perturbation's own reductions (GSAM's ⟨g, g_adv⟩, …) are not routed
     // through the reducer: sharded, they would see one shard.
     if (r && (detail::has_state<Descent, T, Backend> || detail::has_state<Perturb, T, Backend>))
       throw usage_error("flatmin: set_stats_reducer(): a descent rule or perturbation with state (GSAM, "
                         "WSAM, LookSAM, Friendly-SAM, …) has reductions of its own, not sharded yet");
+    if constexpr (requires { mask_state_type::numbers_globally; }) {
+      if (r && steps_ > 0)
+        throw usage_error("flatmin: set_stats_reducer(): mask::" + std::string(Mask::name) +
+                          " draws over every process's units from the first step on: set it before the first "
+                          "step");
+      const auto o = r ? r->origin() : stats_reducer::origin_t{};
+      mask_state_.set_origin(o.index, o.tensor);
+    }
     if constexpr (requires { mask_state_type::spans_processes; }) {
       if (r && steps_ > 0)
         throw usage_error("flatmin: set_stats_reducer(): a mask that selects (mask::" +

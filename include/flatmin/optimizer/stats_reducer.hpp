@@ -32,6 +32,13 @@ class stats_reducer {
   virtual std::vector<std::uint64_t> gather_counts(const std::uint64_t* mine, std::size_t count) = 0;
   /// This process's position in that order.
   virtual std::size_t position() const = 0;
+  /// Where this process's part begins in the one-process layout: the flat index of its first entry
+  /// and the index of the tensor that entry belongs to (a tensor may be split between processes).
+  /// mask::random hashes the one-process unit numbers through it.
+  struct origin_t {
+    std::uint64_t index = 0, tensor = 0;
+  };
+  virtual origin_t origin() const = 0;
 
  protected:
   stats_reducer() = default;
