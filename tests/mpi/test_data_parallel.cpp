@@ -5,7 +5,10 @@
 // - global and sharded mode against one process fed the rank-ordered average of the ranks'
 //   gradients (Σ_r g_r added in rank order in double, / P, rounded to float: written out here),
 //   bitwise, weights and reports;
-// - per-worker mode against a float64 re-derivation of m-sharpness (ε_r from rank r's own g);
+// - per-worker mode against a float64 re-derivation of m-sharpness (ε_r from rank r's own g), for
+//   SAM and for ESAM (the selection over every rank's loss increases, g_adv count-weighted);
+// - ESAM's global data selection against one process on the concatenated batch (its selection over
+//   the concatenated increases), with batches of different sizes and increases tied across ranks;
 // - the faults: a non-finite gradient on one rank, tables that differ, an objective that throws on
 //   one rank (a hang is the ctest TIMEOUT).
 #define DOCTEST_CONFIG_IMPLEMENT
@@ -600,6 +603,108 @@ TEST_CASE("per-worker perturbation equals a float64 m-sharpness reference") {
   CHECK(worst < 2e-6);
 }
 
+TEST_CASE("per-worker ESAM: each rank's ε from its own g, the selection global, against float64") {
+  const int P = world_size(), me = world_rank();
+  const double rho = 0.05, beta = 0.5, lr = 0.1;
+  model dist;
+  samples sd{dist, false};
+  using opt_t = flatmin::esam_t<float, flatmin::base::sgd>;
+  flatmin::data_parallel<opt_t, flatmin::comm::mpi> dp(
+      dist.ps, flatmin::esam_options{.rho = rho, .beta = beta, .gamma = 0.3, .seed = 5}.compose(flatmin::base::sgd{.lr = lr}),
+      flatmin::comm::mpi{}, {.mode = flatmin::parallel_mode::per_worker_perturbation});
+  std::vector<std::vector<double>> w(sizes.size());
+  for (std::size_t t = 0; t < sizes.size(); ++t) w[t].assign(dist.w[t].begin(), dist.w[t].end());
+  const auto offset_mean = [&](int r, const std::vector<std::size_t>& idx) {
+    double m = 0;
+    for (const std::size_t j : idx) m += sd.offset(r, j);
+    return m / static_cast<double>(idx.size());
+  };
+  int perturbed_steps = 0;
+  for (int s = 0; s < 4; ++s) {
+    sample_objective obj{sd, me};
+    const auto rep = dp.step(obj);
+    const std::vector<std::size_t> got = dp.local().descent().selected();
+    // The tensors this step perturbed (the draw is the same on every rank): 1/β-scaled ε on them.
+    std::vector<bool> kept(sizes.size());
+    for (std::size_t t = 0; t < sizes.size(); ++t) kept[t] = dp.local().mask_bytes(t)[0] != 0;
+    perturbed_steps += kept[0] || kept[1] || kept[2];
+    // float64: ε_r = (ρ/β) g_r,S / ‖g_r,S‖ over the kept perturbed tensors (not b2); every rank's
+    // per-sample increases; the ⌈γ N⌉ largest of the concatenation; the count-weighted g_adv.
+    std::vector<std::vector<std::vector<double>>> eps(static_cast<std::size_t>(P));
+    std::vector<double> inc;
+    std::vector<std::size_t> first(static_cast<std::size_t>(P) + 1, 0);
+    for (int r = 0; r < P; ++r) {
+      const double d = offset_mean(r, samples::all(r));
+      double n2 = 0;
+      for (std::size_t t = 0; t < 3; ++t)
+        if (kept[t])
+          for (std::size_t i = 0; i < sizes[t]; ++i) {
+            const double g = coef_a(0, t, i) * (w[t][i] - coef_c(0, t, i) - d);
+            n2 += g * g;
+          }
+      const double k = n2 > 0 ? rho / beta / (std::sqrt(n2) + 1e-12) : 0.0;
+      auto& e = eps[static_cast<std::size_t>(r)];
+      e.resize(sizes.size());
+      for (std::size_t t = 0; t < sizes.size(); ++t) {
+        e[t].assign(sizes[t], 0.0);
+        if (t < 3 && kept[t])
+          for (std::size_t i = 0; i < sizes[t]; ++i)
+            e[t][i] = k * coef_a(0, t, i) * (w[t][i] - coef_c(0, t, i) - d);
+      }
+      for (std::size_t j = 0; j < samples::count(r); ++j) {
+        double before = 0, after = 0;
+        for (std::size_t t = 0; t < sizes.size(); ++t)
+          for (std::size_t i = 0; i < sizes[t]; ++i) {
+            const double x = w[t][i] - coef_c(0, t, i) - sd.offset(r, j);
+            before += 0.5 * coef_a(0, t, i) * x * x;
+            after += 0.5 * coef_a(0, t, i) * (x + e[t][i]) * (x + e[t][i]);
+          }
+        inc.push_back(after - before);
+      }
+      first[static_cast<std::size_t>(r) + 1] = inc.size();
+    }
+    const std::size_t K = static_cast<std::size_t>(std::ceil(0.3 * static_cast<double>(inc.size())));
+    std::vector<std::size_t> order(inc.size());
+    for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
+    std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return inc[a] > inc[b]; });
+    std::vector<std::vector<std::size_t>> part(static_cast<std::size_t>(P));
+    for (std::size_t n = 0; n < K; ++n)
+      for (int r = 0; r < P; ++r)
+        if (order[n] >= first[static_cast<std::size_t>(r)] && order[n] < first[static_cast<std::size_t>(r) + 1])
+          part[static_cast<std::size_t>(r)].push_back(order[n] - first[static_cast<std::size_t>(r)]);
+    for (auto& p : part) std::sort(p.begin(), p.end());
+    if (!rep.perturbed) {  // no tensor drawn: the step descends with the ranks' mean batch gradient
+      for (std::size_t t = 0; t < sizes.size(); ++t)
+        for (std::size_t i = 0; i < sizes[t]; ++i) {
+          double g = 0;
+          for (int r = 0; r < P; ++r)
+            g += coef_a(0, t, i) * (w[t][i] - coef_c(0, t, i) - offset_mean(r, samples::all(r))) / P;
+          w[t][i] -= lr * g;
+        }
+      continue;
+    }
+    CHECK(got == part[static_cast<std::size_t>(me)]);
+    for (std::size_t t = 0; t < sizes.size(); ++t)
+      for (std::size_t i = 0; i < sizes[t]; ++i) {
+        double g = 0;
+        for (int r = 0; r < P; ++r) {
+          const auto& idx = part[static_cast<std::size_t>(r)];
+          if (idx.empty()) continue;
+          const double wp = w[t][i] + eps[static_cast<std::size_t>(r)][t][i];
+          g += static_cast<double>(idx.size()) * coef_a(0, t, i) * (wp - coef_c(0, t, i) - offset_mean(r, idx));
+        }
+        w[t][i] -= lr * g / static_cast<double>(K);
+      }
+    CHECK_FALSE(rep.skipped);
+  }
+  CHECK(perturbed_steps > 0);
+  double worst = 0;
+  for (std::size_t t = 0; t < sizes.size(); ++t)
+    for (std::size_t i = 0; i < sizes[t]; ++i)
+      worst = std::max(worst, std::abs(dist.w[t][i] - w[t][i]) / (1 + std::abs(w[t][i])));
+  CHECK(worst < 2e-6);
+}
+
 TEST_CASE("faults: every rank takes the same decision, none hangs") {
   using M = flatmin::comm::mpi;
   const int P = world_size(), me = world_rank(), last = P - 1;
@@ -708,6 +813,43 @@ TEST_CASE("faults: every rank takes the same decision, none hangs") {
         CHECK(!dp.ascended());
         dp.step([&] { return m.fill(me); });
         CHECK(dp.steps() == 2);
+      }
+    }
+  }
+  SUBCASE("ESAM: a sample objective that throws on one rank (losses at w + ε, or the subset gradient)") {
+    struct throwing : sample_objective {
+      int at = 0, me = 0, last = 0;
+      void losses(std::span<double> out) {
+        if (at == 1 && me == last) throw std::runtime_error("boom");
+        sample_objective::losses(out);
+      }
+      void subset_gradient(std::span<const std::size_t> idx) {
+        if (at == 2 && me == last) throw std::runtime_error("boom");
+        sample_objective::subset_gradient(idx);
+      }
+    };
+    for (const auto mode : {flatmin::parallel_mode::global_perturbation, flatmin::parallel_mode::sharded}) {
+      for (const int at : {1, 2}) {
+        model m;
+        samples sm{m, false};
+        flatmin::data_parallel<esam_sgd, M> dp(m.ps, esam_make(1.0, false)(), M{}, {.mode = mode});
+        auto before = m.w;
+        throwing obj{{sm, me}, at, me, last};
+        bool own = false, peer = false;
+        try {  // γ = 1: the last rank has selected samples on every perturbed step
+          for (int s = 0; s < 4; ++s) {
+            before = m.w;
+            dp.step(obj);
+          }
+        } catch (const flatmin::peer_error& e) {
+          peer = e.rank() == last && std::string(e.what()).find("boom") != std::string::npos;
+        } catch (const std::runtime_error& e) {
+          own = std::string(e.what()) == "boom";
+        }
+        CHECK((me == last ? own : peer));
+        CHECK(!dp.ascended());
+        CHECK(dp.steps() < 4);
+        CHECK(m.w == before);
       }
     }
   }
