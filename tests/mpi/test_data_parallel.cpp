@@ -149,10 +149,11 @@ void check_shard_masks(const DP& dp, const Opt& one) {
 // the closure protocol when `closure`) and in one process on the average, compared bitwise (and,
 // sharded, the masks each step).
 template <class Opt, bool closure = false, class Comm, class Make>
-void check_one_process(const Make& make, flatmin::parallel_mode mode, Comm comm, int steps, bool tied = false) {
+void check_one_process(const Make& make, flatmin::parallel_mode mode, Comm comm, int steps, bool tied = false,
+                       std::size_t bucket_bytes = std::size_t{16} << 20) {
   const int P = world_size(), me = world_rank();
   model dist(0, tied), ref(0, tied);
-  flatmin::data_parallel<Opt, Comm> dp(dist.ps, make(), std::move(comm), {.mode = mode});
+  flatmin::data_parallel<Opt, Comm> dp(dist.ps, make(), std::move(comm), {.mode = mode, .bucket_bytes = bucket_bytes});
   Opt one(ref.ps, make());
   for (int s = 0; s < steps; ++s) {
     flatmin::step_report rd, rr;
@@ -264,11 +265,13 @@ struct sample_objective {
 // out here). Compared bitwise: weights, reports, and each rank's part of the selection. The
 // weighted form is also checked against a float64 gradient of the mean over the selected samples.
 template <class Opt, bool closure, class Make>
-void check_selection(const Make& make, flatmin::parallel_mode mode, int steps, bool ties) {
+void check_selection(const Make& make, flatmin::parallel_mode mode, int steps, bool ties,
+                     std::size_t bucket_bytes = std::size_t{16} << 20) {
   const int P = world_size(), me = world_rank();
   model dist, ref;
   samples sd{dist, ties}, sr{ref, ties};
-  flatmin::data_parallel<Opt, flatmin::comm::mpi> dp(dist.ps, make(), flatmin::comm::mpi{}, {.mode = mode});
+  flatmin::data_parallel<Opt, flatmin::comm::mpi> dp(dist.ps, make(), flatmin::comm::mpi{},
+                                                     {.mode = mode, .bucket_bytes = bucket_bytes});
   Opt one(ref.ps, make());
   std::vector<std::vector<float>> part;
   std::vector<std::vector<std::vector<float>>> m(static_cast<std::size_t>(P));
@@ -394,6 +397,14 @@ TEST_CASE("global perturbation: P ranks are one process on the rank-ordered aver
     };
     check_one_process<fsam>(make, flatmin::parallel_mode::global_perturbation, M{}, 4);
   }
+  SUBCASE("small buckets (4 KiB): many collectives per average, buckets across tensor ends") {
+    for (const std::size_t bytes : {std::size_t{4096}}) {
+      check_one_process<sam_sgd>(sam_make(sgd_momentum), flatmin::parallel_mode::global_perturbation, M{}, 2,
+                                 false, bytes);
+      check_selection<esam_sgd, true>(esam_make(0.3, false), flatmin::parallel_mode::global_perturbation, 2,
+                                      false, bytes);
+    }
+  }
   SUBCASE("comm::callbacks over MPI_Allgather only (its all-to-all through the all-gather)") {
     flatmin::comm::callbacks cb(world_rank(), world_size(), [](const void* s, void* r, std::size_t n) {
       MPI_Allgather(s, static_cast<int>(n), MPI_BYTE, r, static_cast<int>(n), MPI_BYTE, MPI_COMM_WORLD);
@@ -426,6 +437,12 @@ TEST_CASE("sharded (ZeRO-1): P shards are one process on the rank-ordered averag
   }
   SUBCASE("SAM + AdamW, closure protocol") {
     check_one_process<sam_adamw, true>(sam_make(adamw), flatmin::parallel_mode::sharded, M{}, 3);
+  }
+  SUBCASE("small buckets: the mean written straight into the shard's views, bucket by bucket") {
+    for (const std::size_t bytes : {std::size_t{4096}}) {
+      check_one_process<sam_adamw>(sam_make(adamw), flatmin::parallel_mode::sharded, M{}, 2, false, bytes);
+      check_selection<esam_sgd, false>(esam_make(0.3, false), flatmin::parallel_mode::sharded, 2, false, bytes);
+    }
   }
   SUBCASE("FSAM + Adam: the Fisher top-k is global over the shards (refreshed every 2 steps)") {
     using fsam = flatmin::fsam_t<float, flatmin::base::adam>;

@@ -55,36 +55,43 @@ E rank_weighted_mean(int ranks, const double* k, double total, const At& at) {
   return static_cast<E>(s / total);
 }
 
-/// `rank_ordered_mean` (or, with `k`, `rank_weighted_mean` with total K) of every entry of a
-/// bucket: `recv` holds the ranks' blocks of `n` values (rank r's at r·n), `sum` is scratch of n
-/// doubles, out[i] ← the mean of entry i. Written rank by rank so that the loops vectorise: the same
-/// additions in the same order as the definitions, hence the same bits.
+/// `rank_ordered_mean` (or, with `k`, `rank_weighted_mean` with total K) of n entries: rank r's
+/// values are recv[r·stride, r·stride + n), and out[i] ← the mean of entry i (out may be the
+/// caller's gradient view). Worked in chunks that stay in cache, rank by rank inside a chunk so that
+/// the loops vectorise: the same additions in the same order as the definitions, hence the same
+/// bits, and no pass over a buffer of doubles in memory.
 template <class E>
-void rank_ordered_mean_into(E* out, const E* recv, int ranks, std::size_t n, double* sum,
+void rank_ordered_mean_into(E* out, const E* recv, int ranks, std::size_t n, std::size_t stride,
                             const double* k = nullptr, double total = 0) {
-  if (!k) {
-    for (std::size_t i = 0; i < n; ++i) sum[i] = static_cast<double>(recv[i]);
-    for (int q = 1; q < ranks; ++q) {
-      const E* r = recv + static_cast<std::size_t>(q) * n;
-      for (std::size_t i = 0; i < n; ++i) sum[i] += static_cast<double>(r[i]);
-    }
-    total = static_cast<double>(ranks);
-  } else {
+  if (k)
     for (int q = 0; q < ranks; ++q)
       if (k[q] == total) {  // one rank's mean is the mean
-        const E* r = recv + static_cast<std::size_t>(q) * n;
+        const E* r = recv + static_cast<std::size_t>(q) * stride;
         for (std::size_t i = 0; i < n; ++i) out[i] = r[i];
         return;
       }
-    for (std::size_t i = 0; i < n; ++i) sum[i] = 0;
-    for (int q = 0; q < ranks; ++q) {
-      if (!(k[q] > 0)) continue;
-      const E* r = recv + static_cast<std::size_t>(q) * n;
-      const double w = k[q];
-      for (std::size_t i = 0; i < n; ++i) sum[i] += w * static_cast<double>(r[i]);
+  constexpr std::size_t chunk = 512;
+  double sum[chunk];
+  const double divisor = k ? total : static_cast<double>(ranks);
+  for (std::size_t a = 0; a < n; a += chunk) {
+    const std::size_t m = n - a < chunk ? n - a : chunk;
+    if (!k) {
+      for (std::size_t i = 0; i < m; ++i) sum[i] = static_cast<double>(recv[a + i]);
+      for (int q = 1; q < ranks; ++q) {
+        const E* r = recv + static_cast<std::size_t>(q) * stride + a;
+        for (std::size_t i = 0; i < m; ++i) sum[i] += static_cast<double>(r[i]);
+      }
+    } else {
+      for (std::size_t i = 0; i < m; ++i) sum[i] = 0;
+      for (int q = 0; q < ranks; ++q) {
+        if (!(k[q] > 0)) continue;
+        const E* r = recv + static_cast<std::size_t>(q) * stride + a;
+        const double w = k[q];
+        for (std::size_t i = 0; i < m; ++i) sum[i] += w * static_cast<double>(r[i]);
+      }
     }
+    for (std::size_t i = 0; i < m; ++i) out[a + i] = static_cast<E>(sum[i] / divisor);
   }
-  for (std::size_t i = 0; i < n; ++i) out[i] = static_cast<E>(sum[i] / total);
 }
 
 }  // namespace flatmin::comm

@@ -72,7 +72,7 @@
 /// its own file; resuming is bit-exact. The weights are the caller's to save.
 ///
 /// Buffers: the averaging and the weight gather keep their send and receive buffers between steps
-/// (about 2.5 · bucket_bytes + bucket_bytes / P for the gradients' and 2 · bucket_bytes / P for the
+/// (about 2 · bucket_bytes + bucket_bytes / P for the gradients' and 2 · bucket_bytes / P for the
 /// weights', once the model is that large).
 ///
 /// Memory: the parameter views must be in host memory (backend::eigen, or backend::thrust on a host
@@ -795,11 +795,9 @@ class data_parallel {
     auto& send = grad_send_;
     auto& recv = grad_recv_;
     auto& mean = grad_mean_;
-    auto& sum = grad_sum_;
     send.resize(P * B);
     recv.resize(P * B);
-    mean.resize(B);
-    sum.resize(B);
+    if (everywhere) mean.resize(B);
     for (std::size_t k = 0; k < widest(); k += B) {
       for (std::size_t j = 0; j < P; ++j) {
         const std::size_t a = std::min(bounds_[j] + k, bounds_[j + 1]);
@@ -810,12 +808,20 @@ class data_parallel {
         std::fill(send.begin() + (j * B + (b - a)), send.begin() + (j + 1) * B, G{});  // the padding
       }
       ctx_->to_all(send.data(), recv.data(), B * sizeof(G));
-      comm::rank_ordered_mean_into(mean.data(), recv.data(), static_cast<int>(P), B, sum.data(), weight,
-                                   total);
-      if (everywhere) ctx_->gather(mean.data(), recv.data(), B * sizeof(G));
+      const int ranks = static_cast<int>(P);
+      const std::size_t lo = bounds_[me] + k;
+      if (!everywhere) {  // the mean straight into this rank's views
+        pieces(std::min(lo, bounds_[me + 1]), std::min(lo + B, bounds_[me + 1]),
+               [&](const flat_view& v, std::size_t at, std::size_t n, std::size_t flat) {
+                 comm::rank_ordered_mean_into(v.g + at, recv.data() + (flat - lo), ranks, n, B, weight,
+                                              total);
+               });
+        continue;
+      }
+      comm::rank_ordered_mean_into(mean.data(), recv.data(), ranks, B, B, weight, total);
+      ctx_->gather(mean.data(), recv.data(), B * sizeof(G));
       for (std::size_t j = 0; j < P; ++j) {
-        if (!everywhere && j != me) continue;
-        const G* src = everywhere ? recv.data() + j * B : mean.data();
+        const G* src = recv.data() + j * B;
         pieces(std::min(bounds_[j] + k, bounds_[j + 1]), std::min(bounds_[j] + k + B, bounds_[j + 1]),
                [&](const flat_view& v, std::size_t at, std::size_t n, std::size_t flat) {
                  std::copy(src + (flat - bounds_[j] - k), src + (flat - bounds_[j] - k) + n, v.g + at);
@@ -857,7 +863,6 @@ class data_parallel {
   param_set<W, G> shard_params_;     ///< sharded mode: views of this rank's shard
   std::optional<Optimizer> opt_;
   std::vector<G> grad_send_, grad_recv_, grad_mean_;  ///< average()'s buffers, kept between steps
-  std::vector<double> grad_sum_;
   std::vector<W> weight_send_, weight_recv_;  ///< gather_weights()'s
   /// The step's global data selection (select()): the selected samples per rank, and their total.
   struct selection {
