@@ -160,6 +160,19 @@ class data_parallel {
                 "flatmin::data_parallel: compositions with a second gradient point (SAMPa) are not "
                 "distributed yet");
 
+  using mask_state = typename Optimizer::mask_type::template state<typename Optimizer::value_type,
+                                                                    typename Optimizer::backend_type>;
+  /// ESAM's data selection (select::sharpness_sensitive): select() chooses over every rank's batch.
+  static constexpr bool selects_samples = requires { requires Optimizer::descent_type::selects_samples; };
+  /// What sharded mode runs: a mask that is dense, selects over every process (the masks'
+  /// `spans_processes`) or draws over the one-process numbering (`numbers_globally`); a descent
+  /// rule without reductions of its own; no regularizer.
+  static constexpr bool shardable =
+      (std::is_same_v<typename Optimizer::mask_type, mask::dense> ||
+       requires { mask_state::spans_processes; } || requires { mask_state::numbers_globally; }) &&
+      (std::is_same_v<typename Optimizer::descent_type, descent::standard> || selects_samples) &&
+      std::is_same_v<typename Optimizer::regularizer_type, regularize::none>;
+
  public:
   using optimizer_type = Optimizer;
   using weight_type = typename Optimizer::weight_type;
@@ -487,17 +500,6 @@ class data_parallel {
  private:
   enum class phase { idle, ascended, skipped };
   static constexpr char magic[9] = "FLATMIND";
-  using mask_state = typename Optimizer::mask_type::template state<typename Optimizer::value_type,
-                                                                    typename Optimizer::backend_type>;
-  /// ESAM's data selection (select::sharpness_sensitive): select() chooses over every rank's batch.
-  static constexpr bool selects_samples = requires { requires Optimizer::descent_type::selects_samples; };
-  /// What sharded mode runs: a mask that is dense or selects over every process (the masks'
-  /// `spans_processes`), a descent rule without reductions of its own, no regularizer.
-  static constexpr bool shardable =
-      (std::is_same_v<typename Optimizer::mask_type, mask::dense> ||
-       requires { mask_state::spans_processes; } || requires { mask_state::numbers_globally; }) &&
-      (std::is_same_v<typename Optimizer::descent_type, descent::standard> || selects_samples) &&
-      std::is_same_v<typename Optimizer::regularizer_type, regularize::none>;
 
   /// The communicator and the statistics hook, on the heap so that moving the wrapper keeps the
   /// optimizer's pointer to the hook valid.
