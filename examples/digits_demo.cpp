@@ -322,13 +322,8 @@ struct sample_objective {
     for (std::size_t i = 0; i < l.size(); ++i) l[i] = static_cast<double>(v[static_cast<Eigen::Index>(i)]);
   }
   void subset_gradient(std::span<const std::size_t> idx) {
-    Eigen::MatrixXf xs(x.rows(), static_cast<Eigen::Index>(idx.size()));
-    std::vector<int> ys(idx.size());
-    for (std::size_t k = 0; k < idx.size(); ++k) {
-      xs.col(static_cast<Eigen::Index>(k)) = x.col(static_cast<Eigen::Index>(idx[k]));
-      ys[k] = y[idx[k]];
-    }
-    grad(xs, ys);
+    const auto s = examples::dataset::gather(x, y, idx);
+    grad(s.x, s.y);
   }
 };
 

@@ -32,7 +32,14 @@ struct dataset {
   Eigen::Index features() const { return x.rows(); }
 
   /// The samples at `idx`, in that order.
-  dataset subset(const std::vector<std::size_t>& idx) const {
+  template <class Indices>
+  dataset subset(const Indices& idx) const {
+    return gather(x, y, idx);
+  }
+
+  /// The columns `idx` of x with their labels, in that order (ESAM's selected samples).
+  template <class Indices>
+  static dataset gather(const Eigen::MatrixXf& x, const std::vector<int>& y, const Indices& idx) {
     dataset d;
     d.x.resize(x.rows(), static_cast<Eigen::Index>(idx.size()));
     d.y.resize(idx.size());

@@ -598,18 +598,7 @@ class data_parallel {
   /// cancels the step and throws.
   template <class F>
   void perturbed_call(const F& f) {
-    std::exception_ptr err;
-    try {
-      f();
-    } catch (...) {
-      err = std::current_exception();
-    }
-    const auto v = exchange(err, 0, 0.0);
-    const int failed = first_failed(v);
-    if (failed >= 0) {
-      cancel();
-      rethrow(err, v, failed, "the objective at w + eps");
-    }
+    run_agreed(f, "the objective at w + eps", [&] { cancel(); });
   }
   /// ESAM's closure step at w + ε: the rank's losses, the global selection, the rank's subset
   /// gradient (not asked for when the rank has no selected sample).
@@ -633,9 +622,10 @@ class data_parallel {
     });
   }
 
-  /// Runs `f` (local work that may throw), then votes: every rank throws if any did.
-  template <class F>
-  void run_agreed(const F& f) {
+  /// Runs `f` (local work that may throw), then votes: if any rank threw, every rank calls
+  /// `undo()` and throws (`where` names the call in the other ranks' peer_error).
+  template <class F, class Undo = void (*)()>
+  void run_agreed(const F& f, const char* where = "construction", const Undo& undo = [] {}) {
     std::exception_ptr err;
     try {
       f();
@@ -644,7 +634,10 @@ class data_parallel {
     }
     const auto v = exchange(err, 0, 0.0);
     const int q = first_failed(v);
-    if (q >= 0) rethrow(err, v, q, "construction");
+    if (q >= 0) {
+      undo();
+      rethrow(err, v, q, where);
+    }
   }
 
   /// found_inf on any rank holds for all (and is known to all only if every rank set it); the
