@@ -293,6 +293,7 @@ void check_selection(const Make& make, flatmin::parallel_mode mode, int steps, b
   };
   for (int s = 0; s < steps; ++s) {
     flatmin::step_report rd, rr;
+    std::vector<double> counts;
     if constexpr (closure) {
       sample_objective obj{sd, me};
       rd = dp.step(obj);
@@ -303,7 +304,9 @@ void check_selection(const Make& make, flatmin::parallel_mode mode, int steps, b
       const auto after = sd.losses(me);
       const auto& idx = dp.select(before, after);
       if (!idx.empty()) sd.subset_gradient(me, idx, dist.g);
+      counts = dp.selected_counts();
       rd = dp.descend();
+      CHECK(dp.selected_counts().empty());
     }
     const std::vector<std::size_t> got = dp.local().descent().selected();
     // The one-process run on the concatenated batch.
@@ -334,6 +337,7 @@ void check_selection(const Make& make, flatmin::parallel_mode mode, int steps, b
       if (!local.empty()) sr.subset_gradient(r, local, m[static_cast<std::size_t>(r)]);
     }
     set_ref_gradient(k, static_cast<double>(sel.size()));
+    if (!closure) CHECK(counts == k);
     // float64: the gradient of the mean over the selected samples of the concatenated batch.
     double mean_offset = 0, worst = 0;
     for (int r = 0; r < P; ++r)

@@ -51,7 +51,8 @@
 /// sharded mode, where a rank only needs its shard). Afterwards the gradient views hold the average
 /// (sharded: on the rank's own shard; the rest of the views is left as it was). Without it the
 /// caller averages (global: g and g_adv; per-worker: g_adv; sharded: at least the rank's shard) and
-/// flatmin only makes its statistics and decisions global.
+/// flatmin only makes its statistics and decisions global (ESAM: g_adv weighted by
+/// `selected_counts()`).
 ///
 /// Faults (no rank is left waiting in a collective): every call that can fail on one rank alone is
 /// followed by a vote (one small all-gather) so that all ranks leave it the same way.
@@ -496,6 +497,14 @@ class data_parallel {
   }
   /// Bytes this rank has sent to other ranks so far (payload of every collective, padding included).
   std::uint64_t bytes_sent() const { return ctx_->sent; }
+  /// ESAM: how many of this step's selected samples each rank holds (rank order), from select()
+  /// (or inside step(), from the selection on) until descend() or cancel(); empty otherwise. For a
+  /// caller that averages g_adv itself (`average_gradients = false`): weight rank r's subset mean
+  /// by counts[r] / Σ counts, as descend() does (comm::rank_weighted_mean).
+  const std::vector<double>& selected_counts() const {
+    static const std::vector<double> none;
+    return selection_ ? selection_->counts : none;
+  }
 
  private:
   enum class phase { idle, ascended, skipped };
