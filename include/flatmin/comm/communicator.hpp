@@ -40,26 +40,15 @@ E rank_ordered_mean(int ranks, const At& at) {
   return static_cast<E>(s / ranks);
 }
 
-/// Σ_r k_r x_r / K, K = Σ_r k_r > 0, over the ranks with k_r > 0 (a rank with k_r = 0 adds
-/// nothing, whatever its x_r), added in rank order in double from 0 and rounded once to E: the
-/// count-weighted average, where rank r's value is a mean over its k_r samples (ESAM's subset
-/// gradients: the mean over every rank's selected samples). When one rank holds all K samples the
-/// result is its x_r unchanged (the products would round for E = double).
-template <class E, class At>
-E rank_weighted_mean(int ranks, const double* k, double total, const At& at) {
-  for (int r = 0; r < ranks; ++r)
-    if (k[r] == total) return static_cast<E>(at(r));
-  double s = 0;
-  for (int r = 0; r < ranks; ++r)
-    if (k[r] > 0) s += k[r] * static_cast<double>(at(r));
-  return static_cast<E>(s / total);
-}
-
-/// `rank_ordered_mean` (or, with `k`, `rank_weighted_mean` with total K) of n entries: rank r's
-/// values are recv[r·stride, r·stride + n), and out[i] ← the mean of entry i (out may be the
-/// caller's gradient view). Worked in chunks that stay in cache, rank by rank inside a chunk so that
-/// the loops vectorise: the same additions in the same order as the definitions, hence the same
-/// bits, and no pass over a buffer of doubles in memory.
+/// `rank_ordered_mean` of n entries, or with counts `k` the count-weighted mean: Σ_r k_r x_r / K
+/// with K = `total` = Σ_r k_r > 0, over the ranks with k_r > 0 (a rank with k_r = 0 adds nothing,
+/// whatever its x_r), added in rank order in double from 0 and rounded once to E. That is the mean
+/// over every rank's samples when rank r's value is a mean over its k_r samples (ESAM's subset
+/// gradients); when one rank holds all K samples, its values pass unchanged (the products would
+/// round for E = double). Rank r's values are recv[r·stride, r·stride + n), and out[i] ← the mean
+/// of entry i (out may be the caller's gradient view). Worked in chunks that stay in cache, rank
+/// by rank inside a chunk so that the loops vectorise: the same additions in the same order as the
+/// definitions, hence the same bits, and no pass over a buffer of doubles in memory.
 template <class E>
 void rank_ordered_mean_into(E* out, const E* recv, int ranks, std::size_t n, std::size_t stride,
                             const double* k = nullptr, double total = 0) {

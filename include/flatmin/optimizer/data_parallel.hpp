@@ -34,9 +34,10 @@
 /// per-sample loss increases are gathered and the ⌈γ·Σ|B_r|⌉ largest of the concatenated batch are
 /// kept (ties to the lower index of the concatenation, rank by rank), as one process would on the
 /// concatenated batch. Each rank then takes the gradient over its part of the selection (none when
-/// it has no selected sample), and g_adv is the count-weighted average (comm::rank_weighted_mean),
-/// the mean over every selected sample. The closure protocol does all of that in step(); the
-/// two-call protocol calls select() between ascend() and descend().
+/// it has no selected sample), and g_adv is the count-weighted average
+/// (comm::rank_ordered_mean_into with the counts), the mean over every selected sample. The
+/// closure protocol does all of that in step(); the two-call protocol calls select() between
+/// ascend() and descend().
 ///
 /// "The average over ranks" is always `comm::rank_ordered_mean`: the ranks' values added in rank
 /// order in double, divided by P, rounded once. Hence the contract the tests check: in global and
@@ -375,7 +376,8 @@ class data_parallel {
   /// part of the selection, as ascending indices into its batch (possibly empty: then the rank's
   /// gradient views are not read). The caller then writes the gradient of the mean loss over those
   /// samples into the views, and descend() averages the ranks' subset gradients weighted by their
-  /// counts (comm::rank_weighted_mean): the gradient of the mean over every selected sample.
+  /// counts (comm::rank_ordered_mean_into with the counts): the gradient of the mean over every
+  /// selected sample.
   /// Throws on every rank if the sizes of `before` and `after` differ on any rank, or if every batch
   /// is empty.
   const std::vector<std::size_t>& select(std::span<const double> before, std::span<const double> after)
@@ -416,7 +418,7 @@ class data_parallel {
       concat.insert(concat.end(), from, from + v[q].code);
     }
     auto& d = opt_->descent();
-    const std::vector<std::size_t> chosen = d.select_increases(concat);  // global indices, ascending
+    const std::vector<std::size_t>& chosen = d.select_increases(concat);  // global, ascending
     selection s;
     s.counts.assign(P, 0.0);
     std::vector<std::size_t> mine;
@@ -427,7 +429,7 @@ class data_parallel {
       if (q == me) mine.push_back(i - first);
     }
     s.total = static_cast<double>(chosen.size());
-    d.selected_ = std::move(mine);
+    d.selected_ = std::move(mine);  // this rank's part replaces the global list (`chosen`)
     selection_ = std::move(s);
     return d.selected_;
   }
@@ -500,7 +502,7 @@ class data_parallel {
   /// ESAM: how many of this step's selected samples each rank holds (rank order), from select()
   /// (or inside step(), from the selection on) until descend() or cancel(); empty otherwise. For a
   /// caller that averages g_adv itself (`average_gradients = false`): weight rank r's subset mean
-  /// by counts[r] / Σ counts, as descend() does (comm::rank_weighted_mean).
+  /// by counts[r] / Σ counts, as descend() does (comm::rank_ordered_mean_into with the counts).
   const std::vector<double>& selected_counts() const {
     static const std::vector<double> none;
     return selection_ ? selection_->counts : none;
@@ -619,9 +621,8 @@ class data_parallel {
       after.assign(d.before_.size(), 0.0);
       obj.losses(std::span<double>(after));
     });
-    const std::vector<double> before = d.before_;
     try {
-      select(before, after);
+      select(d.before_, after);
     } catch (...) {  // thrown on every rank alike
       cancel();
       throw;
@@ -789,8 +790,8 @@ class data_parallel {
   }
 
   /// The gradient views ← their rank-ordered mean over the ranks (with `weight`: the count-weighted
-  /// mean of total K, comm::rank_weighted_mean): on this rank's slice (`owned`), and on every slice
-  /// when `everywhere`.
+  /// mean of total K, comm::rank_ordered_mean_into with the counts): on this rank's slice
+  /// (`owned`), and on every slice when `everywhere`.
   void average(bool everywhere, const double* weight = nullptr, double total = 0) {
     const std::size_t P = static_cast<std::size_t>(size()), me = static_cast<std::size_t>(rank());
     const std::size_t B = bucket(sizeof(G));
