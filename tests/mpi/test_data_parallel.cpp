@@ -7,10 +7,16 @@
 //   bitwise, weights and reports;
 // - per-worker mode against a float64 re-derivation of m-sharpness (ε_r from rank r's own g), for
 //   SAM and for ESAM (the selection over every rank's loss increases, g_adv count-weighted);
+// - batches of different sizes (set_batch_size): one process fed the batch-size-weighted mean,
+//   global and sharded, two-call and closure (the loss weighted alike), and the refusals;
 // - ESAM's global data selection against one process on the concatenated batch (its selection over
 //   the concatenated increases), with batches of different sizes and increases tied across ranks;
 // - the faults: a non-finite gradient on one rank, tables that differ, an objective that throws on
 //   one rank (a hang is the ctest TIMEOUT).
+// Its Thrust twin (mpi.test_data_parallel_thrust.np<K>) runs every case on backend::thrust (a host
+// device system) over `test_comm`, comm::mpi declared a communicator of device memory: the path
+// comm::nccl takes under CUDA (buffers in the backend's vectors, copies and means by the backend,
+// the host messages staged through device buffers), checked against the same references.
 #define DOCTEST_CONFIG_IMPLEMENT
 #include <doctest/doctest.h>
 #include <mpi.h>
@@ -31,6 +37,17 @@
 #include <vector>
 
 namespace {
+
+#if defined(FLATMIN_TEST_DEVICE_COMM)
+struct test_comm : flatmin::comm::mpi {
+  test_comm() : flatmin::comm::mpi(MPI_COMM_WORLD) {}
+  static constexpr flatmin::memory_space space = flatmin::memory_space::device;
+};
+static_assert(flatmin::comm::space_of<test_comm> == flatmin::memory_space::device);
+#else
+using test_comm = flatmin::comm::mpi;
+static_assert(flatmin::comm::space_of<test_comm> == flatmin::memory_space::host);
+#endif
 
 int world_rank() {
   int r = 0;
@@ -270,7 +287,7 @@ void check_selection(const Make& make, flatmin::parallel_mode mode, int steps, b
   const int P = world_size(), me = world_rank();
   model dist, ref;
   samples sd{dist, ties}, sr{ref, ties};
-  flatmin::data_parallel<Opt, flatmin::comm::mpi> dp(dist.ps, make(), flatmin::comm::mpi{},
+  flatmin::data_parallel<Opt, test_comm> dp(dist.ps, make(), test_comm{},
                                                      {.mode = mode, .bucket_bytes = bucket_bytes});
   Opt one(ref.ps, make());
   std::vector<std::vector<float>> part;
@@ -386,7 +403,7 @@ auto esam_dense_make(double gamma) {
 }  // namespace
 
 TEST_CASE("global perturbation: P ranks are one process on the rank-ordered average, bitwise") {
-  using M = flatmin::comm::mpi;
+  using M = test_comm;
   SUBCASE("SAM + SGD momentum, two-call protocol") {
     check_one_process<sam_sgd>(sam_make(sgd_momentum), flatmin::parallel_mode::global_perturbation, M{}, 4);
   }
@@ -417,6 +434,101 @@ TEST_CASE("global perturbation: P ranks are one process on the rank-ordered aver
   }
 }
 
+// Batches of different sizes (data_parallel::set_batch_size): rank r holds r + 1 samples and its
+// gradient is their mean, so the gradient of the concatenated batch is Σ n_r g_r / Σ n_r (added in
+// rank order in double from 0, rounded once; one rank holding every sample passes unchanged:
+// written out here). g and g_adv are averaged so, and the closure's loss likewise.
+double batch_of(int r) { return static_cast<double>(r + 1); }
+double batch_total(int P) {
+  double n = 0;
+  for (int r = 0; r < P; ++r) n += batch_of(r);
+  return n;
+}
+void fill_batch_weighted(model& m, int P) {
+  for (std::size_t t = 0; t < m.w.size(); ++t)
+    for (std::size_t i = 0; i < m.w[t].size(); ++i) {
+      if (P == 1) {
+        m.g[t][i] = m.grad(0, t, i);
+        continue;
+      }
+      double s = 0;
+      for (int r = 0; r < P; ++r) s += batch_of(r) * m.grad(r, t, i);
+      m.g[t][i] = static_cast<float>(s / batch_total(P));
+    }
+}
+
+template <class Opt, bool closure, class Make>
+void check_batches(const Make& make, flatmin::parallel_mode mode, int steps) {
+  const int P = world_size(), me = world_rank();
+  model dist, ref;
+  flatmin::data_parallel<Opt, test_comm> dp(dist.ps, make(), test_comm{}, {.mode = mode});
+  Opt one(ref.ps, make());
+  dp.set_batch_size(static_cast<std::size_t>(me + 1));
+  for (int s = 0; s < steps; ++s) {
+    flatmin::step_report rd, rr;
+    double loss = 0;
+    for (int r = 0; r < P; ++r) loss += batch_of(r) * dist.loss(r);
+    loss = P == 1 ? dist.loss(0) : loss / batch_total(P);
+    if constexpr (closure) {
+      rd = dp.step([&] { return dist.fill(me); });
+      CHECK(rd.loss == loss);
+    } else {
+      dist.fill(me);
+      rd = dp.ascend();
+      dist.fill(me);
+      rd = dp.descend();
+    }
+    fill_batch_weighted(ref, P);
+    rr = one.ascend();
+    fill_batch_weighted(ref, P);
+    rr = one.descend();
+    CHECK(same_norm(rd.grad_norm, rr.grad_norm));
+    CHECK(same_norm(rd.perturbed_grad_norm, rr.perturbed_grad_norm));
+    CHECK(same_norm(rd.perturbation_norm, rr.perturbation_norm));
+    CHECK_FALSE(rd.skipped);
+  }
+  CHECK(same_weights(dist, ref));
+}
+
+TEST_CASE("batches of different sizes: g and g_adv weighted by the batch sizes, bitwise") {
+  SUBCASE("global, two-call") {
+    check_batches<sam_adamw, false>(sam_make(adamw), flatmin::parallel_mode::global_perturbation, 3);
+  }
+  SUBCASE("global, closure") {
+    check_batches<sam_sgd, true>(sam_make(sgd_momentum), flatmin::parallel_mode::global_perturbation, 3);
+  }
+  SUBCASE("sharded, two-call") {
+    check_batches<sam_adamw, false>(sam_make(adamw), flatmin::parallel_mode::sharded, 3);
+  }
+  SUBCASE("sharded FSAM, closure") {
+    using fsam = flatmin::fsam_t<float, flatmin::base::sgd>;
+    check_batches<fsam, true>(
+        [] { return flatmin::fsam_options{.keep = 0.25, .refresh_every = 2}.compose(sgd_momentum); },
+        flatmin::parallel_mode::sharded, 3);
+  }
+  SUBCASE("set on every rank or none: refused on every rank otherwise, and no sample anywhere") {
+    const int P = world_size(), me = world_rank();
+    model m;
+    flatmin::data_parallel<sam_sgd, test_comm> dp(m.ps, sam_make(sgd_momentum)(), test_comm{});
+    const auto before = m.w;
+    if (P > 1) {
+      if (me == 0) dp.set_batch_size(4);
+      m.fill(me);
+      CHECK_THROWS_WITH_AS(dp.ascend(), doctest::Contains("batch size on some ranks only"), std::invalid_argument);
+      CHECK_FALSE(dp.ascended());
+    }
+    dp.set_batch_size(0);
+    m.fill(me);
+    CHECK_THROWS_WITH_AS(dp.ascend(), doctest::Contains("every rank's batch is empty"), std::invalid_argument);
+    CHECK(m.w == before);
+    dp.set_batch_size(std::nullopt);  // back to the plain mean
+    m.fill(me);
+    CHECK(dp.ascend().perturbed);
+    m.fill(me);
+    CHECK_FALSE(dp.descend().skipped);
+  }
+}
+
 TEST_CASE("comm::none (the default): the wrapper is the plain optimizer, bitwise") {
   const int me = world_rank();
   for (const auto mode : {flatmin::parallel_mode::global_perturbation, flatmin::parallel_mode::sharded}) {
@@ -435,7 +547,7 @@ TEST_CASE("comm::none (the default): the wrapper is the plain optimizer, bitwise
 }
 
 TEST_CASE("sharded (ZeRO-1): P shards are one process on the rank-ordered average, bitwise") {
-  using M = flatmin::comm::mpi;
+  using M = test_comm;
   SUBCASE("SAM + SGD momentum") {
     check_one_process<sam_sgd>(sam_make(sgd_momentum), flatmin::parallel_mode::sharded, M{}, 4);
   }
@@ -561,7 +673,7 @@ TEST_CASE("ESAM: the data selection is global over the ranks, g_adv the count-we
     model m;
     samples sm{m, false};
     const int me = world_rank();
-    flatmin::data_parallel<esam_sgd, flatmin::comm::mpi> dp(m.ps, esam_make(0.5, false)(), flatmin::comm::mpi{});
+    flatmin::data_parallel<esam_sgd, test_comm> dp(m.ps, esam_make(0.5, false)(), test_comm{});
     const auto w0 = m.w;
     const auto before = sm.losses(me);
     CHECK_THROWS_WITH_AS(dp.select(before, before), doctest::Contains("needs a perturbed ascend()"),
@@ -586,9 +698,9 @@ TEST_CASE("per-worker perturbation equals a float64 m-sharpness reference") {
   const int P = world_size(), me = world_rank();
   const double rho = 0.05, lr = 0.1;
   model dist;
-  flatmin::data_parallel<sam_sgd, flatmin::comm::mpi> dp(
+  flatmin::data_parallel<sam_sgd, test_comm> dp(
       dist.ps, flatmin::sam_options{.rho = rho}.compose<flatmin::perturb::l2>(flatmin::base::sgd{.lr = lr}),
-      flatmin::comm::mpi{}, {.mode = flatmin::parallel_mode::per_worker_perturbation});
+      test_comm{}, {.mode = flatmin::parallel_mode::per_worker_perturbation});
   std::vector<std::vector<double>> w(sizes.size());
   for (std::size_t t = 0; t < sizes.size(); ++t) w[t].assign(dist.w[t].begin(), dist.w[t].end());
   for (int s = 0; s < 3; ++s) {
@@ -630,9 +742,9 @@ TEST_CASE("per-worker ESAM: each rank's ε from its own g, the selection global,
   model dist;
   samples sd{dist, false};
   using opt_t = flatmin::esam_t<float, flatmin::base::sgd>;
-  flatmin::data_parallel<opt_t, flatmin::comm::mpi> dp(
+  flatmin::data_parallel<opt_t, test_comm> dp(
       dist.ps, flatmin::esam_options{.rho = rho, .beta = beta, .gamma = 0.3, .seed = 5}.compose(flatmin::base::sgd{.lr = lr}),
-      flatmin::comm::mpi{}, {.mode = flatmin::parallel_mode::per_worker_perturbation});
+      test_comm{}, {.mode = flatmin::parallel_mode::per_worker_perturbation});
   std::vector<std::vector<double>> w(sizes.size());
   for (std::size_t t = 0; t < sizes.size(); ++t) w[t].assign(dist.w[t].begin(), dist.w[t].end());
   const auto offset_mean = [&](int r, const std::vector<std::size_t>& idx) {
@@ -727,7 +839,7 @@ TEST_CASE("per-worker ESAM: each rank's ε from its own g, the selection global,
 }
 
 TEST_CASE("faults: every rank takes the same decision, none hangs") {
-  using M = flatmin::comm::mpi;
+  using M = test_comm;
   const int P = world_size(), me = world_rank(), last = P - 1;
 
   SUBCASE("a non-finite gradient on one rank skips the step on all (per-worker mode)") {
@@ -879,7 +991,7 @@ TEST_CASE("faults: every rank takes the same decision, none hangs") {
 // Two steps, a checkpoint, two more; a fresh run loads it and takes the same two steps.
 template <class Opt, bool by_sample = false, class Make>
 void check_sharded_resume(const Make& make) {
-  using M = flatmin::comm::mpi;
+  using M = test_comm;
   const int me = world_rank();
   const flatmin::data_parallel_options o{.mode = flatmin::parallel_mode::sharded};
   model a;
@@ -912,7 +1024,7 @@ void check_sharded_resume(const Make& make) {
 }
 
 TEST_CASE("sharded checkpoints: each rank its shard, resumed bit-exactly") {
-  using M = flatmin::comm::mpi;
+  using M = test_comm;
   const flatmin::data_parallel_options o{.mode = flatmin::parallel_mode::sharded};
   check_sharded_resume<sam_adamw>(sam_make(adamw));
   // The masks that select across the shards, refreshed after the resume (step 3): the Fisher sums

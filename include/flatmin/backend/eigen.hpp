@@ -74,6 +74,9 @@ struct eigen {
   using table = vector<T>;
 
   static bool accepts(memory_space s) { return s == memory_space::host; }
+  /// Where `vector<T>` lives, and whether host code may read it (data_parallel's buffers).
+  static constexpr memory_space vector_space = memory_space::host;
+  static constexpr bool host_addressable = true;
 
   template <class T>
   static vector<T> make_vector(std::size_t n, T value = T{}) {
@@ -102,6 +105,20 @@ struct eigen {
   template <class T, class A>
   static void copy(const std::vector<T, A>& from, std::vector<T, A>& to) {
     to.assign(from.begin(), from.end());
+  }
+  /// n elements from `from` to `to`: within the backend's memory (copy_n), from host memory into
+  /// it (upload), from it into host memory (download). Here all three are host copies.
+  template <class T>
+  static void copy_n(const T* from, std::size_t n, T* to) {
+    std::copy(from, from + n, to);
+  }
+  template <class T>
+  static void upload(const T* host, std::size_t n, T* to) {
+    std::copy(host, host + n, to);
+  }
+  template <class T>
+  static void download(const T* from, std::size_t n, T* host) {
+    std::copy(from, from + n, host);
   }
 
   /// Runs `f(elem<W, G>)` for every element of the range, or the pass's host segment form per

@@ -294,6 +294,15 @@ struct thrust {
   template <class T>
   using table = vector<T>;
 
+  /// Where `vector<T>` lives, and whether host code may read it (data_parallel's buffers: a
+  /// communicator of host memory can move them only on the host device systems).
+  static constexpr memory_space vector_space = memory_space::device;
+#if defined(FLATMIN_THRUST_IS_CUDA)
+  static constexpr bool host_addressable = false;
+#else
+  static constexpr bool host_addressable = true;
+#endif
+
   /// Under CUDA: device memory only. On OMP/CPP device memory is host memory: both.
   static bool accepts(memory_space s) {
 #if defined(FLATMIN_THRUST_IS_CUDA)
@@ -360,6 +369,22 @@ struct thrust {
   template <class T>
   static void copy(const vector<T>& from, vector<T>& to) {
     to = from;
+  }
+  /// n elements from `from` to `to`: within device memory (copy_n), from host memory into device
+  /// memory (upload), from device memory into host memory (download). Synchronous.
+  template <class T>
+  static void copy_n(const T* from, std::size_t n, T* to) {
+    if (n)
+      ::thrust::copy(::thrust::device_pointer_cast(from), ::thrust::device_pointer_cast(from + n),
+                     ::thrust::device_pointer_cast(to));
+  }
+  template <class T>
+  static void upload(const T* host, std::size_t n, T* to) {
+    if (n) ::thrust::copy(host, host + n, ::thrust::device_pointer_cast(to));
+  }
+  template <class T>
+  static void download(const T* from, std::size_t n, T* host) {
+    if (n) ::thrust::copy(::thrust::device_pointer_cast(from), ::thrust::device_pointer_cast(from + n), host);
   }
 
   /// Runs `f(elem<W, G>)` for every element of the range: one launch.

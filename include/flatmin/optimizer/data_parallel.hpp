@@ -43,7 +43,8 @@
 /// order in double, divided by P, rounded once. Hence the contract the tests check: in global and
 /// sharded mode P ranks produce, bit for bit, the weights and reports of one process whose
 /// gradient is that average (the gradient of the concatenated batch, if each rank's gradient is
-/// its batch mean and the batches are of equal size).
+/// its batch mean and the batches are of equal size; for batches of different sizes,
+/// `set_batch_size` makes it the batch-size-weighted mean, again the concatenated batch's).
 ///
 /// Averaging: with `average_gradients` (default) flatmin averages the gradient views itself, in
 /// buckets of at most `bucket_bytes` over its flat layout: an all-to-all moves each rank's slice of
@@ -77,8 +78,15 @@
 /// (about 2 · bucket_bytes + bucket_bytes / P for the gradients' and 2 · bucket_bytes / P for the
 /// weights', once the model is that large).
 ///
-/// Memory: the parameter views must be in host memory (backend::eigen, or backend::thrust on a host
-/// device system); a `nccl` communicator over device memory is not implemented.
+/// Memory: the averaging's and the weight gather's buffers are where the backend keeps its vectors
+/// (backend::eigen: host memory; backend::thrust: device memory), and the gradient and weight views
+/// are copied into and out of them, and averaged, by the backend (the mean entry by entry with
+/// comm::rank_mean_entry on backend::thrust). The communicator must move that memory
+/// (comm::space_of): comm::mpi, comm::callbacks and comm::none move host memory, so they serve
+/// backend::eigen and backend::thrust on a host device system (OMP, CPP); backend::thrust under
+/// CUDA needs a communicator of device memory (comm::nccl), which is checked at compile time. With a
+/// device communicator the small host messages (votes, flags, statistics, ESAM's increases) are
+/// staged through a device buffer.
 
 #include <algorithm>
 #include <cstddef>
@@ -164,6 +172,29 @@ class data_parallel {
 
   using mask_state = typename Optimizer::mask_type::template state<typename Optimizer::value_type,
                                                                     typename Optimizer::backend_type>;
+  using backend_t = typename Optimizer::backend_type;
+  /// The memory the communicator moves, and where the buffers live (see the file comment).
+  static constexpr memory_space comm_space = comm::space_of<Comm>;
+  static constexpr bool device_buffers = [] {
+    if constexpr (requires { backend_t::vector_space; })
+      return backend_t::vector_space == memory_space::device;
+    else
+      return false;
+  }();
+  static constexpr bool host_addressable = [] {
+    if constexpr (requires { backend_t::host_addressable; })
+      return static_cast<bool>(backend_t::host_addressable);
+    else
+      return !device_buffers;
+  }();
+  static_assert(comm_space == memory_space::host || device_buffers,
+                "flatmin::data_parallel: a communicator of device memory (comm::nccl) needs a backend whose "
+                "vectors are in device memory (backend::thrust)");
+  static_assert(comm_space == memory_space::device || host_addressable,
+                "flatmin::data_parallel: backend::thrust under CUDA keeps its buffers in device memory, "
+                "which this communicator (host memory) cannot move: use comm::nccl");
+  template <class T>
+  using buffer = std::conditional_t<device_buffers, typename backend_t::template vector<T>, std::vector<T>>;
   /// ESAM's data selection (select::sharpness_sensitive): select() chooses over every rank's batch.
   static constexpr bool selects_samples = requires { requires Optimizer::descent_type::selects_samples; };
   /// What sharded mode runs: a mask that is dense, selects over every process (the masks'
@@ -193,11 +224,12 @@ class data_parallel {
     run_agreed([&] {
       options_.validate();
       params.validate();
-      for (const auto& v : params.tensors())
-        if (v.space != memory_space::host)
-          throw usage_error(
-              "flatmin::data_parallel: tensor " + detail::quote(v.name) +
-              " is not in host memory (device memory needs a nccl communicator, not implemented)");
+      if constexpr (!device_buffers)
+        for (const auto& v : params.tensors())
+          if (v.space != memory_space::host)
+            throw usage_error("flatmin::data_parallel: tensor " + detail::quote(v.name) +
+                              " is not in host memory, which backend " + backend_t::name +
+                              " works in (device memory: backend::thrust with comm::nccl)");
     });
     check_same_tables(params);
     for (const auto& v : params.tensors()) {
@@ -245,7 +277,7 @@ class data_parallel {
       throw usage_error("flatmin::data_parallel: ascend() called twice without descend()");
     const step_args a = agree_args(args);
     if (options_.average_gradients && options_.mode != parallel_mode::per_worker_perturbation)
-      average(!sharded());
+      average(!sharded(), counts_of(batches_), batches_ ? batches_->total : 0);
     std::exception_ptr err;
     step_report r;
     try {
@@ -294,12 +326,16 @@ class data_parallel {
       if (phase_ == phase::ascended && report_.perturbed && !selection_)
         throw usage_error("flatmin::data_parallel: descend() after a perturbed ascend() needs select() "
                           "first (ESAM's data selection is global over the ranks)");
-    const step_args a = agree_args(args);
+    step_args a;
+    try {
+      a = agree_args(args);  // throws alike on every rank
+    } catch (...) {
+      cancel();
+      throw;
+    }
     if (options_.average_gradients) {
-      if (selection_)
-        average(!sharded(), selection_->counts.data(), selection_->total);
-      else
-        average(!sharded());
+      const auto& w = selection_ ? selection_ : batches_;  // ESAM: the selected samples' counts
+      average(!sharded(), counts_of(w), w ? w->total : 0);
     }
     selection_.reset();
     std::exception_ptr err;
@@ -343,8 +379,14 @@ class data_parallel {
     auto v = exchange(err, 0, loss);
     int failed = first_failed(v);
     if (failed >= 0) rethrow(err, v, failed, "the objective at w");
-    const double mean_loss = comm::rank_ordered_mean<double>(size(), [&](int q) { return v[q].value; });
+    double mean_loss = comm::rank_ordered_mean<double>(size(), [&](int q) { return v[q].value; });
     step_report r = ascend(args);
+    if (batches_) {  // the losses weighted by the batch sizes, as the gradients
+      std::vector<double> losses(v.size());
+      for (std::size_t q = 0; q < v.size(); ++q) losses[q] = v[q].value;
+      comm::rank_ordered_mean_into(&mean_loss, losses.data(), size(), 1, 1, batches_->counts.data(),
+                                   batches_->total);
+    }
     if constexpr (Optimizer::perturbs) {
       if (r.perturbed) {
         if constexpr (selects_samples)
@@ -419,7 +461,7 @@ class data_parallel {
     }
     auto& d = opt_->descent();
     const std::vector<std::size_t>& chosen = d.select_increases(concat);  // global, ascending
-    selection s;
+    rank_counts s;
     s.counts.assign(P, 0.0);
     std::vector<std::size_t> mine;
     std::size_t q = 0, end = static_cast<std::size_t>(v[0].code);
@@ -508,6 +550,17 @@ class data_parallel {
     return selection_ ? selection_->counts : none;
   }
 
+  /// This rank's batch size (its number of samples) for the steps that follow, until changed;
+  /// std::nullopt (the default) on every rank: the ranks' gradients count alike (the plain
+  /// rank-ordered mean). Set on every rank, g and g_adv are averaged weighted by the batch sizes,
+  /// Σ_r n_r g_r / Σ_r n_r (comm::rank_ordered_mean_into with the counts): the gradient of the mean
+  /// over the concatenated batch when each rank's gradient is the mean over its own batch. A rank
+  /// with n = 0 adds nothing (its views are not read). The closure protocol's loss is weighted
+  /// alike; ESAM's g_adv is weighted by the selected samples instead. Set on some ranks only, or
+  /// 0 on every rank: the next ascend() / descend() / step() throws std::invalid_argument on every
+  /// rank (descend(): after restoring the weights, as cancel()). Not collective.
+  void set_batch_size(std::optional<std::size_t> n) { batch_ = n; }
+
  private:
   enum class phase { idle, ascended, skipped };
   static constexpr char magic[9] = "FLATMIND";
@@ -538,7 +591,22 @@ class data_parallel {
     }
     std::size_t position() const override { return static_cast<std::size_t>(comm.rank()); }
     origin_t origin() const override { return first; }
+    /// All-gather of n bytes in host memory (staged through a device buffer for a device
+    /// communicator).
     void gather(const void* s, void* r, std::size_t n) {
+      if constexpr (comm_space == memory_space::device) {
+        const std::size_t P = static_cast<std::size_t>(comm.size());
+        stage.resize(n * (P + 1));
+        unsigned char* d = backend_t::data(stage);
+        backend_t::upload(static_cast<const unsigned char*>(s), n, d);
+        gather_buffers(d, d + n, n);
+        backend_t::download(d + n, n * P, static_cast<unsigned char*>(r));
+      } else {
+        gather_buffers(s, r, n);
+      }
+    }
+    /// The collectives on buffers in the communicator's memory.
+    void gather_buffers(const void* s, void* r, std::size_t n) {
       comm.all_gather(s, r, n);
       sent += static_cast<std::uint64_t>(n) * static_cast<std::uint64_t>(comm.size() - 1);
     }
@@ -547,6 +615,7 @@ class data_parallel {
       sent += static_cast<std::uint64_t>(n) * static_cast<std::uint64_t>(comm.size() - 1);
     }
     Comm comm;
+    buffer<unsigned char> stage;        ///< gather()'s staging buffer (device communicator)
     std::vector<std::size_t> segments;  ///< segments per rank (sharded mode)
     origin_t first;                     ///< this rank's shard: its first flat index and tensor
     std::uint64_t sent = 0;
@@ -655,12 +724,15 @@ class data_parallel {
   step_args agree_args(const step_args& a) {
     struct flag {
       double scale;
+      double batch;        // set_batch_size(), or -1
       std::int32_t state;  // 0: unset, 1: false, 2: true
       std::int32_t pad;
     };
-    const flag mine{a.grad_scale, a.found_inf ? (*a.found_inf ? 2 : 1) : 0, 0};
+    const flag mine{a.grad_scale, batch_ ? static_cast<double>(*batch_) : -1.0,
+                    a.found_inf ? (*a.found_inf ? 2 : 1) : 0, 0};
     std::vector<flag> all(static_cast<std::size_t>(size()));
     ctx_->gather(&mine, all.data(), sizeof(flag));
+    agree_batches(all);
     step_args out = a;
     bool any_true = false, all_set = true;
     for (std::size_t q = 0; q < all.size(); ++q) {
@@ -678,6 +750,37 @@ class data_parallel {
     else
       out.found_inf.reset();
     return out;
+  }
+
+  /// The ranks' batch sizes (set_batch_size) into batches_: all set or none (every rank sees the
+  /// same values, so every rank throws alike).
+  template <class Flag>
+  void agree_batches(const std::vector<Flag>& all) {
+    int with = -1, without = -1;
+    double total = 0;
+    for (std::size_t q = 0; q < all.size(); ++q) {
+      if (all[q].batch < 0) {
+        if (without < 0) without = static_cast<int>(q);
+      } else {
+        if (with < 0) with = static_cast<int>(q);
+        total += all[q].batch;
+      }
+    }
+    if (with < 0) {
+      batches_.reset();
+      return;
+    }
+    if (without >= 0)
+      throw std::invalid_argument(
+          "flatmin::data_parallel: a batch size on some ranks only (set_batch_size): rank " +
+          std::to_string(with) + " has one, rank " + std::to_string(without) + " has none");
+    if (!(total > 0))
+      throw std::invalid_argument("flatmin::data_parallel: every rank's batch is empty (set_batch_size(0))");
+    rank_counts c;
+    c.counts.resize(all.size());
+    for (std::size_t q = 0; q < all.size(); ++q) c.counts[q] = all[q].batch;
+    c.total = total;
+    batches_ = std::move(c);
   }
 
   /// Every rank's tensor table against rank 0's: count, then (name, size, flags) per tensor.
@@ -789,47 +892,77 @@ class data_parallel {
     return std::clamp<std::size_t>(b, 1, widest());
   }
 
+  template <class V>
+  static auto* ptr(V& b) {
+    if constexpr (device_buffers)
+      return backend_t::data(b);
+    else
+      return b.data();
+  }
+  template <class T>
+  static void copy_n(const T* from, std::size_t n, T* to) {
+    if constexpr (device_buffers)
+      backend_t::copy_n(from, n, to);
+    else
+      std::copy(from, from + n, to);
+  }
+  /// out[0, n) ← the rank-ordered mean (comm::rank_ordered_mean_into) of recv's P rows of `stride`;
+  /// `k`: the counts in host memory, `kb`: the same in the buffers' memory.
+  static void mean_into(G* out, const G* recv, int ranks, std::size_t n, std::size_t stride, const double* k,
+                        const double* kb, double total) {
+    if (n == 0) return;
+    if constexpr (device_buffers)
+      backend_t::for_each_index(
+          n, comm::rank_mean_entry<G>{out, recv, kb, stride, total, ranks, comm::sole_rank(k, ranks, total)});
+    else
+      comm::rank_ordered_mean_into(out, recv, ranks, n, stride, k, total);
+  }
+
   /// The gradient views ← their rank-ordered mean over the ranks (with `weight`: the count-weighted
   /// mean of total K, comm::rank_ordered_mean_into with the counts): on this rank's slice
-  /// (`owned`), and on every slice when `everywhere`.
+  /// (`owned`), and on every slice when `everywhere`. A bucket's padding (past a slice's end) is
+  /// sent as it is and never read.
   void average(bool everywhere, const double* weight = nullptr, double total = 0) {
     const std::size_t P = static_cast<std::size_t>(size()), me = static_cast<std::size_t>(rank());
     const std::size_t B = bucket(sizeof(G));
     // Buffers kept between calls: a fresh allocation of this size is fresh pages, and faulting
     // them in cost about as much as the averaging itself (bench_ddp).
-    auto& send = grad_send_;
-    auto& recv = grad_recv_;
-    auto& mean = grad_mean_;
-    send.resize(P * B);
-    recv.resize(P * B);
-    if (everywhere) mean.resize(B);
-    for (std::size_t k = 0; k < widest(); k += B) {
-      for (std::size_t j = 0; j < P; ++j) {
-        const std::size_t a = std::min(bounds_[j] + k, bounds_[j + 1]);
-        const std::size_t b = std::min(bounds_[j] + k + B, bounds_[j + 1]);
-        pieces(a, b, [&](const flat_view& v, std::size_t at, std::size_t n, std::size_t flat) {
-          std::copy(v.g + at, v.g + at + n, send.begin() + (j * B + flat - bounds_[j] - k));
-        });
-        std::fill(send.begin() + (j * B + (b - a)), send.begin() + (j + 1) * B, G{});  // the padding
+    grad_send_.resize(P * B);
+    grad_recv_.resize(P * B);
+    if (everywhere) grad_mean_.resize(B);
+    G* const send = ptr(grad_send_);
+    G* const recv = ptr(grad_recv_);
+    const double* kb = weight;
+    if constexpr (device_buffers)
+      if (weight) {
+        counts_.resize(P);
+        backend_t::upload(weight, P, ptr(counts_));
+        kb = ptr(counts_);
       }
-      ctx_->to_all(send.data(), recv.data(), B * sizeof(G));
-      const int ranks = static_cast<int>(P);
-      const std::size_t lo = bounds_[me] + k;
-      if (!everywhere) {  // the mean straight into this rank's views
-        pieces(std::min(lo, bounds_[me + 1]), std::min(lo + B, bounds_[me + 1]),
+    const int ranks = static_cast<int>(P);
+    for (std::size_t k = 0; k < widest(); k += B) {
+      for (std::size_t j = 0; j < P; ++j)
+        pieces(std::min(bounds_[j] + k, bounds_[j + 1]), std::min(bounds_[j] + k + B, bounds_[j + 1]),
                [&](const flat_view& v, std::size_t at, std::size_t n, std::size_t flat) {
-                 comm::rank_ordered_mean_into(v.g + at, recv.data() + (flat - lo), ranks, n, B, weight,
-                                              total);
+                 copy_n(v.g + at, n, send + (j * B + flat - bounds_[j] - k));
+               });
+      ctx_->to_all(send, recv, B * sizeof(G));
+      const std::size_t lo = bounds_[me] + k, hi = std::min(lo + B, bounds_[me + 1]);
+      if (!everywhere) {  // the mean straight into this rank's views
+        pieces(std::min(lo, bounds_[me + 1]), hi,
+               [&](const flat_view& v, std::size_t at, std::size_t n, std::size_t flat) {
+                 mean_into(v.g + at, recv + (flat - lo), ranks, n, B, weight, kb, total);
                });
         continue;
       }
-      comm::rank_ordered_mean_into(mean.data(), recv.data(), ranks, B, B, weight, total);
-      ctx_->gather(mean.data(), recv.data(), B * sizeof(G));
+      G* const mean = ptr(grad_mean_);
+      mean_into(mean, recv, ranks, hi > lo ? hi - lo : 0, B, weight, kb, total);
+      ctx_->gather_buffers(mean, recv, B * sizeof(G));
       for (std::size_t j = 0; j < P; ++j) {
-        const G* src = recv.data() + j * B;
+        const G* src = recv + j * B;
         pieces(std::min(bounds_[j] + k, bounds_[j + 1]), std::min(bounds_[j] + k + B, bounds_[j + 1]),
                [&](const flat_view& v, std::size_t at, std::size_t n, std::size_t flat) {
-                 std::copy(src + (flat - bounds_[j] - k), src + (flat - bounds_[j] - k) + n, v.g + at);
+                 copy_n(src + (flat - bounds_[j] - k), n, v.g + at);
                });
       }
     }
@@ -839,22 +972,21 @@ class data_parallel {
   void gather_weights() {
     const std::size_t P = static_cast<std::size_t>(size()), me = static_cast<std::size_t>(rank());
     const std::size_t B = bucket(sizeof(W));
-    auto& mine = weight_send_;
-    auto& all = weight_recv_;
-    mine.resize(B);
-    all.resize(P * B);
+    weight_send_.resize(B);
+    weight_recv_.resize(P * B);
+    W* const mine = ptr(weight_send_);
+    W* const all = ptr(weight_recv_);
     for (std::size_t k = 0; k < widest(); k += B) {
       pieces(std::min(bounds_[me] + k, bounds_[me + 1]), std::min(bounds_[me] + k + B, bounds_[me + 1]),
              [&](const flat_view& v, std::size_t at, std::size_t n, std::size_t flat) {
-               std::copy(v.w + at, v.w + at + n, mine.begin() + (flat - bounds_[me] - k));
+               copy_n(v.w + at, n, mine + (flat - bounds_[me] - k));
              });
-      ctx_->gather(mine.data(), all.data(), B * sizeof(W));
+      ctx_->gather_buffers(mine, all, B * sizeof(W));
       for (std::size_t j = 0; j < P; ++j) {
         if (j == me) continue;
         pieces(std::min(bounds_[j] + k, bounds_[j + 1]), std::min(bounds_[j] + k + B, bounds_[j + 1]),
                [&](const flat_view& v, std::size_t at, std::size_t n, std::size_t flat) {
-                 const W* src = all.data() + j * B + (flat - bounds_[j] - k);
-                 std::copy(src, src + n, v.w + at);
+                 copy_n(all + j * B + (flat - bounds_[j] - k), n, v.w + at);
                });
       }
     }
@@ -867,14 +999,22 @@ class data_parallel {
   std::vector<std::size_t> bounds_;  ///< rank r owns [bounds_[r], bounds_[r + 1])
   param_set<W, G> shard_params_;     ///< sharded mode: views of this rank's shard
   std::optional<Optimizer> opt_;
-  std::vector<G> grad_send_, grad_recv_, grad_mean_;  ///< average()'s buffers, kept between steps
-  std::vector<W> weight_send_, weight_recv_;  ///< gather_weights()'s
+  buffer<G> grad_send_, grad_recv_, grad_mean_;  ///< average()'s buffers, kept between steps
+  buffer<W> weight_send_, weight_recv_;          ///< gather_weights()'s
+  buffer<double> counts_;                        ///< average()'s counts (device buffers)
   /// The step's global data selection (select()): the selected samples per rank, and their total.
-  struct selection {
+  struct rank_counts {
     std::vector<double> counts;
     double total = 0;
   };
-  std::optional<selection> selection_;
+  static const double* counts_of(const std::optional<rank_counts>& c) {
+    return c ? c->counts.data() : nullptr;
+  }
+  std::optional<rank_counts> selection_;
+  /// set_batch_size()'s value on this rank, and the batch sizes of every rank agreed by the last
+  /// ascend() or descend() (none when no rank set one).
+  std::optional<std::size_t> batch_;
+  std::optional<rank_counts> batches_;
   std::vector<double> increases_;  ///< select()'s, this rank's
   phase phase_ = phase::idle;
   step_report report_;
