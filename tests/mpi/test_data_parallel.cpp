@@ -21,6 +21,8 @@
 #include <doctest/doctest.h>
 #include <mpi.h>
 
+#include "support/rank_quadratic.hpp"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -60,30 +62,7 @@ int world_size() {
   return s;
 }
 
-// 7 segments of 4096 (5000 → 2, 300 → 1, 9000 → 3, 7 → 1): a shard each for up to 7 ranks, and
-// tensors split across shards inside (9000) and at their ends.
-const std::vector<std::size_t> sizes = {5000, 300, 9000, 7};
-const char* const names[] = {"w1", "b1", "w2", "b2"};
-
-std::uint64_t mix(std::uint64_t x) {  // splitmix64
-  x += 0x9e3779b97f4a7c15ull;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-  return x ^ (x >> 31);
-}
-double unit(std::uint64_t k) { return static_cast<double>(mix(k) >> 11) * 0x1p-53; }  // [0, 1)
-std::uint64_t key(int r, std::size_t t, std::size_t i, int what) {
-  return (static_cast<std::uint64_t>(r) << 56) ^ (static_cast<std::uint64_t>(t) << 48) ^ (i << 4) ^
-         static_cast<std::uint64_t>(what);
-}
-// Rank r's loss: ½ Σ a (w − c)², a in [0.5, 1.5), c in [-1, 1); its gradient in float.
-float coef_a(int r, std::size_t t, std::size_t i) { return static_cast<float>(0.5 + unit(key(r, t, i, 1))); }
-float coef_c(int r, std::size_t t, std::size_t i) {
-  return static_cast<float>(2 * unit(key(r, t, i, 2)) - 1);
-}
-float grad_of(int r, std::size_t t, std::size_t i, float w) {
-  return coef_a(r, t, i) * (w - coef_c(r, t, i));
-}
+using namespace flatmin_test::rank_quadratic;
 
 // The tied variant (mask selection with ties across shards): a = 1, c one of four values and w = 0
 // at the start, so the squared gradients take a few values, each shared by thousands of entries in
@@ -608,13 +587,35 @@ TEST_CASE("sharded (ZeRO-1): P shards are one process on the rank-ordered averag
     };
     check_one_process<ssamd, true>(constant, flatmin::parallel_mode::sharded, M{}, 4, true);
   }
-  SUBCASE("what is not sharded is refused on every rank: blocks, per-example Fisher") {
+  SUBCASE("FSAM and SSAM-D with block units: the compact ranges' sums and the masks are one process's") {
+    // Blocks of 64 and 512 (and tensors of 300 and 7 entries: partial last blocks); the compact
+    // range's partial sums are combined over the shards, whose lists differ in length. At keep 0.9
+    // runs of active blocks reach across the shard boundaries inside tensor w2 (local 4096 for 2
+    // ranks): the compact segments must stop at the layout's segment boundaries there.
+    using fsam = flatmin::fsam_t<float, flatmin::base::sgd>;
+    for (const auto& [block, keep] : {std::pair<std::size_t, double>{64, 0.2}, {512, 0.9}, {64, 0.9}}) {
+      const auto make = [block, keep] {
+        auto c = flatmin::fsam_options{.keep = keep, .refresh_every = 2}.compose(sgd_momentum);
+        c.mask.block = block;
+        return c;
+      };
+      check_one_process<fsam>(make, flatmin::parallel_mode::sharded, M{}, 4);
+    }
+    using ssamd = flatmin::ssam_d_t<float, flatmin::base::sgd>;
+    const auto make = [] {
+      auto c = flatmin::ssam_d_options{}.compose(sgd_momentum);
+      c.mask.sparsity = 0.7;
+      c.mask.death_rate = 0.4;
+      c.mask.refresh_every = 2;
+      c.mask.block = 128;
+      c.mask.seed = 3;
+      return c;
+    };
+    check_one_process<ssamd, true>(make, flatmin::parallel_mode::sharded, M{}, 5);
+  }
+  SUBCASE("what is not sharded is refused on every rank: random blocks, per-example Fisher") {
     model m;
     using fsam = flatmin::fsam_t<float, flatmin::base::sgd>;
-    auto blocks = flatmin::fsam_options{.keep = 0.25}.compose(sgd_momentum);
-    blocks.mask.block = 4;
-    CHECK_THROWS_WITH_AS((flatmin::data_parallel<fsam, M>(m.ps, blocks, M{}, {.mode = flatmin::parallel_mode::sharded})),
-                         doctest::Contains("block = 1"), flatmin::usage_error);
     CHECK_THROWS_WITH_AS(
         (flatmin::data_parallel<esam_sgd, M>(m.ps, esam_make(0.5, false, flatmin::mask::granularity::block)(), M{},
                                              {.mode = flatmin::parallel_mode::sharded})),

@@ -21,27 +21,11 @@
 #include <thread>
 #include <vector>
 
+#include "support/rank_quadratic.hpp"
+
 namespace {
 
-const std::vector<std::size_t> sizes = {5000, 300, 9000, 7};  // 7 segments: up to 7 shards
-const char* const names[] = {"w1", "b1", "w2", "b2"};
-
-std::uint64_t mix(std::uint64_t x) {  // splitmix64
-  x += 0x9e3779b97f4a7c15ull;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-  return x ^ (x >> 31);
-}
-double unit(std::uint64_t k) { return static_cast<double>(mix(k) >> 11) * 0x1p-53; }
-std::uint64_t key(int r, std::size_t t, std::size_t i, int what) {
-  return (static_cast<std::uint64_t>(r) << 56) ^ (static_cast<std::uint64_t>(t) << 48) ^ (i << 4) ^
-         static_cast<std::uint64_t>(what);
-}
-float grad_of(int r, std::size_t t, std::size_t i, float w) {
-  const float a = static_cast<float>(0.5 + unit(key(r, t, i, 1)));
-  const float c = static_cast<float>(2 * unit(key(r, t, i, 2)) - 1);
-  return a * (w - c);
-}
+using namespace flatmin_test::rank_quadratic;
 
 struct model {
   std::vector<thrust::device_vector<float>> w, g;

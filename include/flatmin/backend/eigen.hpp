@@ -149,11 +149,28 @@ struct eigen {
   /// 4.3 ms: bench/RESULTS.md). It does not change any segment's summation order.
   static constexpr std::uint32_t reduction_group = 4;
 
-  /// Sum over the range of `f(elem<W, G>) -> R` (R has `+` and value-initialises to zero).
+  /// Sum over the range of `f(elem<W, G>) -> R` (R has `+` and value-initialises to zero): the
+  /// segments' partials (reduce_segments) added in segment order from R{}.
   template <class R, class W, class G, class F>
   static R reduce(const pass_range<W, G>& r, const F& f) {
+    if (r.count == 0) return R{};
+    R total{};
+    for (const R& p : segment_partials<R>(r, f)) total = total + p;
+    return total;
+  }
+  /// reduce()'s partial sums, one per segment of the range, in segment order (a sharded run adds
+  /// every process's partials in the one-process order: optimizer/stats_reducer.hpp).
+  template <class R, class W, class G, class F>
+  static std::vector<R> reduce_segments(const pass_range<W, G>& r, const F& f) {
+    if (r.count == 0) return {};
+    const std::vector<R>& p = segment_partials<R>(r, f);
+    return std::vector<R>(p.begin(), p.end());
+  }
+
+ private:
+  template <class R, class W, class G, class F>
+  static std::vector<R>& segment_partials(const pass_range<W, G>& r, const F& f) {
     const auto nseg = static_cast<std::ptrdiff_t>(r.count);
-    if (nseg == 0) return R{};
     const tensor_rec<W, G>* tensors = r.tensors;
     const segment* segs = r.segments;
     std::vector<R>& partial = scratch<R>(static_cast<std::size_t>(nseg));
@@ -182,10 +199,10 @@ struct eigen {
           out[s] = reduce_segment<R>(tensors, segs[s], f);
       }
     }
-    R total{};
-    for (const R& p : partial) total = total + p;
-    return total;
+    return partial;
   }
+
+ public:
 
   /// Runs `f(i)` for i in [0, n) (passes over the optimizer's own state).
   /// A functor with `isa_cloned` (host/isa_clones.hpp's hot_index_pass) runs each index on the

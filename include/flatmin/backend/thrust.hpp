@@ -403,31 +403,35 @@ struct thrust {
     ::thrust::for_each(::thrust::device, first, first + r.count * segment_size, lanes);
   }
 
-  /// Sum over the range of `f(elem<W, G>) -> R`, in backend::eigen's summation order.
+  /// Sum over the range of `f(elem<W, G>) -> R`, in backend::eigen's summation order: the
+  /// segments' partials (reduce_segments) added in segment order from R{}.
   template <class R, class W, class G, class F>
   static R reduce(const pass_range<W, G>& r, const F& f) {
     if (r.count == 0) return R{};
-    constexpr std::size_t k = thrust_detail::strands;
 #if !defined(FLATMIN_THRUST_IS_CUDA)
     if (r.elements < parallel_threshold) {
-      const thrust_detail::segment_strand<R, W, G, F> strand{r.tensors, r.segments, f};
-      R a[k];
       R total{};
-      for (std::size_t s = 0; s < r.count; ++s) {
-        for (std::size_t j = 0; j < k; ++j) a[j] = strand(s * k + j);
-        total = total + combine_strands<k>(a);
-      }
+      for (std::size_t s = 0; s < r.count; ++s) total = total + small_segment<R>(r, f, s);
       return total;
     }
 #endif
-    ::thrust::counting_iterator<std::size_t> first(0);
-    R* strands = thrust_detail::scratch<R, 0>(k * r.count);
-    R* partial = thrust_detail::scratch<R, 1>(r.count);
-    ::thrust::transform(::thrust::device, first, first + k * r.count, ::thrust::device_pointer_cast(strands),
-                        thrust_detail::segment_strand<R, W, G, F>{r.tensors, r.segments, f});
-    ::thrust::transform(::thrust::device, first, first + r.count, ::thrust::device_pointer_cast(partial),
-                        thrust_detail::combine_segment_strands<R>{strands});
-    return thrust_detail::sum_in_order(partial, r.count);
+    return thrust_detail::sum_in_order(device_partials<R>(r, f), r.count);
+  }
+  /// reduce()'s partial sums, one per segment of the range, in segment order, in host memory (a
+  /// sharded run adds every process's partials in the one-process order: stats_reducer.hpp).
+  template <class R, class W, class G, class F>
+  static std::vector<R> reduce_segments(const pass_range<W, G>& r, const F& f) {
+    std::vector<R> out(r.count);
+    if (r.count == 0) return out;
+#if !defined(FLATMIN_THRUST_IS_CUDA)
+    if (r.elements < parallel_threshold) {
+      for (std::size_t s = 0; s < r.count; ++s) out[s] = small_segment<R>(r, f, s);
+      return out;
+    }
+#endif
+    const auto p = ::thrust::device_pointer_cast(device_partials<R>(r, f));
+    ::thrust::copy(p, p + r.count, out.begin());
+    return out;
   }
 
   /// Runs `f(i)` for i in [0, n): one launch.
@@ -601,6 +605,30 @@ struct thrust {
 #else
     return 1;
 #endif
+  }
+
+ private:
+  /// Segment s's partial on the calling thread (the host systems' small ranges).
+  template <class R, class W, class G, class F>
+  static R small_segment(const pass_range<W, G>& r, const F& f, std::size_t s) {
+    constexpr std::size_t k = thrust_detail::strands;
+    const thrust_detail::segment_strand<R, W, G, F> strand{r.tensors, r.segments, f};
+    R a[k];
+    for (std::size_t j = 0; j < k; ++j) a[j] = strand(s * k + j);
+    return combine_strands<k>(a);
+  }
+  /// Every segment's partial, in device scratch memory (valid until the next reduction).
+  template <class R, class W, class G, class F>
+  static R* device_partials(const pass_range<W, G>& r, const F& f) {
+    constexpr std::size_t k = thrust_detail::strands;
+    ::thrust::counting_iterator<std::size_t> first(0);
+    R* strands = thrust_detail::scratch<R, 0>(k * r.count);
+    R* partial = thrust_detail::scratch<R, 1>(r.count);
+    ::thrust::transform(::thrust::device, first, first + k * r.count, ::thrust::device_pointer_cast(strands),
+                        thrust_detail::segment_strand<R, W, G, F>{r.tensors, r.segments, f});
+    ::thrust::transform(::thrust::device, first, first + r.count, ::thrust::device_pointer_cast(partial),
+                        thrust_detail::combine_segment_strands<R>{strands});
+    return partial;
   }
 };
 

@@ -22,13 +22,14 @@
 ///   over the ranks (mask/detail/top_k.hpp) finds the one-process threshold and tie; SSAM-D's
 ///   random draws hash the global entry index. So the masks are the one-process masks cut into
 ///   shards. mask::random (ESAM's stochastic weight perturbation) hashes the one-process entry or
-///   tensor number (a tensor split between shards is one unit in both; a tensor unit's compact
-///   range is its tensor's layout segments, so its sums are the one-process sums). Needs mask::dense,
-///   mask::fisher / mask::dynamic with block = 1 or mask::random with entry or tensor units;
-///   descent::standard or ESAM's data selection; and regularize::none (block units, BAR's
-///   balancedness and the descent rules with state are not distributed yet: a block mask's
-///   statistics are summed over its compact range, whose runs of blocks a shard boundary may cut,
-///   so the one-process sums would not be reproduced bit for bit).
+///   tensor number (a tensor split between shards is one unit in both). A compact mask's sums over
+///   its range are per-segment partials combined in rank order too: its segments never cross the
+///   layout's (mask/detail/units.hpp), so the shards' lists concatenate to the one-process list.
+///   Needs mask::dense; mask::fisher / mask::dynamic (entry or block units: a block, at most 1024
+///   entries, never straddles a segment, hence a shard); or mask::random with entry or tensor
+///   units; descent::standard or ESAM's data selection; and regularize::none (BAR's balancedness
+///   and the descent rules with state are not distributed yet). What is not sharded is refused at
+///   construction (usage_error on every rank).
 ///
 /// ESAM's data selection (select::sharpness_sensitive), in every mode, is global: the ranks'
 /// per-sample loss increases are gathered and the ⌈γ·Σ|B_r|⌉ largest of the concatenated batch are
@@ -243,16 +244,7 @@ class data_parallel {
               "flatmin::data_parallel: sharded mode needs mask::dense, mask::fisher, mask::dynamic or "
               "mask::random; "
               "descent::standard or select::sharpness_sensitive; and regularize::none");
-        } else {
-          if constexpr (requires { c.mask.unit; }) {
-            if (c.mask.unit == mask::granularity::block)
-              throw usage_error("flatmin::data_parallel: sharded mode needs entry or tensor units "
-                                "(block units are not sharded yet)");
-          } else if constexpr (!std::is_same_v<typename Optimizer::mask_type, mask::dense>) {
-            if (c.mask.block != 1)
-              throw usage_error("flatmin::data_parallel: sharded mode needs a mask with block = 1 "
-                                "(block units are not sharded yet)");
-          }
+        } else {  // the mask's units: sharpness_aware::set_stats_reducer below refuses what is not sharded
           make_shards(params);
           opt_.emplace(shard_params_, std::move(c));
         }
@@ -569,19 +561,21 @@ class data_parallel {
   /// optimizer's pointer to the hook valid.
   struct context final : stats_reducer {
     explicit context(Comm c) : comm(std::move(c)) {}
+    /// The ranks' partial counts (a compact mask's range differs between shards), then the
+    /// partials padded to the largest count, added in rank order from zero.
     kernels::grad_stats combine(const kernels::grad_stats* p, std::size_t count) override {
-      const int P = comm.size();
-      if (count != segments[static_cast<std::size_t>(comm.rank())])
-        throw std::logic_error(
-            "flatmin::data_parallel: a reduction over another segment list than the shard's");
-      const std::size_t most = *std::max_element(segments.begin(), segments.end());
-      std::vector<kernels::grad_stats> send(most), all(most * static_cast<std::size_t>(P));
+      const std::size_t P = static_cast<std::size_t>(comm.size());
+      const std::uint64_t mine = count;
+      std::vector<std::uint64_t> counts(P);
+      gather(&mine, counts.data(), sizeof mine);
+      const std::size_t most = static_cast<std::size_t>(*std::max_element(counts.begin(), counts.end()));
+      kernels::grad_stats total{};
+      if (most == 0) return total;
+      std::vector<kernels::grad_stats> send(most), all(most * P);
       std::copy(p, p + count, send.begin());
       gather(send.data(), all.data(), most * sizeof(kernels::grad_stats));
-      kernels::grad_stats total{};
-      for (int r = 0; r < P; ++r)
-        for (std::size_t i = 0; i < segments[static_cast<std::size_t>(r)]; ++i)
-          total = total + all[static_cast<std::size_t>(r) * most + i];
+      for (std::size_t r = 0; r < P; ++r)
+        for (std::size_t i = 0; i < counts[r]; ++i) total = total + all[r * most + i];
       return total;
     }
     std::vector<std::uint64_t> gather_counts(const std::uint64_t* mine, std::size_t count) override {
@@ -616,7 +610,6 @@ class data_parallel {
     }
     Comm comm;
     buffer<unsigned char> stage;        ///< gather()'s staging buffer (device communicator)
-    std::vector<std::size_t> segments;  ///< segments per rank (sharded mode)
     origin_t first;                     ///< this rank's shard: its first flat index and tensor
     std::uint64_t sent = 0;
   };
@@ -847,10 +840,8 @@ class data_parallel {
       first[r] = s;
     }
     bounds_.assign(P + 1, numel_);
-    ctx_->segments.assign(P, 0);
     for (std::size_t r = 0; r < P; ++r) {
       bounds_[r] = segs[first[r]].index;
-      ctx_->segments[r] = first[r + 1] - first[r];
     }
     const std::size_t me = static_cast<std::size_t>(rank());
     const std::size_t lo = bounds_[me], hi = bounds_[me + 1];

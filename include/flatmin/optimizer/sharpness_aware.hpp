@@ -515,11 +515,13 @@ class sharpness_aware {
   /// `r`, and the mask density's denominator is `perturbable` (over every process). A mask that
   /// selects (mask::fisher, mask::dynamic) then selects over every process's units: its top-k is
   /// global (its histograms summed through `r`). Collective when `r` is set and the mask selects.
-  /// nullptr: this process alone (the default). usage_error between ascend() and descend(), and for
-  /// what is not sharded: block units (their statistics are summed over a compact range of this
-  /// process's blocks), a descent rule or perturbation with state; with a selecting mask or
-  /// mask::random, after the first step. mask::random then draws over the one-process unit numbers
-  /// (`r->origin()`).
+  /// nullptr: this process alone (the default). A compact mask's sums over its range are per-segment
+  /// partials too (its segments never cross the layout's: mask/detail/units.hpp), so block units
+  /// are sharded (a block, at most 1024 entries, never straddles a segment, hence a shard).
+  /// usage_error between ascend() and descend(), and for what is not sharded: mask::random with
+  /// block units, a descent rule or
+  /// perturbation with state; with a selecting mask or mask::random, after the first step.
+  /// mask::random then draws over the one-process unit numbers (`r->origin()`).
   void set_stats_reducer(stats_reducer* r, std::size_t perturbable) {
     if (phase_ != phase::idle)
       throw usage_error("flatmin: set_stats_reducer() called between ascend() and descend()");
@@ -529,10 +531,12 @@ class sharpness_aware {
       if (r && !shards)
         throw usage_error("flatmin: set_stats_reducer(): mask::" + std::string(Mask::name) +
                           " is not sharded yet (mask::dense, fisher, dynamic and random are)");
-      if (r && mask_state_.units().kind() == mask::granularity::block)
-        throw usage_error("flatmin: set_stats_reducer(): a mask with block units sums its statistics over "
-                          "a compact range of this process's blocks, not sharded yet (use entry or tensor "
-                          "units)");
+      if (r && mask_state_.units().kind() == mask::granularity::block) {
+        if constexpr (requires { mask_state_type::numbers_globally; })
+          throw usage_error("flatmin: set_stats_reducer(): mask::" + std::string(Mask::name) +
+                            " with block units is not sharded yet (its draw would need the one-process "
+                            "block numbers; use entry or tensor units)");
+      }
     }
     // A descent rule's or perturbation's own reductions (GSAM's ⟨g, g_adv⟩, …) are not routed
     // through the reducer: sharded, they would see one shard.
@@ -561,6 +565,12 @@ class sharpness_aware {
                                      });
       }
       mask_state_.set_span(mask_, std::move(sp));
+      // Spanning, a block mask's bound of active units is the shard's units (a global selection
+      // may put more of them in one shard than its share): grow the compact saved weights.
+      if constexpr (perturbs && perturbs_layout) {
+        const std::size_t need = mask_state_.saved_size(layout_);
+        if (saved_.size() < need) saved_ = Backend::template make_vector<W>(need);
+      }
     }
     reducer_ = r;
     perturbable_ = perturbable;
@@ -862,24 +872,23 @@ class sharpness_aware {
     const auto make = [&](auto view, bool norm_over_mask) {
       return kernels::stats_pass<T, term_type, decltype(view)>{term(), view, inv, norm_over_mask};
     };
-    if (reducer_) return reduce_full(make(mask_state_.get_view(), mask_state_type::norm_over_mask));
+    if (reducer_)
+      return target().stats(make, [&](const auto& range, const auto& p) { return reduce_over(range, p); });
     return target().stats(make);
   }
 
-  /// A reduction over the whole layout: this process's, or with a reducer the sum over every
-  /// process of per-segment partials (stats_reducer.hpp).
+  /// A reduction over the whole layout (reduce_over).
   template <class Pass>
   kernels::grad_stats reduce_full(const Pass& pass) {
-    const auto full = layout_.full();
-    if (!reducer_) return Backend::template reduce<kernels::grad_stats>(full, pass);
-    std::vector<kernels::grad_stats> partial(full.count);
-    for (std::size_t s = 0; s < full.count; ++s) {
-      auto one = full;
-      one.segments += s;
-      one.count = 1;
-      one.elements = layout_.host_segments()[s].len;
-      partial[s] = Backend::template reduce<kernels::grad_stats>(one, pass);
-    }
+    return reduce_over(layout_.full(), pass);
+  }
+  /// A reduction over `range`: this process's, or with a reducer the sum over every process of
+  /// the per-segment partials (stats_reducer.hpp; a compact range's segments lie inside the layout's,
+  /// so the processes' lists concatenate to the one-process list).
+  template <class Range, class Pass>
+  kernels::grad_stats reduce_over(const Range& range, const Pass& pass) {
+    if (!reducer_) return Backend::template reduce<kernels::grad_stats>(range, pass);
+    const auto partial = Backend::template reduce_segments<kernels::grad_stats>(range, pass);
     return reducer_->combine(partial.data(), partial.size());
   }
 

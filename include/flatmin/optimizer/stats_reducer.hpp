@@ -23,8 +23,9 @@ namespace flatmin {
 
 class stats_reducer {
  public:
-  /// The global sum of a reduction given this process's `count` segment partials (in order).
-  /// Collective: every process of the run calls it at the same point of the step.
+  /// The global sum of a reduction given this process's `count` segment partials (in order; the
+  /// count may differ between processes: a compact mask's range). Collective: every process of the
+  /// run calls it at the same point of the step.
   virtual kernels::grad_stats combine(const kernels::grad_stats* partials, std::size_t count) = 0;
   /// Every process's `count` integers, in process order (count · processes values). Collective.
   /// A mask that selects across processes (mask::fisher's global top-k) sums its histograms and

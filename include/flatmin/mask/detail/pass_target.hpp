@@ -44,15 +44,20 @@ class pass_target {
   /// layout with the mask's view, or, for a compact mask, the sums over every entry (Σg², the
   /// non-finite count, Σn² unless the norm runs over the mask) over the layout and the masked sums
   /// over the range, both with the all-true view: one extra pass, over the range only, its sums
-  /// added in the range's segment order (deterministic, the same on every backend).
+  /// added in the range's segment order (deterministic, the same on every backend). Each reduction
+  /// is `reduce(range, pass)` (default: Backend::reduce; a sharded run's sums over every process).
   template <class Make>
   kernels::grad_stats stats(const Make& make) const {
-    if (!compact_)
-      return Backend::template reduce<kernels::grad_stats>(layout_.full(),
-                                                            make(state_.get_view(), State::norm_over_mask));
+    return stats(make, [](const auto& range, const auto& pass) {
+      return Backend::template reduce<kernels::grad_stats>(range, pass);
+    });
+  }
+  template <class Make, class Reduce>
+  kernels::grad_stats stats(const Make& make, const Reduce& reduce) const {
+    if (!compact_) return reduce(layout_.full(), make(state_.get_view(), State::norm_over_mask));
     const auto pass = make(all_view{}, true);
-    kernels::grad_stats s = Backend::template reduce<kernels::grad_stats>(layout_.full(), pass);
-    const kernels::grad_stats m = Backend::template reduce<kernels::grad_stats>(state_.range(layout_), pass);
+    kernels::grad_stats s = reduce(layout_.full(), pass);
+    const kernels::grad_stats m = reduce(state_.range(layout_), pass);
     if (State::norm_over_mask) s.n2 = m.n2;
     s.d2 = m.d2;
     s.kept = m.kept;

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "../../backend/layout.hpp"
+#include "../../backend/summation.hpp"
 #include "../../kernels/counter_hash.hpp"
 #include "top_k.hpp"
 
@@ -100,6 +101,8 @@ inline void check_block(const char* where, std::size_t block) {
                                 static_cast<double>(block),
                                 "1 (element granularity) or a power of two <= 1024");
 }
+// A block lies inside one segment of its tensor (and so inside one shard of a sharded run).
+static_assert(backend::segment_size % 1024 == 0, "flatmin: blocks of up to 1024 entries must tile a segment");
 
 /// Host side of the units of one layout: the tables above in backend memory, and counts.
 template <class T, class Backend>
@@ -216,7 +219,10 @@ struct fill_bits {
 
 /// The compact segment list over the units for which `active(u)` holds (host predicate), plus every
 /// entry of the perturbed but ineligible tensors. Adjacent active units of a tensor merge into one
-/// segment (up to the backend's segment size); `slot` numbers the kept entries consecutively.
+/// segment as long as it stays inside one segment of the layout (tensor entries [jS, (j+1)S)), so
+/// that each compact segment lies in one layout segment and a sharded run's compact lists (over
+/// whole layout segments each) concatenate to the one-process list, partial sums and all
+/// (stats_reducer.hpp); `slot` numbers the kept entries consecutively.
 template <class T, class Backend>
 class compact_range {
  public:
@@ -230,7 +236,7 @@ class compact_range {
     auto push = [&](std::uint32_t t, std::uint64_t local, std::uint64_t len) {
       if (!list.empty()) {
         auto& b = list.back();
-        if (b.tensor == t && b.local + b.len == local && b.len + len <= S) {
+        if (b.tensor == t && b.local + b.len == local && b.local / S == (local + len - 1) / S) {
           b.len += static_cast<std::uint32_t>(len);
           slot += len;
           return;
