@@ -5,7 +5,8 @@
 # CI (.ci/run) runs them all. Each stage prints its wall time.
 #   main      build/test: g++ -O2 without debug information, tests + benchmarks + examples, ctest
 #   cuda      build/cuda: when nvcc is found (on PATH or in /usr/local/cuda/bin), compiles and links
-#             the CUDA tests (no GPU is assumed: on a GPU run `ctest --test-dir build/cuda`); the
+#             the CUDA tests (no GPU is assumed: on a GPU run `ctest --test-dir build/cuda`), with
+#             comm::nccl's test when NCCL is found (tests/nccl, one rank per GPU); the
 #             CUDA benchmark and test_precision's twin too with FLATMIN_CI_CUDA_FULL=1
 #                                                                          (FLATMIN_SKIP_CUDA=1)
 #   sanitize  build/asan: clang++-14 with AddressSanitizer + UndefinedBehaviorSanitizer (-O1, any
@@ -43,8 +44,8 @@ if [ -n "$nvcc_bin" ] && [ "${FLATMIN_SKIP_CUDA:-0}" != 1 ]; then
   stage cuda
   echo "flatmin: compiling the CUDA build with $nvcc_bin (compile and link only)"
   # Without a GPU this is a compile check, so by default only the CUDA tests that cover every
-  # composition on the device (test_differential), the primitives and top-k: about 3 minutes on
-  # 2 cores. FLATMIN_CI_CUDA_FULL=1 adds test_precision's twin and the CUDA benchmark (ptxas needs
+  # composition on the device (test_differential), the primitives and top-k, and comm::nccl's
+  # data_parallel test (about 4.5 minutes of nvcc on its own): about 6 minutes on 2 cores. FLATMIN_CI_CUDA_FULL=1 adds test_precision's twin and the CUDA benchmark (ptxas needs
   # 6 and over 11 minutes for those two; run it where the binaries will be run, on a GPU machine).
   cuda_tests="backend/test_differential.cpp;backend/test_thrust_primitives.cpp;unit/test_top_k.cpp"
   cuda_targets=flatmin_cuda_tests
