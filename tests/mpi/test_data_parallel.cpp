@@ -593,7 +593,9 @@ TEST_CASE("sharded (ZeRO-1): P shards are one process on the rank-ordered averag
     // runs of active blocks reach across the shard boundaries inside tensor w2 (local 4096 for 2
     // ranks): the compact segments must stop at the layout's segment boundaries there.
     using fsam = flatmin::fsam_t<float, flatmin::base::sgd>;
-    for (const auto& [block, keep] : {std::pair<std::size_t, double>{64, 0.2}, {512, 0.9}, {64, 0.9}}) {
+    for (const auto& bk : {std::pair<std::size_t, double>{64, 0.2}, {512, 0.9}, {64, 0.9}}) {
+      const std::size_t block = bk.first;  // (clang 14 cannot capture structured bindings)
+      const double keep = bk.second;
       const auto make = [block, keep] {
         auto c = flatmin::fsam_options{.keep = keep, .refresh_every = 2}.compose(sgd_momentum);
         c.mask.block = block;
