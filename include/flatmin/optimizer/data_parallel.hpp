@@ -176,26 +176,15 @@ class data_parallel {
   using backend_t = typename Optimizer::backend_type;
   /// The memory the communicator moves, and where the buffers live (see the file comment).
   static constexpr memory_space comm_space = comm::space_of<Comm>;
-  static constexpr bool device_buffers = [] {
-    if constexpr (requires { backend_t::vector_space; })
-      return backend_t::vector_space == memory_space::device;
-    else
-      return false;
-  }();
-  static constexpr bool host_addressable = [] {
-    if constexpr (requires { backend_t::host_addressable; })
-      return static_cast<bool>(backend_t::host_addressable);
-    else
-      return !device_buffers;
-  }();
+  static constexpr bool device_buffers = backend_t::vector_space == memory_space::device;
   static_assert(comm_space == memory_space::host || device_buffers,
                 "flatmin::data_parallel: a communicator of device memory (comm::nccl) needs a backend whose "
                 "vectors are in device memory (backend::thrust)");
-  static_assert(comm_space == memory_space::device || host_addressable,
+  static_assert(comm_space == memory_space::device || backend_t::host_addressable,
                 "flatmin::data_parallel: backend::thrust under CUDA keeps its buffers in device memory, "
                 "which this communicator (host memory) cannot move: use comm::nccl");
   template <class T>
-  using buffer = std::conditional_t<device_buffers, typename backend_t::template vector<T>, std::vector<T>>;
+  using buffer = typename backend_t::template vector<T>;  ///< in the backend's memory
   /// ESAM's data selection (select::sharpness_sensitive): select() chooses over every rank's batch.
   static constexpr bool selects_samples = requires { requires Optimizer::descent_type::selects_samples; };
   /// What sharded mode runs: a mask that is dense, selects over every process (the masks'
@@ -883,20 +872,6 @@ class data_parallel {
     return std::clamp<std::size_t>(b, 1, widest());
   }
 
-  template <class V>
-  static auto* ptr(V& b) {
-    if constexpr (device_buffers)
-      return backend_t::data(b);
-    else
-      return b.data();
-  }
-  template <class T>
-  static void copy_n(const T* from, std::size_t n, T* to) {
-    if constexpr (device_buffers)
-      backend_t::copy_n(from, n, to);
-    else
-      std::copy(from, from + n, to);
-  }
   /// out[0, n) ← the rank-ordered mean (comm::rank_ordered_mean_into) of recv's P rows of `stride`;
   /// `k`: the counts in host memory, `kb`: the same in the buffers' memory.
   static void mean_into(G* out, const G* recv, int ranks, std::size_t n, std::size_t stride, const double* k,
@@ -921,21 +896,21 @@ class data_parallel {
     grad_send_.resize(P * B);
     grad_recv_.resize(P * B);
     if (everywhere) grad_mean_.resize(B);
-    G* const send = ptr(grad_send_);
-    G* const recv = ptr(grad_recv_);
+    G* const send = backend_t::data(grad_send_);
+    G* const recv = backend_t::data(grad_recv_);
     const double* kb = weight;
     if constexpr (device_buffers)
       if (weight) {
         counts_.resize(P);
-        backend_t::upload(weight, P, ptr(counts_));
-        kb = ptr(counts_);
+        backend_t::upload(weight, P, backend_t::data(counts_));
+        kb = backend_t::data(counts_);
       }
     const int ranks = static_cast<int>(P);
     for (std::size_t k = 0; k < widest(); k += B) {
       for (std::size_t j = 0; j < P; ++j)
         pieces(std::min(bounds_[j] + k, bounds_[j + 1]), std::min(bounds_[j] + k + B, bounds_[j + 1]),
                [&](const flat_view& v, std::size_t at, std::size_t n, std::size_t flat) {
-                 copy_n(v.g + at, n, send + (j * B + flat - bounds_[j] - k));
+                 backend_t::copy_n(v.g + at, n, send + (j * B + flat - bounds_[j] - k));
                });
       ctx_->to_all(send, recv, B * sizeof(G));
       const std::size_t lo = bounds_[me] + k, hi = std::min(lo + B, bounds_[me + 1]);
@@ -946,14 +921,14 @@ class data_parallel {
                });
         continue;
       }
-      G* const mean = ptr(grad_mean_);
+      G* const mean = backend_t::data(grad_mean_);
       mean_into(mean, recv, ranks, hi > lo ? hi - lo : 0, B, weight, kb, total);
       ctx_->gather_buffers(mean, recv, B * sizeof(G));
       for (std::size_t j = 0; j < P; ++j) {
         const G* src = recv + j * B;
         pieces(std::min(bounds_[j] + k, bounds_[j + 1]), std::min(bounds_[j] + k + B, bounds_[j + 1]),
                [&](const flat_view& v, std::size_t at, std::size_t n, std::size_t flat) {
-                 copy_n(src + (flat - bounds_[j] - k), n, v.g + at);
+                 backend_t::copy_n(src + (flat - bounds_[j] - k), n, v.g + at);
                });
       }
     }
@@ -965,19 +940,19 @@ class data_parallel {
     const std::size_t B = bucket(sizeof(W));
     weight_send_.resize(B);
     weight_recv_.resize(P * B);
-    W* const mine = ptr(weight_send_);
-    W* const all = ptr(weight_recv_);
+    W* const mine = backend_t::data(weight_send_);
+    W* const all = backend_t::data(weight_recv_);
     for (std::size_t k = 0; k < widest(); k += B) {
       pieces(std::min(bounds_[me] + k, bounds_[me + 1]), std::min(bounds_[me] + k + B, bounds_[me + 1]),
              [&](const flat_view& v, std::size_t at, std::size_t n, std::size_t flat) {
-               copy_n(v.w + at, n, mine + (flat - bounds_[me] - k));
+               backend_t::copy_n(v.w + at, n, mine + (flat - bounds_[me] - k));
              });
       ctx_->gather_buffers(mine, all, B * sizeof(W));
       for (std::size_t j = 0; j < P; ++j) {
         if (j == me) continue;
         pieces(std::min(bounds_[j] + k, bounds_[j + 1]), std::min(bounds_[j] + k + B, bounds_[j + 1]),
                [&](const flat_view& v, std::size_t at, std::size_t n, std::size_t flat) {
-                 copy_n(all + j * B + (flat - bounds_[j] - k), n, v.w + at);
+                 backend_t::copy_n(all + j * B + (flat - bounds_[j] - k), n, v.w + at);
                });
       }
     }

@@ -233,8 +233,7 @@ class sharpness_aware {
         return report_;
       }
       if (mask_state_.refresh(mask_, layout_, steps_ + 1, inv)) {
-        const std::size_t need = mask_state_.saved_size(layout_);
-        if (saved_.size() < need) saved_ = Backend::template make_vector<W>(need);
+        grow_saved();
         s = stats(inv);
       }
       double scale = 0.0;
@@ -566,11 +565,8 @@ class sharpness_aware {
       }
       mask_state_.set_span(mask_, std::move(sp));
       // Spanning, a block mask's bound of active units is the shard's units (a global selection
-      // may put more of them in one shard than its share): grow the compact saved weights.
-      if constexpr (perturbs && perturbs_layout) {
-        const std::size_t need = mask_state_.saved_size(layout_);
-        if (saved_.size() < need) saved_ = Backend::template make_vector<W>(need);
-      }
+      // may put more of them in one shard than its share).
+      grow_saved();
     }
     reducer_ = r;
     perturbable_ = perturbable;
@@ -613,8 +609,7 @@ class sharpness_aware {
     check_tensor(tensor);
     if constexpr (requires { mask_state_.set_entry_mask(layout_, tensor, mask); }) {
       mask_state_.set_entry_mask(layout_, tensor, mask);
-      const std::size_t need = perturbs ? mask_state_.saved_size(layout_) : 0;
-      if (saved_.size() < need) saved_ = Backend::template make_vector<W>(need);
+      grow_saved();
     } else {
       throw usage_error(
           "flatmin: set_mask(): this mask has no state to set (mask::dense perturbs "
@@ -836,10 +831,16 @@ class sharpness_aware {
       mask_state_.commit_step();
       // A committed mask may need more saved weights than the last bound (mask::dynamic's
       // refresh after a checkpoint with a smaller bound): grow them before the next ascent.
-      if constexpr (perturbs && perturbs_layout) {
-        const std::size_t need = mask_state_.saved_size(layout_);
-        if (saved_.size() < need) saved_ = Backend::template make_vector<W>(need);
-      }
+      grow_saved();
+    }
+  }
+  /// The saved weights hold what the mask may now need (mask_state_.saved_size): after a refresh,
+  /// a set mask, a commit or spanning the processes, any of which may raise its bound. Never
+  /// shrinks. (Only masks with a compact state change it, and those go with layout perturbations.)
+  void grow_saved() {
+    if constexpr (perturbs && perturbs_layout) {
+      const std::size_t need = mask_state_.saved_size(layout_);
+      if (saved_.size() < need) saved_ = Backend::template make_vector<W>(need);
     }
   }
   void mask_abandon() {
