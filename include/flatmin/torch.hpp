@@ -335,13 +335,15 @@ class binding {
   /// at the old storages: `optimizer::rebind()` rebuilds it.
   void rebind() { *this = rebound(); }
 
-  /// Sets tensor i's `tensor_options::lr_scale` and `weight_decay_scale` (what `optimizer`'s param
-  /// groups use) for the params() built from now on; an optimizer already built keeps its own.
-  void set_scales(std::size_t i, double lr_scale, double weight_decay_scale) {
+  /// Sets tensor i's `tensor_options::lr_scale`, `weight_decay_scale` and `rho_scale` (what
+  /// `optimizer`'s param groups use) for the params() built from now on; an optimizer already built
+  /// keeps its own.
+  void set_scales(std::size_t i, double lr_scale, double weight_decay_scale, double rho_scale = 1.0) {
     auto& o = entries_.at(i).options;
     const tensor_options before = o;
     o.lr_scale = lr_scale;
     o.weight_decay_scale = weight_decay_scale;
+    o.rho_scale = rho_scale;
     try {
       build();  // param_set::add checks the values
     } catch (...) {
@@ -521,11 +523,13 @@ double loss_value(R&& r) {
 }  // namespace detail
 
 /// A torch-style parameter group: tensors of the binding (the same tensor objects), with the
-/// group's learning rate and weight decay (unset: the flatmin optimizer's own).
+/// group's learning rate, weight decay and perturbation radius ρ (unset: the flatmin optimizer's
+/// own).
 struct param_group {
   std::vector<torch::Tensor> params;
   std::optional<double> lr{};
   std::optional<double> weight_decay{};
+  std::optional<double> rho{};
 };
 
 /// The options torch::optim sees for a group (`param_groups()[i].options()`): what an
@@ -553,8 +557,11 @@ struct group_options : torch::optim::OptimizerCloneableOptions<group_options> {
 /// to the largest group's. The multipliers are fixed when the optimizer is built: a scheduler
 /// (or the user) may change the groups' lr and weight decay between steps as long as every group
 /// keeps its ratio to the others (StepLR does: it multiplies each by the same γ); otherwise the
-/// next step throws usage_error. ρ (and the other perturbation options) are the optimizer's, not a
-/// group's: ε is normalised over all tensors at once, so a per-group ρ has no per-tensor form.
+/// next step throws usage_error. A group's ρ is the official SAM's per-group ρ (davda54/sam:
+/// scale = group["rho"] / (grad_norm + 1e-12), one norm over every group): the perturbation runs
+/// at the largest group's ρ and each tensor's ε is scaled by its group's share
+/// (`tensor_options::rho_scale`); a ρ schedule scales every group alike. Group ρ is fixed when
+/// the optimizer is built. The other perturbation options are the optimizer's.
 template <class T, class Make>
 class optimizer : public torch::optim::Optimizer {
  public:
@@ -570,7 +577,7 @@ class optimizer : public torch::optim::Optimizer {
         binding_(std::move(bound)),
         make_(std::move(make)) {
     inner_.emplace(make_(binding_.params()));
-    const double lr0 = lr_of(*inner_), wd0 = wd_of(*inner_);
+    const double lr0 = lr_of(*inner_), wd0 = wd_of(*inner_), rho0 = rho_of(*inner_);
     if (groups.empty()) {
       param_group all;
       for (std::size_t i = 0; i < binding_.size(); ++i) all.params.push_back(binding_.parameter(i));
@@ -595,29 +602,37 @@ class optimizer : public torch::optim::Optimizer {
       if (group_of[i] < 0)
         detail::fail("tensor " + detail::quote(binding_.name(i)) + " is in no param group");
     // the base optimizer runs at the largest group's lr and weight decay; the others are multiples
-    double lr_max = 0, wd_max = 0;
+    // (and the perturbation at the largest group's ρ)
+    double lr_max = 0, wd_max = 0, rho_max = 0;
     for (const auto& g : groups) {
-      const double lr = g.lr.value_or(lr0), wd = g.weight_decay.value_or(wd0);
+      const double lr = g.lr.value_or(lr0), wd = g.weight_decay.value_or(wd0), rho = g.rho.value_or(rho0);
       if (!(lr > 0 && std::isfinite(lr))) detail::fail("a param group's lr must be finite and > 0");
       if (!(wd >= 0 && std::isfinite(wd)))
         detail::fail("a param group's weight_decay must be finite and >= 0");
       if (wd > 0 && !has_weight_decay) detail::fail("param group weight_decay: the base optimizer has none");
+      if (g.rho && !has_rho)
+        detail::fail("param group rho: this optimizer perturbs no bound tensor by a radius rho");
+      if (!(rho >= 0 && std::isfinite(rho))) detail::fail("a param group's rho must be finite and >= 0");
       lr_max = std::max(lr_max, lr);
       wd_max = std::max(wd_max, wd);
+      rho_max = std::max(rho_max, rho);
     }
+    std::vector<double> rho_ratio;
     for (const auto& g : groups) {
       const double lr = g.lr.value_or(lr0), wd = g.weight_decay.value_or(wd0);
       lr_ratio_.push_back(lr / lr_max);
       wd_ratio_.push_back(wd_max > 0 ? wd / wd_max : 1.0);
+      rho_ratio.push_back(rho_max > 0 ? g.rho.value_or(rho0) / rho_max : 1.0);
       applied_.push_back({lr, wd});
       torch::optim::OptimizerParamGroup pg(g.params, std::make_unique<group_options>(lr, wd));
       add_param_group(pg);
     }
     for (std::size_t i = 0; i < binding_.size(); ++i)
-      binding_.set_scales(i, lr_ratio_[group_of[i]], wd_ratio_[group_of[i]]);
+      binding_.set_scales(i, lr_ratio_[group_of[i]], wd_ratio_[group_of[i]], rho_ratio[group_of[i]]);
     inner_type next = make_(binding_.params());
     copy_options(next, *inner_);
     set_base(next, lr_max, wd_max);
+    if constexpr (has_rho) next.perturbation().rho = rho_max;
     inner_.reset();
     inner_.emplace(std::move(next));
   }
@@ -794,7 +809,18 @@ class optimizer : public torch::optim::Optimizer {
   };
 
   static constexpr bool has_weight_decay = requires(inner_type& o) { o.base().weight_decay; };
+  /// Whether a group's ρ means something: the optimizer perturbs the bound tensors by a radius ρ.
+  static constexpr bool has_rho = requires(inner_type& o) {
+    o.perturbation().rho;
+    requires inner_type::perturbs && inner_type::perturbs_layout;
+  };
   static double lr_of(const inner_type& o) { return o.base().lr; }
+  static double rho_of(const inner_type& o) {
+    if constexpr (has_rho)
+      return o.perturbation().rho;
+    else
+      return 0.0;
+  }
   static double wd_of(const inner_type& o) {
     if constexpr (has_weight_decay)
       return o.base().weight_decay;

@@ -23,17 +23,19 @@ namespace {
 namespace fm = flatmin;
 
 // Tensor sizes straddle the segment size (4096) and include 1-element tensors; options vary, per-
-// tensor lr / weight-decay multipliers included (the host backend resolves them once per segment,
-// backend/layout.hpp's for_tensor; backend::thrust per element). The total (> 2^16) puts every pass
+// tensor lr / weight-decay multipliers included, and ρ multipliers in the `_rho` rows (the host
+// backend resolves them once per segment, backend/layout.hpp's for_tensor; backend::thrust per
+// element). The total (> 2^16) puts every pass
 // of backend::thrust on its parallel path.
 const std::vector<std::size_t> sizes{1, 7, 4096, 4097, 10000, 3, 300, 50000};
-fm::tensor_options options_of(std::size_t t) {
+fm::tensor_options options_of(std::size_t t, bool rho) {
   return {.weight_decay = t % 2 == 0,
           .perturb = t != 5,
           .adaptive = t % 3 != 1,
           .mask_eligible = t != 1,
           .lr_scale = t == 3 ? 0.5 : t == 7 ? 0.3 : 1.0,
-          .weight_decay_scale = t == 2 ? 0.25 : t == 7 ? 3.0 : 1.0};
+          .weight_decay_scale = t == 2 ? 0.25 : t == 7 ? 3.0 : 1.0,
+          .rho_scale = !rho ? 1.0 : t == 4 ? 0.5 : t == 6 ? 0.0 : t == 7 ? 2.0 : 1.0};
 }
 
 // The loss of support/sine_problem.hpp over `sizes`, evaluated on the host in T.
@@ -57,7 +59,7 @@ std::vector<unsigned char> bytes_of(const std::vector<T>& v) {
 
 // Runs `steps` steps of the optimizer made by `make(ps)` on Backend memory.
 template <class Backend, class T, class Make>
-record run(const problem<T>& p, const Make& make, int steps) {
+record run(const problem<T>& p, const Make& make, int steps, bool rho) {
   using buf = flatmin_test::buffer_of<Backend, T>;
   std::vector<typename buf::type> w, g;
   w.reserve(sizes.size());
@@ -66,7 +68,7 @@ record run(const problem<T>& p, const Make& make, int steps) {
   for (std::size_t t = 0; t < sizes.size(); ++t) {
     w.push_back(buf::make(p.w0[t]));
     g.push_back(buf::make(std::vector<T>(sizes[t], T(0))));
-    ps.add("t" + std::to_string(t), w.back(), g.back(), options_of(t));
+    ps.add("t" + std::to_string(t), w.back(), g.back(), options_of(t, rho));
   }
   auto opt = make(ps, Backend{});
   int calls = 0;
@@ -113,13 +115,17 @@ bool close(double x, double y) {
 }
 
 template <class Other, class T, class Make>
-void compare(const char* name, const Make& make) {
+void compare(const char* name, const Make& make, bool rho = false) {
   CAPTURE(name);
   CAPTURE(sizeof(T));
   const problem<T> p;
   const int steps = 6;
-  const record e = run<fm::backend::eigen>(p, make, steps);
-  const record o = run<Other>(p, make, steps);
+  const record e = run<fm::backend::eigen>(p, make, steps, rho);
+  const record o = run<Other>(p, make, steps, rho);
+  if (rho) {  // the multipliers reach this ascent: tensor 4 (ρ × 0.5) ends elsewhere without them
+    const record plain = run<fm::backend::eigen>(p, make, steps, false);
+    CHECK(plain.weights[4] != e.weights[4]);
+  }
   for (std::size_t t = 0; t < sizes.size(); ++t) {
     CAPTURE(t);
     CHECK(e.weights[t] == o.weights[t]);
@@ -175,6 +181,15 @@ void compositions() {
   FLATMIN_DIFF("rwp-sgd-momentum", fm::rwp<decltype(b)>(ps, momentum, {.sigma = 0.05, .seed = 3}));
   // the row means of g and the centralised term (perturb::centralized)
   FLATMIN_DIFF("gcsam-adamw", fm::gcsam<decltype(b)>(ps, adw, {.rho = 0.1}));
+  // per-tensor ρ multipliers (tensor_options::rho_scale) through each kind of ascent term
+#define FLATMIN_DIFF_RHO(name, ...) \
+  compare<Other, T>(name, [&](const fm::param_set<T>& ps, auto b) { return __VA_ARGS__; }, true)
+  FLATMIN_DIFF_RHO("sam-sgd-momentum_rho", fm::sam<decltype(b)>(ps, momentum, {.rho = 0.1}));
+  FLATMIN_DIFF_RHO("asam-adamw_rho", fm::asam<decltype(b)>(ps, adw, {.rho = 0.5}));
+  FLATMIN_DIFF_RHO("msam-adamw_rho", fm::msam<decltype(b)>(ps, adw, {.rho = 1}));
+  FLATMIN_DIFF_RHO("rwp-sgd-momentum_rho", fm::rwp<decltype(b)>(ps, momentum, {.sigma = 0.05, .seed = 3}));
+  FLATMIN_DIFF_RHO("gcsam-adamw_rho", fm::gcsam<decltype(b)>(ps, adw, {.rho = 0.1}));
+#undef FLATMIN_DIFF_RHO
 #undef FLATMIN_DIFF
 }
 

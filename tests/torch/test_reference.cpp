@@ -308,6 +308,83 @@ TEST_CASE("param groups: a schedule that breaks the groups' ratios, and bad grou
                        doctest::Contains("'0.weight' is in param groups 0 and 1"), flatmin::usage_error);
 }
 
+// Per-group ρ as the official SAM has it, davda54/sam sam.py (commit 03c7768, line 18): each
+// group's scale = group["rho"] / (grad_norm + 1e-12), grad_norm over every group's gradients; the
+// reference is written with torch ops here. Group 0 (the first layer) has ρ 0.25 and lr × 0.5; the
+// other group keeps the optimizer's ρ 0.1 and lr.
+TEST_CASE("per-group rho through the adapter follows the official SAM's param groups over 20 float64 steps") {
+  const data d = make_data();
+  const int steps = 20;
+  const double rho0 = 0.1, rho1 = 0.25, lr = 0.05, xi = 1e-12;
+
+  auto ref = make_net();
+  const auto params = ref->parameters();
+  std::vector<torch::optim::OptimizerParamGroup> tg;
+  tg.emplace_back(std::vector<torch::Tensor>{params[0], params[1]},
+                  std::make_unique<torch::optim::SGDOptions>(torch::optim::SGDOptions(0.5 * lr).momentum(0.9)));
+  tg.emplace_back(std::vector<torch::Tensor>{params[2], params[3]},
+                  std::make_unique<torch::optim::SGDOptions>(torch::optim::SGDOptions(lr).momentum(0.9)));
+  torch::optim::SGD base(std::move(tg), torch::optim::SGDOptions(lr).momentum(0.9));
+  trajectory want;
+  for (int s = 0; s < steps; ++s) {
+    base.zero_grad();
+    loss_of(ref, d).backward();
+    std::vector<torch::Tensor> saved;
+    {
+      const torch::NoGradGuard no_grad;
+      std::vector<torch::Tensor> norms;
+      for (const auto& p : params) norms.push_back(p.grad().norm(2));
+      const torch::Tensor grad_norm = torch::stack(norms).norm(2);
+      for (std::size_t i = 0; i < params.size(); ++i) {
+        const torch::Tensor scale = (i < 2 ? rho1 : rho0) / (grad_norm + xi);
+        saved.push_back(params[i].detach().clone());
+        params[i].add_(params[i].grad() * scale);
+      }
+    }
+    base.zero_grad();
+    loss_of(ref, d).backward();
+    {
+      const torch::NoGradGuard no_grad;
+      for (std::size_t i = 0; i < params.size(); ++i) params[i].copy_(saved[i]);
+    }
+    base.step();
+    want.push_back(weights(ref));
+  }
+
+  auto net = make_net();
+  auto ps = net->parameters();
+  using flatmin::libtorch::param_group;
+  flatmin::libtorch::optimizer opt(
+      flatmin::libtorch::binding<double>(*net),
+      std::vector<param_group>{{{ps[0], ps[1]}, 0.5 * lr, std::nullopt, rho1}, {{ps[2], ps[3]}}},
+      [&](const auto& p) {
+        return flatmin::sam(p, flatmin::base::sgd{.lr = lr, .momentum = 0.9}, {.rho = rho0, .xi = xi});
+      });
+  CHECK(opt.inner().perturbation().rho == rho1);  // the largest group's; the other group at 0.4 of it
+  trajectory got;
+  for (int s = 0; s < steps; ++s) {
+    opt.step([&] {
+      auto loss = loss_of(net, d);
+      loss.backward();
+      return loss;
+    });
+    got.push_back(weights(net));
+  }
+  CHECK_TRAJECTORY_WITHIN(got, want, 1e-10);
+
+  // refusals: ρ for an optimizer without a perturbation, and a bad ρ
+  const auto adamw = [](const auto& p) { return flatmin::adamw(p, {.lr = 1e-2}); };
+  CHECK_THROWS_WITH_AS(flatmin::libtorch::optimizer(flatmin::libtorch::binding<double>(*net),
+                                                    std::vector<param_group>{{ps, std::nullopt, std::nullopt, 0.1}},
+                                                    adamw),
+                       doctest::Contains("param group rho"), flatmin::usage_error);
+  const auto sam = [](const auto& p) { return flatmin::sam(p, flatmin::base::sgd{.lr = 0.1}, {.rho = 0.1}); };
+  CHECK_THROWS_WITH_AS(flatmin::libtorch::optimizer(flatmin::libtorch::binding<double>(*net),
+                                                    std::vector<param_group>{{ps, std::nullopt, std::nullopt, -1.0}},
+                                                    sam),
+                       doctest::Contains("rho must be finite"), flatmin::usage_error);
+}
+
 // Gradient clipping as torch::nn::utils::clip_grad_norm_ (torch/csrc/api/include/torch/nn/utils/
 // clip_grad.h: the norm of the per-tensor norms, coef = max / (norm + 1e-6), grads × coef when < 1)
 // between backward and SGD's step; with SAM, clip_grad_norm_ on g_adv (the ascent is not clipped).

@@ -1,6 +1,6 @@
-// optimizer_options::clip_grad_norm (optimizer/clip.hpp) and the per-tensor lr / weight-decay
-// multipliers of tensor_options (lr_scale, weight_decay_scale), against float64 re-derivations in
-// this file. The clipping reference is torch.nn.utils.clip_grad_norm_ as torch/nn/utils/clip_grad.py
+// optimizer_options::clip_grad_norm (optimizer/clip.hpp) and the per-tensor lr / weight-decay / ρ
+// multipliers of tensor_options (lr_scale, weight_decay_scale, rho_scale), against float64
+// re-derivations in this file. The clipping reference is torch.nn.utils.clip_grad_norm_ as torch/nn/utils/clip_grad.py
 // (pytorch/pytorch v1.13.0, lines 42-60) computes it: total = ‖(‖g_t‖)_t‖₂, coef = max / (total +
 // 1e-6), grads multiplied by min(coef, 1). The multipliers are torch.optim's param groups: a tensor
 // in a group with lr_g = lr · s_lr and weight_decay_g = λ · s_wd.
@@ -281,4 +281,97 @@ TEST_CASE("lr_scale / weight_decay_scale: negative or non-finite values are refu
     CHECK_THROWS_WITH_AS(m.params({}, {.weight_decay_scale = bad}), doctest::Contains("weight_decay_scale"),
                          std::invalid_argument);
   }
+}
+
+// rho_scale: torch's per-group ρ in the official SAM, davda54/sam sam.py (commit 03c7768, line 18):
+// `scale = group["rho"] / (grad_norm + 1e-12)` with grad_norm = _grad_norm() over every group's
+// gradients (lines 42-50), then p += p.grad · scale. A tensor in a group of ρ_g = ρ · s moves by
+// ρ · s · g / (‖g‖ + ξ); the norm is not split by group.
+TEST_CASE_TEMPLATE("rho_scale: per-group rho as the official SAM, with and without lr multipliers", B,
+                   FLATMIN_TEST_BACKENDS) {
+  const std::size_t n = 12;
+  const problem p(n);
+  const auto run = [&](flatmin::tensor_options first, flatmin::tensor_options second, bool adamw) {
+    CAPTURE(first.rho_scale);
+    CAPTURE(second.rho_scale);
+    CAPTURE(adamw);
+    model m(n);
+    const double rho = 0.2, lr = adamw ? 0.01 : 0.05, mu = 0.9, wd = 0.03, b1 = 0.9, b2 = 0.999, eps = 1e-8;
+    const auto rho_of = [&](std::size_t i) { return rho * (i < 5 ? first.rho_scale : second.rho_scale); };
+    const auto lr_of = [&](std::size_t i) { return lr * (i < 5 ? first.lr_scale : second.lr_scale); };
+    std::vector<double> w = m.w0, buf(n), mo(n), v(n);
+    const auto reference_step = [&](int t) {
+      const auto g = p.grad(w);
+      const double gn = norm(g);  // over both tensors, whatever their ρ
+      std::vector<double> we(n);
+      for (std::size_t i = 0; i < n; ++i) we[i] = w[i] + rho_of(i) * g[i] / (gn + 1e-12);
+      const auto ga = p.grad(we);
+      for (std::size_t i = 0; i < n; ++i) {
+        if (adamw) {
+          w[i] *= 1 - lr_of(i) * wd;
+          mo[i] = b1 * mo[i] + (1 - b1) * ga[i];
+          v[i] = b2 * v[i] + (1 - b2) * ga[i] * ga[i];
+          const double bc1 = 1 - std::pow(b1, t), bc2 = 1 - std::pow(b2, t);
+          w[i] -= lr_of(i) / bc1 * mo[i] / (std::sqrt(v[i]) / std::sqrt(bc2) + eps);
+        } else {
+          const double d = ga[i] + wd * w[i];
+          buf[i] = t == 1 ? d : mu * buf[i] + d;
+          w[i] -= lr_of(i) * buf[i];
+        }
+      }
+    };
+    const auto check = [&](auto& opt) {
+      for (int t = 1; t <= 10; ++t) {
+        CAPTURE(t);
+        reference_step(t);
+        const auto r = opt.step([&] {
+          m.set_grad(p);
+          return 0.0;
+        });
+        CHECK(r.perturbed);
+        CHECK(std::isnan(r.perturbation_norm));  // not computed with per-tensor ρ (report.hpp)
+        for (std::size_t i = 0; i < n; ++i) CHECK(m.w[i] == doctest::Approx(w[i]).epsilon(1e-12));
+      }
+    };
+    if (adamw) {
+      auto opt = flatmin::sam<B>(m.params(first, second), flatmin::base::adamw{.lr = lr, .weight_decay = wd},
+                                 {.rho = rho});
+      check(opt);
+    } else {
+      auto opt = flatmin::sam<B>(m.params(first, second),
+                                 flatmin::base::sgd{.lr = lr, .momentum = mu, .weight_decay = wd}, {.rho = rho});
+      check(opt);
+    }
+  };
+  run({.rho_scale = 0.4}, {}, false);
+  run({.rho_scale = 0.0}, {.rho_scale = 2.5}, false);  // 0: unperturbed, still in the norm
+  run({.lr_scale = 0.5, .rho_scale = 3.0}, {.lr_scale = 2.0}, true);
+  run({.lr_scale = 0.5}, {.lr_scale = 0.5, .rho_scale = 0.25}, true);  // one slot for (0.5, 1, 1)
+}
+
+TEST_CASE("rho_scale: an explicit 1 is bit-identical and keeps the perturbation norm; refusals name the tensor") {
+  const std::size_t n = 12;
+  const problem p(n);
+  model a(n), b(n);
+  const flatmin::base::sgd base{.lr = 0.05, .momentum = 0.9};
+  auto oa = flatmin::sam(a.params(), base, {.rho = 0.1});
+  // a non-default table (slot 1 exists, for a weight-decay multiplier SGD without decay ignores)
+  auto ob = flatmin::sam(b.params({.rho_scale = 1.0}, {.weight_decay_scale = 2.0, .rho_scale = 1.0}), base,
+                         {.rho = 0.1});
+  for (int s = 0; s < 4; ++s) {
+    const auto ra = oa.step([&] { a.set_grad(p); return 0.0; });
+    const auto rb = ob.step([&] { b.set_grad(p); return 0.0; });
+    CHECK(rb.perturbation_norm == ra.perturbation_norm);
+    CHECK(ra.perturbation_norm == doctest::Approx(0.1).epsilon(1e-9));
+  }
+  CHECK(a.w == b.w);
+
+  model m(n);
+  for (double bad : {-0.5, std::nan(""), HUGE_VAL})
+    CHECK_THROWS_WITH_AS(m.params({}, {.rho_scale = bad}), doctest::Contains("'second' has rho_scale"),
+                         std::invalid_argument);
+  // a composition that perturbs nothing would ignore it
+  CHECK_THROWS_WITH_AS(flatmin::sgd(m.params({.rho_scale = 0.5}), {.lr = 0.1}),
+                       doctest::Contains("'first' has rho_scale 0.5"), std::invalid_argument);
+  CHECK_NOTHROW(flatmin::sgd(m.params({.rho_scale = 1.0}), {.lr = 0.1}));
 }

@@ -11,6 +11,7 @@
 /// its active blocks only (a shorter segment list).
 
 #include <algorithm>
+#include <array>
 #include <concepts>
 #include <cstdint>
 #include <stdexcept>
@@ -251,10 +252,13 @@ class layout {
     return {Backend::data(tensors_), Backend::data(segments_), host_segments_.size(), n_};
   }
 
-  /// The table of distinct (lr_scale, weight_decay_scale) pairs, two T per slot (the slot is in
-  /// each tensor's flags, `tensor_flags::scale_shift`), in the backend's memory; null when every
-  /// tensor has the default (1, 1), so that the base updates then run as they did without it.
-  const T* scales() const { return host_scales_.size() > 2 ? Backend::data(scales_) : nullptr; }
+  /// The table of distinct (lr_scale, weight_decay_scale, rho_scale) triples, three T per slot
+  /// (the slot is in each tensor's flags, `tensor_flags::scale_shift`), in the backend's memory;
+  /// null when every tensor has the default (1, 1, 1), so that the base updates and the ascent then
+  /// run as they did without it.
+  const T* scales() const { return host_scales_.size() > 3 ? Backend::data(scales_) : nullptr; }
+  /// Whether some perturbed tensor has a rho_scale other than 1.
+  bool scales_rho() const { return scales_rho_; }
   const std::vector<T>& host_scales() const { return host_scales_; }
 
   /// A range over another segment list (in the backend's memory) of this layout.
@@ -264,25 +268,28 @@ class layout {
   }
 
  private:
-  /// Gives each tensor the slot of its (lr_scale, weight_decay_scale) pair, slot 0 being (1, 1).
+  /// Gives each tensor the slot of its (lr_scale, weight_decay_scale, rho_scale) triple, slot 0
+  /// being (1, 1, 1).
   void assign_scale_slots(const param_set<weight_type, grad_type>& ps) {
-    host_scales_ = {T(1), T(1)};
-    std::vector<std::pair<double, double>> pairs{{1.0, 1.0}};
+    host_scales_ = {T(1), T(1), T(1)};
+    std::vector<std::array<double, 3>> triples{{1.0, 1.0, 1.0}};
     const auto& views = ps.tensors();
     bool any = false;
+    scales_rho_ = false;
     for (std::size_t t = 0; t < views.size(); ++t) {
-      const std::pair<double, double> p{views[t].options.lr_scale, views[t].options.weight_decay_scale};
-      std::size_t slot = std::find(pairs.begin(), pairs.end(), p) - pairs.begin();
-      if (slot == pairs.size()) {
+      const tensor_options& o = views[t].options;
+      const std::array<double, 3> p{o.lr_scale, o.weight_decay_scale, o.rho_scale};
+      std::size_t slot = std::find(triples.begin(), triples.end(), p) - triples.begin();
+      if (slot == triples.size()) {
         if (slot > 0xFFFFu)
           throw std::invalid_argument(
-              "flatmin: more than 65535 distinct (lr_scale, weight_decay_scale) pairs");
-        pairs.push_back(p);
-        host_scales_.push_back(static_cast<T>(p.first));
-        host_scales_.push_back(static_cast<T>(p.second));
+              "flatmin: more than 65535 distinct (lr_scale, weight_decay_scale, rho_scale) triples");
+        triples.push_back(p);
+        for (double x : p) host_scales_.push_back(static_cast<T>(x));
       }
       host_tensors_[t].flags |= static_cast<std::uint32_t>(slot) << tensor_flags::scale_shift;
       any = any || slot != 0;
+      scales_rho_ = scales_rho_ || (o.perturb && o.rho_scale != 1.0);
     }
     if (any) tensors_ = Backend::from_host(host_tensors_);
     scales_ = Backend::from_host(host_scales_);
@@ -298,6 +305,7 @@ class layout {
   std::vector<lora_base_rec<weight_type>> host_lora_bases_;
   std::vector<T> host_scales_;
   typename Backend::template vector<T> scales_;
+  bool scales_rho_ = false;
   std::size_t n_ = 0;
 };
 

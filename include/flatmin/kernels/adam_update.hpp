@@ -22,7 +22,8 @@ struct adam_update {
   T* m;
   T* v;
   /// Per-tensor (lr, weight decay) multipliers by the slot in `flags` (backend/layout.hpp's
-  /// scales()); null when every tensor has (1, 1). Set by the optimizer after prepare().
+  /// scales(): three per slot, rho_scale last); null when every tensor has (1, 1, 1). Set by the
+  /// optimizer after prepare().
   const T* scales = nullptr;
   /// True in the copy `for_tensor` makes: lr, step_size and weight_decay are that tensor's, and
   /// so are the two coefficients below.
@@ -43,7 +44,7 @@ struct adam_update {
     adam_update r = *this;
     T lambda = weight_decay;
     if (scales != nullptr) {
-      const T* s = scales + 2 * (flags >> tensor_flags::scale_shift);
+      const T* s = scales + 3 * (flags >> tensor_flags::scale_shift);
       r.lr = lr * s[0];
       r.step_size = step_size * s[0];
       lambda = weight_decay * s[1];

@@ -108,16 +108,27 @@ struct ascend_pass {
   T inv_scale;
   W* saved;
   Store store{};
+  /// Per-tensor multipliers by the slot in the flags (backend/layout.hpp's scales(): the third of
+  /// each triple is `tensor_options::rho_scale`); null when every tensor has (1, 1, 1), and in the
+  /// copy `for_tensor` makes, whose `scale` is then that tensor's.
+  const T* scales = nullptr;
 
   /// Without a branch on the mask inside a perturbed tensor: w is saved for every entry the range
   /// holds (each has a slot: dense storage, or a compact range of masked-in entries; the restore
   /// selects by the same mask) and the move is blended in by the mask bit.
   /// For one tensor's elements: the same pass with its term's per-tensor form
-  /// (backend/layout.hpp's `for_tensor`: perturb::gaussian's row table entry).
+  /// (backend/layout.hpp's `for_tensor`: perturb::gaussian's row table entry) and its scale.
   FLATMIN_HD ascend_pass for_tensor(std::uint32_t flags, std::uint32_t tensor) const {
     ascend_pass r = *this;
     r.term = backend::for_tensor(term, flags, tensor);
+    r.scale = scale_of(flags);
+    r.scales = nullptr;
     return r;
+  }
+
+  /// ρ's share of this tensor: scale · rho_scale (scale itself when every tensor has 1).
+  FLATMIN_HD T scale_of(std::uint32_t flags) const {
+    return scales == nullptr ? scale : scale * scales[3 * (flags >> tensor_flags::scale_shift) + 2];
   }
 
   template <class G>
@@ -127,7 +138,7 @@ struct ascend_pass {
     saved[e.k] = x;
     const T w = static_cast<T>(x);
     const T from = Store::master ? store.read(e) : w;
-    const T moved = from + scale * term_dir(term, w, static_cast<T>(e.g) * inv_scale, e);
+    const T moved = from + scale_of(e.flags) * term_dir(term, w, static_cast<T>(e.g) * inv_scale, e);
     if constexpr (Store::master)  // unmasked entries keep their bits (not round(master))
       e.w = blend(mask(e.i, e.flags), static_cast<W>(moved), x);
     else

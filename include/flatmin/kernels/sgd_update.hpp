@@ -16,7 +16,8 @@ struct sgd_update {
   bool nesterov, first;
   T* buf;  ///< momentum buffer (global index), null when momentum == 0
   /// Per-tensor (lr, weight decay) multipliers by the slot in `flags` (backend/layout.hpp's
-  /// scales()); null when every tensor has (1, 1). Set by the optimizer after prepare().
+  /// scales(): three per slot, rho_scale last); null when every tensor has (1, 1, 1). Set by the
+  /// optimizer after prepare().
   const T* scales = nullptr;
   /// True in the copy `for_tensor` makes: lr and weight_decay are that tensor's.
   bool resolved = false;
@@ -29,7 +30,7 @@ struct sgd_update {
     sgd_update r = *this;
     T lambda = weight_decay;
     if (scales != nullptr) {
-      const T* s = scales + 2 * (flags >> tensor_flags::scale_shift);
+      const T* s = scales + 3 * (flags >> tensor_flags::scale_shift);
       r.lr = lr * s[0];
       lambda = weight_decay * s[1];
     }

@@ -49,7 +49,8 @@ struct step_report {
   double loss = std::numeric_limits<double>::quiet_NaN();       ///< clean loss (closure protocol only)
   double grad_norm = std::numeric_limits<double>::quiet_NaN();  ///< ‖g‖ at w, all tensors
   double perturbed_grad_norm = std::numeric_limits<double>::quiet_NaN();  ///< ‖g_adv‖ at w + ε
-  double perturbation_norm = 0;                                           ///< ‖ε‖
+  /// ‖ε‖; NaN when a perturbed tensor has `tensor_options::rho_scale` other than 1 (not computed).
+  double perturbation_norm = 0;
   double mask_density = 0;  ///< perturbed entries / perturbable entries
   /// The factor the descent gradient was scaled by (`optimizer_options::clip_grad_norm`; 1 when
   /// not clipped). The norms above are the pre-clip ones.

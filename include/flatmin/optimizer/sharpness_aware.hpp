@@ -251,11 +251,13 @@ class sharpness_aware {
       store_.for_ascent([&](auto store) {
         target().for_each([&](auto view) {
           return kernels::ascend_pass<T, term_type, decltype(view), W, decltype(store)>{
-              term(), view, step_scale, inv, Backend::data(saved_), store};
+              term(), view, step_scale, inv, Backend::data(saved_), store, layout_.scales()};
         });
       });
       report_.grad_norm = std::sqrt(s.g2);
-      if constexpr (requires { perturb_state_.perturbation_norm(); })
+      if (layout_.scales_rho())  // ‖ε‖ would need each tensor's share of the statistics
+        report_.perturbation_norm = std::numeric_limits<double>::quiet_NaN();
+      else if constexpr (requires { perturb_state_.perturbation_norm(); })
         report_.perturbation_norm = perturb_state_.perturbation_norm();  // its statistics are not taken
       else
         report_.perturbation_norm = scale * std::sqrt(s.d2);
@@ -712,6 +714,14 @@ class sharpness_aware {
                           Backend::name + " cannot use");
       if constexpr (requires { Backend::check_view(v); }) Backend::check_view(v);
     }
+    if constexpr (!perturbs || !perturbs_layout)  // nothing to scale: a silent no-op would mislead
+      for (const auto& v : ps.tensors())
+        if (v.options.rho_scale != 1.0)
+          throw std::invalid_argument("flatmin: tensor " + detail::quote(v.name) + " has rho_scale " +
+                                      detail::format_value(v.options.rho_scale) +
+                                      (perturbs ? ", but this composition perturbs no tensor of the layout"
+                                                : ", but this composition does not perturb") +
+                                      " (leave it at 1)");
     for (const auto& f : ps.frozen())
       if (!Backend::accepts(f.space))
         throw usage_error("flatmin: frozen tensor " + detail::quote(f.name) + " is in " +

@@ -304,6 +304,8 @@ class param_set {
       if (!(options.weight_decay_scale >= 0 && options.weight_decay_scale <= top))
         fail("has weight_decay_scale " + detail::format_value(options.weight_decay_scale) +
              ": it must be finite and >= 0");
+      if (!(options.rho_scale >= 0 && options.rho_scale <= top))
+        fail("has rho_scale " + detail::format_value(options.rho_scale) + ": it must be finite and >= 0");
       names_.insert(name);
       views_.push_back(view_type{std::move(name), value.data, grad.data, n, std::move(dims), options,
                                  value.space, 0u});

@@ -25,6 +25,13 @@ struct tensor_options {
   /// Finite and >= 0 (0 freezes the tensor, resp. turns its decay off); fixed at construction.
   double lr_scale = 1;
   double weight_decay_scale = 1;
+  /// Per-tensor multiplier of the perturbation's radius (torch's per-group ρ, as in the official
+  /// SAM, davda54/sam sam.py: scale = group["rho"] / (grad_norm + 1e-12) with one norm over every
+  /// group): this tensor moves by ρ · rho_scale · dir / (‖dir‖ + ξ), the norm still taken over all
+  /// perturbed tensors. 0 leaves the tensor unperturbed but in the norm (`perturb = false` takes it
+  /// out of both). Finite and >= 0; fixed at construction. Compositions that do not perturb the
+  /// layout's tensors (plain base optimizers, Flat-LoRA) refuse a value other than 1.
+  double rho_scale = 1;
 };
 
 /// Bits of `tensor_options` as the kernels see them.
@@ -36,7 +43,8 @@ inline constexpr std::uint32_t mask_eligible = 1u << 3;
 inline constexpr std::uint32_t lora_a = 1u << 4;  ///< first factor of a registered LoRA pair
 inline constexpr std::uint32_t lora_b = 1u << 5;  ///< second factor of a registered LoRA pair
 /// Bits from `scale_shift` up: the tensor's slot in the layout's table of distinct (lr_scale,
-/// weight_decay_scale) pairs (backend/layout.hpp); slot 0 is (1, 1). Not part of the option bits.
+/// weight_decay_scale, rho_scale) triples (backend/layout.hpp); slot 0 is (1, 1, 1). Not part of
+/// the option bits.
 inline constexpr std::uint32_t scale_shift = 16;
 inline constexpr std::uint32_t option_bits = (1u << scale_shift) - 1;
 }  // namespace tensor_flags
