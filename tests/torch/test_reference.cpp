@@ -75,6 +75,40 @@ trajectory flatmin_run(torch::nn::Sequential& net, Make make, const data& d, int
   return t;
 }
 
+/// `steps` SAM steps written with torch ops over `net`, as the official SAM (davda54/sam sam.py,
+/// commit 03c7768, lines 15-35): parameter i moves by rho_of(i) · g_i / (‖g‖ + ξ), one norm over
+/// every parameter; the gradient at w + ε; w restored; then `base`'s step.
+template <class RhoOf>
+trajectory torch_sam_run(torch::nn::Sequential& net, torch::optim::Optimizer& base, const data& d, int steps,
+                         RhoOf rho_of, double xi) {
+  const auto params = net->parameters();
+  trajectory t;
+  for (int s = 0; s < steps; ++s) {
+    base.zero_grad();
+    loss_of(net, d).backward();
+    std::vector<torch::Tensor> saved;
+    {
+      const torch::NoGradGuard no_grad;
+      std::vector<torch::Tensor> norms;
+      for (const auto& p : params) norms.push_back(p.grad().norm(2));
+      const torch::Tensor grad_norm = torch::stack(norms).norm(2);
+      for (std::size_t i = 0; i < params.size(); ++i) {
+        saved.push_back(params[i].detach().clone());
+        params[i].add_(params[i].grad() * (rho_of(i) / (grad_norm + xi)));
+      }
+    }
+    base.zero_grad();
+    loss_of(net, d).backward();
+    {
+      const torch::NoGradGuard no_grad;
+      for (std::size_t i = 0; i < params.size(); ++i) params[i].copy_(saved[i]);
+    }
+    base.step();
+    t.push_back(weights(net));
+  }
+  return t;
+}
+
 }  // namespace
 
 // libtorch 1.13's rules (torch/csrc/api/src/optim/sgd.cpp, adam.cpp, adamw.cpp), which
@@ -163,32 +197,8 @@ TEST_CASE("SAM over SGD through the adapter follows a SAM written with torch ops
   const double rho = 0.1, xi = 1e-12;
 
   auto ref = make_net();
-  const auto params = ref->parameters();
-  torch::optim::SGD base(params, torch::optim::SGDOptions(0.05).momentum(0.9).weight_decay(1e-3));
-  trajectory want;
-  for (int s = 0; s < steps; ++s) {
-    base.zero_grad();
-    loss_of(ref, d).backward();
-    std::vector<torch::Tensor> saved;
-    {
-      const torch::NoGradGuard no_grad;
-      std::vector<torch::Tensor> norms;
-      for (const auto& p : params) norms.push_back(p.grad().norm(2));
-      const torch::Tensor scale = rho / (torch::stack(norms).norm(2) + xi);
-      for (const auto& p : params) {
-        saved.push_back(p.detach().clone());
-        p.add_(p.grad() * scale);
-      }
-    }
-    base.zero_grad();
-    loss_of(ref, d).backward();
-    {
-      const torch::NoGradGuard no_grad;
-      for (std::size_t i = 0; i < params.size(); ++i) params[i].copy_(saved[i]);
-    }
-    base.step();
-    want.push_back(weights(ref));
-  }
+  torch::optim::SGD base(ref->parameters(), torch::optim::SGDOptions(0.05).momentum(0.9).weight_decay(1e-3));
+  const trajectory want = torch_sam_run(ref, base, d, steps, [&](std::size_t) { return rho; }, xi);
 
   auto net = make_net();
   const trajectory got = flatmin_run(
@@ -325,31 +335,8 @@ TEST_CASE("per-group rho through the adapter follows the official SAM's param gr
   tg.emplace_back(std::vector<torch::Tensor>{params[2], params[3]},
                   std::make_unique<torch::optim::SGDOptions>(torch::optim::SGDOptions(lr).momentum(0.9)));
   torch::optim::SGD base(std::move(tg), torch::optim::SGDOptions(lr).momentum(0.9));
-  trajectory want;
-  for (int s = 0; s < steps; ++s) {
-    base.zero_grad();
-    loss_of(ref, d).backward();
-    std::vector<torch::Tensor> saved;
-    {
-      const torch::NoGradGuard no_grad;
-      std::vector<torch::Tensor> norms;
-      for (const auto& p : params) norms.push_back(p.grad().norm(2));
-      const torch::Tensor grad_norm = torch::stack(norms).norm(2);
-      for (std::size_t i = 0; i < params.size(); ++i) {
-        const torch::Tensor scale = (i < 2 ? rho1 : rho0) / (grad_norm + xi);
-        saved.push_back(params[i].detach().clone());
-        params[i].add_(params[i].grad() * scale);
-      }
-    }
-    base.zero_grad();
-    loss_of(ref, d).backward();
-    {
-      const torch::NoGradGuard no_grad;
-      for (std::size_t i = 0; i < params.size(); ++i) params[i].copy_(saved[i]);
-    }
-    base.step();
-    want.push_back(weights(ref));
-  }
+  const trajectory want =
+      torch_sam_run(ref, base, d, steps, [&](std::size_t i) { return i < 2 ? rho1 : rho0; }, xi);
 
   auto net = make_net();
   auto ps = net->parameters();
