@@ -34,13 +34,37 @@ FLATMIN_SUM_INLINE void sum_squares_strands(const G* const (&g)[M], const std::u
   for (std::uint32_t j = 0; j < common; j += K)
     for (std::uint32_t m = 0; m < M; ++m)
       for (std::uint32_t r = 0; r < K; ++r) a[m][r] = a[m][r] + sq(g[m][j + r]);
-  for (std::uint32_t m = 0; m < M; ++m) {  // what is left of each run, continuing its strands
+  // What is left of each run, continuing its strands. GCC: one run at a time with its strands and
+  // bounds in locals and each block straight-line; indexed through a[m] and g[m], GCC vectorised
+  // this loop over the entry index (a gather per block), and a group whose runs differ in length
+  // (a short or empty last segment, tensors of mixed sizes) summed at a third of the speed of equal
+  // runs (0.55 → 0.19 ns per entry on AVX2, 0.63 → 0.25 on the baseline; the same bits). Clang
+  // vectorises the plain form well and the local form 15 % slower, so it keeps the plain one.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC unroll 1
+  for (std::uint32_t m = 0; m < M; ++m) {
+    double b[K];
+#pragma GCC unroll 16
+    for (std::uint32_t r = 0; r < K; ++r) b[r] = a[m][r];
+    const G* gm = g[m];
+    const std::uint32_t n = len[m];
+    std::uint32_t j = common;
+    for (; j + K <= n; j += K) {
+#pragma GCC unroll 16
+      for (std::uint32_t r = 0; r < K; ++r) b[r] = b[r] + sq(gm[j + r]);
+    }
+    for (; j < n; ++j) b[0] = b[0] + sq(gm[j]);
+    out[m] = combine_strands<K>(b);
+  }
+#else
+  for (std::uint32_t m = 0; m < M; ++m) {
     std::uint32_t j = common;
     for (; j + K <= len[m]; j += K)
       for (std::uint32_t r = 0; r < K; ++r) a[m][r] = a[m][r] + sq(g[m][j + r]);
     for (; j < len[m]; ++j) a[m][0] = a[m][0] + sq(g[m][j]);
     out[m] = combine_strands<K>(a[m]);
   }
+#endif
 }
 
 /// Σ (s·g)² over the entries of one run whose mask bit is set, and their count, in the same order
