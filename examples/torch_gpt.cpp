@@ -483,7 +483,6 @@ int main(int argc, char** argv) {
         set_trainable(m, lora);
         jobs.push_back({si, mode, method, r, m, {}});
       }
-  if (c.jobs > 1) at::set_num_threads(1);
   std::atomic<std::size_t> next{0};
   std::mutex print;
   const auto worker = [&] {

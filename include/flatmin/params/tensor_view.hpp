@@ -30,7 +30,7 @@ struct tensor_options {
   /// group): this tensor moves by ρ · rho_scale · dir / (‖dir‖ + ξ), the norm still taken over all
   /// perturbed tensors. 0 leaves the tensor unperturbed but in the norm (`perturb = false` takes it
   /// out of both). Finite and >= 0; fixed at construction. Compositions that do not perturb the
-  /// layout's tensors (plain base optimizers, Flat-LoRA) refuse a value other than 1.
+  /// layout's tensors (plain base optimizers, BAR, Flat-LoRA) refuse a value other than 1.
   double rho_scale = 1;
 };
 
