@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <type_traits>
 #include <vector>
 
 #include "support/backends.hpp"
@@ -145,15 +146,19 @@ struct element_only {
   grad_stats operator()(const fb::elem<float>& e) const { return p(e); }
 };
 
-double square(float g, float s) {
+template <class T>
+double square(T g, T s) {
   const double y = double(g * s);
   return y * y;
 }
 
 }  // namespace
 
-TEST_CASE("host fast forms: Σ(s·g)² of runs read side by side, each run in the documented order") {
-  const float s = 0.75f;
+// float and double take the lanes form (strands.hpp), bfloat16 the written-out strands
+TEST_CASE_TEMPLATE("host fast forms: Σ(s·g)² of runs read side by side, each run in the documented order", G,
+                   float, double, flatmin::bfloat16) {
+  using T = std::conditional_t<std::is_same_v<G, double>, double, float>;
+  const T s = T(0.75);
   // four runs of unequal lengths: the common part read side by side, then each run's own rest
   std::vector<std::vector<std::uint32_t>> groups = {
       {17, 3, 64, 9},         {8, 8, 8, 8},           {0, 5, 13, 41},         {4096, 4095, 1, 23},
@@ -165,19 +170,21 @@ TEST_CASE("host fast forms: Σ(s·g)² of runs read side by side, each run in th
   for (const auto& lens : groups) {
     CAPTURE(lens[0]);
     CAPTURE(lens[3]);
-    std::vector<std::vector<float>> runs;
-    const float* g[4];
+    std::vector<std::vector<G>> runs;
+    const G* g[4];
     std::uint32_t len[4];
     for (std::uint32_t m = 0; m < 4; ++m) {
-      runs.push_back(mixed<float>(lens[m], 100 + m + lens[m], 0));
+      const auto v = mixed<T>(lens[m], 100 + m + lens[m], 0);
+      runs.emplace_back(v.begin(), v.end());
       g[m] = runs[m].data();
       len[m] = lens[m];
     }
     double out[4];
     fb::host::sum_squares_strands(g, len, s, out);
     for (std::uint32_t m = 0; m < 4; ++m)
-      CHECK(same_bits(out[m], reference<double>(len[m], fb::reduction_strands,
-                                                [&](std::uint32_t j) { return square(g[m][j], s); })));
+      CHECK(same_bits(out[m], reference<double>(len[m], fb::reduction_strands, [&](std::uint32_t j) {
+                        return square(static_cast<T>(g[m][j]), s);
+                      })));
   }
 }
 

@@ -7,12 +7,86 @@
 
 #include <bit>
 #include <cstdint>
+#include <cstring>
+#include <type_traits>
 
 #include "../../kernels/math.hpp"
 #include "../summation.hpp"
 #include "mask_lanes.hpp"
 
 namespace flatmin::backend::host {
+
+#if defined(__GNUC__) && !defined(__CUDACC__)
+#define FLATMIN_STRAND_LANES 1
+/// The eight strands of a float or double run as two vectors of four double lanes (GCC's and
+/// Clang's vector extensions: each lane operation is the scalar one, so lane r is strand r bit for
+/// bit, and an instruction set narrower than 256 bits splits each vector in two). Left to
+/// themselves, GCC's vectorisers built the four runs' blocks from scalar loads (a `vinsertps` per
+/// entry), which held bench_passes' global_norm at half its read stream.
+namespace lanes {
+using f64x4 = double __attribute__((vector_size(32)));
+using f32x4 = float __attribute__((vector_size(16)));
+
+/// Adds block p[0 … 7] to the strands: lane r of lo (r < 4) or hi (r ≥ 4) += y², y = double(p[r]·s)
+/// with the product in the compute type T, as `sq` does.
+template <class T>
+FLATMIN_SUM_INLINE void add_block(f64x4& lo, f64x4& hi, const T* p, T s) {
+  if constexpr (std::is_same_v<T, float>) {
+    f32x4 x0, x1;
+    std::memcpy(&x0, p, sizeof x0);
+    std::memcpy(&x1, p + 4, sizeof x1);
+    x0 = x0 * s;
+    x1 = x1 * s;
+    // lane by lane: GCC 12 splits __builtin_convertvector's 4 → 4 into halves through the stack
+    const f64x4 y0 = {double(x0[0]), double(x0[1]), double(x0[2]), double(x0[3])};
+    const f64x4 y1 = {double(x1[0]), double(x1[1]), double(x1[2]), double(x1[3])};
+    lo = lo + y0 * y0;
+    hi = hi + y1 * y1;
+  } else {
+    f64x4 x0, x1;
+    std::memcpy(&x0, p, sizeof x0);
+    std::memcpy(&x1, p + 4, sizeof x1);
+    x0 = x0 * s;
+    x1 = x1 * s;
+    lo = lo + x0 * x0;
+    hi = hi + x1 * x1;
+  }
+}
+
+/// Blocks [from, to) of A runs side by side, each run's strands `lo[a]`, `hi[a]` kept in registers
+/// for the stretch.
+template <std::uint32_t A, class T>
+FLATMIN_SUM_INLINE void side_by_side(f64x4* const* lo, f64x4* const* hi, const T* const* p, std::size_t from,
+                                     std::size_t to, T s) {
+  f64x4 l[A], h[A];
+  const T* q[A];
+  for (std::uint32_t a = 0; a < A; ++a) {
+    l[a] = *lo[a];
+    h[a] = *hi[a];
+    q[a] = p[a];
+  }
+  for (std::size_t j = from; j < to; j += 8) {
+#pragma GCC unroll 8
+    for (std::uint32_t a = 0; a < A; ++a) add_block(l[a], h[a], q[a] + j, s);
+  }
+  for (std::uint32_t a = 0; a < A; ++a) {
+    *lo[a] = l[a];
+    *hi[a] = h[a];
+  }
+}
+
+/// side_by_side for a run count known only at run time (1 … A).
+template <std::uint32_t A, class T>
+FLATMIN_SUM_INLINE void side_by_side_n(std::uint32_t n, f64x4* const* lo, f64x4* const* hi, const T* const* p,
+                                       std::size_t from, std::size_t to, T s) {
+  if (n == A) {
+    side_by_side<A>(lo, hi, p, from, to, s);
+  } else if constexpr (A > 1) {
+    side_by_side_n<A - 1>(n, lo, hi, p, from, to, s);
+  }
+}
+}  // namespace lanes
+#endif
 
 /// Σ (s·g)² over each of M runs of consecutive gradients (`g[m]`, `len[m]`), each g converted to
 /// the compute type T first (a 16-bit gradient: exactly, numeric/). The M runs are read side by
@@ -26,6 +100,47 @@ FLATMIN_SUM_INLINE void sum_squares_strands(const G* const (&g)[M], const std::u
     const double y = double(static_cast<T>(x) * s);
     return y * y;
   };
+#if FLATMIN_STRAND_LANES
+  if constexpr (K == 8 && std::is_same_v<G, T> && (std::is_same_v<T, float> || std::is_same_v<T, double>)) {
+    // Every run that has whole blocks left is read side by side with the others, up to the
+    // shortest of them, and again with those left (a group whose runs differ in length, a short
+    // last segment or tensors of mixed sizes, keeps its streams); each run's blocks are summed in
+    // order whatever the grouping.
+    lanes::f64x4 lo[M] = {}, hi[M] = {};
+    for (std::size_t done = 0;;) {
+      lanes::f64x4* pl[M];
+      lanes::f64x4* ph[M];
+      const T* pg[M];
+      std::uint32_t n = 0;
+      std::size_t next = 0;
+      for (std::uint32_t m = 0; m < M; ++m) {
+        const std::size_t body = len[m] - len[m] % K;
+        if (body <= done) continue;
+        next = n == 0 || body < next ? body : next;
+        pl[n] = &lo[m];
+        ph[n] = &hi[m];
+        pg[n] = g[m];
+        ++n;
+      }
+      if (n == 0) break;
+      lanes::side_by_side_n<M>(n, pl, ph, pg, done, next, s);
+      done = next;
+    }
+    for (std::uint32_t m = 0; m < M; ++m) {  // the last len mod K entries of each run, to strand 0
+      const lanes::f64x4 l = lo[m], h = hi[m];
+      std::size_t j = len[m] - len[m] % K;
+      double b[K];
+      for (std::uint32_t r = 0; r < 4; ++r) {
+        b[r] = l[r];
+        b[4 + r] = h[r];
+      }
+      for (; j < len[m]; ++j) b[0] = b[0] + sq(g[m][j]);
+      out[m] = combine_strands<K>(b);
+    }
+    return;
+  }
+#endif
+  // 16-bit gradients (converted to T first) and nvcc's host pass: the strands written out
   double a[M][K] = {};
   std::uint32_t common = len[0];
   for (std::uint32_t m = 1; m < M; ++m) common = len[m] < common ? len[m] : common;
