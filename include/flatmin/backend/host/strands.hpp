@@ -53,36 +53,26 @@ FLATMIN_SUM_INLINE void add_block(f64x4& lo, f64x4& hi, const T* p, T s) {
   }
 }
 
-/// Blocks [from, to) of A runs side by side, each run's strands `lo[a]`, `hi[a]` kept in registers
-/// for the stretch.
+/// Blocks [from, to) of the A runs p[0 … A−1] side by side, run a's strands in lo[a], hi[a].
 template <std::uint32_t A, class T>
-FLATMIN_SUM_INLINE void side_by_side(f64x4* const* lo, f64x4* const* hi, const T* const* p, std::size_t from,
+FLATMIN_SUM_INLINE void side_by_side(f64x4* lo, f64x4* hi, const T* const* p, std::size_t from,
                                      std::size_t to, T s) {
-  f64x4 l[A], h[A];
-  const T* q[A];
-  for (std::uint32_t a = 0; a < A; ++a) {
-    l[a] = *lo[a];
-    h[a] = *hi[a];
-    q[a] = p[a];
-  }
   for (std::size_t j = from; j < to; j += 8) {
 #pragma GCC unroll 8
-    for (std::uint32_t a = 0; a < A; ++a) add_block(l[a], h[a], q[a] + j, s);
-  }
-  for (std::uint32_t a = 0; a < A; ++a) {
-    *lo[a] = l[a];
-    *hi[a] = h[a];
+    for (std::uint32_t a = 0; a < A; ++a) add_block(lo[a], hi[a], p[a] + j, s);
   }
 }
 
-/// side_by_side for a run count known only at run time (1 … A).
-template <std::uint32_t A, class T>
-FLATMIN_SUM_INLINE void side_by_side_n(std::uint32_t n, f64x4* const* lo, f64x4* const* hi, const T* const* p,
-                                       std::size_t from, std::size_t to, T s) {
-  if (n == A) {
-    side_by_side<A>(lo, hi, p, from, to, s);
-  } else if constexpr (A > 1) {
-    side_by_side_n<A - 1>(n, lo, hi, p, from, to, s);
+/// The M runs ordered by their whole blocks (`body`, ascending) in `order`: stretch P reads runs
+/// order[P …] side by side from the end of run order[P − 1]'s blocks to the end of run order[P]'s.
+/// Every index is a constant once unrolled, so the strands stay in registers.
+template <std::uint32_t P, std::uint32_t M, class T>
+FLATMIN_SUM_INLINE void stretches(f64x4 (&lo)[M], f64x4 (&hi)[M], const T* const (&p)[M],
+                                  const std::size_t (&body)[M], T s) {
+  if constexpr (P < M) {
+    const std::size_t from = P == 0 ? 0 : body[P - 1];
+    side_by_side<M - P>(lo + P, hi + P, p + P, from, body[P], s);
+    stretches<P + 1>(lo, hi, p, body, s);
   }
 }
 }  // namespace lanes
@@ -106,29 +96,28 @@ FLATMIN_SUM_INLINE void sum_squares_strands(const G* const (&g)[M], const std::u
     // shortest of them, and again with those left (a group whose runs differ in length, a short
     // last segment or tensors of mixed sizes, keeps its streams); each run's blocks are summed in
     // order whatever the grouping.
-    lanes::f64x4 lo[M] = {}, hi[M] = {};
-    for (std::size_t done = 0;;) {
-      lanes::f64x4* pl[M];
-      lanes::f64x4* ph[M];
-      const T* pg[M];
-      std::uint32_t n = 0;
-      std::size_t next = 0;
-      for (std::uint32_t m = 0; m < M; ++m) {
-        const std::size_t body = len[m] - len[m] % K;
-        if (body <= done) continue;
-        next = n == 0 || body < next ? body : next;
-        pl[n] = &lo[m];
-        ph[n] = &hi[m];
-        pg[n] = g[m];
-        ++n;
-      }
-      if (n == 0) break;
-      lanes::side_by_side_n<M>(n, pl, ph, pg, done, next, s);
-      done = next;
+    std::uint32_t order[M];
+    for (std::uint32_t m = 0; m < M; ++m) {  // insertion sort by whole blocks, stable
+      std::uint32_t k = m;
+      for (; k > 0 && len[order[k - 1]] / K > len[m] / K; --k) order[k] = order[k - 1];
+      order[k] = m;
     }
-    for (std::uint32_t m = 0; m < M; ++m) {  // the last len mod K entries of each run, to strand 0
-      const lanes::f64x4 l = lo[m], h = hi[m];
-      std::size_t j = len[m] - len[m] % K;
+    const G* p[M];
+    std::size_t body[M];
+    lanes::f64x4 lo[M], hi[M];
+#pragma GCC unroll 8
+    for (std::uint32_t k = 0; k < M; ++k) {
+      p[k] = g[order[k]];
+      body[k] = len[order[k]] - len[order[k]] % K;
+      lo[k] = lanes::f64x4{0, 0, 0, 0};
+      hi[k] = lanes::f64x4{0, 0, 0, 0};
+    }
+    lanes::stretches<0>(lo, hi, p, body, s);
+#pragma GCC unroll 8
+    for (std::uint32_t k = 0; k < M; ++k) {  // the last len mod K entries of each run, to strand 0
+      const std::uint32_t m = order[k];
+      const lanes::f64x4 l = lo[k], h = hi[k];
+      std::size_t j = body[k];
       double b[K];
       for (std::uint32_t r = 0; r < 4; ++r) {
         b[r] = l[r];
