@@ -154,9 +154,9 @@ double square(T g, T s) {
 
 }  // namespace
 
-// float and double take the lanes form (strands.hpp), bfloat16 the written-out strands
+// float, double and the 16-bit gradients take the lanes form (strands.hpp) under GCC and Clang
 TEST_CASE_TEMPLATE("host fast forms: Σ(s·g)² of runs read side by side, each run in the documented order", G,
-                   float, double, flatmin::bfloat16) {
+                   float, double, flatmin::bfloat16, flatmin::half) {
   using T = std::conditional_t<std::is_same_v<G, double>, double, float>;
   const T s = T(0.75);
   // four runs of unequal lengths: the common part read side by side, then each run's own rest
@@ -187,6 +187,21 @@ TEST_CASE_TEMPLATE("host fast forms: Σ(s·g)² of runs read side by side, each 
                       })));
   }
 }
+
+#if FLATMIN_STRAND_LANES
+TEST_CASE_TEMPLATE("host fast forms: the lanes' 16-bit conversion is static_cast<float>'s, every bit pattern", G,
+                   flatmin::bfloat16, flatmin::half) {
+  std::vector<G> all(65536);
+  for (std::uint32_t b = 0; b < 65536; ++b) all[b].bits = static_cast<std::uint16_t>(b);
+  std::size_t wrong = 0;
+  for (std::uint32_t b = 0; b < 65536; b += 8) {
+    fb::host::lanes::f32x8 x;
+    fb::host::lanes::to_float(all.data() + b, x);
+    for (std::uint32_t r = 0; r < 8; ++r) wrong += !same_bits(x[r], static_cast<float>(all[b + r]));
+  }
+  CHECK(wrong == 0);
+}
+#endif
 
 TEST_CASE("host fast forms: masked Σ(s·g)² and count, eight mask bits at a time, the documented order") {
   const float s = 0.5f;

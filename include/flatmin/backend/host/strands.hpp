@@ -11,6 +11,8 @@
 #include <type_traits>
 
 #include "../../kernels/math.hpp"
+#include "../../numeric/bfloat16.hpp"
+#include "../../numeric/half.hpp"
 #include "../summation.hpp"
 #include "mask_lanes.hpp"
 
@@ -25,21 +27,58 @@ namespace flatmin::backend::host {
 /// entry), which held bench_passes' global_norm at half its read stream.
 namespace lanes {
 using f64x4 = double __attribute__((vector_size(32)));
+
 using f32x4 = float __attribute__((vector_size(16)));
+using f32x8 = float __attribute__((vector_size(32)));
+using u32x8 = std::uint32_t __attribute__((vector_size(32)));
+using i32x8 = std::int32_t __attribute__((vector_size(32)));
+
+/// Entries p[0 … 7] of a 16-bit run as floats in x, bit for bit what `static_cast<float>` gives
+/// each (numeric/: a bfloat16 is its bits shifted up, a half goes through half_to_float's selects
+/// lane by lane). The vectors are passed by reference: a 32-byte vector by value changes the ABI
+/// between the clones.
+template <class G>
+FLATMIN_SUM_INLINE void to_float(const G* p, f32x8& x) {
+  std::uint16_t b[8];
+  std::memcpy(b, p, sizeof b);
+  const u32x8 h = {b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]};
+  if constexpr (std::is_same_v<G, bfloat16>) {
+    x = reinterpret_cast<f32x8>(h << 16);
+  } else {
+    static_assert(std::is_same_v<G, half>);
+    const u32x8 sign = (h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
+    const u32x8 normal = ((e + 112u) << 23) | (m << 13);
+    const u32x8 special = 0x7f800000u | (m << 13) | (reinterpret_cast<u32x8>(m != 0u) & 0x400000u);
+    const f32x8 sub = __builtin_convertvector(reinterpret_cast<i32x8>(m), f32x8) * 5.9604644775390625e-8f;
+    const u32x8 is_special = reinterpret_cast<u32x8>(e == 0x1fu), is_zero = reinterpret_cast<u32x8>(e == 0u);
+    u32x8 r = (is_special & special) | (~is_special & normal);
+    r = (is_zero & reinterpret_cast<u32x8>(sub)) | (~is_zero & r);
+    x = reinterpret_cast<f32x8>(sign | r);
+  }
+}
 
 /// Adds block p[0 … 7] to the strands: lane r of lo (r < 4) or hi (r ≥ 4) += y², y = double(p[r]·s)
-/// with the product in the compute type T, as `sq` does.
-template <class T>
-FLATMIN_SUM_INLINE void add_block(f64x4& lo, f64x4& hi, const T* p, T s) {
-  if constexpr (std::is_same_v<T, float>) {
-    f32x4 x0, x1;
+/// with p[r] converted to the compute type T first and the product in T, as `sq` does. The double
+/// lanes are built lane by lane: GCC 12 splits __builtin_convertvector's float → double through the
+/// stack.
+template <class G, class T>
+FLATMIN_SUM_INLINE void add_block(f64x4& lo, f64x4& hi, const G* p, T s) {
+  if constexpr (std::is_same_v<G, float>) {
+    f32x4 x0, x1;  // two halves: 8-wide here was slower in cache (bench_mixed check_pass, N = 10^5)
     std::memcpy(&x0, p, sizeof x0);
     std::memcpy(&x1, p + 4, sizeof x1);
     x0 = x0 * s;
     x1 = x1 * s;
-    // lane by lane: GCC 12 splits __builtin_convertvector's 4 → 4 into halves through the stack
     const f64x4 y0 = {double(x0[0]), double(x0[1]), double(x0[2]), double(x0[3])};
     const f64x4 y1 = {double(x1[0]), double(x1[1]), double(x1[2]), double(x1[3])};
+    lo = lo + y0 * y0;
+    hi = hi + y1 * y1;
+  } else if constexpr (std::is_same_v<T, float>) {  // a 16-bit gradient
+    f32x8 x;
+    to_float(p, x);
+    x = x * s;
+    const f64x4 y0 = {double(x[0]), double(x[1]), double(x[2]), double(x[3])};
+    const f64x4 y1 = {double(x[4]), double(x[5]), double(x[6]), double(x[7])};
     lo = lo + y0 * y0;
     hi = hi + y1 * y1;
   } else {
@@ -53,9 +92,15 @@ FLATMIN_SUM_INLINE void add_block(f64x4& lo, f64x4& hi, const T* p, T s) {
   }
 }
 
+/// The gradient and compute types add_block takes.
+template <class G, class T>
+inline constexpr bool has_form =
+    (std::is_same_v<G, T> && (std::is_same_v<T, float> || std::is_same_v<T, double>)) ||
+    (std::is_same_v<T, float> && (std::is_same_v<G, bfloat16> || std::is_same_v<G, half>));
+
 /// Blocks [from, to) of the A runs p[0 … A−1] side by side, run a's strands in lo[a], hi[a].
-template <std::uint32_t A, class T>
-FLATMIN_SUM_INLINE void side_by_side(f64x4* lo, f64x4* hi, const T* const* p, std::size_t from,
+template <std::uint32_t A, class G, class T>
+FLATMIN_SUM_INLINE void side_by_side(f64x4* lo, f64x4* hi, const G* const* p, std::size_t from,
                                      std::size_t to, T s) {
   for (std::size_t j = from; j < to; j += 8) {
 #pragma GCC unroll 8
@@ -66,8 +111,8 @@ FLATMIN_SUM_INLINE void side_by_side(f64x4* lo, f64x4* hi, const T* const* p, st
 /// The M runs ordered by their whole blocks (`body`, ascending) in `order`: stretch P reads runs
 /// order[P …] side by side from the end of run order[P − 1]'s blocks to the end of run order[P]'s.
 /// Every index is a constant once unrolled, so the strands stay in registers.
-template <std::uint32_t P, std::uint32_t M, class T>
-FLATMIN_SUM_INLINE void stretches(f64x4 (&lo)[M], f64x4 (&hi)[M], const T* const (&p)[M],
+template <std::uint32_t P, std::uint32_t M, class G, class T>
+FLATMIN_SUM_INLINE void stretches(f64x4 (&lo)[M], f64x4 (&hi)[M], const G* const (&p)[M],
                                   const std::size_t (&body)[M], T s) {
   if constexpr (P < M) {
     const std::size_t from = P == 0 ? 0 : body[P - 1];
@@ -91,7 +136,7 @@ FLATMIN_SUM_INLINE void sum_squares_strands(const G* const (&g)[M], const std::u
     return y * y;
   };
 #if FLATMIN_STRAND_LANES
-  if constexpr (K == 8 && std::is_same_v<G, T> && (std::is_same_v<T, float> || std::is_same_v<T, double>)) {
+  if constexpr (K == 8 && lanes::has_form<G, T>) {
     // Every run that has whole blocks left is read side by side with the others, up to the
     // shortest of them, and again with those left (a group whose runs differ in length, a short
     // last segment or tensors of mixed sizes, keeps its streams); each run's blocks are summed in
@@ -129,7 +174,7 @@ FLATMIN_SUM_INLINE void sum_squares_strands(const G* const (&g)[M], const std::u
     return;
   }
 #endif
-  // 16-bit gradients (converted to T first) and nvcc's host pass: the strands written out
+  // nvcc's host pass and other type pairs: the strands written out
   double a[M][K] = {};
   std::uint32_t common = len[0];
   for (std::uint32_t m = 1; m < M; ++m) common = len[m] < common ? len[m] : common;
