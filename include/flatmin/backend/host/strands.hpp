@@ -1,9 +1,10 @@
 #pragma once
 /// @file strands.hpp
-/// Host SIMD forms of the sum of squares of gradients, in the summation order of summation.hpp,
-/// written as straight-line blocks of K so that the compiler vectorises the K strands as lanes (no
-/// reassociation: each lane is still summed in order), which makes each result bitwise equal to
-/// the element path's.
+/// Host SIMD forms of the sum of squares of gradients, in the summation order of summation.hpp:
+/// the K strands are vector lanes (no reassociation: each lane is still summed in order), which
+/// makes each result bitwise equal to the element path's. Under GCC and Clang the lanes are
+/// written with vector extensions (`lanes::`); elsewhere (nvcc's host pass) as straight-line blocks
+/// of K that the compiler vectorises.
 
 #include <bit>
 #include <cstdint>
@@ -121,6 +122,8 @@ FLATMIN_SUM_INLINE void stretches(f64x4 (&lo)[M], f64x4 (&hi)[M], const G* const
   }
 }
 }  // namespace lanes
+#else
+#define FLATMIN_STRAND_LANES 0
 #endif
 
 /// Σ (s·g)² over each of M runs of consecutive gradients (`g[m]`, `len[m]`), each g converted to
