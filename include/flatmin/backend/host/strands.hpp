@@ -21,14 +21,13 @@ namespace flatmin::backend::host {
 
 #if defined(__GNUC__) && !defined(__CUDACC__)
 #define FLATMIN_STRAND_LANES 1
-/// The eight strands of a float or double run as two vectors of four double lanes (GCC's and
-/// Clang's vector extensions: each lane operation is the scalar one, so lane r is strand r bit for
-/// bit, and an instruction set narrower than 256 bits splits each vector in two). Left to
+/// The eight strands of a run (float, double or 16-bit gradients) as two vectors of four double
+/// lanes (GCC's and Clang's vector extensions: each lane operation is the scalar one, so lane r is
+/// strand r bit for bit, and an instruction set narrower than 256 bits splits each vector in two). Left to
 /// themselves, GCC's vectorisers built the four runs' blocks from scalar loads (a `vinsertps` per
 /// entry), which held bench_passes' global_norm at half its read stream.
 namespace lanes {
 using f64x4 = double __attribute__((vector_size(32)));
-
 using f32x4 = float __attribute__((vector_size(16)));
 using f32x8 = float __attribute__((vector_size(32)));
 using u32x8 = std::uint32_t __attribute__((vector_size(32)));
@@ -58,6 +57,15 @@ FLATMIN_SUM_INLINE void to_float(const G* p, f32x8& x) {
   }
 }
 
+/// lo += y0², hi += y1², the products and the sums in statements of their own: Clang contracts
+/// a·b + c within one expression into an FMA where the target has one (-ffp-contract=on), which
+/// rounds once where the element path rounds twice.
+FLATMIN_SUM_INLINE void add_squares(f64x4& lo, f64x4& hi, const f64x4& y0, const f64x4& y1) {
+  const f64x4 q0 = y0 * y0, q1 = y1 * y1;
+  lo = lo + q0;
+  hi = hi + q1;
+}
+
 /// Adds block p[0 … 7] to the strands: lane r of lo (r < 4) or hi (r ≥ 4) += y², y = double(p[r]·s)
 /// with p[r] converted to the compute type T first and the product in T, as `sq` does. The double
 /// lanes are built lane by lane: GCC 12 splits __builtin_convertvector's float → double through the
@@ -72,24 +80,19 @@ FLATMIN_SUM_INLINE void add_block(f64x4& lo, f64x4& hi, const G* p, T s) {
     x1 = x1 * s;
     const f64x4 y0 = {double(x0[0]), double(x0[1]), double(x0[2]), double(x0[3])};
     const f64x4 y1 = {double(x1[0]), double(x1[1]), double(x1[2]), double(x1[3])};
-    lo = lo + y0 * y0;
-    hi = hi + y1 * y1;
+    add_squares(lo, hi, y0, y1);
   } else if constexpr (std::is_same_v<T, float>) {  // a 16-bit gradient
     f32x8 x;
     to_float(p, x);
     x = x * s;
     const f64x4 y0 = {double(x[0]), double(x[1]), double(x[2]), double(x[3])};
     const f64x4 y1 = {double(x[4]), double(x[5]), double(x[6]), double(x[7])};
-    lo = lo + y0 * y0;
-    hi = hi + y1 * y1;
+    add_squares(lo, hi, y0, y1);
   } else {
     f64x4 x0, x1;
     std::memcpy(&x0, p, sizeof x0);
     std::memcpy(&x1, p + 4, sizeof x1);
-    x0 = x0 * s;
-    x1 = x1 * s;
-    lo = lo + x0 * x0;
-    hi = hi + x1 * x1;
+    add_squares(lo, hi, x0 * s, x1 * s);
   }
 }
 
