@@ -96,7 +96,7 @@ FLATMIN_SUM_INLINE void add_block(f64x4& lo, f64x4& hi, const G* p, T s) {
   }
 }
 
-/// The gradient and compute types add_block takes.
+/// The gradient and compute types add_block takes (others take the written-out strands).
 template <class G, class T>
 inline constexpr bool has_form =
     (std::is_same_v<G, T> && (std::is_same_v<T, float> || std::is_same_v<T, double>)) ||
@@ -180,7 +180,8 @@ FLATMIN_SUM_INLINE void sum_squares_strands(const G* const (&g)[M], const std::u
     return;
   }
 #endif
-  // nvcc's host pass and other type pairs: the strands written out
+  // The strands written out: nvcc's host pass, and gradients of another type than a double state
+  // (precision<float, float, double>, 16-bit gradients with double state), which lanes:: lacks
   double a[M][K] = {};
   std::uint32_t common = len[0];
   for (std::uint32_t m = 1; m < M; ++m) common = len[m] < common ? len[m] : common;
