@@ -415,18 +415,27 @@ struct eigen {
     }
   }
 
-  /// Group q of a reduction's segments by the pass's group form, into out[q·M …].
+  /// Group q of a reduction's segments by the pass's group form, into partial[q·M …]: straight
+  /// there for a whole group, through a local array for the last, short one. (A local array for
+  /// every group, value-initialised and copied out, cost a `rep stos` and a stalled copy per group:
+  /// bench_passes' global_norm over 1000 tensors of 100 went from 46 to 35 µs without it.)
   template <class R, class W, class G, class F>
   static FLATMIN_SUM_INLINE void reduce_group(const tensor_rec<W, G>* tensors, const segment* segs,
                                               std::ptrdiff_t nseg, std::ptrdiff_t q, const F& f, R* partial) {
     segment_view<W, G> v[reduction_group];
-    R out[reduction_group];
     const std::ptrdiff_t first = q * reduction_group;
+    if (first + std::ptrdiff_t{reduction_group} <= nseg) {
+      for (std::uint32_t m = 0; m < reduction_group; ++m)
+        v[m] = view_of(tensors, segs[first + m], segs[first + m].len);
+      host::group_form<F>::run(f, v, partial + first);
+      return;
+    }
     for (std::uint32_t m = 0; m < reduction_group; ++m) {
       // past the last segment: an empty run (its result is dropped)
       v[m] = view_of(tensors, segs[first + m < nseg ? first + m : first],
                      first + m < nseg ? segs[first + m].len : 0u);
     }
+    R out[reduction_group];
     host::group_form<F>::run(f, v, out);
     for (std::uint32_t m = 0; m < reduction_group && first + m < nseg; ++m) partial[first + m] = out[m];
   }

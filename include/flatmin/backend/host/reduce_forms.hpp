@@ -17,14 +17,15 @@
 
 namespace flatmin::backend::host {
 
-/// `group_form<F>::run(f, views, out)` sums pass f over each of M segments; none by default.
+/// `group_form<F>::run(f, views, out)` sums pass f over each of M segments into out[0 … M−1] (every
+/// field written: backend::eigen passes its partials, not zeroed); none by default.
 template <class F>
 struct group_form {};
 
 /// Whether pass F has a group form with results R over segments of weights W and gradients G
 /// (what backend::eigen::reduce asks).
 template <class F, class R, class W, class G, std::uint32_t M>
-concept has_group_form = requires(const F& f, const segment_view<W, G> (&v)[M], R (&out)[M]) {
+concept has_group_form = requires(const F& f, const segment_view<W, G> (&v)[M], R* out) {
   group_form<std::remove_cvref_t<F>>::run(f, v, out);
 };
 
@@ -34,7 +35,7 @@ template <class T>
 struct group_form<kernels::check_pass<T>> {
   template <class W, class G, std::uint32_t M>
   static FLATMIN_SUM_INLINE void run(const kernels::check_pass<T>& p, const segment_view<W, G> (&v)[M],
-                                     kernels::grad_stats (&out)[M]) {
+                                     kernels::grad_stats* out) {
     const G* g[M];
     std::uint32_t len[M];
     double g2[M];
@@ -65,7 +66,7 @@ struct group_form<kernels::stats_pass<T, Term, Mask>> {
 
   template <class W, class G, std::uint32_t M>
   static FLATMIN_SUM_INLINE void run(const pass& p, const segment_view<W, G> (&v)[M],
-                                     kernels::grad_stats (&out)[M]) {
+                                     kernels::grad_stats* out) {
     group_form<kernels::check_pass<T>>::run(kernels::check_pass<T>{p.inv_scale}, v, out);
     for (std::uint32_t m = 0; m < M; ++m) {
       if (!(v[m].flags & tensor_flags::perturb)) continue;
@@ -107,7 +108,7 @@ struct group_form<kernels::stats_pass<T, Term, Mask>> {
 
   template <class W, class G, std::uint32_t M>
   static FLATMIN_SUM_INLINE void run(const pass& p, const segment_view<W, G> (&v)[M],
-                                     kernels::grad_stats (&out)[M]) {
+                                     kernels::grad_stats* out) {
     for (std::uint32_t m = 0; m < M; ++m) out[m] = kernels::grad_stats{};
     if (p.term.v == nullptr) {  // no momentum yet: every norm is 0, the count is still kept
       for (std::uint32_t m = 0; m < M; ++m)
@@ -141,7 +142,7 @@ struct group_form<kernels::stats_pass<T, Term, Mask>> {
 
   template <class W, class G, std::uint32_t M>
   static FLATMIN_SUM_INLINE void run(const pass& p, const segment_view<W, G> (&v)[M],
-                                     kernels::grad_stats (&out)[M]) {
+                                     kernels::grad_stats* out) {
     group_form<kernels::check_pass<T>>::run(kernels::check_pass<T>{p.inv_scale}, v, out);
     for (std::uint32_t m = 0; m < M; ++m)
       if (v[m].flags & tensor_flags::perturb) out[m].kept = double(v[m].len);
