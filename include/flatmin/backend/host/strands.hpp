@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
+#include <utility>
 
 #include "../../kernels/math.hpp"
 #include "../../numeric/bfloat16.hpp"
@@ -146,36 +147,46 @@ FLATMIN_SUM_INLINE void sum_squares_strands(const G* const (&g)[M], const std::u
     // Every run that has whole blocks left is read side by side with the others, up to the
     // shortest of them, and again with those left (a group whose runs differ in length, a short
     // last segment or tensors of mixed sizes, keeps its streams); each run's blocks are summed in
-    // order whatever the grouping.
-    std::uint32_t order[M];
-    for (std::uint32_t m = 0; m < M; ++m) {  // insertion sort by whole blocks, stable
-      std::uint32_t k = m;
-      for (; k > 0 && len[order[k - 1]] / K > len[m] / K; --k) order[k] = order[k - 1];
-      order[k] = m;
-    }
+    // order whatever the grouping. The runs are sorted by whole blocks (`body`), with their
+    // pointers, lengths and places, by an odd-even transposition sort: constant indices once
+    // unrolled, so the sort stays in registers (an insertion sort through an index array went
+    // through the stack). Runs of equal body may trade places: no run's sum depends on its place.
     const G* p[M];
     std::size_t body[M];
+    std::uint32_t n[M], order[M];
     lanes::f64x4 lo[M], hi[M];
 #pragma GCC unroll 8
     for (std::uint32_t k = 0; k < M; ++k) {
-      p[k] = g[order[k]];
-      body[k] = len[order[k]] - len[order[k]] % K;
+      p[k] = g[k];
+      n[k] = len[k];
+      body[k] = len[k] - len[k] % K;
+      order[k] = k;
       lo[k] = lanes::f64x4{0, 0, 0, 0};
       hi[k] = lanes::f64x4{0, 0, 0, 0};
+    }
+#pragma GCC unroll 8
+    for (std::uint32_t round = 0; round < M; ++round) {
+#pragma GCC unroll 8
+      for (std::uint32_t k = round % 2; k + 1 < M; k += 2) {
+        if (body[k + 1] < body[k]) {
+          std::swap(body[k], body[k + 1]);
+          std::swap(p[k], p[k + 1]);
+          std::swap(n[k], n[k + 1]);
+          std::swap(order[k], order[k + 1]);
+        }
+      }
     }
     lanes::stretches<0>(lo, hi, p, body, s);
 #pragma GCC unroll 8
     for (std::uint32_t k = 0; k < M; ++k) {  // the last len mod K entries of each run, to strand 0
-      const std::uint32_t m = order[k];
       const lanes::f64x4 l = lo[k], h = hi[k];
-      std::size_t j = body[k];
       double b[K];
       for (std::uint32_t r = 0; r < 4; ++r) {
         b[r] = l[r];
         b[4 + r] = h[r];
       }
-      for (; j < len[m]; ++j) b[0] = b[0] + sq(g[m][j]);
-      out[m] = combine_strands<K>(b);
+      for (std::size_t j = body[k]; j < n[k]; ++j) b[0] = b[0] + sq(p[k][j]);
+      out[order[k]] = combine_strands<K>(b);
     }
     return;
   }
