@@ -3,8 +3,9 @@
 /// Host SIMD forms of the sum of squares of gradients, in the summation order of summation.hpp:
 /// the K strands are vector lanes (no reassociation: each lane is still summed in order), which
 /// makes each result bitwise equal to the element path's. Under GCC and Clang the lanes are
-/// written with vector extensions (`lanes::`); elsewhere (nvcc's host pass) as straight-line blocks
-/// of K that the compiler vectorises.
+/// written with vector extensions (`lanes::`), for every gradient and compute type an optimizer
+/// has; elsewhere (nvcc's host pass) as loops over the K entries of a block that the compiler
+/// vectorises (`sum_squares_written_out`).
 
 #include <bit>
 #include <cstdint>
@@ -73,35 +74,60 @@ FLATMIN_SUM_INLINE void add_squares(f64x4& lo, f64x4& hi, const f64x4& y0, const
 /// stack.
 template <class G, class T>
 FLATMIN_SUM_INLINE void add_block(f64x4& lo, f64x4& hi, const G* p, T s) {
-  if constexpr (std::is_same_v<G, float>) {
+  if constexpr (std::is_same_v<T, float>) {
     f32x4 x0, x1;  // two halves: 8-wide here was slower in cache (bench_mixed check_pass, N = 10^5)
-    std::memcpy(&x0, p, sizeof x0);
-    std::memcpy(&x1, p + 4, sizeof x1);
+    if constexpr (std::is_same_v<G, float>) {
+      std::memcpy(&x0, p, sizeof x0);
+      std::memcpy(&x1, p + 4, sizeof x1);
+    } else if constexpr (std::is_same_v<G, double>) {  // rounded to float first, as static_cast does
+      f64x4 d0, d1;
+      std::memcpy(&d0, p, sizeof d0);
+      std::memcpy(&d1, p + 4, sizeof d1);
+      x0 = f32x4{float(d0[0]), float(d0[1]), float(d0[2]), float(d0[3])};
+      x1 = f32x4{float(d1[0]), float(d1[1]), float(d1[2]), float(d1[3])};
+    } else {  // a 16-bit gradient
+      f32x8 x;
+      to_float(p, x);
+      x = x * s;
+      const f64x4 y0 = {double(x[0]), double(x[1]), double(x[2]), double(x[3])};
+      const f64x4 y1 = {double(x[4]), double(x[5]), double(x[6]), double(x[7])};
+      add_squares(lo, hi, y0, y1);
+      return;
+    }
     x0 = x0 * s;
     x1 = x1 * s;
     const f64x4 y0 = {double(x0[0]), double(x0[1]), double(x0[2]), double(x0[3])};
     const f64x4 y1 = {double(x1[0]), double(x1[1]), double(x1[2]), double(x1[3])};
     add_squares(lo, hi, y0, y1);
-  } else if constexpr (std::is_same_v<T, float>) {  // a 16-bit gradient
-    f32x8 x;
-    to_float(p, x);
-    x = x * s;
-    const f64x4 y0 = {double(x[0]), double(x[1]), double(x[2]), double(x[3])};
-    const f64x4 y1 = {double(x[4]), double(x[5]), double(x[6]), double(x[7])};
-    add_squares(lo, hi, y0, y1);
   } else {
+    static_assert(std::is_same_v<T, double>);
     f64x4 x0, x1;
-    std::memcpy(&x0, p, sizeof x0);
-    std::memcpy(&x1, p + 4, sizeof x1);
+    if constexpr (std::is_same_v<G, double>) {
+      std::memcpy(&x0, p, sizeof x0);
+      std::memcpy(&x1, p + 4, sizeof x1);
+    } else if constexpr (std::is_same_v<G, float>) {
+      f32x4 f0, f1;
+      std::memcpy(&f0, p, sizeof f0);
+      std::memcpy(&f1, p + 4, sizeof f1);
+      x0 = f64x4{double(f0[0]), double(f0[1]), double(f0[2]), double(f0[3])};
+      x1 = f64x4{double(f1[0]), double(f1[1]), double(f1[2]), double(f1[3])};
+    } else {  // a 16-bit gradient: exactly a float, then exactly a double
+      f32x8 x;
+      to_float(p, x);
+      x0 = f64x4{double(x[0]), double(x[1]), double(x[2]), double(x[3])};
+      x1 = f64x4{double(x[4]), double(x[5]), double(x[6]), double(x[7])};
+    }
     add_squares(lo, hi, x0 * s, x1 * s);
   }
 }
 
-/// The gradient and compute types add_block takes (others take the written-out strands).
+/// The gradient and compute types add_block takes: every pair an optimizer has (gradients of
+/// float, double, bfloat16 or half; state and arithmetic in float or double).
 template <class G, class T>
 inline constexpr bool has_form =
-    (std::is_same_v<G, T> && (std::is_same_v<T, float> || std::is_same_v<T, double>)) ||
-    (std::is_same_v<T, float> && (std::is_same_v<G, bfloat16> || std::is_same_v<G, half>));
+    (std::is_same_v<T, float> || std::is_same_v<T, double>) &&
+    (std::is_same_v<G, float> || std::is_same_v<G, double> || std::is_same_v<G, bfloat16> ||
+     std::is_same_v<G, half>);
 
 /// Blocks [from, to) of the A runs p[0 … A−1] side by side, run a's strands in lo[a], hi[a].
 template <std::uint32_t A, class G, class T>
@@ -130,20 +156,49 @@ FLATMIN_SUM_INLINE void stretches(f64x4 (&lo)[M], f64x4 (&hi)[M], const G* const
 #define FLATMIN_STRAND_LANES 0
 #endif
 
-/// Σ (s·g)² over each of M runs of consecutive gradients (`g[m]`, `len[m]`), each g converted to
-/// the compute type T first (a 16-bit gradient: exactly, numeric/). The M runs are read side by
-/// side (M streams keep a core's hardware prefetchers busier than one); each run's own order does
-/// not depend on M.
+/// sum_squares_strands' order with the strands written out as loops over the K entries of a
+/// block, which compilers vectorise: the form where GCC's and Clang's vector extensions are not
+/// (nvcc's host pass), and the tests' second reference for the lanes.
 template <class G, class T, std::uint32_t M>
-FLATMIN_SUM_INLINE void sum_squares_strands(const G* const (&g)[M], const std::uint32_t (&len)[M], T s,
-                                            double (&out)[M]) {
+FLATMIN_SUM_INLINE void sum_squares_written_out(const G* const (&g)[M], const std::uint32_t (&len)[M], T s,
+                                                double (&out)[M]) {
   constexpr std::uint32_t K = reduction_strands;
   const auto sq = [s](G x) {
     const double y = double(static_cast<T>(x) * s);
     return y * y;
   };
+  double a[M][K] = {};
+  std::uint32_t common = len[0];
+  for (std::uint32_t m = 1; m < M; ++m) common = len[m] < common ? len[m] : common;
+  common -= common % K;
+  // add_block's and add_tail's dealing: the runs side by side up to the shortest, then each alone
+  for (std::uint32_t j = 0; j < common; j += K)
+    for (std::uint32_t m = 0; m < M; ++m)
+      for (std::uint32_t r = 0; r < K; ++r) a[m][r] = a[m][r] + sq(g[m][j + r]);
+  for (std::uint32_t m = 0; m < M; ++m) {
+    std::uint32_t j = common;
+    for (; j + K <= len[m]; j += K)
+      for (std::uint32_t r = 0; r < K; ++r) a[m][r] = a[m][r] + sq(g[m][j + r]);
+    for (; j < len[m]; ++j) a[m][0] = a[m][0] + sq(g[m][j]);
+    out[m] = combine_strands<K>(a[m]);
+  }
+}
+
+/// Σ (s·g)² over each of M runs of consecutive gradients (`g[m]`, `len[m]`), each g converted to
+/// the compute type T first (a 16-bit gradient: exactly, numeric/). The M runs are read side by
+/// side (M streams keep a core's hardware prefetchers busier than one); each run's own order does
+/// not depend on M. Under GCC and Clang by the lanes (every gradient and compute type an optimizer
+/// has), elsewhere written out.
+template <class G, class T, std::uint32_t M>
+FLATMIN_SUM_INLINE void sum_squares_strands(const G* const (&g)[M], const std::uint32_t (&len)[M], T s,
+                                            double (&out)[M]) {
 #if FLATMIN_STRAND_LANES
-  if constexpr (K == 8 && lanes::has_form<G, T>) {
+  if constexpr (reduction_strands == 8 && lanes::has_form<G, T>) {
+    constexpr std::uint32_t K = reduction_strands;
+    const auto sq = [s](G x) {
+      const double y = double(static_cast<T>(x) * s);
+      return y * y;
+    };
     // Every run that has whole blocks left is read side by side with the others, up to the
     // shortest of them, and again with those left (a group whose runs differ in length, a short
     // last segment or tensors of mixed sizes, keeps its streams); each run's blocks are summed in
@@ -188,50 +243,11 @@ FLATMIN_SUM_INLINE void sum_squares_strands(const G* const (&g)[M], const std::u
       for (std::size_t j = body[k]; j < n[k]; ++j) b[0] = b[0] + sq(p[k][j]);
       out[order[k]] = combine_strands<K>(b);
     }
-    return;
-  }
-#endif
-  // The strands written out: nvcc's host pass, and gradients of another type than a double state
-  // (precision<float, float, double>, 16-bit gradients with double state), which lanes:: lacks
-  double a[M][K] = {};
-  std::uint32_t common = len[0];
-  for (std::uint32_t m = 1; m < M; ++m) common = len[m] < common ? len[m] : common;
-  common -= common % K;
-  // add_block's and add_tail's dealing, written out: the loops the compiler vectorises as they were
-  for (std::uint32_t j = 0; j < common; j += K)
-    for (std::uint32_t m = 0; m < M; ++m)
-      for (std::uint32_t r = 0; r < K; ++r) a[m][r] = a[m][r] + sq(g[m][j + r]);
-  // What is left of each run, continuing its strands. GCC: one run at a time with its strands and
-  // bounds in locals and each block straight-line; indexed through a[m] and g[m], GCC vectorised
-  // this loop over the entry index (a gather per block), and a group whose runs differ in length
-  // (a short or empty last segment, tensors of mixed sizes) summed at a third of the speed of equal
-  // runs (0.55 → 0.19 ns per entry on AVX2, 0.63 → 0.25 on the baseline; the same bits). Clang
-  // vectorises the plain form well and the local form 15 % slower, so it keeps the plain one (and
-  // so does nvcc's host pass).
-#if defined(__GNUC__) && !defined(__clang__) && !defined(__CUDACC__)
-#pragma GCC unroll 1
-  for (std::uint32_t m = 0; m < M; ++m) {
-    double b[K];
-#pragma GCC unroll 16
-    for (std::uint32_t r = 0; r < K; ++r) b[r] = a[m][r];
-    const G* gm = g[m];
-    const std::uint32_t n = len[m];
-    std::uint32_t j = common;
-    for (; j + K <= n; j += K) {
-#pragma GCC unroll 16
-      for (std::uint32_t r = 0; r < K; ++r) b[r] = b[r] + sq(gm[j + r]);
-    }
-    for (; j < n; ++j) b[0] = b[0] + sq(gm[j]);
-    out[m] = combine_strands<K>(b);
+  } else {
+    sum_squares_written_out(g, len, s, out);
   }
 #else
-  for (std::uint32_t m = 0; m < M; ++m) {
-    std::uint32_t j = common;
-    for (; j + K <= len[m]; j += K)
-      for (std::uint32_t r = 0; r < K; ++r) a[m][r] = a[m][r] + sq(g[m][j + r]);
-    for (; j < len[m]; ++j) a[m][0] = a[m][0] + sq(g[m][j]);
-    out[m] = combine_strands<K>(a[m]);
-  }
+  sum_squares_written_out(g, len, s, out);
 #endif
 }
 
