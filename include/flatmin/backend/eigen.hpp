@@ -190,21 +190,14 @@ struct eigen {
  public:
 
   /// Runs `f(i)` for i in [0, n) (passes over the optimizer's own state).
-  /// A functor with `isa_cloned` (host/isa_clones.hpp's hot_index_pass) runs each index on the
-  /// process's instruction set.
+  /// A functor with `isa_cloned` (host/isa_clones.hpp's hot_index_pass) runs each thread's
+  /// indices on the process's instruction set.
   template <class F>
   static void for_each_index(std::size_t n, const F& f) {
-    const auto nn = static_cast<std::ptrdiff_t>(n);
-    const host::isa which = host::hot_index_pass<F> ? host::active_isa() : host::isa::baseline;
-#if defined(_OPENMP)
-#pragma omp parallel for schedule(static) if (n >= parallel_threshold)
-#endif
-    for (std::ptrdiff_t i = 0; i < nn; ++i) {
-      if constexpr (host::hot_index_pass<F>)
-        host::run_on(which, [&] { f(static_cast<std::size_t>(i)); });
-      else
-        f(static_cast<std::size_t>(i));
-    }
+    run_split<host::hot_index_pass<F>>(static_cast<std::ptrdiff_t>(n), n >= parallel_threshold,
+                                       [&](std::ptrdiff_t from, std::ptrdiff_t to) {
+      for (std::ptrdiff_t i = from; i < to; ++i) f(static_cast<std::size_t>(i));
+    });
   }
 
   /// Sum of `f(i) -> R` for i in [0, n), in fixed blocks of `segment_size` (summation.hpp;
