@@ -479,6 +479,33 @@ def main():
                    "The target (issue #13): ≥ 0.85 for every dense pass at N ≥ 10^7, ≥ 0.8 for global_norm.", "",
                    table(header, body), ""]
 
+        # arithmetic against memory: a pass's time per entry in cache (N = 10^4, one thread: its
+        # arithmetic and its per-call costs) beside its yardstick's time per entry at N = 10^7
+        small, large = 10**4, 10**7
+        arows = [r for r in srows if r["threads"] == 1 and r["N"] in (small, large) and "time" in r]
+        body = []
+        for name in order([r["pass"] for r in arows]):
+            s_ = [r for r in arows if r["pass"] == name and r["N"] == small]
+            l_ = [r for r in arows if r["pass"] == name and r["N"] == large]
+            if not s_ or not l_ or not l_[0].get("stream_GBps") or not l_[0].get("B_per_param"):
+                continue
+            cache = s_[0]["time"] / small * 1e9
+            stream = l_[0]["B_per_param"] / l_[0]["stream_GBps"]
+            full = l_[0]["time"] / large * 1e9
+            body.append([name, f"{cache:.2f}", f"{stream:.2f}", f"{cache / stream:.2f}", f"{full:.2f}",
+                         f"{full / max(cache, stream):.2f}"])
+        if body:
+            md += ["## Arithmetic against memory (1 tensor, one thread, ns per parameter)", "",
+                   "`in cache`: the pass at N = 10^4 (its streams fit in L2), so its arithmetic, its per-call "
+                   "costs and L2 traffic; `stream`: its yardstick's time at N = 10^7 (no arithmetic); `pass`: "
+                   "the pass at N = 10^7. Where `in cache / stream` nears 1, the arithmetic alone takes about "
+                   "as long as the memory, and the pass reaches its yardstick only if the core overlaps the "
+                   "two completely (`pass / max` = 1.00, max = the larger of the two). The copy row is glibc's "
+                   "`memcpy`, for scale. AdamW's update takes a square root and two divisions per parameter "
+                   "(torch's formula, kept for parity): its `in cache / stream` says how much of its stream "
+                   "time that arithmetic takes on this machine.", "",
+                   table(["pass", "in cache", "stream", "in cache / stream", "pass", "pass / max"], body), ""]
+
         # mixed precision (issue #12): each bench_mixed step against the fp32 step of the same kind
         mrows = [r for r in rows if r["program"] == "bench_mixed" and r.get("K") == 1 and "time" in r]
         if mrows:
