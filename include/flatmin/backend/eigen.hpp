@@ -436,16 +436,14 @@ struct eigen {
                                               std::ptrdiff_t nseg, std::ptrdiff_t q, const F& f, R* partial) {
     segment_view<W, G> v[reduction_group];
     const std::ptrdiff_t first = q * reduction_group;
-    if (first + std::ptrdiff_t{reduction_group} <= nseg) {
-      for (std::uint32_t m = 0; m < reduction_group; ++m)
-        v[m] = view_of(tensors, segs[first + m], segs[first + m].len);
-      host::group_form<F>::run(f, v, partial + first);
-      return;
-    }
     for (std::uint32_t m = 0; m < reduction_group; ++m) {
       // past the last segment: an empty run (its result is dropped)
       v[m] = view_of(tensors, segs[first + m < nseg ? first + m : first],
                      first + m < nseg ? segs[first + m].len : 0u);
+    }
+    if (first + std::ptrdiff_t{reduction_group} <= nseg) {
+      host::group_form<F>::run(f, v, partial + first);
+      return;
     }
     R out[reduction_group];
     host::group_form<F>::run(f, v, out);

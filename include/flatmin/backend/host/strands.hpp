@@ -21,6 +21,14 @@
 
 namespace flatmin::backend::host {
 
+/// (s·g)² as every host form sums it, and as the element path does: g converted to the compute
+/// type T, the product in T, widened to double and squared.
+template <class G, class T>
+FLATMIN_SUM_INLINE double scaled_square(G x, T s) {
+  const double y = double(static_cast<T>(x) * s);
+  return y * y;
+}
+
 #if defined(__GNUC__) && !defined(__CUDACC__)
 #define FLATMIN_STRAND_LANES 1
 /// The eight strands of a run (float, double or 16-bit gradients) as two vectors of four double
@@ -68,57 +76,63 @@ FLATMIN_SUM_INLINE void add_squares(f64x4& lo, f64x4& hi, const f64x4& y0, const
   hi = hi + q1;
 }
 
+/// Lanes O … O + 3 of x in double, lane by lane (GCC 12 splits __builtin_convertvector's float →
+/// double through the stack), into y (by reference, as to_float's).
+template <std::uint32_t O, class V>
+FLATMIN_SUM_INLINE void widen(const V& x, f64x4& y) {
+  y = f64x4{double(x[O]), double(x[O + 1]), double(x[O + 2]), double(x[O + 3])};
+}
+
 /// Adds block p[0 … 7] to the strands: lane r of lo (r < 4) or hi (r ≥ 4) += y², y = double(p[r]·s)
-/// with p[r] converted to the compute type T first and the product in T, as `sq` does. The double
-/// lanes are built lane by lane: GCC 12 splits __builtin_convertvector's float → double through the
-/// stack.
+/// with p[r] converted to the compute type T first and the product in T, as `scaled_square` does.
 template <class G, class T>
 FLATMIN_SUM_INLINE void add_block(f64x4& lo, f64x4& hi, const G* p, T s) {
+  f64x4 y0, y1;
   if constexpr (std::is_same_v<T, float>) {
-    f32x4 x0, x1;  // two halves: 8-wide here was slower in cache (bench_mixed check_pass, N = 10^5)
-    if constexpr (std::is_same_v<G, float>) {
-      std::memcpy(&x0, p, sizeof x0);
-      std::memcpy(&x1, p + 4, sizeof x1);
-    } else if constexpr (std::is_same_v<G, double>) {  // rounded to float first, as static_cast does
-      f64x4 d0, d1;
-      std::memcpy(&d0, p, sizeof d0);
-      std::memcpy(&d1, p + 4, sizeof d1);
-      x0 = f32x4{float(d0[0]), float(d0[1]), float(d0[2]), float(d0[3])};
-      x1 = f32x4{float(d1[0]), float(d1[1]), float(d1[2]), float(d1[3])};
+    if constexpr (std::is_same_v<G, float> || std::is_same_v<G, double>) {
+      f32x4 x0, x1;  // two halves: 8-wide here was slower in cache (bench_mixed check_pass, N = 10^5)
+      if constexpr (std::is_same_v<G, float>) {
+        std::memcpy(&x0, p, sizeof x0);
+        std::memcpy(&x1, p + 4, sizeof x1);
+      } else {  // rounded to float first, as static_cast does
+        f64x4 d0, d1;
+        std::memcpy(&d0, p, sizeof d0);
+        std::memcpy(&d1, p + 4, sizeof d1);
+        x0 = f32x4{float(d0[0]), float(d0[1]), float(d0[2]), float(d0[3])};
+        x1 = f32x4{float(d1[0]), float(d1[1]), float(d1[2]), float(d1[3])};
+      }
+      x0 = x0 * s;
+      x1 = x1 * s;
+      widen<0>(x0, y0);
+      widen<0>(x1, y1);
     } else {  // a 16-bit gradient
       f32x8 x;
       to_float(p, x);
       x = x * s;
-      const f64x4 y0 = {double(x[0]), double(x[1]), double(x[2]), double(x[3])};
-      const f64x4 y1 = {double(x[4]), double(x[5]), double(x[6]), double(x[7])};
-      add_squares(lo, hi, y0, y1);
-      return;
+      widen<0>(x, y0);
+      widen<4>(x, y1);
     }
-    x0 = x0 * s;
-    x1 = x1 * s;
-    const f64x4 y0 = {double(x0[0]), double(x0[1]), double(x0[2]), double(x0[3])};
-    const f64x4 y1 = {double(x1[0]), double(x1[1]), double(x1[2]), double(x1[3])};
-    add_squares(lo, hi, y0, y1);
   } else {
     static_assert(std::is_same_v<T, double>);
-    f64x4 x0, x1;
     if constexpr (std::is_same_v<G, double>) {
+      std::memcpy(&y0, p, sizeof y0);
+      std::memcpy(&y1, p + 4, sizeof y1);
+    } else if constexpr (std::is_same_v<G, float>) {
+      f32x4 x0, x1;
       std::memcpy(&x0, p, sizeof x0);
       std::memcpy(&x1, p + 4, sizeof x1);
-    } else if constexpr (std::is_same_v<G, float>) {
-      f32x4 f0, f1;
-      std::memcpy(&f0, p, sizeof f0);
-      std::memcpy(&f1, p + 4, sizeof f1);
-      x0 = f64x4{double(f0[0]), double(f0[1]), double(f0[2]), double(f0[3])};
-      x1 = f64x4{double(f1[0]), double(f1[1]), double(f1[2]), double(f1[3])};
+      widen<0>(x0, y0);
+      widen<0>(x1, y1);
     } else {  // a 16-bit gradient: exactly a float, then exactly a double
       f32x8 x;
       to_float(p, x);
-      x0 = f64x4{double(x[0]), double(x[1]), double(x[2]), double(x[3])};
-      x1 = f64x4{double(x[4]), double(x[5]), double(x[6]), double(x[7])};
+      widen<0>(x, y0);
+      widen<4>(x, y1);
     }
-    add_squares(lo, hi, x0 * s, x1 * s);
+    y0 = y0 * s;
+    y1 = y1 * s;
   }
+  add_squares(lo, hi, y0, y1);
 }
 
 /// The gradient and compute types add_block takes: every pair an optimizer has (gradients of
@@ -163,10 +177,6 @@ template <class G, class T, std::uint32_t M>
 FLATMIN_SUM_INLINE void sum_squares_written_out(const G* const (&g)[M], const std::uint32_t (&len)[M], T s,
                                                 double (&out)[M]) {
   constexpr std::uint32_t K = reduction_strands;
-  const auto sq = [s](G x) {
-    const double y = double(static_cast<T>(x) * s);
-    return y * y;
-  };
   double a[M][K] = {};
   std::uint32_t common = len[0];
   for (std::uint32_t m = 1; m < M; ++m) common = len[m] < common ? len[m] : common;
@@ -174,12 +184,12 @@ FLATMIN_SUM_INLINE void sum_squares_written_out(const G* const (&g)[M], const st
   // add_block's and add_tail's dealing: the runs side by side up to the shortest, then each alone
   for (std::uint32_t j = 0; j < common; j += K)
     for (std::uint32_t m = 0; m < M; ++m)
-      for (std::uint32_t r = 0; r < K; ++r) a[m][r] = a[m][r] + sq(g[m][j + r]);
+      for (std::uint32_t r = 0; r < K; ++r) a[m][r] = a[m][r] + scaled_square(g[m][j + r], s);
   for (std::uint32_t m = 0; m < M; ++m) {
     std::uint32_t j = common;
     for (; j + K <= len[m]; j += K)
-      for (std::uint32_t r = 0; r < K; ++r) a[m][r] = a[m][r] + sq(g[m][j + r]);
-    for (; j < len[m]; ++j) a[m][0] = a[m][0] + sq(g[m][j]);
+      for (std::uint32_t r = 0; r < K; ++r) a[m][r] = a[m][r] + scaled_square(g[m][j + r], s);
+    for (; j < len[m]; ++j) a[m][0] = a[m][0] + scaled_square(g[m][j], s);
     out[m] = combine_strands<K>(a[m]);
   }
 }
@@ -195,10 +205,6 @@ FLATMIN_SUM_INLINE void sum_squares_strands(const G* const (&g)[M], const std::u
 #if FLATMIN_STRAND_LANES
   if constexpr (reduction_strands == 8 && lanes::has_form<G, T>) {
     constexpr std::uint32_t K = reduction_strands;
-    const auto sq = [s](G x) {
-      const double y = double(static_cast<T>(x) * s);
-      return y * y;
-    };
     // Every run that has whole blocks left is read side by side with the others, up to the
     // shortest of them, and again with those left (a group whose runs differ in length, a short
     // last segment or tensors of mixed sizes, keeps its streams); each run's blocks are summed in
@@ -240,7 +246,7 @@ FLATMIN_SUM_INLINE void sum_squares_strands(const G* const (&g)[M], const std::u
         b[r] = l[r];
         b[4 + r] = h[r];
       }
-      for (std::size_t j = body[k]; j < n[k]; ++j) b[0] = b[0] + sq(p[k][j]);
+      for (std::size_t j = body[k]; j < n[k]; ++j) b[0] = b[0] + scaled_square(p[k][j], s);
       out[order[k]] = combine_strands<K>(b);
     }
   } else {
@@ -260,10 +266,6 @@ FLATMIN_SUM_INLINE double masked_sum_squares_strands(const G* g, std::uint32_t l
                                                      const Bit& bit, double& kept) {
   constexpr std::uint32_t K = reduction_strands;
   static_assert(K == 8, "eight strands: one byte of mask bits per block");
-  const auto sq = [s](G x) {
-    const double y = double(static_cast<T>(x) * s);
-    return y * y;
-  };
   double a[K] = {};
   std::uint32_t count = 0, j = 0;
   for (; j + K <= len; j += K) {  // add_block's dealing, the lanes of a byte of bits in two halves
@@ -272,13 +274,13 @@ FLATMIN_SUM_INLINE double masked_sum_squares_strands(const G* g, std::uint32_t l
     const std::uint64_t* lo = nibble_table<std::uint64_t>.lane[b & 15u];
     const std::uint64_t* hi = nibble_table<std::uint64_t>.lane[b >> 4];
     for (std::uint32_t r = 0; r < 4; ++r)
-      a[r] = a[r] + kernels::blend_lanes<double>(lo[r], sq(g[j + r]), 0.0);
+      a[r] = a[r] + kernels::blend_lanes<double>(lo[r], scaled_square(g[j + r], s), 0.0);
     for (std::uint32_t r = 0; r < 4; ++r)
-      a[4 + r] = a[4 + r] + kernels::blend_lanes<double>(hi[r], sq(g[j + 4 + r]), 0.0);
+      a[4 + r] = a[4 + r] + kernels::blend_lanes<double>(hi[r], scaled_square(g[j + 4 + r], s), 0.0);
   }
   for (; j < len; ++j)  // add_tail's, counting
     if (bit(j)) {
-      a[0] = a[0] + sq(g[j]);
+      a[0] = a[0] + scaled_square(g[j], s);
       ++count;
     }
   kept = double(count);
