@@ -284,3 +284,69 @@ TEST_CASE("thrust: device_vector views are tagged device; memory spaces are chec
 #endif
 }
 #endif
+
+#if defined(FLATMIN_TEST_WITH_THRUST)
+// A stream_scope moves the calling thread's passes onto its stream and restores the one it found.
+// Under CUDA the stream is a real non-blocking one (not ordered with the default stream), so the
+// passes, the reductions' read-back and the host copies must all wait on it to give the same bits
+// as the default stream; on the host systems the stream is bookkeeping and the same code runs.
+TEST_CASE("thrust: passes run on the stream a stream_scope names; scopes nest and restore") {
+  using B = flatmin::backend::thrust;
+  using stream_t = B::stream_type;
+#if THRUST_DEVICE_SYSTEM == THRUST_DEVICE_SYSTEM_CUDA
+  int devices = 0;
+  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
+    static_cast<void>(cudaGetLastError());
+    MESSAGE("no CUDA device: stream_scope not run");
+    return;
+  }
+  stream_t s1{}, s2{};
+  REQUIRE(cudaStreamCreateWithFlags(&s1, cudaStreamNonBlocking) == cudaSuccess);
+  REQUIRE(cudaStreamCreateWithFlags(&s2, cudaStreamNonBlocking) == cudaSuccess);
+#else
+  int a = 0, b = 0;
+  const stream_t s1 = &a, s2 = &b;
+#endif
+  const std::vector<std::size_t> sizes{100003, 17, 4096};
+  tensors<B> outside(sizes);
+  flatmin::backend::layout<float, B> lo(outside.ps);
+  const double want = B::reduce<double>(lo.full(), wg_dot{});
+  B::for_each(lo.full(), tensor_id{});
+  CHECK(B::stream() == stream_t{});
+  {
+    const B::stream_scope on(s1);
+    CHECK(B::stream() == s1);
+    {
+      const B::stream_scope inner(s2);
+      CHECK(B::stream() == s2);
+    }
+    CHECK(B::stream() == s1);
+    tensors<B> inside(sizes);  // same seed: same values
+    flatmin::backend::layout<float, B> li(inside.ps);
+    const double got = B::reduce<double>(li.full(), wg_dot{});
+    CHECK(std::memcmp(&got, &want, sizeof(double)) == 0);
+    B::for_each(li.full(), tensor_id{});
+    for (std::size_t t = 0; t < sizes.size(); ++t) CHECK(inside.host_w(t) == outside.host_w(t));
+    auto v = B::make_vector<double>(123457, -1.0);
+    B::for_each_index(v.size(), set_square{B::data(v)});
+    auto u = B::make_vector<double>(1, 0.0);
+    B::copy(v, u);  // resizes u
+    B::fill(v, 0.5);
+    const auto hu = B::to_host(u), hv = B::to_host(v);
+    std::size_t wrong = 0;
+    for (std::size_t i = 0; i < hu.size(); ++i) wrong += hu[i] != double(i) * double(i) || hv[i] != 0.5;
+    CHECK(hu.size() == 123457);
+    CHECK(wrong == 0);
+    std::vector<double> back(3, 0.0);
+    B::upload(std::vector<double>{1.0, 2.0, 3.0}.data(), 3, B::data(v));
+    B::copy_n(B::data(v), 3, B::data(u) + 10);
+    B::download(B::data(u) + 10, 3, back.data());
+    CHECK(back == std::vector<double>{1.0, 2.0, 3.0});
+  }
+  CHECK(B::stream() == stream_t{});
+#if THRUST_DEVICE_SYSTEM == THRUST_DEVICE_SYSTEM_CUDA
+  CHECK(cudaStreamDestroy(s1) == cudaSuccess);
+  CHECK(cudaStreamDestroy(s2) == cudaSuccess);
+#endif
+}
+#endif

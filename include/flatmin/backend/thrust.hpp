@@ -33,11 +33,21 @@
 /// with --extended-lambda), and nvcc rejects extended lambdas defined in private or protected
 /// member functions, in functions with a deduced return type, and inside non-extended lambdas.
 ///
+/// **Streams.** Passes run on the calling thread's stream: the default stream unless a
+/// `backend::thrust::stream_scope` names another (libtorch's adapter opens one on torch's current
+/// stream for every step). Every pass returns once its work is done (`thrust::cuda::par`), and the
+/// copies between host and device memory first wait for the stream, so work queued on that stream
+/// before a pass is ordered before it, and host code may read what a pass wrote. Work on *other*
+/// streams is not ordered with flatmin's: synchronise it first.
+///
 /// Memory: under CUDA only device memory (views tagged `memory_space::device`; `check_view`
 /// asks the CUDA runtime and rejects host pointers). On the OMP and CPP systems device memory
 /// *is* host memory, so both spaces are accepted.
 
 #include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include <thrust/copy.h>
@@ -64,6 +74,38 @@
 namespace flatmin::backend {
 
 namespace thrust_detail {
+
+#if defined(FLATMIN_THRUST_IS_CUDA)
+using stream_type = cudaStream_t;
+#else
+using stream_type = void*;  // the host device systems have no streams: the value is kept, not used
+#endif
+
+/// The calling thread's stream for backend::thrust's passes (`thrust::stream_scope`); null is the
+/// default stream.
+inline stream_type& stream_slot() {
+  thread_local stream_type s{};
+  return s;
+}
+
+/// The execution policy of every pass: under CUDA `thrust::cuda::par` on the thread's stream,
+/// which returns once the pass's work is done; on the host systems `thrust::device`.
+#if defined(FLATMIN_THRUST_IS_CUDA)
+inline auto exec() { return ::thrust::cuda::par.on(stream_slot()); }
+#else
+inline const auto& exec() { return ::thrust::device; }
+#endif
+
+/// Waits for the thread's stream (under CUDA; elsewhere nothing): before a copy between host and
+/// device memory, which Thrust makes on the default stream.
+inline void sync_stream() {
+#if defined(FLATMIN_THRUST_IS_CUDA)
+  const cudaError_t e = cudaStreamSynchronize(stream_slot());
+  if (e != cudaSuccess)
+    throw std::runtime_error(std::string("flatmin: backend thrust: cudaStreamSynchronize: ") +
+                             cudaGetErrorString(e));
+#endif
+}
 
 /// 1 where f(i) is non-zero (count_index).
 template <class F>
@@ -270,6 +312,7 @@ R sum_in_order(const R* partial, std::size_t n) {
   thread_local std::vector<R> h;
   h.resize(n);
   const auto p = ::thrust::device_pointer_cast(partial);
+  sync_stream();
   ::thrust::copy(p, p + n, h.begin());
   R total{};
   for (std::size_t i = 0; i < n; ++i) total = total + h[i];
@@ -288,6 +331,25 @@ struct thrust {
   /// loops on the calling thread (as in backend::eigen), with the same functors and the same
   /// summation tree, so that small problems do not pay for OpenMP regions and temporary vectors.
   static constexpr std::size_t parallel_threshold = 1u << 16;
+
+  /// `cudaStream_t` under CUDA; on the host device systems an opaque pointer, kept and not used.
+  using stream_type = thrust_detail::stream_type;
+  /// The stream the calling thread's passes run on (null: the default stream).
+  static stream_type stream() { return thrust_detail::stream_slot(); }
+  /// Runs the calling thread's passes on `s` until the scope ends, then restores the stream it
+  /// found (scopes nest). It does not synchronise anything itself (see "Streams" above).
+  ///
+  ///     { flatmin::backend::thrust::stream_scope on(stream); opt.ascend(); ...; opt.descend(); }
+  class stream_scope {
+   public:
+    explicit stream_scope(stream_type s) : previous_(std::exchange(thrust_detail::stream_slot(), s)) {}
+    ~stream_scope() { thrust_detail::stream_slot() = previous_; }
+    stream_scope(const stream_scope&) = delete;
+    stream_scope& operator=(const stream_scope&) = delete;
+
+   private:
+    stream_type previous_;
+  };
 
   template <class T>
   using vector = ::thrust::device_vector<T>;
@@ -351,7 +413,10 @@ struct thrust {
   static std::vector<T> to_host(const vector<T>& v) {
     std::vector<T> h(v.size());
     // An empty std::vector's data() may be null, which Thrust's copy must not be handed.
-    if (!h.empty()) ::thrust::copy(v.begin(), v.end(), h.begin());
+    if (!h.empty()) {
+      thrust_detail::sync_stream();
+      ::thrust::copy(v.begin(), v.end(), h.begin());
+    }
     return h;
   }
   template <class T>
@@ -364,27 +429,32 @@ struct thrust {
   }
   template <class T>
   static void fill(vector<T>& v, T value) {
-    ::thrust::fill(v.begin(), v.end(), value);
+    ::thrust::fill(thrust_detail::exec(), v.begin(), v.end(), value);
   }
   template <class T>
   static void copy(const vector<T>& from, vector<T>& to) {
-    to = from;
+    if (to.size() != from.size()) to.resize(from.size());
+    copy_n(data(from), from.size(), data(to));
   }
   /// n elements from `from` to `to`: within device memory (copy_n), from host memory into device
   /// memory (upload), from device memory into host memory (download). Synchronous.
   template <class T>
   static void copy_n(const T* from, std::size_t n, T* to) {
     if (n)
-      ::thrust::copy(::thrust::device_pointer_cast(from), ::thrust::device_pointer_cast(from + n),
-                     ::thrust::device_pointer_cast(to));
+      ::thrust::copy(thrust_detail::exec(), ::thrust::device_pointer_cast(from),
+                     ::thrust::device_pointer_cast(from + n), ::thrust::device_pointer_cast(to));
   }
   template <class T>
   static void upload(const T* host, std::size_t n, T* to) {
-    if (n) ::thrust::copy(host, host + n, ::thrust::device_pointer_cast(to));
+    if (n == 0) return;
+    thrust_detail::sync_stream();
+    ::thrust::copy(host, host + n, ::thrust::device_pointer_cast(to));
   }
   template <class T>
   static void download(const T* from, std::size_t n, T* host) {
-    if (n) ::thrust::copy(::thrust::device_pointer_cast(from), ::thrust::device_pointer_cast(from + n), host);
+    if (n == 0) return;
+    thrust_detail::sync_stream();
+    ::thrust::copy(::thrust::device_pointer_cast(from), ::thrust::device_pointer_cast(from + n), host);
   }
 
   /// Runs `f(elem<W, G>)` for every element of the range: one launch.
@@ -400,7 +470,7 @@ struct thrust {
     }
 #endif
     ::thrust::counting_iterator<std::size_t> first(0);
-    ::thrust::for_each(::thrust::device, first, first + r.count * segment_size, lanes);
+    ::thrust::for_each(thrust_detail::exec(), first, first + r.count * segment_size, lanes);
   }
 
   /// Sum over the range of `f(elem<W, G>) -> R`, in backend::eigen's summation order: the
@@ -445,7 +515,7 @@ struct thrust {
     }
 #endif
     ::thrust::counting_iterator<std::size_t> first(0);
-    ::thrust::for_each(::thrust::device, first, first + n, f);
+    ::thrust::for_each(thrust_detail::exec(), first, first + n, f);
   }
 
   /// Runs `f(i)` for i in [0, n) and counts the i where it returns non-zero: one thread per index
@@ -456,7 +526,7 @@ struct thrust {
     if (n == 0) return 0;
     ::thrust::counting_iterator<std::size_t> first(0);
 #if defined(FLATMIN_THRUST_IS_CUDA)
-    return ::thrust::transform_reduce(::thrust::device, first, first + n, thrust_detail::nonzero<F>{f},
+    return ::thrust::transform_reduce(thrust_detail::exec(), first, first + n, thrust_detail::nonzero<F>{f},
                                       std::uint64_t{0}, thrust_detail::add_u64{});
 #else
     // Host systems: blocks of indices counted apart, then added (as count_and_collect: Thrust's own
@@ -468,7 +538,7 @@ struct thrust {
     }
     const std::size_t nb = (n + segment_size - 1) / segment_size;
     ::thrust::device_vector<std::uint64_t> per(nb);
-    ::thrust::transform(::thrust::device, first, first + nb, per.begin(),
+    ::thrust::transform(thrust_detail::exec(), first, first + nb, per.begin(),
                         thrust_detail::block_count<F>{n, segment_size, f});
     std::vector<std::uint64_t> h(nb);
     ::thrust::copy(per.begin(), per.end(), h.begin());
@@ -492,7 +562,7 @@ struct thrust {
 #endif
     ::thrust::counting_iterator<std::size_t> first(0);
     R* partial = thrust_detail::scratch<R, 1>(nb);
-    ::thrust::transform(::thrust::device, first, first + nb, ::thrust::device_pointer_cast(partial),
+    ::thrust::transform(thrust_detail::exec(), first, first + nb, ::thrust::device_pointer_cast(partial),
                         thrust_detail::index_block<R, F>{n, f});
     return thrust_detail::sum_in_order(partial, nb);
   }
@@ -523,10 +593,9 @@ struct thrust {
     // bm_fisher_refresh, bench/RESULTS.md).
     constexpr std::size_t copies = 64;
     ::thrust::device_vector<unsigned long long> rows(copies * bins, 0ull);
-    ::thrust::for_each(
-        ::thrust::device, first, first + n,
+    ::thrust::for_each(thrust_detail::exec(), first, first + n,
         thrust_detail::histogram_atomic<F>{key, ::thrust::raw_pointer_cast(rows.data()), bins, copies});
-    ::thrust::transform(::thrust::device, first, first + bins, col.begin(),
+    ::thrust::transform(thrust_detail::exec(), first, first + bins, col.begin(),
                         thrust_detail::histogram_column<unsigned long long>{
                             ::thrust::raw_pointer_cast(rows.data()), copies, bins});
 #else
@@ -534,11 +603,9 @@ struct thrust {
     while (((n + block - 1) / block) * bins > (std::size_t{1} << 24)) block *= 2;
     const std::size_t nb = (n + block - 1) / block;
     ::thrust::device_vector<std::uint32_t> rows(nb * bins, 0u);
-    ::thrust::for_each(
-        ::thrust::device, first, first + nb,
+    ::thrust::for_each(thrust_detail::exec(), first, first + nb,
         thrust_detail::histogram_block<F>{n, block, bins, ::thrust::raw_pointer_cast(rows.data()), key});
-    ::thrust::transform(
-        ::thrust::device, first, first + bins, col.begin(),
+    ::thrust::transform(thrust_detail::exec(), first, first + bins, col.begin(),
         thrust_detail::histogram_column<std::uint32_t>{::thrust::raw_pointer_cast(rows.data()), nb, bins});
 #endif
     ::thrust::copy(col.begin(), col.end(), counts.begin());
@@ -567,17 +634,18 @@ struct thrust {
     ::thrust::counting_iterator<std::size_t> first(0);
 #if defined(FLATMIN_THRUST_IS_CUDA)
     const count_collect_result r =
-        ::thrust::transform_reduce(::thrust::device, first, first + n, thrust_detail::code_counts<F>{code},
-                                   count_collect_result{}, thrust_detail::add_counts{});
+        ::thrust::transform_reduce(thrust_detail::exec(), first, first + n,
+                                   thrust_detail::code_counts<F>{code}, count_collect_result{},
+                                   thrust_detail::add_counts{});
     if (r.collected <= cap)
-      ::thrust::copy_if(::thrust::device, first, first + n, ::thrust::device_pointer_cast(out),
+      ::thrust::copy_if(thrust_detail::exec(), first, first + n, ::thrust::device_pointer_cast(out),
                         thrust_detail::code_is_two<F>{code});
     return r;
 #else
     // blocks of indices: count, place each block's 2s after the earlier blocks', write them
     const std::size_t nb = (n + segment_size - 1) / segment_size;
     ::thrust::device_vector<count_collect_result> per(nb);
-    ::thrust::transform(::thrust::device, first, first + nb, per.begin(),
+    ::thrust::transform(thrust_detail::exec(), first, first + nb, per.begin(),
                         thrust_detail::block_code_counts<F>{n, segment_size, code});
     std::vector<count_collect_result> h(nb);
     ::thrust::copy(per.begin(), per.end(), h.begin());
@@ -590,7 +658,7 @@ struct thrust {
     }
     if (r.collected <= cap) {
       const ::thrust::device_vector<std::uint64_t> dstart(start.begin(), start.end());
-      ::thrust::for_each(::thrust::device, first, first + nb,
+      ::thrust::for_each(thrust_detail::exec(), first, first + nb,
                          thrust_detail::block_code_collect<F>{
                              n, segment_size, code, ::thrust::raw_pointer_cast(dstart.data()), out});
     }
@@ -624,9 +692,10 @@ struct thrust {
     ::thrust::counting_iterator<std::size_t> first(0);
     R* strands = thrust_detail::scratch<R, 0>(k * r.count);
     R* partial = thrust_detail::scratch<R, 1>(r.count);
-    ::thrust::transform(::thrust::device, first, first + k * r.count, ::thrust::device_pointer_cast(strands),
+    ::thrust::transform(thrust_detail::exec(), first, first + k * r.count,
+                        ::thrust::device_pointer_cast(strands),
                         thrust_detail::segment_strand<R, W, G, F>{r.tensors, r.segments, f});
-    ::thrust::transform(::thrust::device, first, first + r.count, ::thrust::device_pointer_cast(partial),
+    ::thrust::transform(thrust_detail::exec(), first, first + r.count, ::thrust::device_pointer_cast(partial),
                         thrust_detail::combine_segment_strands<R>{strands});
     return partial;
   }
