@@ -18,8 +18,15 @@
 /// factories then keep the optimizer state in float (params/precision.hpp), and
 /// `optimizer_options::master_weights` / `loss_scale` (fp16) work as on any 16-bit param_set: with
 /// the loss scaler the closure multiplies the loss by `opt.inner().loss_scale()` before `backward()`.
-/// CUDA tensors are refused (`usage_error`): they need `backend::thrust` compiled by nvcc and the
-/// current CUDA stream, not bound here yet.
+///
+/// CUDA tensors: in a translation unit compiled by nvcc against a CUDA libtorch (then
+/// `FLATMIN_TORCH_CUDA` is defined), a binding of CUDA tensors gives views of device memory, which
+/// `backend::thrust` (nvcc's default backend) runs on. Every call of the optimizer wrapper
+/// (construction, step, ascend, second_point, descend, cancel, save, load, rebind) makes the
+/// tensors' device current and runs flatmin's passes on torch's current stream of that device
+/// (`backend::thrust::stream_scope`), so they are ordered after the forward and backward queued
+/// there; each pass returns when its work is done. Elsewhere CUDA tensors are refused with a
+/// `usage_error`. CPU tensors in an nvcc translation unit need `backend::eigen` named in the factory.
 ///
 /// The wrapper is a torch::optim::Optimizer: param groups (per-group lr and weight decay, as the
 /// core's per-tensor multipliers), LRSchedulers, and save / load through torch::serialize archives.
@@ -56,6 +63,16 @@
 #include "numeric/reinterpret.hpp"
 #include "optimizer/report.hpp"
 #include "params/param_set.hpp"
+
+#if defined(__CUDACC__) && !defined(FLATMIN_TORCH_NO_CUDA)
+#include "backend/thrust.hpp"
+#if defined(FLATMIN_THRUST_IS_CUDA)
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+/// Defined where the adapter binds CUDA tensors (nvcc, Thrust on CUDA, `FLATMIN_TORCH_NO_CUDA` unset).
+#define FLATMIN_TORCH_CUDA 1
+#endif
+#endif
 
 namespace flatmin::libtorch {
 
@@ -193,22 +210,47 @@ void check_uniform(const named_tensors& tensors) {
     }
   if (tensors.empty()) return;
   const auto& [name, t] = tensors.front();
+#if !defined(FLATMIN_TORCH_CUDA)
   if (t.is_cuda())
     fail("tensor " + quote(name) + " is on " + device_name(t.device()) +
-         ": CUDA tensors need backend::thrust compiled by nvcc, which this adapter does not bind yet "
-         "(backend::eigen reads host memory only)");
-  if (!t.device().is_cpu())
-    fail("tensor " + quote(name) + " is on " + device_name(t.device()) + ": only CPU tensors can be bound");
+         ": CUDA tensors are bound only in code compiled by nvcc against a CUDA libtorch "
+         "(FLATMIN_TORCH_CUDA), where backend::thrust runs on them; this translation unit binds CPU "
+         "tensors");
+#endif
+  if (!t.device().is_cpu() && !t.is_cuda())
+    fail("tensor " + quote(name) + " is on " + device_name(t.device()) +
+         ": only CPU and CUDA tensors can be bound");
 }
+
+/// While alive, under FLATMIN_TORCH_CUDA and for a CUDA device: that device is current and
+/// backend::thrust's passes run on torch's current stream of it. Otherwise nothing.
+class device_scope {
+ public:
+  explicit device_scope([[maybe_unused]] const c10::Device& d) {
+#if defined(FLATMIN_TORCH_CUDA)
+    if (d.is_cuda()) {
+      guard_.emplace(d);
+      stream_.emplace(c10::cuda::getCurrentCUDAStream(d.index()).stream());
+    }
+#endif
+  }
+
+ private:
+#if defined(FLATMIN_TORCH_CUDA)
+  std::optional<c10::cuda::CUDAGuard> guard_;  // first in, last out
+  std::optional<flatmin::backend::thrust::stream_scope> stream_;
+#endif
+};
 
 }  // namespace detail
 
 /// A `param_set<T>` over libtorch tensors that knows what it registered. T is float, double,
 /// flatmin::bfloat16 (torch's kBFloat16) or flatmin::half (kHalf).
 ///
-/// Each tensor must be dense (strided), contiguous, of dtype T and on the CPU; all of one dtype and
-/// device. An undefined gradient is allocated (zeros, same dtype and device) and set as `.grad`.
-/// Violations throw `usage_error` naming the tensor. The binding holds the storages it registered:
+/// Each tensor must be dense (strided), contiguous, of dtype T and on the CPU (or a CUDA device
+/// under FLATMIN_TORCH_CUDA); all of one dtype and device. An undefined gradient is allocated
+/// (zeros, same dtype and device) and set as `.grad`. Violations throw `usage_error` naming the
+/// tensor. The binding holds the storages it registered:
 /// copies of it share them; keep one binding per optimizer.
 template <class T>
 class binding {
@@ -237,6 +279,12 @@ class binding {
   std::size_t size() const { return entries_.size(); }
   const std::string& name(std::size_t i) const { return entries_.at(i).name; }
   const torch::Tensor& parameter(std::size_t i) const { return entries_.at(i).param; }
+  /// The device of the bound tensors (the CPU for an empty binding).
+  c10::Device device() const {
+    return entries_.empty() ? c10::Device(c10::kCPU) : entries_.front().device;
+  }
+  /// Where params()' views point: device memory for CUDA tensors, else host memory.
+  memory_space space() const { return device().is_cuda() ? memory_space::device : memory_space::host; }
 
   /// Throws `usage_error` naming the first parameter or gradient that no longer has the storage,
   /// size, dtype, device or layout it was registered with. Reads tensor metadata only.
@@ -465,21 +513,23 @@ class binding {
 
   void build() {
     param_set<T> ps;
+    const memory_space in = space();
     for (std::size_t i = 0; i < entries_.size(); ++i) {
       const entry& e = entries_[i];
       const auto pair =
           std::find_if(pairs_.begin(), pairs_.end(), [&](const auto& p) { return p.a == i || p.b == i; });
       if (pair == pairs_.end()) {
-        ps.add(e.name, detail::elements<T>(e.param), detail::elements<T>(e.grad), shape_of(e), e.options);
+        ps.add(e.name, detail::elements<T>(e.param), detail::elements<T>(e.grad), shape_of(e), e.options, in);
       } else if (pair->a == i) {  // the pair at A's place; B is skipped where it comes
         const entry& b = entries_[pair->b];
         if (pair->base.defined())
           ps.add_lora_pair(pair->name, detail::elements<T>(e.param), detail::elements<T>(e.grad), shape_of(e),
                            detail::elements<T>(b.param), detail::elements<T>(b.grad), shape_of(b),
-                           lora_base<T>{detail::elements<T>(pair->base), pair->scale}, e.options);
+                           lora_base<T>{detail::elements<T>(pair->base), pair->scale}, e.options, in);
         else
           ps.add_lora_pair(pair->name, detail::elements<T>(e.param), detail::elements<T>(e.grad), shape_of(e),
-                           detail::elements<T>(b.param), detail::elements<T>(b.grad), shape_of(b), e.options);
+                           detail::elements<T>(b.param), detail::elements<T>(b.grad), shape_of(b), e.options,
+                           in);
       }
     }
     params_ = std::move(ps);
@@ -576,6 +626,7 @@ class optimizer : public torch::optim::Optimizer {
                                 std::make_unique<group_options>(0.0, 0.0)),
         binding_(std::move(bound)),
         make_(std::move(make)) {
+    const detail::device_scope on(binding_.device());
     inner_.emplace(make_(binding_.params()));
     const double lr0 = lr_of(*inner_), wd0 = wd_of(*inner_), rho0 = rho_of(*inner_);
     if (groups.empty()) {
@@ -626,6 +677,9 @@ class optimizer : public torch::optim::Optimizer {
       applied_.push_back({lr, wd});
       torch::optim::OptimizerParamGroup pg(g.params, std::make_unique<group_options>(lr, wd));
       add_param_group(pg);
+      // libtorch 2.x's add_param_group keeps only the options types it knows (SGDOptions, ...):
+      // any other is replaced by the defaults (lr 0 here). Set the group's own again.
+      param_groups().back().set_options(std::make_unique<group_options>(lr, wd));
     }
     for (std::size_t i = 0; i < binding_.size(); ++i)
       binding_.set_scales(i, lr_ratio_[group_of[i]], wd_ratio_[group_of[i]], rho_ratio[group_of[i]]);
@@ -646,6 +700,7 @@ class optimizer : public torch::optim::Optimizer {
   template <class Closure>
   decltype(auto) step(Closure&& closure, const step_args& args = {}) {
     binding_.check();
+    const detail::device_scope on(binding_.device());
     sync_groups();
     guarded<std::remove_reference_t<Closure>> objective{binding_, closure};
     if constexpr (requires { closure.functional_backward(); }) {
@@ -678,6 +733,7 @@ class optimizer : public torch::optim::Optimizer {
   /// (`zero_grad()`) before each backward.
   decltype(auto) ascend(const step_args& args = {}) {
     binding_.check();
+    const detail::device_scope on(binding_.device());
     sync_groups();
     return inner_->ascend(args);
   }
@@ -687,6 +743,7 @@ class optimizer : public torch::optim::Optimizer {
   decltype(auto) second_point(const step_args& args = {})
     requires inner_type::two_points
   {
+    const detail::device_scope on(binding_.device());
     try {
       binding_.check();
     } catch (...) {
@@ -697,6 +754,7 @@ class optimizer : public torch::optim::Optimizer {
   }
   /// A stale binding here cancels the step (w restored into the registered memory) and throws.
   decltype(auto) descend(const step_args& args = {}) {
+    const detail::device_scope on(binding_.device());
     try {
       binding_.check();
       if (!inner_->ascended()) sync_groups();
@@ -706,7 +764,10 @@ class optimizer : public torch::optim::Optimizer {
     }
     return inner_->descend(args);
   }
-  void cancel() { inner_->cancel(); }
+  void cancel() {
+    const detail::device_scope on(binding_.device());
+    inner_->cancel();
+  }
 
   /// Zeroes the gradients in place (see binding::zero_grad).
   void zero_grad() { binding_.zero_grad(); }
@@ -722,7 +783,10 @@ class optimizer : public torch::optim::Optimizer {
   /// base optimizer's (float64 tensors, exact). `torch::save(opt, path)` calls it.
   void save(torch::serialize::OutputArchive& archive) const override {
     std::stringstream bytes;
-    const_cast<inner_type&>(*inner_).save(bytes);  // writes nothing to the optimizer; usage_error mid-step
+    {
+      const detail::device_scope on(binding_.device());
+      const_cast<inner_type&>(*inner_).save(bytes);  // writes nothing to the optimizer; usage_error mid-step
+    }
     const std::string s = bytes.str();
     auto t = torch::empty({static_cast<std::int64_t>(s.size())}, torch::kUInt8);
     std::memcpy(t.data_ptr(), s.data(), s.size());
@@ -758,7 +822,10 @@ class optimizer : public torch::optim::Optimizer {
     t = t.contiguous();
     std::stringstream bytes(
         std::string(static_cast<const char*>(t.data_ptr()), static_cast<std::size_t>(t.numel())));
-    inner_->load(bytes);  // all or nothing; from here nothing throws
+    {
+      const detail::device_scope on(binding_.device());
+      inner_->load(bytes);  // all or nothing; from here nothing throws
+    }
     lr = lr.contiguous();
     wd = wd.contiguous();
     base = base.contiguous();
@@ -873,6 +940,7 @@ class optimizer : public torch::optim::Optimizer {
 
   void rebind_to(binding<T> fresh) {
     if (inner_->ascended()) detail::fail("rebind() between ascend() and descend(): call cancel() first");
+    const detail::device_scope on(fresh.device());
     inner_type next = make_(fresh.params());
     std::stringstream state;
     inner_->save(state);

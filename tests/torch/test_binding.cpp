@@ -4,6 +4,9 @@
 #include <flatmin/flatmin.hpp>
 #include <flatmin/torch.hpp>
 #include <torch/torch.h>
+#if defined(FLATMIN_TEST_WITH_THRUST)
+#include <flatmin/backend/thrust.hpp>
+#endif
 
 #include <doctest/doctest.h>
 
@@ -325,6 +328,41 @@ TEST_CASE("step(closure) zeroes the gradients before each backward: zeroing in t
   CHECK(usage_message([&] { oa.step([] { return torch::zeros({2}); }); }).find("one-element tensor") !=
         std::string::npos);
 }
+
+#if defined(FLATMIN_TEST_WITH_THRUST)
+// The adapter is generic over the backend: on Thrust's host device system (OpenMP) the same run
+// must give backend::eigen's bits (both follow summation.hpp's order), and the wrapper leaves the
+// thread's Thrust stream as it found it (CPU tensors open no stream scope).
+TEST_CASE("the adapter drives backend::thrust (host device system) bit for bit like backend::eigen") {
+  const auto x = inputs();
+  torch::manual_seed(11);
+  const auto y = torch::randn({8, 2}, torch::kDouble);
+  auto a = make_net(), b = make_net();
+  const auto make = [](auto backend) {
+    return [](const auto& ps) {
+      return flatmin::sam<decltype(backend)>(ps, flatmin::base::adamw{.lr = 1e-2, .weight_decay = 0.01},
+                                            {.rho = 0.05});
+    };
+  };
+  fl::optimizer oa(fl::binding<double>(*a), make(flatmin::backend::eigen{}));
+  fl::optimizer ob(fl::binding<double>(*b), make(flatmin::backend::thrust{}));
+  const auto closure_of = [&](torch::nn::Sequential& net) {
+    return [&] {
+      auto loss = torch::mse_loss(net->forward(x), y);
+      loss.backward();
+      return loss;
+    };
+  };
+  const auto before = snapshot(*a);
+  for (int s = 0; s < 10; ++s) {
+    oa.step(closure_of(a));
+    ob.step(closure_of(b));
+  }
+  CHECK_FALSE(same_values(*a, before));
+  CHECK(same_values(*a, snapshot(*b)));
+  CHECK(flatmin::backend::thrust::stream() == flatmin::backend::thrust::stream_type{});
+}
+#endif
 
 TEST_CASE("the README's libtorch example runs and trains") {
   torch::manual_seed(0);
