@@ -13,6 +13,8 @@
 //   SAM + AdamW step: (c) 52 B · (a) 2 + 14 + 2 + 26 = 44 B · (b) 2 + 12 + 2 + 28 = 44 B
 //     (d) bf16 weights and gradients in place (mode 1), no master copy: 2 + (w 2, g 2; w 2,
 //         saved 2) 8 + 2 + (saved 2, g 2, m 4, v 4; w 2, m 4, v 4) 22 = 34 B
+//     (e) fp32 weights and gradients, double m and v: 4 + 16 + 4 + (saved 4, g 4, m 8, v 8; w 4,
+//         m 8, v 8) 44 = 68 B
 // fp16 rows (`g_fp16`) have the bf16 rows' bytes; their conversions are more work.
 // No timing is asserted anywhere; bench/RESULTS.md records measured runs.
 #include <array>
@@ -139,18 +141,19 @@ void descend16_adamw(benchmark::State& st) {
 template <class P, class Base>
 std::array<streams, 4> step_streams(bool master) {
   constexpr double w = sizeof(typename P::weight_type), g = sizeof(typename P::grad_type);
+  constexpr double e = sizeof(typename P::state_type);  // 4, or 8 for double state
   constexpr bool adam = !std::is_same_v<Base, flatmin::base::sgd>;
   constexpr int state = adam ? 2 : 1;  // m, v or the momentum buffer, each read and written
   const std::array<streams, 4> plain = {
       {{1, 0, 0, g},
        {2, 1, 1, w + g + w + w},  // w, g -> w, saved
        {1, 0, 0, g},
-       {2 + state, state, 1, w + g + 8.0 * state + w}}};  // saved, g, state -> state, w
+       {2 + state, state, 1, w + g + 2 * e * state + w}}};  // saved, g, state -> state, w
   const std::array<streams, 4> with_master = {
       {{1, 0, 0, g},
        {3, 1, 1, w + 4 + g + w + w},  // w16, master, g -> w16, saved
        {1, 0, 0, g},
-       {2 + state, 1 + state, 1, 4 + g + 8.0 * state + 4 + w}}};  // master, g, state -> master, state, w16
+       {2 + state, 1 + state, 1, 4 + g + 2 * e * state + 4 + w}}};  // master, g, state -> master, state, w16
   return master ? with_master : plain;
 }
 
@@ -207,6 +210,9 @@ const bool registered = [] {
   grid(benchmark::RegisterBenchmark("sam_adamw/w_bf16_master", step<w_bf16, true, true, 44>), one);
   grid(benchmark::RegisterBenchmark("sam_adamw/w_bf16", step<w_bf16, true, false, 34>), one);
   grid(benchmark::RegisterBenchmark("sam_adamw/g_fp16", step<g_fp16, true, false, 44>), one);
+  // fp32 weights and gradients, double optimizer state (m, v): 4 + 16 + 4 + (4 + 4 + 32 + 4) = 68 B
+  using s_fp64 = flatmin::precision<float, float, double>;
+  grid(benchmark::RegisterBenchmark("sam_adamw/state_fp64", step<s_fp64, true, false, 68>), one);
   return true;
 }();
 

@@ -463,7 +463,12 @@ struct eigen {
     // which keeps it from vectorising
     const std::uint32_t flags = t.flags, len = s.len, tensor = s.tensor;
     const std::uint64_t index = s.index, slot = s.slot;
-    for (std::uint32_t j = 0; j < len; ++j) f(elem<W, G>{w[j], g[j], index + j, slot + j, tensor, flags});
+    if constexpr (host::independent_entries<F>) {
+      FLATMIN_IVDEP
+      for (std::uint32_t j = 0; j < len; ++j) f(elem<W, G>{w[j], g[j], index + j, slot + j, tensor, flags});
+    } else {
+      for (std::uint32_t j = 0; j < len; ++j) f(elem<W, G>{w[j], g[j], index + j, slot + j, tensor, flags});
+    }
   }
 
   template <class R, class W, class G, class F>

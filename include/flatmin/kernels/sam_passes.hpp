@@ -35,6 +35,24 @@ struct check_pass {
   }
 };
 
+/// check_pass that also keeps the scaled gradient, out[i] = g · inv_scale, reading g once (SAMPa's
+/// g̃ at the second point). The copy is written whatever the check finds: `out` must be scratch
+/// that a skipped step does not read.
+template <class T>
+struct check_copy_pass {
+  T inv_scale;
+  T* out;
+  template <class W, class G>
+  FLATMIN_HD grad_stats operator()(const elem<W, G>& e) const {
+    const T g = static_cast<T>(e.g) * inv_scale;
+    out[e.i] = g;
+    grad_stats s;
+    s.bad = is_finite(g) ? 0.0 : 1.0;
+    s.g2 = double(g) * double(g);
+    return s;
+  }
+};
+
 /// term.dir / term.norm for entry e (perturb_terms.hpp's call_dir / call_norm, with its tensor).
 template <class Term, class T, class W, class G>
 FLATMIN_HD T term_dir(const Term& term, T w, T g, const elem<W, G>& e) {

@@ -70,8 +70,9 @@ struct sgd_update {
   FLATMIN_HD void apply(T& w, T g, std::size_t i) const {
     g = g + weight_decay * w;
     if (buf != nullptr) {
-      const T mu = first ? T(0) : momentum;            // b ← g on the first step
-      const T damp = first ? T(1) : T(1) - dampening;  // else μ b + (1 − τ) g
+      const T mu = first ? T(0) : momentum;               // b ← g on the first step
+      const T damp = T(1) - (first ? T(0) : dampening);  // else μ b + (1 − τ) g (a select, then
+                                                         // the subtraction: no guarded FP op)
       const T b = mu * buf[i] + damp * g;
       if constexpr (Commit) buf[i] = b;
       g = (nesterov ? g : T(0)) + (nesterov ? momentum : T(1)) * b;

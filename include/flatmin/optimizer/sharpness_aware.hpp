@@ -287,7 +287,8 @@ class sharpness_aware {
     const cancel_on_throw guard(*this);
     validate();
     const T inv = inverse_scale(args);
-    const auto c = reduce_full(kernels::check_pass<T>{inv});
+    // the check keeps g̃ as it reads it (one read of the gradient)
+    const auto c = reduce_full(kernels::check_copy_pass<T>{inv, perturb_state_.second_gradient()});
     report_.perturbed_grad_norm = std::sqrt(c.g2);
     const bool found_inf = args.found_inf && *args.found_inf;
     if (found_inf || c.bad > 0 || !std::isfinite(c.g2)) {
@@ -302,7 +303,6 @@ class sharpness_aware {
       phase_ = phase::skipped;
       return report_;
     }
-    perturb_state_.on_second_point(perturb_, layout_, inv);
     if (perturb_state_.has_point()) {
       auto update = base_state_.prepare(base_, steps_ + 1);
       if constexpr (requires { update.scales = layout_.scales(); }) update.scales = layout_.scales();

@@ -23,9 +23,10 @@
 /// official heavy-ball form x − lr·(g_y + wd·x + μ·b) for τ = 0; for Adam / AdamW, the step Adam
 /// would take on g_y. Tensors with `tensor_options::perturb = false` stay at x at both points.
 ///
-/// Cost: two gradients and, besides SAM's passes, one copy of g̃ (N of T kept for the step), one
+/// Cost: two gradients and, besides SAM's passes, a copy of g̃ (N of T kept for the step) written
+/// by second_point()'s finiteness check as it reads g̃ (`kernels::check_copy_pass`), one
 /// look-ahead pass, and g_y (N of T, kept between steps and checkpointed). The mix and the new g_y
-/// are written in the fused descent pass (80 bytes per parameter for SGD against SAM's 44:
+/// are written in the fused descent pass (76 bytes per parameter for SGD against SAM's 44:
 /// bench_passes opt_sampa_sgd). g_y is the y-gradient as the step used it: unscaled, and clipped
 /// with `clip_grad_norm`.
 ///
@@ -43,19 +44,24 @@
 namespace flatmin::kernels {
 
 /// d = (1 − λ) g̃ + λ a (a the y-gradient in the views) on a step that perturbed, and g_y ← a;
-/// d = a otherwise (a step the schedule left unperturbed: the views hold g at x).
+/// d = a otherwise (a step the schedule left unperturbed: the views hold g at x), g_y kept.
+///
+/// No branch in the element loop (backend/eigen.hpp: a branch on a run-time flag kept the whole
+/// descent scalar): `keep` is g_y when on, else the g̃ scratch buffer, which this step's descent is
+/// the last to read (g̃[i] is read before it is written), so a is always stored somewhere; and d
+/// is a select, never λ-arithmetic on a stale g̃ (c + 1·(a − c) is not a in floating point).
 template <class T>
 struct sampa_adjust {
   const T* tilde;
-  T* gy;
+  T* keep;
   T lambda;
   bool on;
   template <class E>
   FLATMIN_HD T operator()(T /*w*/, T a, const E& e) const {
-    if (!on) return a;
-    gy[e.i] = a;
     const T c = tilde[e.i];
-    return c + lambda * (a - c);
+    keep[e.i] = a;
+    const T mixed = c + lambda * (a - c);
+    return on ? mixed : a;
   }
 };
 
@@ -93,16 +99,17 @@ struct sampa {
     kernels::sampa_term<T> term(const sampa&, const BaseState&, std::size_t) const {
       return {has_ ? Backend::data(gy_) : nullptr};
     }
-    /// g̃ ← the views (∇L(x̃)), unscaled.
-    void on_second_point(const sampa&, const backend::layout<T, Backend>& l, T inv) {
-      Backend::for_each(l.full(), kernels::copy_gradient_pass<T>{Backend::data(tilde_), inv});
-    }
+    /// Where second_point()'s finiteness check writes g̃ (the views' ∇L(x̃), unscaled) as it reads
+    /// it. Scratch: written whatever the check finds, read only by the same step's descent (a
+    /// skipped or cancelled step never reads it, and it is not checkpointed).
+    T* second_gradient() { return Backend::data(tilde_); }
     /// Whether there is a g_y (an applied perturbed step), and it.
     bool has_point() const { return has_; }
     const T* point_gradient() const { return Backend::data(gy_); }
     /// The descent's mix; writes the new g_y in the same pass.
     kernels::sampa_adjust<T> descent_adjust(const sampa& o, bool perturbed) {
-      return {Backend::data(tilde_), Backend::data(gy_), static_cast<T>(o.lambda), perturbed};
+      return {Backend::data(tilde_), perturbed ? Backend::data(gy_) : Backend::data(tilde_),
+              static_cast<T>(o.lambda), perturbed};
     }
     void commit_step() noexcept { has_ = true; }
     std::size_t bytes() const { return (gy_.size() + tilde_.size()) * sizeof(T); }

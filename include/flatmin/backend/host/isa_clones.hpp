@@ -59,6 +59,8 @@ template <class F>
 inline constexpr bool hot_pass = false;
 template <class T>
 inline constexpr bool hot_pass<kernels::check_pass<T>> = true;
+template <class T>
+inline constexpr bool hot_pass<kernels::check_copy_pass<T>> = true;  // SAMPa's second point
 template <class T, class Term, class Mask>
 inline constexpr bool hot_pass<kernels::stats_pass<T, Term, Mask>> = true;
 template <class T, class Term, class Mask, class W, class Store>
@@ -72,6 +74,17 @@ template <class T>
 inline constexpr bool hot_pass<kernels::copy_gradient_pass<T>> = true;  // a kept gradient (mix, SAMPa, ...)
 template <class T, class Update, class W, class Store>
 inline constexpr bool hot_pass<kernels::lookahead_pass<T, Update, W, Store>> = !Store::stochastic;  // SAMPa
+
+/// Passes whose entry j reads and writes only entry j of every array it touches (w, g, the saved
+/// copy at its slot, the base state, the descent's kept buffers at its index): the element loop
+/// runs under FLATMIN_IVDEP. The descent reads up to six arrays and writes up to four (SAMPa over
+/// SGD: saved, g, g̃, buf → buf, w, g_y), more pairs than GCC checks at run time, which left it
+/// scalar.
+template <class F>
+inline constexpr bool independent_entries = false;
+template <class T, class Mask, class Adjust, class Base, int Restore, class W, class Store>
+inline constexpr bool independent_entries<kernels::descend_pass<T, Mask, Adjust, Base, Restore, W, Store>> =
+    true;
 
 /// The element types the clones are compiled for.
 template <class T>

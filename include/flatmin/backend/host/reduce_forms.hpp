@@ -54,6 +54,22 @@ struct group_form<kernels::check_pass<T>> {
   }
 };
 
+/// The same sums, and the group's scaled gradients written out (check_copy_pass): the copy runs
+/// after the sums, segment by segment, while the group's gradients are still in cache.
+template <class T>
+struct group_form<kernels::check_copy_pass<T>> {
+  template <class W, class G, std::uint32_t M>
+  static FLATMIN_SUM_INLINE void run(const kernels::check_copy_pass<T>& p, const segment_view<W, G> (&v)[M],
+                                     kernels::grad_stats* out) {
+    group_form<kernels::check_pass<T>>::run(kernels::check_pass<T>{p.inv_scale}, v, out);
+    for (std::uint32_t m = 0; m < M; ++m) {
+      const G* g = v[m].g;
+      T* to = p.out + v[m].index;
+      for (std::uint32_t j = 0; j < v[m].len; ++j) to[j] = static_cast<T>(g[j]) * p.inv_scale;
+    }
+  }
+};
+
 /// SAM's statistics where the mask is all ones (Σn² = Σd² = Σg², kept = len on perturbed tensors:
 /// one vectorised sum gives all three), or an element bit mask (Σd² and the kept count from the
 /// masked strands, eight mask bits per lookup: the element path looked a unit and a bit up per
