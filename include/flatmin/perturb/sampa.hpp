@@ -46,10 +46,11 @@ namespace flatmin::kernels {
 /// d = (1 − λ) g̃ + λ a (a the y-gradient in the views) on a step that perturbed, and g_y ← a;
 /// d = a otherwise (a step the schedule left unperturbed: the views hold g at x), g_y kept.
 ///
-/// No branch in the element loop (backend/eigen.hpp: a branch on a run-time flag kept the whole
-/// descent scalar): `keep` is g_y when on, else the g̃ scratch buffer, which this step's descent is
-/// the last to read (g̃[i] is read before it is written), so a is always stored somewhere; and d
-/// is a select, never λ-arithmetic on a stale g̃ (c + 1·(a − c) is not a in floating point).
+/// No branch in the element loop, which the host compiler would not vectorise (the descent runs
+/// under FLATMIN_IVDEP: backend/host/isa_clones.hpp `independent_entries`): `keep` is g_y when on,
+/// else the g̃ scratch buffer, which this step's descent is the last to read, so a is always stored
+/// somewhere; and d is a select, never λ-arithmetic on a stale g̃ (c + 1·(a − c) is not a in
+/// floating point). When off, c is not used, so the order of its read and the store is moot.
 template <class T>
 struct sampa_adjust {
   const T* tilde;
