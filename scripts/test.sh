@@ -13,8 +13,9 @@
 #             UB is an error), the tests only, the whole ctest suite but the headers-alone parse
 #             (the main stage runs it) and the Thrust twins of the policy tests (whose
 #             backend-generic bodies run on backend::thrust in every test anyway). This is also the clang stage: the tests compiled and run
-#             by a second compiler (FLATMIN_CI_SANITIZE=0). Without libtorch's tests: Debian's
-#             libtorch 1.13 headers do not compile under clang++ in C++20.
+#             by a second compiler (FLATMIN_CI_SANITIZE=0). libtorch's tests run in a build of
+#             their own, build/asan-torch, under g++'s ASan + UBSan: Debian's libtorch 1.13
+#             headers do not compile under clang++ in C++20.
 #   fuzz      scripts/fuzz.sh 60 (libFuzzer on load()), when that script exists (FLATMIN_CI_FUZZ=0)
 # Every stage compiles the tests with FLATMIN_TEST_ISA_CLONES=OFF: the host passes' per-ISA clones
 # (a third of a test's compile time) only in tests/backend/test_isa_dispatch, which runs whole steps
@@ -82,6 +83,22 @@ if [ "${FLATMIN_CI_SANITIZE:-1}" != 0 ]; then
   LSAN_OPTIONS="suppressions=$PWD/tests/lsan.supp" \
   UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
     ctest --test-dir build/asan --output-on-failure -j "$jobs" -E "$exclude"
+  # The libtorch adapter's tests (the stale-binding cases among them: flatmin must never read or
+  # write memory torch has freed) under g++'s ASan + UBSan in a build of their own: Debian's
+  # libtorch 1.13 headers do not compile under clang++ in C++20. About 4 minutes on 2 cores.
+  cmake -S . -B build/asan-torch -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_COMPILER=g++ \
+        -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g1" -DCMAKE_CXX_FLAGS="$san" -DCMAKE_EXE_LINKER_FLAGS="$san" \
+        -DFLATMIN_BUILD_TESTS=ON -DFLATMIN_TEST_ISA_CLONES=OFF -DFLATMIN_TEST_THRUST_TWINS=OFF \
+        -DFLATMIN_BUILD_BENCHMARKS=OFF -DFLATMIN_BUILD_EXAMPLES=OFF
+  if [ -d build/asan-torch/tests/torch ]; then
+    cmake --build build/asan-torch -j "$jobs" --target flatmin_torch_tests
+    ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:strict_string_checks=1 \
+    LSAN_OPTIONS="suppressions=$PWD/tests/lsan.supp" \
+    UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+      ctest --test-dir build/asan-torch --output-on-failure -j "$jobs" -R '^torch\.'
+  else
+    echo "flatmin: libtorch not found, the adapter's tests not run under the sanitizers"
+  fi
   stage_done sanitize
 fi
 
