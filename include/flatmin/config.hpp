@@ -42,6 +42,16 @@
 #define FLATMIN_IVDEP
 #endif
 
+// FLATMIN_UNROLL before a loop of a constant trip count: unrolled in full, so that an array it
+// indexes stays in registers (nvcc and Clang `unroll`; GCC `unroll 64`).
+#if defined(__CUDACC__) || defined(__clang__)
+#define FLATMIN_UNROLL _Pragma("unroll")
+#elif defined(__GNUC__)
+#define FLATMIN_UNROLL _Pragma("GCC unroll 64")
+#else
+#define FLATMIN_UNROLL
+#endif
+
 namespace flatmin {
 
 /// Thrown when the step protocol is misused (descend without ascend, ascend twice) or a view does

@@ -87,6 +87,17 @@ TEST_CASE("summation order: strand_sum and strand_partial are the documented ord
     for (std::uint32_t r = 0; r < 32; ++r) b[r] = fb::strand_partial<float, 32>(len, r, x);
     CHECK(same_bits(fb::combine_strands<32>(b), reference<float>(len, 32, x)));
     CHECK(same_bits(fb::strand_sum<float, 32>(len, x), reference<float>(len, 32, x)));
+    // terms read U at a time before they are added (backend::thrust, U = 32): the same order, also
+    // for U that does not divide a strand's length, and with K = 32
+    float c[fb::reduction_strands], d[fb::reduction_strands], e[32];
+    for (std::uint32_t r = 0; r < fb::reduction_strands; ++r) {
+      c[r] = fb::strand_partial<float, fb::reduction_strands, 32>(len, r, x);
+      d[r] = fb::strand_partial<float, fb::reduction_strands, 3>(len, r, x);
+    }
+    for (std::uint32_t r = 0; r < 32; ++r) e[r] = fb::strand_partial<float, 32, 5>(len, r, x);
+    CHECK(same_bits(fb::combine_strands<fb::reduction_strands>(c), want));
+    CHECK(same_bits(fb::combine_strands<fb::reduction_strands>(d), want));
+    CHECK(same_bits(fb::combine_strands<32>(e), reference<float>(len, 32, x)));
   }
 }
 

@@ -82,13 +82,27 @@ FLATMIN_HD FLATMIN_SUM_INLINE R strand_sum(std::uint32_t len, const F& f) {
 }
 
 /// Strand r of that order on its own (a GPU runs one thread per strand); combining the K results
-/// with `combine_strands` gives `strand_sum` bit for bit.
+/// with `combine_strands` gives `strand_sum` bit for bit. The strand's terms are evaluated U at a
+/// time, in order, before they are added, in order: the same sums, but a GPU thread has U reads
+/// in flight instead of one (a strand is 512 dependent additions, so a thread that waited for each
+/// read in turn left the reduction latency-bound, not bandwidth-bound).
 FLATMIN_SUM_ANY_CALLABLE
-template <class R, std::uint32_t K = reduction_strands, class F>
+template <class R, std::uint32_t K = reduction_strands, std::uint32_t U = 1, class F>
 FLATMIN_HD FLATMIN_SUM_INLINE R strand_partial(std::uint32_t len, std::uint32_t r, const F& f) {
+  static_assert(U >= 1, "strand_partial: U >= 1 terms per round");
   const std::uint32_t body = len - len % K;
   R a{};
-  for (std::uint32_t j = r; j < body; j += K) a = a + f(j);
+  std::uint32_t j = r;
+  if constexpr (U > 1) {
+    for (; j + (U - 1) * K < body; j += U * K) {
+      R v[U];
+      FLATMIN_UNROLL
+      for (std::uint32_t u = 0; u < U; ++u) v[u] = f(j + u * K);
+      FLATMIN_UNROLL
+      for (std::uint32_t u = 0; u < U; ++u) a = a + v[u];
+    }
+  }
+  for (; j < body; j += K) a = a + f(j);
   if (r == 0) add_tail(a, body, len, f);
   return a;
 }

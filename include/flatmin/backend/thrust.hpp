@@ -22,7 +22,9 @@
 /// `histogram` likewise (blocks of S; histogram counts are integers, hence exact).
 /// The price on a GPU is that a reduction runs one thread per strand (N / 512 threads, each
 /// reading with a stride of 8 elements; eight consecutive threads read one 32-byte sector) instead
-/// of a tree over all elements: expect it to be slower than `thrust::reduce` for small N.
+/// of a tree over all elements. Each thread reads its next 32 terms before it adds them
+/// (`strand_unroll`), so that the reads, not the chain of additions, set the pace; expect it
+/// still to be slower than `thrust::reduce` for small N, where there are few strands.
 /// `-DFLATMIN_THRUST_STRANDS=32` gives a GPU 4× more strands (still deterministic, no longer
 /// bitwise equal to backend::eigen).
 ///
@@ -92,8 +94,12 @@ inline stream_type& stream_slot() {
 /// which returns once the pass's work is done; on the host systems `thrust::device`.
 #if defined(FLATMIN_THRUST_IS_CUDA)
 inline auto exec() { return ::thrust::cuda::par.on(stream_slot()); }
+/// The same without the wait at its end: for a pass whose result only the next pass on the same
+/// stream reads.
+inline auto exec_nosync() { return ::thrust::cuda::par_nosync.on(stream_slot()); }
 #else
 inline const auto& exec() { return ::thrust::device; }
+inline const auto& exec_nosync() { return ::thrust::device; }
 #endif
 
 /// Waits for the thread's stream (under CUDA; elsewhere nothing): before a copy between host and
@@ -140,6 +146,10 @@ inline constexpr std::uint32_t strands = reduction_strands;
 #endif
 static_assert(strands >= 1 && (strands & (strands - 1)) == 0 && strands <= 64,
               "FLATMIN_THRUST_STRANDS: a power of two <= 64");
+/// Terms of a strand read before they are added (summation.hpp's `strand_partial`, same sums):
+/// the reads a reduction thread has in flight. On every device system, so that the host systems'
+/// tests run the code a GPU runs.
+inline constexpr std::uint32_t strand_unroll = 32;
 
 /// f(elem) for lane v % S of segment v / S.
 template <class W, class G, class F>
@@ -169,7 +179,7 @@ struct segment_strand {
     const tensor_rec<W, G>& t = tensors[s.tensor];
     W* w = t.w + s.local;
     G* g = t.g + s.local;
-    return strand_partial<R, strands>(s.len, r, [&](std::uint32_t j) {
+    return strand_partial<R, strands, strand_unroll>(s.len, r, [&](std::uint32_t j) {
       return f(elem<W, G>{w[j], g[j], s.index + j, s.slot + j, s.tensor, t.flags});
     });
   }
@@ -500,6 +510,7 @@ struct thrust {
     }
 #endif
     const auto p = ::thrust::device_pointer_cast(device_partials<R>(r, f));
+    thrust_detail::sync_stream();
     ::thrust::copy(p, p + r.count, out.begin());
     return out;
   }
@@ -692,7 +703,7 @@ struct thrust {
     ::thrust::counting_iterator<std::size_t> first(0);
     R* strands = thrust_detail::scratch<R, 0>(k * r.count);
     R* partial = thrust_detail::scratch<R, 1>(r.count);
-    ::thrust::transform(thrust_detail::exec(), first, first + k * r.count,
+    ::thrust::transform(thrust_detail::exec_nosync(), first, first + k * r.count,
                         ::thrust::device_pointer_cast(strands),
                         thrust_detail::segment_strand<R, W, G, F>{r.tensors, r.segments, f});
     ::thrust::transform(thrust_detail::exec(), first, first + r.count, ::thrust::device_pointer_cast(partial),
