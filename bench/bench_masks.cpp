@@ -1,5 +1,5 @@
-// Sparse masks: the Fisher mask refresh at N = 10^7 (and its ratio to one copy pass of N floats
-// measured in this binary), and the ascent + restore passes for dense SAM vs 50 / 90 / 99 %
+// Sparse masks: the Fisher mask refresh and the Fisher estimate of an ordinary step at N = 10^7
+// (and their ratios to one copy pass of N floats measured in this binary), and the ascent + restore passes for dense SAM vs 50 / 90 / 99 %
 // sparse Fisher masks at element and block (128) granularity.
 //
 //   build/bench/bench_masks --benchmark_repetitions=5 --benchmark_report_aggregates_only=true
@@ -68,6 +68,26 @@ BENCHMARK(BM_fisher_refresh)
     ->Args({128, 100})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
+
+/// The Fisher estimate of a step that is not a refresh step (the accumulated estimator's pass on
+/// every step: F' = F + g², and g's finiteness), one pass of 12 bytes per parameter.
+void BM_fisher_estimate(benchmark::State& st) {
+  flatmin_bench::problem p(N, K);
+  auto opt = flatmin::fsam(p.params, flatmin::base::sgd{.lr = 0.01}, {.keep = 0.1});
+  auto& ms = opt.mask_state();
+  std::vector<float> a(N, 1.f), b(N, 0.f);
+  const double copy = copy_seconds(a, b);
+  double total = 0;
+  for (auto _ : st) {
+    const auto t0 = std::chrono::steady_clock::now();
+    benchmark::DoNotOptimize(ms.refresh(opt.mask(), opt.layout(), 2, 1.f));  // step 2 refreshes nothing
+    total += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  }
+  st.counters["copy_ms"] = copy * 1e3;
+  st.counters["x_copy"] = total / static_cast<double>(st.iterations()) / copy;
+  flatmin_bench::set_traffic(st, 12.0 * N, N);
+}
+BENCHMARK(BM_fisher_estimate)->Unit(benchmark::kMillisecond)->UseRealTime();
 
 /// The ascent pass (save + perturb the masked entries) and the restore pass over the mask's
 /// range. arg 0: block (0 = dense SAM, 1 = element mask, else block size); arg 1: keep in per mille.

@@ -34,7 +34,8 @@ COLORS = ["#000000", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c
 # optimizer's passes change (include/flatmin/optimizer/sharpness_aware.hpp, mask/detail/pass_target.hpp).
 # B/param: the minimal count, fp32 (bit masks 1/8 B). A time cell "{time:PROGRAM:PASS[/ARG]}" is
 # filled from this run's median at N = 10^7, one tensor, one thread ("to measure" when the run has
-# no such row); the FSAM rows are "to measure" until bench_masks has per-pass rows.
+# no such row); bench_masks times the FSAM estimate and refresh; FSAM's other rows are "to measure"
+# until bench_masks has per-pass rows for them.
 PASSES_SECTION = [
     "## The passes of a step, and why they are not fused", "",
     "Every pass `ascend()` + `descend()` makes over the parameters, fp32, with its minimal bytes per "
@@ -65,12 +66,15 @@ PASSES_SECTION = [
     "|---|---|---|---|---|---|---|",
     "| 1 | statistics under the mask (‖g‖ over every perturbed entry, Σ over the masked) | g, mask bits | – "
     "| 4.125 | to measure | as SAM's pass 1 |",
-    "| 2 | Fisher estimate F' = F + g² (`add_scores`) | g, F | F' | 12 | to measure | could share pass 1's "
+    "| 2 | Fisher estimate F' = F + g² (`add_scores`) | g, F | F' | 12 | {time:bench_masks:BM_fisher_estimate} "
+    "| could share pass 1's "
     "read of g (neither needs the other's result): the estimate is mask::fisher's pass and the "
     "statistics the optimizer's, and no seam lets a mask add to the statistics pass yet — the one "
     "fusion left on the table (−4 B/param per step). |",
-    "| 3 | every T_m steps: top-k of F (radix select: histogram passes over F), new bits, statistics "
-    "again | F, g | bits | ≈ 4 per histogram pass + 4.125, amortised over T_m (100) | to measure | "
+    "| 3 | every T_m steps: top-k of F (a sampled bracket of the k-th score, one counting pass over F, "
+    "radix selection inside the bracket's band), new bits (a pass over F), statistics again | F, g | bits "
+    "| ≈ 4 per pass over F + 4.125, amortised over T_m (100) | {time:bench_masks:BM_fisher_refresh/1/100} "
+    "(with the estimate) | "
     "the new mask depends on all of F; the statistics depend on the new mask. |",
     "| 4 | ascent under the mask (segment form, 8 bits per lookup) | w, g, bits | w, saved | 16.125 | to "
     "measure | needs pass 1's norm. saved has a slot per entry (element units are not compact), so the "
@@ -167,8 +171,10 @@ def fill_times(lines, rows):
         base, _, pos = name.partition("/")
         for r in rows:
             if (r["program"] == program and r["pass"] == base and r.get("N") == 10**7 and r.get("K") in (1, None)
-                    and r.get("threads") == 1 and (not pos or r["args"].get("args") == pos) and "time" in r):
-                return fmt_time(r["time"])
+                    and r.get("threads") in (1, None) and (not pos or r["args"].get("args") == pos)
+                    and "time" in r):
+                # a program without a thread count in its names (bench_masks) runs on every core
+                return fmt_time(r["time"]) + (" (all cores)" if r.get("threads") is None else "")
         return "to measure"
     return [TIME_CELL.sub(cell, line) for line in lines]
 

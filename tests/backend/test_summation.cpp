@@ -292,3 +292,70 @@ TEST_CASE("host fast forms: SAM statistics under a bit mask of blocks fall back 
     CHECK(got.d2 == doctest::Approx(d2).epsilon(1e-12));
   }
 }
+
+TEST_CASE("host fast forms: the sparse masks' element scores, every branch, as the element path and by hand") {
+  namespace fk = flatmin::kernels;
+  using scores_t = fk::element_scores<float>;
+  static_assert(fb::host::has_group_form<scores_t, double, float, float, be::reduction_group>);
+  struct element_path {  // the same functor without a type the group forms know
+    scores_t p;
+    double operator()(const fb::elem<float>& e) const { return p(e); }
+  };
+  // candidates (0, 3, 4), not eligible (1), not perturbed (2); NaN and Inf in some of each
+  const std::vector<std::size_t> sizes = {4099, 300, 77, 70000, 9};
+  std::vector<std::vector<float>> w, g;
+  flatmin::param_set<float> ps;
+  for (std::size_t t = 0; t < sizes.size(); ++t) {
+    w.emplace_back(sizes[t], 0.f);
+    g.push_back(mixed<float>(sizes[t], 700 + unsigned(t)));
+  }
+  g[0][17] = std::nanf("");
+  g[3][4096 * 5 + 3] = -INFINITY;
+  g[3][69999] = INFINITY;
+  g[1][5] = std::nanf("");
+  g[2][76] = INFINITY;
+  for (std::size_t t = 0; t < sizes.size(); ++t)
+    ps.add(std::to_string(t), w[t], g[t], flatmin::tensor_options{.perturb = t != 2, .mask_eligible = t != 1});
+  const fb::layout<float, be> l(ps);
+  const std::size_t n = l.numel();
+  const float inv = 0.75f;
+  const auto before = mixed<float>(n, 808);  // a previous sum (any values: the scores add to it)
+  for (auto what : {fk::score_of::square, fk::score_of::magnitude, fk::score_of::zero})
+    for (int from : {0, 1, 2})  // none, in place, another buffer
+      for (bool check_all : {false, true}) {
+        CAPTURE(static_cast<int>(what));
+        CAPTURE(from);
+        CAPTURE(check_all);
+        std::vector<float> a = before, b = before, other = before;
+        auto with = [&](std::vector<float>& out) {
+          const float* f = from == 0 ? nullptr : from == 1 ? out.data() : other.data();
+          return scores_t{out.data(), f, inv, what, check_all};
+        };
+        const double got = be::reduce<double>(l.full(), with(a));
+        const double path = be::reduce<double>(l.full(), element_path{with(b)});
+        CHECK(got == path);
+        CHECK(std::memcmp(a.data(), b.data(), n * sizeof(float)) == 0);
+        // by hand: h in float, −1 off the candidates, counts of non-finite terms
+        double bad = 0;
+        bool same = true;
+        for (std::size_t t = 0, i = 0; t < sizes.size(); ++t)
+          for (std::size_t j = 0; j < sizes[t]; ++j, ++i) {
+            const float x = g[t][j] * inv;
+            float want = -1.f;
+            if (t == 1 || t == 2) {
+              bad += check_all && !std::isfinite(x) ? 1 : 0;
+            } else if (what == fk::score_of::zero) {
+              want = 0.f;
+            } else {
+              const float h = what == fk::score_of::square ? x * x : std::fabs(x);
+              want = from == 0 ? h : before[i] + h;
+              bad += std::isfinite(h) ? 0 : 1;
+            }
+            same = same && std::memcmp(&want, &a[i], sizeof want) == 0;
+          }
+        CHECK(same);
+        CHECK(got == bad);
+        const bool expect_bad = what != fk::score_of::zero || check_all;  // the cases hit something
+        CHECK((bad > 0) == expect_bad);
+      }
+}

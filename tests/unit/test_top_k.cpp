@@ -107,12 +107,14 @@ std::vector<std::size_t> first_k(std::vector<std::size_t> ranked, std::size_t k)
 }
 
 // score_top_k, then the mask words written by score_bits on the backend; the set bits.
+// `ws`: buffers reused from earlier selections (their stale contents must not matter), else fresh.
 template <class B, class S>
-std::vector<std::size_t> run_scores(const std::vector<S>& host, std::size_t k, bool& bracketed) {
+std::vector<std::size_t> run_scores(const std::vector<S>& host, std::size_t k, bool& bracketed,
+                                    flatmin::mask::detail::top_k_workspace<S, B>* ws = nullptr) {
   namespace d = flatmin::mask::detail;
   const auto dev = B::from_host(host);
   const std::size_t n = host.size();
-  const auto sel = d::score_top_k<B>(static_cast<const S*>(B::data(dev)), n, k);
+  const auto sel = d::score_top_k<B>(static_cast<const S*>(B::data(dev)), n, k, {}, ws);
   bracketed = sel.bracketed;
   auto bits = B::template make_vector<std::uint32_t>((n + 31) / 32, 0xdeadbeefu);
   B::for_each_index((n + 31) / 32, d::score_bits<S>{sel, B::data(bits), n});
@@ -149,19 +151,27 @@ TEST_CASE_TEMPLATE("score_top_k: the sampled bracket and its fallbacks select ex
   const auto r_smooth = ranking(smooth), r_dsmooth = ranking(dsmooth), r_banded = ranking(banded),
              r_coarse = ranking(coarse), r_planted = ranking(planted);
   const std::size_t cand = n - (n + 6) / 7;
+  // one set of buffers for every selection below, as mask::fisher keeps one across its refreshes:
+  // the band grows and shrinks with k and the data, and each selection finds the last one's values
+  d::top_k_workspace<float, B> ws;
+  d::top_k_workspace<double, B> wsd;
   for (std::size_t k : {std::size_t{0}, std::size_t{1}, std::size_t{37}, n / 10, n / 2 + 3, cand - 1, cand, cand + 9}) {
     CAPTURE(k);
     bool br = false;
-    CHECK(run_scores<B>(smooth, k, br) == first_k(r_smooth, k));
+    CHECK(run_scores<B>(smooth, k, br) == first_k(r_smooth, k));  // fresh buffers
     if (k >= n / 10 && k < cand - 1) CHECK(br);  // the fast path ran (a miss is ~1e-4 likely; this sample does not)
-    CHECK(run_scores<B>(dsmooth, k, br) == first_k(r_dsmooth, k));
-    CHECK(run_scores<B>(banded, k, br) == first_k(r_banded, k));
+    CHECK(run_scores<B>(smooth, k, br, &ws) == first_k(r_smooth, k));
+    if (k >= n / 10 && k < cand - 1) CHECK(br);
+    CHECK(run_scores<B>(dsmooth, k, br, &wsd) == first_k(r_dsmooth, k));
+    CHECK(run_scores<B>(banded, k, br, &ws) == first_k(r_banded, k));
     if (k >= n / 10 && k < cand - 1) CHECK(br);  // ties inside the band are split by index there
-    CHECK(run_scores<B>(coarse, k, br) == first_k(r_coarse, k));
+    CHECK(run_scores<B>(coarse, k, br, &ws) == first_k(r_coarse, k));
     if (k >= n / 10 && k < cand - 1) CHECK_FALSE(br);  // the band overflowed: radix selection
-    CHECK(run_scores<B>(planted, k, br) == first_k(r_planted, k));
+    CHECK(run_scores<B>(planted, k, br, &ws) == first_k(r_planted, k));
     if (k >= n / 10 && k < n - d::bracket_sample) CHECK_FALSE(br);
   }
+  CHECK(ws.band.size() > 0);  // the bracket ran with these buffers
+  CHECK(wsd.band.size() > 0);
 }
 
 // A selection across processes (a `span`: mask::fisher / mask::dynamic in data_parallel's sharded

@@ -52,8 +52,10 @@
 ///
 /// Storage: two bits per unit, two T per unit for F, and, with blocks, saved weights for the active
 /// blocks only plus two segment lists, so that the ascent and restore passes touch only those
-/// blocks. The granularity (`block`) is fixed when the optimizer is built; `keep` may change
-/// between steps. `frozen = true` stops estimates and refreshes (a mask set with
+/// blocks. From 2^19 units on, the selection's buffers are kept for the next refresh: 2^16 T of
+/// sampled scores (device and host) and 8 + sizeof(T) bytes per unit of the bracket's band (about 2 % of the units
+/// at keep = 0.1, at most a quarter). The granularity (`block`) is fixed when the optimizer is
+/// built; `keep` may change between steps. `frozen = true` stops estimates and refreshes (a mask set with
 /// `set_entry_mask()` / the optimizer's `set_mask()`, or one frozen for an experiment, stays).
 ///
 /// Sharded data-parallel runs (optimizer/data_parallel.hpp, element units): each process scores
@@ -197,7 +199,7 @@ struct fisher {
       keep_next_ = m.keep;
       const T* f = Backend::data(acc_next_);
       const std::size_t n = this->units_.count();
-      const auto sel = detail::score_top_k<Backend>(f, n, keep_units(m.keep), this->span_);
+      const auto sel = detail::score_top_k<Backend>(f, n, keep_units(m.keep), this->span_, &top_k_);
       Backend::for_each_index(this->units_.words(),
                               detail::score_bits<T>{sel, Backend::data(this->bits_next_), n});
       unperturbed_ = m.unperturbed_refresh;
@@ -237,7 +239,7 @@ struct fisher {
       if (examples_now_) examples_seen_ = true;
     }
     void on_abandon() { acc_pending_ = examples_now_ = collected_ = bad_examples_ = false; }
-    std::size_t extra_bytes() const { return (acc_.size() + acc_next_.size()) * sizeof(T); }
+    std::size_t extra_bytes() const { return (acc_.size() + acc_next_.size()) * sizeof(T) + top_k_.bytes(); }
     /// Checkpoint entries after the bits: the sums (stale while `restart`), the step bookkeeping.
     template <class F>
     void visit_more(F& f) {
@@ -282,6 +284,7 @@ struct fisher {
     }
 
     typename Backend::template vector<T> acc_, acc_next_;
+    detail::top_k_workspace<T, Backend> top_k_;  ///< the selection's buffers, reused by every refresh
     double keep_ = 0, keep_next_ = 0;
     bool examples_seen_ = false;
     bool restart_ = false;  ///< the sums in acc_ are stale: the next estimate overwrites them

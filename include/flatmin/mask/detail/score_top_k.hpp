@@ -74,6 +74,31 @@ T value_of_key(std::uint64_t k) {
 inline constexpr std::size_t bracket_sample = std::size_t{1} << 15;
 inline constexpr std::size_t bracket_min_units = bracket_sample * 16;
 
+/// The buffers of the sampled bracket, kept from one selection to the next (mask::fisher's state
+/// holds one), so that a refresh allocates and zero-fills nothing once they have grown: on the host
+/// the band's buffer alone was 2 MB of fresh pages per refresh at 10^7 units, and under CUDA each
+/// buffer was a cudaMalloc and a cudaFree, which waits for the device.
+template <class T, class Backend>
+struct top_k_workspace {
+  typename Backend::template vector<T> sample, value;
+  typename Backend::template vector<std::uint64_t> band, one;
+  std::vector<T> host_sample;
+
+  /// `v` with room for at least n elements (its contents are not kept when it grows).
+  template <class V>
+  static V& at_least(V& v, std::size_t n) {
+    if (v.size() < n) {
+      V grown = Backend::template make_vector<typename V::value_type>(n);
+      v.swap(grown);
+    }
+    return v;
+  }
+  std::size_t bytes() const {
+    return (sample.size() + value.size() + host_sample.size()) * sizeof(T) +
+           (band.size() + one.size()) * sizeof(std::uint64_t);
+  }
+};
+
 /// The bits of a mask word (units lo … lo + 31) whose ties are kept: units ≤ last_tie.
 FLATMIN_HD inline std::uint32_t tie_mask(std::uint64_t last_tie, std::size_t lo) {
   return last_tie >= lo + 31 ? ~0u : last_tie < lo ? 0u : (2u << (last_tie - lo)) - 1u;
@@ -175,11 +200,15 @@ score_selection<T> from_radix(const T* score, const selection<Key>& sel) {
 
 /// Steps 1–3 of the file comment; nullopt when the bracket did not catch the k-th score.
 template <class Backend, class T>
-std::optional<score_selection<T>> bracketed(const T* score, std::size_t n, std::size_t k) {
+std::optional<score_selection<T>> bracketed(const T* score, std::size_t n, std::size_t k,
+                                            top_k_workspace<T, Backend>& ws) {
+  using ws_t = top_k_workspace<T, Backend>;
   const std::size_t S = bracket_sample, stride = n / S;
-  auto dev = Backend::template make_vector<T>(S);
-  Backend::for_each_index(S, sample_scores<T>{score, stride, Backend::data(dev)});
-  std::vector<T> c = Backend::to_host(dev);
+  T* sample = Backend::data(ws_t::at_least(ws.sample, S));
+  Backend::for_each_index(S, sample_scores<T>{score, stride, sample});
+  std::vector<T>& c = ws.host_sample;
+  c.resize(S);
+  Backend::download(sample, S, c.data());
   c.erase(std::remove_if(c.begin(), c.end(), [](T x) { return !(x >= T(0)); }), c.end());
   const double p = static_cast<double>(k) / static_cast<double>(n), r = p * static_cast<double>(S);
   const double delta = 4.0 * std::sqrt(static_cast<double>(S) * p * (1.0 - p)) + 4.0;
@@ -204,22 +233,22 @@ std::optional<score_selection<T>> bracketed(const T* score, std::size_t n, std::
   const double expect = (rl - std::max(rh, -1.0)) * static_cast<double>(n) / static_cast<double>(S);
   const auto cap = static_cast<std::size_t>(2.0 * expect) + 4096;
   if (cap > n / 4) return std::nullopt;  // not a narrow band: radix selection is as cheap
-  auto band = Backend::template make_vector<std::uint64_t>(cap);
+  std::uint64_t* band = Backend::data(ws_t::at_least(ws.band, cap));
   const backend::count_collect_result cc =
-      Backend::count_and_collect(n, band_code<T>{score, lo, hi}, Backend::data(band), cap);
+      Backend::count_and_collect(n, band_code<T>{score, lo, hi}, band, cap);
   if (cc.collected > cap || cc.counted >= k || cc.counted + cc.collected < k) return std::nullopt;
   const auto need = static_cast<std::size_t>(k - cc.counted),
              in_band = static_cast<std::size_t>(cc.collected);
-  auto value = Backend::template make_vector<T>(in_band);
-  Backend::for_each_index(in_band, gather_band<T>{score, Backend::data(band), Backend::data(value)});
-  const auto sel = top_k<Backend>(in_band, need, band_key<T>{Backend::data(value)}, float_key_bits<T>);
+  T* value = Backend::data(ws_t::at_least(ws.value, in_band));
+  Backend::for_each_index(in_band, gather_band<T>{score, band, value});
+  const auto sel = top_k<Backend>(in_band, need, band_key<T>{value}, float_key_bits<T>);
   if (sel.all)
     return score_selection<T>{score, lo, ~std::uint64_t{0}, false, true};  // the whole band and above: s ≥ lo
   std::uint64_t last = ~std::uint64_t{0};
   if (sel.last_tie != last) {
-    auto one = Backend::template make_vector<std::uint64_t>(1);
-    Backend::for_each_index(1, copy_one{Backend::data(band) + sel.last_tie, Backend::data(one)});
-    last = Backend::to_host(one)[0];
+    std::uint64_t* one = Backend::data(ws_t::at_least(ws.one, 1));
+    Backend::for_each_index(1, copy_one{band + sel.last_tie, one});
+    Backend::download(one, 1, &last);
   }
   return score_selection<T>{score, value_of_key<T>(sel.threshold), last, false, true};
 }
@@ -229,15 +258,18 @@ std::optional<score_selection<T>> bracketed(const T* score, std::size_t n, std::
 /// The k largest of `score[0, n)` among the candidates (score ≥ 0), ties to the lower index,
 /// exactly k of them (all candidates when k ≥ their count). With a span (top_k.hpp), the k largest
 /// over every process's scores: collective, by radix selection on summed histograms (the sampled
-/// bracket is this process's alone, so it is not tried).
+/// bracket is this process's alone, so it is not tried). `ws`: buffers to reuse (none: fresh ones).
 template <class Backend, class T>
-score_selection<T> score_top_k(const T* score, std::size_t n, std::size_t k, const span& sp = {}) {
+score_selection<T> score_top_k(const T* score, std::size_t n, std::size_t k, const span& sp = {},
+                               top_k_workspace<T, Backend>* ws = nullptr) {
   if (sp.spans())
     return score_topk_detail::from_radix(score,
                                          top_k<Backend>(n, k, score_key<T>{score}, float_key_bits<T>, sp));
   if (k == 0 || n == 0) return {score};
-  if (n >= bracket_min_units)
-    if (const auto s = score_topk_detail::bracketed<Backend>(score, n, k)) return *s;
+  if (n >= bracket_min_units) {
+    top_k_workspace<T, Backend> fresh;
+    if (const auto s = score_topk_detail::bracketed<Backend>(score, n, k, ws ? *ws : fresh)) return *s;
+  }
   return score_topk_detail::from_radix(score, top_k<Backend>(n, k, score_key<T>{score}, float_key_bits<T>));
 }
 

@@ -24,6 +24,7 @@
 #include "../../backend/layout.hpp"
 #include "../../backend/summation.hpp"
 #include "../../kernels/counter_hash.hpp"
+#include "../../kernels/unit_scores.hpp"
 #include "top_k.hpp"
 
 namespace flatmin::mask {
@@ -91,9 +92,7 @@ FLATMIN_HD inline bool test_bit(const std::uint32_t* bits, std::size_t u) {
 }
 
 /// Whether a tensor's entries are candidates of a sparse mask (perturbed and eligible).
-FLATMIN_HD inline bool candidate_flags(std::uint32_t f) {
-  return (f & tensor_flags::perturb) && (f & tensor_flags::mask_eligible);
-}
+using kernels::candidate_flags;
 
 /// Checks a block size option: 1 (elements) or a power of two in [2, 1024].
 inline void check_block(const char* where, std::size_t block) {
@@ -291,40 +290,14 @@ class compact_range {
 
 namespace flatmin::mask::detail {
 
-/// What a unit's score sums over its entries.
-enum class score_of : std::uint8_t { square, magnitude, zero };
+/// What a unit's score sums over its entries (kernels/unit_scores.hpp).
+using kernels::score_of;
 
 /// Scores hold −1 for units that are not candidates (so that a selection reads one value per
 /// unit and no tensor table), and the candidates' non-negative sums.
 
-/// Element units: out[i] = from[i] + h(g_i / scale) on candidate entries (`from` null: h alone;
-/// `from` may be `out`), −1 on the others (one element per call: no conflicts). Returns 1 for a
-/// non-finite h, so that the pass that writes the scores also tells whether g had a NaN or Inf
-/// (with `check_all`, also for an entry of a tensor that is not a candidate).
-template <class T>
-struct element_scores {
-  T* out;
-  const T* from;
-  T inv_scale;
-  score_of what;
-  bool check_all = false;
-  template <class W, class G>
-  FLATMIN_HD double operator()(const backend::elem<W, G>& e) const {
-    if (!candidate_flags(e.flags)) {
-      out[e.i] = T(-1);
-      const T x = static_cast<T>(e.g) * inv_scale;
-      return check_all && !(x - x == T(0)) ? 1.0 : 0.0;
-    }
-    if (what == score_of::zero) {
-      out[e.i] = T(0);
-      return 0;
-    }
-    const T g = static_cast<T>(e.g) * inv_scale;
-    const T h = what == score_of::square ? g * g : (g < T(0) ? -g : g);
-    out[e.i] = from ? from[e.i] + h : h;
-    return h - h == T(0) ? 0.0 : 1.0;  // false for NaN and ±inf
-  }
-};
+/// Element units: kernels::element_scores (kernels/unit_scores.hpp).
+using kernels::element_scores;
 
 /// Block units: out[u] = from[u] + Σ_block h(g / scale) (one block per call), −1 on the blocks
 /// that are not candidates. Returns 1 for a non-finite block sum (with `check_all`, also for a
