@@ -19,6 +19,9 @@
 //   opt_sampa_sgd = norm of the kept g_y 4 + ascend 16 + check of g̃ writing its copy 8 + look-ahead
 //   (saved, g_y, buf -> w) 16 + check 4 + descend with the mix and the new g_y (saved, g, g̃, buf ->
 //   buf, w, g_y) 28 = 76 B (SAMPa; the two gradient evaluations are not timed)
+//   opt_fsam_sgd = FSAM's ordinary step (element units, keep 0.1, no refresh): norm under the mask
+//   4.125 + Fisher estimate (F, g -> F') 12 + ascent under the mask 16.125 + check 4 + descend with
+//   the mask's restore (saved, w, g, buf, bits -> buf, w) 24.125 = 60.375 B
 //   opt_sgd / opt_adamw (plain compositions: check 4 + base) = 24 B / 32 B
 #include "common.hpp"
 
@@ -173,6 +176,25 @@ void opt_sampa_sgd(benchmark::State& st) {
               {read_only, ascend_streams, copy_streams, lookahead_sgd_streams, read_only,
                descend_sampa_sgd_streams});  // the check of g̃ writes its copy: copy_streams
 }
+constexpr streams estimate_streams{2, 0, 1};         // F, g -> F' (the pending sums)
+constexpr streams descend_fsam_sgd_streams{4, 2, 0};  // saved, w, g_adv, buf -> buf, w (the mask's select)
+void opt_fsam_sgd(benchmark::State& st) {
+  const args a(st);
+  problem& p = shared_problem(a.n, a.k);
+  // FSAM's ordinary steps: the first step (the refresh that builds the mask) runs before the clock
+  auto opt = flatmin::fsam<be>(p.params, flatmin::base::sgd{.lr = 1e-6, .momentum = 0.9},
+                               {.keep = 0.1, .refresh_every = std::size_t{1} << 40});
+  opt.ascend();
+  opt.descend();
+  for (auto _ : st) {
+    auto r = opt.ascend();
+    r = opt.descend();
+    if (r.skipped) st.SkipWithError("step skipped");
+    benchmark::DoNotOptimize(r);
+  }
+  set_traffic(st, 60.375 * a.n, a.n, a.threads,
+              {read_only, estimate_streams, ascend_streams, read_only, descend_fsam_sgd_streams});
+}
 void opt_sgd(benchmark::State& st) {
   opt_step(st, [](auto& ps) { return flatmin::sgd<be>(ps, {.lr = 1e-6, .momentum = 0.9}); }, 24.0,
            {read_only, sgd_streams});
@@ -195,6 +217,7 @@ const bool registered = [] {
   grid(benchmark::RegisterBenchmark("opt_msam_adamw", opt_msam_adamw));
   grid(benchmark::RegisterBenchmark("opt_rwp_sgd", opt_rwp_sgd));
   grid(benchmark::RegisterBenchmark("opt_sampa_sgd", opt_sampa_sgd));
+  grid(benchmark::RegisterBenchmark("opt_fsam_sgd", opt_fsam_sgd));
   grid(benchmark::RegisterBenchmark("opt_sgd", opt_sgd));
   grid(benchmark::RegisterBenchmark("opt_adamw", opt_adamw));
   return true;

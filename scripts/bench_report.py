@@ -76,14 +76,15 @@ PASSES_SECTION = [
     "| ≈ 4 per pass over F + 4.125, amortised over T_m (100) | {time:bench_masks:BM_fisher_refresh/1/100} "
     "(with the estimate) | "
     "the new mask depends on all of F; the statistics depend on the new mask. |",
-    "| 4 | ascent under the mask (segment form, 8 bits per lookup) | w, g, bits | w, saved | 16.125 | to "
+    "| 4 | ascent under the mask (segment form, the mask's lanes per run of 256) | w, g, bits | w, saved | 16.125 | to "
     "measure | needs pass 1's norm. saved has a slot per entry (element units are not compact), so the "
     "descent can fuse the restore. |",
     "| 5 | finiteness of g_adv | g_adv | – | 4 | to measure | as SAM's pass 3 |",
-    "| 6 | restore + base step fused (R = 1) | saved, w, g_adv, bits, state | w, state | SGD 24.125, "
-    "Adam 32.125 | to measure | the restore is a select by the mask, so w is read too (4 B more than "
-    "dense SAM). |",
-    "", "Step totals (no refresh): FSAM-SGD 60.375 B/param, FSAM-Adam 68.375. With block masks "
+    "| 6 | restore + base step fused (R = 1; segment form, the mask's lanes per run of 256) | saved, w, "
+    "g_adv, bits, state | w, state | SGD 24.125, Adam 32.125 | to measure | the restore is a select by "
+    "the mask, so w is read too (4 B more than dense SAM). |",
+    "", "Step totals (no refresh): FSAM-SGD 60.375 B/param, FSAM-Adam 68.375. The whole FSAM-SGD step "
+    "(bench_passes `opt_fsam_sgd`, one thread, 10^7): {time:bench_passes:opt_fsam_sgd}. With block masks "
     "(`block` > 1) the mask is compact: the ascent and the restore run over the kept blocks only, the "
     "statistics add a pass over them (the masked sums), and the restore becomes a pass of its own "
     "before the descent (bench_masks).", "",

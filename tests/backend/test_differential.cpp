@@ -181,6 +181,14 @@ void compositions() {
   FLATMIN_DIFF("rwp-sgd-momentum", fm::rwp<decltype(b)>(ps, momentum, {.sigma = 0.05, .seed = 3}));
   // the row means of g and the centralised term (perturb::centralized)
   FLATMIN_DIFF("gcsam-adamw", fm::gcsam<decltype(b)>(ps, adw, {.rho = 0.1}));
+  // sparse masks: the Fisher mask by elements (backend::eigen's segment forms read the bits eight
+  // at a time; backend::thrust tests one bit per entry) and by blocks (compact lists), and SSAM-D's
+  // dynamic mask (its magnitude scores and drawn regrowth), refreshed every other step
+  FLATMIN_DIFF("fsam-sgd-momentum",
+               fm::fsam<decltype(b)>(ps, momentum, {.rho = 0.1, .keep = 0.3, .refresh_every = 2}));
+  FLATMIN_DIFF("fsam-adamw-blocks",
+               fm::fsam<decltype(b)>(ps, adw, {.rho = 0.1, .keep = 0.3, .refresh_every = 2, .block = 128}));
+  FLATMIN_DIFF("ssam-d-adam", fm::ssam_d<decltype(b)>(ps, ad, {.rho = 0.1, .refresh_every = 2, .seed = 5}));
   // per-tensor ρ multipliers (tensor_options::rho_scale) through each kind of ascent term
 #define FLATMIN_DIFF_RHO(name, ...) \
   compare<Other, T>(name, [&](const fm::param_set<T>& ps, auto b) { return __VA_ARGS__; }, true)

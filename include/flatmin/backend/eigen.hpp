@@ -412,7 +412,7 @@ struct eigen {
   template <class W, class G>
   static segment_view<W, G> view_of(const tensor_rec<W, G>* tensors, const segment& s, std::uint32_t len) {
     const tensor_rec<W, G>& t = tensors[s.tensor];
-    return {t.w + s.local, t.g + s.local, len, t.flags, s.index};
+    return {t.w + s.local, t.g + s.local, len, t.flags, s.index, s.tensor};
   }
 
   /// One segment of a `for_each`: by the pass's host segment form when it has one, else element by

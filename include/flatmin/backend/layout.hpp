@@ -110,6 +110,7 @@ struct segment_view {
   std::uint32_t len;
   std::uint32_t flags;
   std::uint64_t index;  ///< global index of the first element
+  std::uint32_t tensor = 0;  ///< the tensor's place in the layout
 };
 
 /// What `Backend::count_and_collect` returns: how many indices the classifier marked 1 (counted)

@@ -197,14 +197,33 @@ struct descend_pass {
     return {mask, adjust, backend::for_tensor(base, flags, 0u), inv_scale, saved, restore, store};
   }
 
+  /// Whether the pass restores w from `saved` first.
+  FLATMIN_HD bool restores() const { return !Store::master && (Restore < 0 ? restore : Restore == 1); }
+
   template <class G>
   FLATMIN_HD void operator()(const elem<W, G>& e) const {
     T w = store.read(e);
-    if (!Store::master && (Restore < 0 ? restore : Restore == 1)) {
+    if (restores()) {
       // read unconditionally and select, so that the host loop vectorises (see `restore`)
       const T s = static_cast<T>(saved[e.k]);
       w = ((e.flags & tensor_flags::perturb) && mask(e.i, e.flags)) ? s : w;
     }
+    update(e, w);
+  }
+  /// The same with the entry's restore decided by the caller: `in` is all ones where the entry is
+  /// perturbed and masked in, else zero (backend::eigen's segment form under an element bit mask
+  /// reads eight mask bits at a time, backend/host/segment_forms.hpp).
+  template <class G>
+  FLATMIN_HD void operator()(const elem<W, G>& e, lane_t<T> in) const {
+    T w = store.read(e);
+    if (restores()) w = blend_lanes<T>(in, static_cast<T>(saved[e.k]), w);
+    update(e, w);
+  }
+
+ private:
+  /// g ← adjust(w, g / grad_scale); base(w, g); w written through the store.
+  template <class G>
+  FLATMIN_HD void update(const elem<W, G>& e, T w) const {
     const T g = adjust(w, static_cast<T>(e.g) * inv_scale, e);
     base(w, g, e.i, e.flags);
     store.write(e, w);

@@ -53,10 +53,11 @@
 /// Storage: two bits per unit, two T per unit for F, and, with blocks, saved weights for the active
 /// blocks only plus two segment lists, so that the ascent and restore passes touch only those
 /// blocks. From 2^19 units on, the selection's buffers are kept for the next refresh: 2^16 T of
-/// sampled scores (device and host) and 8 + sizeof(T) bytes per unit of the bracket's band (about 2 % of the units
-/// at keep = 0.1, at most a quarter). The granularity (`block`) is fixed when the optimizer is
-/// built; `keep` may change between steps. `frozen = true` stops estimates and refreshes (a mask set with
-/// `set_entry_mask()` / the optimizer's `set_mask()`, or one frozen for an experiment, stays).
+/// sampled scores (device and host) and 8 + sizeof(T) bytes per unit of the bracket's band (about
+/// 2 % of the units at keep = 0.1, at most a quarter). The granularity (`block`) is fixed when the
+/// optimizer is built; `keep` may change between steps. `frozen = true` stops estimates and
+/// refreshes (a mask set with `set_entry_mask()` / the optimizer's `set_mask()`, or one frozen for
+/// an experiment, stays).
 ///
 /// Sharded data-parallel runs (optimizer/data_parallel.hpp, element units): each process scores
 /// its shard, k is ⌊keep · eligible units of every process⌋, and the top-k is one selection over

@@ -38,22 +38,37 @@ inline constexpr nibble_lanes<U> make_nibble_lanes() {
 template <class U>
 inline constexpr nibble_lanes<U> nibble_table = make_nibble_lanes<U>();
 
-/// body(j, lane) for j in [0, len) of a run starting at global index `index` of a mask-eligible
-/// tensor: lane is entry j's mask as an all-ones / zero integer of T's width, eight entries per
-/// `bits8` and their lanes from `nibble_table`, the tail entry by entry.
-template <class T, class Mask, class Body>
-FLATMIN_SUM_INLINE void for_each_mask_lane(std::uint32_t len, std::uint64_t index, std::uint32_t flags,
-                                           const Mask& mask, const Body& body) {
+/// Entries per run of `for_each_mask_run` (its lanes live on the stack: 1 KiB for float).
+inline constexpr std::uint32_t mask_run = 256;
+
+/// The lanes of a run of `for_each_mask_run`.
+template <class T>
+using lanes_of = const kernels::lane_t<T>*;
+
+/// run(j0, n, lanes) for the runs [j0, j0 + n) of at most `mask_run` entries of a segment that
+/// starts at global index `index` in a mask-eligible tensor: lanes[k] is entry j0 + k's mask as an
+/// all-ones / zero integer of T's width, eight entries per `bits8` and their lanes from
+/// `nibble_table`, the run's tail entry by entry, all written before the run's body. The body's
+/// loop over k is then a plain loop over arrays, which vectorises (a body called per lane of a
+/// nibble did not, once it was more than a blend: a descent's base update; nor the ascent's).
+template <class T, class Mask, class Run>
+FLATMIN_SUM_INLINE void for_each_mask_run(std::uint32_t len, std::uint64_t index, std::uint32_t flags,
+                                          const Mask& mask, const Run& run) {
   using U = kernels::lane_t<T>;
-  std::uint32_t j = 0;
-  for (; j + 8 <= len; j += 8) {
-    const std::uint32_t b = mask.bits8(index + j);
-    const U* lo = nibble_table<U>.lane[b & 15u];
-    const U* hi = nibble_table<U>.lane[b >> 4];
-    for (std::uint32_t r = 0; r < 4; ++r) body(j + r, lo[r]);
-    for (std::uint32_t r = 0; r < 4; ++r) body(j + 4 + r, hi[r]);
+  U lanes[mask_run];
+  for (std::uint32_t j0 = 0; j0 < len; j0 += mask_run) {
+    const std::uint32_t n = len - j0 < mask_run ? len - j0 : mask_run;
+    std::uint32_t k = 0;
+    for (; k + 8 <= n; k += 8) {
+      const std::uint32_t b = mask.bits8(index + j0 + k);
+      const U* lo = nibble_table<U>.lane[b & 15u];
+      const U* hi = nibble_table<U>.lane[b >> 4];
+      for (std::uint32_t r = 0; r < 4; ++r) lanes[k + r] = lo[r];
+      for (std::uint32_t r = 0; r < 4; ++r) lanes[k + 4 + r] = hi[r];
+    }
+    for (; k < n; ++k) lanes[k] = U(0) - static_cast<U>(mask(index + j0 + k, flags));
+    run(j0, n, static_cast<const U*>(lanes));
   }
-  for (; j < len; ++j) body(j, U(0) - static_cast<U>(mask(index + j, flags)));
 }
 
 }  // namespace flatmin::backend::host

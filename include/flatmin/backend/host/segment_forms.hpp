@@ -33,7 +33,8 @@ FLATMIN_SUM_INLINE bool by_elements(const F& f, const Mask& mask, const segment_
                                     std::uint64_t slot) {
   if (!(v.flags & tensor_flags::perturb)) return true;
   if ((v.flags & tensor_flags::mask_eligible) && mask.element_units()) return false;
-  for (std::uint32_t j = 0; j < v.len; ++j) f(elem<T>{v.w[j], v.g[j], v.index + j, slot + j, 0, v.flags});
+  for (std::uint32_t j = 0; j < v.len; ++j)
+    f(elem<T>{v.w[j], v.g[j], v.index + j, slot + j, v.tensor, v.flags});
   return true;
 }
 
@@ -43,15 +44,21 @@ struct segment_form<kernels::ascend_pass<T, Term, Mask>> {
   static FLATMIN_SUM_INLINE void run(const kernels::ascend_pass<T, Term, Mask>& p, const segment_view<T>& v,
                   std::uint64_t slot) {
     if (by_elements(p, p.mask, v, slot)) return;
-    T* FLATMIN_RESTRICT w = v.w;
-    const T* FLATMIN_RESTRICT g = v.g;
-    T* FLATMIN_RESTRICT sv = p.saved + slot;
-    for_each_mask_lane<T>(v.len, v.index, v.flags, p.mask, [&](std::uint32_t j, kernels::lane_t<T> m) {
-      const T x = w[j];
-      sv[j] = x;
-      w[j] = kernels::blend_lanes<T>(m, x + p.scale * p.term.dir(x, g[j] * p.inv_scale, v.index + j, v.flags),
-                                     x);
-    });
+    const std::uint32_t flags = v.flags;
+    const auto body = [&](std::uint32_t j0, std::uint32_t n, lanes_of<T> m) {
+      T* FLATMIN_RESTRICT w = v.w + j0;
+      const T* FLATMIN_RESTRICT g = v.g + j0;
+      T* FLATMIN_RESTRICT sv = p.saved + slot + j0;
+      const std::uint64_t i0 = v.index + j0;
+      FLATMIN_IVDEP
+      for (std::uint32_t k = 0; k < n; ++k) {
+        const T x = w[k];
+        sv[k] = x;
+        const T moved = x + p.scale * p.term.dir(x, g[k] * p.inv_scale, i0 + k, flags);
+        w[k] = kernels::blend_lanes<T>(m[k], moved, x);
+      }
+    };
+    for_each_mask_run<T>(v.len, v.index, flags, p.mask, body);
   }
 };
 
@@ -90,17 +97,54 @@ struct segment_form<kernels::ascend_pass<T, kernels::gaussian_term<T>, Mask, T, 
   }
 };
 
+/// The descent under an element bit mask (FSAM's and SSAM's element units): the restore's select
+/// by the mask's lanes, eight bits per lookup, written for a run of entries before the run's body
+/// (`for_each_mask_run`), and the rest of the body the element path's (the pass's own
+/// `operator()(e, lane)`). The element path looked a unit and a bit up per entry, which
+/// kept the loop from vectorising: the descent was 44 % of an FSAM-SGD step at 10^7 (bench_passes
+/// opt_fsam_sgd). Segments the lanes do not cover (no restore, a tensor that is not perturbed or not
+/// eligible, units that are not elements) run the element path.
+template <class T, element_bit_mask Mask, class Adjust, class Base, int Restore, class Store>
+  requires(!Store::master)
+struct segment_form<kernels::descend_pass<T, Mask, Adjust, Base, Restore, T, Store>> {
+  using pass = kernels::descend_pass<T, Mask, Adjust, Base, Restore, T, Store>;
+  static FLATMIN_SUM_INLINE void run(const pass& p, const segment_view<T>& v, std::uint64_t slot) {
+    T* FLATMIN_RESTRICT w = v.w;
+    T* FLATMIN_RESTRICT g = v.g;  // not written: an elem refers to it
+    const std::uint64_t index = v.index;
+    const std::uint32_t flags = v.flags, len = v.len, tensor = v.tensor;
+    if (!p.restores() || !(flags & tensor_flags::perturb) || !(flags & tensor_flags::mask_eligible) ||
+        !p.mask.element_units()) {
+      FLATMIN_IVDEP
+      for (std::uint32_t j = 0; j < len; ++j) p(elem<T>{w[j], g[j], index + j, slot + j, tensor, flags});
+      return;
+    }
+    const auto body = [&](std::uint32_t j0, std::uint32_t n, lanes_of<T> m) {
+      // the run's own pointers and indices, so that the loop's addresses are affine in k (with
+      // j0 + k in 32 bits GCC could not rule out a wrap, and did not vectorise)
+      T* FLATMIN_RESTRICT wr = w + j0;
+      T* FLATMIN_RESTRICT gr = g + j0;
+      const std::uint64_t i0 = index + j0, s0 = slot + j0;
+      FLATMIN_IVDEP
+      for (std::uint32_t k = 0; k < n; ++k) p(elem<T>{wr[k], gr[k], i0 + k, s0 + k, tensor, flags}, m[k]);
+    };
+    for_each_mask_run<T>(len, index, flags, p.mask, body);
+  }
+};
+
 /// w ← saved, blended in by the mask's lanes.
 template <class T, element_bit_mask Mask>
 struct segment_form<kernels::restore_pass<T, Mask>> {
   static FLATMIN_SUM_INLINE void run(const kernels::restore_pass<T, Mask>& p, const segment_view<T>& v,
                                      std::uint64_t slot) {
     if (by_elements(p, p.mask, v, slot)) return;
-    T* FLATMIN_RESTRICT w = v.w;
-    const T* FLATMIN_RESTRICT sv = p.saved + slot;
-    for_each_mask_lane<T>(v.len, v.index, v.flags, p.mask, [&](std::uint32_t j, kernels::lane_t<T> m) {
-      w[j] = kernels::blend_lanes<T>(m, sv[j], w[j]);
-    });
+    const auto body = [&](std::uint32_t j0, std::uint32_t n, lanes_of<T> m) {
+      T* FLATMIN_RESTRICT w = v.w + j0;
+      const T* FLATMIN_RESTRICT sv = p.saved + slot + j0;
+      FLATMIN_IVDEP
+      for (std::uint32_t k = 0; k < n; ++k) w[k] = kernels::blend_lanes<T>(m[k], sv[k], w[k]);
+    };
+    for_each_mask_run<T>(v.len, v.index, v.flags, p.mask, body);
   }
 };
 

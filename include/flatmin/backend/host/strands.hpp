@@ -83,11 +83,10 @@ FLATMIN_SUM_INLINE void widen(const V& x, f64x4& y) {
   y = f64x4{double(x[O]), double(x[O + 1]), double(x[O + 2]), double(x[O + 3])};
 }
 
-/// Adds block p[0 … 7] to the strands: lane r of lo (r < 4) or hi (r ≥ 4) += y², y = double(p[r]·s)
-/// with p[r] converted to the compute type T first and the product in T, as `scaled_square` does.
+/// Block p[0 … 7] as y = double(p[r]·s), lanes r < 4 in y0 and r ≥ 4 in y1, with p[r] converted
+/// to the compute type T first and the product in T, as `scaled_square` does.
 template <class G, class T>
-FLATMIN_SUM_INLINE void add_block(f64x4& lo, f64x4& hi, const G* p, T s) {
-  f64x4 y0, y1;
+FLATMIN_SUM_INLINE void block_values(f64x4& y0, f64x4& y1, const G* p, T s) {
   if constexpr (std::is_same_v<T, float>) {
     if constexpr (std::is_same_v<G, float> || std::is_same_v<G, double>) {
       f32x4 x0, x1;  // two halves: 8-wide here was slower in cache (bench_mixed check_pass, N = 10^5)
@@ -132,6 +131,13 @@ FLATMIN_SUM_INLINE void add_block(f64x4& lo, f64x4& hi, const G* p, T s) {
     y0 = y0 * s;
     y1 = y1 * s;
   }
+}
+
+/// Adds block p[0 … 7] to the strands: lane r of lo (r < 4) or hi (r ≥ 4) += y² (block_values).
+template <class G, class T>
+FLATMIN_SUM_INLINE void add_block(f64x4& lo, f64x4& hi, const G* p, T s) {
+  f64x4 y0, y1;
+  block_values(y0, y1, p, s);
   add_squares(lo, hi, y0, y1);
 }
 
@@ -260,7 +266,11 @@ FLATMIN_SUM_INLINE void sum_squares_strands(const G* const (&g)[M], const std::u
 /// Σ (s·g)² over the entries of one run whose mask bit is set, and their count, in the same order
 /// (an entry that is out adds +0 on the element path, which is what the AND with its bit's lane
 /// adds here). `bits8(j)` gives the bits of entries j … j + 7 of the run, `bit(j)` one entry's.
-/// g is converted to the compute type T first, as in sum_squares_strands.
+/// g is converted to the compute type T first, as in sum_squares_strands. Under GCC and Clang by
+/// the lanes: y (block_values) ANDed with the byte's lanes, so that an entry that is out adds
+/// 0² = +0, the blend's +0, bit for bit (GCC's vectorisers had moved every lane of the blend
+/// through a general register: the masked statistics took twice the dense ones, bench_passes
+/// opt_fsam_sgd).
 template <class G, class T, class Bits8, class Bit>
 FLATMIN_SUM_INLINE double masked_sum_squares_strands(const G* g, std::uint32_t len, T s, const Bits8& bits8,
                                                      const Bit& bit, double& kept) {
@@ -268,6 +278,28 @@ FLATMIN_SUM_INLINE double masked_sum_squares_strands(const G* g, std::uint32_t l
   static_assert(K == 8, "eight strands: one byte of mask bits per block");
   double a[K] = {};
   std::uint32_t count = 0, j = 0;
+#if FLATMIN_STRAND_LANES
+  if constexpr (lanes::has_form<G, T>) {
+    using u64x4 = std::uint64_t __attribute__((vector_size(32)));
+    lanes::f64x4 lo{0, 0, 0, 0}, hi{0, 0, 0, 0};
+    for (; j + K <= len; j += K) {
+      const std::uint32_t b = bits8(j);
+      count += static_cast<std::uint32_t>(std::popcount(b));
+      u64x4 m0, m1;
+      std::memcpy(&m0, nibble_table<std::uint64_t>.lane[b & 15u], sizeof m0);
+      std::memcpy(&m1, nibble_table<std::uint64_t>.lane[b >> 4], sizeof m1);
+      lanes::f64x4 y0, y1;
+      lanes::block_values(y0, y1, g + j, s);
+      y0 = reinterpret_cast<lanes::f64x4>(reinterpret_cast<u64x4>(y0) & m0);
+      y1 = reinterpret_cast<lanes::f64x4>(reinterpret_cast<u64x4>(y1) & m1);
+      lanes::add_squares(lo, hi, y0, y1);
+    }
+    for (std::uint32_t r = 0; r < 4; ++r) {
+      a[r] = lo[r];
+      a[4 + r] = hi[r];
+    }
+  }
+#endif
   for (; j + K <= len; j += K) {  // add_block's dealing, the lanes of a byte of bits in two halves
     const std::uint32_t b = bits8(j);
     count += static_cast<std::uint32_t>(std::popcount(b));
