@@ -597,19 +597,23 @@ struct thrust {
     }
 #endif
     ::thrust::counting_iterator<std::size_t> first(0);
-    ::thrust::device_vector<std::uint64_t> col(bins);
 #if defined(FLATMIN_THRUST_IS_CUDA)
     // One thread per index, atomic adds into 64 sub-histograms: a thread per block of indices
     // (below) leaves a GPU mostly idle and its rows uncoalesced (bench_cuda_passes'
-    // bm_fisher_refresh, bench/RESULTS.md).
+    // bm_fisher_refresh, bench/RESULTS.md). The rows and the column sums are the thread's scratch
+    // (a radix selection makes three or more histograms in a row; fresh vectors were a cudaMalloc
+    // and a cudaFree each, and cudaFree waits for the device).
     constexpr std::size_t copies = 64;
-    ::thrust::device_vector<unsigned long long> rows(copies * bins, 0ull);
-    ::thrust::for_each(thrust_detail::exec(), first, first + n,
-        thrust_detail::histogram_atomic<F>{key, ::thrust::raw_pointer_cast(rows.data()), bins, copies});
-    ::thrust::transform(thrust_detail::exec(), first, first + bins, col.begin(),
-                        thrust_detail::histogram_column<unsigned long long>{
-                            ::thrust::raw_pointer_cast(rows.data()), copies, bins});
+    unsigned long long* rows = thrust_detail::scratch<unsigned long long, 0>(copies * bins);
+    std::uint64_t* col = thrust_detail::scratch<std::uint64_t, 1>(bins);
+    ::thrust::fill_n(thrust_detail::exec_nosync(), ::thrust::device_pointer_cast(rows), copies * bins, 0ull);
+    ::thrust::for_each(thrust_detail::exec_nosync(), first, first + n,
+                       thrust_detail::histogram_atomic<F>{key, rows, bins, copies});
+    ::thrust::transform(thrust_detail::exec(), first, first + bins, ::thrust::device_pointer_cast(col),
+                        thrust_detail::histogram_column<unsigned long long>{rows, copies, bins});
+    download(col, bins, counts.data());
 #else
+    ::thrust::device_vector<std::uint64_t> col(bins);
     std::size_t block = segment_size;
     while (((n + block - 1) / block) * bins > (std::size_t{1} << 24)) block *= 2;
     const std::size_t nb = (n + block - 1) / block;
@@ -618,8 +622,8 @@ struct thrust {
         thrust_detail::histogram_block<F>{n, block, bins, ::thrust::raw_pointer_cast(rows.data()), key});
     ::thrust::transform(thrust_detail::exec(), first, first + bins, col.begin(),
         thrust_detail::histogram_column<std::uint32_t>{::thrust::raw_pointer_cast(rows.data()), nb, bins});
-#endif
     ::thrust::copy(col.begin(), col.end(), counts.begin());
+#endif
     return counts;
   }
 
