@@ -41,26 +41,35 @@ void BM_copy_pass(benchmark::State& st) {
 }
 BENCHMARK(BM_copy_pass)->Unit(benchmark::kMillisecond)->UseRealTime();
 
-/// One refresh: accumulate g² into F, radix top-k over F, write the bits (and, for blocks, the
-/// block list). arg 0: block size (1 = elements); arg 1: keep in per mille.
+/// Times `call()` per iteration and reports it against one copy pass of N floats measured here:
+/// counters copy_ms and x_copy.
+template <class Call>
+void against_copy(benchmark::State& st, const Call& call) {
+  std::vector<float> a(N, 1.f), b(N, 0.f);
+  const double copy = copy_seconds(a, b);
+  double total = 0;
+  for (auto _ : st) {
+    const auto t0 = std::chrono::steady_clock::now();
+    call();
+    total += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  }
+  st.counters["copy_ms"] = copy * 1e3;
+  st.counters["x_copy"] = total / static_cast<double>(st.iterations()) / copy;
+}
+
+/// One refresh: accumulate g² into F, exact top-k of F (mask/detail/score_top_k.hpp), write the
+/// bits (and, for blocks, the block list). arg 0: block size (1 = elements); arg 1: keep in per mille.
 void BM_fisher_refresh(benchmark::State& st) {
   const auto block = static_cast<std::size_t>(st.range(0));
   const double keep = static_cast<double>(st.range(1)) / 1000.0;
   flatmin_bench::problem p(N, K);
   auto opt = flatmin::fsam(p.params, flatmin::base::sgd{.lr = 0.01}, {.keep = keep, .block = block});
   auto& ms = opt.mask_state();
-  std::vector<float> a(N, 1.f), b(N, 0.f);
-  const double copy = copy_seconds(a, b);
-  double total = 0;
   std::size_t step = 1;  // refresh steps: 1, 101, 201, ... (each step number refreshes once)
-  for (auto _ : st) {
-    const auto t0 = std::chrono::steady_clock::now();
+  against_copy(st, [&] {
     benchmark::DoNotOptimize(ms.refresh(opt.mask(), opt.layout(), step, 1.f));
     step += 100;
-    total += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  }
-  st.counters["copy_ms"] = copy * 1e3;
-  st.counters["x_copy"] = total / static_cast<double>(st.iterations()) / copy;
+  });
   st.counters["N"] = static_cast<double>(N);
 }
 BENCHMARK(BM_fisher_refresh)
@@ -75,16 +84,8 @@ void BM_fisher_estimate(benchmark::State& st) {
   flatmin_bench::problem p(N, K);
   auto opt = flatmin::fsam(p.params, flatmin::base::sgd{.lr = 0.01}, {.keep = 0.1});
   auto& ms = opt.mask_state();
-  std::vector<float> a(N, 1.f), b(N, 0.f);
-  const double copy = copy_seconds(a, b);
-  double total = 0;
-  for (auto _ : st) {
-    const auto t0 = std::chrono::steady_clock::now();
-    benchmark::DoNotOptimize(ms.refresh(opt.mask(), opt.layout(), 2, 1.f));  // step 2 refreshes nothing
-    total += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  }
-  st.counters["copy_ms"] = copy * 1e3;
-  st.counters["x_copy"] = total / static_cast<double>(st.iterations()) / copy;
+  // step 2 refreshes nothing: the estimate alone
+  against_copy(st, [&] { benchmark::DoNotOptimize(ms.refresh(opt.mask(), opt.layout(), 2, 1.f)); });
   flatmin_bench::set_traffic(st, 12.0 * N, N);
 }
 BENCHMARK(BM_fisher_estimate)->Unit(benchmark::kMillisecond)->UseRealTime();
