@@ -103,6 +103,50 @@ void check_close(double got, double want, double rel) {
 
 }  // namespace
 
+TEST_CASE("eigen: a reduction's group forms give each segment its own partial, for every share of threads") {
+  // reduce_groups reads segments a quarter of a thread's share apart, then the share's last
+  // (count mod 4) as a short group: each partial must land at its own segment, whatever the count
+  // of segments and threads (the totals alone would hide two partials that traded places)
+  std::mt19937 rng(41);
+  std::normal_distribution<float> nd(0.f, 1.f);
+  for (std::size_t extra = 0; extra < 9; ++extra) {
+    CAPTURE(extra);
+    std::vector<std::vector<float>> w, g;
+    std::vector<std::size_t> n = {70000};  // 18 segments, the last one short
+    for (std::size_t k = 0; k < extra; ++k) n.push_back(1 + 509 * k);  // one segment each
+    flatmin::param_set<float> ps;
+    for (std::size_t t = 0; t < n.size(); ++t) {
+      w.emplace_back(n[t], 0.f);
+      g.emplace_back(n[t]);
+      for (auto& x : g.back()) x = nd(rng);
+    }
+    for (std::size_t t = 0; t < n.size(); ++t) ps.add(std::to_string(t), w[t], g[t]);
+    const flatmin::backend::layout<float, be> l(ps);
+    for (const float inv : {0.75f, 1.f}) {
+      CAPTURE(inv);
+      const flatmin::kernels::check_pass<float> pass{inv};
+      const std::vector<grad_stats> want = be::reduce_segments<grad_stats>(l.full(), elementwise(pass));
+      REQUIRE(want.size() == 18 + extra);
+      for (int threads : {1, 2, 3}) {
+        CAPTURE(threads);
+#if defined(_OPENMP)
+        const int before = omp_get_max_threads();
+        omp_set_num_threads(threads);
+#endif
+        const std::vector<grad_stats> got = be::reduce_segments<grad_stats>(l.full(), pass);
+#if defined(_OPENMP)
+        omp_set_num_threads(before);
+#endif
+        REQUIRE(got.size() == want.size());
+        for (std::size_t s = 0; s < got.size(); ++s) {
+          CAPTURE(s);
+          CHECK(same_bits(got[s], want[s]));
+        }
+      }
+    }
+  }
+}
+
 TEST_CASE("eigen: SIMD statistics and check reductions match a float64 reference") {
   problem p(7);
   const flatmin::backend::layout<float, be> l(p.ps);

@@ -169,7 +169,8 @@ double square(T g, T s) {
 // Every gradient type (first) with every compute type (second) an optimizer has: the lanes form
 // under GCC and Clang (strands.hpp), and the written-out form nvcc's host pass takes, each against
 // the documented order. s = 0.75 is not a power of two, so a product taken in the wrong type, or a
-// gradient not first converted to T, changes bits.
+// gradient not first converted to T, changes bits; s = 1 takes the lanes' path without the product
+// (block_values' Scaled = false), which must give the product's bits.
 TEST_CASE_TEMPLATE("host fast forms: Σ(s·g)² of runs read side by side, each run in the documented order", P,
                    std::pair<float, float>, std::pair<double, double>, std::pair<flatmin::bfloat16, float>,
                    std::pair<flatmin::half, float>, std::pair<float, double>, std::pair<flatmin::bfloat16, double>,
@@ -177,7 +178,8 @@ TEST_CASE_TEMPLATE("host fast forms: Σ(s·g)² of runs read side by side, each 
   using G = typename P::first_type;
   using T = typename P::second_type;
   using V = std::conditional_t<std::is_same_v<G, double>, double, float>;  // the values' source type
-  const T s = T(0.75);
+  for (const T s : {T(0.75), T(1)}) {
+  CAPTURE(s);
   // four runs of unequal lengths: the common part read side by side, then each run's own rest
   std::vector<std::vector<std::uint32_t>> groups = {
       {17, 3, 64, 9},         {8, 8, 8, 8},           {0, 5, 13, 41},         {4096, 4095, 1, 23},
@@ -208,6 +210,7 @@ TEST_CASE_TEMPLATE("host fast forms: Σ(s·g)² of runs read side by side, each 
       CHECK(same_bits(out[m], want));
       CHECK(same_bits(written[m], want));
     }
+  }
   }
 }
 

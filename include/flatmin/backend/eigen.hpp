@@ -139,10 +139,11 @@ struct eigen {
     });
   }
 
-  /// Segments a host group form of a reduction reads side by side (backend/host/reduce_forms.hpp):
-  /// four read streams per core keep its hardware prefetchers busier than one (with the eight
-  /// strands of summation.hpp, bench_passes' global_norm at N = 10^7 on one core went from 8.3 to
-  /// 4.3 ms: bench/RESULTS.md). It does not change any segment's summation order.
+  /// Segments a host group form of a reduction reads side by side (backend/host/reduce_forms.hpp),
+  /// a quarter of a thread's share apart (reduce_groups): four read streams per core keep its
+  /// hardware prefetchers busier than one (with the eight strands of summation.hpp, bench_passes'
+  /// global_norm at N = 10^7 on one core went from 8.3 to 4.3 ms on an AVX2 machine:
+  /// bench/RESULTS.md). It does not change any segment's summation order.
   static constexpr std::uint32_t reduction_group = 4;
 
   /// Sum over the range of `f(elem<W, G>) -> R` (R has `+` and value-initialises to zero): the
@@ -175,9 +176,8 @@ struct eigen {
     // (host/isa_clones.hpp)
     const bool parallel = r.elements >= parallel_threshold;
     if constexpr (host::has_group_form<F, R, W, G, reduction_group>) {
-      const std::ptrdiff_t ngroups = (nseg + reduction_group - 1) / reduction_group;
-      run_split<host::dispatched<F, W, G>>(ngroups, parallel, [&](std::ptrdiff_t from, std::ptrdiff_t to) {
-        for (std::ptrdiff_t q = from; q < to; ++q) reduce_group<R>(tensors, segs, nseg, q, f, out);
+      run_split<host::dispatched<F, W, G>>(nseg, parallel, [&](std::ptrdiff_t from, std::ptrdiff_t to) {
+        reduce_groups<R>(tensors, segs, from, to, f, out);
       });
     } else {
       run_split<host::dispatched<F, W, G>>(nseg, parallel, [&](std::ptrdiff_t from, std::ptrdiff_t to) {
@@ -427,27 +427,38 @@ struct eigen {
     }
   }
 
-  /// Group q of a reduction's segments by the pass's group form, into partial[q·M …]: straight
-  /// there for a whole group, through a local array for the last, short one. (A local array for
-  /// every group, value-initialised and copied out, cost a `rep stos` and a stalled copy per group:
-  /// bench_passes' global_norm over 1000 tensors of 100 went from 46 to 35 µs without it.)
+  /// Segments [from, to) of a reduction by the pass's group form, into partial[from … to): with
+  /// Q = ⌊(to − from)/M⌋, group q reads segments from + q, from + q + Q, …, from + q + (M−1)·Q side by
+  /// side (streams a quarter of the share apart), then the last (to − from) mod M segments form a
+  /// short group. Each segment's sum is its own (summation.hpp), so neither the grouping nor the
+  /// share changes a bit. Adjacent segments side by side (four streams 16 KB apart) had read
+  /// memory more slowly than one stream on the AMD EPYC of bench/RESULTS.md: bench_passes'
+  /// global_norm at N = 10^7, one thread, went from 2.1-2.7 ms (adjacent) to 1.4-2.4 ms (apart).
   template <class R, class W, class G, class F>
-  static FLATMIN_SUM_INLINE void reduce_group(const tensor_rec<W, G>* tensors, const segment* segs,
-                                              std::ptrdiff_t nseg, std::ptrdiff_t q, const F& f, R* partial) {
-    segment_view<W, G> v[reduction_group];
-    const std::ptrdiff_t first = q * reduction_group;
-    for (std::uint32_t m = 0; m < reduction_group; ++m) {
-      // past the last segment: an empty run (its result is dropped)
-      v[m] = view_of(tensors, segs[first + m < nseg ? first + m : first],
-                     first + m < nseg ? segs[first + m].len : 0u);
+  static FLATMIN_SUM_INLINE void reduce_groups(const tensor_rec<W, G>* tensors, const segment* segs,
+                                               std::ptrdiff_t from, std::ptrdiff_t to, const F& f,
+                                               R* partial) {
+    constexpr std::uint32_t M = reduction_group;
+    const std::ptrdiff_t q_count = (to - from) / M;
+    segment_view<W, G> v[M];
+    for (std::ptrdiff_t q = 0; q < q_count; ++q) {
+      const std::ptrdiff_t first = from + q;
+      for (std::uint32_t m = 0; m < M; ++m) {
+        const segment& s = segs[first + std::ptrdiff_t(m) * q_count];
+        v[m] = view_of(tensors, s, s.len);
+      }
+      host::group_form<F>::run(f, v, host::group_out<R>{partial + first, q_count});
     }
-    if (first + std::ptrdiff_t{reduction_group} <= nseg) {
-      host::group_form<F>::run(f, v, partial + first);
-      return;
+    const std::ptrdiff_t first = from + q_count * M;
+    if (first == to) return;
+    // the short group: past the last segment, an empty run (its result is dropped)
+    for (std::uint32_t m = 0; m < M; ++m) {
+      const bool in = first + m < to;
+      v[m] = view_of(tensors, segs[in ? first + m : first], in ? segs[first + m].len : 0u);
     }
-    R out[reduction_group];
-    host::group_form<F>::run(f, v, out);
-    for (std::uint32_t m = 0; m < reduction_group && first + m < nseg; ++m) partial[first + m] = out[m];
+    R out[M];
+    host::group_form<F>::run(f, v, host::group_out<R>{out, 1});
+    for (std::uint32_t m = 0; m < M && first + m < to; ++m) partial[first + m] = out[m];
   }
 
   template <class W, class G, class F>

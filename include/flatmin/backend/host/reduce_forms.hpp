@@ -7,6 +7,7 @@
 /// and gradient types (a 16-bit gradient is converted to the compute type T as the element path
 /// does). A pass without a form here is summed element by element.
 
+#include <cstddef>
 #include <cstdint>
 #include <type_traits>
 
@@ -18,6 +19,15 @@
 
 namespace flatmin::backend::host {
 
+/// Where a group form writes segment m's result: `at[m·stride]` (backend::eigen's partials of
+/// segments that are `stride` apart).
+template <class R>
+struct group_out {
+  R* at;
+  std::ptrdiff_t stride;
+  FLATMIN_SUM_INLINE R& operator[](std::uint32_t m) const { return at[std::ptrdiff_t(m) * stride]; }
+};
+
 /// `group_form<F>::run(f, views, out)` sums pass f over each of M segments into out[0 … M−1] (every
 /// field written: backend::eigen passes its partials, not zeroed); none by default.
 template <class F>
@@ -26,7 +36,7 @@ struct group_form {};
 /// Whether pass F has a group form with results R over segments of weights W and gradients G
 /// (what backend::eigen::reduce asks).
 template <class F, class R, class W, class G, std::uint32_t M>
-concept has_group_form = requires(const F& f, const segment_view<W, G> (&v)[M], R* out) {
+concept has_group_form = requires(const F& f, const segment_view<W, G> (&v)[M], group_out<R> out) {
   group_form<std::remove_cvref_t<F>>::run(f, v, out);
 };
 
@@ -36,7 +46,7 @@ template <class T>
 struct group_form<kernels::check_pass<T>> {
   template <class W, class G, std::uint32_t M>
   static FLATMIN_SUM_INLINE void run(const kernels::check_pass<T>& p, const segment_view<W, G> (&v)[M],
-                                     kernels::grad_stats* out) {
+                                     group_out<kernels::grad_stats> out) {
     const G* g[M];
     std::uint32_t len[M];
     double g2[M];
@@ -61,7 +71,7 @@ template <class T>
 struct group_form<kernels::check_copy_pass<T>> {
   template <class W, class G, std::uint32_t M>
   static FLATMIN_SUM_INLINE void run(const kernels::check_copy_pass<T>& p, const segment_view<W, G> (&v)[M],
-                                     kernels::grad_stats* out) {
+                                     group_out<kernels::grad_stats> out) {
     group_form<kernels::check_pass<T>>::run(kernels::check_pass<T>{p.inv_scale}, v, out);
     for (std::uint32_t m = 0; m < M; ++m) {
       const G* g = v[m].g;
@@ -83,7 +93,7 @@ struct group_form<kernels::stats_pass<T, Term, Mask>> {
 
   template <class W, class G, std::uint32_t M>
   static FLATMIN_SUM_INLINE void run(const pass& p, const segment_view<W, G> (&v)[M],
-                                     kernels::grad_stats* out) {
+                                     group_out<kernels::grad_stats> out) {
     group_form<kernels::check_pass<T>>::run(kernels::check_pass<T>{p.inv_scale}, v, out);
     for (std::uint32_t m = 0; m < M; ++m) {
       if (!(v[m].flags & tensor_flags::perturb)) continue;
@@ -125,7 +135,7 @@ struct group_form<kernels::stats_pass<T, Term, Mask>> {
 
   template <class W, class G, std::uint32_t M>
   static FLATMIN_SUM_INLINE void run(const pass& p, const segment_view<W, G> (&v)[M],
-                                     kernels::grad_stats* out) {
+                                     group_out<kernels::grad_stats> out) {
     for (std::uint32_t m = 0; m < M; ++m) out[m] = kernels::grad_stats{};
     if (p.term.v == nullptr) {  // no momentum yet: every norm is 0, the count is still kept
       for (std::uint32_t m = 0; m < M; ++m)
@@ -159,7 +169,7 @@ struct group_form<kernels::stats_pass<T, Term, Mask>> {
 
   template <class W, class G, std::uint32_t M>
   static FLATMIN_SUM_INLINE void run(const pass& p, const segment_view<W, G> (&v)[M],
-                                     kernels::grad_stats* out) {
+                                     group_out<kernels::grad_stats> out) {
     group_form<kernels::check_pass<T>>::run(kernels::check_pass<T>{p.inv_scale}, v, out);
     for (std::uint32_t m = 0; m < M; ++m)
       if (v[m].flags & tensor_flags::perturb) out[m].kept = double(v[m].len);
@@ -176,7 +186,7 @@ template <class T>
 struct group_form<kernels::element_scores<T>> {
   template <class W, class G, std::uint32_t M>
   static FLATMIN_SUM_INLINE void run(const kernels::element_scores<T>& p, const segment_view<W, G> (&v)[M],
-                                     double* out) {
+                                     group_out<double> out) {
     for (std::uint32_t m = 0; m < M; ++m) out[m] = static_cast<double>(segment(p, v[m].g, v[m]));
   }
 
