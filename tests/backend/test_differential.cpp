@@ -97,6 +97,8 @@ record run(const problem<T>& p, const Make& make, int steps, bool rho) {
       objective();
       fm::step_report a = opt.ascend();
       if (!a.skipped && decltype(opt)::perturbs) objective();
+      if constexpr (decltype(opt)::two_points)  // SAMPa: the gradient at its look-ahead point too
+        if (a.perturbed && !a.skipped && !opt.second_point().skipped) objective();
       r.reports.push_back(opt.descend());
     } else {
       r.reports.push_back(opt.step(objective));
@@ -109,6 +111,22 @@ record run(const problem<T>& p, const Make& make, int steps, bool rho) {
   return r;
 }
 
+// The same views with tensors 4 (10000 = {100, 100}) and 7 (50000 = {500, 100}) registered as one
+// LoRA pair, A {r, in} and B {out, r} with r = 100, at tensor 4's place (with its options): BAR's
+// balancedness term (regularize::balancedness) acts on pairs only.
+template <class T>
+fm::param_set<T> paired(const fm::param_set<T>& ps) {
+  fm::param_set<T> out;
+  const auto& ts = ps.tensors();
+  for (std::size_t t = 0; t < ts.size(); ++t)
+    if (t == 4)
+      out.add_lora_pair("pair", ts[4].value, ts[4].grad, {100, 100}, ts[7].value, ts[7].grad, {500, 100},
+                        ts[4].options, ts[4].space);
+    else if (t != 7)
+      out.add(ts[t].name, ts[t].value, ts[t].grad, ts[t].shape, ts[t].options, ts[t].space);
+  return out;
+}
+
 bool close(double x, double y) {
   if (std::isnan(x) || std::isnan(y)) return std::isnan(x) && std::isnan(y);
   return std::fabs(x - y) <= 1e-6 * std::max(std::fabs(x), std::fabs(y));
@@ -116,7 +134,8 @@ bool close(double x, double y) {
 
 template <class Other, class T, class Make>
 void compare(const char* name, const Make& make, bool rho = false) {
-  CAPTURE(name);
+  const std::string row = name;  // a string: doctest prints a const char* as its address
+  CAPTURE(row);
   CAPTURE(sizeof(T));
   const problem<T> p;
   const int steps = 6;
@@ -189,6 +208,24 @@ void compositions() {
   FLATMIN_DIFF("fsam-adamw-blocks",
                fm::fsam<decltype(b)>(ps, adw, {.rho = 0.1, .keep = 0.3, .refresh_every = 2, .block = 128}));
   FLATMIN_DIFF("ssam-d-adam", fm::ssam_d<decltype(b)>(ps, ad, {.rho = 0.1, .refresh_every = 2, .seed = 5}));
+  // LookSAM: full SAM steps 1 and 4 (g_v kept), the reuse g + α(‖g‖/‖g_v‖)g_v on 2, 3, 5, 6
+  FLATMIN_DIFF("looksam-sgd-momentum",
+               fm::looksam<decltype(b)>(ps, momentum, {.rho = 0.1, .k = 3, .alpha = 0.3}));
+  // the descent rules with state (descent/state.hpp): GSAM's g_adv − α g⊥, WSAM's both forms
+  FLATMIN_DIFF("gsam-sgd-momentum", fm::gsam<decltype(b)>(ps, momentum, {.rho = 0.1, .alpha = 0.4}));
+  FLATMIN_DIFF("gsam-adamw", fm::gsam<decltype(b)>(ps, adw, {.rho = 0.1, .alpha = 0.4}));
+  FLATMIN_DIFF("wsam-sgd-momentum", fm::wsam<decltype(b)>(ps, momentum, {.rho = 0.1, .gamma = 0.9}));
+  FLATMIN_DIFF("wsam-adam-coupled",
+               fm::wsam<decltype(b)>(ps, ad, {.rho = 0.1, .gamma = 0.8, .decouple = false}));
+  // SAMPa: ε from the kept g_y, the look-ahead (kernels/sampa.hpp) and the (1 − λ)g̃ + λg_y mix
+  FLATMIN_DIFF("sampa-sgd-momentum", fm::sampa<decltype(b)>(ps, momentum, {.rho = 0.1, .lambda = 0.2}));
+  // Friendly-SAM: ε along g − σm, m the EMA of g
+  FLATMIN_DIFF("friendly-sam-adamw", fm::friendly_sam<decltype(b)>(ps, adw, {.rho = 0.1, .lambda = 0.6}));
+  // preconditioned SAM: ε along P⁻¹g, P from Adam's second moment (plain SAM on step 1)
+  FLATMIN_DIFF("preconditioned-sam-adam", fm::preconditioned_sam<decltype(b)>(ps, ad, {.rho = 0.1}));
+  FLATMIN_DIFF("preconditioned-sam-adamw", fm::preconditioned_sam<decltype(b)>(ps, adw, {.rho = 0.1}));
+  // BAR: one gradient a step, the pair's gradients moved along ∓c·(x, y) (kernels/balancedness.hpp)
+  FLATMIN_DIFF("bar-sgd-momentum", fm::bar<decltype(b)>(paired(ps), momentum, {.rho = 0.5}));
   // per-tensor ρ multipliers (tensor_options::rho_scale) through each kind of ascent term
 #define FLATMIN_DIFF_RHO(name, ...) \
   compare<Other, T>(name, [&](const fm::param_set<T>& ps, auto b) { return __VA_ARGS__; }, true)
