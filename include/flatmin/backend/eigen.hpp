@@ -429,8 +429,9 @@ struct eigen {
 
   /// Segments [from, to) of a reduction by the pass's group form, into partial[from … to): with
   /// Q = ⌊(to − from)/M⌋, group q reads segments from + q, from + q + Q, …, from + q + (M−1)·Q side by
-  /// side (streams a quarter of the share apart), then the last (to − from) mod M segments form a
-  /// short group. Each segment's sum is its own (summation.hpp), so neither the grouping nor the
+  /// side (streams a quarter of the share apart; a form that runs its segments one at a time,
+  /// host::reads_side_by_side, gets M adjacent ones), then the last (to − from) mod M segments
+  /// form a short group. Each segment's sum is its own (summation.hpp), so neither the grouping nor the
   /// share changes a bit. Adjacent segments side by side (four streams 16 KB apart) had read
   /// memory more slowly than one stream on the AMD EPYC of bench/RESULTS.md: bench_passes'
   /// global_norm at N = 10^7, one thread, went from 2.1-2.7 ms (adjacent) to 1.4-2.4 ms (apart).
@@ -439,15 +440,16 @@ struct eigen {
                                                std::ptrdiff_t from, std::ptrdiff_t to, const F& f,
                                                R* partial) {
     constexpr std::uint32_t M = reduction_group;
-    const std::ptrdiff_t q_count = (to - from) / M;
+    constexpr bool apart = host::reads_side_by_side<F>;  // else adjacent segments, one at a time
+    const std::ptrdiff_t q_count = (to - from) / M, step = apart ? q_count : 1;
     segment_view<W, G> v[M];
     for (std::ptrdiff_t q = 0; q < q_count; ++q) {
-      const std::ptrdiff_t first = from + q;
+      const std::ptrdiff_t first = apart ? from + q : from + q * M;
       for (std::uint32_t m = 0; m < M; ++m) {
-        const segment& s = segs[first + std::ptrdiff_t(m) * q_count];
+        const segment& s = segs[first + std::ptrdiff_t(m) * step];
         v[m] = view_of(tensors, s, s.len);
       }
-      host::group_form<F>::run(f, v, host::group_out<R>{partial + first, q_count});
+      host::group_form<F>::run(f, v, host::group_out<R>{partial + first, step});
     }
     const std::ptrdiff_t first = from + q_count * M;
     if (first == to) return;

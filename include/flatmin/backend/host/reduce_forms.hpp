@@ -40,6 +40,13 @@ concept has_group_form = requires(const F& f, const segment_view<W, G> (&v)[M], 
   group_form<std::remove_cvref_t<F>>::run(f, v, out);
 };
 
+/// Whether F's group form reads its M segments side by side (the sums of squares; backend::eigen
+/// then takes them a quarter of a thread's share apart) rather than one after another (a form
+/// with `static constexpr bool one_at_a_time = true`: adjacent segments, one stream per array).
+template <class F>
+inline constexpr bool reads_side_by_side =
+    !requires { requires group_form<std::remove_cvref_t<F>>::one_at_a_time; };
+
 /// Σg² and the non-finite count. A non-finite entry makes Σg² non-finite (squares are ≥ 0), and
 /// only then are the entries counted.
 template <class T>
@@ -184,6 +191,10 @@ struct group_form<kernels::stats_pass<T, Term, Mask>> {
 /// bench_masks BM_fisher_refresh.)
 template <class T>
 struct group_form<kernels::element_scores<T>> {
+  /// Segment by segment: its segments are adjacent (apart, the estimate took 1.2-1.5x as long:
+  /// bench_masks BM_fisher_estimate, one thread, 10^7).
+  static constexpr bool one_at_a_time = true;
+
   template <class W, class G, std::uint32_t M>
   static FLATMIN_SUM_INLINE void run(const kernels::element_scores<T>& p, const segment_view<W, G> (&v)[M],
                                      group_out<double> out) {
