@@ -477,8 +477,8 @@ struct eigen {
     const std::uint32_t flags = t.flags, len = s.len, tensor = s.tensor;
     const std::uint64_t index = s.index, slot = s.slot;
     if constexpr (host::independent_entries<F>) {
-      // the last len mod 16 entries apart (FLATMIN_SIMD4): bench_passes descend_sgd over 1000
-      // tensors of 100, one thread, went from 29-39 to 27-29 us, descend_adamw from 65-73 to 63 us
+      // the last len mod 16 entries apart (FLATMIN_SIMD4): bench_passes descend_adamw over 1000
+      // tensors of 100, one thread, went from 70-75 to 50-59 us (one tensor of 10^5: 42 us)
       const std::uint32_t body = len - len % 16;
       FLATMIN_IVDEP
       for (std::uint32_t j = 0; j < body; ++j) f(elem<W, G>{w[j], g[j], index + j, slot + j, tensor, flags});
