@@ -252,10 +252,14 @@ FLATMIN_SUM_INLINE void sum_squares_strands(const G* const (&g)[M], const std::u
     // the usual case (no loss scale): no product (block_values). Not for 16-bit gradients: without
     // the product GCC widened their lanes through memory (bench_mixed check_pass g_bf16 at 10^5,
     // one thread: 17 -> 26 us)
-    if (sizeof(G) >= 4 && s == T(1))
-      lanes::stretches<0, false>(lo, hi, p, body, s);
-    else
+    if constexpr (sizeof(G) >= 4) {
+      if (s == T(1))
+        lanes::stretches<0, false>(lo, hi, p, body, s);
+      else
+        lanes::stretches<0, true>(lo, hi, p, body, s);
+    } else {
       lanes::stretches<0, true>(lo, hi, p, body, s);
+    }
 #pragma GCC unroll 8
     for (std::uint32_t k = 0; k < M; ++k) {  // the last len mod K entries of each run, to strand 0
       const lanes::f64x4 l = lo[k], h = hi[k];
