@@ -4,9 +4,10 @@
 ///
 /// Elementwise passes are plain `restrict` loops over each segment (they measured at least as fast
 /// as the equivalent Eigen array expressions and accept any functor), parallelised over segments
-/// with OpenMP when the pass is large enough. The functor is copied into each segment's loop, in
-/// its form for that tensor (layout.hpp's `for_tensor`: per-tensor lr multipliers resolved), so
-/// that the compiler keeps its fields in registers and can vectorise; kernels keep their bodies
+/// with OpenMP when the pass is large enough. Each segment's loop runs a local copy of
+/// the functor in its form for that tensor (layout.hpp's `for_tensor`: per-tensor lr multipliers
+/// resolved; once per run of segments that share it, host/tensor_forms.hpp), so that the compiler
+/// keeps its fields in registers and can vectorise; kernels keep their bodies
 /// free of branches on run-time options for the same reason (kernels/sgd_update.hpp).
 /// Reductions sum each segment on its own, in a fixed order, into its own partial and then add
 /// the partials in segment order, so results are bitwise identical for any thread count, with or
@@ -28,6 +29,7 @@
 #include "host/prefetch.hpp"
 #include "host/reduce_forms.hpp"
 #include "host/segment_forms.hpp"
+#include "host/tensor_forms.hpp"
 #include "layout.hpp"
 #include "summation.hpp"
 
@@ -132,10 +134,10 @@ struct eigen {
     // a hot pass runs each thread's segments on the process's instruction set (host/isa_clones.hpp)
     run_split<host::dispatched<F, W, G>>(nseg, r.elements >= parallel_threshold,
                                          [&](std::ptrdiff_t from, std::ptrdiff_t to) {
-      for (std::ptrdiff_t s = from; s < to; ++s) {
+      host::for_each_form_run(f, tensors, segs, from, to, [&](std::ptrdiff_t s, const F& form) {
         if (s + 1 < nseg) host::prefetch_segment(tensors, segs[s + 1]);
-        segment_pass(tensors, segs[s], f);
-      }
+        segment_pass(tensors, segs[s], form);
+      });
     });
   }
 
@@ -415,13 +417,12 @@ struct eigen {
     return {t.w + s.local, t.g + s.local, len, t.flags, s.index, s.tensor};
   }
 
-  /// One segment of a `for_each`: by the pass's host segment form when it has one, else element by
-  /// element.
+  /// One segment of a `for_each` (`f`: the pass's form for the segment's tensor, host/tensor_forms.hpp):
+  /// by the pass's host segment form when it has one, else element by element.
   template <class W, class G, class F>
   static FLATMIN_SUM_INLINE void segment_pass(const tensor_rec<W, G>* tensors, const segment& s, const F& f) {
     if constexpr (std::is_same_v<W, G> && host::has_segment_form<F, W>) {
-      const F fs = for_tensor(f, tensors[s.tensor].flags, s.tensor);  // a local copy, as run_segment's
-      host::segment_form<F>::run(fs, view_of(tensors, s, s.len), s.slot);
+      host::segment_form<F>::run(f, view_of(tensors, s, s.len), s.slot);
     } else {
       run_segment(tensors, s, f);
     }
@@ -464,11 +465,10 @@ struct eigen {
   }
 
   template <class W, class G, class F>
-  static FLATMIN_SUM_INLINE void run_segment(const tensor_rec<W, G>* tensors, const segment& s, const F& fn) {
-    // a local copy, resolved for this tensor (layout.hpp's for_tensor): the stores through w / g
-    // cannot alias its fields, so they stay in registers, and no per-tensor lookup is left in the loop
+  static FLATMIN_SUM_INLINE void run_segment(const tensor_rec<W, G>* tensors, const segment& s, const F& f) {
+    // f: resolved for this tensor (host/tensor_forms.hpp), so no per-tensor lookup is left in the
+    // loop; a local of the caller's, so the stores through w / g cannot alias its fields
     const tensor_rec<W, G>& t = tensors[s.tensor];
-    const F f = for_tensor(fn, t.flags, s.tensor);
     W* FLATMIN_RESTRICT w = t.w + s.local;
     G* FLATMIN_RESTRICT g = t.g + s.local;
     // the segment's fields as locals too: a store through a 16-bit weight type (which may alias

@@ -88,9 +88,10 @@ struct elem {
 /// `f.for_tensor(flags, tensor)` or `f.for_tensor(flags)` when the functor has one (the base
 /// updates resolve their per-tensor lr / weight-decay multipliers there, the descent pass forwards
 /// to its base update, the ascent pass to its term), else `f` itself. The result computes bit for
-/// bit what `f` computes on that tensor's elements. The host backend calls it once per segment,
-/// so that the element loop holds no per-tensor lookup and vectorises; the Thrust backend runs
-/// `f` as it is, which resolves per element.
+/// bit what `f` computes on that tensor's elements. The host backend calls it once per run of
+/// segments that share the form (backend/host/tensor_forms.hpp), so that the element loop holds
+/// no per-tensor lookup and vectorises; the Thrust backend runs `f` as it is, which resolves per
+/// element.
 template <class F>
 FLATMIN_HD F for_tensor(const F& f, std::uint32_t flags, std::uint32_t tensor) {
   if constexpr (requires { { f.for_tensor(flags, tensor) } -> std::same_as<F>; }) {

@@ -38,8 +38,8 @@ struct row_mean_pass {
 };
 
 /// The inner term on the centralised gradient: norm / dir (w, g − mean_row(i)). The row is looked
-/// up per element (backend::thrust) or its tensor's entry resolved once per segment by
-/// `for_tensor` (backend::eigen), which also resolves the inner term's.
+/// up per element (backend::thrust) or its tensor's entry resolved by `for_tensor`
+/// once per run of its segments (backend::eigen), which also resolves the inner term's.
 template <class T, class Inner>
 struct centralized_term {
   Inner inner;

@@ -152,7 +152,7 @@ struct row_energy {
 /// The random term: dir = ‖W_r(i)‖ · z_i (the ascent's scale is σ). Its statistics are not taken
 /// (`normalised == false`); the statistics pass still checks the gradient at w, which the descent
 /// mixes in. The row of entry i is looked up per element (backend::thrust) or its tensor's entry
-/// resolved once per segment by `for_tensor` (backend::eigen).
+/// resolved by `for_tensor` once per run of its segments (backend::eigen).
 template <class T>
 struct gaussian_term {
   const row_table_entry* table;
