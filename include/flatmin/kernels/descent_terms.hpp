@@ -58,6 +58,10 @@ struct residual_norm_pass {
 
 /// GSAM: g' = a − α (c − k a), k = ⟨c, a⟩ / ‖a‖² (c − k a: the part of c orthogonal to a).
 /// `on` false: g' = g (a step the schedule left unperturbed).
+/// `clean` holds a slot for every entry on every step (the state's buffer), so c is read
+/// unconditionally and `on` selects by integer masks (math.hpp's blend): with a branch, or a
+/// select GCC turned back into one, the host loop vectorised only where GCC unswitched it, which
+/// it did in one build and not in the next. The same adjustment, bit for bit.
 template <class T>
 struct gsam_adjust {
   const T* clean;
@@ -66,12 +70,15 @@ struct gsam_adjust {
   bool on;
   template <class E>
   FLATMIN_HD T operator()(T /*w*/, T a, const E& e) const {
-    return on ? a - alpha * (clean[e.i] - k * a) : a;
+    const T c = clean[e.i];
+    return blend(on, a - alpha * (c - k * a), a);
   }
 };
 
 /// WSAM: g' = c + α (a − c) (coupled), or g' = c (decoupled: the sharpness term is applied to w
-/// after the base step, `wsam_decoupled_pass`). `on` false: g' = g.
+/// after the base step, `wsam_decoupled_pass`). `on` false: g' = g. Also descent::mix's (RWP).
+/// c read unconditionally and the flags selecting by masks, as in gsam_adjust (bench_passes'
+/// opt_rwp_sgd: its descent ran scalar with a branch on `on`; CHANGELOG has the A/B).
 template <class T>
 struct wsam_adjust {
   const T* clean;
@@ -80,9 +87,8 @@ struct wsam_adjust {
   bool decoupled;
   template <class E>
   FLATMIN_HD T operator()(T /*w*/, T a, const E& e) const {
-    if (!on) return a;
     const T c = clean[e.i];
-    return decoupled ? c : c + alpha * (a - c);
+    return blend(on, blend(decoupled, c, c + alpha * (a - c)), a);
   }
 };
 
