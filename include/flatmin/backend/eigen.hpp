@@ -4,11 +4,11 @@
 ///
 /// Elementwise passes are plain `restrict` loops over each segment (they measured at least as fast
 /// as the equivalent Eigen array expressions and accept any functor), parallelised over segments
-/// with OpenMP when the pass is large enough. Each segment's loop runs a local copy of
-/// the functor in its form for that tensor (layout.hpp's `for_tensor`: per-tensor lr multipliers
-/// resolved; once per run of segments that share it, host/tensor_forms.hpp), so that the compiler
-/// keeps its fields in registers and can vectorise; kernels keep their bodies
-/// free of branches on run-time options for the same reason (kernels/sgd_update.hpp).
+/// with OpenMP when the pass is large enough. Each segment's loop runs a local copy of the functor
+/// in its form for that tensor (layout.hpp's `for_tensor`: per-tensor lr multipliers resolved),
+/// made once per run of segments that share it (host/tensor_forms.hpp), so that the compiler keeps
+/// its fields in registers and can vectorise; kernels keep their bodies free of branches on
+/// run-time options for the same reason (kernels/sgd_update.hpp).
 /// Reductions sum each segment on its own, in a fixed order, into its own partial and then add
 /// the partials in segment order, so results are bitwise identical for any thread count, with or
 /// without OpenMP. Each segment is summed in the order of summation.hpp: by the pass's host group

@@ -84,6 +84,18 @@ struct elem {
   std::uint32_t flags;
 };
 
+/// Whether F's form for a tensor depends on the tensor's index (`for_tensor(flags, tensor)`: RWP's
+/// row table, a centred gradient's row means) or on its flags alone (`for_tensor(flags)`: the base
+/// updates' lr and weight decay, the descent that forwards to them).
+template <class F>
+concept form_by_tensor = requires(const F& f, std::uint32_t u) {
+  { f.for_tensor(u, u) } -> std::same_as<F>;
+};
+template <class F>
+concept form_by_flags = !form_by_tensor<F> && requires(const F& f, std::uint32_t u) {
+  { f.for_tensor(u) } -> std::same_as<F>;
+};
+
 /// A pass functor's form for the elements of one tensor (index `tensor`, its `flags`):
 /// `f.for_tensor(flags, tensor)` or `f.for_tensor(flags)` when the functor has one (the base
 /// updates resolve their per-tensor lr / weight-decay multipliers there, the descent pass forwards
@@ -94,9 +106,9 @@ struct elem {
 /// element.
 template <class F>
 FLATMIN_HD F for_tensor(const F& f, std::uint32_t flags, std::uint32_t tensor) {
-  if constexpr (requires { { f.for_tensor(flags, tensor) } -> std::same_as<F>; }) {
+  if constexpr (form_by_tensor<F>) {
     return f.for_tensor(flags, tensor);
-  } else if constexpr (requires { { f.for_tensor(flags) } -> std::same_as<F>; }) {
+  } else if constexpr (form_by_flags<F>) {
     return f.for_tensor(flags);
   } else {
     return f;

@@ -3,7 +3,6 @@
 /// backend::eigen's per-tensor forms of a pass (layout.hpp's `for_tensor`), resolved once for each
 /// run of consecutive segments that share one, rather than once per segment.
 
-#include <concepts>
 #include <cstddef>
 #include <cstdint>
 
@@ -11,19 +10,6 @@
 #include "../summation.hpp"
 
 namespace flatmin::backend::host {
-
-/// Whether F's form for a tensor depends on the tensor's index (`for_tensor(flags, tensor)`: RWP's
-/// row table, a centred gradient's row means) rather than on its flags alone.
-template <class F>
-concept form_by_tensor = requires(const F& f, std::uint32_t u) {
-  { f.for_tensor(u, u) } -> std::same_as<F>;
-};
-/// Whether F's form depends on the tensor's flags alone (`for_tensor(flags)`: the base updates'
-/// per-tensor lr and weight decay, the descent that forwards to them).
-template <class F>
-concept form_by_flags = !form_by_tensor<F> && requires(const F& f, std::uint32_t u) {
-  { f.for_tensor(u) } -> std::same_as<F>;
-};
 
 /// Runs `body(s, form)` for the segments s in [from, to), in order, with `form` pass f's form for
 /// segment s's tensor (layout.hpp's `for_tensor`), resolved once per run of consecutive segments
