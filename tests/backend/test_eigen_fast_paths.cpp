@@ -7,11 +7,14 @@
 #include <doctest/doctest.h>
 #include <flatmin/flatmin.hpp>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <memory>
 #include <random>
+#include <string>
 #include <vector>
 
 #if defined(_OPENMP)
@@ -447,4 +450,56 @@ TEST_CASE("eigen: ascent and restore under an element bit mask: the segment form
   std::vector<float> orig;
   for (const auto& t : fresh.w) orig.insert(orig.end(), t.begin(), t.end());
   CHECK(std::memcmp(ra.data(), orig.data(), n * sizeof(float)) == 0);  // the restore is exact
+}
+
+TEST_CASE("eigen: stream_copy writes exactly memcpy's bytes, whatever the alignment and length") {
+  // around its 64-byte head, its whole lines and its tail; guard bytes on both sides stay as they were
+  const std::size_t guard = 64, most = 700;
+  std::vector<unsigned char> src(most + 128), dst(most + 128 + 2 * guard), want;
+  for (std::size_t i = 0; i < src.size(); ++i) src[i] = static_cast<unsigned char>(i * 37 + 11);
+  for (std::size_t from = 0; from < 64; from += 7)
+    for (std::size_t to = 0; to < 64; to += 5)
+      for (std::size_t n : {std::size_t{0}, std::size_t{1}, std::size_t{63}, std::size_t{64}, std::size_t{65},
+                            std::size_t{127}, std::size_t{128}, std::size_t{129}, std::size_t{200}, most}) {
+        CAPTURE(from);
+        CAPTURE(to);
+        CAPTURE(n);
+        std::fill(dst.begin(), dst.end(), static_cast<unsigned char>(0xa5));
+        want = dst;
+        std::memcpy(want.data() + guard + to, src.data() + from, n);
+        flatmin::backend::host::stream_copy(src.data() + from, dst.data() + guard + to, n);
+        flatmin::backend::host::stream_fence();
+        CHECK(dst == want);
+      }
+}
+
+TEST_CASE("eigen: FLATMIN_STREAM_STORES and force_stream_stores choose the streaming stores") {
+  namespace host = flatmin::backend::host;
+  const char* before = std::getenv("FLATMIN_STREAM_STORES");
+  const std::string saved = before ? before : "";
+  const auto parse = [](const char* value) {
+    ::setenv("FLATMIN_STREAM_STORES", value, 1);
+    return host::detail::read_stream_environment();
+  };
+  CHECK(parse("").value == -1);
+  CHECK(parse("auto").value == -1);
+  CHECK(parse("on").value == 1);
+  CHECK(parse("1").value == 1);
+  CHECK(parse("off").value == 0);
+  CHECK(parse("0").value == 0);
+  const auto bad = parse("sometimes");
+  CHECK(bad.error.find("FLATMIN_STREAM_STORES") != std::string::npos);
+  CHECK(bad.error.find("'sometimes'") != std::string::npos);
+  if (before)
+    ::setenv("FLATMIN_STREAM_STORES", saved.c_str(), 1);
+  else
+    ::unsetenv("FLATMIN_STREAM_STORES");
+  host::force_stream_stores(host::stream_stores::on);
+  CHECK(host::streams_writes(0));
+  host::force_stream_stores(host::stream_stores::off);
+  CHECK_FALSE(host::streams_writes(std::size_t{1} << 40));
+  host::force_stream_stores(host::stream_stores::automatic);  // by size, where the stores exist
+  CHECK_FALSE(host::streams_writes(host::stream_threshold_bytes - 1));
+  CHECK(host::streams_writes(host::stream_threshold_bytes) == (FLATMIN_STREAM_STORES != 0));
+  host::unforce_stream_stores();
 }

@@ -3,7 +3,9 @@
 // instruction set this CPU has is forced in turn and compared with the unforced run (the
 // process's own choice), with the baseline clone, and, where the test is built with Thrust, with
 // backend::thrust, whose element-by-element passes share no code with the clones. Weights, every
-// state buffer (through save()) and the reported norms are compared as bytes. Also: the
+// state buffer (through save()) and the reported norms are compared as bytes. The same with
+// streaming stores forced (backend/host/stream_stores.hpp), on the process's instruction set and
+// on the baseline. Also: the
 // FLATMIN_ISA parser and force_isa's refusals. Flat-LoRA's row kernel (an index pass with clones)
 // likewise.
 #include <doctest/doctest.h>
@@ -21,6 +23,7 @@
 #include "support/backends.hpp"
 #include "support/buffers.hpp"
 #include "support/sine_problem.hpp"
+#include "support/streaming.hpp"
 
 namespace {
 
@@ -129,6 +132,13 @@ void same_bits(const std::string& name, const Make& make) {
     CHECK(difference(run<fm::backend::eigen>(p, make, steps), baseline) == "");
   }
   host::unforce_isa();
+  {
+    const flatmin_test::forced_streaming on(host::stream_stores::on);
+    CHECK(difference(run<fm::backend::eigen>(p, make, steps), baseline) == "");
+    host::force_isa(host::isa::baseline);
+    CHECK(difference(run<fm::backend::eigen>(p, make, steps), baseline) == "");
+    host::unforce_isa();
+  }
 #if defined(FLATMIN_TEST_WITH_THRUST)
   CHECK(difference(run<fm::backend::thrust>(p, make, steps), baseline) == "");
 #endif
@@ -156,6 +166,8 @@ TEST_CASE("isa dispatch: SAM, ASAM and FSAM steps give the same bits on every in
   // SAMPa: the kept gradient's copy, the look-ahead pass and the mix in the descent
   FLATMIN_SAME(float, "sampa-sgd", fm::sampa<decltype(b)>(ps, momentum, {.rho = 0.1}));
   FLATMIN_SAME(double, "sampa-adamw", fm::sampa<decltype(b)>(ps, adw, {.rho = 0.1}));
+  // RWP: the random ascent's row-by-row form and the mix
+  FLATMIN_SAME(float, "rwp-sgd", fm::rwp<decltype(b)>(ps, momentum));
 #undef FLATMIN_SAME
 }
 

@@ -21,6 +21,7 @@
 
 #include "support/backends.hpp"
 #include "support/buffers.hpp"
+#include "support/streaming.hpp"
 
 // The F16C comparison with GCC (clang 14 knows no "f16c" for __builtin_cpu_supports, and its
 // _cvtss_sh is a compound literal that -Wpedantic flags).
@@ -869,15 +870,26 @@ void differential(Base base, Mask mask, fm::optimizer_options o, Perturb pert = 
   CHECK(se.str() == st.str());
 }
 
-TEST_CASE("mixed: backend::eigen and backend::thrust agree bitwise for 16-bit types") {
+void all_16_bit_differentials() {
   differential<fm::precision<fm::bfloat16>>(fm::base::sgd{.lr = 0.05, .momentum = 0.9},
                                             fm::mask::random{.beta = 0.5, .unit = fm::mask::granularity::element},
                                             {});
+  differential<fm::precision<fm::bfloat16>>(fm::base::sgd{.lr = 0.05, .momentum = 0.9}, fm::mask::dense{}, {});
   differential<fm::precision<fm::half>>(fm::base::adamw{.lr = 0.01}, fm::mask::dense{},
                                         {.weight_rounding = fm::rounding::stochastic, .rounding_seed = 99});
   differential<fm::precision<fm::bfloat16>>(fm::base::adam{.lr = 0.01}, fm::mask::fisher{.keep = 0.3, .refresh_every = 2},
                                             {.master_weights = true}, fm::perturb::adaptive{.rho = 0.5});
   differential<fm::precision<float, fm::half>>(fm::base::adam{.lr = 0.01, .weight_decay = 0.1},
                                                fm::mask::dynamic{.refresh_every = 2}, {});
+}
+
+TEST_CASE("mixed: backend::eigen and backend::thrust agree bitwise for 16-bit types") {
+  // backend::eigen with streaming stores forced (backend/host/stream_stores.hpp: the saved copy and
+  // the restored 16-bit weights by non-temporal stores), then by size (at 6000 entries: plain)
+  for (const auto how : {fm::backend::host::stream_stores::on, fm::backend::host::stream_stores::automatic}) {
+    CAPTURE(static_cast<int>(how));
+    const flatmin_test::forced_streaming streaming(how);
+    all_16_bit_differentials();
+  }
 }
 #endif

@@ -15,7 +15,9 @@
 /// form over `reduction_group` segments when backend/host/ has one (a SIMD form), else element by
 /// element. Passes with a host segment form (backend/host/segment_forms.hpp) run by it. The hot
 /// passes run compiled for the CPU's widest instruction set, chosen once per process, with the same
-/// bits (backend/host/isa_clones.hpp; FLATMIN_ISA forces one).
+/// bits (backend/host/isa_clones.hpp; FLATMIN_ISA forces one). Large passes write the arrays they
+/// do not read (the ascent's saved copy, the restored weights) by streaming stores
+/// (backend/host/stream_stores.hpp; FLATMIN_STREAM_STORES chooses).
 
 #include <algorithm>
 #include <bit>
@@ -29,6 +31,7 @@
 #include "host/prefetch.hpp"
 #include "host/reduce_forms.hpp"
 #include "host/segment_forms.hpp"
+#include "host/stream_stores.hpp"
 #include "host/tensor_forms.hpp"
 #include "layout.hpp"
 #include "summation.hpp"
@@ -125,20 +128,38 @@ struct eigen {
 
   /// Runs `f(elem<W, G>)` for every element of the range, or the pass's host segment form per
   /// segment when it has one and W = G (backend/host/segment_forms.hpp; the saved slot of the
-  /// segment's first element as `slot`).
+  /// segment's first element as `slot`). The array a pass writes without reading it (the
+  /// ascent's saved copy, w where the descent restores it) is written with streaming stores when
+  /// host/stream_stores.hpp says so; the bits are the same.
   template <class W, class G, class F>
   static void for_each(const pass_range<W, G>& r, const F& f) {
-    const auto nseg = static_cast<std::ptrdiff_t>(r.count);
     const tensor_rec<W, G>* tensors = r.tensors;
-    const segment* segs = r.segments;
-    // a hot pass runs each thread's segments on the process's instruction set (host/isa_clones.hpp)
-    run_split<host::dispatched<F, W, G>>(nseg, r.elements >= parallel_threshold,
-                                         [&](std::ptrdiff_t from, std::ptrdiff_t to) {
-      host::for_each_form_run(f, tensors, segs, from, to, [&](std::ptrdiff_t s, const F& form) {
-        if (s + 1 < nseg) host::prefetch_segment(tensors, segs[s + 1]);
-        segment_pass(tensors, segs[s], form);
-      });
-    });
+    if constexpr (host::saves_weights<F>) {
+      if (host::streams_writes(r.elements * sizeof(W))) {
+        // w of each perturbed segment copied to its slots by streaming stores, then moved
+        each_segment(r, f.without_save(), true, [&](const segment& s, const auto& form) {
+          const tensor_rec<W, G>& t = tensors[s.tensor];
+          if (t.flags & tensor_flags::perturb)
+            host::stream_copy(t.w + s.local, form.saved + s.slot, sizeof(W) * s.len);
+          segment_pass(tensors, s, form);
+        });
+        return;
+      }
+    }
+    if constexpr (host::restores_weights<F>) {
+      if (f.restores() && host::streams_writes(r.elements * sizeof(W))) {
+        // a segment whose old w is dead runs into a buffer in cache, copied out by streaming stores
+        each_segment(r, f, true, [&](const segment& s, const F& form) {
+          const tensor_rec<W, G>& t = tensors[s.tensor];
+          if (!form.overwrites_weights(t.flags)) return segment_pass(tensors, s, form);
+          W* buffer = host::segment_buffer<W, segment_size>();
+          run_segment(tensors, s, form, buffer);
+          host::stream_copy(buffer, t.w + s.local, sizeof(W) * s.len);
+        });
+        return;
+      }
+    }
+    each_segment(r, f, false, [&](const segment& s, const F& form) { segment_pass(tensors, s, form); });
   }
 
   /// Segments a host group form of a reduction reads side by side (backend/host/reduce_forms.hpp),
@@ -410,6 +431,25 @@ struct eigen {
     share(0, n);
   }
 
+  /// Runs `run(segment, form)` for every segment of the range, `form` pass f's form for the
+  /// segment's tensor (host/tensor_forms.hpp), each thread's share on the process's instruction
+  /// set when f is a hot pass (host/isa_clones.hpp); `fence`: the share's streaming stores fenced
+  /// at its end.
+  template <class W, class G, class F, class Run>
+  static void each_segment(const pass_range<W, G>& r, const F& f, bool fence, const Run& run) {
+    const auto nseg = static_cast<std::ptrdiff_t>(r.count);
+    const tensor_rec<W, G>* tensors = r.tensors;
+    const segment* segs = r.segments;
+    run_split<host::dispatched<F, W, G>>(nseg, r.elements >= parallel_threshold,
+                                         [&](std::ptrdiff_t from, std::ptrdiff_t to) {
+      host::for_each_form_run(f, tensors, segs, from, to, [&](std::ptrdiff_t s, const F& form) {
+        if (s + 1 < nseg) host::prefetch_segment(tensors, segs[s + 1]);
+        run(segs[s], form);
+      });
+      if (fence) host::stream_fence();
+    });
+  }
+
   /// Segment s resolved to its tensor's memory, `len` entries of it (the group forms' view).
   template <class W, class G>
   static segment_view<W, G> view_of(const tensor_rec<W, G>* tensors, const segment& s, std::uint32_t len) {
@@ -464,12 +504,15 @@ struct eigen {
     for (std::uint32_t m = 0; m < M && first + m < to; ++m) partial[first + m] = out[m];
   }
 
+  /// Segment s element by element, its weights at `weights` (the tensor's own by default; the
+  /// streamed descent's buffer).
   template <class W, class G, class F>
-  static FLATMIN_SUM_INLINE void run_segment(const tensor_rec<W, G>* tensors, const segment& s, const F& f) {
+  static FLATMIN_SUM_INLINE void run_segment(const tensor_rec<W, G>* tensors, const segment& s, const F& f,
+                                             W* weights = nullptr) {
     // f: resolved for this tensor (host/tensor_forms.hpp), so no per-tensor lookup is left in the
     // loop; a local of the caller's, so the stores through w / g cannot alias its fields
     const tensor_rec<W, G>& t = tensors[s.tensor];
-    W* FLATMIN_RESTRICT w = t.w + s.local;
+    W* FLATMIN_RESTRICT w = weights != nullptr ? weights : t.w + s.local;
     G* FLATMIN_RESTRICT g = t.g + s.local;
     // the segment's fields as locals too: a store through a 16-bit weight type (which may alias
     // anything, numeric/bfloat16.hpp) would otherwise make the loop reload them at every entry,

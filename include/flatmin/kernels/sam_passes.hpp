@@ -114,7 +114,9 @@ struct stats_pass {
 /// once to the weight type W; the saved weights are W (an exact copy). With master weights
 /// (`Store`, weight_store.hpp) the move starts from the master copy, while dir() reads the weights
 /// the model reads, as the statistics did.
-template <class T, class Term, class Mask, class W = T, class Store = nearest_store<W, T>>
+/// `Save = false`: the same move without the save, for a backend that has copied w to `saved`
+/// itself (backend::eigen's streaming stores, backend/host/stream_stores.hpp: `without_save`).
+template <class T, class Term, class Mask, class W = T, class Store = nearest_store<W, T>, bool Save = true>
 struct ascend_pass {
   Term term;
   Mask mask;
@@ -140,6 +142,12 @@ struct ascend_pass {
     return r;
   }
 
+  /// This pass without the save: w's entries of perturbed tensors are to be copied to their slots
+  /// of `saved` by the caller, before the move.
+  FLATMIN_HD ascend_pass<T, Term, Mask, W, Store, false> without_save() const {
+    return {term, mask, scale, inv_scale, saved, store, scales};
+  }
+
   /// ρ's share of this tensor: scale · rho_scale (scale itself when every tensor has 1).
   FLATMIN_HD T scale_of(std::uint32_t flags) const {
     return scales == nullptr ? scale : scale * scales[3 * (flags >> tensor_flags::scale_shift) + 2];
@@ -149,7 +157,7 @@ struct ascend_pass {
   FLATMIN_HD void operator()(const elem<W, G>& e) const {
     if (!(e.flags & tensor_flags::perturb)) return;  // per tensor: predictable
     const W x = e.w;
-    saved[e.k] = x;
+    if constexpr (Save) saved[e.k] = x;
     const T w = static_cast<T>(x);
     const T from = Store::master ? store.read(e) : w;
     const T moved = from + scale_of(e.flags) * term_dir(term, w, static_cast<T>(e.g) * inv_scale, e);
@@ -199,6 +207,12 @@ struct descend_pass {
 
   /// Whether the pass restores w from `saved` first.
   FLATMIN_HD bool restores() const { return !Store::master && (Restore < 0 ? restore : Restore == 1); }
+  /// Whether it writes every entry of a tensor with these flags without using w's old value (the
+  /// restore replaces it: a perturbed tensor, every entry masked in), so that a backend may hand
+  /// it entries whose w holds anything (backend::eigen's streaming stores).
+  FLATMIN_HD bool overwrites_weights(std::uint32_t flags) const {
+    return mask_is_all<Mask> && restores() && (flags & tensor_flags::perturb) != 0;
+  }
 
   template <class G>
   FLATMIN_HD void operator()(const elem<W, G>& e) const {

@@ -38,11 +38,13 @@ FLATMIN_SUM_INLINE bool by_elements(const F& f, const Mask& mask, const segment_
   return true;
 }
 
-/// saved ← w;  w ← w + scale · dir(w, g), blended in by the mask's lanes.
-template <class T, class Term, element_bit_mask Mask>
-struct segment_form<kernels::ascend_pass<T, Term, Mask>> {
-  static FLATMIN_SUM_INLINE void run(const kernels::ascend_pass<T, Term, Mask>& p, const segment_view<T>& v,
-                  std::uint64_t slot) {
+/// saved ← w (unless the caller has copied it: `Save`);  w ← w + scale · dir(w, g), blended in by
+/// the mask's lanes.
+template <class T, class Term, element_bit_mask Mask, bool Save>
+struct segment_form<kernels::ascend_pass<T, Term, Mask, T, kernels::nearest_store<T, T>, Save>> {
+  static FLATMIN_SUM_INLINE void run(
+      const kernels::ascend_pass<T, Term, Mask, T, kernels::nearest_store<T, T>, Save>& p,
+      const segment_view<T>& v, std::uint64_t slot) {
     if (by_elements(p, p.mask, v, slot)) return;
     const std::uint32_t flags = v.flags;
     const auto body = [&](std::uint32_t j0, std::uint32_t n, lanes_of<T> m) {
@@ -53,7 +55,7 @@ struct segment_form<kernels::ascend_pass<T, Term, Mask>> {
       FLATMIN_IVDEP
       for (std::uint32_t k = 0; k < n; ++k) {
         const T x = w[k];
-        sv[k] = x;
+        if constexpr (Save) sv[k] = x;
         const T moved = x + p.scale * p.term.dir(x, g[k] * p.inv_scale, i0 + k, flags);
         w[k] = kernels::blend_lanes<T>(m[k], moved, x);
       }
@@ -67,10 +69,10 @@ struct segment_form<kernels::ascend_pass<T, Term, Mask>> {
 /// alone and vectorises (about 5× the element path on AVX2: bench_passes opt_rwp_sgd). The
 /// operations per entry are the element path's, so are the bits. The term has been resolved for
 /// the segment's tensor (`for_tensor`).
-template <class T, class Mask, class Store>
+template <class T, class Mask, class Store, bool Save>
   requires(kernels::mask_is_all<Mask> && !Store::master)
-struct segment_form<kernels::ascend_pass<T, kernels::gaussian_term<T>, Mask, T, Store>> {
-  using pass = kernels::ascend_pass<T, kernels::gaussian_term<T>, Mask, T, Store>;
+struct segment_form<kernels::ascend_pass<T, kernels::gaussian_term<T>, Mask, T, Store, Save>> {
+  using pass = kernels::ascend_pass<T, kernels::gaussian_term<T>, Mask, T, Store, Save>;
   static FLATMIN_SUM_INLINE void run(const pass& p, const segment_view<T>& v, std::uint64_t slot) {
     if (!(v.flags & tensor_flags::perturb)) return;
     const kernels::gaussian_term<T>& term = p.term;
@@ -88,7 +90,7 @@ struct segment_form<kernels::ascend_pass<T, kernels::gaussian_term<T>, Mask, T, 
       const double n = static_cast<double>(term.norms[at.first_row + row]);
       for (; j < stop; ++j) {
         const T w0 = w[j];
-        sv[j] = w0;
+        if constexpr (Save) sv[j] = w0;
         const double z = kernels::standard_normal(kernels::counter_hash(seed, stream, index + j));
         const T d = static_cast<T>(n * z);
         w[j] = w0 + scale * d;
