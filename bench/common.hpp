@@ -12,7 +12,8 @@
 //   stream_ratio      the time the benchmark's passes take at their own yardsticks (streams.hpp:
 //                     the same read and write streams, no arithmetic) ÷ its time; stream_GBps the
 //                     yardstick's rate for the same bytes, stream_variant which kernel set it
-// Environment: FLATMIN_BENCH_LARGE=1 adds N = 10^8 to the grid; FLATMIN_BENCH_MAX_N=n caps it;
+// Environment: FLATMIN_BENCH_LARGE=1 adds N = 10^8 to the grid; FLATMIN_BENCH_SIZES=n1,n2,... replaces
+// its N = 10^4 … 10^7; FLATMIN_BENCH_MAX_N=n caps it;
 // FLATMIN_BENCH_COPY_SECONDS sets how long each copy baseline is measured (default 0.2 s).
 #include <benchmark/benchmark.h>
 #include <flatmin/flatmin.hpp>
@@ -193,9 +194,20 @@ inline void set_traffic(benchmark::State& st, double bytes_per_iter, std::size_t
       benchmark::Counter(seconds * static_cast<double>(st.iterations()), benchmark::Counter::kIsRate);
 }
 
-/// The N grid: 10^4 … 10^7, plus 10^8 when FLATMIN_BENCH_LARGE=1; FLATMIN_BENCH_MAX_N caps it.
+/// The N grid: 10^4 … 10^7, plus 10^8 when FLATMIN_BENCH_LARGE=1, or the comma-separated sizes of
+/// FLATMIN_BENCH_SIZES instead; FLATMIN_BENCH_MAX_N caps it.
 inline std::vector<std::int64_t> sizes() {
   std::vector<std::int64_t> n = {10'000, 100'000, 1'000'000, 10'000'000};
+  if (const char* e = std::getenv("FLATMIN_BENCH_SIZES")) {
+    n.clear();
+    for (const char* p = e; *p != '\0';) {
+      char* end = nullptr;
+      const long long v = std::strtoll(p, &end, 10);
+      if (end == p) break;  // not a number: the sizes read so far
+      if (v > 0) n.push_back(v);
+      p = *end == ',' ? end + 1 : end;
+    }
+  }
   if (const char* e = std::getenv("FLATMIN_BENCH_LARGE"); e && std::string(e) == "1") n.push_back(100'000'000);
   if (const char* e = std::getenv("FLATMIN_BENCH_MAX_N")) {
     const auto cap = std::atoll(e);

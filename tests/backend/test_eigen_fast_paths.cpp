@@ -500,6 +500,6 @@ TEST_CASE("eigen: FLATMIN_STREAM_STORES and force_stream_stores choose the strea
   CHECK_FALSE(host::streams_writes(std::size_t{1} << 40));
   host::force_stream_stores(host::stream_stores::automatic);  // by size, where the stores exist
   CHECK_FALSE(host::streams_writes(host::stream_threshold_bytes - 1));
-  CHECK(host::streams_writes(host::stream_threshold_bytes) == (FLATMIN_STREAM_STORES != 0));
+  CHECK(host::streams_writes(host::stream_threshold_bytes) == (FLATMIN_HAS_STREAM_STORES != 0));
   host::unforce_stream_stores();
 }

@@ -3,17 +3,16 @@
 /// Non-temporal ("streaming") stores for the arrays a pass writes without reading them: the
 /// ascent's saved copy of w, and w itself where the descent restores it from that copy (the old
 /// value is dead). A plain store of a line that is not in cache reads the line first; a streaming
-/// store does not, so a pass with one such array moves a quarter fewer bytes (bench_passes' ascend,
-/// 2 reads + 2 writes per entry, N = 10^7 on one core: bench/RESULTS.md). Past the caches only:
-/// a streaming store sends the line to memory, so the next pass's read of it (the descent's read
-/// of the saved copy) misses where a plain store would have left it in cache.
+/// store does not, so the ascent (w, g read; w written back; saved written) moves four arrays'
+/// bytes instead of five. Past the caches only: a streaming store sends the line to memory, so the
+/// next pass's read of it (the descent's read of the saved copy) misses where a plain store would
+/// have left it in cache.
 ///
-/// `stream_copy` writes with SSE2's `movntdq` (in every x86-64 build, and as VEX-encoded on the
-/// wide clones; 16-byte streaming stores measured as fast as 64-byte ones on the Xeon of
-/// bench/RESULTS.md). Elsewhere it is a memcpy and the automatic choice never streams. Whether a
-/// pass streams changes no bit, only where the stored lines go: the environment variable
-/// FLATMIN_STREAM_STORES (on, off or auto) or `force_stream_stores` says, else the size
-/// (`stream_threshold_bytes`).
+/// `stream_copy` writes with SSE2's `movntdq` (in every x86-64 build, VEX-encoded in the wide
+/// clones). Elsewhere (FLATMIN_HAS_STREAM_STORES 0: nvcc, other architectures) it is a memcpy and
+/// the automatic choice never streams. Whether a pass streams changes no bit, only where the stored
+/// lines go: the environment variable FLATMIN_STREAM_STORES (on, off or auto) or
+/// `force_stream_stores` says, else the size (`stream_threshold_bytes`).
 
 #include <atomic>
 #include <cstddef>
@@ -22,16 +21,15 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
-#include <type_traits>
 
 #include "../../kernels/sam_passes.hpp"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(__CUDACC__) && \
     !defined(__CUDA_ARCH__)
 #include <emmintrin.h>
-#define FLATMIN_STREAM_STORES 1
+#define FLATMIN_HAS_STREAM_STORES 1
 #else
-#define FLATMIN_STREAM_STORES 0
+#define FLATMIN_HAS_STREAM_STORES 0
 #endif
 
 namespace flatmin::backend::host {
@@ -41,7 +39,7 @@ namespace flatmin::backend::host {
 /// streaming stores. The stores are weakly ordered: `stream_fence` before another thread may read
 /// them (backend::eigen fences at the end of each thread's share).
 inline void stream_copy(const void* from, void* to, std::size_t n) {
-#if FLATMIN_STREAM_STORES
+#if FLATMIN_HAS_STREAM_STORES
   auto* d = static_cast<unsigned char*>(to);
   const auto* s = static_cast<const unsigned char*>(from);
   const std::size_t head = (64 - (reinterpret_cast<std::uintptr_t>(d) & 63)) & 63;
@@ -72,18 +70,20 @@ inline void stream_copy(const void* from, void* to, std::size_t n) {
 /// Orders this thread's streaming stores before its later stores (and so before the end of a
 /// parallel region publishes them).
 inline void stream_fence() {
-#if FLATMIN_STREAM_STORES
+#if FLATMIN_HAS_STREAM_STORES
   _mm_sfence();
 #endif
 }
 
 /// The automatic choice: a pass streams its write-only array when the array has at least this
 /// many bytes in all, whatever the thread count (the last-level cache is shared): 24 MiB, 6.3·10^6
-/// fp32 entries. bench_passes' SAM-SGD and SAM-AdamW steps on the Xeon of bench/RESULTS.md, one
-/// and two threads, streaming against plain stores (FLATMIN_STREAM_STORES=on / off): 1.2-1.3x as
-/// long at 4·10^6 entries, 0.88 (SGD) and 1.08 (AdamW) at 6·10^6, 0.75-0.90 at 8·10^6, 10^7 and
-/// 2·10^7. Below, the step's arrays stay in the last-level cache between its passes, and a
-/// streaming store sends the saved copy to memory just before the descent reads it.
+/// fp32 entries. bench_passes' SAM-SGD and SAM-AdamW steps on the 2-core Xeon VM of
+/// bench/RESULTS.md, streaming against plain stores, one thread: 2.1-2.4x as long at 10^5 entries,
+/// 1.1-1.6x from 2.5·10^5 to 4·10^6, 0.88 (SGD) and 1.08 (AdamW) at 6·10^6, 0.71-0.90 at 8·10^6,
+/// 10^7 and 2·10^7 (two threads alike at 4·10^6 and 10^7). Below, the step's arrays stay in the
+/// last-level cache between its passes, and a streaming store sends the saved copy to memory just
+/// before the descent reads it. Reproduce (bench/README.md): FLATMIN_BENCH_SIZES=4000000,6000000,
+/// 8000000 and bench/ab.py over two wrappers of bench_passes, FLATMIN_STREAM_STORES=off and on.
 inline constexpr std::size_t stream_threshold_bytes = std::size_t{24} << 20;
 
 namespace detail {
@@ -129,7 +129,7 @@ inline bool streams_writes(std::size_t bytes) {
     v = r.value;
   }
   if (v >= 0) return v == 1;
-  return FLATMIN_STREAM_STORES != 0 && bytes >= stream_threshold_bytes;
+  return FLATMIN_HAS_STREAM_STORES != 0 && bytes >= stream_threshold_bytes;
 }
 
 /// Chooses from now on, in every thread, whether passes stream (for tests and measurements: not
