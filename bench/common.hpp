@@ -11,10 +11,13 @@
 //                     thread count, measured once in this binary (copy_bandwidth below)
 //   stream_ratio      the time the benchmark's passes take at their own yardsticks (streams.hpp:
 //                     the same read and write streams, no arithmetic) ÷ its time; stream_GBps the
-//                     yardstick's rate for the same bytes, stream_variant which kernel set it
+//                     yardstick's rate for the same bytes, stream_variant which kernel set it;
+//                     the yardstick is timed again at each call, right after the timed loop
 // Environment: FLATMIN_BENCH_LARGE=1 adds N = 10^8 to the grid; FLATMIN_BENCH_SIZES=n1,n2,... replaces
 // its N = 10^4 … 10^7; FLATMIN_BENCH_MAX_N=n caps it;
-// FLATMIN_BENCH_COPY_SECONDS sets how long each copy baseline is measured (default 0.2 s).
+// FLATMIN_BENCH_COPY_SECONDS sets how long each copy baseline is measured, and each yardstick's
+// variant chosen (default 0.2 s); FLATMIN_BENCH_YARDSTICK_SECONDS how long a yardstick is timed
+// at each call (default 0.05 s).
 #include <benchmark/benchmark.h>
 #include <flatmin/flatmin.hpp>
 
@@ -179,7 +182,8 @@ inline void set_traffic(benchmark::State& st, double bytes_per_iter, std::size_t
 
 /// set_traffic with copy_ratio, plus the counters of the stream yardstick (streams.hpp): `passes`
 /// are the streams of each pass one iteration runs (a step's several), each measured on its own
-/// over N contiguous words with the same threads; their times add up.
+/// over N contiguous words with the same threads, now (streams.hpp: timed at each call, so after
+/// each repetition); their times add up.
 inline void set_traffic(benchmark::State& st, double bytes_per_iter, std::size_t n, int threads,
                         std::initializer_list<streams> passes) {
   set_traffic(st, bytes_per_iter, n, threads);

@@ -183,46 +183,74 @@ struct stream_rate {
   int variant = 0;
 };
 
-/// The best rate of streams `s` over `n` words with `threads` threads, over every variant this CPU
-/// runs: after one warm-up run each, timed repetitions for FLATMIN_BENCH_COPY_SECONDS (0.2 s by
-/// default) shared among the variants, at least 3 each; the best (as copy_bandwidth: on a busy
-/// machine the median measures the other processes). Measured once per (s, n, threads).
-inline stream_rate stream_bandwidth(const streams& s, std::size_t n, int threads) {
-  static std::map<std::tuple<int, int, int, std::size_t, int>, stream_rate> memo;
-  const auto key = std::make_tuple(s.reads, s.inplace, s.fresh, n, threads);
-  if (auto it = memo.find(key); it != memo.end()) return it->second;
-  n = std::max<std::size_t>(n, 16);
-  std::vector<flatmin::backend::eigen::vector<std::uint32_t>> buf(5);
-  for (auto& b : buf) b.assign(n, 0x3f800000u);
-  std::uint32_t* a[4] = {buf[0].data(), buf[1].data(), buf[2].data(), buf[3].data()};
-  std::uint32_t* f = buf[4].data();
-  std::vector<int> variants = {0, 1};
-  namespace host = flatmin::backend::host;
-  if (FLATMIN_BENCH_X86 && host::isa_supported(host::isa::avx2)) variants.insert(variants.end(), {2, 3});
-  if (FLATMIN_BENCH_X86 && host::isa_supported(host::isa::avx512)) variants.insert(variants.end(), {4, 5});
-  static const double seconds = [] {
-    const char* e = std::getenv("FLATMIN_BENCH_COPY_SECONDS");
-    return e ? std::atof(e) : 0.2;
-  }();
-  using clock = std::chrono::steady_clock;
-  stream_rate best;
-  volatile std::uint32_t sink = 0;
-  for (int v : variants) {
-    sink = sink ^ stream_detail::run(s, v, a, f, n, threads);
-    const auto start = clock::now();
-    for (int reps = 0; reps < 3 || std::chrono::duration<double>(clock::now() - start).count() <
-                                       seconds / static_cast<double>(variants.size());
-         ++reps) {
-      const std::size_t inner = std::max<std::size_t>(1, (1u << 20) / n);
-      const auto t0 = clock::now();
-      for (std::size_t r = 0; r < inner; ++r) sink = sink ^ stream_detail::run(s, v, a, f, n, threads);
-      const double sec = std::chrono::duration<double>(clock::now() - t0).count();
-      const double rate = s.bytes() * static_cast<double>(n) * static_cast<double>(inner) / sec;
-      if (rate > best.bytes_per_second) best = {rate, v};
-      if (reps >= 200) break;
-    }
+/// Five arrays of at least `n` words for the yardsticks, shared by all of them and grown, never
+/// shrunk (allocating and first-touching them at every measurement cost more than the kernels).
+inline std::uint32_t* const* stream_buffers(std::size_t n) {
+  static std::vector<flatmin::backend::eigen::vector<std::uint32_t>> buf(5);
+  static std::uint32_t* a[5] = {};
+  if (buf[0].size() < n) {
+    for (auto& b : buf) b.assign(n, 0x3f800000u);
+    for (int k = 0; k < 5; ++k) a[k] = buf[k].data();
   }
-  return memo[key] = best;
+  return a;
+}
+
+namespace stream_detail {
+/// The rate (bytes/s of `s.bytes()` per word) of variant v over n words: after one warm-up run,
+/// the runs of at least `seconds` (and at least 3), their bytes over their time: a mean over the
+/// same span as Google Benchmark's mean over a repetition's iterations.
+inline double mean_rate(const streams& s, int v, std::size_t n, int threads, double seconds) {
+  std::uint32_t* const* a = stream_buffers(n);
+  using clock = std::chrono::steady_clock;
+  volatile std::uint32_t sink = 0;
+  sink = sink ^ run(s, v, a, a[4], n, threads);
+  std::size_t runs = 0;
+  const auto start = clock::now();
+  double sec = 0;
+  while (runs < 3 || sec < seconds) {
+    sink = sink ^ run(s, v, a, a[4], n, threads);
+    ++runs;
+    sec = std::chrono::duration<double>(clock::now() - start).count();
+  }
+  return s.bytes() * static_cast<double>(n) * static_cast<double>(runs) / sec;
+}
+
+inline double env_seconds(const char* name, double fallback) {
+  const char* e = std::getenv(name);
+  return e ? std::atof(e) : fallback;
+}
+}  // namespace stream_detail
+
+/// The rate of streams `s` over `n` words with `threads` threads, timed at every call: a
+/// benchmark calls it after its timed loop (set_traffic), once per repetition, so that the pass and
+/// its yardstick meet the machine in the same second. The variant is chosen at the first call for
+/// (s, n, threads): every variant this CPU runs, timed for FLATMIN_BENCH_COPY_SECONDS (0.2 s by
+/// default) shared among them, the fastest kept. Every call then times that variant for
+/// FLATMIN_BENCH_YARDSTICK_SECONDS (0.05 s by default: a repetition's own length in
+/// scripts/bench.sh) and gives its mean rate, as the pass's time is a mean. (It had been the best
+/// of its repetitions, measured once per process: on a VM whose bandwidth moved by 2x from minute
+/// to minute, that set the bar from one lucky repetition, minutes away from some of its passes.)
+inline stream_rate stream_bandwidth(const streams& s, std::size_t n, int threads) {
+  static std::map<std::tuple<int, int, int, std::size_t, int>, int> chosen;
+  n = std::max<std::size_t>(n, 16);
+  const auto key = std::make_tuple(s.reads, s.inplace, s.fresh, n, threads);
+  auto it = chosen.find(key);
+  if (it == chosen.end()) {
+    std::vector<int> variants = {0, 1};
+    namespace host = flatmin::backend::host;
+    if (FLATMIN_BENCH_X86 && host::isa_supported(host::isa::avx2)) variants.insert(variants.end(), {2, 3});
+    if (FLATMIN_BENCH_X86 && host::isa_supported(host::isa::avx512)) variants.insert(variants.end(), {4, 5});
+    static const double search = stream_detail::env_seconds("FLATMIN_BENCH_COPY_SECONDS", 0.2);
+    double best = -1;
+    int pick = 0;
+    for (int v : variants) {
+      const double r = stream_detail::mean_rate(s, v, n, threads, search / static_cast<double>(variants.size()));
+      if (r > best) best = r, pick = v;
+    }
+    it = chosen.emplace(key, pick).first;
+  }
+  static const double now = stream_detail::env_seconds("FLATMIN_BENCH_YARDSTICK_SECONDS", 0.05);
+  return {stream_detail::mean_rate(s, it->second, n, threads, now), it->second};
 }
 
 }  // namespace flatmin_bench

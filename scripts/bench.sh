@@ -10,7 +10,7 @@
 #
 # Knobs (environment): FLATMIN_BENCH_REPS (repetitions, default 5), FLATMIN_BENCH_MIN_TIME
 # (seconds per repetition, default 0.05), FLATMIN_BENCH_LARGE, FLATMIN_BENCH_MAX_N,
-# FLATMIN_BENCH_COPY_SECONDS (see bench/common.hpp), OMP_* as usual. Run it on a quiet machine:
+# FLATMIN_BENCH_COPY_SECONDS, FLATMIN_BENCH_YARDSTICK_SECONDS (see bench/common.hpp), OMP_* as usual. Run it on a quiet machine:
 # the figures are only as good as the machine is idle.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -439,8 +439,9 @@ def main():
            "- **× stream** is the pass against its own yardstick (bench/streams.hpp): a kernel with the "
            "pass's read and write streams (global_norm: 1 read; ascend: 2 reads, 1 in place, 1 written "
            "only; Adam: 4 reads, 3 in place; …) and no arithmetic, the best of plain and streaming stores "
-           "and of the instruction sets the CPU has, measured once in the same binary: its time over the "
-           "pass's time, 1.0 = the machine's limit for those streams. An `opt_*` step's yardstick is the "
+           "and of the instruction sets the CPU has (chosen once), timed in the same binary right after each "
+           "repetition of the pass: its time over the pass's time, the median over the repetitions' "
+           "pairs, 1.0 = the machine's limit for those streams. An `opt_*` step's yardstick is the "
            "sum of its passes' times. Measured on one contiguous buffer per stream, so K > 1 rows also pay "
            "for the tensors' scattering (see the copy_tensors yardstick below).",
            "- **spread** is (max − min) / median of the GB/s over the repetitions.",
