@@ -8,7 +8,8 @@
 // Yardstick of each pass (stream_ratio, bench/streams.hpp): a kernel with its read and write
 // streams and no arithmetic; a step's is the sum of its passes' (the opt_* rows list them).
 // Minimal traffic per parameter (DESIGN.md §5, fp32):
-//   copy 8 B · copy_tensors 8 B · global_norm 4 B · ascend 16 B · descend_sgd 20 B · descend_adamw 28 B
+//   copy 8 B · copy_tensors 8 B · global_norm 4 B · ascend 16 B · keep_gradient 8 B · descend_sgd 20 B
+//   descend_adamw 28 B
 //   sgd 20 B · adamw 28 B (base step pass alone)
 //   opt_sam_sgd   = norm 4 + ascend 16 + check 4 + descend 20 = 44 B
 //   opt_sam_adamw = norm 4 + ascend 16 + check 4 + descend 28 = 52 B
@@ -101,6 +102,21 @@ void ascend(benchmark::State& st) {
     benchmark::ClobberMemory();
   }
   set_traffic(st, 16.0 * a.n, a.n, a.threads, {ascend_streams});
+}
+
+/// The copy of the clean gradient GSAM, WSAM, LookSAM and RWP keep (copy_gradient_pass): g read,
+/// the copy written only.
+void keep_gradient(benchmark::State& st) {
+  const args a(st);
+  problem& p = shared_problem(a.n, a.k);
+  layout_t l(p.params);
+  be::vector<float> kept(a.n);
+  const flatmin::kernels::copy_gradient_pass<float> pass{kept.data(), 1.0f};
+  for (auto _ : st) {
+    be::for_each(l.full(), pass);
+    benchmark::ClobberMemory();
+  }
+  set_traffic(st, 8.0 * a.n, a.n, a.threads, {copy_streams});
 }
 
 template <class Base, bool restore>
@@ -203,6 +219,7 @@ const bool registered = [] {
   grid(benchmark::RegisterBenchmark("copy_tensors", copy_tensors), {1, 1000});
   grid(benchmark::RegisterBenchmark("global_norm", global_norm));
   grid(benchmark::RegisterBenchmark("ascend", ascend));
+  grid(benchmark::RegisterBenchmark("keep_gradient", keep_gradient), {1, 1000});
   grid(benchmark::RegisterBenchmark("descend_sgd", descend_sgd));
   grid(benchmark::RegisterBenchmark("descend_adamw", descend_adamw));
   grid(benchmark::RegisterBenchmark("sgd", sgd));

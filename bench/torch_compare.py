@@ -22,7 +22,13 @@ then the median of --steps timed steps.
 flatmin side: the `opt_sam_sgd` / `opt_sam_adamw` benchmarks of bench/bench_passes.cpp, which
 time `ascend()` + `descend()` of flatmin::sam with the same base optimizer and options on the same
 N and K (with the finiteness checks flatmin always makes), built in Release by this script if
-needed (build/bench-release), medians over repetitions.
+needed (build/bench-release).
+
+Each configuration (base, N, K, threads) runs --rounds rounds, one after the other: flatmin's
+benchmark (the median of --reps repetitions), then each PyTorch setup. The times are medians over
+the rounds; the speed-up is the median of the rounds' ratios (each a flatmin and a PyTorch time
+from the same seconds, which a shared VM's bandwidth, moving by 2x from minute to minute, needs),
+with their range.
 
 Writes build/bench/torch_compare.json (read by scripts/bench_report.py) and prints a table.
 Not part of CI. Needs torch (bench/README.md says how it was installed).
@@ -141,7 +147,8 @@ def torch_expert_sam_step_time(torch, n, k, base, threads, steps, rho=0.05):
     return statistics.median(times), variant
 
 
-def flatmin_times(sizes, tensors, threads, reps):
+def flatmin_binary():
+    """bench_passes of a Release build (build/bench-release), configured and built if needed."""
     build = os.path.join(ROOT, "build", "bench-release")
     exe = os.path.join(build, "bench", "bench_passes")
     if not os.path.exists(os.path.join(build, "CMakeCache.txt")):
@@ -150,27 +157,29 @@ def flatmin_times(sizes, tensors, threads, reps):
                        check=True, stdout=subprocess.DEVNULL)
     subprocess.run(["cmake", "--build", build, "-j", str(os.cpu_count()), "--target", "bench_passes"], check=True,
                    stdout=subprocess.DEVNULL)
+    return exe
+
+
+def flatmin_time(exe, base, n, k, threads, reps):
+    """Median real time (s) of bench_passes' opt_sam_<base> at N = n, K = k, over `reps` repetitions."""
     out = os.path.join(ROOT, "build", "bench", "torch_compare_flatmin.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
-    alt = lambda xs: "|".join(str(x) for x in xs)
-    filt = f"^opt_sam_(sgd|adamw)/N:({alt(sizes)})/K:({alt(tensors)})/threads:({alt(threads)})/"
-    env = dict(os.environ, FLATMIN_BENCH_LARGE="1" if max(sizes) > 10**7 else "0", FLATMIN_BENCH_COPY_SECONDS="0.02")
+    filt = f"^opt_sam_{base}/N:{n}/K:{k}/threads:{threads}/"
+    # the copy baseline and stream yardsticks are not used here: timed briefly
+    env = dict(os.environ, FLATMIN_BENCH_LARGE="1" if n > 10**7 else "0", FLATMIN_BENCH_COPY_SECONDS="0.02",
+               FLATMIN_BENCH_YARDSTICK_SECONDS="0.002")
     subprocess.run([exe, f"--benchmark_filter={filt}", f"--benchmark_repetitions={reps}", "--benchmark_min_time=0.2",
-                    "--benchmark_display_aggregates_only=true", f"--benchmark_out={out}", "--benchmark_out_format=json"],
+                    f"--benchmark_out={out}", "--benchmark_out_format=json"],
                    check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     with open(out) as f:
         data = json.load(f)
-    res = {}
+    times = []
     for b in data["benchmarks"]:
         if b.get("run_type") != "iteration":
             continue
-        parts = b["run_name"].split("/")
-        base = parts[0].replace("opt_sam_", "")
-        args = dict(p.split(":") for p in parts[1:] if ":" in p)
-        key = (base, int(args["N"]), int(args["K"]), int(args["threads"]))
         scale = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0}[b["time_unit"]]
-        res.setdefault(key, []).append(b["real_time"] * scale)
-    return {k: statistics.median(v) for k, v in res.items()}
+        times.append(b["real_time"] * scale)
+    return statistics.median(times) if times else None
 
 
 def main():
@@ -181,8 +190,10 @@ def main():
     ap.add_argument("--bases", nargs="+", default=["sgd", "adamw"], choices=["sgd", "adamw"])
     ap.add_argument("--torch", nargs="+", default=["loop", "expert"], choices=["loop", "expert"],
                     help="PyTorch SAM steps to time (module docstring)")
-    ap.add_argument("--steps", type=int, default=10, help="timed PyTorch steps per configuration")
-    ap.add_argument("--reps", type=int, default=5, help="flatmin benchmark repetitions")
+    ap.add_argument("--steps", type=int, default=10, help="timed PyTorch steps per configuration and round")
+    ap.add_argument("--reps", type=int, default=3, help="flatmin benchmark repetitions per round")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="rounds per configuration, each timing flatmin then every PyTorch setup")
     ap.add_argument("--out", default=os.path.join(ROOT, "build", "bench", "torch_compare.json"))
     a = ap.parse_args()
     try:
@@ -190,9 +201,10 @@ def main():
     except ImportError:
         sys.exit("torch_compare: PyTorch is not installed (see bench/README.md)")
     cores = os.cpu_count() or 1
-    fm = flatmin_times(a.sizes, a.tensors, a.threads, a.reps)
+    exe = flatmin_binary()
     results = []
-    print(f"{'base':6} {'torch':22} {'N':>9} {'K':>5} {'thr':>4} {'PyTorch':>12} {'flatmin':>12} {'speed-up':>9}")
+    print(f"{'base':6} {'torch':22} {'N':>9} {'K':>5} {'thr':>4} {'PyTorch':>12} {'flatmin':>12} {'speed-up':>9}"
+          f"  {'range':>11}")
     for base in a.bases:
         for n in a.sizes:
             for k in a.tensors:
@@ -200,25 +212,37 @@ def main():
                     continue
                 for t in a.threads:
                     nthr = cores if t == 0 else t
-                    fs = fm.get((base, n, k, t))
+                    fs, ts = [], {how: [] for how in a.torch}
+                    variants = {}
+                    for _ in range(a.rounds):
+                        f = flatmin_time(exe, base, n, k, t, a.reps)
+                        fs.append(f)
+                        for how in a.torch:
+                            if how == "loop":
+                                x = torch_sam_step_time(torch, n, k, base, nthr, a.steps)
+                                variants[how] = "per-tensor loop"
+                            else:
+                                x, v = torch_expert_sam_step_time(torch, n, k, base, nthr, a.steps)
+                                variants[how] = "foreach SAM + " + v
+                            ts[how].append(x)
                     for how in a.torch:
-                        if how == "loop":
-                            ts = torch_sam_step_time(torch, n, k, base, nthr, a.steps)
-                            variant = "per-tensor loop"
-                        else:
-                            ts, variant = torch_expert_sam_step_time(torch, n, k, base, nthr, a.steps)
-                            variant = "foreach SAM + " + variant
-                        results.append({"base": base, "torch": how, "torch_variant": variant, "N": n, "K": k,
-                                        "threads": nthr, "torch_s": ts, "flatmin_s": fs})
-                        sp = f"{ts / fs:8.1f}x" if fs else "        –"
-                        fs_ms = f"{fs * 1e3:10.3f}ms" if fs else "           –"
-                        print(f"{base:6} {variant[:22]:22} {n:9d} {k:5d} {nthr:4d} {ts * 1e3:10.3f}ms {fs_ms} {sp}",
-                              flush=True)
+                        pairs = [x / f for x, f in zip(ts[how], fs) if f]
+                        r = {"base": base, "torch": how, "torch_variant": variants[how], "N": n, "K": k,
+                             "threads": nthr, "torch_s": statistics.median(ts[how]),
+                             "flatmin_s": statistics.median([f for f in fs if f]) if any(fs) else None,
+                             "speedup": statistics.median(pairs) if pairs else None,
+                             "speedup_range": [min(pairs), max(pairs)] if pairs else None, "rounds": a.rounds}
+                        results.append(r)
+                        sp = f"{r['speedup']:8.1f}x" if pairs else "        –"
+                        rg = f"{min(pairs):5.2f}-{max(pairs):<5.2f}" if pairs else ""
+                        fs_ms = f"{r['flatmin_s'] * 1e3:10.3f}ms" if r["flatmin_s"] else "           –"
+                        print(f"{base:6} {variants[how][:22]:22} {n:9d} {k:5d} {nthr:4d} {r['torch_s'] * 1e3:10.3f}ms "
+                              f"{fs_ms} {sp}  {rg}", flush=True)
     os.makedirs(os.path.dirname(a.out), exist_ok=True)
     with open(a.out, "w") as f:
         json.dump({"command": "python3 bench/torch_compare.py " + " ".join(sys.argv[1:]),
                    "torch_version": torch.__version__, "threads": "1 and all (" + str(cores) + ")",
-                   "results": results}, f, indent=1)
+                   "rounds": a.rounds, "results": results}, f, indent=1)
     print(f"wrote {a.out}")
 
 

@@ -594,11 +594,19 @@ def main():
                "`torch._foreach_norm`, `_foreach_copy_` into buffers allocated once and one `_foreach_add_` "
                "around AdamW(fused=True) (torch >= 2.4) or SGD(momentum=0.9, foreach=True). Older files "
                "without the column timed the loop.", ""]
+        if tc.get("rounds"):
+            md += [f"Each configuration ran {tc['rounds']} rounds, each timing flatmin and then every PyTorch "
+                   "setup: the times are medians over the rounds, the speed-up the median of the rounds' "
+                   "ratios, with their range.", ""]
         body = []
         for r in tc.get("results", []):
+            if r.get("speedup"):
+                lo, hi = r["speedup_range"]
+                sp = f"{r['speedup']:.1f}× ({lo:.1f}–{hi:.1f})"
+            else:
+                sp = f"{r['torch_s'] / r['flatmin_s']:.1f}×" if r.get("flatmin_s") else "–"
             body.append([r["base"], r.get("torch_variant", "per-tensor loop"), fmt_n(r["N"]), r["K"], r["threads"],
-                         fmt_time(r["torch_s"]), fmt_time(r.get("flatmin_s")),
-                         f"{r['torch_s'] / r['flatmin_s']:.1f}×" if r.get("flatmin_s") else "–"])
+                         fmt_time(r["torch_s"]), fmt_time(r.get("flatmin_s")), sp])
         md += [table(["base", "torch", "N", "K", "threads", "PyTorch", "flatmin", "speed-up"], body), ""]
 
     md += gpu_section(os.path.join(os.path.dirname(os.path.abspath(md_path)), "gpu"))
