@@ -152,9 +152,15 @@ struct eigen {
         each_segment(r, f, true, [&](const segment& s, const F& form) {
           const tensor_rec<W, G>& t = tensors[s.tensor];
           if (!form.overwrites_weights(t.flags)) return segment_pass(tensors, s, form);
-          W* buffer = host::segment_buffer<W, segment_size>();
-          run_segment(tensors, s, form, buffer);
-          host::stream_copy(buffer, t.w + s.local, sizeof(W) * s.len);
+          W* buffer = host::staging_buffer<W>();
+          constexpr std::uint32_t C = host::staging_entries<W>;
+          // in chunks of C entries: the buffer stays in L1 beside the reads of the same entries
+          for (std::uint32_t j0 = 0; j0 < s.len; j0 += C) {
+            const std::uint32_t n = s.len - j0 < C ? s.len - j0 : C;
+            const segment part{s.index + j0, s.local + j0, s.slot + j0, s.tensor, n};
+            run_segment(tensors, part, form, buffer);
+            host::stream_copy(buffer, t.w + part.local, sizeof(W) * part.len);
+          }
         });
         return;
       }

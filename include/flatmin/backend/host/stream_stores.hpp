@@ -86,9 +86,10 @@ inline void stream_fence() {
 /// 8000000 and bench/ab.py over two wrappers of bench_passes, FLATMIN_STREAM_STORES=off and on.
 /// On the 2-core AMD EPYC VM (32 KiB L1d per core, 32 MiB L3) the same steps at 10^7, streaming
 /// against plain, read 0.87-1.25 (SGD) and 0.92-1.21 (AdamW) over four alternations of 3 to 15
-/// rounds at one thread, 0.93 and 1.01 at two: neither a gain nor a clear loss there. (There,
+/// rounds at one thread, 0.93 and 1.01 at two (staged by segments, before `staging_bytes`; by 4
+/// KiB, 1.04 and 0.97 at one thread): neither a gain nor a clear loss there. (There,
 /// too, the kept gradient's copy of GSAM, WSAM, LookSAM and RWP, staged in cache and streamed,
-/// took 1.1-1.4x its plain stores' time, bench_passes keep_gradient: it stays plain.)
+/// took 1.1-1.2x its plain stores' time, bench_passes keep_gradient: it stays plain.)
 inline constexpr std::size_t stream_threshold_bytes = std::size_t{24} << 20;
 
 namespace detail {
@@ -159,11 +160,21 @@ template <class T, class Mask, class Adjust, class Base, int Restore, class W, c
 inline constexpr bool restores_weights<kernels::descend_pass<T, Mask, Adjust, Base, Restore, W, Store>> =
     true;
 
-/// This thread's buffer of N entries of W (a segment's weights on their way out), 64-byte aligned;
-/// value-initialised once, and afterwards holding whatever the last segment left.
-template <class W, std::size_t N>
-inline W* segment_buffer() {
-  alignas(64) static thread_local W buffer[N]{};
+/// Bytes of a pass's output staged in cache before they go out by streaming stores (4 KiB), so
+/// that the staging buffer and the pass's reads of the same entries (up to four more arrays, 16
+/// KiB in fp32) fit a 32 KiB L1 together. A whole segment (16 KiB) at a time, the restoring
+/// descent's buffer fell out of the AMD EPYC VM's 32 KiB L1 before it was copied out: streamed
+/// at 4 KiB against 16 KiB there, bench_passes at 10^7, one thread, 11 rounds: descend_sgd 0.86,
+/// descend_adamw 0.88, the SAM-SGD step 0.94 of the time.
+inline constexpr std::size_t staging_bytes = 4096;
+template <class W>
+inline constexpr std::uint32_t staging_entries = static_cast<std::uint32_t>(staging_bytes / sizeof(W));
+
+/// This thread's staging buffer (`staging_bytes`), 64-byte aligned; value-initialised once, and
+/// afterwards holding whatever the last chunk left.
+template <class W>
+inline W* staging_buffer() {
+  alignas(64) static thread_local W buffer[staging_entries<W>]{};
   return buffer;
 }
 
