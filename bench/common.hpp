@@ -142,10 +142,7 @@ inline double copy_bandwidth(std::size_t floats, int threads) {
   std::vector<double> rates;
   using clock = std::chrono::steady_clock;
   const auto start = clock::now();
-  static const double seconds = [] {
-    const char* e = std::getenv("FLATMIN_BENCH_COPY_SECONDS");
-    return e ? std::atof(e) : 0.2;
-  }();
+  static const double seconds = stream_detail::env_seconds("FLATMIN_BENCH_COPY_SECONDS", 0.2);
   while (rates.size() < 5 || std::chrono::duration<double>(clock::now() - start).count() < seconds) {
     // inner repetitions keep each timed interval well above the clock's resolution
     const std::size_t inner = std::max<std::size_t>(1, (1u << 20) / floats);

@@ -41,7 +41,7 @@ struct streams {
   double pass_bytes() const { return actual > 0 ? actual : bytes(); }
 };
 inline constexpr streams read_only{1, 0, 0};        // global_norm, the finiteness check: g
-inline constexpr streams copy_streams{1, 0, 1};     // copy, restore: saved -> w
+inline constexpr streams copy_streams{1, 0, 1};     // copy, restore: saved -> w; keep_gradient
 inline constexpr streams ascend_streams{2, 1, 1};   // w, g -> w, saved
 inline constexpr streams sgd_streams{3, 2, 0};      // w, g, buf -> w, buf
 inline constexpr streams descend_sgd_streams{3, 1, 1};    // saved, g, buf -> buf, w
@@ -215,6 +215,7 @@ inline double mean_rate(const streams& s, int v, std::size_t n, int threads, dou
   return s.bytes() * static_cast<double>(n) * static_cast<double>(runs) / sec;
 }
 
+/// A duration in seconds from environment variable `name`, else `fallback`.
 inline double env_seconds(const char* name, double fallback) {
   const char* e = std::getenv(name);
   return e ? std::atof(e) : fallback;

@@ -165,8 +165,9 @@ def flatmin_time(exe, base, n, k, threads, reps):
     out = os.path.join(ROOT, "build", "bench", "torch_compare_flatmin.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     filt = f"^opt_sam_{base}/N:{n}/K:{k}/threads:{threads}/"
-    # the copy baseline and stream yardsticks are not used here: timed briefly
-    env = dict(os.environ, FLATMIN_BENCH_LARGE="1" if n > 10**7 else "0", FLATMIN_BENCH_COPY_SECONDS="0.02",
+    # the grid holds N alone (any N, 10^8 too); the copy baseline and stream yardsticks are not
+    # used here: timed briefly
+    env = dict(os.environ, FLATMIN_BENCH_SIZES=str(n), FLATMIN_BENCH_LARGE="0", FLATMIN_BENCH_COPY_SECONDS="0.02",
                FLATMIN_BENCH_YARDSTICK_SECONDS="0.002")
     subprocess.run([exe, f"--benchmark_filter={filt}", f"--benchmark_repetitions={reps}", "--benchmark_min_time=0.2",
                     f"--benchmark_out={out}", "--benchmark_out_format=json"],
@@ -196,6 +197,8 @@ def main():
                     help="rounds per configuration, each timing flatmin then every PyTorch setup")
     ap.add_argument("--out", default=os.path.join(ROOT, "build", "bench", "torch_compare.json"))
     a = ap.parse_args()
+    if a.rounds < 1 or a.reps < 1 or a.steps < 1:
+        ap.error("--rounds, --reps and --steps must be at least 1")
     try:
         import torch
     except ImportError:

@@ -87,9 +87,9 @@ inline void stream_fence() {
 /// On the 2-core AMD EPYC VM (32 KiB L1d per core, 32 MiB L3) the same steps at 10^7, streaming
 /// against plain, read 0.87-1.25 (SGD) and 0.92-1.21 (AdamW) over four alternations of 3 to 15
 /// rounds at one thread, 0.93 and 1.01 at two (staged by segments, before `staging_bytes`; by 4
-/// KiB, 1.04 and 0.97 at one thread): neither a gain nor a clear loss there. (There,
-/// too, the kept gradient's copy of GSAM, WSAM, LookSAM and RWP, staged in cache and streamed,
-/// took 1.1-1.2x its plain stores' time, bench_passes keep_gradient: it stays plain.)
+/// KiB, 1.04 and 0.97 at one thread): neither a gain nor a clear loss there. (There, too, the
+/// kept gradient's copy of GSAM, WSAM, LookSAM and RWP, staged in cache and streamed, took
+/// 1.1-1.2x its plain stores' time, bench_passes keep_gradient: it stays plain.)
 inline constexpr std::size_t stream_threshold_bytes = std::size_t{24} << 20;
 
 namespace detail {
