@@ -7,8 +7,9 @@
 #   cuda      build/cuda: when nvcc is found (on PATH or in /usr/local/cuda/bin), compiles and links
 #             the CUDA tests (no GPU is assumed: on a GPU run `ctest --test-dir build/cuda`), with
 #             comm::nccl's test when NCCL is found (tests/nccl, one rank per GPU); the
-#             CUDA benchmark and test_precision's twin too with FLATMIN_CI_CUDA_FULL=1
-#                                                                          (FLATMIN_SKIP_CUDA=1)
+#             CUDA benchmark and test_precision's twin too with FLATMIN_CI_CUDA_FULL=1. As PTX
+#             for compute_90 alone by default (no ptxas: see the stage); FLATMIN_CI_CUDA_ARCH=90
+#             adds the sm_90 machine code                                  (FLATMIN_SKIP_CUDA=1)
 #   sanitize  build/asan: clang++-14 with AddressSanitizer + UndefinedBehaviorSanitizer (-O1, any
 #             UB is an error), the tests only, the whole ctest suite but the headers-alone parse
 #             (the main stage runs it) and the Thrust twins of the policy tests (whose
@@ -46,8 +47,14 @@ if [ -n "$nvcc_bin" ] && [ "${FLATMIN_SKIP_CUDA:-0}" != 1 ]; then
   echo "flatmin: compiling the CUDA build with $nvcc_bin (compile and link only)"
   # Without a GPU this is a compile check, so by default only the CUDA tests that cover every
   # composition on the device (test_differential), the primitives and top-k, and comm::nccl's
-  # data_parallel test (about 4.5 minutes of nvcc on its own): about 6 minutes on 2 cores. FLATMIN_CI_CUDA_FULL=1 adds test_precision's twin and the CUDA benchmark (ptxas needs
-  # 6 and over 11 minutes for those two; run it where the binaries will be run, on a GPU machine).
+  # data_parallel test. FLATMIN_CI_CUDA_FULL=1 adds test_precision's twin and the CUDA benchmark.
+  # They are compiled to PTX alone (CMAKE_CUDA_ARCHITECTURES=90-virtual): the front end (cicc) and
+  # the host compiler check every line, and ptxas, which turns PTX into machine code and was 62 % of
+  # the time (test_differential: ptxas 520 s, cicc 168 s, host g++ 153 s of 14 min 8 s, nvcc --time,
+  # 2026-12-02), is left to the GPU run, which builds with CMAKE_CUDA_ARCHITECTURES=90 (the binaries
+  # built here would still run there, the driver compiling their PTX at load). Measured on the 2-core
+  # AMD EPYC VM: the stage took 6 min 31 s as PTX (over 14 min with machine code; 12–19 minutes in
+  # past CI runs). FLATMIN_CI_CUDA_ARCH=90 restores the machine code.
   cuda_tests="backend/test_differential.cpp;backend/test_thrust_primitives.cpp;unit/test_top_k.cpp"
   cuda_targets=flatmin_cuda_tests
   if [ "${FLATMIN_CI_CUDA_FULL:-0}" = 1 ]; then
@@ -55,7 +62,8 @@ if [ -n "$nvcc_bin" ] && [ "${FLATMIN_SKIP_CUDA:-0}" != 1 ]; then
     cuda_targets="flatmin_cuda_tests flatmin_cuda_benchmarks"
   fi
   cmake -S . -B build/cuda -DCMAKE_BUILD_TYPE=Release -DFLATMIN_ENABLE_CUDA=ON \
-        -DCMAKE_CUDA_COMPILER="$nvcc_bin" -DCMAKE_CUDA_ARCHITECTURES=90 -DFLATMIN_CUDA_TESTS="$cuda_tests" \
+        -DCMAKE_CUDA_COMPILER="$nvcc_bin" -DCMAKE_CUDA_ARCHITECTURES="${FLATMIN_CI_CUDA_ARCH:-90-virtual}" \
+        -DFLATMIN_CUDA_TESTS="$cuda_tests" \
         -DFLATMIN_BUILD_TESTS=ON -DFLATMIN_BUILD_BENCHMARKS=ON -DFLATMIN_BUILD_EXAMPLES=OFF
   # shellcheck disable=SC2086
   cmake --build build/cuda -j "$jobs" --target $cuda_targets
