@@ -53,8 +53,8 @@ if [ -n "$nvcc_bin" ] && [ "${FLATMIN_SKIP_CUDA:-0}" != 1 ]; then
   # the time (test_differential: ptxas 520 s, cicc 168 s, host g++ 153 s of 14 min 8 s, nvcc --time,
   # 2026-12-02), is left to the GPU run, which builds with CMAKE_CUDA_ARCHITECTURES=90 (the binaries
   # built here would still run there, the driver compiling their PTX at load). Measured on the 2-core
-  # AMD EPYC VM: the stage took 6 min 31 s as PTX (over 14 min with machine code; 12–19 minutes in
-  # past CI runs). FLATMIN_CI_CUDA_ARCH=90 restores the machine code.
+  # AMD EPYC VM: this stage took 392 s as PTX (over 14 min with machine code; 12–19 minutes in past
+  # CI runs).
   cuda_tests="backend/test_differential.cpp;backend/test_thrust_primitives.cpp;unit/test_top_k.cpp"
   cuda_targets=flatmin_cuda_tests
   if [ "${FLATMIN_CI_CUDA_FULL:-0}" = 1 ]; then
