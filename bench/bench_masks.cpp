@@ -1,4 +1,5 @@
-// Sparse masks: the Fisher mask refresh and the Fisher estimate of an ordinary step at N = 10^7
+// Sparse masks: the Fisher mask refresh, the Fisher estimate of an ordinary step (alone, and with
+// the statistics: two passes against one) at N = 10^7
 // (and their ratios to one copy pass of N floats measured in this binary), and the ascent + restore passes for dense SAM vs 50 / 90 / 99 %
 // sparse Fisher masks at element and block (128) granularity.
 //
@@ -89,6 +90,35 @@ void BM_fisher_estimate(benchmark::State& st) {
   flatmin_bench::set_traffic(st, 12.0 * N, N);
 }
 BENCHMARK(BM_fisher_estimate)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+/// The statistics and the Fisher estimate of an ordinary FSAM step (element units, accumulated
+/// estimator, no refresh). arg 0 = 0: two passes, the statistics under the mask (4.125 B per
+/// parameter) and then the estimate reading g again (12 B), as the optimizer ran them until
+/// 2026-12-03; 1: one pass, kernels::stats_scores_pass (12.125 B), as it runs them now. Compare
+/// the two in one run with --benchmark_enable_random_interleaving=true (they alternate).
+void BM_fisher_statistics(benchmark::State& st) {
+  const bool fused = st.range(0) != 0;
+  flatmin_bench::problem p(N, K);
+  auto opt = flatmin::fsam(p.params, flatmin::base::sgd{.lr = 0.01}, {.keep = 0.1});
+  auto& ms = opt.mask_state();
+  using view_t = decltype(ms.get_view());
+  using stats_t = flatmin::kernels::stats_pass<float, flatmin::kernels::l2_term<float>, view_t>;
+  const stats_t stats{{}, ms.get_view(), 1.f, false};
+  const std::size_t step = 2;  // not a refresh step
+  against_copy(st, [&] {
+    if (fused) {
+      const auto scores = ms.statistics_scores(opt.mask(), step, 1.f);
+      benchmark::DoNotOptimize(eigen::reduce<flatmin::kernels::grad_stats>(
+          opt.layout().full(), flatmin::kernels::stats_scores_pass<stats_t, float>{stats, *scores}));
+    } else {
+      benchmark::DoNotOptimize(eigen::reduce<flatmin::kernels::grad_stats>(opt.layout().full(), stats));
+      benchmark::DoNotOptimize(ms.refresh(opt.mask(), opt.layout(), step, 1.f));
+    }
+    ms.abandon_step();  // every iteration the same step: F' = F + g² into the pending sums
+  });
+  flatmin_bench::set_traffic(st, (fused ? 12.125 : 16.125) * N, N);
+}
+BENCHMARK(BM_fisher_statistics)->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
 
 /// The ascent pass (save + perturb the masked entries) and the restore pass over the mask's
 /// range. arg 0: block (0 = dense SAM, 1 = element mask, else block size); arg 1: keep in per mille.

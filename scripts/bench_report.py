@@ -64,26 +64,24 @@ PASSES_SECTION = [
     "### FSAM (`flatmin::fsam`, element units, accumulated Fisher estimate), over SGD or Adam", "",
     "| # | pass | reads | writes | B/param | time | why it is a pass of its own |",
     "|---|---|---|---|---|---|---|",
-    "| 1 | statistics under the mask (‖g‖ over every perturbed entry, Σ over the masked) | g, mask bits | – "
-    "| 4.125 | to measure | as SAM's pass 1 |",
-    "| 2 | Fisher estimate F' = F + g² (`add_scores`) | g, F | F' | 12 | {time:bench_masks:BM_fisher_estimate} "
-    "| could share pass 1's "
-    "read of g (neither needs the other's result): the estimate is mask::fisher's pass and the "
-    "statistics the optimizer's, and no seam lets a mask add to the statistics pass yet — the one "
-    "fusion left on the table (−4 B/param per step). |",
-    "| 3 | every T_m steps: top-k of F (a sampled bracket of the k-th score, one counting pass over F, "
+    "| 1 | statistics under the mask (‖g‖ over every perturbed entry, Σ over the masked) with the Fisher "
+    "estimate F' = F + g² (`kernels::stats_scores_pass`) | g, F, mask bits | F' | 12.125 "
+    "| {time:bench_masks:BM_fisher_statistics/1} | as SAM's pass 1; the estimate shares its read of g "
+    "(the two apart, 16.125 B/param: bench_masks BM_fisher_statistics/0). F' is the pending sums, which "
+    "a skipped step drops. |",
+    "| 2 | every T_m steps: top-k of F (a sampled bracket of the k-th score, one counting pass over F, "
     "radix selection inside the bracket's band), new bits (a pass over F), statistics again | F, g | bits "
     "| ≈ 4 per pass over F + 4.125, amortised over T_m (100) | {time:bench_masks:BM_fisher_refresh/1/100} "
     "(with the estimate) | "
     "the new mask depends on all of F; the statistics depend on the new mask. |",
-    "| 4 | ascent under the mask (segment form, the mask's lanes per run of 256) | w, g, bits | w, saved | 16.125 | to "
+    "| 3 | ascent under the mask (segment form, the mask's lanes per run of 256) | w, g, bits | w, saved | 16.125 | to "
     "measure | needs pass 1's norm. saved has a slot per entry (element units are not compact), so the "
     "descent can fuse the restore. |",
-    "| 5 | finiteness of g_adv | g_adv | – | 4 | to measure | as SAM's pass 3 |",
-    "| 6 | restore + base step fused (R = 1; segment form, the mask's lanes per run of 256) | saved, w, "
+    "| 4 | finiteness of g_adv | g_adv | – | 4 | to measure | as SAM's pass 3 |",
+    "| 5 | restore + base step fused (R = 1; segment form, the mask's lanes per run of 256) | saved, w, "
     "g_adv, bits, state | w, state | SGD 24.125, Adam 32.125 | to measure | the restore is a select by "
     "the mask, so w is read too (4 B more than dense SAM). |",
-    "", "Step totals (no refresh): FSAM-SGD 60.375 B/param, FSAM-Adam 68.375. The whole FSAM-SGD step "
+    "", "Step totals (no refresh): FSAM-SGD 56.375 B/param, FSAM-Adam 64.375. The whole FSAM-SGD step "
     "(bench_passes `opt_fsam_sgd`, one thread, 10^7): {time:bench_passes:opt_fsam_sgd}. With block masks "
     "(`block` > 1) the mask is compact: the ascent and the restore run over the kept blocks only, the "
     "statistics add a pass over them (the masked sums), and the restore becomes a pass of its own "

@@ -328,8 +328,11 @@ namespace {
 namespace md = flatmin::mask::detail;
 using bits_view = md::bit_view<float>;
 
-// problem(23) with every fifth tensor not eligible for the mask, and random element mask bits
+// problem(23) with every fifth tensor not eligible for the mask (or, `every_tensor`, every tensor
+// perturbed and eligible: FSAM's usual layout, whose groups the statistics sum in one sweep), and
+// random element mask bits
 struct masked_problem {
+  bool every;
   problem p{23};
   flatmin::param_set<float> ps;
   std::vector<bool> eligible;
@@ -337,14 +340,16 @@ struct masked_problem {
   const flatmin::backend::layout<float, be>& l;
   md::units<float, be> units;
   std::vector<std::uint32_t> bits;
-  masked_problem() : lp(make()), l(*lp), units(l, md::unit_kind::element, 1), bits(units.words()) {
+  explicit masked_problem(bool every_tensor = false)
+      : every(every_tensor), lp(make()), l(*lp), units(l, md::unit_kind::element, 1), bits(units.words()) {
     std::mt19937 rng(5);
     for (auto& b : bits) b = static_cast<std::uint32_t>(rng()) & static_cast<std::uint32_t>(rng());  // ~25 % set
   }
   std::unique_ptr<flatmin::backend::layout<float, be>> make() {
     for (std::size_t t = 0; t < sizes.size(); ++t) {
+      if (every) p.opts[t].perturb = true;
       auto o = p.opts[t];
-      o.mask_eligible = t % 5 != 2;
+      o.mask_eligible = every || t % 5 != 2;
       eligible.push_back(o.mask_eligible);
       ps.add(std::to_string(t), p.w[t], p.g[t], o);
     }
@@ -363,53 +368,110 @@ struct element_each {
 
 TEST_CASE("eigen: SAM statistics under an element bit mask: eight bits at a time, the element path's sums") {
   // the bit_view of mask::fisher / mask::dynamic with element units, over tensors that are not
-  // perturbed or not eligible for the mask (always perturbed), and segment tails
-  masked_problem mp;
-  problem& p = mp.p;
-  const auto& l = mp.l;
-  const auto& bits = mp.bits;
-  const auto& eligible = mp.eligible;
-  const bits_view view = mp.view();
-  const float inv = 0.5f;
-  for (bool over_mask : {false, true}) {
-    CAPTURE(over_mask);
-    const flatmin::kernels::stats_pass<float, flatmin::kernels::l2_term<float>, bits_view> pass{{}, view, inv, over_mask};
-    static_assert(flatmin::backend::host::has_group_form<decltype(pass), grad_stats, float, float, be::reduction_group> &&
-                  !decltype(pass)::gradient_only);
-    // float64 reference: Σg² over all, Σd² and count over the masked perturbed entries, Σn² over
-    // the perturbed entries (or the masked ones with over_mask)
-    ref_stats want;
-    for (std::size_t t = 0, i = 0; t < p.w.size(); ++t)
-      for (std::size_t j = 0; j < p.w[t].size(); ++j, ++i) {
-        const double x = double(p.g[t][j] * inv);
-        want.g2 += x * x;
-        if (!p.opts[t].perturb) continue;
-        const bool in = !eligible[t] || ((bits[i >> 5] >> (i & 31)) & 1u);
-        if (in || !over_mask) want.n2 += x * x;
-        if (in) {
-          want.d2 += x * x;
-          want.kept += 1;
+  // perturbed or not eligible for the mask (always perturbed), and segment tails; and over tensors
+  // that are all perturbed and eligible (the form's one sweep per segment)
+  for (const bool every : {false, true}) {
+    CAPTURE(every);
+    masked_problem mp(every);
+    problem& p = mp.p;
+    const auto& l = mp.l;
+    const auto& bits = mp.bits;
+    const auto& eligible = mp.eligible;
+    const bits_view view = mp.view();
+    const float inv = 0.5f;
+    for (bool over_mask : {false, true}) {
+      CAPTURE(over_mask);
+      const flatmin::kernels::stats_pass<float, flatmin::kernels::l2_term<float>, bits_view> pass{{}, view, inv, over_mask};
+      static_assert(flatmin::backend::host::has_group_form<decltype(pass), grad_stats, float, float, be::reduction_group> &&
+                    !decltype(pass)::gradient_only);
+      // float64 reference: Σg² over all, Σd² and count over the masked perturbed entries, Σn² over
+      // the perturbed entries (or the masked ones with over_mask)
+      ref_stats want;
+      for (std::size_t t = 0, i = 0; t < p.w.size(); ++t)
+        for (std::size_t j = 0; j < p.w[t].size(); ++j, ++i) {
+          const double x = double(p.g[t][j] * inv);
+          want.g2 += x * x;
+          if (!p.opts[t].perturb) continue;
+          const bool in = !eligible[t] || ((bits[i >> 5] >> (i & 31)) & 1u);
+          if (in || !over_mask) want.n2 += x * x;
+          if (in) {
+            want.d2 += x * x;
+            want.kept += 1;
+          }
         }
-      }
-    const auto got = reduce(l, pass, 1);
-    check_close(got.g2, want.g2, 1e-9);
-    check_close(got.n2, want.n2, 1e-9);
-    check_close(got.d2, want.d2, 1e-9);
-    CHECK(got.kept == want.kept);
-    CHECK(got.bad == 0);
-    CHECK(same_bits(got, reduce(l, pass, 2)));
-    CHECK(same_bits(got, reduce(l, elementwise(pass), 1)));  // the order of the element path (and thrust's)
+      const auto got = reduce(l, pass, 1);
+      check_close(got.g2, want.g2, 1e-9);
+      check_close(got.n2, want.n2, 1e-9);
+      check_close(got.d2, want.d2, 1e-9);
+      CHECK(got.kept == want.kept);
+      CHECK(got.bad == 0);
+      CHECK(same_bits(got, reduce(l, pass, 2)));
+      CHECK(same_bits(got, reduce(l, elementwise(pass), 1)));  // the order of the element path (and thrust's)
+    }
+    {  // a non-finite entry outside the mask is counted, and adds nothing to the masked sums
+      const std::size_t t = 8, off = l.host_tensors()[t].offset;  // perturbed and eligible
+      std::size_t j = 0;
+      while ((bits[(off + j) >> 5] >> ((off + j) & 31)) & 1u) ++j;  // an entry the mask leaves out
+      p.g[t][j] = std::numeric_limits<float>::infinity();
+      const flatmin::kernels::stats_pass<float, flatmin::kernels::l2_term<float>, bits_view> pass{{}, view, inv, false};
+      const auto got = reduce(l, pass, 2);
+      CHECK(got.bad == 1);
+      CHECK(std::isfinite(got.d2));
+      CHECK(same_bits(got, reduce(l, elementwise(pass), 1)));
+    }
   }
-  SUBCASE("a non-finite entry outside the mask is counted, and adds nothing to the masked sums") {
-    const std::size_t t = 8, off = l.host_tensors()[t].offset;  // perturbed and eligible
-    std::size_t j = 0;
-    while ((bits[(off + j) >> 5] >> ((off + j) & 31)) & 1u) ++j;  // an entry the mask leaves out
-    p.g[t][j] = std::numeric_limits<float>::infinity();
-    const flatmin::kernels::stats_pass<float, flatmin::kernels::l2_term<float>, bits_view> pass{{}, view, inv, false};
-    const auto got = reduce(l, pass, 2);
-    CHECK(got.bad == 1);
-    CHECK(std::isfinite(got.d2));
-    CHECK(same_bits(got, reduce(l, elementwise(pass), 1)));
+}
+
+TEST_CASE("eigen: SAM statistics that also write FSAM's element scores: the two passes' sums and scores, bit for bit") {
+  // kernels::stats_scores_pass (mask::fisher's estimate F' = F + (g/s)^2 written by the statistics
+  // pass as it reads g): its group form runs the statistics' form, then each segment's scores.
+  // Both results must be those of the two passes run apart (the statistics pass, and the element
+  // scores' own pass as add_scores runs it), and the scores those of a float64 reference.
+  for (const bool every : {false, true}) {
+    CAPTURE(every);
+    masked_problem mp(every);
+    const problem& p = mp.p;
+    const auto& l = mp.l;
+    const std::size_t n = l.numel();
+    const float inv = 0.5f;
+    std::vector<float> from(n);
+    std::mt19937 rng(9);
+    std::uniform_real_distribution<float> ud(0.f, 4.f);
+    for (auto& x : from) x = ud(rng);
+    using stats_t = flatmin::kernels::stats_pass<float, flatmin::kernels::l2_term<float>, bits_view>;
+    using scores_t = flatmin::kernels::element_scores<float>;
+    for (const bool over_mask : {false, true})
+      for (const bool accumulate : {false, true})
+        for (const int threads : {1, 2}) {
+          CAPTURE(over_mask);
+          CAPTURE(accumulate);
+          CAPTURE(threads);
+          const stats_t stats{{}, mp.view(), inv, over_mask};
+          std::vector<float> got(n, -7.f), apart(n, -7.f), each(n, -7.f);
+          const float* f = accumulate ? from.data() : nullptr;
+          const auto fused = [&](float* out) {
+            return flatmin::kernels::stats_scores_pass<stats_t, float>{
+                stats, scores_t{out, f, inv, flatmin::kernels::score_of::square}};
+          };
+          static_assert(flatmin::backend::host::has_group_form<decltype(fused(nullptr)), grad_stats, float, float,
+                                                               be::reduction_group>);
+          const grad_stats s = reduce(l, fused(got.data()), threads);
+          CHECK(same_bits(s, reduce(l, stats, 1)));
+          // the element path (backend::thrust's order), into its own buffer
+          CHECK(same_bits(s, reduce(l, elementwise(fused(each.data())), 1)));
+          CHECK(std::memcmp(got.data(), each.data(), n * sizeof(float)) == 0);
+          be::reduce<double>(l.full(), scores_t{apart.data(), f, inv, flatmin::kernels::score_of::square});
+          CHECK(std::memcmp(got.data(), apart.data(), n * sizeof(float)) == 0);
+          std::size_t wrong = 0;
+          for (std::size_t t = 0, i = 0; t < p.w.size(); ++t)
+            for (std::size_t j = 0; j < p.w[t].size(); ++j, ++i) {
+              const double x = double(p.g[t][j]) * double(inv);
+              const bool candidate = p.opts[t].perturb && mp.eligible[t];
+              const double want = candidate ? (accumulate ? double(from[i]) : 0.0) + x * x : -1.0;
+              wrong += std::fabs(double(got[i]) - want) <= 1e-6 * std::fabs(want) ? 0u : 1u;
+            }
+          CHECK(wrong == 0);
+        }
   }
 }
 

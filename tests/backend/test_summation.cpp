@@ -229,7 +229,7 @@ TEST_CASE_TEMPLATE("host fast forms: the lanes' 16-bit conversion is static_cast
 }
 #endif
 
-TEST_CASE("host fast forms: masked Σ(s·g)² and count, eight mask bits at a time, the documented order") {
+TEST_CASE("host fast forms: masked Σ(s·g)², count and unmasked Σ(s·g)² in one sweep, the documented order") {
   const float s = 0.5f;
   for (std::uint32_t len : lengths()) {
     CAPTURE(len);
@@ -242,12 +242,14 @@ TEST_CASE("host fast forms: masked Σ(s·g)² and count, eight mask bits at a ti
       for (std::uint32_t r = 0; r < 8; ++r) b |= std::uint32_t{in[j + r]} << r;
       return b;
     };
-    double kept = -1;
+    double kept = -1, all = -1;
     const double got = fb::host::masked_sum_squares_strands(
-        v.data(), len, s, bits8, [&](std::uint32_t j) { return in[j] != 0; }, kept);
+        v.data(), len, s, bits8, [&](std::uint32_t j) { return in[j] != 0; }, kept, all);
     // the element path adds +0 for an entry the mask leaves out
     CHECK(same_bits(got, reference<double>(len, fb::reduction_strands,
                                            [&](std::uint32_t j) { return in[j] ? square(v[j], s) : 0.0; })));
+    // every entry, as sum_squares_strands sums one run
+    CHECK(same_bits(all, reference<double>(len, fb::reduction_strands, [&](std::uint32_t j) { return square(v[j], s); })));
     std::size_t count = 0;
     for (std::uint32_t j = 0; j < len; ++j) count += in[j];
     CHECK(kept == double(count));

@@ -9,6 +9,7 @@
 #include "../backend/layout.hpp"
 #include "math.hpp"
 #include "perturb_terms.hpp"
+#include "unit_scores.hpp"
 #include "weight_store.hpp"
 
 namespace flatmin::kernels {
@@ -107,6 +108,22 @@ struct stats_pass {
       s.kept = mask(e.i, e.flags) ? 1.0 : 0.0;
     }
     return s;
+  }
+};
+
+/// A statistics pass that also writes a sparse mask's element scores as it reads g (mask::fisher's
+/// estimate F' = F + (g / scale)², unit_scores.hpp): one read of g for both, 4 B per parameter
+/// fewer than the two passes. The scores are written whatever the statistics find: `scores.out` is
+/// the mask's pending buffer, which a skipped step drops. The scores' own count of non-finite
+/// entries is not kept (the statistics count every entry's g).
+template <class Stats, class T>
+struct stats_scores_pass {
+  Stats stats;
+  element_scores<T> scores;
+  template <class W, class G>
+  FLATMIN_HD grad_stats operator()(const elem<W, G>& e) const {
+    static_cast<void>(scores(e));
+    return stats(e);
   }
 };
 

@@ -69,6 +69,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -177,7 +178,25 @@ struct fisher {
     /// Whether an example added for this step had a NaN or Inf gradient (the optimizer skips it).
     bool nonfinite_examples() const { return bad_examples_; }
 
-    /// The step's estimate and, on a refresh step, the new mask, both pending until commit_step().
+    /// The step's estimate as element scores, for the optimizer's first statistics pass to write
+    /// as it reads g (`kernels::stats_scores_pass`: one read of g for both), when this step makes
+    /// one from the batch gradient (`accumulated`, or `current_batch` on a refresh step) over
+    /// element units; refresh() then makes none. nullopt otherwise: refresh() makes it (block
+    /// units sum a block's squares, which the statistics pass does not see; the per-example
+    /// estimator reads the examples). Pending like refresh()'s: a skipped step drops it.
+    std::optional<kernels::element_scores<T>> statistics_scores(const fisher& m, std::size_t step,
+                                                                T inv_scale) {
+      estimated_ = !m.frozen && this->units_.kind() == detail::unit_kind::element &&
+                   (m.source == fisher_estimator::accumulated ||
+                    (m.source == fisher_estimator::current_batch && m.refreshes(step)));
+      if (!estimated_) return std::nullopt;
+      const bool accumulate = m.source == fisher_estimator::accumulated;
+      return kernels::element_scores<T>{Backend::data(acc_next_), pending_from(accumulate), inv_scale,
+                                        kernels::score_of::square, false};
+    }
+
+    /// The step's estimate (unless the statistics pass wrote it) and, on a refresh step, the new
+    /// mask, both pending until commit_step().
     bool refresh(const fisher& m, const backend::layout<T, Backend>& l, std::size_t step, T inv_scale) {
       if (m.frozen) return false;
       if (this->span_.spans() && m.source == fisher_estimator::per_example)
@@ -187,10 +206,10 @@ struct fisher {
       const bool now = m.refreshes(step);
       switch (m.source) {
         case fisher_estimator::accumulated:
-          estimate(l, inv_scale, true);
+          if (!estimated_) estimate(l, inv_scale, true);
           break;
         case fisher_estimator::current_batch:
-          if (now) estimate(l, inv_scale, false);
+          if (now && !estimated_) estimate(l, inv_scale, false);
           break;
         case fisher_estimator::per_example:
           if (!collected_ && (!examples_seen_ || now)) estimate(l, inv_scale, !examples_seen_);
@@ -239,7 +258,7 @@ struct fisher {
       if (refreshed) keep_ = keep_next_;
       if (examples_now_) examples_seen_ = true;
     }
-    void on_abandon() { acc_pending_ = examples_now_ = collected_ = bad_examples_ = false; }
+    void on_abandon() { acc_pending_ = examples_now_ = collected_ = bad_examples_ = estimated_ = false; }
     std::size_t extra_bytes() const { return (acc_.size() + acc_next_.size()) * sizeof(T) + top_k_.bytes(); }
     /// Checkpoint entries after the bits: the sums (stale while `restart`), the step bookkeeping.
     template <class F>
@@ -276,12 +295,16 @@ struct fisher {
     /// whether g had a non-finite entry.
     bool estimate(const backend::layout<T, Backend>& l, T inv_scale, bool accumulate,
                   bool check_all = false) {
+      return detail::add_scores(l, this->units_, Backend::data(acc_next_), pending_from(accumulate),
+                                inv_scale, detail::score_of::square, check_all) > 0;
+    }
+    /// The sums a pending estimate adds to (null: none), with the pending buffer marked written.
+    const T* pending_from(bool accumulate) {
       const T* from = nullptr;
       if (accumulate)
         from = acc_pending_ ? Backend::data(acc_next_) : (restart_ ? nullptr : Backend::data(acc_));
       acc_pending_ = true;
-      return detail::add_scores(l, this->units_, Backend::data(acc_next_), from, inv_scale,
-                                detail::score_of::square, check_all) > 0;
+      return from;
     }
 
     typename Backend::template vector<T> acc_, acc_next_;
@@ -292,6 +315,7 @@ struct fisher {
     // pending (this step only, until commit_step() / abandon_step())
     bool acc_pending_ = false, examples_now_ = false, collected_ = false;
     bool bad_examples_ = false, unperturbed_ = false;
+    bool estimated_ = false;  ///< the statistics pass wrote this step's estimate (statistics_scores)
   };
 };
 

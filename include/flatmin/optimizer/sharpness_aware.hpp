@@ -215,7 +215,7 @@ class sharpness_aware {
       mask_state_.begin_step(mask_, steps_ + 1);
       if constexpr (requires { perturb_state_.before_statistics(perturb_, layout_, inv); })
         perturb_state_.before_statistics(perturb_, layout_, inv);  // perturb::centralized's row means
-      kernels::grad_stats s = stats(inv);
+      kernels::grad_stats s = stats_and_estimate(inv);
       const bool bad_example = mask_nonfinite_examples();
       if (s.bad > 0 || !std::isfinite(s.n2) || !std::isfinite(s.g2) || (args.found_inf && *args.found_inf) ||
           bad_example) {
@@ -880,12 +880,30 @@ class sharpness_aware {
   }
 
   kernels::grad_stats stats(T inv) {
+    return stats(inv, [](auto pass) { return pass; });
+  }
+  /// The statistics by the pass `wrap(stats_pass)`.
+  template <class Wrap>
+  kernels::grad_stats stats(T inv, const Wrap& wrap) {
     const auto make = [&](auto view, bool norm_over_mask) {
-      return kernels::stats_pass<T, term_type, decltype(view)>{term(), view, inv, norm_over_mask};
+      return wrap(kernels::stats_pass<T, term_type, decltype(view)>{term(), view, inv, norm_over_mask});
     };
     if (reducer_)
       return target().stats(make, [&](const auto& range, const auto& p) { return reduce_over(range, p); });
     return target().stats(make);
+  }
+  /// The step's first statistics. Where the mask estimates from g this step (mask::fisher's
+  /// element scores, `statistics_scores`), the same pass writes the estimate as it reads g: one
+  /// read of g instead of two (its units are elements, so its masks are not compact and the
+  /// statistics are one pass over the layout).
+  kernels::grad_stats stats_and_estimate(T inv) {
+    if constexpr (requires { mask_state_.statistics_scores(mask_, steps_ + 1, inv); }) {
+      if (const auto scores = mask_state_.statistics_scores(mask_, steps_ + 1, inv))
+        return stats(inv, [&](auto pass) {
+          return kernels::stats_scores_pass<decltype(pass), T>{pass, *scores};
+        });
+    }
+    return stats(inv);
   }
 
   /// A reduction over the whole layout (reduce_over).

@@ -63,6 +63,8 @@ template <class T>
 inline constexpr bool hot_pass<kernels::check_copy_pass<T>> = true;  // SAMPa's second point
 template <class T, class Term, class Mask>
 inline constexpr bool hot_pass<kernels::stats_pass<T, Term, Mask>> = true;
+template <class Stats, class T>
+inline constexpr bool hot_pass<kernels::stats_scores_pass<Stats, T>> = hot_pass<Stats>;  // FSAM's estimate
 template <class T, class Term, class Mask, class W, class Store, bool Save>
 inline constexpr bool hot_pass<kernels::ascend_pass<T, Term, Mask, W, Store, Save>> = !Store::stochastic;
 template <class T, class Mask>

@@ -101,6 +101,28 @@ struct group_form<kernels::stats_pass<T, Term, Mask>> {
   template <class W, class G, std::uint32_t M>
   static FLATMIN_SUM_INLINE void run(const pass& p, const segment_view<W, G> (&v)[M],
                                      group_out<kernels::grad_stats> out) {
+    if constexpr (!kernels::mask_is_all<Mask>) {
+      if (p.mask.element_units() && every_segment_masked(v)) {  // FSAM's usual group: one sweep each
+        for (std::uint32_t m = 0; m < M; ++m) {
+          const std::uint64_t base = v[m].index;
+          const std::uint32_t flags = v[m].flags, len = v[m].len;
+          const G* g = v[m].g;
+          double kept = 0, g2 = 0;
+          const double d2 = masked_sum_squares_strands(
+              g, len, p.inv_scale, [&](std::uint32_t j) { return p.mask.bits8(base + j); },
+              [&](std::uint32_t j) { return p.mask(base + j, flags); }, kept, g2);
+          out[m] = kernels::grad_stats{};
+          out[m].g2 = g2;
+          out[m].d2 = d2;
+          out[m].kept = kept;
+          out[m].n2 = p.norm_over_mask ? d2 : g2;
+          if (!kernels::is_finite(g2))  // check_pass's count, only when the sum shows one
+            for (std::uint32_t j = 0; j < len; ++j)
+              out[m].bad += kernels::is_finite(static_cast<T>(g[j]) * p.inv_scale) ? 0.0 : 1.0;
+        }
+        return;
+      }
+    }
     group_form<kernels::check_pass<T>>::run(kernels::check_pass<T>{p.inv_scale}, v, out);
     for (std::uint32_t m = 0; m < M; ++m) {
       if (!(v[m].flags & tensor_flags::perturb)) continue;
@@ -119,15 +141,26 @@ struct group_form<kernels::stats_pass<T, Term, Mask>> {
           });
           continue;
         }
-        double kept = 0;
+        double kept = 0, all = 0;  // `all` is out[m].g2 (the same order), summed by the check's form
         const double d2 = masked_sum_squares_strands(
             v[m].g, len, p.inv_scale, [&](std::uint32_t j) { return p.mask.bits8(base + j); },
-            [&](std::uint32_t j) { return p.mask(base + j, flags); }, kept);
+            [&](std::uint32_t j) { return p.mask(base + j, flags); }, kept, all);
         out[m].d2 = d2;
         out[m].kept = kept;
         out[m].n2 = p.norm_over_mask ? d2 : out[m].g2;
       }
     }
+  }
+
+ private:
+  /// Whether every segment of the group is perturbed and eligible for the mask (an empty one, the
+  /// short group's filler, is either).
+  template <class W, class G, std::uint32_t M>
+  static FLATMIN_SUM_INLINE bool every_segment_masked(const segment_view<W, G> (&v)[M]) {
+    constexpr std::uint32_t both = tensor_flags::perturb | tensor_flags::mask_eligible;
+    bool all = true;
+    for (std::uint32_t m = 0; m < M; ++m) all = all && ((v[m].flags & both) == both || v[m].len == 0);
+    return all;
   }
 };
 
@@ -201,7 +234,7 @@ struct group_form<kernels::element_scores<T>> {
     for (std::uint32_t m = 0; m < M; ++m) out[m] = static_cast<double>(segment(p, v[m].g, v[m]));
   }
 
- private:
+  /// One segment's scores written; returns its count of non-finite scores.
   template <class W, class G>
   static FLATMIN_SUM_INLINE std::uint32_t segment(const kernels::element_scores<T>& p,
                                                   const G* FLATMIN_RESTRICT g, const segment_view<W, G>& v) {
@@ -229,6 +262,8 @@ struct group_form<kernels::element_scores<T>> {
     for (std::uint32_t j = 0; j < len; ++j) o[j] = T(0);
     return 0;
   }
+
+ private:
   /// out[j] = from[j] + h(g[j] · s) (h alone without `from`; in place when from is out).
   template <kernels::score_of What, class G>
   static FLATMIN_SUM_INLINE std::uint32_t entries(const G* FLATMIN_RESTRICT g, const T* from, T* out,
@@ -258,6 +293,22 @@ struct group_form<kernels::element_scores<T>> {
       }
     }
     return bad;
+  }
+};
+
+/// A statistics pass with the sparse mask's element scores (kernels::stats_scores_pass): the
+/// statistics pass's own form over the group, then each segment's scores while its gradients are
+/// still in cache (check_copy_pass's order). Where the statistics have no form, neither has this.
+template <class Stats, class T>
+struct group_form<kernels::stats_scores_pass<Stats, T>> {
+  static constexpr bool one_at_a_time = true;
+  template <class W, class G, std::uint32_t M>
+    requires has_group_form<Stats, kernels::grad_stats, W, G, M>
+  static FLATMIN_SUM_INLINE void run(const kernels::stats_scores_pass<Stats, T>& p,
+                                     const segment_view<W, G> (&v)[M], group_out<kernels::grad_stats> out) {
+    group_form<std::remove_cvref_t<Stats>>::run(p.stats, v, out);
+    for (std::uint32_t m = 0; m < M; ++m)
+      static_cast<void>(group_form<kernels::element_scores<T>>::segment(p.scores, v[m].g, v[m]));
   }
 };
 

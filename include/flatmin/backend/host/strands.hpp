@@ -281,23 +281,26 @@ FLATMIN_SUM_INLINE void sum_squares_strands(const G* const (&g)[M], const std::u
 
 /// Σ (s·g)² over the entries of one run whose mask bit is set, and their count, in the same order
 /// (an entry that is out adds +0 on the element path, which is what the AND with its bit's lane
-/// adds here). `bits8(j)` gives the bits of entries j … j + 7 of the run, `bit(j)` one entry's.
-/// g is converted to the compute type T first, as in sum_squares_strands. Under GCC and Clang by
-/// the lanes: y (block_values) ANDed with the byte's lanes, so that an entry that is out adds
-/// 0² = +0, the blend's +0, bit for bit (GCC's vectorisers had moved every lane of the blend
-/// through a general register: the masked statistics took twice the dense ones, bench_passes
-/// opt_fsam_sgd).
+/// adds here), and from the same sweep Σ (s·g)² over every entry of the run (`all`:
+/// sum_squares_strands' order for one run). `bits8(j)` gives the bits of entries j … j + 7 of the
+/// run, `bit(j)` one entry's. g is converted to the compute type T first, as in
+/// sum_squares_strands. Under GCC and Clang by the lanes: y (block_values) ANDed with the byte's
+/// lanes, so that an entry that is out adds 0² = +0, the blend's +0, bit for bit (GCC's vectorisers
+/// had moved every lane of the blend through a general register: the masked statistics took twice
+/// the dense ones, bench_passes opt_fsam_sgd). Both sums in one sweep: four chains of additions,
+/// where the masked sum alone had two and the statistics read the run a second time for Σg²; in
+/// cache the sweep is bound by the additions' latency, so the second sum is nearly free.
 template <class G, class T, class Bits8, class Bit>
 FLATMIN_SUM_INLINE double masked_sum_squares_strands(const G* g, std::uint32_t len, T s, const Bits8& bits8,
-                                                     const Bit& bit, double& kept) {
+                                                     const Bit& bit, double& kept, double& all) {
   constexpr std::uint32_t K = reduction_strands;
   static_assert(K == 8, "eight strands: one byte of mask bits per block");
-  double a[K] = {};
+  double a[K] = {}, f[K] = {};
   std::uint32_t count = 0, j = 0;
 #if FLATMIN_STRAND_LANES
   if constexpr (lanes::has_form<G, T>) {
     using u64x4 = std::uint64_t __attribute__((vector_size(32)));
-    lanes::f64x4 lo{0, 0, 0, 0}, hi{0, 0, 0, 0};
+    lanes::f64x4 lo{0, 0, 0, 0}, hi{0, 0, 0, 0}, flo{0, 0, 0, 0}, fhi{0, 0, 0, 0};
     for (; j + K <= len; j += K) {
       const std::uint32_t b = bits8(j);
       count += static_cast<std::uint32_t>(std::popcount(b));
@@ -306,6 +309,7 @@ FLATMIN_SUM_INLINE double masked_sum_squares_strands(const G* g, std::uint32_t l
       std::memcpy(&m1, nibble_table<std::uint64_t>.lane[b >> 4], sizeof m1);
       lanes::f64x4 y0, y1;
       lanes::block_values(y0, y1, g + j, s);
+      lanes::add_squares(flo, fhi, y0, y1);
       y0 = reinterpret_cast<lanes::f64x4>(reinterpret_cast<u64x4>(y0) & m0);
       y1 = reinterpret_cast<lanes::f64x4>(reinterpret_cast<u64x4>(y1) & m1);
       lanes::add_squares(lo, hi, y0, y1);
@@ -313,25 +317,32 @@ FLATMIN_SUM_INLINE double masked_sum_squares_strands(const G* g, std::uint32_t l
     for (std::uint32_t r = 0; r < 4; ++r) {
       a[r] = lo[r];
       a[4 + r] = hi[r];
+      f[r] = flo[r];
+      f[4 + r] = fhi[r];
     }
   }
 #endif
-  for (; j + K <= len; j += K) {  // add_block's dealing, the lanes of a byte of bits in two halves
+  for (; j + K <= len; j += K) {
     const std::uint32_t b = bits8(j);
     count += static_cast<std::uint32_t>(std::popcount(b));
     const std::uint64_t* lo = nibble_table<std::uint64_t>.lane[b & 15u];
     const std::uint64_t* hi = nibble_table<std::uint64_t>.lane[b >> 4];
+    for (std::uint32_t r = 0; r < 8; ++r) f[r] = f[r] + scaled_square(g[j + r], s);
     for (std::uint32_t r = 0; r < 4; ++r)
       a[r] = a[r] + kernels::blend_lanes<double>(lo[r], scaled_square(g[j + r], s), 0.0);
     for (std::uint32_t r = 0; r < 4; ++r)
       a[4 + r] = a[4 + r] + kernels::blend_lanes<double>(hi[r], scaled_square(g[j + 4 + r], s), 0.0);
   }
-  for (; j < len; ++j)  // add_tail's, counting
+  for (; j < len; ++j) {
+    const double q = scaled_square(g[j], s);
+    f[0] = f[0] + q;
     if (bit(j)) {
-      a[0] = a[0] + scaled_square(g[j], s);
+      a[0] = a[0] + q;
       ++count;
     }
+  }
   kept = double(count);
+  all = combine_strands<K>(f);
   return combine_strands<K>(a);
 }
 
